@@ -1,0 +1,33 @@
+# Set-up is part of every target: a virtual environment in .venv, torch==2.13.0 first (the
+# local CPU wheel; never plain `torch`), then the build tools, then reactfast itself.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.reactfast-deps
+
+.PHONY: demo test bench install env clean
+
+demo: install
+	$(VENV)/bin/reactfast demo
+
+test: install
+	$(PY) -m pytest tests -q
+
+bench: install
+	$(PY) -m pytest bench -q
+
+env: install
+	$(PY) -m reactfast.env_report
+
+install: $(STAMP)
+	$(PY) -m pip install --no-build-isolation --no-deps --quiet .
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet "scikit-build-core>=0.10" "pybind11>=2.12" ninja
+	$(PY) -m pip install --quiet --no-build-isolation ".[test]"
+	touch $(STAMP)
+
+clean:
+	rm -rf build dist $(VENV)

@@ -1,0 +1,181 @@
+"""Which compute backends exist here, and which one an op uses.
+
+Backends, fastest first:
+
+- ``cuda``: the CUDA kernels compiled into ``reactfast._C`` (CUDA tensors only).
+- ``triton``: the Triton kernels in ``reactfast.kernels`` (CUDA tensors; CPU tensors only
+  when ``TRITON_INTERPRET=1`` is set before the kernels are imported, which is slow and meant
+  for tests).
+- ``cpp``: the OpenMP kernels compiled into ``reactfast._C`` (CPU tensors only).
+- ``reference``: the pure-PyTorch implementations in ``reactfast.reference`` (any device).
+
+Automatic choice: CUDA tensor -> cuda, triton, reference; CPU tensor -> cpp, reference
+(restricted to the backends the op implements). Falling back from the preferred backend is
+logged once per op. ``REACTFAST_BACKEND`` forces a choice, either for every op
+(``REACTFAST_BACKEND=reference``) or per op (``REACTFAST_BACKEND=dtw:cpp,frame_diff:triton``);
+a forced backend that the op lacks or that cannot run here raises ``RuntimeError``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+import os
+from typing import Optional, Sequence, Tuple
+
+import torch
+
+logger = logging.getLogger("reactfast")
+
+BACKENDS = ("cuda", "triton", "cpp", "reference")
+_AUTO_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpp", "reference")}
+_logged: set = set()
+
+
+@functools.lru_cache(maxsize=None)
+def _native_import() -> Tuple[object, str]:
+    try:
+        return importlib.import_module("reactfast._C"), "ok"
+    except ImportError as exc:  # not built, or built for another Python/ABI
+        return None, f"reactfast._C could not be imported: {exc}"
+
+
+def native():
+    """The compiled extension module ``reactfast._C``; raises if it is not importable."""
+    module, reason = _native_import()
+    if module is None:
+        raise RuntimeError(reason)
+    return module
+
+
+@functools.lru_cache(maxsize=None)
+def cpp_status() -> Tuple[bool, str]:
+    module, reason = _native_import()
+    return module is not None, reason
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_status() -> Tuple[bool, str]:
+    """Whether the CUDA kernels of ``reactfast._C`` can run here, and why not."""
+    module, reason = _native_import()
+    if module is None:
+        return False, reason
+    if not module.compiled_with_cuda:
+        return False, "reactfast._C was built without CUDA kernels (REACTFAST_CUDA=OFF or nvcc not found)"
+    ok, reason = module.cuda_status()
+    return bool(ok), str(reason)
+
+
+def triton_interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_import() -> Tuple[bool, str]:
+    try:
+        import triton  # noqa: F401
+    except ImportError as exc:
+        return False, f"triton is not installed ({exc}); pip install triton==3.7.1"
+    return True, "ok"
+
+
+def triton_status(device_type: str = "cuda") -> Tuple[bool, str]:
+    ok, reason = _triton_import()
+    if not ok:
+        return ok, reason
+    if device_type == "cuda":
+        if not torch.cuda.is_available():
+            return False, "torch sees no CUDA device"
+        return True, "ok"
+    if device_type == "cpu":
+        if triton_interpret():
+            return True, "ok (TRITON_INTERPRET=1, interpreter on CPU)"
+        return False, "Triton runs CPU tensors only with TRITON_INTERPRET=1 set before import"
+    return False, f"Triton does not run on device type {device_type!r}"
+
+
+def backend_status(backend: str, device_type: str) -> Tuple[bool, str]:
+    """(usable, reason) for ``backend`` on tensors of ``device_type``."""
+    if backend == "reference":
+        if device_type == "cuda" and not torch.cuda.is_available():
+            return False, "torch sees no CUDA device"
+        return True, "ok"
+    if backend == "cpp":
+        if device_type != "cpu":
+            return False, f"the C++ backend runs CPU tensors, got a {device_type} tensor"
+        return cpp_status()
+    if backend == "cuda":
+        if device_type != "cuda":
+            return False, f"the CUDA backend runs CUDA tensors, got a {device_type} tensor"
+        return cuda_status()
+    if backend == "triton":
+        return triton_status(device_type)
+    raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+
+
+def forced_backend(op: str) -> Optional[str]:
+    """The backend ``REACTFAST_BACKEND`` forces for ``op``, or None."""
+    spec = os.environ.get("REACTFAST_BACKEND", "").strip()
+    if not spec:
+        return None
+    default = None
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, sep, value = part.partition(":")
+        if sep:
+            if name.strip() == op:
+                return _checked_name(value.strip())
+        else:
+            default = _checked_name(name)
+    return default
+
+
+def _checked_name(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"REACTFAST_BACKEND names unknown backend {name!r}; expected one of {BACKENDS}")
+    return name
+
+
+def select(op: str, device: torch.device, implemented: Sequence[str], backend: Optional[str] = None) -> str:
+    """Pick the backend for one call of ``op`` on tensors on ``device``.
+
+    Args:
+        op: the op family's stem (``"dtw"``, ``"frame_diff"`` ...).
+        device: where the inputs live.
+        implemented: backends this op has.
+        backend: an explicit choice from the caller; overrides ``REACTFAST_BACKEND``.
+    """
+    device_type = torch.device(device).type
+    chosen = backend if backend is not None else forced_backend(op)
+    if chosen is not None:
+        if chosen not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {chosen!r}")
+        if chosen not in implemented:
+            raise RuntimeError(f"{op}: backend {chosen!r} was forced but {op} implements only {tuple(implemented)}")
+        ok, reason = backend_status(chosen, device_type)
+        if not ok:
+            raise RuntimeError(f"{op}: backend {chosen!r} was forced but cannot run: {reason}")
+        return chosen
+    order = [b for b in _AUTO_ORDER.get(device_type, ("reference",)) if b in implemented]
+    if not order:
+        order = ["reference"]
+    for i, name in enumerate(order):
+        ok, reason = backend_status(name, device_type)
+        if ok:
+            return name
+        if i == 0 and (op, name) not in _logged:
+            _logged.add((op, name))
+            logger.warning("reactfast: %s falls back from %s on %s tensors: %s", op, name, device_type, reason)
+    return "reference"
+
+
+def summary() -> dict:
+    """What each backend can do here, for env reports and bug reports."""
+    rows = {}
+    for device_type in ("cpu", "cuda"):
+        for name in BACKENDS:
+            rows[f"{name}/{device_type}"] = backend_status(name, device_type)
+    return rows

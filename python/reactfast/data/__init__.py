@@ -1,0 +1,9 @@
+"""Data: the REACT 2024 layout reader, synthetic dyadic data, windows and audio features."""
+
+from reactfast.data import layout
+from reactfast.data.files import DataError
+from reactfast.data.react import InMemoryReactDataset, ReactDataset, window_starts
+from reactfast.data.synthetic import SyntheticConfig, SyntheticDyads
+
+__all__ = ["layout", "DataError", "ReactDataset", "InMemoryReactDataset", "window_starts",
+           "SyntheticConfig", "SyntheticDyads"]

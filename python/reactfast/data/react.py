@@ -1,0 +1,193 @@
+"""The REACT 2024 dataset layout as a torch Dataset (SPEC section 1).
+
+``root`` is the challenge's ``data`` folder::
+
+    root/{split}.csv                                   ,speaker_path,listener_path
+    root/neighbour_emotion_{split}.npy                 (N, N) 0/1, N = 2 x rows (mirrored)
+    root/{split}/Emotion/<path>.csv                    header + frames x 25
+    root/{split}/3D_FV_files/<path>.npy                (frames, 1, 58) or (frames, 58)
+    root/{split}/Audio_files/<path>.npy or <path>.wav  features (frames * k, F) or 16-bit wav
+
+Items are dyads speaker -> listener; with ``mirror=True`` (as the challenge evaluates) the rows
+come first as listed, then swapped, so N = 2 x rows and item ``R + r`` is row r reversed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from reactfast.data import audio as audio_io
+from reactfast.data import files, layout
+from reactfast.data.files import DataError
+
+MODALITIES = ("emotion", "3dmm", "audio")
+
+
+def window_starts(frames: int, window: int, stride: int) -> List[int]:
+    """Start frames of the windows of ``window`` frames every ``stride`` frames within ``frames``."""
+    if window < 1 or window > frames:
+        raise ValueError(f"window must be in [1, {frames}], got {window}")
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    return list(range(0, frames - window + 1, stride))
+
+
+class ReactDataset(torch.utils.data.Dataset):
+    """Dyadic speaker -> listener clips in the challenge layout.
+
+    Args:
+        root: the ``data`` folder.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        frames: truncate every clip to its first ``frames`` frames (750 for evaluation).
+        window: if given, items are windows of this many frames (training); else whole clips.
+        stride: distance between window starts (default ``window``: no overlap).
+        mirror: add every dyad reversed (listener as speaker), as the challenge does.
+        modalities: any of ``"emotion"``, ``"3dmm"``, ``"audio"``.
+        audio_per_frame: k, audio feature rows per video frame (2 for 50 Hz features).
+        cache_clips: how many loaded clips to keep in memory (0 disables the cache).
+
+    Each item is a dict of float32 tensors ``speaker_<m>`` and ``listener_<m>`` for each modality
+    m (emotion (T, 25), 3dmm (T, 58), audio (T * k, F)), plus ``item`` (the dyad index in
+    [0, N)) and ``start`` (first frame of the window).
+    """
+
+    def __init__(self, root: str, split: str, frames: int = layout.EVAL_FRAMES, window: Optional[int] = None,
+                 stride: Optional[int] = None, mirror: bool = True, modalities: Sequence[str] = MODALITIES,
+                 audio_per_frame: int = layout.AUDIO_SAMPLES_PER_FRAME, cache_clips: int = 256):
+        if split not in layout.SPLITS:
+            raise ValueError(f"split must be one of {layout.SPLITS}, got {split!r}")
+        unknown = [m for m in modalities if m not in MODALITIES]
+        if unknown or not modalities:
+            raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}, got {tuple(modalities)}")
+        if frames < 1:
+            raise ValueError(f"frames must be >= 1, got {frames}")
+        if audio_per_frame < 1:
+            raise ValueError(f"audio_per_frame must be >= 1, got {audio_per_frame}")
+        self.root, self.split, self.frames = root, split, frames
+        self.modalities = tuple(modalities)
+        self.k = audio_per_frame
+        self.mirror = mirror
+        self.pairs = self._read_pairs()
+        self.dyads: List[Tuple[str, str]] = list(self.pairs)
+        if mirror:
+            self.dyads += [(listener, speaker) for speaker, listener in self.pairs]
+        self.window = window
+        starts = [0] if window is None else window_starts(frames, window, stride or window)
+        self._index = [(i, s) for i in range(len(self.dyads)) for s in starts]
+        self._cache: "OrderedDict[str, Dict[str, np.ndarray]]" = OrderedDict()
+        self._cache_size = cache_clips
+        self._appropriate: Optional[np.ndarray] = None
+
+    def _read_pairs(self) -> List[Tuple[str, str]]:
+        return files.read_split(os.path.join(self.root, f"{self.split}.csv"))
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    @property
+    def num_items(self) -> int:
+        """N: dyads (after mirroring) — the rows of the appropriateness matrix."""
+        return len(self.dyads)
+
+    def _path(self, modality: str, clip: str, ext: str) -> str:
+        return os.path.join(self.root, self.split, layout.MODALITY_DIRS[modality], clip + ext)
+
+    def _load_modality(self, modality: str, clip: str) -> np.ndarray:
+        if modality == "emotion":
+            return files.read_emotion(self._path("emotion", clip, ".csv"), self.frames)
+        if modality == "3dmm":
+            return files.read_3dmm(self._path("3dmm", clip, ".npy"), self.frames)
+        feats = self._path("audio", clip, ".npy")
+        wav = self._path("audio", clip, ".wav")
+        if os.path.isfile(feats):
+            return files.read_audio_features(feats, self.frames * self.k)
+        if os.path.isfile(wav):
+            samples, sr = audio_io.read_wav(wav)
+            return audio_io.mfcc(samples, sr, self.frames, k=self.k)
+        raise DataError(f"missing file: {feats} (or {wav})")
+
+    def load_clip(self, clip: str) -> Dict[str, np.ndarray]:
+        """All requested modalities of one clip, truncated to ``frames`` frames."""
+        if clip in self._cache:
+            self._cache.move_to_end(clip)
+            return self._cache[clip]
+        out, lengths = {}, {}
+        for m in self.modalities:
+            arr = self._load_modality(m, clip)
+            if m == "audio":
+                out[m] = arr[: self.frames * self.k]
+            else:
+                lengths[m] = arr.shape[0]
+                out[m] = arr[: self.frames]
+        if len(set(lengths.values())) > 1:
+            desc = ", ".join(f"{m}: {n} frames" for m, n in lengths.items())
+            raise DataError(f"clip {clip!r} of split {self.split!r}: modalities differ in length ({desc})")
+        if self._cache_size > 0:
+            self._cache[clip] = out
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return out
+
+    def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} items")
+        item, start = self._index[index]
+        speaker_clip, listener_clip = self.dyads[item]
+        sample: Dict[str, torch.Tensor] = {"item": torch.tensor(item), "start": torch.tensor(start)}
+        span = self.window or self.frames
+        for role, clip in (("speaker", speaker_clip), ("listener", listener_clip)):
+            data = self.load_clip(clip)
+            for m, arr in data.items():
+                k = self.k if m == "audio" else 1
+                sample[f"{role}_{m}"] = torch.from_numpy(np.ascontiguousarray(arr[start * k:(start + span) * k]))
+        return sample
+
+    @property
+    def appropriate(self) -> np.ndarray:
+        """(N, N) bool appropriateness ("neighbour") matrix of this split."""
+        if self._appropriate is None:
+            path = os.path.join(self.root, layout.neighbour_file(self.split))
+            self._appropriate = files.read_neighbours(path, self.num_items)
+        return self._appropriate
+
+    def stack(self, role: str, modality: str) -> torch.Tensor:
+        """Whole clips of every dyad for one role and modality: (N, frames[*k], D)."""
+        if role not in ("speaker", "listener"):
+            raise ValueError(f"role must be 'speaker' or 'listener', got {role!r}")
+        if modality not in self.modalities:
+            raise ValueError(f"modality {modality!r} was not loaded; this dataset has {self.modalities}")
+        col = 0 if role == "speaker" else 1
+        return torch.stack([torch.from_numpy(np.ascontiguousarray(self.load_clip(d[col])[modality]))
+                            for d in self.dyads])
+
+
+class InMemoryReactDataset(ReactDataset):
+    """The same items as :class:`ReactDataset`, from arrays held in memory (synthetic data)."""
+
+    def __init__(self, clips: Dict[str, Dict[str, np.ndarray]], pairs: List[Tuple[str, str]],
+                 appropriate: Optional[np.ndarray] = None, split: str = "train", **kwargs):
+        self._clips, self._pairs_in = clips, pairs
+        kwargs.setdefault("frames", min(c["emotion"].shape[0] for c in clips.values()))
+        kwargs.setdefault("cache_clips", 0)
+        super().__init__(root="<memory>", split=split, **kwargs)
+        if appropriate is not None:
+            self._appropriate = np.asarray(appropriate, dtype=bool)
+
+    def _read_pairs(self):
+        return list(self._pairs_in)
+
+    def _load_modality(self, modality: str, clip: str) -> np.ndarray:
+        if clip not in self._clips:
+            raise DataError(f"clip {clip!r} is not in this in-memory dataset")
+        return self._clips[clip][modality]
+
+    @property
+    def appropriate(self) -> np.ndarray:
+        if self._appropriate is None:
+            raise DataError("this in-memory dataset has no appropriateness matrix")
+        return self._appropriate

@@ -1,0 +1,1 @@
+"""Pure-PyTorch reference implementations: the oracle every fast path is tested against."""

@@ -1,0 +1,160 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from reactfast.data import DataError, ReactDataset, SyntheticDyads, layout, window_starts
+from reactfast.data import audio as audio_io
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return SyntheticDyads(sessions=6, frames=120, prototypes=3, listeners=3, audio_dim=8, seed=3)
+
+
+@pytest.fixture()
+def root(tmp_path, synthetic):
+    return synthetic.write(str(tmp_path), "val")
+
+
+def test_reader_equals_in_memory(root, synthetic):
+    disk = ReactDataset(root, "val", frames=100)
+    mem = synthetic.dataset(frames=100)
+    assert len(disk) == len(mem) == 12
+    for i in (0, 5, 6, 11):
+        a, b = disk[i], mem[i]
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), k
+    assert disk[0]["speaker_emotion"].shape == (100, 25)
+    assert disk[0]["speaker_3dmm"].shape == (100, 58)
+    assert disk[0]["speaker_audio"].shape == (200, 8)
+    np.testing.assert_array_equal(disk.appropriate, synthetic.appropriate())
+
+
+def test_mirroring_swaps_roles(root):
+    ds = ReactDataset(root, "val", frames=50)
+    R = len(ds.pairs)
+    assert ds.num_items == 2 * R
+    assert torch.equal(ds[R + 2]["speaker_emotion"], ds[2]["listener_emotion"])
+    assert torch.equal(ds[R + 2]["listener_3dmm"], ds[2]["speaker_3dmm"])
+    assert ReactDataset(root, "val", frames=50, mirror=False).num_items == R
+
+
+def test_windows(root):
+    ds = ReactDataset(root, "val", frames=100, window=40, stride=30)
+    assert window_starts(100, 40, 30) == [0, 30, 60]
+    assert len(ds) == 12 * 3
+    item = ds[4]
+    full = ReactDataset(root, "val", frames=100)[1]
+    assert int(item["item"]) == 1 and int(item["start"]) == 30
+    assert torch.equal(item["speaker_emotion"], full["speaker_emotion"][30:70])
+    assert torch.equal(item["speaker_audio"], full["speaker_audio"][60:140])
+
+
+def test_stack(root):
+    ds = ReactDataset(root, "val", frames=100, modalities=("emotion",))
+    assert ds.stack("listener", "emotion").shape == (12, 100, 25)
+    with pytest.raises(ValueError, match="modality '3dmm' was not loaded"):
+        ds.stack("speaker", "3dmm")
+
+
+def _clip(root, modality, ext, which=0):
+    ds = ReactDataset(root, "val", frames=10)
+    return ds._path(modality, ds.pairs[which][0], ext)
+
+
+def test_missing_file(root):
+    path = _clip(root, "emotion", ".csv")
+    os.remove(path)
+    with pytest.raises(DataError, match="missing file: .*Emotion"):
+        ReactDataset(root, "val", frames=10)[0]
+
+
+def test_wrong_column_count(root):
+    path = _clip(root, "emotion", ".csv")
+    lines = open(path).read().splitlines()
+    lines[5] = ",".join(lines[5].split(",")[:24])
+    open(path, "w").write("\n".join(lines))
+    with pytest.raises(DataError, match=r"line 6 has 24 columns, expected 25"):
+        ReactDataset(root, "val", frames=10)[0]
+
+
+def test_nan_rows(root):
+    path = _clip(root, "3dmm", ".npy")
+    arr = np.load(path)
+    arr[7, 0, 3] = np.nan
+    np.save(path, arr)
+    with pytest.raises(DataError, match=r"NaN/Inf values, first in rows \[7\]"):
+        ReactDataset(root, "val", frames=10)[0]
+
+
+def test_truncated_clip(root):
+    path = _clip(root, "3dmm", ".npy")
+    np.save(path, np.load(path)[:50])
+    with pytest.raises(DataError, match="truncated, 50 frames but at least 100"):
+        ReactDataset(root, "val", frames=100)[0]
+
+
+def test_length_mismatch(root):
+    path = _clip(root, "3dmm", ".npy")
+    np.save(path, np.load(path)[:110])
+    with pytest.raises(DataError, match="modalities differ in length"):
+        ReactDataset(root, "val", frames=100)[0]
+
+
+def test_audio_too_short(root):
+    path = _clip(root, "audio", ".npy")
+    np.save(path, np.load(path)[:150])
+    with pytest.raises(DataError, match="truncated, 150 frames but at least 200"):
+        ReactDataset(root, "val", frames=100)[0]
+
+
+def test_empty_neighbour_row(root):
+    path = os.path.join(root, layout.neighbour_file("val"))
+    m = np.load(path)
+    m[4] = 0
+    np.save(path, m)
+    with pytest.raises(DataError, match=r"rows \[4\] list no appropriate reaction"):
+        ReactDataset(root, "val", frames=10).appropriate
+
+
+def test_neighbour_shape_and_values(root):
+    path = os.path.join(root, layout.neighbour_file("val"))
+    np.save(path, np.ones((5, 5)))
+    with pytest.raises(DataError, match="5 x 5 but the split has 12"):
+        ReactDataset(root, "val", frames=10).appropriate
+    np.save(path, np.full((12, 12), 0.5))
+    with pytest.raises(DataError, match="values must be 0 or 1"):
+        ReactDataset(root, "val", frames=10).appropriate
+
+
+def test_bad_split_csv(root):
+    with open(os.path.join(root, "val.csv"), "w") as f:
+        f.write("a,b\n1,2\n")
+    with pytest.raises(DataError, match="must name speaker_path and listener_path"):
+        ReactDataset(root, "val")
+
+
+def test_bad_arguments(root):
+    with pytest.raises(ValueError, match="split must be one of"):
+        ReactDataset(root, "dev")
+    with pytest.raises(ValueError, match="modalities must be"):
+        ReactDataset(root, "val", modalities=("video2",))
+    with pytest.raises(ValueError, match="window must be in"):
+        ReactDataset(root, "val", frames=100, window=101)
+
+
+def test_wav_audio_gives_mfcc(root):
+    ds = ReactDataset(root, "val", frames=20, modalities=("audio",))
+    clip = ds.pairs[0][0]
+    os.remove(ds._path("audio", clip, ".npy"))
+    sr = 16000
+    t = np.arange(int(sr * 21 / 25)) / sr
+    audio_io.write_wav(ds._path("audio", clip, ".wav"), 0.3 * np.sin(2 * np.pi * 440 * t), sr)
+    feats = ds[0]["speaker_audio"]
+    assert feats.shape == (40, 39)
+    assert torch.isfinite(feats).all()
+    # A pure tone: the static cepstra barely change over time, deltas are near zero.
+    assert feats[5:35, 13:].abs().mean() < 0.1 * feats[5:35, :13].abs().mean()

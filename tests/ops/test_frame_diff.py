@@ -1,0 +1,82 @@
+import pytest
+import torch
+
+from reactfast import _backend
+from reactfast.ops import frame_diff
+from reactfast.ops.frame_diff import IMPLEMENTED
+from reactfast.reference.frame_diff import frame_diff as frame_diff_ref
+from reactfast.testing import assert_close
+from tests.conftest import devices, usable_backends
+
+CASES = [(1, 2, 1), (3, 7, 25), (2, 63, 58), (1, 97, 7), (2, 751, 25)]
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("shape", CASES)
+def test_every_backend_matches_reference(device, shape):
+    x = torch.randn(*shape, device=device)
+    ref = frame_diff_ref(x)
+    backends = usable_backends(IMPLEMENTED, device)
+    assert "reference" in backends
+    for backend in backends:
+        assert_close(f"frame_diff[{backend}]", ref, frame_diff(x, backend=backend), atol=1e-6, rtol=0)
+
+
+def test_cpp_and_triton_run_on_cpu():
+    """Both compiled tiers must actually run in CI, not silently fall back."""
+    assert _backend.backend_status("cpp", "cpu")[0], _backend.cpp_status()[1]
+    assert _backend.backend_status("triton", "cpu")[0], _backend.triton_status("cpu")[1]
+    x = torch.randn(2, 9, 5)
+    assert_close("cpp", frame_diff_ref(x), frame_diff(x, backend="cpp"), atol=0, rtol=0)
+    assert_close("triton", frame_diff_ref(x), frame_diff(x, backend="triton"), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_triton(dtype):
+    x = torch.randn(2, 33, 25).to(dtype)
+    ref = frame_diff_ref(x.float())
+    assert_close("triton", ref, frame_diff(x, backend="triton").float(), atol=1e-2, rtol=1e-2)
+    assert frame_diff(x, backend="triton").dtype == dtype
+
+
+def test_gradient_matches_reference():
+    x = torch.randn(2, 11, 4, dtype=torch.float32, requires_grad=True)
+    g = torch.randn(2, 10, 4)
+    (gx,) = torch.autograd.grad(frame_diff(x, backend="cpp"), x, g)
+    x2 = x.detach().clone().requires_grad_()
+    (gx2,) = torch.autograd.grad(frame_diff_ref(x2), x2, g)
+    assert_close("grad", gx2, gx, atol=1e-6, rtol=0)
+
+
+def test_opcheck():
+    torch.library.opcheck(torch.ops.reactfast.frame_diff.default, (torch.randn(2, 5, 3), "cpp"))
+
+
+def test_torch_compile_fullgraph():
+    fn = torch.compile(lambda x: frame_diff(x) * 2.0, fullgraph=True, backend="eager")
+    x = torch.randn(2, 6, 3)
+    assert_close("compiled", frame_diff_ref(x) * 2, fn(x), atol=1e-6, rtol=0)
+
+
+def test_forced_backend_env(monkeypatch):
+    monkeypatch.setenv("REACTFAST_BACKEND", "frame_diff:reference")
+    assert _backend.select("frame_diff", torch.device("cpu"), IMPLEMENTED) == "reference"
+    monkeypatch.setenv("REACTFAST_BACKEND", "cuda")
+    with pytest.raises(RuntimeError, match="forced but cannot run"):
+        frame_diff(torch.randn(1, 3, 2))
+    monkeypatch.setenv("REACTFAST_BACKEND", "warp")
+    with pytest.raises(ValueError, match="unknown backend 'warp'"):
+        frame_diff(torch.randn(1, 3, 2))
+
+
+@pytest.mark.parametrize("bad,err,match", [
+    (lambda: frame_diff([1.0, 2.0]), TypeError, "x must be a torch.Tensor"),
+    (lambda: frame_diff(torch.randn(3, 4)), ValueError, "x must have 3 dimensions"),
+    (lambda: frame_diff(torch.randn(1, 1, 4)), ValueError, "at least 2 frames"),
+    (lambda: frame_diff(torch.zeros(1, 3, 2, dtype=torch.int64)), TypeError, "x must have dtype"),
+    (lambda: frame_diff(torch.randn(0, 3, 2)), ValueError, "x must not be empty"),
+    (lambda: frame_diff(torch.randn(1, 3, 2), backend="fast"), ValueError, "backend must be one of"),
+])
+def test_bad_input(bad, err, match):
+    with pytest.raises(err, match=match):
+        bad()

@@ -1,0 +1,50 @@
+"""The package builds: the CUDA sources compile where nvcc exists, and an isolated wheel build works."""
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(cmd, **kw):
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, **kw)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not found: CUDA sources cannot be compiled here")
+def test_cuda_sources_compile(tmp_path):
+    import pybind11
+
+    build = str(tmp_path / "build")
+    _run(["cmake", "-S", ROOT, "-B", build, "-G", "Ninja", "-DREACTFAST_CUDA=ON",
+          f"-DPython_EXECUTABLE={sys.executable}", f"-Dpybind11_DIR={pybind11.get_cmake_dir()}"])
+    _run(["cmake", "--build", build, "-j", "2"])
+    built = [f for f in os.listdir(build) if f.startswith("_C") and f.endswith(".so")]
+    assert built, os.listdir(build)
+    out = subprocess.run(["nm", "-D", "-C", os.path.join(build, built[0])], capture_output=True, text=True).stdout
+    assert "cudaGetDeviceCount" not in out, "the CUDA runtime must be linked statically"
+
+
+def test_isolated_wheel_build(tmp_path):
+    env = dict(os.environ, REACTFAST_CUDA="OFF")
+    _run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "-w", str(tmp_path), "--quiet",
+          f"--config-settings=build-dir={tmp_path / 'build'}"], env=env)
+    wheels = [f for f in os.listdir(tmp_path) if f.endswith(".whl")]
+    assert len(wheels) == 1
+    names = zipfile.ZipFile(tmp_path / wheels[0]).namelist()
+    assert any(n.startswith("reactfast/_C") and n.endswith(".so") for n in names)
+    assert "reactfast/kernels/frame_diff.py" in names
+    assert "reactfast/ops/frame_diff.py" in names
+
+
+def test_env_report_and_cli():
+    proc = _run([sys.executable, "-m", "reactfast.env_report"])
+    assert "cpp/cpu" in proc.stdout and "reactfast._C     built" in proc.stdout
+    proc = _run([sys.executable, "-m", "reactfast.cli", "--help"])
+    assert "demo" in proc.stdout and "env" in proc.stdout
