@@ -1,0 +1,78 @@
+#include "reactfast/tlcc.h"
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define RF_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define RF_CLONES
+#endif
+
+namespace reactfast {
+namespace {
+
+// Two-pass Pearson r per dim of the segments xs[0:n] and ys[0:n] (rows of D floats), as
+// numpy.corrcoef: NaN when a segment has zero variance.
+RF_CLONES void pearson_segments(const float* xs, const float* ys, index_t n, index_t D, double* mx, double* my,
+                                double* sxy, double* sxx, double* syy, double* r) {
+  for (index_t d = 0; d < D; ++d) mx[d] = my[d] = sxy[d] = sxx[d] = syy[d] = 0.0;
+  for (index_t t = 0; t < n; ++t)
+    for (index_t d = 0; d < D; ++d) {
+      mx[d] += xs[t * D + d];
+      my[d] += ys[t * D + d];
+    }
+  for (index_t d = 0; d < D; ++d) {
+    mx[d] /= static_cast<double>(n);
+    my[d] /= static_cast<double>(n);
+  }
+  for (index_t t = 0; t < n; ++t)
+    for (index_t d = 0; d < D; ++d) {
+      const double a = xs[t * D + d] - mx[d];
+      const double b = ys[t * D + d] - my[d];
+      sxy[d] += a * b;
+      sxx[d] += a * a;
+      syy[d] += b * b;
+    }
+  for (index_t d = 0; d < D; ++d) {
+    double v = sxy[d] / std::sqrt(sxx[d] * syy[d]);
+    if (sxx[d] == 0.0 || syy[d] == 0.0) v = std::numeric_limits<double>::quiet_NaN();
+    r[d] = v > 1.0 ? 1.0 : (v < -1.0 ? -1.0 : v);
+  }
+}
+
+}  // namespace
+
+void tlcc_cpu(const float* x, const float* y, float* rs, index_t M, index_t T, index_t D, index_t L) {
+  const index_t lags = 2 * L + 1;
+#pragma omp parallel
+  {
+    std::vector<double> buf(6 * D);
+    double* mx = buf.data();
+    double* my = mx + D;
+    double* sxy = my + D;
+    double* sxx = sxy + D;
+    double* syy = sxx + D;
+    double* r = syy + D;
+#pragma omp for collapse(2) schedule(static)
+    for (index_t m = 0; m < M; ++m)
+      for (index_t li = 0; li < lags; ++li) {
+        const index_t l = li - L;
+        const index_t n = T - (l < 0 ? -l : l);
+        float out = std::numeric_limits<float>::quiet_NaN();
+        if (n >= 2) {
+          const float* xs = x + m * T * D + (l > 0 ? l : 0) * D;
+          const float* ys = y + m * T * D + (l < 0 ? -l : 0) * D;
+          pearson_segments(xs, ys, n, D, mx, my, sxy, sxx, syy, r);
+          // float32 mean over dims, accumulated in dim order (as the reference).
+          float acc = 0.f;
+          for (index_t d = 0; d < D; ++d) acc += static_cast<float>(r[d]);
+          out = acc / static_cast<float>(D);
+        }
+        rs[m * lags + li] = out;
+      }
+  }
+}
+
+}  // namespace reactfast

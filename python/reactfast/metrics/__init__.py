@@ -1,0 +1,201 @@
+"""The REACT challenge metric suite (SPEC section 2), reproducing the official numbers.
+
+Inputs: ``pred`` (N, S, T, 25) generated listener emotion, ``listener_gt`` (N, T, 25),
+``speaker`` (N, T, 25) speaker emotion, ``appropriate`` (N, N) bool (row k: the dyads whose real
+listener reaction is appropriate for speaker k). numpy arrays or torch tensors (CPU or CUDA).
+
+- FRCorr = (1/N) sum_k sum_i max_{j in A(k)} CCC(listener_gt[j], pred[k, i])  (a sum over samples)
+- FRDist = (1/N) sum_k sum_i min_{j in A(k)} [DTW_AU/15 + DTW_VA + DTW_FER/8]
+- FRDiv  = (1/N) sum_k sum_{i != i'} ||pred[k,i] - pred[k,i']||^2 / (S (S-1) T D)   (0 when S = 1)
+- FRDvs  = sum_i sum_{k != l} ||pred[k,i] - pred[l,i]||^2 / (N (N-1) S T D)       (0 when N = 1)
+- FRVar  = mean over (k, i, d) of the unbiased variance over time
+- FRSyn  = mean_k |offset| of the time-lagged cross-correlation of pred[k, 0] with speaker[k]
+  (official rule: first sample only; ``frsyn_all_samples=True`` averages over every sample).
+
+Quirks of the official code are kept (see SPEC); corrected variants are opt-in and named.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+
+from reactfast.ops import _candidates
+from reactfast.ops.ccc import ccc_max
+from reactfast.ops.dtw import REACT_GROUPS, weighted_dtw_min
+from reactfast.ops.tlcc import tlcc
+from reactfast.reference.tlcc import tlcc_offset
+
+EMOTION_DIM = 25
+METRICS = ("FRCorr", "FRDist", "FRDiv", "FRDvs", "FRVar", "FRSyn")
+
+__all__ = ["evaluate", "frcorr", "frdist", "frdiv", "frdvs", "frvar", "frsyn", "check_inputs", "METRICS"]
+
+
+def _as_tensor(name: str, x, ndim: int) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        if not np.issubdtype(x.dtype, np.floating):
+            raise TypeError(f"{name} must be a float array, got dtype {x.dtype}")
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    elif not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a float tensor, got dtype {x.dtype}")
+    if x.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(x.shape)}")
+    if x.shape[-1] != EMOTION_DIM:
+        raise ValueError(f"{name} must have {EMOTION_DIM} emotion dims in its last axis, got shape {tuple(x.shape)}")
+    if any(s == 0 for s in x.shape):
+        raise ValueError(f"{name} must not be empty, got shape {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or Inf")
+    return x.detach().float().contiguous()
+
+
+def _as_appropriate(appropriate, N: int) -> np.ndarray:
+    a = appropriate.detach().cpu().numpy() if isinstance(appropriate, torch.Tensor) else np.asarray(appropriate)
+    if a.shape != (N, N):
+        raise ValueError(f"appropriate must have shape ({N}, {N}) to match pred, got {a.shape}")
+    if a.dtype != bool:
+        if not (np.issubdtype(a.dtype, np.number) and np.isin(a, (0, 1)).all()):
+            raise ValueError("appropriate must be boolean or hold only 0 and 1")
+        a = a.astype(bool)
+    empty = np.nonzero(~a.any(1))[0]
+    if len(empty):
+        raise ValueError(f"appropriate: rows {empty[:10].tolist()} are empty (no appropriate reaction)")
+    return a
+
+
+def check_inputs(pred, listener_gt=None, speaker=None, appropriate=None):
+    """Validate and convert the metric inputs; returns float32 tensors and a bool matrix."""
+    pred = _as_tensor("pred", pred, 4)
+    N, S, T, _ = pred.shape
+    out = [pred]
+    for name, x in (("listener_gt", listener_gt), ("speaker", speaker)):
+        if x is None:
+            out.append(None)
+            continue
+        x = _as_tensor(name, x, 3)
+        if x.shape[:2] != (N, T):
+            raise ValueError(f"{name} must have shape ({N}, {T}, {EMOTION_DIM}) to match pred, got {tuple(x.shape)}")
+        if x.device != pred.device:
+            raise ValueError(f"{name} must be on pred's device ({pred.device}), got {x.device}")
+        out.append(x)
+    out.append(None if appropriate is None else _as_appropriate(appropriate, N))
+    return tuple(out)
+
+
+def _chunks(N: int, S: int, chunk: int, desc: str, progress: bool):
+    starts = range(0, N, chunk)
+    if progress:
+        from tqdm.auto import tqdm
+
+        return tqdm(starts, desc=desc, unit="chunk", total=len(starts), leave=False)
+    return starts
+
+
+def frcorr(pred, listener_gt, appropriate, chunk: int = 64, progress: bool = False, backend=None) -> float:
+    """FRCorr: appropriateness as the best CCC against an appropriate real reaction, summed over samples."""
+    pred, listener_gt, _, a = check_inputs(pred, listener_gt, None, appropriate)
+    N, S, T, D = pred.shape
+    total = 0.0
+    for lo in _chunks(N, S, chunk, "FRCorr", progress):
+        rows = range(lo, min(N, lo + chunk))
+        cand = _candidates.from_appropriate(a, S, rows)
+        best, _ = ccc_max(pred[rows.start:rows.stop].reshape(-1, T, D), listener_gt, cand, backend=backend)
+        total += float(best.sum())
+    return total / N
+
+
+def frdist(pred, listener_gt, appropriate, chunk: int = 16, progress: bool = False, abandon: bool = True,
+           groups=REACT_GROUPS, backend=None) -> float:
+    """FRDist: the smallest weighted three-group DTW to an appropriate real reaction, summed over samples."""
+    pred, listener_gt, _, a = check_inputs(pred, listener_gt, None, appropriate)
+    N, S, T, D = pred.shape
+    total = 0.0
+    for lo in _chunks(N, S, chunk, "FRDist", progress):
+        rows = range(lo, min(N, lo + chunk))
+        cand = _candidates.from_appropriate(a, S, rows)
+        best, _ = weighted_dtw_min(pred[rows.start:rows.stop].reshape(-1, T, D), listener_gt, cand, groups=groups,
+                                   abandon=abandon, backend=backend)
+        total += float(best.sum())
+    return total / N
+
+
+def frdiv(pred) -> float:
+    """FRDiv: mean squared distance between the S samples of each speaker (diversity)."""
+    (pred, *_) = check_inputs(pred)
+    N, S = pred.shape[:2]
+    if S == 1:
+        return 0.0
+    flat = pred.reshape(N, S, -1).double()
+    # sum_{i != i'} ||a_i - a_i'||^2 = 2 S sum_i ||a_i - mean||^2 (centred: no cancellation).
+    centred = flat - flat.mean(1, keepdim=True)
+    per_speaker = 2 * S * (centred ** 2).sum((1, 2)) / (S * (S - 1) * flat.shape[-1])
+    return float(per_speaker.mean())
+
+
+def frdvs(pred) -> float:
+    """FRDvs: mean squared distance between the reactions of different speakers, per sample index."""
+    (pred, *_) = check_inputs(pred)
+    N, S = pred.shape[:2]
+    if N == 1:
+        return 0.0
+    flat = pred.reshape(N, S, -1).double()
+    centred = flat - flat.mean(0, keepdim=True)
+    return float(2 * N * (centred ** 2).sum() / (N * (N - 1) * S * flat.shape[-1]))
+
+
+def frvar(pred) -> float:
+    """FRVar: mean over (speaker, sample, dim) of the unbiased variance over time."""
+    (pred, *_) = check_inputs(pred)
+    if pred.shape[2] < 2:
+        raise ValueError(f"pred needs at least 2 frames for FRVar, got shape {tuple(pred.shape)}")
+    return float(pred.double().var(dim=2, unbiased=True).mean())
+
+
+def frsyn(pred, speaker, max_lag: int = 49, all_samples: bool = False, backend=None) -> float:
+    """FRSyn: mean |offset| of the peak of the time-lagged cross-correlation with the speaker.
+
+    Official rule: only sample 0 of each speaker counts; ``all_samples=True`` is the corrected
+    variant over every sample.
+    """
+    pred, _, speaker, _ = check_inputs(pred, None, speaker, None)
+    N, S, T, D = pred.shape
+    samples = range(S) if all_samples else range(1)
+    x = torch.cat([pred[:, i] for i in samples])
+    y = speaker.repeat(len(samples), 1, 1)
+    rs = tlcc(x, y, max_lag=max_lag, backend=backend).cpu().numpy()
+    return float(np.mean(tlcc_offset(rs)))
+
+
+def evaluate(pred, listener_gt, speaker, appropriate, progress: bool = False, abandon: bool = True,
+             frsyn_all_samples: bool = False, backend: Optional[str] = None) -> Dict[str, float]:
+    """All REACT metrics: {"FRCorr", "FRDist", "FRDiv", "FRDvs", "FRVar", "FRSyn"}.
+
+    Args:
+        pred: (N, S, T, 25) generated listener emotion.
+        listener_gt: (N, T, 25) real listener emotion of each dyad.
+        speaker: (N, T, 25) speaker emotion of each dyad.
+        appropriate: (N, N) bool (or 0/1) appropriateness matrix; no row may be empty.
+        progress: show tqdm progress bars for FRCorr and FRDist.
+        abandon: exact early abandoning in FRDist (same result, faster).
+        frsyn_all_samples: FRSyn over every sample instead of the official first-sample rule.
+        backend: force a backend for the kernels (``"cpp"``, ``"cuda"``, ``"reference"``).
+
+    Example:
+        >>> scores = evaluate(pred, listener_gt, speaker, appropriate)
+        >>> scores["FRDist"]
+    """
+    pred, listener_gt, speaker, a = check_inputs(pred, listener_gt, speaker, appropriate)
+    return {
+        "FRCorr": frcorr(pred, listener_gt, a, progress=progress, backend=backend),
+        "FRDist": frdist(pred, listener_gt, a, progress=progress, abandon=abandon, backend=backend),
+        "FRDiv": frdiv(pred),
+        "FRDvs": frdvs(pred),
+        "FRVar": frvar(pred),
+        "FRSyn": frsyn(pred, speaker, all_samples=frsyn_all_samples,
+                       backend=None if backend == "cuda" else backend),
+    }

@@ -1,0 +1,109 @@
+"""The metric suite against the reference definitions, and its input validation."""
+
+import numpy as np
+import pytest
+import torch
+
+from reactfast import metrics
+from reactfast.reference import metrics as ref
+
+
+def make_case(seed, N, S, T, density=0.3):
+    rng = np.random.default_rng(seed)
+    pred = rng.random((N, S, T, 25)).astype(np.float32)
+    pred[..., :15] = pred[..., :15] > 0.6
+    gt = rng.random((N, T, 25)).astype(np.float32)
+    gt[..., :15] = gt[..., :15] > 0.6
+    speaker = rng.random((N, T, 25)).astype(np.float32)
+    gt[0, :, 5] = 1.0                      # constant column (CCC's NaN -> 0 rule)
+    pred[0, 0, : T // 2, 20] = 0.125       # constant stretch: NaN at some TLCC lags
+    speaker[1, :, 2] = 0.0                 # constant speaker column: NaN rs everywhere for item 1
+    if N > 3:
+        gt[3] = gt[2]                      # duplicate reactions: ties in the min/max
+    appropriate = rng.random((N, N)) < density
+    np.fill_diagonal(appropriate, True)
+    return pred, gt, speaker, appropriate
+
+
+@pytest.mark.parametrize("N,S,T", [(8, 3, 60), (30, 2, 40), (6, 1, 97), (4, 2, 750)])
+def test_evaluate_matches_reference(N, S, T):
+    pred, gt, speaker, appropriate = make_case(N * 100 + T, N, S, T)
+    fast = metrics.evaluate(pred, gt, speaker, appropriate)
+    slow = ref.evaluate(pred, gt, speaker, appropriate)
+    assert fast.keys() == slow.keys() == set(metrics.METRICS)
+    for name in fast:
+        if name == "FRSyn":
+            assert fast[name] == slow[name]
+        else:
+            assert fast[name] == pytest.approx(slow[name], rel=1e-6, abs=1e-9), name
+
+
+def test_torch_inputs_and_float_matrix():
+    pred, gt, speaker, appropriate = make_case(1, 6, 2, 50)
+    a = metrics.evaluate(pred, gt, speaker, appropriate)
+    b = metrics.evaluate(torch.from_numpy(pred), torch.from_numpy(gt), torch.from_numpy(speaker),
+                         torch.from_numpy(appropriate.astype(np.float32)))
+    assert a == b
+
+
+def test_single_sample_and_single_speaker():
+    pred, gt, speaker, appropriate = make_case(2, 5, 1, 30)
+    assert metrics.frdiv(pred) == 0.0
+    assert metrics.frdvs(pred[:1]) == 0.0
+
+
+def test_frsyn_all_samples_variant():
+    pred, gt, speaker, _ = make_case(3, 5, 4, 120)
+    first = metrics.frsyn(pred, speaker)
+    every = metrics.frsyn(pred, speaker, all_samples=True)
+    assert first == ref.frsyn(pred, speaker)
+    assert every == ref.frsyn(pred, speaker, all_samples=True)
+    # Sample 0 of each speaker copies the speaker with a 7-frame delay: offset 7, except item 1
+    # whose speaker has a constant column, so every rs is NaN and the first NaN (offset 49) wins.
+    shifted = pred.copy()
+    shifted[:, 0] = np.roll(speaker, 7, axis=1)
+    assert metrics.frsyn(shifted, speaker) == (4 * 7 + 49) / 5
+
+
+def test_perfect_prediction_scores():
+    pred, gt, speaker, appropriate = make_case(4, 6, 2, 80)
+    exact = np.repeat(gt[:, None], 2, axis=1)
+    scores = metrics.evaluate(exact, gt, speaker, np.eye(6, dtype=bool))
+    assert scores["FRDist"] == 0.0
+    assert scores["FRDiv"] == 0.0
+    ccc_self = metrics.frcorr(exact, gt, np.eye(6, dtype=bool))
+    assert 1.9 < ccc_self <= 2.0  # S = 2 samples, each CCC ~ 1 (less the constant column)
+
+
+def test_chunking_does_not_change_results():
+    pred, gt, speaker, appropriate = make_case(5, 9, 2, 40)
+    assert metrics.frdist(pred, gt, appropriate, chunk=2) == metrics.frdist(pred, gt, appropriate, chunk=64)
+    assert metrics.frcorr(pred, gt, appropriate, chunk=1) == pytest.approx(metrics.frcorr(pred, gt, appropriate))
+
+
+def _bad(**change):
+    pred, gt, speaker, appropriate = make_case(6, 4, 2, 20)
+    args = dict(pred=pred, listener_gt=gt, speaker=speaker, appropriate=appropriate)
+    args.update(change)
+    return args
+
+
+@pytest.mark.parametrize("change,err,match", [
+    (dict(pred=np.zeros((4, 2, 20, 24), np.float32)), ValueError, "pred must have 25 emotion dims"),
+    (dict(pred=np.zeros((4, 20, 25), np.float32)), ValueError, "pred must have 4 dimensions"),
+    (dict(listener_gt=np.zeros((3, 20, 25), np.float32)), ValueError, r"listener_gt must have shape \(4, 20, 25\)"),
+    (dict(speaker=np.zeros((4, 21, 25), np.float32)), ValueError, r"speaker must have shape \(4, 20, 25\)"),
+    (dict(pred=np.zeros((4, 0, 20, 25), np.float32)), ValueError, "pred must not be empty"),
+    (dict(pred=np.zeros((4, 2, 0, 25), np.float32)), ValueError, "pred must not be empty"),
+    (dict(pred=np.full((4, 2, 20, 25), np.nan, np.float32)), ValueError, "pred contains NaN or Inf"),
+    (dict(speaker=np.full((4, 20, 25), np.inf, np.float32)), ValueError, "speaker contains NaN or Inf"),
+    (dict(appropriate=np.eye(3, dtype=bool)), ValueError, r"appropriate must have shape \(4, 4\)"),
+    (dict(appropriate=np.full((4, 4), 0.5)), ValueError, "boolean or hold only 0 and 1"),
+    (dict(appropriate=np.array([[1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], bool)), ValueError,
+     r"rows \[1\] are empty"),
+    (dict(pred=np.zeros((4, 2, 20, 25), np.int64)), TypeError, "pred must be a float array"),
+    (dict(pred=[[0.0]]), TypeError, "pred must be a numpy array or torch tensor"),
+])
+def test_bad_input(change, err, match):
+    with pytest.raises(err, match=match):
+        metrics.evaluate(**_bad(**change))

@@ -1,0 +1,61 @@
+import json
+
+import numpy as np
+import pytest
+
+from reactfast import cli, metrics
+from reactfast.data import ReactDataset, SyntheticDyads
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("react"))
+    SyntheticDyads(sessions=4, frames=120, prototypes=2, seed=0).write(path, "test")
+    return path
+
+
+def test_evaluate_from_data_folder(root, tmp_path, capsys):
+    ds = ReactDataset(root, "test", frames=100, modalities=("emotion",))
+    gt = ds.stack("listener", "emotion").numpy()
+    pred = np.repeat(gt[:, None], 2, axis=1) + np.float32(0.01)
+    np.savez(tmp_path / "p.npz", pred=pred)
+    out = tmp_path / "scores.json"
+    assert cli.main(["evaluate", str(tmp_path / "p.npz"), "--data", root, "--no-progress", "--out", str(out)]) == 0
+    saved = json.loads(out.read_text())["metrics"]
+    expected = metrics.evaluate(pred, gt, ds.stack("speaker", "emotion").numpy(), ds.appropriate)
+    assert saved == pytest.approx(expected)
+    assert "FRDist" in capsys.readouterr().out
+
+
+def test_evaluate_from_explicit_files(tmp_path):
+    rng = np.random.default_rng(0)
+    pred = rng.random((3, 2, 40, 25)).astype(np.float32)
+    np.save(tmp_path / "pred.npy", pred)
+    np.save(tmp_path / "gt.npy", pred[:, 0])
+    np.save(tmp_path / "sp.npy", pred[:, 1])
+    np.save(tmp_path / "a.npy", np.eye(3))
+    assert cli.main(["evaluate", str(tmp_path / "pred.npy"), "--listener-gt", str(tmp_path / "gt.npy"),
+                     "--speaker", str(tmp_path / "sp.npy"), "--appropriate", str(tmp_path / "a.npy"),
+                     "--no-progress"]) == 0
+    saved = json.loads((tmp_path / "pred.metrics.json").read_text())["metrics"]
+    assert saved["FRDiv"] > 0
+
+
+def test_evaluate_needs_targets(tmp_path):
+    np.save(tmp_path / "pred.npy", np.zeros((2, 1, 5, 25), np.float32))
+    with pytest.raises(SystemExit, match="give --data"):
+        cli.main(["evaluate", str(tmp_path / "pred.npy")])
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        cli.main(["evaluate", str(tmp_path / "missing.npy"), "--data", "x"])
+
+
+def test_demo_runs(tmp_path, capsys):
+    rows = cli.main(["demo", "--out", str(tmp_path / "demo"), "--sessions", "4"])
+    assert rows == 0
+    text = capsys.readouterr().out
+    assert "FRCorr" in text and "Random (Gaussian)" in text
+    saved = json.loads((tmp_path / "demo" / "metrics.json").read_text())["metrics"]
+    # Copies of the real listener are far closer than noise, and noise is the most diverse.
+    assert saved["GT listener + noise"]["FRDist"] < saved["Random (Gaussian)"]["FRDist"]
+    assert saved["GT listener + noise"]["FRCorr"] > saved["Random (Gaussian)"]["FRCorr"]
+    assert saved["Random (Gaussian)"]["FRDiv"] > saved["GT listener + noise"]["FRDiv"]
