@@ -1,0 +1,144 @@
+"""nn.BiasedCrossAttention: multi-head attention over ``reactfast.ops.biased_attention``."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+from reactfast.ops.biased_attention import biased_attention
+from reactfast.reference.biased_attention import alibi_slopes
+
+
+@dataclass
+class KVCache:
+    """Projected keys/values seen so far by one incremental attention (all samples in step).
+
+    k, v: (B, H, L, d) most recent keys; ``seen``: keys received in total (the absolute position
+    of key L-1 is seen - 1); keys older than the module's ``max_cache`` are dropped.
+    """
+
+    k: Optional[torch.Tensor] = None
+    v: Optional[torch.Tensor] = None
+    seen: int = 0
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.shape[2]
+
+
+class BiasedCrossAttention(nn.Module):
+    """Multi-head cross-attention with ReactFace's periodic ALiBi-like bias and causal bound.
+
+    Args:
+        embed_dim: query (and output) width E; num_heads divides it.
+        kdim, vdim: key and value input widths (default E).
+        dropout: dropout on the attention output during training (the fused kernel has no
+            attention-probability dropout); off at eval.
+        period: p, frames per bias step (8 in ReactFace).
+        audio_ratio: k keys per query frame (2 for audio at twice the video rate).
+        extra: keys past the current position that still count (0 authors, k - 1 paper).
+        slopes: per-head slopes (default ALiBi); stored as a buffer.
+        max_cache: in incremental mode keep at most this many recent keys (a multiple of
+            audio_ratio), so the cost of a step does not grow with the conversation.
+        backend: force the op's backend.
+
+    ``forward(query (B, Tq, E), key (B, Tk, kdim), value (B, Tk, vdim), q_offset, key_lengths)``
+    returns (B, Tq, E). ``step(query, new_key, new_value, cache)`` appends the new keys to the
+    cache and attends from a right-aligned window of queries (the newest frames), giving what one
+    full call over all keys would give for those queries.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, kdim: Optional[int] = None, vdim: Optional[int] = None,
+                 dropout: float = 0.0, period: int = 8, audio_ratio: int = 1, extra: int = 0,
+                 slopes: Optional[torch.Tensor] = None, bias: bool = True, max_cache: Optional[int] = None,
+                 backend: Optional[str] = None):
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(f"num_heads ({num_heads}) must divide embed_dim ({embed_dim})")
+        if max_cache is not None and (max_cache < audio_ratio or max_cache % audio_ratio):
+            raise ValueError(f"max_cache must be a positive multiple of audio_ratio ({audio_ratio}), got {max_cache}")
+        self.embed_dim, self.num_heads = embed_dim, num_heads
+        self.head_dim = embed_dim // num_heads
+        self.period, self.audio_ratio, self.extra = period, audio_ratio, extra
+        self.max_cache, self.backend = max_cache, backend
+        self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        self.k_proj = nn.Linear(kdim or embed_dim, embed_dim, bias=bias)
+        self.v_proj = nn.Linear(vdim or embed_dim, embed_dim, bias=bias)
+        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+        self.register_buffer("slopes", alibi_slopes(num_heads) if slopes is None else slopes.float().clone())
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        return x.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def _attend(self, q, k, v, q_offset, key_lengths) -> torch.Tensor:
+        out = biased_attention(q, k, v, self.slopes, q_offset=q_offset, period=self.period,
+                               audio_ratio=self.audio_ratio, extra=self.extra, key_lengths=key_lengths,
+                               backend=self.backend)
+        B, H, Tq, d = out.shape
+        return self.dropout(self.out_proj(out.transpose(1, 2).reshape(B, Tq, H * d)))
+
+    def _check(self, name, x, width):
+        if not isinstance(x, torch.Tensor) or x.dim() != 3:
+            raise ValueError(f"{name} must be a (B, T, {width}) tensor, got "
+                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+        if x.shape[-1] != width:
+            raise ValueError(f"{name} must have last dim {width}, got shape {tuple(x.shape)}")
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                q_offset: Union[int, torch.Tensor] = 0, key_lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+        self._check("query", query, self.q_proj.in_features)
+        self._check("key", key, self.k_proj.in_features)
+        self._check("value", value, self.v_proj.in_features)
+        if key.shape[:2] != value.shape[:2]:
+            raise ValueError(f"key and value must share (B, Tk), got {tuple(key.shape)} and {tuple(value.shape)}")
+        if key.shape[0] != query.shape[0]:
+            raise ValueError(f"query and key must share the batch size, got {query.shape[0]} and {key.shape[0]}")
+        q = self._heads(self.q_proj(query))
+        k = self._heads(self.k_proj(key))
+        v = self._heads(self.v_proj(value))
+        return self._attend(q, k, v, q_offset, key_lengths)
+
+    def new_cache(self) -> KVCache:
+        return KVCache()
+
+    def step(self, query: torch.Tensor, new_key: torch.Tensor, new_value: torch.Tensor, cache: KVCache
+             ) -> torch.Tensor:
+        """Incremental call: append ``new_key``/``new_value`` (B, n, kdim/vdim) to ``cache`` and
+        attend from ``query`` (B, W, E), the newest W frames (right-aligned: its last frame is the
+        frame of the last key received)."""
+        self._check("query", query, self.q_proj.in_features)
+        self._check("new_key", new_key, self.k_proj.in_features)
+        self._check("new_value", new_value, self.v_proj.in_features)
+        if new_key.shape[1] % self.audio_ratio:
+            raise ValueError(f"new_key must bring a multiple of audio_ratio ({self.audio_ratio}) keys, "
+                             f"got {new_key.shape[1]}")
+        k = self._heads(self.k_proj(new_key))
+        v = self._heads(self.v_proj(new_value))
+        if cache.k is not None:
+            if cache.k.shape[0] != k.shape[0]:
+                raise ValueError(f"the cache holds {cache.k.shape[0]} samples, got a batch of {k.shape[0]}")
+            k = torch.cat([cache.k, k], 2)
+            v = torch.cat([cache.v, v], 2)
+        cache.seen += new_key.shape[1]
+        if self.max_cache is not None and k.shape[2] > self.max_cache:
+            k = k[:, :, -self.max_cache:].contiguous()
+            v = v[:, :, -self.max_cache:].contiguous()
+        cache.k, cache.v = k, v
+        dropped = cache.seen - k.shape[2]
+        frames = cache.seen // self.audio_ratio
+        W = query.shape[1]
+        if W > frames:
+            raise ValueError(f"query window of {W} frames is longer than the {frames} frames seen")
+        # Positions are relative to the first cached key: shift the query frame by the dropped keys.
+        q_offset = frames - W - dropped // self.audio_ratio
+        if q_offset < 0:
+            raise ValueError(f"the query window of {W} frames reaches further back than the {k.shape[2]} cached "
+                             f"keys (max_cache={self.max_cache}); raise max_cache")
+        q = self._heads(self.q_proj(query))
+        return self._attend(q, k, v, q_offset, None)

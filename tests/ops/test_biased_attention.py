@@ -1,0 +1,180 @@
+import math
+
+import pytest
+import torch
+
+from reactfast.nn import BiasedCrossAttention
+from reactfast.ops import biased_attention
+from reactfast.reference import biased_attention as ref
+from reactfast.testing import assert_close
+from tests.conftest import HAS_CUDA
+
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+
+
+def _inputs(B, H, Tq, Tk, d, dtype=torch.float32, seed=0, device=DEVICE):
+    g = torch.Generator().manual_seed(seed)
+    mk = lambda T: torch.randn(B, H, T, d, generator=g).to(device=device, dtype=dtype).requires_grad_()  # noqa: E731
+    return mk(Tq), mk(Tk), mk(Tk)
+
+
+def _check(B, H, Tq, Tk, d, dtype=torch.float32, atol=2e-5, **kw):
+    q, k, v = _inputs(B, H, Tq, Tk, d, dtype, seed=Tq * 1000 + Tk)
+    out = biased_attention(q, k, v, backend="triton", **kw)
+    expect = ref.biased_attention(q.float(), k.float(), v.float(), **kw)
+    assert_close("out", expect, out.float(), atol=atol, rtol=atol)
+    grad = torch.randn_like(expect)
+    got = torch.autograd.grad(out.float(), (q, k, v), grad)
+    want = torch.autograd.grad(expect, (q, k, v), grad)
+    for name, a, b in zip(("dq", "dk", "dv"), want, got):
+        assert_close(name, a, b.float(), atol=atol * 5, rtol=atol * 5)
+
+
+# Sweep of odd sizes: (Tq, Tk, q0, audio_ratio, period, extra).
+SWEEP = [
+    (1, 1, 0, 1, 8, 0),
+    (7, 7, 0, 1, 8, 0),
+    (7, 63, 56, 1, 8, 0),       # right-aligned window over 63 keys
+    (63, 97, 0, 1, 1, 0),
+    (1, 751, 750, 1, 8, 0),
+    (97, 751, 0, 1, 8, 0),
+    (8, 16, 0, 2, 8, 1),        # audio at twice the frame rate, current samples included
+    (7, 97, 40, 2, 1, 0),
+    (63, 7, 3, 1, 8, 0),        # more queries than keys: rows past the keys see all
+]
+
+
+@pytest.mark.parametrize("Tq,Tk,q0,ratio,period,extra", SWEEP)
+def test_triton_matches_reference(Tq, Tk, q0, ratio, period, extra):
+    _check(2, 2, Tq, Tk, 16, q_offset=q0, audio_ratio=ratio, period=period, extra=extra)
+
+
+@pytest.mark.parametrize("d", [16, 24, 64, 128])
+def test_head_dims(d):
+    _check(1, 2, 33, 40, d, q_offset=7, period=8)
+
+
+def test_key_lengths_and_per_sample_offsets():
+    lengths = torch.tensor([40, 13, 1])
+    offsets = torch.tensor([0, 5, 30])
+    _check(3, 2, 20, 40, 16, q_offset=offsets, key_lengths=lengths)
+
+
+def test_fully_masked_rows_give_zeros():
+    q, k, v = _inputs(2, 2, 9, 20, 16)
+    lengths = torch.tensor([0, 20])
+    for backend in ("triton", "reference"):
+        out = biased_attention(q, k, v, key_lengths=lengths, backend=backend)
+        assert torch.isfinite(out).all()
+        assert float(out[0].detach().abs().max()) == 0.0
+        grads = torch.autograd.grad(out.sum(), (q, k, v))
+        assert all(torch.isfinite(g).all() for g in grads)
+        assert float(grads[0][0].abs().max()) == 0.0
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="fp16/bf16 kernels are checked on a GPU")
+@pytest.mark.parametrize("dtype,atol", [(torch.float16, 2e-2), (torch.bfloat16, 5e-2)])
+def test_low_precision_on_gpu(dtype, atol):
+    _check(2, 4, 97, 751, 64, dtype=dtype, atol=atol, q_offset=0)
+
+
+def test_bf16_through_interpreter_upcasts():
+    q, k, v = _inputs(1, 2, 17, 33, 16, dtype=torch.bfloat16)
+    out = biased_attention(q, k, v, backend="triton", q_offset=16)
+    expect = ref.biased_attention(q.float(), k.float(), v.float(), q_offset=16)
+    assert out.dtype == torch.bfloat16
+    assert_close("bf16", expect, out.float(), atol=3e-2, rtol=3e-2)
+
+
+def test_bias_matches_spec_formula():
+    slopes = ref.alibi_slopes(8)
+    assert torch.allclose(slopes[:2], torch.tensor([0.5, 0.25]))
+    bias = ref.attention_bias(3, 12, slopes, q_offset=9, period=8)[0]
+    for h in (0, 3):
+        for i in range(3):
+            for j in range(12):
+                want = -slopes[h] * math.floor((9 + i - j) / 8) if j <= 9 + i else float("-inf")
+                assert float(bias[h, i, j]) == pytest.approx(want)
+    audio = ref.attention_bias(2, 8, slopes, q_offset=1, period=2, audio_ratio=2, extra=1)[0, 0]
+    # frame 1 -> pos 2; sees audio samples 0..3 (2 and 3 are its own).
+    assert torch.isinf(audio[0, 4:]).all() and torch.isfinite(audio[0, :4]).all()
+    assert float(audio[0, 0]) == pytest.approx(-0.5 * math.floor(2 / 4))
+
+
+def test_opcheck():
+    q, k, v = _inputs(1, 2, 5, 9, 16, device="cpu")
+    args = (q.detach(), k.detach(), v.detach(), ref.alibi_slopes(2), torch.tensor([4], dtype=torch.int32),
+            torch.tensor([9], dtype=torch.int32), 8, 1, 0, 0.25, "reference")
+    torch.library.opcheck(torch.ops.reactfast.biased_attention_fwd.default, args)
+
+
+def test_torch_compile_fullgraph():
+    module = BiasedCrossAttention(32, 4, period=4).eval()
+    x, mem = torch.randn(2, 6, 32), torch.randn(2, 10, 32)
+    compiled = torch.compile(module, fullgraph=True, backend="eager")
+    assert_close("compiled", module(x, mem, mem, q_offset=4), compiled(x, mem, mem, q_offset=4), atol=1e-6, rtol=0)
+
+
+def test_module_matches_reference_attention():
+    torch.manual_seed(0)
+    module = BiasedCrossAttention(32, 4, kdim=12, vdim=12, period=8).eval()
+    x, mem = torch.randn(2, 5, 32), torch.randn(2, 20, 12)
+    out = module(x, mem, mem, q_offset=15)
+    q = module._heads(module.q_proj(x))
+    k = module._heads(module.k_proj(mem))
+    v = module._heads(module.v_proj(mem))
+    o = ref.biased_attention(q, k, v, q_offset=15).transpose(1, 2).reshape(2, 5, 32)
+    assert_close("module", module.out_proj(o), out, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("ratio,max_cache", [(1, None), (2, None), (2, 40)])
+def test_incremental_equals_full_call(ratio, max_cache):
+    torch.manual_seed(1)
+    module = BiasedCrossAttention(16, 2, period=8, audio_ratio=ratio, max_cache=max_cache).eval()
+    W, steps = 4, 6
+    frames = torch.randn(2, W * steps, 16)
+    keys = torch.randn(2, W * steps * ratio, 16)
+    full = module(frames, keys, keys, q_offset=0)
+    cache = module.new_cache()
+    outs = []
+    for s in range(steps):
+        new = keys[:, s * W * ratio:(s + 1) * W * ratio]
+        outs.append(module.step(frames[:, s * W:(s + 1) * W], new, new, cache))
+    stepped = torch.cat(outs, 1)
+    if max_cache is None:
+        assert_close("incremental", full, stepped, atol=1e-5, rtol=1e-5)
+    else:
+        # A bounded cache equals full attention restricted to the last max_cache keys.
+        assert cache.length == max_cache
+        last = module(frames[:, -W:], keys[:, -max_cache:], keys[:, -max_cache:], q_offset=max_cache // ratio - W)
+        assert_close("bounded", last, outs[-1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("call,err,match", [
+    (lambda q, k, v: biased_attention(q, k[:, :1], v[:, :1]), ValueError, "k must have shape"),
+    (lambda q, k, v: biased_attention(q, k[..., :8], v[..., :8]), ValueError, "k must have shape"),
+    (lambda q, k, v: biased_attention(q, k, v[:, :, :3]), ValueError, "v must have k's shape"),
+    (lambda q, k, v: biased_attention(q, k.double(), v), TypeError, "k must have dtype"),
+    (lambda q, k, v: biased_attention(q, k.half(), v), TypeError, "share one dtype"),
+    (lambda q, k, v: biased_attention(q, k, v, q_offset=-1), ValueError, "q_offset must be >= 0"),
+    (lambda q, k, v: biased_attention(q, k, v, period=0), ValueError, "period must be an int >= 1"),
+    (lambda q, k, v: biased_attention(q, k, v, audio_ratio=0), ValueError, "audio_ratio must be an int >= 1"),
+    (lambda q, k, v: biased_attention(q, k, v, key_lengths=torch.tensor([99, 1])), ValueError, "key_lengths must be"),
+    (lambda q, k, v: biased_attention(q, k, v, slopes=torch.ones(3)), ValueError, "one value per head"),
+    (lambda q, k, v: biased_attention(q, k, v, q_offset=1.5), TypeError, "q_offset must be an int"),
+    (lambda q, k, v: biased_attention(q[0], k, v), ValueError, "q must have 4 dimensions"),
+])
+def test_bad_input(call, err, match):
+    q, k, v = (t.detach() for t in _inputs(2, 2, 4, 6, 16, device="cpu"))
+    with pytest.raises(err, match=match):
+        call(q, k, v)
+
+
+def test_module_bad_input():
+    module = BiasedCrossAttention(16, 2, audio_ratio=2)
+    with pytest.raises(ValueError, match="num_heads"):
+        BiasedCrossAttention(16, 3)
+    with pytest.raises(ValueError, match="key must have last dim 16"):
+        module(torch.randn(1, 2, 16), torch.randn(1, 4, 8), torch.randn(1, 4, 16))
+    with pytest.raises(ValueError, match="multiple of audio_ratio"):
+        module.step(torch.randn(1, 1, 16), torch.randn(1, 3, 16), torch.randn(1, 3, 16), module.new_cache())
