@@ -1,0 +1,154 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from reactfast.nn import WeightShiftLinear, personalize, personalized_call
+from reactfast.ops.weight_shift import weight_shift_linear
+from reactfast.reference import weight_shift as ref
+from reactfast.testing import assert_close
+
+
+def _inputs(B, L, d_in, d_out, bias=True, rank=None, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    mk = lambda *s: (torch.randn(*s, generator=g) * 0.5).to(dtype).requires_grad_()  # noqa: E731
+    x, w = mk(B, L, d_in), mk(d_out, d_in)
+    shift = (mk(B, d_out, rank), mk(B, d_in, rank)) if rank else mk(B, d_out, d_in)
+    b = mk(d_out) if bias else None
+    return x, w, shift, b
+
+
+def _leaves(x, w, shift, b):
+    out = [x, w] + (list(shift) if isinstance(shift, tuple) else [shift])
+    return out + ([b] if b is not None else [])
+
+
+@pytest.mark.parametrize("B,L,d_in,d_out", [(1, 1, 1, 1), (3, 7, 63, 97), (32, 5, 16, 48), (2, 97, 33, 7)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_triton_matches_reference(B, L, d_in, d_out, bias):
+    x, w, shift, b = _inputs(B, L, d_in, d_out, bias, seed=B * L)
+    got = weight_shift_linear(x, w, shift, b, backend="triton")
+    want = ref.weight_shift_linear(x, w, shift, b)
+    # The summed weight explicitly, as the authors' code forms it.
+    explicit = torch.stack([x[i] @ (w + shift[i]).t() for i in range(B)]) + (b if b is not None else 0)
+    assert_close("y", want, got, atol=1e-4, rtol=1e-4)
+    assert_close("explicit", explicit, got, atol=1e-4, rtol=1e-4)
+    grad = torch.randn_like(want)
+    leaves = _leaves(x, w, shift, b)
+    for name, a, c in zip("x w dW b".split(), torch.autograd.grad(want, leaves, grad),
+                          torch.autograd.grad(got, leaves, grad)):
+        assert_close(f"d{name}", a, c, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("B", [1, 3, 32])
+def test_low_rank(B):
+    x, w, (u, v), b = _inputs(B, 9, 24, 40, rank=4, seed=B)
+    got = weight_shift_linear(x, w, (u, v), b)
+    full = (u @ v.transpose(1, 2))
+    assert_close("low-rank", ref.weight_shift_linear(x, w, full, b), got, atol=1e-4, rtol=1e-4)
+    grads = torch.autograd.grad(got.sum(), (x, w, u, v, b))
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_bf16_through_interpreter():
+    x, w, shift, b = _inputs(2, 17, 33, 20, dtype=torch.bfloat16)
+    got = weight_shift_linear(x, w, shift, b, backend="triton")
+    want = ref.weight_shift_linear(x.float(), w.float(), shift.float(), b.float())
+    assert got.dtype == torch.bfloat16
+    assert_close("bf16", want, got.float(), atol=5e-2, rtol=5e-2)
+
+
+def test_only_some_gradients():
+    x, w, shift, b = _inputs(2, 5, 8, 6)
+    w2 = w.detach().requires_grad_()
+    y = weight_shift_linear(x.detach(), w2, shift.detach(), None, backend="triton")
+    (gw,) = torch.autograd.grad(y.sum(), (w2,))
+    (want,) = torch.autograd.grad(ref.weight_shift_linear(x.detach(), w2, shift.detach()).sum(), (w2,))
+    assert_close("dW only", want, gw, atol=1e-5, rtol=1e-5)
+
+
+def test_opcheck():
+    x, w, shift, b = (t.detach() for t in _leaves(*_inputs(2, 3, 4, 5)))
+    torch.library.opcheck(torch.ops.reactfast.weight_shift.default, (x, w, shift, b, "reference"))
+
+
+def test_weight_shift_linear_module():
+    layer = WeightShiftLinear(8, 6)
+    x = torch.randn(3, 4, 8)
+    assert torch.equal(layer(x), nn.functional.linear(x, layer.weight, layer.bias))
+    zero = torch.zeros(3, 6, 8)
+    assert_close("zero shift", layer(x), layer(x, zero), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_personalize_decoder_layer_equals_copies(batch_first):
+    torch.manual_seed(0)
+    layer = nn.TransformerDecoderLayer(32, 4, 64, dropout=0.0, batch_first=batch_first).eval()
+    B = 3
+    tgt, mem = torch.randn(B, 6, 32), torch.randn(B, 9, 32)
+    if not batch_first:
+        tgt, mem = tgt.transpose(0, 1), mem.transpose(0, 1)
+    shifts = {"multihead_attn": torch.randn(B, 96, 32) * 0.1, "linear2": torch.randn(B, 32, 64) * 0.1,
+              "self_attn": torch.randn(B, 96, 32) * 0.1}
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    with personalize(layer, shifts, batch_dim=0 if batch_first else 1):
+        out = layer(tgt, mem)
+    for k, v in layer.state_dict().items():
+        assert torch.equal(v, before[k]), f"{k} was modified"
+    assert "forward" not in layer.multihead_attn.__dict__
+    for b in range(B):
+        copy_b = copy.deepcopy(layer)
+        with torch.no_grad():
+            copy_b.multihead_attn.in_proj_weight += shifts["multihead_attn"][b]
+            copy_b.self_attn.in_proj_weight += shifts["self_attn"][b]
+            copy_b.linear2.weight += shifts["linear2"][b]
+        if batch_first:
+            want = copy_b(tgt[b:b + 1], mem[b:b + 1])[0]
+            got = out[b]
+        else:
+            want = copy_b(tgt[:, b:b + 1], mem[:, b:b + 1])[:, 0]
+            got = out[:, b]
+        assert_close(f"listener {b}", want, got, atol=1e-5, rtol=1e-5)
+
+
+def test_personalize_with_masks_and_gradients():
+    torch.manual_seed(1)
+    layer = nn.TransformerDecoderLayer(16, 2, 32, dropout=0.0, batch_first=True).eval()
+    tgt, mem = torch.randn(2, 5, 16), torch.randn(2, 7, 16)
+    causal = nn.Transformer.generate_square_subsequent_mask(5)
+    pad = torch.tensor([[False] * 7, [False] * 4 + [True] * 3])
+    zero = torch.zeros(2, 48, 16, requires_grad=True)
+    out = personalized_call(layer, {"multihead_attn": zero, "self_attn": zero}, tgt, mem, tgt_mask=causal,
+                            memory_key_padding_mask=pad)
+    assert_close("zero shifts", layer(tgt, mem, tgt_mask=causal, memory_key_padding_mask=pad), out,
+                 atol=1e-5, rtol=1e-5)
+    (g,) = torch.autograd.grad(out.square().sum(), (zero,))
+    assert g.abs().sum() > 0
+
+
+def test_personalize_errors():
+    layer = nn.TransformerDecoderLayer(16, 2, 32, batch_first=True)
+    with pytest.raises(KeyError, match="no module named 'decoder.x'"):
+        with personalize(layer, {"decoder.x": torch.zeros(1, 16, 16)}):
+            pass
+    with pytest.raises(ValueError, match=r"must have shape \(2, 48, 16\)"):
+        with personalize(layer, {"multihead_attn": torch.zeros(2, 16, 16)}):
+            pass
+    with pytest.raises(TypeError, match="only nn.Linear and nn.MultiheadAttention"):
+        with personalize(layer, {"norm1": torch.zeros(2, 16, 16)}):
+            pass
+
+
+@pytest.mark.parametrize("call,err,match", [
+    (lambda x, w, s, b: weight_shift_linear(x, w[:, :3], s, b), ValueError, "weight must have shape"),
+    (lambda x, w, s, b: weight_shift_linear(x, w, s[:1], b), ValueError, "one weight shift per sample"),
+    (lambda x, w, s, b: weight_shift_linear(x, w, s, b[:2]), ValueError, "bias must have shape"),
+    (lambda x, w, s, b: weight_shift_linear(x[0], w, s, b), ValueError, "x must have 3 dimensions"),
+    (lambda x, w, s, b: weight_shift_linear(x, w, s.double(), b), TypeError, "shift must have dtype"),
+    (lambda x, w, s, b: weight_shift_linear(x, w, (s, s), b), ValueError, "U must be"),
+])
+def test_bad_input(call, err, match):
+    x, w, s, b = (t.detach() for t in _leaves(*_inputs(2, 3, 4, 5)))
+    with pytest.raises(err, match=match):
+        call(x, w, s, b)
