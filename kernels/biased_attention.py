@@ -13,17 +13,18 @@ import triton.language as tl
 
 
 @triton.jit
-def _bias_and_mask(s, o_m, o_n, q0, klen, Tq, slope, PERIOD, RATIO, EXTRA):
+def _bias_and_mask(s, o_m, o_n, q0, kbeg, klen, Tq, slope, PERIOD, RATIO, EXTRA):
     # s: [BM, BN] scaled scores; returns biased scores with -inf where masked.
     pos = RATIO * (q0 + o_m)                                                  # [BM]
     diff = (pos[:, None] - o_n[None, :]).to(tl.float32)                        # [BM, BN]
     steps = tl.floor(diff / (RATIO * PERIOD))
-    visible = (o_n[None, :] <= pos[:, None] + EXTRA) & (o_n[None, :] < klen) & (o_m[:, None] < Tq)
+    visible = (o_n[None, :] <= pos[:, None] + EXTRA) & (o_n[None, :] < klen) & (o_n[None, :] >= kbeg)
+    visible = visible & (o_m[:, None] < Tq)
     return tl.where(visible, s - slope * steps, float("-inf")), visible
 
 
 @triton.jit
-def _biased_attention_fwd_kernel(p_q, p_k, p_v, p_o, p_lse, p_slopes, p_q0, p_klen, H, Tq, Tk, D, scale,
+def _biased_attention_fwd_kernel(p_q, p_k, p_v, p_o, p_lse, p_slopes, p_q0, p_kbeg, p_klen, H, Tq, Tk, D, scale,
                                  PERIOD, RATIO, EXTRA, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
                                  UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     i_m = tl.program_id(0)
@@ -32,6 +33,7 @@ def _biased_attention_fwd_kernel(p_q, p_k, p_v, p_o, p_lse, p_slopes, p_q0, p_kl
     i_h = i_bh % H
     q0 = tl.load(p_q0 + i_b)
     klen = tl.load(p_klen + i_b)
+    kbeg = tl.load(p_kbeg + i_b)
     slope = tl.load(p_slopes + i_h)
     o_m = i_m * BM + tl.arange(0, BM)
     o_d = tl.arange(0, BD)
@@ -48,7 +50,7 @@ def _biased_attention_fwd_kernel(p_q, p_k, p_v, p_o, p_lse, p_slopes, p_q0, p_kl
     m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BM], dtype=tl.float32)
     acc = tl.zeros([BM, BD], dtype=tl.float32)
-    for start in range(0, hi, BN):
+    for start in range((kbeg // BN) * BN, hi, BN):
         o_n = start + tl.arange(0, BN)
         m_kd = (o_n[:, None] < Tk) & m_d[None, :]
         # [BN, BD]
@@ -59,7 +61,7 @@ def _biased_attention_fwd_kernel(p_q, p_k, p_v, p_o, p_lse, p_slopes, p_q0, p_kl
             b_v = b_v.to(tl.float32)
         # [BM, BN]
         b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * scale
-        b_s, visible = _bias_and_mask(b_s, o_m, o_n, q0, klen, Tq, slope, PERIOD, RATIO, EXTRA)
+        b_s, visible = _bias_and_mask(b_s, o_m, o_n, q0, kbeg, klen, Tq, slope, PERIOD, RATIO, EXTRA)
         m_new = tl.maximum(m_i, tl.max(b_s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp(m_i - m_safe)
@@ -76,7 +78,7 @@ def _biased_attention_fwd_kernel(p_q, p_k, p_v, p_o, p_lse, p_slopes, p_q0, p_kl
 
 
 @triton.jit
-def _biased_attention_bwd_dkdv_kernel(p_q, p_k, p_v, p_do, p_lse, p_delta, p_dk, p_dv, p_slopes, p_q0, p_klen, H,
+def _biased_attention_bwd_dkdv_kernel(p_q, p_k, p_v, p_do, p_lse, p_delta, p_dk, p_dv, p_slopes, p_q0, p_kbeg, p_klen, H,
                                       Tq, Tk, D, scale, PERIOD, RATIO, EXTRA, BM: tl.constexpr, BN: tl.constexpr,
                                       BD: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     i_n = tl.program_id(0)
@@ -85,6 +87,7 @@ def _biased_attention_bwd_dkdv_kernel(p_q, p_k, p_v, p_do, p_lse, p_delta, p_dk,
     i_h = i_bh % H
     q0 = tl.load(p_q0 + i_b)
     klen = tl.load(p_klen + i_b)
+    kbeg = tl.load(p_kbeg + i_b)
     slope = tl.load(p_slopes + i_h)
     o_n = i_n * BN + tl.arange(0, BN)
     o_d = tl.arange(0, BD)
@@ -119,7 +122,7 @@ def _biased_attention_bwd_dkdv_kernel(p_q, p_k, p_v, p_do, p_lse, p_delta, p_dk,
         b_delta = tl.load(p_delta + i_bh * Tq + o_m, mask=o_m < Tq, other=0.0)
         # [BM, BN]
         b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * scale
-        b_s, visible = _bias_and_mask(b_s, o_m, o_n, q0, klen, Tq, slope, PERIOD, RATIO, EXTRA)
+        b_s, visible = _bias_and_mask(b_s, o_m, o_n, q0, kbeg, klen, Tq, slope, PERIOD, RATIO, EXTRA)
         b_p = tl.where(visible, tl.exp(b_s - b_lse[:, None]), 0.0)
         b_dv += tl.dot(tl.trans(b_p).to(b_do.dtype), b_do, input_precision=PRECISION)
         b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
@@ -131,7 +134,7 @@ def _biased_attention_bwd_dkdv_kernel(p_q, p_k, p_v, p_do, p_lse, p_delta, p_dk,
 
 
 @triton.jit
-def _biased_attention_bwd_dq_kernel(p_q, p_k, p_v, p_do, p_lse, p_delta, p_dq, p_slopes, p_q0, p_klen, H, Tq, Tk,
+def _biased_attention_bwd_dq_kernel(p_q, p_k, p_v, p_do, p_lse, p_delta, p_dq, p_slopes, p_q0, p_kbeg, p_klen, H, Tq, Tk,
                                     D, scale, PERIOD, RATIO, EXTRA, BM: tl.constexpr, BN: tl.constexpr,
                                     BD: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     i_m = tl.program_id(0)
@@ -140,6 +143,7 @@ def _biased_attention_bwd_dq_kernel(p_q, p_k, p_v, p_do, p_lse, p_delta, p_dq, p
     i_h = i_bh % H
     q0 = tl.load(p_q0 + i_b)
     klen = tl.load(p_klen + i_b)
+    kbeg = tl.load(p_kbeg + i_b)
     slope = tl.load(p_slopes + i_h)
     o_m = i_m * BM + tl.arange(0, BM)
     o_d = tl.arange(0, BD)
@@ -156,7 +160,7 @@ def _biased_attention_bwd_dq_kernel(p_q, p_k, p_v, p_do, p_lse, p_delta, p_dq, p
     b_dq = tl.zeros([BM, BD], dtype=tl.float32)
     last_row = tl.minimum(i_m * BM + BM, Tq) - 1
     hi = tl.minimum(RATIO * (q0 + last_row) + EXTRA + 1, klen)
-    for start in range(0, hi, BN):
+    for start in range((kbeg // BN) * BN, hi, BN):
         o_n = start + tl.arange(0, BN)
         m_kd = (o_n[:, None] < Tk) & m_d[None, :]
         # [BN, BD]
@@ -167,7 +171,7 @@ def _biased_attention_bwd_dq_kernel(p_q, p_k, p_v, p_do, p_lse, p_delta, p_dq, p
             b_v = b_v.to(tl.float32)
         # [BM, BN]
         b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * scale
-        b_s, visible = _bias_and_mask(b_s, o_m, o_n, q0, klen, Tq, slope, PERIOD, RATIO, EXTRA)
+        b_s, visible = _bias_and_mask(b_s, o_m, o_n, q0, kbeg, klen, Tq, slope, PERIOD, RATIO, EXTRA)
         b_p = tl.where(visible, tl.exp(b_s - b_lse[:, None]), 0.0)
         b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
         b_ds = b_p * (b_dp - b_delta[:, None])
@@ -188,22 +192,22 @@ def _config(q: torch.Tensor, D: int):
     return BM, BN, BD, upcast, precision
 
 
-def biased_attention_fwd(q, k, v, slopes, q_offset, key_lengths, scale, period, ratio, extra):
+def biased_attention_fwd(q, k, v, slopes, q_offset, key_start, key_lengths, scale, period, ratio, extra):
     """q (B, H, Tq, D), k/v (B, H, Tk, D) contiguous; slopes (H,) float32; q_offset, key_lengths (B,)
-    int32. Returns out (q's dtype) and the row log-sum-exp (B, H, Tq) float32 (+inf for empty rows)."""
+    int32 (keys j with key_start <= j < key_lengths are visible). Returns out (q's dtype) and the row log-sum-exp (B, H, Tq) float32 (+inf for empty rows)."""
     B, H, Tq, D = q.shape
     Tk = k.shape[2]
     out = torch.empty_like(q)
     lse = torch.empty((B, H, Tq), dtype=torch.float32, device=q.device)
     BM, BN, BD, upcast, precision = _config(q, D)
     grid = (triton.cdiv(Tq, BM), B * H)
-    _biased_attention_fwd_kernel[grid](q, k, v, out, lse, slopes, q_offset, key_lengths, H, Tq, Tk, D, scale,
+    _biased_attention_fwd_kernel[grid](q, k, v, out, lse, slopes, q_offset, key_start, key_lengths, H, Tq, Tk, D, scale,
                                        period, ratio, extra, BM=BM, BN=BN, BD=BD, UPCAST=upcast,
                                        PRECISION=precision)
     return out, lse
 
 
-def biased_attention_bwd(do, q, k, v, out, lse, slopes, q_offset, key_lengths, scale, period, ratio, extra):
+def biased_attention_bwd(do, q, k, v, out, lse, slopes, q_offset, key_start, key_lengths, scale, period, ratio, extra):
     """Gradients (dq, dk, dv) in the inputs' dtypes."""
     B, H, Tq, D = q.shape
     Tk = k.shape[2]
@@ -213,9 +217,9 @@ def biased_attention_bwd(do, q, k, v, out, lse, slopes, q_offset, key_lengths, s
     dv = torch.empty_like(v)
     BM, BN, BD, upcast, precision = _config(q, D)
     _biased_attention_bwd_dkdv_kernel[(triton.cdiv(Tk, BN), B * H)](
-        q, k, v, do, lse, delta, dk, dv, slopes, q_offset, key_lengths, H, Tq, Tk, D, scale, period, ratio, extra,
+        q, k, v, do, lse, delta, dk, dv, slopes, q_offset, key_start, key_lengths, H, Tq, Tk, D, scale, period, ratio, extra,
         BM=BM, BN=BN, BD=BD, UPCAST=upcast, PRECISION=precision)
     _biased_attention_bwd_dq_kernel[(triton.cdiv(Tq, BM), B * H)](
-        q, k, v, do, lse, delta, dq, slopes, q_offset, key_lengths, H, Tq, Tk, D, scale, period, ratio, extra,
+        q, k, v, do, lse, delta, dq, slopes, q_offset, key_start, key_lengths, H, Tq, Tk, D, scale, period, ratio, extra,
         BM=BM, BN=BN, BD=BD, UPCAST=upcast, PRECISION=precision)
     return dq, dk, dv

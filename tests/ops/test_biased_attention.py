@@ -60,6 +60,16 @@ def test_key_lengths_and_per_sample_offsets():
     _check(3, 2, 20, 40, 16, q_offset=offsets, key_lengths=lengths)
 
 
+def test_key_start_masks_empty_buffer_slots():
+    starts = torch.tensor([0, 17, 39])
+    _check(3, 2, 8, 40, 16, q_offset=32, key_start=starts)
+    # Shift invariance: a right-aligned rolling buffer equals attention over the valid keys alone.
+    q, k, v = (t.detach() for t in _inputs(1, 2, 8, 40, 16))
+    full = biased_attention(q, k, v, q_offset=32, key_start=torch.tensor([17]), backend="triton")
+    valid = biased_attention(q, k[:, :, 17:], v[:, :, 17:], q_offset=32 - 17, backend="triton")
+    assert_close("rolling", valid, full, atol=1e-5, rtol=1e-5)
+
+
 def test_fully_masked_rows_give_zeros():
     q, k, v = _inputs(2, 2, 9, 20, 16)
     lengths = torch.tensor([0, 20])
@@ -104,7 +114,7 @@ def test_bias_matches_spec_formula():
 def test_opcheck():
     q, k, v = _inputs(1, 2, 5, 9, 16, device="cpu")
     args = (q.detach(), k.detach(), v.detach(), ref.alibi_slopes(2), torch.tensor([4], dtype=torch.int32),
-            torch.tensor([9], dtype=torch.int32), 8, 1, 0, 0.25, "reference")
+            torch.tensor([2], dtype=torch.int32), torch.tensor([9], dtype=torch.int32), 8, 1, 0, 0.25, "reference")
     torch.library.opcheck(torch.ops.reactfast.biased_attention_fwd.default, args)
 
 

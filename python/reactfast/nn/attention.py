@@ -46,7 +46,7 @@ class BiasedCrossAttention(nn.Module):
             audio_ratio), so the cost of a step does not grow with the conversation.
         backend: force the op's backend.
 
-    ``forward(query (B, Tq, E), key (B, Tk, kdim), value (B, Tk, vdim), q_offset, key_lengths)``
+    ``forward(query (B, Tq, E), key (B, Tk, kdim), value (B, Tk, vdim), q_offset, key_lengths, key_start)``
     returns (B, Tq, E). ``step(query, new_key, new_value, cache)`` appends the new keys to the
     cache and attends from a right-aligned window of queries (the newest frames), giving what one
     full call over all keys would give for those queries.
@@ -76,10 +76,10 @@ class BiasedCrossAttention(nn.Module):
         B, T, _ = x.shape
         return x.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def _attend(self, q, k, v, q_offset, key_lengths) -> torch.Tensor:
+    def _attend(self, q, k, v, q_offset, key_lengths, key_start=None) -> torch.Tensor:
         out = biased_attention(q, k, v, self.slopes, q_offset=q_offset, period=self.period,
                                audio_ratio=self.audio_ratio, extra=self.extra, key_lengths=key_lengths,
-                               backend=self.backend)
+                               key_start=key_start, backend=self.backend)
         B, H, Tq, d = out.shape
         return self.dropout(self.out_proj(out.transpose(1, 2).reshape(B, Tq, H * d)))
 
@@ -91,7 +91,8 @@ class BiasedCrossAttention(nn.Module):
             raise ValueError(f"{name} must have last dim {width}, got shape {tuple(x.shape)}")
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                q_offset: Union[int, torch.Tensor] = 0, key_lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+                q_offset: Union[int, torch.Tensor] = 0, key_lengths: Optional[torch.Tensor] = None,
+                key_start: Optional[torch.Tensor] = None) -> torch.Tensor:
         self._check("query", query, self.q_proj.in_features)
         self._check("key", key, self.k_proj.in_features)
         self._check("value", value, self.v_proj.in_features)
@@ -102,7 +103,7 @@ class BiasedCrossAttention(nn.Module):
         q = self._heads(self.q_proj(query))
         k = self._heads(self.k_proj(key))
         v = self._heads(self.v_proj(value))
-        return self._attend(q, k, v, q_offset, key_lengths)
+        return self._attend(q, k, v, q_offset, key_lengths, key_start)
 
     def new_cache(self) -> KVCache:
         return KVCache()

@@ -21,9 +21,10 @@ IMPLEMENTED = ("triton", "reference")
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _reference_probs(q, k, slopes, q_offset, key_lengths, period, ratio, extra, scale):
+def _reference_probs(q, k, slopes, q_offset, key_start, key_lengths, period, ratio, extra, scale):
     B, H, Tq, _ = q.shape
-    bias = _ref.attention_bias(Tq, k.shape[2], slopes, q_offset, period, ratio, extra, key_lengths, batch=B)
+    bias = _ref.attention_bias(Tq, k.shape[2], slopes, q_offset, period, ratio, extra, key_lengths, batch=B,
+                               key_start=key_start)
     scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale + bias
     lse = torch.logsumexp(scores, -1)
     empty = torch.isinf(lse) & (lse < 0)
@@ -34,33 +35,35 @@ def _reference_probs(q, k, slopes, q_offset, key_lengths, period, ratio, extra, 
 
 @torch.library.custom_op("reactfast::biased_attention_fwd", mutates_args=())
 def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor, q_offset: torch.Tensor,
-         key_lengths: torch.Tensor, period: int, audio_ratio: int, extra: int, scale: float,
+         key_start: torch.Tensor, key_lengths: torch.Tensor, period: int, audio_ratio: int, extra: int, scale: float,
          backend: str) -> Tuple[torch.Tensor, torch.Tensor]:
     name = _backend.select("biased_attention", q.device, IMPLEMENTED, backend or None)
     if name == "triton":
         from reactfast.kernels.biased_attention import biased_attention_fwd
 
-        return biased_attention_fwd(q, k, v, slopes, q_offset, key_lengths, scale, period, audio_ratio, extra)
-    p, lse = _reference_probs(q, k, slopes, q_offset, key_lengths, period, audio_ratio, extra, scale)
+        return biased_attention_fwd(q, k, v, slopes, q_offset, key_start, key_lengths, scale, period, audio_ratio,
+                                    extra)
+    p, lse = _reference_probs(q, k, slopes, q_offset, key_start, key_lengths, period, audio_ratio, extra, scale)
     return torch.matmul(p, v.float()).to(q.dtype), lse
 
 
 @_fwd.register_fake
-def _(q, k, v, slopes, q_offset, key_lengths, period, audio_ratio, extra, scale, backend):
+def _(q, k, v, slopes, q_offset, key_start, key_lengths, period, audio_ratio, extra, scale, backend):
     return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
 @torch.library.custom_op("reactfast::biased_attention_bwd", mutates_args=())
 def _bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
-         slopes: torch.Tensor, q_offset: torch.Tensor, key_lengths: torch.Tensor, period: int, audio_ratio: int,
+         slopes: torch.Tensor, q_offset: torch.Tensor, key_start: torch.Tensor, key_lengths: torch.Tensor,
+         period: int, audio_ratio: int,
          extra: int, scale: float, backend: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     name = _backend.select("biased_attention", q.device, IMPLEMENTED, backend or None)
     if name == "triton":
         from reactfast.kernels.biased_attention import biased_attention_bwd
 
-        return biased_attention_bwd(do.contiguous(), q, k, v, out, lse, slopes, q_offset, key_lengths, scale, period,
-                                    audio_ratio, extra)
-    p, _ = _reference_probs(q, k, slopes, q_offset, key_lengths, period, audio_ratio, extra, scale)
+        return biased_attention_bwd(do.contiguous(), q, k, v, out, lse, slopes, q_offset, key_start, key_lengths,
+                                    scale, period, audio_ratio, extra)
+    p, _ = _reference_probs(q, k, slopes, q_offset, key_start, key_lengths, period, audio_ratio, extra, scale)
     dof = do.float()
     dv = torch.matmul(p.transpose(-1, -2), dof)
     dp = torch.matmul(dof, v.float().transpose(-1, -2))
@@ -71,21 +74,21 @@ def _bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ou
 
 
 @_bwd.register_fake
-def _(do, q, k, v, out, lse, slopes, q_offset, key_lengths, period, audio_ratio, extra, scale, backend):
+def _(do, q, k, v, out, lse, slopes, q_offset, key_start, key_lengths, period, audio_ratio, extra, scale, backend):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, slopes, q_offset, key_lengths, period, audio_ratio, extra, scale, backend = inputs
+    q, k, v, slopes, q_offset, key_start, key_lengths, period, audio_ratio, extra, scale, backend = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, slopes, q_offset, key_lengths)
+    ctx.save_for_backward(q, k, v, out, lse, slopes, q_offset, key_start, key_lengths)
     ctx.args = (period, audio_ratio, extra, scale, backend)
 
 
 def _backward(ctx, grad_out, grad_lse):
-    q, k, v, out, lse, slopes, q_offset, key_lengths = ctx.saved_tensors
-    dq, dk, dv = _bwd(grad_out, q, k, v, out, lse, slopes, q_offset, key_lengths, *ctx.args)
-    return dq, dk, dv, None, None, None, None, None, None, None, None
+    q, k, v, out, lse, slopes, q_offset, key_start, key_lengths = ctx.saved_tensors
+    dq, dk, dv = _bwd(grad_out, q, k, v, out, lse, slopes, q_offset, key_start, key_lengths, *ctx.args)
+    return dq, dk, dv, None, None, None, None, None, None, None, None, None
 
 
 _fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -113,7 +116,7 @@ def _per_sample(name: str, value, B: int, device, low: int, high: Optional[int] 
 def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: Optional[torch.Tensor] = None,
                      q_offset: Union[int, torch.Tensor] = 0, period: int = 8, audio_ratio: int = 1, extra: int = 0,
                      key_lengths: Optional[torch.Tensor] = None, scale: Optional[float] = None,
-                     backend: Optional[str] = None) -> torch.Tensor:
+                     key_start: Optional[torch.Tensor] = None, backend: Optional[str] = None) -> torch.Tensor:
     """softmax(Q K^T * scale + M) V with the speaker-listener bias M of SPEC 3.1.
 
     For head h, query i at absolute frame q0 + i and key j, with pos = audio_ratio (q0 + i):
@@ -129,6 +132,8 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: 
         audio_ratio: k >= 1 keys per query frame (2 for audio at twice the video rate).
         extra: keys past pos that still count as current (0 authors; audio_ratio - 1 paper).
         key_lengths: (B,) valid keys per sample (padding after); default all Tk.
+        key_start: (B,) first valid key per sample (empty slots of a right-aligned rolling buffer
+            before it); default 0.
         scale: default 1 / sqrt(d).
         backend: ``"triton"`` or ``"reference"`` (default: Triton on CUDA, reference on CPU).
 
@@ -167,7 +172,8 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: 
             raise ValueError(f"slopes must be on q's device {q.device}, got {slopes.device}")
     q0 = _per_sample("q_offset", q_offset, B, q.device, 0)
     lengths = _per_sample("key_lengths", key_lengths if key_lengths is not None else Tk, B, q.device, 0, Tk)
+    starts = _per_sample("key_start", key_start if key_start is not None else 0, B, q.device, 0, Tk)
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
-    out, _ = _fwd(q.contiguous(), k.contiguous(), v.contiguous(), slopes.float().contiguous(), q0, lengths,
+    out, _ = _fwd(q.contiguous(), k.contiguous(), v.contiguous(), slopes.float().contiguous(), q0, starts, lengths,
                   period, audio_ratio, extra, scale, backend or "")
     return out

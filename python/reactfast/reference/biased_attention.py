@@ -6,6 +6,7 @@ out = softmax(Q K^T / sqrt(d) + M) V with, for head h, query i (absolute frame q
     M[h, i, j] = -m_h * floor((pos - j) / (k p))   if j <= pos + extra and j < key_length
                = -inf                               otherwise
 
+Keys before key_start[b] (rolling buffers whose oldest slots are still empty) are masked too.
 m_h: per-head slopes (ALiBi default 2^(-8 (h + 1) / H)); p: the period; k: keys per query frame
 (1 for video-rate keys, 2 for audio at twice the frame rate); extra: how many keys past pos count
 as current (0 in the authors' code; k - 1 includes the current frame's audio samples).
@@ -35,7 +36,8 @@ def _offsets(q_offset: Union[int, torch.Tensor], B: int, device) -> torch.Tensor
 
 def attention_bias(Tq: int, Tk: int, slopes: torch.Tensor, q_offset: Union[int, torch.Tensor] = 0,
                    period: int = 8, audio_ratio: int = 1, extra: int = 0,
-                   key_lengths: Optional[torch.Tensor] = None, batch: Optional[int] = None) -> torch.Tensor:
+                   key_lengths: Optional[torch.Tensor] = None, batch: Optional[int] = None,
+                   key_start: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The materialised bias M: (B, H, Tq, Tk) float32 with -inf where masked.
 
     ``batch`` is needed when neither ``q_offset`` nor ``key_lengths`` is a tensor (default 1).
@@ -53,12 +55,15 @@ def attention_bias(Tq: int, Tk: int, slopes: torch.Tensor, q_offset: Union[int, 
     visible = j[None, None, :] <= pos[:, :, None] + extra
     if key_lengths is not None:
         visible = visible & (j[None, None, :] < key_lengths.to(device).reshape(B, 1, 1))
+    if key_start is not None:
+        visible = visible & (j[None, None, :] >= key_start.to(device).reshape(B, 1, 1))
     return bias.masked_fill(~visible[:, None], float("-inf"))
 
 
 def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: Optional[torch.Tensor] = None,
                      q_offset: Union[int, torch.Tensor] = 0, period: int = 8, audio_ratio: int = 1, extra: int = 0,
-                     key_lengths: Optional[torch.Tensor] = None, scale: Optional[float] = None) -> torch.Tensor:
+                     key_lengths: Optional[torch.Tensor] = None, scale: Optional[float] = None,
+                     key_start: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Biased attention of q (B, H, Tq, d) over k, v (B, H, Tk, d); computed in float32, returned
     in q's dtype. Differentiable; any device."""
     B, H, Tq, d = q.shape
@@ -66,7 +71,8 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: 
     if slopes is None:
         slopes = alibi_slopes(H, q.device)
     scale = 1.0 / math.sqrt(d) if scale is None else scale
-    bias = attention_bias(Tq, Tk, slopes.to(q.device), q_offset, period, audio_ratio, extra, key_lengths, batch=B)
+    bias = attention_bias(Tq, Tk, slopes.to(q.device), q_offset, period, audio_ratio, extra, key_lengths, batch=B,
+                          key_start=key_start)
     scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale + bias
     row_max = scores.amax(-1, keepdim=True)
     row_max = torch.where(torch.isinf(row_max), torch.zeros_like(row_max), row_max).detach()
