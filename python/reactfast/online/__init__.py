@@ -1,0 +1,173 @@
+"""Online (streaming) generation: one ``ReactionStream`` per conversation, and a ``StreamRunner``
+that advances many concurrent streams (different listeners, different ages) in one forward.
+
+A stream takes speaker frames and audio as they arrive and emits listener frames window by
+window; its state has a fixed size, so a step costs the same at frame 10 and at frame 100,000.
+Streaming gives exactly what ``model.generate`` gives for the same inputs and generator.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from reactfast.models.reactface import ReactFace, ReactFaceState
+
+
+class StreamClosed(RuntimeError):
+    """Input was pushed to a stream after ``close``/``flush``."""
+
+
+class ReactionStream:
+    """One conversation's online generation state.
+
+    Args:
+        model: a ReactFace (in eval mode for deterministic output).
+        num_samples: S reactions generated side by side for this speaker.
+        generator: draws the latent noise (randn(S, D) per window); seeds make runs repeatable.
+        window: frames emitted per step (default: the model's inference window, 8).
+        device: where the state lives (default the model's).
+
+    ``push(speaker (n, F), audio (k n, A))`` returns the frames completed so far as a dict
+    {"3dmm": (S, m, 58), "emotion": (S, m, 25)} with m a multiple of the window (possibly 0);
+    ``flush()`` emits the remainder (padding the last window by repeating its last frame) and
+    closes the stream.
+    """
+
+    def __init__(self, model: ReactFace, num_samples: int = 10, generator: Optional[torch.Generator] = None,
+                 window: Optional[int] = None, device=None):
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        self.model = model
+        self.samples = num_samples
+        self.window = window or model.config.window
+        self.generator = generator
+        self.device = device or next(model.parameters()).device
+        self.state: ReactFaceState = model.init_state(num_samples, self.window, self.device)
+        self._speaker: List[torch.Tensor] = []
+        self._audio: List[torch.Tensor] = []
+        self._pending = 0
+        self.frames_in = 0
+        self.frames_out = 0
+        self.closed = False
+
+    @property
+    def ready(self) -> bool:
+        return self._pending >= self.window
+
+    def _check(self, speaker: torch.Tensor, audio: torch.Tensor):
+        if self.closed:
+            raise StreamClosed("this stream is closed: it takes no more input after close() or flush()")
+        if speaker.dim() == 3 and speaker.shape[0] == 1:
+            speaker = speaker[0]
+        if audio.dim() == 3 and audio.shape[0] == 1:
+            audio = audio[0]
+        if speaker.dim() != 2 or audio.dim() != 2:
+            raise ValueError(f"push takes speaker (n, F) and audio (k n, A), got {tuple(speaker.shape)} and "
+                             f"{tuple(audio.shape)}")
+        self.model.check_inputs(speaker[None], audio[None])
+        return speaker.to(self.device), audio.to(self.device)
+
+    def feed(self, speaker: torch.Tensor, audio: torch.Tensor) -> None:
+        """Buffer n new speaker frames and their k n audio rows without generating (for a
+        ``StreamRunner`` to step this stream together with others)."""
+        speaker, audio = self._check(speaker, audio)
+        self._speaker.append(speaker)
+        self._audio.append(audio)
+        self._pending += speaker.shape[0]
+        self.frames_in += speaker.shape[0]
+
+    def push(self, speaker: torch.Tensor, audio: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Add n new speaker frames and their k n audio rows; emit every completed window."""
+        self.feed(speaker, audio)
+        outs = []
+        while self.ready:
+            outs.append(self._advance(*self._take()))
+        return _concat(outs, self.samples, self.model)
+
+    def _take(self):
+        k, W = self.model.config.audio_per_frame, self.window
+        speaker = torch.cat(self._speaker)
+        audio = torch.cat(self._audio)
+        self._speaker, self._audio = [speaker[W:]], [audio[k * W:]]
+        self._pending -= W
+        return speaker[:W], audio[:k * W]
+
+    def noise(self) -> torch.Tensor:
+        return torch.randn(self.samples, self.model.config.dim, generator=self.generator).to(self.device)
+
+    @torch.no_grad()
+    def _advance(self, speaker: torch.Tensor, audio: torch.Tensor) -> Dict[str, torch.Tensor]:
+        S = self.samples
+        out, self.state = self.model.step(self.state, speaker[None].expand(S, -1, -1),
+                                          audio[None].expand(S, -1, -1), self.noise())
+        self.frames_out += speaker.shape[0]
+        return {key: out[key] for key in ("3dmm", "emotion") if key in out}
+
+    def flush(self) -> Dict[str, torch.Tensor]:
+        """Emit the frames still pending (the last window padded with the last frame) and close."""
+        if self.closed:
+            raise StreamClosed("this stream is already closed")
+        real = self._pending
+        out = {}
+        if real:
+            k, W = self.model.config.audio_per_frame, self.window
+            speaker = torch.cat(self._speaker)
+            audio = torch.cat(self._audio)
+            pad = W - real
+            speaker = torch.cat([speaker, speaker[-1:].expand(pad, -1)])
+            audio = torch.cat([audio, audio[-k:].repeat(pad, 1)])
+            out = {key: value[:, :real] for key, value in self._advance(speaker, audio).items()}
+            self.frames_out -= pad
+            self._pending = 0
+        self.closed = True
+        return out
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _concat(outs: List[Dict[str, torch.Tensor]], samples: int, model: ReactFace) -> Dict[str, torch.Tensor]:
+    if outs:
+        return {key: torch.cat([o[key] for o in outs], 1) for key in outs[0]}
+    device = next(model.parameters()).device
+    empty = {"3dmm": torch.zeros(samples, 0, model.config.out_3dmm, device=device)}
+    if model.config.out_emotion:
+        empty["emotion"] = torch.zeros(samples, 0, model.config.out_emotion, device=device)
+    return empty
+
+
+class StreamRunner:
+    """Advances many streams of one model in a single batched forward per call.
+
+    ``step(streams)`` takes every stream with a full window pending, concatenates their states
+    (each of batch S_i) and inputs, runs one ``model.step``, and hands each stream its frames and
+    new state. Each stream's noise still comes from its own generator, so a stream's output does
+    not depend on which others share its batch.
+    """
+
+    def __init__(self, model: ReactFace):
+        self.model = model
+
+    @torch.no_grad()
+    def step(self, streams: Sequence[ReactionStream]) -> List[Optional[Dict[str, torch.Tensor]]]:
+        ready = [s for s in streams if s.ready and not s.closed]
+        results: Dict[int, Dict[str, torch.Tensor]] = {}
+        if ready:
+            windows = {s.window for s in ready}
+            if len(windows) != 1:
+                raise ValueError(f"streams stepped together must share one window, got {sorted(windows)}")
+            inputs = [s._take() for s in ready]
+            sizes = [s.samples for s in ready]
+            speaker = torch.cat([sp[None].expand(s.samples, -1, -1) for s, (sp, _) in zip(ready, inputs)])
+            audio = torch.cat([au[None].expand(s.samples, -1, -1) for s, (_, au) in zip(ready, inputs)])
+            noise = torch.cat([s.noise() for s in ready])
+            state = ReactFaceState.cat([s.state for s in ready])
+            out, state = self.model.step(state, speaker, audio, noise)
+            for i, (s, new_state) in enumerate(zip(ready, state.split(sizes))):
+                s.state = new_state
+                s.frames_out += s.window
+                lo = sum(sizes[:i])
+                results[id(s)] = {key: out[key][lo:lo + s.samples] for key in ("3dmm", "emotion") if key in out}
+        return [results.get(id(s)) for s in streams]

@@ -1,0 +1,165 @@
+import pytest
+import torch
+
+from reactfast.data import SyntheticDyads
+from reactfast.models import ReactFace, ReactFaceConfig, reactface_loss
+from reactfast.online import ReactionStream, StreamClosed, StreamRunner
+from reactfast.testing import assert_close
+
+
+def tiny(**kw):
+    base = dict(speaker_dim=25, audio_dim=12, dim=32, heads=4, cie_heads=4, cie_ffn=64, window_train=16, window=8,
+                context=32, past=16, dropout=0.0)
+    base.update(kw)
+    return ReactFace(ReactFaceConfig(**base))
+
+
+def inputs(B=2, T=37, F=25, A=12, k=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, T, F, generator=g), torch.randn(B, k * T, A, generator=g)
+
+
+def test_config_defaults_are_the_authors():
+    cfg = ReactFaceConfig()
+    assert (cfg.dim, cfg.heads, cfg.window_train, cfg.window, cfg.period, cfg.momentum) == (128, 8, 64, 8, 8, 0.9)
+
+
+def test_forward_and_generate_shapes():
+    model = tiny()
+    speaker, audio = inputs()
+    out = model(speaker, audio, generator=torch.Generator().manual_seed(0))
+    assert out["3dmm"].shape == (3, 2, 37, 58)
+    assert out["emotion"].shape == (3, 2, 37, 25)
+    assert out["speaker_3dmm"].shape == (3, 2, 37, 58)
+    assert out["mu"].shape == (3, 2, 3, 32)          # ceil(37 / 16) windows
+    gen = model.eval().generate(speaker, audio, num_samples=4, generator=torch.Generator().manual_seed(0))
+    assert gen["3dmm"].shape == (2, 4, 37, 58) and gen["emotion"].shape == (2, 4, 37, 25)
+
+
+def test_loss_and_gradients():
+    model = tiny()
+    speaker, audio = inputs(B=2, T=32)
+    out = model(speaker, audio, generator=torch.Generator().manual_seed(0))
+    targets = torch.randn(2, 3, 32, 58) * 0.1
+    valid = torch.tensor([[True, True, False], [True, False, False]])
+    losses = reactface_loss(model, out, targets, valid, torch.randn(2, 32, 58) * 0.1, torch.randn(2, 3, 32, 25))
+    losses["loss"].backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, missing
+    assert set(losses) == {"loss", "rec", "kl", "div", "smooth", "speaker_rec"}
+
+
+def test_sampling_deterministic_and_diverse():
+    model = tiny().eval()
+    speaker, audio = inputs(B=1, T=24)
+    a = model.generate(speaker, audio, 3, torch.Generator().manual_seed(5))["3dmm"]
+    b = model.generate(speaker, audio, 3, torch.Generator().manual_seed(5))["3dmm"]
+    c = model.generate(speaker, audio, 3, torch.Generator().manual_seed(6))["3dmm"]
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert (a[0, 0] - a[0, 1]).abs().mean() > 1e-4
+
+
+@pytest.mark.parametrize("chunks", [[37], [8, 8, 8, 8, 5], [3, 11, 1, 22]])
+def test_streaming_equals_generate(chunks):
+    model = tiny().eval()
+    speaker, audio = inputs(B=1, T=sum(chunks))
+    offline = model.generate(speaker, audio, 4, torch.Generator().manual_seed(9))
+    stream = ReactionStream(model, num_samples=4, generator=torch.Generator().manual_seed(9))
+    pieces, t = [], 0
+    for n in chunks:
+        pieces.append(stream.push(speaker[0, t:t + n], audio[0, 2 * t:2 * (t + n)]))
+        t += n
+    pieces.append(stream.flush())
+    online = {key: torch.cat([p[key] for p in pieces if key in p], 1) for key in ("3dmm", "emotion")}
+    assert stream.frames_out == stream.frames_in == sum(chunks)
+    for key in online:
+        assert_close(key, offline[key][0], online[key], atol=1e-5, rtol=1e-5)
+
+
+def test_runner_batches_streams_of_different_ages():
+    model = tiny().eval()
+    speaker, audio = inputs(B=3, T=48, seed=1)
+    alone, together = [], []
+    for s in range(3):
+        alone.append(ReactionStream(model, 2, torch.Generator().manual_seed(s)))
+        together.append(ReactionStream(model, 2, torch.Generator().manual_seed(s)))
+    # Stream 0 starts first, stream 1 one window later, stream 2 two windows later.
+    out_alone = {i: [] for i in range(3)}
+    out_together = {i: [] for i in range(3)}
+    runner = StreamRunner(model)
+    for step in range(6):
+        for i in range(3):
+            t = step - i
+            if 0 <= t < 6:
+                sp, au = speaker[i, 8 * t:8 * t + 8], audio[i, 16 * t:16 * t + 16]
+                out_alone[i].append(alone[i].push(sp, au)["3dmm"])
+                together[i].feed(sp, au)
+        for i, res in enumerate(runner.step(together)):
+            if res is not None:
+                out_together[i].append(res["3dmm"])
+    for i in range(3):
+        a = torch.cat(out_alone[i], 1)
+        b = torch.cat(out_together[i], 1)
+        assert a.shape == b.shape
+        assert_close(f"stream {i}", a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_state_size_is_constant():
+    model = tiny().eval()
+    stream = ReactionStream(model, 1, torch.Generator().manual_seed(0))
+    speaker, audio = inputs(B=1, T=8)
+    sizes = None
+    for _ in range(20):
+        stream.push(speaker[0], audio[0])
+        now = {k: tuple(v.shape) for k, v in vars(stream.state).items()}
+        assert sizes is None or now == sizes
+        sizes = now
+
+
+def test_tiny_model_overfits():
+    torch.manual_seed(0)
+    data = SyntheticDyads(sessions=2, frames=64, audio_dim=12, seed=0)
+    ds = data.dataset(mirror=False, frames=64)
+    speaker = torch.stack([ds[i]["speaker_emotion"] for i in range(2)])
+    audio = torch.stack([ds[i]["speaker_audio"] for i in range(2)])
+    target = torch.stack([ds[i]["listener_3dmm"] for i in range(2)])[:, None] * 10
+    emotion = torch.stack([ds[i]["listener_emotion"] for i in range(2)])[:, None]
+    spk3 = torch.stack([ds[i]["speaker_3dmm"] for i in range(2)])
+    model = tiny(window_train=16, div_weight=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    valid = torch.ones(2, 1, dtype=torch.bool)
+    history = []
+    for it in range(150):
+        out = model(speaker, audio, generator=torch.Generator().manual_seed(it), samples=1)
+        losses = reactface_loss(model, out, target, valid, spk3, emotion)
+        opt.zero_grad()
+        losses["loss"].backward()
+        opt.step()
+        history.append(float(losses["rec"]))
+    assert min(history[-10:]) < history[0] / 10, (history[0], history[-10:])
+
+
+@pytest.mark.parametrize("bad,match", [
+    (lambda m: m.generate(torch.randn(1, 8, 24), torch.randn(1, 16, 12)), r"speaker must be \(B, T, 25\)"),
+    (lambda m: m.generate(torch.randn(1, 8, 25), torch.randn(1, 15, 12)), "2 rows per frame"),
+    (lambda m: m.generate(torch.randn(1, 8, 25), torch.randn(1, 16, 11)), r"audio must be \(B, T \* 2, 12\)"),
+    (lambda m: m.generate(torch.randn(1, 0, 25), torch.randn(1, 0, 12)), "at least one frame"),
+    (lambda m: m.generate(torch.full((1, 8, 25), float("nan")), torch.randn(1, 16, 12)), "speaker contains NaN"),
+    (lambda m: m.generate(torch.randn(2, 8, 25), torch.randn(1, 16, 12)), "share the batch size"),
+    (lambda m: m.generate(torch.randn(1, 8, 25), torch.randn(1, 16, 12), num_samples=0), "num_samples"),
+])
+def test_bad_input(bad, match):
+    with pytest.raises(ValueError, match=match):
+        bad(tiny().eval())
+
+
+def test_closed_stream_rejects_input():
+    model = tiny().eval()
+    stream = ReactionStream(model, 1)
+    stream.push(torch.randn(3, 25), torch.randn(6, 12))
+    assert stream.flush()["3dmm"].shape == (1, 3, 58)
+    with pytest.raises(StreamClosed):
+        stream.push(torch.randn(3, 25), torch.randn(6, 12))
+    with pytest.raises(ValueError, match="context"):
+        ReactFaceConfig(context=8, window=8, window_train=8)
