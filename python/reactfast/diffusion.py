@@ -208,7 +208,7 @@ def sample(denoiser: Denoiser, shape: Sequence[int], cond: Optional[torch.Tensor
     if progress:
         from tqdm.auto import tqdm
 
-        order = tqdm(order, desc="DDIM", leave=False)
+        order = tqdm(order, desc="DDIM", leave=False, disable=None)
     for i in order:
         x = one_step(i, x)
     return x

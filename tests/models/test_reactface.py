@@ -8,7 +8,7 @@ from reactfast.testing import assert_close
 
 
 def tiny(**kw):
-    base = dict(speaker_dim=25, audio_dim=12, dim=32, heads=4, cie_heads=4, cie_ffn=64, window_train=16, window=8,
+    base = dict(speaker_dim=25, speaker_inputs="emotion", audio_dim=12, dim=32, heads=4, cie_heads=4, cie_ffn=64, window_train=16, window=8,
                 context=32, past=16, dropout=0.0)
     base.update(kw)
     return ReactFace(ReactFaceConfig(**base))

@@ -35,6 +35,7 @@ class SyntheticConfig:
     audio_per_frame: int = layout.AUDIO_SAMPLES_PER_FRAME
     noise: float = 0.05
     seed: int = 0
+    split: str = "val"
 
     def __post_init__(self):
         for name in ("sessions", "frames", "prototypes", "listeners", "latent_dim", "audio_dim", "audio_per_frame"):
@@ -44,6 +45,8 @@ class SyntheticConfig:
             raise ValueError(f"frames must be >= 2, got {self.frames}")
         if self.noise < 0:
             raise ValueError(f"noise must be >= 0, got {self.noise}")
+        if self.split not in layout.SPLITS:
+            raise ValueError(f"split must be one of {layout.SPLITS}, got {self.split!r}")
 
 
 @dataclass
@@ -75,6 +78,7 @@ class SyntheticDyads:
 
     def _generate(self) -> None:
         c = self.config
+        # One world per seed (prototypes, emissions, listener styles); sessions per (seed, split).
         rng = np.random.default_rng(c.seed)
         Z, T = c.latent_dim, c.frames
         t = np.arange(T, dtype=np.float64) / layout.FPS
@@ -87,6 +91,7 @@ class SyntheticDyads:
         self.styles = [ListenerStyle(delay=int(rng.integers(2, 13)), gain=float(rng.uniform(0.5, 1.2)),
                                      smoothing=float(rng.uniform(0.6, 0.95)), offset=rng.normal(0, 0.4, Z))
                        for _ in range(c.listeners)]
+        rng = np.random.default_rng([c.seed, layout.SPLITS.index(c.split)])
         self.prototype = np.arange(c.sessions) % c.prototypes
         self.listener_id = rng.integers(0, c.listeners, c.sessions)
         self.speaker_latent = np.empty((c.sessions, T, Z))
@@ -120,7 +125,7 @@ class SyntheticDyads:
                 "audio": audio.astype(np.float32)}
 
     def clip_paths(self, r: int) -> Tuple[str, str]:
-        session = f"NoXI/synthetic_{r:03d}"
+        session = f"NoXI/synthetic_{self.config.split}_{r:03d}"
         return f"{session}/Expert_video/1", f"{session}/Novice_video/1"
 
     @property
@@ -154,10 +159,13 @@ class SyntheticDyads:
     def dataset(self, mirror: bool = True, **kwargs) -> InMemoryReactDataset:
         kwargs.setdefault("audio_per_frame", self.config.audio_per_frame)
         kwargs.setdefault("frames", min(self.config.frames, layout.EVAL_FRAMES))
+        kwargs.setdefault("split", self.config.split)
         return InMemoryReactDataset(self.clips(), self.pairs, self.appropriate(mirror), mirror=mirror, **kwargs)
 
-    def write(self, root: str, split: str = "val") -> str:
-        """Write the sessions in the challenge layout under ``root``; returns ``root``."""
+    def write(self, root: str, split: str = None) -> str:
+        """Write the sessions in the challenge layout under ``root`` (as ``split``, default the
+        config's); returns ``root``."""
+        split = split or self.config.split
         if split not in layout.SPLITS:
             raise ValueError(f"split must be one of {layout.SPLITS}, got {split!r}")
         base = os.path.join(root, split)

@@ -92,33 +92,47 @@ def _chunks(N: int, S: int, chunk: int, desc: str, progress: bool):
     if progress:
         from tqdm.auto import tqdm
 
-        return tqdm(starts, desc=desc, unit="chunk", total=len(starts), leave=False)
+        return tqdm(starts, desc=desc, unit="chunk", total=len(starts), leave=False, disable=None)
     return starts
 
 
-def frcorr(pred, listener_gt, appropriate, chunk: int = 64, progress: bool = False, backend=None) -> float:
-    """FRCorr: appropriateness as the best CCC against an appropriate real reaction, summed over samples."""
+def _rows(rows, N):
+    rows = list(range(N)) if rows is None else sorted(int(r) for r in rows)
+    if rows and (rows[0] < 0 or rows[-1] >= N):
+        raise ValueError(f"rows must lie in [0, {N}), got [{rows[0]}, {rows[-1]}]")
+    return rows
+
+
+def frcorr(pred, listener_gt, appropriate, chunk: int = 64, progress: bool = False, backend=None,
+           rows=None) -> float:
+    """FRCorr: appropriateness as the best CCC against an appropriate real reaction, summed over samples.
+
+    ``rows``: compute only these speakers' terms (still divided by N), so that the results of
+    disjoint row sets (e.g. one per process) add up to the metric."""
     pred, listener_gt, _, a = check_inputs(pred, listener_gt, None, appropriate)
     N, S, T, D = pred.shape
+    rows = _rows(rows, N)
     total = 0.0
-    for lo in _chunks(N, S, chunk, "FRCorr", progress):
-        rows = range(lo, min(N, lo + chunk))
-        cand = _candidates.from_appropriate(a, S, rows)
-        best, _ = ccc_max(pred[rows.start:rows.stop].reshape(-1, T, D), listener_gt, cand, backend=backend)
+    for lo in _chunks(len(rows), S, chunk, "FRCorr", progress):
+        part = rows[lo:lo + chunk]
+        cand = _candidates.from_appropriate(a, S, part)
+        best, _ = ccc_max(pred[part].reshape(-1, T, D), listener_gt, cand, backend=backend)
         total += float(best.sum())
     return total / N
 
 
 def frdist(pred, listener_gt, appropriate, chunk: int = 16, progress: bool = False, abandon: bool = True,
-           groups=REACT_GROUPS, backend=None) -> float:
-    """FRDist: the smallest weighted three-group DTW to an appropriate real reaction, summed over samples."""
+           groups=REACT_GROUPS, backend=None, rows=None) -> float:
+    """FRDist: the smallest weighted three-group DTW to an appropriate real reaction, summed over
+    samples. ``rows`` as in :func:`frcorr`."""
     pred, listener_gt, _, a = check_inputs(pred, listener_gt, None, appropriate)
     N, S, T, D = pred.shape
+    rows = _rows(rows, N)
     total = 0.0
-    for lo in _chunks(N, S, chunk, "FRDist", progress):
-        rows = range(lo, min(N, lo + chunk))
-        cand = _candidates.from_appropriate(a, S, rows)
-        best, _ = weighted_dtw_min(pred[rows.start:rows.stop].reshape(-1, T, D), listener_gt, cand, groups=groups,
+    for lo in _chunks(len(rows), S, chunk, "FRDist", progress):
+        part = rows[lo:lo + chunk]
+        cand = _candidates.from_appropriate(a, S, part)
+        best, _ = weighted_dtw_min(pred[part].reshape(-1, T, D), listener_gt, cand, groups=groups,
                                    abandon=abandon, backend=backend)
         total += float(best.sum())
     return total / N

@@ -39,6 +39,7 @@ class ReactFaceConfig:
     """Defaults are the authors' (D = 128, 8 heads, W = 64 training / 8 inference, p = 8, alpha 0.9)."""
 
     speaker_dim: int = layout.TDMM_DIM
+    speaker_inputs: str = "3dmm"
     audio_dim: int = 768
     audio_per_frame: int = layout.AUDIO_SAMPLES_PER_FRAME
     dim: int = 128
@@ -83,6 +84,13 @@ class ReactFaceConfig:
                              f"({max(self.window, self.window_train)})")
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        widths = {"3dmm": layout.TDMM_DIM, "emotion": layout.EMOTION_DIM,
+                  "emotion+3dmm": layout.EMOTION_DIM + layout.TDMM_DIM, "features": self.speaker_dim}
+        if self.speaker_inputs not in widths:
+            raise ValueError(f"speaker_inputs must be one of {tuple(widths)}, got {self.speaker_inputs!r}")
+        if widths[self.speaker_inputs] != self.speaker_dim:
+            raise ValueError(f"speaker_inputs {self.speaker_inputs!r} are {widths[self.speaker_inputs]}-d but "
+                             f"speaker_dim is {self.speaker_dim}")
         if self.out_3dmm != layout.TDMM_DIM:
             raise ValueError(f"out_3dmm must be {layout.TDMM_DIM} (52 expression + 6 pose dims)")
 
@@ -167,9 +175,8 @@ class ReactFaceState:
 
 
 def _roll(buffer: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-    """Append ``new`` (B, n, ...) at the end of a right-aligned buffer, dropping the oldest n."""
-    n = new.shape[1]
-    return torch.cat([buffer[:, n:], new], 1)
+    """Append ``new`` (B, n, ...) at the end of a right-aligned buffer of fixed size, dropping the oldest."""
+    return torch.cat([buffer, new], 1)[:, -buffer.shape[1]:]
 
 
 class ReactFace(nn.Module):
@@ -336,17 +343,49 @@ class ReactFace(nn.Module):
         return result
 
     def forward(self, speaker: torch.Tensor, audio: torch.Tensor, generator: Optional[torch.Generator] = None,
-                samples: Optional[int] = None) -> Dict[str, torch.Tensor]:
+                samples: Optional[int] = None, noise: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """Training pass: ``samples`` (default config.train_samples) reactions per speaker with the
-        training window; outputs are (samples, B, T, dims) and mu/logvar (samples, B, n, D)."""
+        training window; outputs are (samples, B, T, dims) and mu/logvar (samples, B, n, D).
+        ``noise`` (n_windows, samples * B, D), rows s * B + b, replaces draws from ``generator``."""
         self.check_inputs(speaker, audio)
         S = samples or self.config.train_samples
         B, T, _ = speaker.shape
         W = self.config.window_train
         n = math.ceil(T / W)
-        noise = torch.randn(n, S * B, self.config.dim, generator=generator).to(speaker.device)
+        if noise is None:
+            noise = torch.randn(n, S * B, self.config.dim, generator=generator)
+        elif noise.shape != (n, S * B, self.config.dim):
+            raise ValueError(f"noise must have shape ({n}, {S * B}, {self.config.dim}), got {tuple(noise.shape)}")
+        noise = noise.to(speaker.device)
         out = self.run(speaker.repeat(S, 1, 1), audio.repeat(S, 1, 1), W, noise)
         return {key: value.reshape(S, B, *value.shape[1:]) for key, value in out.items()}
+
+    def inputs_from_batch(self, batch: Dict[str, torch.Tensor]):
+        """(speaker features, audio) from a ``reactfast.data`` batch, per ``config.speaker_inputs``."""
+        kind = self.config.speaker_inputs
+        if kind == "3dmm":
+            speaker = batch["speaker_3dmm"]
+        elif kind == "emotion":
+            speaker = batch["speaker_emotion"]
+        elif kind == "emotion+3dmm":
+            speaker = torch.cat([batch["speaker_emotion"], batch["speaker_3dmm"]], -1)
+        else:
+            speaker = batch["speaker_features"]
+        return speaker, batch["speaker_audio"]
+
+    def loss(self, batch: Dict[str, torch.Tensor], generators: Sequence[torch.Generator],
+             forward=None) -> Dict[str, torch.Tensor]:
+        """Training losses for a batch with appropriate targets (``appropriate_3dmm`` (B, K, T, 58),
+        ``appropriate_emotion`` (B, K, T, 25), ``appropriate_valid`` (B, K)); one generator per item
+        draws that item's latent noise, so results do not depend on how the batch is split.
+        ``forward`` is the callable that runs the model (a DistributedDataParallel wrapper)."""
+        speaker, audio = self.inputs_from_batch(batch)
+        S, B, T = self.config.train_samples, speaker.shape[0], speaker.shape[1]
+        n = math.ceil(T / self.config.window_train)
+        per_item = torch.stack([torch.randn(n, S, self.config.dim, generator=g) for g in generators], 2)
+        out = (forward or self)(speaker, audio, samples=S, noise=per_item.reshape(n, S * B, self.config.dim))
+        return reactface_loss(self, out, batch["appropriate_3dmm"], batch["appropriate_valid"],
+                              batch["speaker_3dmm"], batch.get("appropriate_emotion") if self.head_emotion else None)
 
     @torch.no_grad()
     def generate(self, speaker: torch.Tensor, audio: torch.Tensor, num_samples: int = 10,

@@ -1,0 +1,11 @@
+"""Run by the DDP test under torchrun: trains the tiny model and saves it from rank 0."""
+
+import sys
+
+from reactfast.train import TrainConfig, Trainer
+from tests.train.helpers import tiny_data, tiny_model
+
+out = sys.argv[1]
+ds = tiny_data().dataset(frames=64, window=32, stride=32)
+trainer = Trainer(tiny_model(), ds, TrainConfig(steps=4, batch_size=4, lr=1e-2, out_dir=out, progress=False))
+trainer.fit()

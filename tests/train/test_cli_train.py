@@ -1,0 +1,45 @@
+"""train -> generate -> evaluate -> plot through the command line, on tiny synthetic data."""
+
+import json
+import os
+
+import numpy as np
+
+from reactfast import cli
+from reactfast.models.baselines import MirrorBaseline, NearestNeighbourBaseline, RandomBaseline
+from tests.train.helpers import tiny_data
+
+
+def test_train_generate_evaluate_plot(tmp_path):
+    run = str(tmp_path / "run")
+    config = ["dim=16", "heads=2", "cie_heads=2", "cie_ffn=32", "window_train=16", "window=8", "context=32", "past=16"]
+    assert cli.main(["train", "--data", "synthetic", "--out", run, "--steps", "3", "--batch-size", "2",
+                     "--clip-frames", "32", "--frames", "64", "--sessions", "4", "--no-progress",
+                     "--config", *config]) == 0
+    assert os.path.isfile(os.path.join(run, "checkpoint", "model.safetensors"))
+    preds = str(tmp_path / "preds.npz")
+    assert cli.main(["generate", "--checkpoint", os.path.join(run, "checkpoint"), "--split", "test", "--samples", "2",
+                     "--frames", "64", "--sessions", "2", "--out", preds, "--no-progress"]) == 0
+    with np.load(preds) as z:
+        assert z["pred"].shape == (4, 2, 64, 25) and z["pred_3dmm"].shape == (4, 2, 64, 58)
+    assert cli.main(["evaluate", preds, "--no-progress"]) == 0
+    scores = json.load(open(str(tmp_path / "preds.metrics.json")))["metrics"]
+    assert np.isfinite(list(scores.values())).all()
+    png = str(tmp_path / "p.png")
+    assert cli.main(["plot", preds, "--item", "1", "--channels", "15,16", "--out", png]) == 0
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_baselines():
+    train = tiny_data("train", sessions=4, frames=120).dataset(frames=120)
+    test = tiny_data("test", sessions=2, frames=120).dataset(frames=100)
+    mirror = MirrorBaseline().predict(test, 3)
+    assert np.array_equal(mirror["emotion"][:, 1], test.stack("speaker", "emotion").numpy())
+    rand = RandomBaseline().predict(test, 3, seed=1)
+    assert rand["emotion"].shape == (4, 3, 100, 25) and abs(rand["emotion"].std() - 1) < 0.05
+    nn_pred = NearestNeighbourBaseline(window=20).fit(train).predict(test, 3)
+    assert nn_pred["emotion"].shape == (4, 3, 100, 25)
+    # The nearest window of a training speaker is that speaker itself: NN on train copies its listener.
+    self_pred = NearestNeighbourBaseline(window=20).fit(train).predict(train, 1)
+    listener = train.stack("listener", "emotion").numpy()
+    assert np.allclose(self_pred["emotion"][:, 0, :100], listener[:, :100])

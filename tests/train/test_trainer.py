@@ -1,0 +1,100 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from reactfast.train import CheckpointError, TrainConfig, Trainer, load_into, load_model, save_checkpoint
+from tests.train.helpers import tiny_data, tiny_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _dataset():
+    return tiny_data().dataset(frames=64, window=32, stride=32)
+
+
+def _weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_training_reduces_loss(tmp_path):
+    trainer = Trainer(tiny_model(), _dataset(), TrainConfig(steps=40, batch_size=4, lr=3e-3, progress=False))
+    history = trainer.fit()
+    first = sum(r["rec"] for r in history[:5]) / 5
+    last = sum(r["rec"] for r in history[-5:]) / 5
+    assert last < 0.7 * first, (first, last)
+
+
+def test_resume_is_bit_exact(tmp_path):
+    cfg = dict(steps=6, batch_size=4, lr=3e-3, progress=False)
+    full = Trainer(tiny_model(dropout=0.1), _dataset(), TrainConfig(**cfg, out_dir=str(tmp_path / "full")))
+    full_history = full.fit()
+    torch.manual_seed(123)  # the interrupted run starts from another global RNG state ...
+    first = Trainer(tiny_model(dropout=0.1), _dataset(), TrainConfig(**cfg, out_dir=str(tmp_path / "part")))
+    first.fit(max_steps=3)
+    first.save(str(tmp_path / "part" / "checkpoint"))
+    torch.manual_seed(999)  # ... and the resumed one from yet another: the checkpoint restores it
+    resumed = Trainer(tiny_model(dropout=0.1, seed=5), _dataset(), TrainConfig(**cfg, out_dir=str(tmp_path / "part")),
+                      resume=str(tmp_path / "part" / "checkpoint"))
+    assert resumed.step == 3
+    history = resumed.fit()
+    assert [r["loss"] for r in history] == [r["loss"] for r in full_history]
+    a, b = _weights(full.model), _weights(resumed.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoint_round_trip_and_errors(tmp_path):
+    model = tiny_model()
+    path = save_checkpoint(str(tmp_path / "ck"), model, extra={"note": "x"})
+    loaded = load_model(path)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    meta = json.load(open(os.path.join(path, "config.json")))
+    assert meta["model"] == "reactface" and "torch" in meta["versions"]
+    assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
+    # A differently configured model: the error says what differs.
+    from reactfast.models import ReactFace, ReactFaceConfig
+
+    other = ReactFace(ReactFaceConfig(**{**meta["config"], "dim": 32}))
+    with pytest.raises(CheckpointError, match="dim: checkpoint 16 vs model 32"):
+        load_into(other, path)
+    # Truncated weights.
+    weights = os.path.join(path, "model.safetensors")
+    data = open(weights, "rb").read()
+    open(weights, "wb").write(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_model(path)
+    with pytest.raises(CheckpointError, match="config.json is missing"):
+        load_model(str(tmp_path))
+
+
+def test_bad_trainer_arguments():
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        Trainer(tiny_model(), _dataset(), TrainConfig(batch_size=64, progress=False))
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_single(tmp_path):
+    single = Trainer(tiny_model(), _dataset(), TrainConfig(steps=4, batch_size=4, lr=1e-2, progress=False))
+    single.fit()
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    out = str(tmp_path / "ddp")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           os.path.join(ROOT, "tests", "train", "ddp_script.py"), out],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    ddp = load_file(os.path.join(out, "checkpoint", "model.safetensors"))
+    history = json.load(open(os.path.join(out, "history.json")))["history"]
+    for a, b in zip(single.history, history):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), (a, b)
+    # Adam turns gradients that are zero in exact arithmetic (attention key biases) into +-lr steps of
+    # rounding noise, so compare weights at the scale of the updates (4 steps x lr 1e-2).
+    worst = max(float((v - ddp[k]).abs().max()) for k, v in _weights(single.model).items())
+    typical = sorted(float((v - ddp[k]).abs().max()) for k, v in _weights(single.model).items())
+    assert typical[len(typical) // 2] < 1e-5, typical
+    assert worst < 4e-2, worst
