@@ -6,12 +6,6 @@
 #include <limits>
 #include <vector>
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define RF_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define RF_CLONES
-#endif
-
 namespace reactfast {
 namespace {
 

@@ -29,3 +29,14 @@ def from_appropriate(appropriate: np.ndarray, samples: int, rows: Sequence[int] 
     rows = range(appropriate.shape[0]) if rows is None else rows
     lists = [np.nonzero(appropriate[k])[0] for k in rows for _ in range(samples)]
     return from_lists(lists, appropriate.shape[1], name="appropriate")
+
+
+def as_csr(candidates, num_queries: int, num_targets: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``candidates`` as lists or an (offset, index) pair -> validated CSR tensors."""
+    if isinstance(candidates, tuple) and len(candidates) == 2 and isinstance(candidates[0], torch.Tensor):
+        offset, index = candidates
+    else:
+        offset, index = from_lists(candidates, num_targets)
+    if offset.numel() != num_queries + 1:
+        raise ValueError(f"candidates must describe {num_queries} queries, got {offset.numel() - 1}")
+    return offset, index

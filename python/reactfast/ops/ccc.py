@@ -78,12 +78,7 @@ def ccc_max(pred: torch.Tensor, gt: torch.Tensor, candidates, backend: Optional[
     M, T, D = pred.shape
     if gt.shape[1:] != pred.shape[1:]:
         raise ValueError(f"pred and gt must share (T, D), got {tuple(pred.shape)} and {tuple(gt.shape)}")
-    if isinstance(candidates, tuple) and len(candidates) == 2 and isinstance(candidates[0], torch.Tensor):
-        offset, index = candidates
-    else:
-        offset, index = _candidates.from_lists(candidates, gt.shape[0])
-    if offset.numel() != M + 1:
-        raise ValueError(f"candidates must describe {M} queries, got {offset.numel() - 1}")
+    offset, index = _candidates.as_csr(candidates, M, gt.shape[0])
     name = _backend.select("ccc", pred.device, IMPLEMENTED, backend)
     if name == "cpp":
         out_max = torch.empty(M, dtype=torch.float64)

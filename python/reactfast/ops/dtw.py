@@ -91,12 +91,7 @@ def weighted_dtw_min(pred: torch.Tensor, gt: torch.Tensor, candidates, groups: S
     if Dg != D:
         raise ValueError(f"pred and gt must have the same last dim, got {D} and {Dg}")
     groups = _check_groups(groups, D)
-    if isinstance(candidates, tuple) and len(candidates) == 2 and isinstance(candidates[0], torch.Tensor):
-        offset, index = candidates
-    else:
-        offset, index = _candidates.from_lists(candidates, G)
-    if offset.numel() != M + 1:
-        raise ValueError(f"candidates must describe {M} queries, got {offset.numel() - 1}")
+    offset, index = _candidates.as_csr(candidates, M, G)
     name = _backend.select("dtw", pred.device, IMPLEMENTED, backend)
     if name == "cpp":
         out_min = torch.empty(M, dtype=torch.float64)
