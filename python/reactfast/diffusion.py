@@ -133,7 +133,8 @@ def sample(denoiser: Denoiser, shape: Sequence[int], cond: Optional[torch.Tensor
            scheduler: Optional[DDIMScheduler] = None, steps: int = 50, guidance_scale: Optional[float] = None,
            null_cond: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
            device: Union[str, torch.device, None] = None, dtype: torch.dtype = torch.float32,
-           progress: bool = False, cuda_graph: bool = False, backend: Optional[str] = None) -> torch.Tensor:
+           progress: bool = False, cuda_graph: bool = False, backend: Optional[str] = None,
+           noise: Optional[torch.Tensor] = None) -> torch.Tensor:
     """DDIM sampling of a whole batch (all samples x windows at once).
 
     Args:
@@ -148,6 +149,7 @@ def sample(denoiser: Denoiser, shape: Sequence[int], cond: Optional[torch.Tensor
         progress: tqdm progress bar.
         cuda_graph: capture the denoising loop in a CUDA graph and replay it (CUDA only; the
             denoiser must be graph-capturable).
+        noise: the initial x_T of shape ``shape`` (default: drawn from ``generator``).
 
     Returns:
         x0 of shape ``shape``.
@@ -166,7 +168,12 @@ def sample(denoiser: Denoiser, shape: Sequence[int], cond: Optional[torch.Tensor
     ts = scheduler.timesteps(steps)
     B = shape[0]
     noise_device = generator.device if generator is not None else device
-    x = torch.randn(tuple(shape), generator=generator, dtype=dtype, device=noise_device).to(device)
+    if noise is not None:
+        if tuple(noise.shape) != tuple(shape):
+            raise ValueError(f"noise must have shape {tuple(shape)}, got {tuple(noise.shape)}")
+        x = noise.to(device=device, dtype=dtype)
+    else:
+        x = torch.randn(tuple(shape), generator=generator, dtype=dtype, device=noise_device).to(device)
     noises = None
     if scheduler.eta > 0:
         noises = torch.randn((steps,) + tuple(shape), generator=generator, dtype=dtype,

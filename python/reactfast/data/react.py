@@ -53,7 +53,8 @@ class ReactDataset(torch.utils.data.Dataset):
 
     Each item is a dict of float32 tensors ``speaker_<m>`` and ``listener_<m>`` for each modality
     m (emotion (T, 25), 3dmm (T, 58), audio (T * k, F)), plus ``item`` (the dyad index in
-    [0, N)) and ``start`` (first frame of the window).
+    [0, N)), ``start`` (first frame of the window) and ``listener_id`` (the listener's identity:
+    its clip folder <dataset>/<session>/<role>, numbered).
     """
 
     def __init__(self, root: str, split: str, frames: int = layout.EVAL_FRAMES, window: Optional[int] = None,
@@ -79,6 +80,10 @@ class ReactDataset(torch.utils.data.Dataset):
         self.window = window
         starts = [0] if window is None else window_starts(frames, window, stride or window)
         self._index = [(i, s) for i in range(len(self.dyads)) for s in starts]
+        # Listener identity of each dyad: the clip's folder (<dataset>/<session>/<role>) by default.
+        names = [listener.rsplit("/", 1)[0] for _, listener in self.dyads]
+        index = {n: i for i, n in enumerate(sorted(set(names)))}
+        self.listener_ids = [index[n] for n in names]
         self._cache: "OrderedDict[str, Dict[str, np.ndarray]]" = OrderedDict()
         self._cache_size = cache_clips
         self._appropriate: Optional[np.ndarray] = None
@@ -138,7 +143,8 @@ class ReactDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {index} out of range for {len(self)} items")
         item, start = self._index[index]
         speaker_clip, listener_clip = self.dyads[item]
-        sample: Dict[str, torch.Tensor] = {"item": torch.tensor(item), "start": torch.tensor(start)}
+        sample: Dict[str, torch.Tensor] = {"item": torch.tensor(item), "start": torch.tensor(start),
+                                           "listener_id": torch.tensor(self.listener_ids[item])}
         span = self.window or self.frames
         for role, clip in (("speaker", speaker_clip), ("listener", listener_clip)):
             data = self.load_clip(clip)
@@ -170,13 +176,18 @@ class InMemoryReactDataset(ReactDataset):
     """The same items as :class:`ReactDataset`, from arrays held in memory (synthetic data)."""
 
     def __init__(self, clips: Dict[str, Dict[str, np.ndarray]], pairs: List[Tuple[str, str]],
-                 appropriate: Optional[np.ndarray] = None, split: str = "train", **kwargs):
+                 appropriate: Optional[np.ndarray] = None, split: str = "train",
+                 listener_ids: Optional[Sequence[int]] = None, **kwargs):
         self._clips, self._pairs_in = clips, pairs
         kwargs.setdefault("frames", min(c["emotion"].shape[0] for c in clips.values()))
         kwargs.setdefault("cache_clips", 0)
         super().__init__(root="<memory>", split=split, **kwargs)
         if appropriate is not None:
             self._appropriate = np.asarray(appropriate, dtype=bool)
+        if listener_ids is not None:
+            if len(listener_ids) != self.num_items:
+                raise ValueError(f"listener_ids must have one id per dyad ({self.num_items}), got {len(listener_ids)}")
+            self.listener_ids = [int(i) for i in listener_ids]
 
     def _read_pairs(self):
         return list(self._pairs_in)

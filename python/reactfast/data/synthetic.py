@@ -160,7 +160,8 @@ class SyntheticDyads:
         kwargs.setdefault("audio_per_frame", self.config.audio_per_frame)
         kwargs.setdefault("frames", min(self.config.frames, layout.EVAL_FRAMES))
         kwargs.setdefault("split", self.config.split)
-        return InMemoryReactDataset(self.clips(), self.pairs, self.appropriate(mirror), mirror=mirror, **kwargs)
+        return InMemoryReactDataset(self.clips(), self.pairs, self.appropriate(mirror), mirror=mirror,
+                                    listener_ids=self.listener_ids(mirror), **kwargs)
 
     def write(self, root: str, split: str = None) -> str:
         """Write the sessions in the challenge layout under ``root`` (as ``split``, default the

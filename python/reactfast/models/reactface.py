@@ -216,6 +216,16 @@ class ReactFace(nn.Module):
         self.head_emotion = nn.Linear(D, cfg.out_emotion) if cfg.out_emotion else None
 
     # ------------------------------------------------------------------ state
+    def output_widths(self) -> Dict[str, int]:
+        out = {"3dmm": self.config.out_3dmm}
+        if self.config.out_emotion:
+            out["emotion"] = self.config.out_emotion
+        return out
+
+    def draw_noise(self, batch: int, generator: Optional[torch.Generator] = None, window: int = 0) -> torch.Tensor:
+        """The latent draws of one window for ``batch`` streams: (batch, D)."""
+        return torch.randn(batch, self.config.dim, generator=generator)
+
     def init_state(self, batch: int, window: Optional[int] = None, device=None) -> ReactFaceState:
         cfg = self.config
         W = window or cfg.window
@@ -400,8 +410,7 @@ class ReactFace(nn.Module):
         B, T, _ = speaker.shape
         W = window or self.config.window
         n = math.ceil(T / W)
-        noise = torch.stack([torch.randn(B * num_samples, self.config.dim, generator=generator)
-                             for _ in range(n)]).to(speaker.device)
+        noise = torch.stack([self.draw_noise(B * num_samples, generator) for _ in range(n)]).to(speaker.device)
         out = self.run(speaker.repeat_interleave(num_samples, 0), audio.repeat_interleave(num_samples, 0), W, noise)
         return {key: value.reshape(B, num_samples, *value.shape[1:]) for key, value in out.items()
                 if key in ("3dmm", "emotion")}

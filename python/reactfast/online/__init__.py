@@ -4,6 +4,11 @@ that advances many concurrent streams (different listeners, different ages) in o
 A stream takes speaker frames and audio as they arrive and emits listener frames window by
 window; its state has a fixed size, so a step costs the same at frame 10 and at frame 100,000.
 Streaming gives exactly what ``model.generate`` gives for the same inputs and generator.
+
+Any generator with this interface streams: ``init_state(batch, window, device, **kw)``,
+``step(state, speaker (B, W, F), audio (B, k W, A), noise) -> (outputs, state)``,
+``draw_noise(batch, generator, window)``, ``check_inputs(speaker, audio)``, and a state
+dataclass with ``cat``/``split`` (ReactFace, PerFRDiff).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from reactfast.models.reactface import ReactFace, ReactFaceState
+from torch import nn
 
 
 class StreamClosed(RuntimeError):
@@ -35,8 +40,8 @@ class ReactionStream:
     closes the stream.
     """
 
-    def __init__(self, model: ReactFace, num_samples: int = 10, generator: Optional[torch.Generator] = None,
-                 window: Optional[int] = None, device=None):
+    def __init__(self, model: nn.Module, num_samples: int = 10, generator: Optional[torch.Generator] = None,
+                 window: Optional[int] = None, device=None, **state_kwargs):
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         self.model = model
@@ -44,7 +49,7 @@ class ReactionStream:
         self.window = window or model.config.window
         self.generator = generator
         self.device = device or next(model.parameters()).device
-        self.state: ReactFaceState = model.init_state(num_samples, self.window, self.device)
+        self.state = model.init_state(num_samples, self.window, self.device, **state_kwargs)
         self._speaker: List[torch.Tensor] = []
         self._audio: List[torch.Tensor] = []
         self._pending = 0
@@ -95,7 +100,7 @@ class ReactionStream:
         return speaker[:W], audio[:k * W]
 
     def noise(self) -> torch.Tensor:
-        return torch.randn(self.samples, self.model.config.dim, generator=self.generator).to(self.device)
+        return self.model.draw_noise(self.samples, self.generator, self.window).to(self.device)
 
     @torch.no_grad()
     def _advance(self, speaker: torch.Tensor, audio: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -128,14 +133,11 @@ class ReactionStream:
         self.closed = True
 
 
-def _concat(outs: List[Dict[str, torch.Tensor]], samples: int, model: ReactFace) -> Dict[str, torch.Tensor]:
+def _concat(outs: List[Dict[str, torch.Tensor]], samples: int, model: nn.Module) -> Dict[str, torch.Tensor]:
     if outs:
         return {key: torch.cat([o[key] for o in outs], 1) for key in outs[0]}
     device = next(model.parameters()).device
-    empty = {"3dmm": torch.zeros(samples, 0, model.config.out_3dmm, device=device)}
-    if model.config.out_emotion:
-        empty["emotion"] = torch.zeros(samples, 0, model.config.out_emotion, device=device)
-    return empty
+    return {key: torch.zeros(samples, 0, width, device=device) for key, width in model.output_widths().items()}
 
 
 class StreamRunner:
@@ -147,7 +149,7 @@ class StreamRunner:
     not depend on which others share its batch.
     """
 
-    def __init__(self, model: ReactFace):
+    def __init__(self, model: nn.Module):
         self.model = model
 
     @torch.no_grad()
@@ -163,7 +165,7 @@ class StreamRunner:
             speaker = torch.cat([sp[None].expand(s.samples, -1, -1) for s, (sp, _) in zip(ready, inputs)])
             audio = torch.cat([au[None].expand(s.samples, -1, -1) for s, (_, au) in zip(ready, inputs)])
             noise = torch.cat([s.noise() for s in ready])
-            state = ReactFaceState.cat([s.state for s in ready])
+            state = type(ready[0].state).cat([s.state for s in ready])
             out, state = self.model.step(state, speaker, audio, noise)
             for i, (s, new_state) in enumerate(zip(ready, state.split(sizes))):
                 s.state = new_state
