@@ -51,20 +51,39 @@ def load_data(spec: str, split: str, frames: int = 750, window=None, stride=None
 
 
 def _cmd_train(args) -> int:
-    from reactfast.train import TrainConfig, Trainer
+    from reactfast.train import TrainConfig, Trainer, load_into
     from reactfast.train.registry import build
 
-    data = load_data(args.data, "train", args.frames, window=args.clip_frames, stride=args.clip_frames // 2,
-                     sessions=args.sessions, seed=args.seed)
+    overrides = _parse_overrides(args.config)
+    if args.model == "perfrdiff":
+        # PerFRDiff trains on (previous speaker window, target listener window) pairs.
+        window = int(overrides.get("window", 50))
+        clip, stride = 2 * window, window
+    else:
+        clip, stride = args.clip_frames, args.clip_frames // 2
+    data = load_data(args.data, "train", args.frames, window=clip, stride=stride, sessions=args.sessions,
+                     seed=args.seed)
     val = None
     if args.val_every:
         val = load_data(args.data, "val", args.frames, sessions=max(2, args.sessions // 4), seed=args.seed)
     audio_dim = data[0]["speaker_audio"].shape[-1]
-    config = {"speaker_dim": 83, "speaker_inputs": "emotion+3dmm", "audio_dim": audio_dim}
-    config.update(_parse_overrides(args.config))
+    config = {"audio_dim": audio_dim}
+    if args.model == "reactface":
+        config.update(speaker_dim=83, speaker_inputs="emotion+3dmm")
+    config.update(overrides)
     model = build(args.model, config)
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, ckpt_every=args.ckpt_every,
-                      val_every=args.val_every, out_dir=args.out, seed=args.seed, progress=not args.no_progress)
+    optimizer, lr = "adamw", args.lr
+    if args.model == "perfrdiff":
+        if args.init:
+            load_into(model, args.init)
+        model.set_stage(args.stage)
+        if args.stage == 2:
+            optimizer, lr = "sgd", args.lr if args.lr is not None else 1e-3
+    elif args.stage != 1:
+        raise SystemExit(f"reactfast train: --stage applies to perfrdiff only")
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=lr, ckpt_every=args.ckpt_every,
+                      val_every=args.val_every, out_dir=args.out, seed=args.seed, progress=not args.no_progress,
+                      optimizer=optimizer)
     extra = {"data": {"spec": args.data, "sessions": args.sessions, "seed": args.seed, "frames": args.frames}}
     trainer = Trainer(model, data, cfg, val_dataset=val, resume=args.resume, extra_meta=extra)
     history = trainer.fit()
@@ -90,7 +109,9 @@ def _cmd_generate(args) -> int:
                    seed=data_meta.get("seed", 0) if spec == "synthetic" else 0,
                    audio_dim=model.config.audio_dim)
     preds = generate_dataset(model, ds, args.samples, seed=args.seed, progress=not args.no_progress)
-    arrays = {"pred": preds["emotion"], "pred_3dmm": preds["3dmm"],
+    if "emotion" not in preds:
+        raise SystemExit("reactfast generate: this model outputs no emotion; the metrics need the 25 emotion dims")
+    arrays = {"pred": preds["emotion"], **({"pred_3dmm": preds["3dmm"]} if "3dmm" in preds else {}),
               "listener_gt": ds.stack("listener", "emotion").numpy(), "speaker": ds.stack("speaker", "emotion").numpy()}
     try:
         arrays["appropriate"] = ds.appropriate
@@ -98,7 +119,7 @@ def _cmd_generate(args) -> int:
         pass
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     np.savez(args.out, **arrays)
-    print(f"wrote {args.out}: pred {arrays['pred'].shape} (emotion), pred_3dmm {arrays['pred_3dmm'].shape}")
+    print(f"wrote {args.out}: pred {arrays['pred'].shape} (emotion)")
     return 0
 
 
@@ -201,7 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("train", help="train a generator (runs under torchrun for DDP)")
-    p.add_argument("--model", default="reactface", choices=("reactface",))
+    p.add_argument("--model", default="reactface", choices=("reactface", "perfrdiff"))
+    p.add_argument("--stage", type=int, default=1, choices=(1, 2),
+                   help="perfrdiff: 1 trains GAFRG + PSSL, 2 trains PWSG with both frozen (SGD, lr 1e-3)")
+    p.add_argument("--init", help="perfrdiff stage 2: the stage-1 checkpoint to start from")
     p.add_argument("--data", default="synthetic", help="'synthetic' or the challenge's data folder")
     p.add_argument("--out", required=True, help="run folder (checkpoint, history)")
     p.add_argument("--steps", type=int, default=1000)

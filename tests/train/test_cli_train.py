@@ -43,3 +43,20 @@ def test_baselines():
     self_pred = NearestNeighbourBaseline(window=20).fit(train).predict(train, 1)
     listener = train.stack("listener", "emotion").numpy()
     assert np.allclose(self_pred["emotion"][:, 0, :100], listener[:, :100])
+
+
+def test_perfrdiff_two_stage_command_line(tmp_path):
+    config = ["window=10", "dim=16", "heads=2", "ffn=32", "layers=6", "train_steps=20", "sample_steps=2",
+              "style_dim=8", "style_layers=1", "style_heads=2", "style_ffn=16", "hyper_hidden=8", "min_history=4"]
+    common = ["--model", "perfrdiff", "--data", "synthetic", "--steps", "2", "--batch-size", "2", "--frames", "40",
+              "--sessions", "4", "--no-progress", "--config", *config]
+    stage1 = str(tmp_path / "s1")
+    assert cli.main(["train", "--out", stage1, *common]) == 0
+    stage2 = str(tmp_path / "s2")
+    assert cli.main(["train", "--out", stage2, "--stage", "2", "--init", os.path.join(stage1, "checkpoint"),
+                     *common]) == 0
+    preds = str(tmp_path / "p.npz")
+    assert cli.main(["generate", "--checkpoint", os.path.join(stage2, "checkpoint"), "--samples", "2", "--frames",
+                     "40", "--sessions", "2", "--out", preds, "--no-progress"]) == 0
+    with np.load(preds) as z:
+        assert z["pred"].shape == (4, 2, 40, 25)

@@ -85,13 +85,18 @@ def _shifted_mha(module: nn.MultiheadAttention, shift: Shift, query, key, value,
         mask = kpm if mask is None else mask + kpm
     if is_causal and mask is None:
         mask = torch.triu(torch.full((Tq, Tk), float("-inf"), device=q.device, dtype=q.dtype), 1)
-    scores = torch.matmul(q, k.transpose(-1, -2)) / (d ** 0.5)
-    if mask is not None:
-        scores = scores + mask
-    attn = torch.softmax(scores, -1)
-    if module.training and module.dropout > 0:
-        attn = F.dropout(attn, module.dropout)
-    out = torch.matmul(attn, v).transpose(1, 2).reshape(B, Tq, E)
+    drop = module.dropout if module.training else 0.0
+    if need_weights:
+        scores = torch.matmul(q, k.transpose(-1, -2)) / (d ** 0.5)
+        if mask is not None:
+            scores = scores + mask
+        attn = torch.softmax(scores, -1)
+        attn = F.dropout(attn, drop) if drop > 0 else attn
+        out = torch.matmul(attn, v)
+    else:
+        attn = None
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
+    out = out.transpose(1, 2).reshape(B, Tq, E)
     out = module.out_proj(out)
     if not module.batch_first:
         out = out.transpose(0, 1)

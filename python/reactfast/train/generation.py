@@ -11,7 +11,7 @@ import torch
 @torch.no_grad()
 def generate_dataset(model, dataset, samples: int = 10, seed: int = 0, rows: Optional[Sequence[int]] = None,
                      batch_size: int = 8, device=None, progress: bool = False) -> Dict[str, np.ndarray]:
-    """{"3dmm": (n, S, T, 58), "emotion": (n, S, T, 25)} for the dyads ``rows`` (default all) of a
+    """{"3dmm": (n, S, T, 58), "emotion": (n, S, T, 25)} (the model's outputs) for the dyads ``rows`` (default all) of a
     whole-clip dataset; each dyad's noise comes from a generator seeded by (seed, dyad), so the
     result does not depend on batching or on how rows are split over processes."""
     if dataset.window is not None:

@@ -7,9 +7,11 @@ from typing import Dict, Tuple, Type
 
 from torch import nn
 
+from reactfast.models.perfrdiff import PerFRDiff, PerFRDiffConfig
 from reactfast.models.reactface import ReactFace, ReactFaceConfig
 
-MODELS: Dict[str, Tuple[Type[nn.Module], type]] = {"reactface": (ReactFace, ReactFaceConfig)}
+MODELS: Dict[str, Tuple[Type[nn.Module], type]] = {"reactface": (ReactFace, ReactFaceConfig),
+                                                   "perfrdiff": (PerFRDiff, PerFRDiffConfig)}
 
 
 def model_name(model: nn.Module) -> str:
@@ -31,4 +33,4 @@ def build(name: str, config: dict) -> nn.Module:
 
 
 def config_of(model: nn.Module) -> dict:
-    return asdict(model.config)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(model.config).items()}

@@ -37,6 +37,7 @@ class TrainConfig:
     lr: Optional[float] = None
     weight_decay: Optional[float] = None
     grad_clip: float = 1.0
+    optimizer: str = "adamw"
     amp: bool = True
     max_candidates: int = 8
     ckpt_every: int = 0
@@ -51,6 +52,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "max_candidates", "val_samples", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"TrainConfig.optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
         for name in ("ckpt_every", "val_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
@@ -92,13 +95,16 @@ class Trainer:
         self.dataset, self.val_dataset = dataset, val_dataset
         self.extra_meta = extra_meta or {}
         mc = model.config
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr if cfg.lr is not None else mc.lr,
-                                           weight_decay=cfg.weight_decay if cfg.weight_decay is not None
-                                           else mc.weight_decay)
+        params = [p for p in model.parameters() if p.requires_grad]
+        lr = cfg.lr if cfg.lr is not None else mc.lr
+        decay = cfg.weight_decay if cfg.weight_decay is not None else mc.weight_decay
+        self.optimizer = (torch.optim.AdamW(params, lr=lr, weight_decay=decay) if cfg.optimizer == "adamw"
+                          else torch.optim.SGD(params, lr=lr, weight_decay=decay))
         self.forward = model
         if self.world > 1:
             self.forward = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=any(not p.requires_grad for p in model.parameters()))
         self.step = 0
         self.history: List[Dict[str, float]] = []
         self.steps_per_epoch = len(dataset) // cfg.batch_size

@@ -1,0 +1,465 @@
+"""PerFRDiff (Zhu et al.; authors' code xk0720/PerFRDiff): a diffusion generator of listener
+reactions personalised by weight editing, batched across listeners (SPEC 4.2).
+
+- GAFRG: a DETR-style transformer decoder (7 layers, d 512, 4 heads, FFN 1024, GELU, post-LN,
+  final LayerNorm) denoising listener emotion in windows of 50 frames; window i is conditioned on
+  the speaker's window i - 1 (zeros, the null condition, for the first) through memory tokens
+  (time embedding + per-frame audio, 3DMM and emotion); x0 prediction, cosine schedule, 1000
+  training steps, condition dropout 0.2; sampled with reactfast DDIM (50 leading steps, eta 0,
+  clamp to [-1, 1], guidance 7.5), every window of every sample of every speaker in one batch.
+- PSSL: a transformer encoder over a listener's historical 3DMM (any length) -> a normalised
+  style vector p, trained with the supervised contrastive loss (temperature 0.07).
+- PWSG: a hypernetwork p -> 1024 -> 1024 -> one branch per edited layer emitting a full-rank
+  weight shift (as the authors do; ~1.6 B parameters at their sizes) or, with ``shift_rank`` r,
+  low-rank factors U V^T. Shifts are applied through ``reactfast.nn.personalize``, so one batch
+  holds many listeners and the GAFRG's weights are never copied.
+
+Training has two stages (``set_stage``): 1 trains GAFRG and PSSL; 2 trains PWSG with both frozen.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reactfast.data import layout
+from reactfast.diffusion import DDIMScheduler, sample
+from reactfast.models.reactface import sinusoid
+from reactfast.nn.personalize import personalize
+
+
+@dataclass
+class PerFRDiffConfig:
+    output: str = "emotion"
+    window: int = 50
+    audio_dim: int = 39
+    audio_per_frame: int = layout.AUDIO_SAMPLES_PER_FRAME
+    dim: int = 512
+    heads: int = 4
+    ffn: int = 1024
+    layers: int = 7
+    dropout: float = 0.1
+    cond_dropout: float = 0.2
+    train_steps: int = 1000
+    schedule: str = "cosine"
+    sample_steps: int = 50
+    spacing: str = "leading"
+    clip: float = 1.0
+    guidance: float = 7.5
+    style_dim: int = 512
+    style_layers: int = 4
+    style_heads: int = 4
+    style_ffn: int = 1024
+    temperature: float = 0.07
+    min_history: int = 8
+    pssl_weight: float = 1.0
+    hyper_hidden: int = 1024
+    edited_layers: Tuple[str, ...] = ("decoder.layers.3.multihead_attn", "decoder.layers.5.multihead_attn",
+                                      "to_emotion_feat")
+    shift_rank: int = 0
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+
+    def __post_init__(self):
+        self.edited_layers = tuple(self.edited_layers)
+        if self.output not in ("emotion", "3dmm"):
+            raise ValueError(f"output must be 'emotion' or '3dmm', got {self.output!r}")
+        for name in ("window", "audio_dim", "audio_per_frame", "dim", "heads", "layers", "train_steps",
+                     "sample_steps", "style_dim", "style_layers", "style_heads", "min_history", "hyper_hidden"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"PerFRDiffConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.dim % self.heads or self.style_dim % self.style_heads:
+            raise ValueError("heads must divide dim and style_heads must divide style_dim")
+        if self.sample_steps > self.train_steps:
+            raise ValueError(f"sample_steps ({self.sample_steps}) must not exceed train_steps ({self.train_steps})")
+        if self.shift_rank < 0:
+            raise ValueError(f"shift_rank must be >= 0 (0 = full rank), got {self.shift_rank}")
+        if not 0 <= self.cond_dropout < 1:
+            raise ValueError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
+
+    @property
+    def out_dim(self) -> int:
+        return layout.EMOTION_DIM if self.output == "emotion" else layout.TDMM_DIM
+
+    @property
+    def cond_dim(self) -> int:
+        return self.audio_per_frame * self.audio_dim + layout.TDMM_DIM + layout.EMOTION_DIM
+
+
+class GAFRG(nn.Module):
+    """The generic denoiser: x0 = GAFRG(x_t, t, condition) over one window."""
+
+    def __init__(self, cfg: PerFRDiffConfig):
+        super().__init__()
+        d, W = cfg.dim, cfg.window
+        self.cfg = cfg
+        self.in_proj = nn.Linear(cfg.out_dim, d)
+        self.query_pos = nn.Parameter(torch.randn(W, d) * 0.02)
+        self.time_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
+        self.audio_proj = nn.Linear(cfg.audio_per_frame * cfg.audio_dim, d)
+        self.tdmm_proj = nn.Linear(layout.TDMM_DIM, d)
+        self.emotion_proj = nn.Linear(layout.EMOTION_DIM, d)
+        self.memory_type = nn.Parameter(torch.randn(4, d) * 0.02)
+        self.memory_pos = nn.Parameter(torch.randn(W, d) * 0.02)
+        layer = nn.TransformerDecoderLayer(d, cfg.heads, cfg.ffn, cfg.dropout, activation="gelu", batch_first=True)
+        self.decoder = nn.TransformerDecoder(layer, cfg.layers, norm=nn.LayerNorm(d))
+        self.to_emotion_feat = nn.Linear(d, cfg.out_dim)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        k_a = cfg.audio_per_frame * cfg.audio_dim
+        audio, tdmm, emotion = cond[..., :k_a], cond[..., k_a:k_a + layout.TDMM_DIM], cond[..., k_a + layout.TDMM_DIM:]
+        time = self.time_mlp(sinusoid(t, cfg.dim))[:, None] + self.memory_type[0]
+        memory = torch.cat([time,
+                            self.audio_proj(audio) + self.memory_type[1] + self.memory_pos,
+                            self.tdmm_proj(tdmm) + self.memory_type[2] + self.memory_pos,
+                            self.emotion_proj(emotion) + self.memory_type[3] + self.memory_pos], 1)
+        h = self.decoder(self.in_proj(x_t) + self.query_pos, memory)
+        return self.to_emotion_feat(h)
+
+
+class PSSL(nn.Module):
+    """Personalised style space: a listener's 3DMM history (any length) -> normalised style p."""
+
+    def __init__(self, cfg: PerFRDiffConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.proj_in = nn.Linear(layout.TDMM_DIM, cfg.style_dim)
+        self.cls = nn.Parameter(torch.randn(1, 1, cfg.style_dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(cfg.style_dim, cfg.style_heads, cfg.style_ffn, cfg.dropout,
+                                           activation="gelu", batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, cfg.style_layers, enable_nested_tensor=False)
+        self.head = nn.Linear(cfg.style_dim, cfg.style_dim)
+
+    def forward(self, history: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if not isinstance(history, torch.Tensor) or history.dim() != 3 or history.shape[-1] != layout.TDMM_DIM:
+            got = tuple(history.shape) if isinstance(history, torch.Tensor) else type(history).__name__
+            raise ValueError(f"listener history must be (B, L, {layout.TDMM_DIM}) 3DMM frames, got {got}")
+        B, L, _ = history.shape
+        lengths = torch.full((B,), L, device=history.device) if lengths is None else lengths.to(history.device)
+        if int(lengths.min()) < self.cfg.min_history:
+            raise ValueError(f"listener history too short: {int(lengths.min())} frames, at least "
+                             f"{self.cfg.min_history} are needed")
+        x = self.proj_in(history) + sinusoid(torch.arange(L, device=history.device), self.cfg.style_dim)[None]
+        x = torch.cat([self.cls.expand(B, -1, -1), x], 1)
+        pad = torch.arange(L + 1, device=history.device)[None] > lengths[:, None]
+        h = self.encoder(x, src_key_padding_mask=pad)[:, 0]
+        return F.normalize(self.head(h), dim=-1)
+
+
+def supervised_contrastive(p: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
+    """Khosla et al.'s loss over normalised styles p (N, d) with listener labels (N,); anchors
+    without a positive are skipped (0 when none has one)."""
+    sim = p @ p.t() / temperature
+    N = p.shape[0]
+    eye = torch.eye(N, dtype=torch.bool, device=p.device)
+    positive = (labels[:, None] == labels[None, :]) & ~eye
+    log_prob = sim - torch.logsumexp(sim.masked_fill(eye, float("-inf")), 1, keepdim=True)
+    counts = positive.sum(1)
+    has = counts > 0
+    if not bool(has.any()):
+        return p.sum() * 0.0
+    per_anchor = -(log_prob * positive).sum(1)[has] / counts[has]
+    return per_anchor.mean()
+
+
+def _layer_shape(module: nn.Module) -> Tuple[int, int]:
+    if isinstance(module, nn.MultiheadAttention):
+        return module.in_proj_weight.shape[0], module.in_proj_weight.shape[1]
+    if isinstance(module, nn.Linear):
+        return module.out_features, module.in_features
+    raise TypeError(f"{type(module).__name__} layers cannot be edited (nn.Linear or nn.MultiheadAttention only)")
+
+
+class PWSG(nn.Module):
+    """Hypernetwork from a style vector to per-layer weight shifts (full rank or rank r)."""
+
+    def __init__(self, cfg: PerFRDiffConfig, shapes: Dict[str, Tuple[int, int]]):
+        super().__init__()
+        h, r = cfg.hyper_hidden, cfg.shift_rank
+        self.shapes, self.rank = dict(shapes), r
+        self.trunk = nn.Sequential(nn.Linear(cfg.style_dim, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU())
+        self.branches = nn.ModuleDict()
+        for name, (d_out, d_in) in shapes.items():
+            branch = nn.Linear(h, d_out * d_in if r == 0 else r * (d_out + d_in))
+            with torch.no_grad():
+                if r == 0:
+                    branch.weight.zero_()
+                    branch.bias.zero_()
+                else:
+                    branch.weight[: r * d_out].zero_()   # U starts at 0: shifts start at 0, V still learns
+                    branch.bias[: r * d_out].zero_()
+                    branch.weight[r * d_out:].normal_(0, 1.0 / math.sqrt(h))
+            self.branches[name.replace(".", "__")] = branch
+
+    @staticmethod
+    def parameter_count(style_dim: int, hidden: int, shapes: Sequence[Tuple[int, int]], rank: int = 0) -> int:
+        """Closed form of the hypernetwork's size (for sizes too large to build)."""
+        trunk = style_dim * hidden + hidden + hidden * hidden + hidden
+        outs = [o * i if rank == 0 else rank * (o + i) for o, i in shapes]
+        return trunk + sum(hidden * n + n for n in outs)
+
+    def forward(self, p: torch.Tensor) -> Dict[str, object]:
+        h = self.trunk(p)
+        B, r = p.shape[0], self.rank
+        shifts = {}
+        for name, (d_out, d_in) in self.shapes.items():
+            out = self.branches[name.replace(".", "__")](h)
+            if r == 0:
+                shifts[name] = out.reshape(B, d_out, d_in)
+            else:
+                shifts[name] = (out[:, : r * d_out].reshape(B, d_out, r), out[:, r * d_out:].reshape(B, d_in, r))
+        return shifts
+
+
+def _expand(shifts: Optional[Dict[str, object]], repeats: int) -> Optional[Dict[str, object]]:
+    """Each listener's shifts repeated for its ``repeats`` consecutive batch rows."""
+    if shifts is None:
+        return None
+    rep = lambda t: t.repeat_interleave(repeats, 0)  # noqa: E731
+    return {k: tuple(rep(x) for x in v) if isinstance(v, tuple) else rep(v) for k, v in shifts.items()}
+
+
+@dataclass
+class PerFRDiffState:
+    """Streaming state: the previous speaker window's condition and the listener's shifts."""
+
+    prev_cond: torch.Tensor                   # (B, W, cond_dim)
+    frame: torch.Tensor                       # (B,)
+    shifts: Optional[Dict[str, object]] = None
+
+    @staticmethod
+    def cat(states: Sequence["PerFRDiffState"]) -> "PerFRDiffState":
+        shifts = None
+        if any(s.shifts is not None for s in states):
+            ref = next(s.shifts for s in states if s.shifts is not None)
+            parts = [s.shifts if s.shifts is not None else _zeros_like_shifts(ref, s.frame.shape[0]) for s in states]
+            shifts = {k: (tuple(torch.cat([p[k][i] for p in parts]) for i in range(len(ref[k])))
+                          if isinstance(ref[k], tuple) else torch.cat([p[k] for p in parts])) for k in ref}
+        return PerFRDiffState(torch.cat([s.prev_cond for s in states]), torch.cat([s.frame for s in states]), shifts)
+
+    def split(self, sizes: Sequence[int]) -> List["PerFRDiffState"]:
+        out, lo = [], 0
+        for n in sizes:
+            sh = None
+            if self.shifts is not None:
+                sh = {k: tuple(x[lo:lo + n] for x in v) if isinstance(v, tuple) else v[lo:lo + n]
+                      for k, v in self.shifts.items()}
+            out.append(PerFRDiffState(self.prev_cond[lo:lo + n], self.frame[lo:lo + n], sh))
+            lo += n
+        return out
+
+
+def _zeros_like_shifts(ref: Dict[str, object], batch: int) -> Dict[str, object]:
+    z = lambda t: t.new_zeros((batch,) + tuple(t.shape[1:]))  # noqa: E731
+    return {k: tuple(z(x) for x in v) if isinstance(v, tuple) else z(v) for k, v in ref.items()}
+
+
+class PerFRDiff(nn.Module):
+    """GAFRG + PSSL + PWSG. ``forward(x_t, t, cond, shifts=None)`` is the (personalised) denoiser."""
+
+    name = "perfrdiff"
+
+    def __init__(self, config: Optional[PerFRDiffConfig] = None, **overrides):
+        super().__init__()
+        if config is not None and overrides:
+            raise ValueError("pass either a PerFRDiffConfig or keyword overrides, not both")
+        cfg = self.config = config or PerFRDiffConfig(**overrides)
+        self.gafrg = GAFRG(cfg)
+        self.pssl = PSSL(cfg)
+        modules = dict(self.gafrg.named_modules())
+        missing = [n for n in cfg.edited_layers if n not in modules]
+        if missing:
+            editable = [n for n, m in modules.items() if isinstance(m, (nn.Linear, nn.MultiheadAttention))]
+            raise ValueError(f"edited_layers {missing} are not layers of the GAFRG; editable: {editable}")
+        self.pwsg = PWSG(cfg, {n: _layer_shape(modules[n]) for n in cfg.edited_layers})
+        self.scheduler = DDIMScheduler(cfg.train_steps, cfg.schedule, prediction="x0", spacing=cfg.spacing,
+                                       clip=cfg.clip)
+        self.stage = 1
+
+    def set_stage(self, stage: int) -> "PerFRDiff":
+        """1: train GAFRG and PSSL; 2: train PWSG with GAFRG and PSSL frozen."""
+        if stage not in (1, 2):
+            raise ValueError(f"stage must be 1 or 2, got {stage}")
+        self.stage = stage
+        for p in self.gafrg.parameters():
+            p.requires_grad_(stage == 1)
+        for p in self.pssl.parameters():
+            p.requires_grad_(stage == 1)
+        for p in self.pwsg.parameters():
+            p.requires_grad_(stage == 2)
+        return self
+
+    # ------------------------------------------------------------------ denoiser
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
+                shifts: Optional[Dict[str, object]] = None) -> torch.Tensor:
+        if shifts is None:
+            return self.gafrg(x_t, t, cond)
+        with personalize(self.gafrg, shifts):
+            return self.gafrg(x_t, t, cond)
+
+    def shifts_for(self, history: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> Dict[str, object]:
+        """Per-listener weight shifts from listener 3DMM histories (B, L, 58)."""
+        return self.pwsg(self.pssl(history, lengths))
+
+    # ------------------------------------------------------------------ inputs
+    def output_widths(self) -> Dict[str, int]:
+        return {self.config.output: self.config.out_dim}
+
+    def check_inputs(self, speaker: torch.Tensor, audio: torch.Tensor, name: str = "speaker") -> None:
+        cfg = self.config
+        width = layout.TDMM_DIM + layout.EMOTION_DIM
+        if not isinstance(speaker, torch.Tensor) or speaker.dim() != 3 or speaker.shape[-1] != width:
+            got = tuple(speaker.shape) if isinstance(speaker, torch.Tensor) else type(speaker).__name__
+            raise ValueError(f"{name} must be (B, T, {width}) speaker 3DMM + emotion frames, got {got}")
+        if not isinstance(audio, torch.Tensor) or audio.dim() != 3 or audio.shape[-1] != cfg.audio_dim:
+            got = tuple(audio.shape) if isinstance(audio, torch.Tensor) else type(audio).__name__
+            raise ValueError(f"audio must be (B, T * {cfg.audio_per_frame}, {cfg.audio_dim}) features, got {got}")
+        if audio.shape[0] != speaker.shape[0] or audio.shape[1] != cfg.audio_per_frame * speaker.shape[1]:
+            raise ValueError(f"audio must have {cfg.audio_per_frame} rows per speaker frame and the same batch: "
+                             f"speaker {tuple(speaker.shape)}, audio {tuple(audio.shape)}")
+        if speaker.shape[1] == 0:
+            raise ValueError(f"{name} must hold at least one frame")
+        if not bool(torch.isfinite(speaker).all()) or not bool(torch.isfinite(audio).all()):
+            raise ValueError(f"{name} or audio contains NaN or Inf")
+
+    def inputs_from_batch(self, batch: Dict[str, torch.Tensor]):
+        return torch.cat([batch["speaker_3dmm"], batch["speaker_emotion"]], -1), batch["speaker_audio"]
+
+    def condition(self, speaker: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        """Per-frame condition features: (B, T, k A + 58 + 25)."""
+        B, T, _ = speaker.shape
+        return torch.cat([audio.reshape(B, T, -1), speaker], -1)
+
+    # ------------------------------------------------------------------ training
+    def loss(self, batch: Dict[str, torch.Tensor], generators: Sequence[torch.Generator],
+             forward=None) -> Dict[str, torch.Tensor]:
+        """Items are 2W-frame windows: the speaker's first W frames condition the listener's last W.
+        Stage 1: x0 MSE + PSSL contrastive loss; stage 2: x0 MSE through the personalised GAFRG,
+        with shifts from the listener's first W frames (its history)."""
+        cfg = self.config
+        W = cfg.window
+        speaker, audio = self.inputs_from_batch(batch)
+        if speaker.shape[1] != 2 * W:
+            raise ValueError(f"PerFRDiff trains on windows of {2 * W} frames (previous + target), got {speaker.shape[1]}")
+        cond = self.condition(speaker[:, :W], audio[:, : cfg.audio_per_frame * W])
+        x0 = batch[f"listener_{cfg.output}"][:, W:]
+        B = x0.shape[0]
+        t = torch.stack([torch.randint(0, cfg.train_steps, (), generator=g) for g in generators]).to(x0.device)
+        noise = torch.stack([torch.randn(W, cfg.out_dim, generator=g) for g in generators]).to(x0.device)
+        drop = torch.stack([torch.rand((), generator=g) < cfg.cond_dropout for g in generators]).to(x0.device)
+        if self.stage == 1:
+            cond = torch.where(drop[:, None, None], torch.zeros_like(cond), cond)
+        x_t = self.scheduler.add_noise(x0, noise, t)
+        shifts = None
+        if self.stage == 2:
+            shifts = self.shifts_for(batch["listener_3dmm"][:, :W])
+        pred = (forward or self)(x_t, t, cond, shifts)
+        diffusion = F.mse_loss(pred, x0)
+        out = {"diffusion": diffusion.detach()}
+        total = diffusion
+        if self.stage == 1 and cfg.pssl_weight > 0:
+            styles = self.pssl(batch["listener_3dmm"])
+            con = supervised_contrastive(styles, batch["listener_id"], cfg.temperature)
+            total = total + cfg.pssl_weight * con
+            out["pssl"] = con.detach()
+        out["loss"] = total
+        out["rec"] = diffusion.detach()
+        return out
+
+    # ------------------------------------------------------------------ sampling
+    def draw_noise(self, batch: int, generator: Optional[torch.Generator] = None, window: int = 0) -> torch.Tensor:
+        return torch.randn(batch, self.config.window, self.config.out_dim, generator=generator)
+
+    def _denoiser(self, shifts):
+        def denoise(x, t, cond):
+            rows = x.shape[0]
+            sh = shifts
+            if sh is not None:
+                first = next(iter(sh.values()))
+                n = (first[0] if isinstance(first, tuple) else first).shape[0]
+                sh = _expand(sh, rows // n) if rows != n else sh
+                if rows % n:
+                    raise ValueError(f"{rows} rows cannot share {n} listeners' shifts")
+            return self(x, t, cond, sh)
+        return denoise
+
+    @torch.no_grad()
+    def sample_windows(self, cond: torch.Tensor, noise: torch.Tensor, shifts=None, guidance: Optional[float] = None,
+                       steps: Optional[int] = None) -> torch.Tensor:
+        """Denoise windows (R, W, out) conditioned on (R, W, cond_dim); shifts per row (or None)."""
+        cfg = self.config
+        if shifts is not None and guidance is not None:
+            shifts = {k: tuple(torch.cat([x, x]) for x in v) if isinstance(v, tuple) else torch.cat([v, v])
+                      for k, v in shifts.items()}
+        return sample(self._denoiser(shifts), tuple(noise.shape), cond, self.scheduler, steps or cfg.sample_steps,
+                      guidance_scale=guidance, noise=noise, device=cond.device)
+
+    @torch.no_grad()
+    def generate(self, speaker: torch.Tensor, audio: torch.Tensor, num_samples: int = 10,
+                 generator: Optional[torch.Generator] = None, listener_history: Optional[torch.Tensor] = None,
+                 guidance: Optional[float] = None, steps: Optional[int] = None) -> Dict[str, torch.Tensor]:
+        """S reactions per speaker: {output: (B, S, T, out_dim)}; every window of every sample of
+        every speaker is denoised in one batch. ``listener_history`` (B, L, 58) personalises each
+        speaker's reactions to that listener. Noise is drawn per window as randn(B S, W, out) from
+        ``generator``, exactly as a ``ReactionStream`` draws it. ``guidance`` defaults to the
+        config's scale (7.5); 0 samples without classifier-free guidance."""
+        self.check_inputs(speaker, audio)
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        cfg = self.config
+        guidance = self._guidance(guidance)
+        B, T, _ = speaker.shape
+        W, k = cfg.window, cfg.audio_per_frame
+        n = math.ceil(T / W)
+        pad = n * W - T
+        if pad:
+            speaker = torch.cat([speaker, speaker[:, -1:].expand(B, pad, -1)], 1)
+            audio = torch.cat([audio, audio[:, -k:].repeat(1, pad, 1)], 1)
+        cond = self.condition(speaker, audio).reshape(B, n, W, -1)
+        cond = torch.cat([torch.zeros_like(cond[:, :1]), cond[:, :-1]], 1)          # window i sees speaker i - 1
+        noise = torch.stack([self.draw_noise(B * num_samples, generator) for _ in range(n)])   # (n, B S, W, out)
+        noise = noise.reshape(n, B, num_samples, W, -1).permute(1, 2, 0, 3, 4).to(speaker.device)
+        rows_cond = cond[:, None].expand(B, num_samples, n, W, cond.shape[-1]).reshape(B * num_samples * n, W, -1)
+        shifts = None
+        if listener_history is not None:
+            if listener_history.shape[0] != B:
+                raise ValueError(f"listener_history must hold one history per speaker ({B}), got "
+                                 f"{listener_history.shape[0]}")
+            shifts = _expand(self.shifts_for(listener_history.to(speaker.device)), num_samples * n)
+        out = self.sample_windows(rows_cond.contiguous(), noise.reshape(B * num_samples * n, W, -1), shifts,
+                                  guidance, steps)
+        out = out.reshape(B, num_samples, n * W, -1)[:, :, :T]
+        return {cfg.output: out}
+
+    def _guidance(self, guidance: Optional[float]) -> Optional[float]:
+        scale = self.config.guidance if guidance is None else guidance
+        return scale if scale > 0 else None
+
+    # ------------------------------------------------------------------ streaming
+    def init_state(self, batch: int, window: Optional[int] = None, device=None,
+                   listener_history: Optional[torch.Tensor] = None) -> PerFRDiffState:
+        cfg = self.config
+        if window is not None and window != cfg.window:
+            raise ValueError(f"PerFRDiff streams in windows of {cfg.window} frames, got {window}")
+        device = device or next(self.parameters()).device
+        shifts = None
+        if listener_history is not None:
+            history = listener_history if listener_history.dim() == 3 else listener_history[None]
+            with torch.no_grad():
+                shifts = _expand(self.shifts_for(history.to(device)), batch // history.shape[0])
+        return PerFRDiffState(torch.zeros(batch, cfg.window, cfg.cond_dim, device=device),
+                              torch.zeros(batch, dtype=torch.long, device=device), shifts)
+
+    @torch.no_grad()
+    def step(self, state: PerFRDiffState, speaker: torch.Tensor, audio: torch.Tensor, noise: torch.Tensor):
+        """Listener window i from the speaker's window i - 1 (held in the state); then remember window i."""
+        out = self.sample_windows(state.prev_cond, noise.to(state.prev_cond.device), state.shifts,
+                                  self._guidance(None))
+        new = PerFRDiffState(self.condition(speaker, audio), state.frame + speaker.shape[1], state.shifts)
+        return {self.config.output: out}, new

@@ -1,0 +1,168 @@
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from reactfast.data import SyntheticDyads
+from reactfast.models.perfrdiff import PWSG, PerFRDiff, PerFRDiffConfig, supervised_contrastive
+from reactfast.online import ReactionStream, StreamRunner
+from reactfast.testing import assert_close
+from reactfast.train import TrainConfig, Trainer
+
+
+def tiny(**kw):
+    base = dict(window=10, audio_dim=6, dim=32, heads=2, ffn=64, layers=6, train_steps=50, sample_steps=5,
+                style_dim=16, style_layers=1, style_heads=2, style_ffn=32, hyper_hidden=24, dropout=0.0,
+                min_history=4)
+    base.update(kw)
+    torch.manual_seed(0)
+    return PerFRDiff(PerFRDiffConfig(**base))
+
+
+def inputs(B=2, T=25, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, T, 83, generator=g) * 0.3, torch.randn(B, 2 * T, 6, generator=g)
+
+
+def test_defaults_are_the_authors():
+    cfg = PerFRDiffConfig()
+    assert (cfg.window, cfg.dim, cfg.heads, cfg.ffn, cfg.layers, cfg.train_steps, cfg.sample_steps) == \
+        (50, 512, 4, 1024, 7, 1000, 50)
+    assert cfg.guidance == 7.5 and cfg.temperature == 0.07 and cfg.cond_dropout == 0.2
+
+
+def test_generate_shapes_and_determinism():
+    model = tiny().eval()
+    speaker, audio = inputs()
+    a = model.generate(speaker, audio, 3, torch.Generator().manual_seed(1))["emotion"]
+    b = model.generate(speaker, audio, 3, torch.Generator().manual_seed(1))["emotion"]
+    c = model.generate(speaker, audio, 3, torch.Generator().manual_seed(2))["emotion"]
+    assert a.shape == (2, 3, 25, 25)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert (a[0, 0] - a[0, 1]).abs().mean() > 1e-3         # diverse across samples
+    assert a.abs().max() <= 1.0                              # x0 clamped
+
+
+def test_zero_shifts_reproduce_generic_model():
+    model = tiny().eval()
+    x, t, cond = torch.randn(3, 10, 25), torch.tensor([3, 20, 49]), torch.randn(3, 10, model.config.cond_dim)
+    zero = {name: torch.zeros(3, *shape) for name, shape in model.pwsg.shapes.items()}
+    with torch.no_grad():
+        generic, shifted = model(x, t, cond), model(x, t, cond, zero)
+    # Equal up to float32 rounding: nn.MultiheadAttention's fused path and the personalised
+    # composite (projection + shift, then attention) sum in different orders.
+    assert_close("zero shifts", generic, shifted, atol=1e-5, rtol=1e-5)
+    # Through the hypernetwork as initialised (zero branches) the shifts are exactly zero too.
+    assert all(float(v.detach().abs().max()) == 0 for v in model.shifts_for(torch.randn(3, 12, 58)).values())
+
+
+def test_personalised_equals_explicit_copies():
+    model = tiny().eval()
+    history = torch.randn(3, 12, 58)
+    with torch.no_grad():
+        for p in model.pwsg.branches.parameters():
+            p.normal_(0, 0.02)
+        shifts = model.shifts_for(history)
+    x, t, cond = torch.randn(3, 10, 25), torch.tensor([3, 20, 49]), torch.randn(3, 10, model.config.cond_dim)
+    with torch.no_grad():
+        out = model(x, t, cond, shifts)
+    for b in range(3):
+        g = copy.deepcopy(model.gafrg)
+        modules = dict(g.named_modules())
+        with torch.no_grad():
+            for name, dw in shifts.items():
+                m = modules[name]
+                (m.in_proj_weight if isinstance(m, torch.nn.MultiheadAttention) else m.weight).add_(dw[b])
+            want = g(x[b:b + 1], t[b:b + 1], cond[b:b + 1])
+        assert_close(f"listener {b}", want[0], out[b], atol=1e-5, rtol=1e-5)
+
+
+def test_low_rank_hypernetwork_is_smaller():
+    full = tiny()
+    low = tiny(shift_rank=2)
+    n_full = sum(p.numel() for p in full.pwsg.parameters())
+    n_low = sum(p.numel() for p in low.pwsg.parameters())
+    shapes = list(full.pwsg.shapes.values())
+    assert n_full == PWSG.parameter_count(16, 24, shapes) and n_low == PWSG.parameter_count(16, 24, shapes, 2)
+    assert n_low < n_full / 5
+    # The authors' sizes: 2 x (1536 x 512) in-projections and the 25 x 512 output projection.
+    authors = PWSG.parameter_count(512, 1024, [(1536, 512), (1536, 512), (25, 512)])
+    assert 1.5e9 < authors < 1.7e9
+    shifts = low.shifts_for(torch.randn(2, 12, 58))
+    u, v = shifts["to_emotion_feat"]
+    assert u.shape == (2, 25, 2) and v.shape == (2, 32, 2)
+
+
+def test_streaming_equals_generate():
+    model = tiny().eval()
+    speaker, audio = inputs(B=1, T=30)
+    history = torch.randn(1, 12, 58)
+    offline = model.generate(speaker, audio, 2, torch.Generator().manual_seed(3), listener_history=history)
+    stream = ReactionStream(model, 2, torch.Generator().manual_seed(3), listener_history=history)
+    parts = [stream.push(speaker[0, :7], audio[0, :14]), stream.push(speaker[0, 7:30], audio[0, 14:60])]
+    online = torch.cat([p["emotion"] for p in parts], 1)
+    assert_close("stream", offline["emotion"][0], online, atol=1e-4, rtol=1e-4)
+    # A generic stream and a personalised one batch together; each keeps its own result.
+    runner = StreamRunner(model)
+    s1 = ReactionStream(model, 2, torch.Generator().manual_seed(3), listener_history=history)
+    s2 = ReactionStream(model, 1, torch.Generator().manual_seed(4))
+    for s in (s1, s2):
+        s.feed(speaker[0, :10], audio[0, :20])
+    res = runner.step([s1, s2])
+    assert_close("batched", offline["emotion"][0, :, :10], res[0]["emotion"], atol=1e-4, rtol=1e-4)
+    alone = model.generate(speaker[:, :10], audio[:, :20], 1, torch.Generator().manual_seed(4))["emotion"]
+    assert_close("generic", alone[0], res[1]["emotion"], atol=1e-4, rtol=1e-4)
+
+
+def test_supervised_contrastive():
+    p = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]]), dim=-1)
+    good = supervised_contrastive(p, torch.tensor([0, 0, 1, 1]))
+    bad = supervised_contrastive(p, torch.tensor([0, 1, 0, 1]))
+    assert good < bad
+
+
+def _train(model, stage, steps, lr, optimizer="adamw"):
+    data = SyntheticDyads(sessions=12, frames=120, audio_dim=3, listeners=3, prototypes=2, seed=0, split="train")
+    ds = data.dataset(frames=120, window=20, stride=10)
+    model.set_stage(stage)
+    trainer = Trainer(model, ds, TrainConfig(steps=steps, batch_size=8, lr=lr, progress=False, optimizer=optimizer))
+    return trainer.fit(), ds
+
+
+def test_two_stage_training_and_style_separation():
+    model = tiny(audio_dim=3)
+    history, ds = _train(model, 1, 60, 2e-3)
+    first = np.mean([h["diffusion"] for h in history[:5]])
+    last = np.mean([h["diffusion"] for h in history[-5:]])
+    assert last < first, (first, last)
+    # PSSL: windows of the same planted listener are closer than windows of different listeners.
+    model.eval()
+    items = [ds[i] for i in range(0, len(ds), 3)]
+    with torch.no_grad():
+        p = model.pssl(torch.stack([it["listener_3dmm"] for it in items]))
+    ids = torch.tensor([int(it["listener_id"]) for it in items])
+    sim = p @ p.t()
+    same = (ids[:, None] == ids[None]) & ~torch.eye(len(ids), dtype=torch.bool)
+    diff = ids[:, None] != ids[None]
+    assert sim[same].mean() > sim[diff].mean()
+    frozen = {k: v.clone() for k, v in model.gafrg.state_dict().items()}
+    history2, _ = _train(model, 2, 10, 1e-3, optimizer="sgd")
+    assert all(torch.equal(v, model.gafrg.state_dict()[k]) for k, v in frozen.items())
+    assert all(np.isfinite(h["loss"]) for h in history2)
+
+
+@pytest.mark.parametrize("call,err,match", [
+    (lambda m: m.shifts_for(torch.randn(1, 2, 58)), ValueError, "history too short"),
+    (lambda m: m.shifts_for(torch.randn(1, 12, 57)), ValueError, "listener history must be"),
+    (lambda m: PerFRDiff(PerFRDiffConfig(**{**m.config.__dict__, "edited_layers": ("decoder.nope",)})), ValueError,
+     "not layers of the GAFRG"),
+    (lambda m: m(torch.randn(2, 10, 25), torch.tensor([1, 2]), torch.randn(2, 10, m.config.cond_dim),
+                 {"to_emotion_feat": torch.zeros(2, 25, 31)}), ValueError, r"must have shape \(2, 25, 32\)"),
+    (lambda m: m.generate(torch.randn(1, 20, 80), torch.randn(1, 40, 6)), ValueError, "speaker must be"),
+    (lambda m: m.generate(torch.randn(1, 20, 83), torch.randn(1, 39, 6)), ValueError, "2 rows per speaker frame"),
+    (lambda m: m.set_stage(3), ValueError, "stage must be 1 or 2"),
+])
+def test_bad_input(call, err, match):
+    with pytest.raises(err, match=match):
+        call(tiny())
