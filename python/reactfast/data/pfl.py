@@ -1,0 +1,87 @@
+"""PFL, pose-aware face behaviour localisation (PFLPosNet, SPEC 4.4): one fixed crop window per
+video from its per-frame face boxes, so cropped clips keep the head's motion.
+
+Boxes are (x, y, w, h) with (x, y) the box centre (as the paper's formula reads). The window is
+centred on the mean box centre with
+    w_c = min(omega_w, max_i(x_i + w_i / 2) - min_i(x_i - w_i / 2)),  h_c likewise.
+Clipping rule for windows that leave the frame: the window keeps its size and is shifted inside
+the frame; a window larger than the frame is reduced to the frame. Pixel coordinates are rounded
+to the nearest integer (half away from zero).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def crop_window(boxes, omega: Tuple[float, float] = (256.0, 256.0),
+                frame_size: Optional[Tuple[int, int]] = None) -> Tuple[int, int, int, int]:
+    """The fixed window (left, top, width, height) in pixels for one video's boxes (T, 4).
+
+    Args:
+        boxes: per-frame face boxes (x_centre, y_centre, w, h), shape (T, 4), T >= 1.
+        omega: (omega_w, omega_h), the largest window (256 x 256 in the paper).
+        frame_size: (height, width) of the frames; when given, the window is clipped to them.
+    """
+    b = np.asarray(boxes.detach().cpu() if isinstance(boxes, torch.Tensor) else boxes, dtype=np.float64)
+    if b.ndim != 2 or b.shape[1] != 4 or len(b) == 0:
+        raise ValueError(f"boxes must have shape (T, 4) with T >= 1, got {b.shape}")
+    if not np.isfinite(b).all():
+        raise ValueError("boxes contain NaN or Inf")
+    if (b[:, 2:] <= 0).any():
+        raise ValueError("boxes must have positive width and height")
+    if min(omega) <= 0:
+        raise ValueError(f"omega must be positive, got {omega}")
+    x, y, w, h = b.T
+    cx, cy = x.mean(), y.mean()
+    wc = min(omega[0], (x + w / 2).max() - (x - w / 2).min())
+    hc = min(omega[1], (y + h / 2).max() - (y - h / 2).min())
+    left, top = cx - wc / 2, cy - hc / 2
+    r = lambda v: int(np.sign(v) * np.floor(abs(v) + 0.5))  # noqa: E731
+    left, top, wc, hc = r(left), r(top), r(wc), r(hc)
+    if frame_size is not None:
+        H, W = frame_size
+        wc, hc = min(wc, W), min(hc, H)
+        left = min(max(left, 0), W - wc)
+        top = min(max(top, 0), H - hc)
+    return left, top, max(wc, 1), max(hc, 1)
+
+
+def crop_video(video: torch.Tensor, boxes, omega: Tuple[float, float] = (256.0, 256.0),
+               out_size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+    """Crop every frame of each video with its PFL window.
+
+    Args:
+        video: (T, C, H, W) or a batch (B, T, C, H, W).
+        boxes: (T, 4) or (B, T, 4) face boxes per frame.
+        out_size: (height, width) to resize each cropped clip to (needed to batch videos whose
+            windows differ); None keeps the window's size.
+
+    Returns:
+        (T, C, h, w) or (B, T, C, h, w).
+    """
+    single = video.dim() == 4
+    if single:
+        video, boxes = video[None], [boxes]
+    if video.dim() != 5:
+        raise ValueError(f"video must be (T, C, H, W) or (B, T, C, H, W), got {tuple(video.shape)}")
+    if len(boxes) != video.shape[0]:
+        raise ValueError(f"boxes must hold one (T, 4) array per video ({video.shape[0]}), got {len(boxes)}")
+    H, W = video.shape[-2:]
+    crops = []
+    for clip, bx in zip(video, boxes):
+        if len(bx) != clip.shape[0]:
+            raise ValueError(f"boxes have {len(bx)} frames but the video has {clip.shape[0]}")
+        left, top, wc, hc = crop_window(bx, omega, (H, W))
+        c = clip[..., top:top + hc, left:left + wc]
+        if out_size is not None:
+            c = F.interpolate(c.float(), size=out_size, mode="bilinear", align_corners=False).to(clip.dtype)
+        crops.append(c)
+    if len({tuple(c.shape) for c in crops}) > 1:
+        raise ValueError("the videos' windows differ in size; pass out_size to resize them to one size")
+    out = torch.stack(crops)
+    return out[0] if single else out

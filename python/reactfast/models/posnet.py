@@ -1,0 +1,143 @@
+"""PosNet (PFLPosNet, SPEC 4.4): post-processes the head pose (the last 6 of the 58 3DMM dims)
+of each new window from any online generator, leaving every other dim bit-identical.
+
+Encoder Conv1d(6 -> 512, k3), ReLU, Conv1d(512 -> 512, k3), ReLU, average pool over the window;
+input to a three-layer MLP 518 -> 512 -> 512 -> W x 6: the last adjusted pose of the previous
+window (6) and the encoding (512). The MLP's output is added to the generator's pose (its last
+layer starts at zero, so an untrained PosNet changes nothing).
+
+Losses: L_connect = |P_first(new) - P_last(prev)|, L_sm1 = mean |first differences|,
+L_sm2 = mean | |d_{t+1}| - |d_t| |, weights 1, 1, 0.2, plus a fidelity term L1(adjusted, raw)
+(weight ``fidelity_weight``) standing in for the generator's own loss so the poses stay the
+generator's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reactfast.data import layout
+
+POSE = layout.TDMM_POSE
+
+
+@dataclass
+class PosNetConfig:
+    window: int = 8
+    hidden: int = 512
+    connect_weight: float = 1.0
+    sm1_weight: float = 1.0
+    sm2_weight: float = 0.2
+    fidelity_weight: float = 1.0
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+
+    def __post_init__(self):
+        if self.window < 2:
+            raise ValueError(f"window must be >= 2, got {self.window}")
+
+
+class PosNet(nn.Module):
+    name = "posnet"
+
+    def __init__(self, config: Optional[PosNetConfig] = None, **overrides):
+        super().__init__()
+        cfg = self.config = config or PosNetConfig(**overrides)
+        h = cfg.hidden
+        self.encoder = nn.Sequential(nn.Conv1d(6, h, 3, padding=1), nn.ReLU(), nn.Conv1d(h, h, 3, padding=1), nn.ReLU())
+        self.mlp = nn.Sequential(nn.Linear(h + 6, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, cfg.window * 6))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def adjust_pose(self, pose: torch.Tensor, prev_last: torch.Tensor) -> torch.Tensor:
+        """pose (B, W, 6), prev_last (B, 6) -> adjusted pose (B, W, 6)."""
+        B, W, _ = pose.shape
+        if W != self.config.window:
+            raise ValueError(f"PosNet was built for windows of {self.config.window} frames, got {W}")
+        code = self.encoder(pose.transpose(1, 2)).mean(-1)
+        return pose + self.mlp(torch.cat([prev_last, code], -1)).reshape(B, W, 6)
+
+    def forward(self, frames: torch.Tensor, prev_last: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """frames (B, W, 58) generated 3DMM; prev_last (B, 6) the previous adjusted window's last
+        pose (None for the first window: returned unchanged). Only dims 52:58 change."""
+        if not isinstance(frames, torch.Tensor) or frames.dim() != 3 or frames.shape[-1] != layout.TDMM_DIM:
+            got = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
+            raise ValueError(f"frames must be (B, W, {layout.TDMM_DIM}) 3DMM windows, got {got}")
+        if prev_last is None:
+            return frames
+        out = frames.clone()
+        out[..., POSE] = self.adjust_pose(frames[..., POSE], prev_last)
+        return out
+
+    def loss(self, windows: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Losses over consecutive generated windows (B, n, W, 58): each window is adjusted from the
+        previous adjusted window's last pose (the first window is kept as generated)."""
+        cfg = self.config
+        B, n, W, _ = windows.shape
+        prev = windows[:, 0, -1, POSE]
+        connect = sm1 = sm2 = fidelity = windows.new_zeros(())
+        for i in range(1, n):
+            raw = windows[:, i, :, POSE]
+            adj = self.adjust_pose(raw, prev)
+            connect = connect + (adj[:, 0] - prev).abs().mean()
+            d = adj[:, 1:] - adj[:, :-1]
+            sm1 = sm1 + d.abs().mean()
+            sm2 = sm2 + (d[:, 1:].abs() - d[:, :-1].abs()).abs().mean()
+            fidelity = fidelity + F.l1_loss(adj, raw)
+            prev = adj[:, -1]
+        k = max(n - 1, 1)
+        total = (cfg.connect_weight * connect + cfg.sm1_weight * sm1 + cfg.sm2_weight * sm2
+                 + cfg.fidelity_weight * fidelity) / k
+        return {"loss": total, "connect": connect.detach() / k, "sm1": sm1.detach() / k, "sm2": sm2.detach() / k,
+                "fidelity": fidelity.detach() / k}
+
+
+def seam_jump(frames: torch.Tensor, window: int) -> torch.Tensor:
+    """Mean absolute pose change across window seams of (B, T, 58) sequences."""
+    pose = frames[..., POSE]
+    seams = torch.arange(window, pose.shape[1], window, device=frames.device)
+    return (pose[:, seams] - pose[:, seams - 1]).abs().mean()
+
+
+class PosNetStream:
+    """Wraps any ``ReactionStream`` whose model outputs 3DMM: every emitted window's head pose is
+    adjusted by PosNet from the previous adjusted window's last pose; all other outputs and dims
+    pass through unchanged. The generator is not modified."""
+
+    def __init__(self, stream, posnet: PosNet):
+        if "3dmm" not in stream.model.output_widths():
+            raise ValueError("PosNet needs a generator that outputs 3DMM (58 dims); this one outputs "
+                             f"{sorted(stream.model.output_widths())}")
+        if stream.window != posnet.config.window:
+            raise ValueError(f"the stream emits windows of {stream.window} frames but PosNet adjusts windows of "
+                             f"{posnet.config.window}")
+        self.stream, self.posnet = stream, posnet
+        self.prev_last: Optional[torch.Tensor] = None
+
+    def _adjust(self, out: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        frames = out.get("3dmm")
+        if frames is None or frames.shape[1] == 0:
+            return out
+        W = self.posnet.config.window
+        pieces = []
+        with torch.no_grad():
+            for lo in range(0, frames.shape[1], W):
+                win = frames[:, lo:lo + W]
+                m = win.shape[1]
+                if m < W:  # the last, partial window: pad with its last frame, adjust, trim
+                    win = torch.cat([win, win[:, -1:].expand(-1, W - m, -1)], 1)
+                win = self.posnet(win, self.prev_last)[:, :m]
+                self.prev_last = win[:, -1, POSE]
+                pieces.append(win)
+        return {**out, "3dmm": torch.cat(pieces, 1)}
+
+    def push(self, speaker, audio):
+        return self._adjust(self.stream.push(speaker, audio))
+
+    def flush(self):
+        return self._adjust(self.stream.flush())

@@ -1,0 +1,96 @@
+import pytest
+import torch
+
+from reactfast.data.pfl import crop_video, crop_window
+from reactfast.models import ReactFace, ReactFaceConfig
+from reactfast.models.posnet import PosNet, PosNetStream, seam_jump
+from reactfast.online import ReactionStream
+
+
+def test_crop_window_formula():
+    boxes = [(100, 100, 50, 60), (110, 90, 50, 60)]
+    # centre (105, 95); w_c = 135 - 75 = 60; h_c = 130 - 60 = 70
+    assert crop_window(boxes) == (75, 60, 60, 70)
+    assert crop_window(boxes, omega=(40, 50)) == (85, 70, 40, 50)
+
+
+def test_crop_window_at_the_frame_border():
+    boxes = [(95, 10, 20, 20), (90, 12, 20, 20)]
+    # unclipped: centre (92.5, 11), 25 x 22 -> left 80, top 0 (round(-0)); clipped into a 100 x 100 frame
+    left, top, w, h = crop_window(boxes, frame_size=(100, 100))
+    assert (w, h) == (25, 22) and left + w <= 100 and top >= 0
+    assert (left, top) == (75, 0)
+    # a window larger than the frame is reduced to the frame
+    assert crop_window([(50, 50, 300, 300)], frame_size=(120, 100)) == (0, 0, 100, 120)
+
+
+def test_crop_video_shapes_and_content():
+    video = torch.arange(3 * 2 * 20 * 30, dtype=torch.float32).reshape(3, 2, 20, 30)
+    boxes = [(10, 10, 8, 6)] * 3
+    out = crop_video(video, boxes)
+    left, top, w, h = crop_window(boxes, frame_size=(20, 30))
+    assert out.shape == (3, 2, h, w)
+    assert torch.equal(out, video[..., top:top + h, left:left + w])
+    batch = torch.stack([video, video])
+    both = crop_video(batch, [boxes, [(20, 12, 10, 10)] * 3], out_size=(16, 16))
+    assert both.shape == (2, 3, 2, 16, 16)
+    with pytest.raises(ValueError, match="pass out_size"):
+        crop_video(batch, [boxes, [(20, 12, 10, 10)] * 3])
+
+
+@pytest.mark.parametrize("bad,match", [
+    ([(1, 2, 3)], r"shape \(T, 4\)"), ([(1, 2, 0, 3)], "positive width"), ([(float("nan"), 1, 2, 3)], "NaN"),
+])
+def test_crop_window_bad_input(bad, match):
+    with pytest.raises(ValueError, match=match):
+        crop_window(bad)
+
+
+def _jumpy(B, n, W, seed):
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(n * W, dtype=torch.float32)
+    pose = torch.sin(t / 7.0)[None, :, None] * torch.rand(B, 1, 6, generator=g)
+    offsets = torch.randn(B, n, 1, 6, generator=g).mul(0.3).expand(B, n, W, 6).reshape(B, n * W, 6)
+    frames = torch.randn(B, n * W, 58, generator=g)
+    frames[..., 52:] = pose + offsets
+    return frames
+
+
+def test_posnet_reduces_seam_jumps_and_keeps_expressions():
+    torch.manual_seed(0)
+    W, n = 8, 6
+    posnet = PosNet(window=W, hidden=64)
+    train = _jumpy(64, n, W, 0).reshape(64, n, W, 58)
+    opt = torch.optim.Adam(posnet.parameters(), lr=3e-3)
+    for _ in range(150):
+        loss = posnet.loss(train)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    test = _jumpy(16, n, W, 1)
+    out, prev = [], None
+    with torch.no_grad():
+        for i in range(n):
+            win = posnet(test[:, i * W:(i + 1) * W], prev)
+            prev = win[:, -1, 52:]
+            out.append(win)
+    adjusted = torch.cat(out, 1)
+    assert torch.equal(adjusted[..., :52], test[..., :52])          # expression dims bit-identical
+    before, after = float(seam_jump(test, W)), float(seam_jump(adjusted, W))
+    assert after < 0.7 * before, (before, after)
+
+
+def test_untrained_posnet_is_identity_and_wraps_a_stream():
+    model = ReactFace(ReactFaceConfig(speaker_dim=25, speaker_inputs="emotion", audio_dim=12, dim=32, heads=4,
+                                      cie_heads=4, cie_ffn=64, window_train=16, window=8, context=32, past=16,
+                                      dropout=0.0)).eval()
+    speaker, audio = torch.randn(20, 25), torch.randn(40, 12)
+    plain = ReactionStream(model, 2, torch.Generator().manual_seed(0))
+    wrapped = PosNetStream(ReactionStream(model, 2, torch.Generator().manual_seed(0)), PosNet(window=8, hidden=32))
+    a = torch.cat([plain.push(speaker, audio)["3dmm"], plain.flush()["3dmm"]], 1)
+    b = torch.cat([wrapped.push(speaker, audio)["3dmm"], wrapped.flush()["3dmm"]], 1)
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="windows of 8 frames but PosNet adjusts windows of 10"):
+        PosNetStream(ReactionStream(model, 1), PosNet(window=10, hidden=8))
+    with pytest.raises(ValueError, match=r"frames must be \(B, W, 58\)"):
+        PosNet(window=8, hidden=8)(torch.randn(1, 8, 57), torch.zeros(1, 6))
