@@ -374,7 +374,7 @@ class PerFRDiff(nn.Module):
 
     # ------------------------------------------------------------------ sampling
     def draw_noise(self, batch: int, generator: Optional[torch.Generator] = None, window: int = 0) -> torch.Tensor:
-        return torch.randn(batch, self.config.window, self.config.out_dim, generator=generator)
+        return torch.randn(batch, self.config.window, self.config.out_dim, generator=generator).to(next(self.parameters()).dtype)
 
     def _denoiser(self, shifts):
         def denoise(x, t, cond):
@@ -398,7 +398,7 @@ class PerFRDiff(nn.Module):
             shifts = {k: tuple(torch.cat([x, x]) for x in v) if isinstance(v, tuple) else torch.cat([v, v])
                       for k, v in shifts.items()}
         return sample(self._denoiser(shifts), tuple(noise.shape), cond, self.scheduler, steps or cfg.sample_steps,
-                      guidance_scale=guidance, noise=noise, device=cond.device)
+                      guidance_scale=guidance, noise=noise, device=cond.device, dtype=noise.dtype)
 
     @torch.no_grad()
     def generate(self, speaker: torch.Tensor, audio: torch.Tensor, num_samples: int = 10,

@@ -12,7 +12,7 @@ from reactfast.ops._checks import check_same_device, check_tensor
 from reactfast.reference import ddim as _ref
 
 IMPLEMENTED = ("triton", "reference")
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 @torch.library.custom_op("reactfast::ddim_step", mutates_args=())

@@ -33,11 +33,12 @@ def ddim_step(x_t: torch.Tensor, out_cond: torch.Tensor, coef: torch.Tensor, pre
         (x_prev, x0) in x_t's dtype.
     """
     shape = (-1,) + (1,) * (x_t.dim() - 1)
-    a_t, s_t, a_prev, c_dir, sigma = (coef[:, i].to(torch.float32).reshape(shape) for i in range(5))
-    x = x_t.float()
-    out = out_cond.float()
+    work = torch.promote_types(x_t.dtype, torch.float32)   # float32, or float64 for float64 inputs
+    a_t, s_t, a_prev, c_dir, sigma = (coef[:, i].to(work).reshape(shape) for i in range(5))
+    x = x_t.to(work)
+    out = out_cond.to(work)
     if out_uncond is not None:
-        u = out_uncond.float()
+        u = out_uncond.to(work)
         out = u + guidance_scale * (out - u)
     if prediction == "eps":
         eps = out
@@ -56,5 +57,5 @@ def ddim_step(x_t: torch.Tensor, out_cond: torch.Tensor, coef: torch.Tensor, pre
             eps = (x - a_t * x0) / s_t
     x_prev = a_prev * x0 + c_dir * eps
     if noise is not None:
-        x_prev = x_prev + sigma * noise.float()
+        x_prev = x_prev + sigma * noise.to(work)
     return x_prev.to(x_t.dtype), x0.to(x_t.dtype)

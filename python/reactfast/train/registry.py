@@ -8,10 +8,14 @@ from typing import Dict, Tuple, Type
 from torch import nn
 
 from reactfast.models.perfrdiff import PerFRDiff, PerFRDiffConfig
+from reactfast.models.posnet import PosNet, PosNetConfig
+from reactfast.models.reactdiff import ReactDiff, ReactDiffConfig
 from reactfast.models.reactface import ReactFace, ReactFaceConfig
 
 MODELS: Dict[str, Tuple[Type[nn.Module], type]] = {"reactface": (ReactFace, ReactFaceConfig),
-                                                   "perfrdiff": (PerFRDiff, PerFRDiffConfig)}
+                                                   "perfrdiff": (PerFRDiff, PerFRDiffConfig),
+                                                   "reactdiff": (ReactDiff, ReactDiffConfig),
+                                                   "posnet": (PosNet, PosNetConfig)}
 
 
 def model_name(model: nn.Module) -> str:

@@ -164,6 +164,8 @@ class Trainer:
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
+        if hasattr(self.model, "after_step"):
+            self.model.after_step()
         values = torch.stack([v.detach().float() for v in losses.values()])
         if self.world > 1:
             dist.all_reduce(values)

@@ -1,0 +1,379 @@
+"""ReactDiff (authors' code Hunan-Tiger/ReactDiff; SPEC 4.3): latent DDIM over a multi-modal
+transformer autoencoder.
+
+- MMT autoencoder (stage 1): attention blocks (linear q/k/v -> attn_dim, multi-head attention,
+  LayerNorm(out + q)). Video: self-attention on AU features, then 2 x [cross-attention to FER,
+  cross-attention to VA]; audio: queries from one audio stream (wav2vec in the paper), keys and
+  values from another (MFCC); 2 x video -> audio cross-attention; then attn_dim -> 2 attn_dim ->
+  latent (LN, SiLU) and an MLP latent -> 2 latent -> latent: z (T, 128). Decoder: a transformer
+  (d 128, 4 heads, FFN 256) with heads to 58 (3DMM) and 25 (emotion). Loss 10 L1(emotion) +
+  10 MSE(3DMM).
+- Latent DDIM (stage 2, autoencoder frozen): windows of 50 frames; the speaker's latent window
+  gives z_bc = SiLU(GroupNorm(Linear(50 x 128 -> 1024)(flatten))); a 1-D UNet (channels 256,
+  multipliers 1, 2, 4, 8, 2 res-blocks per level, attention at the three finest levels and the
+  middle) conditioned by adding [time embedding, z_bc]; 20 steps, cosine, eps prediction, L1
+  loss; an EMA (0.999) of the denoiser samples.
+
+Feature widths are free (the paper's AU/VA/FER/wav2vec extractors are unavailable); by default
+the AU, VA and expression features are the emotion's columns 0:15, 15:17, 17:25, and both audio
+streams are the per-frame audio features (k rows of A). Listener window i is generated from the
+speaker's window i (online: as soon as that window has arrived).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reactfast.data import layout
+from reactfast.diffusion import DDIMScheduler, sample
+from reactfast.models.reactface import sinusoid
+
+
+@dataclass
+class ReactDiffConfig:
+    audio_dim: int = 39
+    audio_per_frame: int = layout.AUDIO_SAMPLES_PER_FRAME
+    au_dim: int = 15
+    fer_dim: int = 8
+    va_dim: int = 2
+    attn_dim: int = 1024
+    heads: int = 4
+    latent: int = 128
+    dec_heads: int = 4
+    dec_ffn: int = 256
+    dec_layers: int = 2
+    window: int = 50
+    train_steps: int = 20
+    clip: Optional[float] = 1.0
+    channels: int = 256
+    mults: Tuple[int, ...] = (1, 2, 4, 8)
+    res_blocks: int = 2
+    attn_levels: int = 3
+    cond_dim: int = 1024
+    ema: float = 0.999
+    emotion_weight: float = 10.0
+    tdmm_weight: float = 10.0
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+
+    def __post_init__(self):
+        self.mults = tuple(self.mults)
+        for name in ("audio_dim", "audio_per_frame", "au_dim", "fer_dim", "va_dim", "attn_dim", "heads", "latent",
+                     "window", "train_steps", "channels", "res_blocks", "cond_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ReactDiffConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.attn_dim % self.heads or self.latent % self.dec_heads:
+            raise ValueError("heads must divide attn_dim and dec_heads must divide latent")
+        if self.channels % 32 or self.cond_dim % 32:
+            raise ValueError("channels and cond_dim must be multiples of 32 (GroupNorm groups)")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema must be in [0, 1), got {self.ema}")
+
+
+class _Attention(nn.Module):
+    """q/k/v projections -> attn_dim, multi-head attention, LayerNorm(out + q)."""
+
+    def __init__(self, q_in, kv_in, dim, heads):
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(q_in, dim), nn.Linear(kv_in, dim), nn.Linear(kv_in, dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x, y):
+        q = self.q(x)
+        return self.norm(self.attn(q, self.k(y), self.v(y), need_weights=False)[0] + q)
+
+
+class MMT(nn.Module):
+    """The multi-modal transformer autoencoder over per-frame features of one person."""
+
+    def __init__(self, cfg: ReactDiffConfig):
+        super().__init__()
+        D, H, k_a = cfg.attn_dim, cfg.heads, cfg.audio_per_frame * cfg.audio_dim
+        self.cfg = cfg
+        self.au_self = _Attention(cfg.au_dim, cfg.au_dim, D, H)
+        self.video = nn.ModuleList([m for _ in range(2) for m in (_Attention(D, cfg.fer_dim, D, H),
+                                                                  _Attention(D, cfg.va_dim, D, H))])
+        self.audio = _Attention(k_a, k_a, D, H)
+        self.video_audio = nn.ModuleList([_Attention(D, D, D, H) for _ in range(2)])
+        self.to_latent = nn.Sequential(nn.Linear(D, 2 * D), nn.LayerNorm(2 * D), nn.SiLU(), nn.Linear(2 * D, cfg.latent))
+        self.latent_mlp = nn.Sequential(nn.Linear(cfg.latent, 2 * cfg.latent), nn.SiLU(),
+                                        nn.Linear(2 * cfg.latent, cfg.latent))
+        layer = nn.TransformerEncoderLayer(cfg.latent, cfg.dec_heads, cfg.dec_ffn, 0.1, batch_first=True)
+        self.decoder = nn.TransformerEncoder(layer, cfg.dec_layers, enable_nested_tensor=False)
+        self.head_3dmm = nn.Linear(cfg.latent, layout.TDMM_DIM)
+        self.head_emotion = nn.Linear(cfg.latent, layout.EMOTION_DIM)
+
+    def features(self, emotion: torch.Tensor, audio: torch.Tensor):
+        """The default per-frame inputs from emotion (B, T, 25) and audio (B, k T, A)."""
+        B, T, _ = emotion.shape
+        a = audio.reshape(B, T, -1)
+        return emotion[..., layout.AU], emotion[..., layout.EXPRESSION], emotion[..., layout.VA], a, a
+
+    def encode(self, au, fer, va, audio_q, audio_kv) -> torch.Tensor:
+        h = self.au_self(au, au)
+        for i in range(0, len(self.video), 2):
+            h = self.video[i + 1](self.video[i](h, fer), va)
+        a = self.audio(audio_q, audio_kv)
+        for block in self.video_audio:
+            h = block(h, a)
+        return self.latent_mlp(self.to_latent(h))
+
+    def decode(self, z: torch.Tensor) -> Dict[str, torch.Tensor]:
+        h = self.decoder(z + sinusoid(torch.arange(z.shape[1], device=z.device), z.shape[-1])[None])
+        return {"3dmm": self.head_3dmm(h), "emotion": self.head_emotion(h)}
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, c_in, c_out, emb):
+        super().__init__()
+        self.n1, self.c1 = nn.GroupNorm(32, c_in), nn.Conv1d(c_in, c_out, 3, padding=1)
+        self.emb = nn.Linear(emb, c_out)
+        self.n2, self.c2 = nn.GroupNorm(32, c_out), nn.Conv1d(c_out, c_out, 3, padding=1)
+        self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x, e):
+        h = self.c1(F.silu(self.n1(x))) + self.emb(e)[..., None]
+        return self.skip(x) + self.c2(F.silu(self.n2(h)))
+
+
+class _AttnBlock(nn.Module):
+    def __init__(self, c, heads=4):
+        super().__init__()
+        self.norm = nn.GroupNorm(32, c)
+        self.attn = nn.MultiheadAttention(c, heads, batch_first=True)
+
+    def forward(self, x):
+        h = self.norm(x).transpose(1, 2)
+        return x + self.attn(h, h, h, need_weights=False)[0].transpose(1, 2)
+
+
+class UNet1D(nn.Module):
+    """1-D UNet over latent windows (B, latent, W), conditioned by adding [time, z_bc] embeddings."""
+
+    def __init__(self, cfg: ReactDiffConfig):
+        super().__init__()
+        C, emb = cfg.channels, 4 * cfg.channels
+        self.cfg = cfg
+        self.time = nn.Sequential(nn.Linear(C, emb), nn.SiLU(), nn.Linear(emb, emb))
+        self.cond = nn.Linear(cfg.cond_dim, emb)
+        self.inp = nn.Conv1d(cfg.latent, C, 3, padding=1)
+        widths = [C * m for m in cfg.mults]
+        self.down, self.down_attn, self.downsample = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        skips, c = [C], C
+        for lvl, w in enumerate(widths):
+            for _ in range(cfg.res_blocks):
+                self.down.append(_ResBlock(c, w, emb))
+                self.down_attn.append(_AttnBlock(w) if lvl < cfg.attn_levels else nn.Identity())
+                c = w
+                skips.append(c)
+            if lvl < len(widths) - 1:
+                self.downsample.append(nn.Conv1d(c, c, 3, stride=2, padding=1))
+                skips.append(c)
+        self.mid = nn.ModuleList([_ResBlock(c, c, emb), _ResBlock(c, c, emb)])
+        self.mid_attn = _AttnBlock(c)
+        self.up, self.up_attn, self.upsample = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        for lvl, w in reversed(list(enumerate(widths))):
+            for _ in range(cfg.res_blocks + 1):
+                self.up.append(_ResBlock(c + skips.pop(), w, emb))
+                self.up_attn.append(_AttnBlock(w) if lvl < cfg.attn_levels else nn.Identity())
+                c = w
+            if lvl > 0:
+                self.upsample.append(nn.Conv1d(c, c, 3, padding=1))
+        self.out = nn.Sequential(nn.GroupNorm(32, c), nn.SiLU(), nn.Conv1d(c, cfg.latent, 3, padding=1))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, z_bc: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        e = self.time(sinusoid(t, cfg.channels).to(x.dtype)) + self.cond(z_bc)
+        h = self.inp(x)
+        hs = [h]
+        i = 0
+        for lvl in range(len(cfg.mults)):
+            for _ in range(cfg.res_blocks):
+                h = self.down_attn[i](self.down[i](h, e))
+                hs.append(h)
+                i += 1
+            if lvl < len(cfg.mults) - 1:
+                h = self.downsample[lvl](h)
+                hs.append(h)
+        h = self.mid_attn(self.mid[0](h, e))
+        h = self.mid[1](h, e)
+        i = u = 0
+        for lvl in reversed(range(len(cfg.mults))):
+            for _ in range(cfg.res_blocks + 1):
+                skip = hs.pop()
+                if h.shape[-1] != skip.shape[-1]:
+                    h = F.interpolate(h, size=skip.shape[-1], mode="nearest")
+                h = self.up_attn[i](self.up[i](torch.cat([h, skip], 1), e))
+                i += 1
+            if lvl > 0:
+                h = self.upsample[u](F.interpolate(h, scale_factor=2, mode="nearest"))
+                u += 1
+        if h.shape[-1] != x.shape[-1]:
+            h = F.interpolate(h, size=x.shape[-1], mode="nearest")
+        return self.out(h)
+
+
+class ReactDiff(nn.Module):
+    name = "reactdiff"
+
+    def __init__(self, config: Optional[ReactDiffConfig] = None, **overrides):
+        super().__init__()
+        if config is not None and overrides:
+            raise ValueError("pass either a ReactDiffConfig or keyword overrides, not both")
+        cfg = self.config = config or ReactDiffConfig(**overrides)
+        self.mmt = MMT(cfg)
+        self.cond_proj = nn.Linear(cfg.window * cfg.latent, cfg.cond_dim)
+        self.cond_norm = nn.GroupNorm(32, cfg.cond_dim)
+        self.unet = UNet1D(cfg)
+        self.scheduler = DDIMScheduler(cfg.train_steps, "cosine", prediction="eps", clip=cfg.clip)
+        self.ema_unet = copy.deepcopy(self.unet).requires_grad_(False)
+        self.ema_cond = copy.deepcopy(nn.ModuleList([self.cond_proj, self.cond_norm])).requires_grad_(False)
+        self.stage = 1
+
+    def set_stage(self, stage: int) -> "ReactDiff":
+        """1: train the MMT autoencoder; 2: train the latent denoiser with the MMT frozen."""
+        if stage not in (1, 2):
+            raise ValueError(f"stage must be 1 or 2, got {stage}")
+        self.stage = stage
+        for p in self.mmt.parameters():
+            p.requires_grad_(stage == 1)
+        for m in (self.unet, self.cond_proj, self.cond_norm):
+            for p in m.parameters():
+                p.requires_grad_(stage == 2)
+        return self
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """EMA update of the denoiser (stage 2), called by the trainer after each optimizer step."""
+        if self.stage != 2:
+            return
+        live = list(self.unet.parameters()) + list(self.cond_proj.parameters()) + list(self.cond_norm.parameters())
+        ema = list(self.ema_unet.parameters()) + list(self.ema_cond.parameters())
+        for e, p in zip(ema, live):
+            e.mul_(self.config.ema).add_(p.detach(), alpha=1 - self.config.ema)
+
+    # ------------------------------------------------------------------ pieces
+    def output_widths(self) -> Dict[str, int]:
+        return {"3dmm": layout.TDMM_DIM, "emotion": layout.EMOTION_DIM}
+
+    def check_inputs(self, speaker: torch.Tensor, audio: torch.Tensor, name: str = "speaker") -> None:
+        cfg = self.config
+        if not isinstance(speaker, torch.Tensor) or speaker.dim() != 3 or speaker.shape[-1] != layout.EMOTION_DIM:
+            got = tuple(speaker.shape) if isinstance(speaker, torch.Tensor) else type(speaker).__name__
+            raise ValueError(f"{name} must be (B, T, {layout.EMOTION_DIM}) speaker emotion frames, got {got}")
+        if not isinstance(audio, torch.Tensor) or audio.dim() != 3 or audio.shape[-1] != cfg.audio_dim:
+            got = tuple(audio.shape) if isinstance(audio, torch.Tensor) else type(audio).__name__
+            raise ValueError(f"audio must be (B, T * {cfg.audio_per_frame}, {cfg.audio_dim}) features, got {got}")
+        if audio.shape[0] != speaker.shape[0] or audio.shape[1] != cfg.audio_per_frame * speaker.shape[1]:
+            raise ValueError(f"audio must have {cfg.audio_per_frame} rows per speaker frame and the same batch: "
+                             f"speaker {tuple(speaker.shape)}, audio {tuple(audio.shape)}")
+        if speaker.shape[1] == 0:
+            raise ValueError(f"{name} must hold at least one frame")
+        if not bool(torch.isfinite(speaker).all()) or not bool(torch.isfinite(audio).all()):
+            raise ValueError(f"{name} or audio contains NaN or Inf")
+
+    def inputs_from_batch(self, batch):
+        return batch["speaker_emotion"], batch["speaker_audio"]
+
+    def encode(self, emotion: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        return self.mmt.encode(*self.mmt.features(emotion, audio))
+
+    def condition(self, speaker_latent: torch.Tensor, ema: bool = False) -> torch.Tensor:
+        proj, norm = (self.ema_cond[0], self.ema_cond[1]) if ema else (self.cond_proj, self.cond_norm)
+        return F.silu(norm(proj(speaker_latent.flatten(1))))
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, z_bc: torch.Tensor, ema: bool = False) -> torch.Tensor:
+        """eps prediction for latent windows x_t (B, W, latent)."""
+        net = self.ema_unet if ema else self.unet
+        return net(x_t.transpose(1, 2), t, z_bc).transpose(1, 2)
+
+    # ------------------------------------------------------------------ training
+    def loss(self, batch, generators: Sequence[torch.Generator], forward=None) -> Dict[str, torch.Tensor]:
+        cfg = self.config
+        if self.stage == 1:
+            emotion = torch.cat([batch["speaker_emotion"], batch["listener_emotion"]])
+            tdmm = torch.cat([batch["speaker_3dmm"], batch["listener_3dmm"]])
+            audio = torch.cat([batch["speaker_audio"], batch["listener_audio"]])
+            out = self.mmt.decode(self.encode(emotion, audio))
+            l_emo, l_3d = F.l1_loss(out["emotion"], emotion), F.mse_loss(out["3dmm"], tdmm)
+            total = cfg.emotion_weight * l_emo + cfg.tdmm_weight * l_3d
+            return {"loss": total, "rec": total.detach(), "emotion": l_emo.detach(), "3dmm": l_3d.detach()}
+        W = cfg.window
+        if batch["speaker_emotion"].shape[1] != W:
+            raise ValueError(f"ReactDiff stage 2 trains on windows of {W} frames, got {batch['speaker_emotion'].shape[1]}")
+        with torch.no_grad():
+            z_s = self.encode(batch["speaker_emotion"], batch["speaker_audio"])
+            z_l = self.encode(batch["listener_emotion"], batch["listener_audio"])
+        t = torch.stack([torch.randint(0, cfg.train_steps, (), generator=g) for g in generators]).to(z_l.device)
+        noise = torch.stack([torch.randn(W, cfg.latent, generator=g) for g in generators]).to(z_l.device)
+        x_t = self.scheduler.add_noise(z_l, noise, t)
+        eps = (forward or self)(x_t, t, self.condition(z_s))
+        l1 = F.l1_loss(eps, noise)
+        return {"loss": l1, "rec": l1.detach()}
+
+    # ------------------------------------------------------------------ sampling
+    def draw_noise(self, batch: int, generator: Optional[torch.Generator] = None, window: int = 0) -> torch.Tensor:
+        return torch.randn(batch, self.config.window, self.config.latent, generator=generator).to(next(self.parameters()).dtype)
+
+    @torch.no_grad()
+    def sample_windows(self, speaker_latent: torch.Tensor, noise: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Listener windows for speaker latent windows (R, W, latent) from noise (R, W, latent)."""
+        z_bc = self.condition(speaker_latent, ema=True)
+        z = sample(lambda x, t, c: self(x, t, c, ema=True), tuple(noise.shape), z_bc, self.scheduler,
+                   self.config.train_steps, noise=noise, device=noise.device, dtype=noise.dtype)
+        return self.mmt.decode(z)
+
+    @torch.no_grad()
+    def generate(self, speaker: torch.Tensor, audio: torch.Tensor, num_samples: int = 10,
+                 generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
+        """{"3dmm": (B, S, T, 58), "emotion": (B, S, T, 25)}; all windows of all samples at once.
+        Noise per window as randn(B S, W, latent), as a ``ReactionStream`` draws it."""
+        self.check_inputs(speaker, audio)
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        cfg = self.config
+        B, T, _ = speaker.shape
+        W, k = cfg.window, cfg.audio_per_frame
+        n = math.ceil(T / W)
+        pad = n * W - T
+        if pad:
+            speaker = torch.cat([speaker, speaker[:, -1:].expand(B, pad, -1)], 1)
+            audio = torch.cat([audio, audio[:, -k:].repeat(1, pad, 1)], 1)
+        z_s = self.encode(speaker.reshape(B * n, W, -1), audio.reshape(B * n, k * W, -1)).reshape(B, n, W, -1)
+        noise = torch.stack([self.draw_noise(B * num_samples, generator) for _ in range(n)])
+        noise = noise.reshape(n, B, num_samples, W, -1).permute(1, 2, 0, 3, 4).reshape(-1, W, cfg.latent)
+        rows = z_s[:, None].expand(B, num_samples, n, W, cfg.latent).reshape(-1, W, cfg.latent)
+        out = self.sample_windows(rows, noise.to(speaker.device))
+        return {key: v.reshape(B, num_samples, n * W, -1)[:, :, :T] for key, v in out.items()}
+
+    # ------------------------------------------------------------------ streaming
+    def init_state(self, batch: int, window: Optional[int] = None, device=None) -> "ReactDiffState":
+        if window is not None and window != self.config.window:
+            raise ValueError(f"ReactDiff streams in windows of {self.config.window} frames, got {window}")
+        device = device or next(self.parameters()).device
+        return ReactDiffState(torch.zeros(batch, dtype=torch.long, device=device))
+
+    @torch.no_grad()
+    def step(self, state: "ReactDiffState", speaker: torch.Tensor, audio: torch.Tensor, noise: torch.Tensor):
+        out = self.sample_windows(self.encode(speaker, audio), noise.to(speaker.device))
+        return out, ReactDiffState(state.frame + speaker.shape[1])
+
+
+@dataclass
+class ReactDiffState:
+    frame: torch.Tensor
+
+    @staticmethod
+    def cat(states: Sequence["ReactDiffState"]) -> "ReactDiffState":
+        return ReactDiffState(torch.cat([s.frame for s in states]))
+
+    def split(self, sizes: Sequence[int]) -> List["ReactDiffState"]:
+        return [ReactDiffState(f) for f in torch.split(self.frame, list(sizes))]

@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+import torch
+
+from reactfast.data import SyntheticDyads
+from reactfast.models import ReactDiff, ReactDiffConfig
+from reactfast.online import ReactionStream
+from reactfast.testing import assert_close
+from reactfast.train import TrainConfig, Trainer
+
+
+def tiny():
+    torch.manual_seed(0)
+    return ReactDiff(ReactDiffConfig(audio_dim=4, attn_dim=32, heads=2, latent=16, dec_heads=2, dec_ffn=32,
+                                     dec_layers=1, window=10, train_steps=8, channels=32, mults=(1, 2, 4, 8),
+                                     res_blocks=1, cond_dim=32, ema=0.9))
+
+
+def test_defaults_are_the_authors():
+    cfg = ReactDiffConfig()
+    assert (cfg.attn_dim, cfg.heads, cfg.latent, cfg.window, cfg.train_steps, cfg.channels, cfg.mults) == \
+        (1024, 4, 128, 50, 20, 256, (1, 2, 4, 8))
+
+
+def test_generate_shapes_determinism_diversity():
+    model = tiny().eval()
+    speaker, audio = torch.rand(2, 23, 25), torch.randn(2, 46, 4)
+    a = model.generate(speaker, audio, 3, torch.Generator().manual_seed(0))
+    b = model.generate(speaker, audio, 3, torch.Generator().manual_seed(0))
+    c = model.generate(speaker, audio, 3, torch.Generator().manual_seed(1))
+    assert a["3dmm"].shape == (2, 3, 23, 58) and a["emotion"].shape == (2, 3, 23, 25)
+    assert torch.equal(a["emotion"], b["emotion"]) and not torch.equal(a["emotion"], c["emotion"])
+    assert (a["emotion"][0, 0] - a["emotion"][0, 1]).abs().mean() > 1e-4
+
+
+def test_streaming_equals_generate():
+    # In float64: with eps prediction, x0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab) magnifies float32
+    # rounding at the noisiest step (ab ~ 0), so batch-shape-dependent last-bit differences of the
+    # batched matmuls reach ~1e-3 in float32; in float64 the two paths agree to ~1e-11.
+    model = tiny().double().eval()
+    speaker, audio = torch.rand(1, 30, 25, dtype=torch.float64), torch.randn(1, 60, 4, dtype=torch.float64)
+    offline = model.generate(speaker, audio, 2, torch.Generator().manual_seed(5))
+    stream = ReactionStream(model, 2, torch.Generator().manual_seed(5))
+    parts = [stream.push(speaker[0, :13], audio[0, :26]), stream.push(speaker[0, 13:], audio[0, 26:])]
+    for key in ("3dmm", "emotion"):
+        assert_close(key, offline[key][0], torch.cat([p[key] for p in parts], 1), atol=1e-8, rtol=1e-8)
+
+
+def test_both_stages_train():
+    model = tiny()
+    data = SyntheticDyads(sessions=6, frames=60, audio_dim=4, seed=0, split="train").dataset(frames=60, window=10)
+    model.set_stage(1)
+    h1 = Trainer(model, data, TrainConfig(steps=40, batch_size=8, lr=3e-3, progress=False)).fit()
+    assert np.mean([h["rec"] for h in h1[-5:]]) < 0.5 * np.mean([h["rec"] for h in h1[:5]])
+    frozen = {k: v.clone() for k, v in model.mmt.state_dict().items()}
+    ema_before = [p.clone() for p in model.ema_unet.parameters()]
+    model.set_stage(2)
+    h2 = Trainer(model, data, TrainConfig(steps=40, batch_size=8, lr=3e-3, progress=False)).fit()
+    assert np.mean([h["rec"] for h in h2[-5:]]) < np.mean([h["rec"] for h in h2[:5]])
+    assert all(torch.equal(v, model.mmt.state_dict()[k]) for k, v in frozen.items())
+    assert any(not torch.equal(a, b) for a, b in zip(ema_before, model.ema_unet.parameters()))
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda m: m.generate(torch.rand(1, 20, 24), torch.randn(1, 40, 4)), r"speaker must be \(B, T, 25\)"),
+    (lambda m: m.generate(torch.rand(1, 20, 25), torch.randn(1, 39, 4)), "2 rows per speaker frame"),
+    (lambda m: m.generate(torch.rand(1, 20, 25), torch.randn(1, 40, 4), num_samples=0), "num_samples"),
+    (lambda m: m.set_stage(0), "stage must be 1 or 2"),
+    (lambda m: ReactDiffConfig(channels=20), "multiples of 32"),
+])
+def test_bad_input(call, match):
+    with pytest.raises(ValueError, match=match):
+        call(tiny())
