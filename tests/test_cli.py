@@ -61,3 +61,14 @@ def test_demo_runs(tmp_path, capsys):
     assert saved["Random"]["FRDiv"] > saved["Mirror"]["FRDiv"] == 0.0
     assert (out / "reactions.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "run" / "checkpoint" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("model", ["perfrdiff", "reactdiff", "pflposnet"])
+def test_demo_other_generators(tmp_path, capsys, model):
+    out = tmp_path / model
+    assert cli.main(["demo", "--model", model, "--out", str(out), "--sessions", "4", "--steps", "2"]) == 0
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["model"] == model and model in saved["metrics"]
+    assert all(np.isfinite(v) for v in saved["metrics"][model].values())
+    if model == "pflposnet":
+        assert set(saved["posnet_seam_jump"]) == {"before", "after"}

@@ -59,6 +59,9 @@ def _cmd_train(args) -> int:
         # PerFRDiff trains on (previous speaker window, target listener window) pairs.
         window = int(overrides.get("window", 50))
         clip, stride = 2 * window, window
+    elif args.model == "reactdiff":
+        window = int(overrides.get("window", 50))
+        clip, stride = window, window // 2
     else:
         clip, stride = args.clip_frames, args.clip_frames // 2
     data = load_data(args.data, "train", args.frames, window=clip, stride=stride, sessions=args.sessions,
@@ -73,14 +76,14 @@ def _cmd_train(args) -> int:
     config.update(overrides)
     model = build(args.model, config)
     optimizer, lr = "adamw", args.lr
-    if args.model == "perfrdiff":
+    if hasattr(model, "set_stage"):
         if args.init:
             load_into(model, args.init)
         model.set_stage(args.stage)
-        if args.stage == 2:
+        if args.stage == 2 and args.model == "perfrdiff":
             optimizer, lr = "sgd", args.lr if args.lr is not None else 1e-3
-    elif args.stage != 1:
-        raise SystemExit(f"reactfast train: --stage applies to perfrdiff only")
+    elif args.stage != 1 or args.init:
+        raise SystemExit(f"reactfast train: --stage and --init apply to the two-stage models (perfrdiff, reactdiff)")
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=lr, ckpt_every=args.ckpt_every,
                       val_every=args.val_every, out_dir=args.out, seed=args.seed, progress=not args.no_progress,
                       optimizer=optimizer)
@@ -218,14 +221,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sessions", type=int, default=48, help="synthetic training sessions (default 48)")
     p.add_argument("--steps", type=int, default=500, help="training steps (default 500)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--model", default="reactface", choices=("reactface",), help="generator to train")
+    p.add_argument("--model", default="reactface", choices=("reactface", "perfrdiff", "reactdiff", "pflposnet"),
+                   help="generator to train (pflposnet: ReactFace + a PosNet trained on its output)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("train", help="train a generator (runs under torchrun for DDP)")
-    p.add_argument("--model", default="reactface", choices=("reactface", "perfrdiff"))
+    p.add_argument("--model", default="reactface", choices=("reactface", "perfrdiff", "reactdiff"))
     p.add_argument("--stage", type=int, default=1, choices=(1, 2),
-                   help="perfrdiff: 1 trains GAFRG + PSSL, 2 trains PWSG with both frozen (SGD, lr 1e-3)")
-    p.add_argument("--init", help="perfrdiff stage 2: the stage-1 checkpoint to start from")
+                   help="perfrdiff: 1 trains GAFRG + PSSL, 2 trains PWSG with both frozen (SGD, lr 1e-3); "
+                        "reactdiff: 1 trains the autoencoder, 2 the latent denoiser")
+    p.add_argument("--init", help="stage 2: the stage-1 checkpoint to start from")
     p.add_argument("--data", default="synthetic", help="'synthetic' or the challenge's data folder")
     p.add_argument("--out", required=True, help="run folder (checkpoint, history)")
     p.add_argument("--steps", type=int, default=1000)
