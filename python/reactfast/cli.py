@@ -83,7 +83,7 @@ def _cmd_train(args) -> int:
         if args.stage == 2 and args.model == "perfrdiff":
             optimizer, lr = "sgd", args.lr if args.lr is not None else 1e-3
     elif args.stage != 1 or args.init:
-        raise SystemExit(f"reactfast train: --stage and --init apply to the two-stage models (perfrdiff, reactdiff)")
+        raise SystemExit("reactfast train: --stage and --init apply to the two-stage models (perfrdiff, reactdiff)")
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=lr, ckpt_every=args.ckpt_every,
                       val_every=args.val_every, out_dir=args.out, seed=args.seed, progress=not args.no_progress,
                       optimizer=optimizer)

@@ -36,7 +36,7 @@ def report() -> str:
                      f"threads: {native.openmp_max_threads()}, CUDA kernels: {native.compiled_with_cuda})")
     else:
         lines.append(f"reactfast._C     unavailable: {reason}")
-    lines.append(f"torch devices    cpu" + (f", {torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+    lines.append("torch devices    cpu" + (f", {torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
                                              if torch.cuda.is_available() else " (torch sees no CUDA device)"))
     lines.append(f"TRITON_INTERPRET {os.environ.get('TRITON_INTERPRET', '(unset)')}")
     lines.append(f"REACTFAST_BACKEND {os.environ.get('REACTFAST_BACKEND', '(unset: automatic)')}")

@@ -160,7 +160,7 @@ def test_two_stage_training_and_style_separation():
     (lambda m: m(torch.randn(2, 10, 25), torch.tensor([1, 2]), torch.randn(2, 10, m.config.cond_dim),
                  {"to_emotion_feat": torch.zeros(2, 25, 31)}), ValueError, r"must have shape \(2, 25, 32\)"),
     (lambda m: m.generate(torch.randn(1, 20, 80), torch.randn(1, 40, 6)), ValueError, "speaker must be"),
-    (lambda m: m.generate(torch.randn(1, 20, 83), torch.randn(1, 39, 6)), ValueError, "2 rows per speaker frame"),
+    (lambda m: m.generate(torch.randn(1, 20, 83), torch.randn(1, 39, 6)), ValueError, "2 rows per frame"),
     (lambda m: m.set_stage(3), ValueError, "stage must be 1 or 2"),
 ])
 def test_bad_input(call, err, match):

@@ -11,7 +11,7 @@ to the nearest integer (half away from zero).
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch

@@ -20,7 +20,7 @@ Training has two stages (``set_stage``): 1 trains GAFRG and PSSL; 2 trains PWSG 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -29,6 +29,7 @@ from torch import nn
 
 from reactfast.data import layout
 from reactfast.diffusion import DDIMScheduler, sample
+from reactfast.models._inputs import check_speaker_audio, pad_to_windows
 from reactfast.models.reactface import sinusoid
 from reactfast.nn.personalize import personalize
 
@@ -313,20 +314,8 @@ class PerFRDiff(nn.Module):
 
     def check_inputs(self, speaker: torch.Tensor, audio: torch.Tensor, name: str = "speaker") -> None:
         cfg = self.config
-        width = layout.TDMM_DIM + layout.EMOTION_DIM
-        if not isinstance(speaker, torch.Tensor) or speaker.dim() != 3 or speaker.shape[-1] != width:
-            got = tuple(speaker.shape) if isinstance(speaker, torch.Tensor) else type(speaker).__name__
-            raise ValueError(f"{name} must be (B, T, {width}) speaker 3DMM + emotion frames, got {got}")
-        if not isinstance(audio, torch.Tensor) or audio.dim() != 3 or audio.shape[-1] != cfg.audio_dim:
-            got = tuple(audio.shape) if isinstance(audio, torch.Tensor) else type(audio).__name__
-            raise ValueError(f"audio must be (B, T * {cfg.audio_per_frame}, {cfg.audio_dim}) features, got {got}")
-        if audio.shape[0] != speaker.shape[0] or audio.shape[1] != cfg.audio_per_frame * speaker.shape[1]:
-            raise ValueError(f"audio must have {cfg.audio_per_frame} rows per speaker frame and the same batch: "
-                             f"speaker {tuple(speaker.shape)}, audio {tuple(audio.shape)}")
-        if speaker.shape[1] == 0:
-            raise ValueError(f"{name} must hold at least one frame")
-        if not bool(torch.isfinite(speaker).all()) or not bool(torch.isfinite(audio).all()):
-            raise ValueError(f"{name} or audio contains NaN or Inf")
+        check_speaker_audio(speaker, audio, layout.TDMM_DIM + layout.EMOTION_DIM, cfg.audio_dim, cfg.audio_per_frame,
+                            "speaker 3DMM + emotion frames", name)
 
     def inputs_from_batch(self, batch: Dict[str, torch.Tensor]):
         return torch.cat([batch["speaker_3dmm"], batch["speaker_emotion"]], -1), batch["speaker_audio"]
@@ -349,7 +338,6 @@ class PerFRDiff(nn.Module):
             raise ValueError(f"PerFRDiff trains on windows of {2 * W} frames (previous + target), got {speaker.shape[1]}")
         cond = self.condition(speaker[:, :W], audio[:, : cfg.audio_per_frame * W])
         x0 = batch[f"listener_{cfg.output}"][:, W:]
-        B = x0.shape[0]
         t = torch.stack([torch.randint(0, cfg.train_steps, (), generator=g) for g in generators]).to(x0.device)
         noise = torch.stack([torch.randn(W, cfg.out_dim, generator=g) for g in generators]).to(x0.device)
         drop = torch.stack([torch.rand((), generator=g) < cfg.cond_dropout for g in generators]).to(x0.device)
@@ -416,11 +404,7 @@ class PerFRDiff(nn.Module):
         guidance = self._guidance(guidance)
         B, T, _ = speaker.shape
         W, k = cfg.window, cfg.audio_per_frame
-        n = math.ceil(T / W)
-        pad = n * W - T
-        if pad:
-            speaker = torch.cat([speaker, speaker[:, -1:].expand(B, pad, -1)], 1)
-            audio = torch.cat([audio, audio[:, -k:].repeat(1, pad, 1)], 1)
+        speaker, audio, n = pad_to_windows(speaker, audio, W, k)
         cond = self.condition(speaker, audio).reshape(B, n, W, -1)
         cond = torch.cat([torch.zeros_like(cond[:, :1]), cond[:, :-1]], 1)          # window i sees speaker i - 1
         noise = torch.stack([self.draw_noise(B * num_samples, generator) for _ in range(n)])   # (n, B S, W, out)

@@ -23,7 +23,6 @@ speaker's window i (online: as soon as that window has arrived).
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -33,6 +32,7 @@ from torch import nn
 
 from reactfast.data import layout
 from reactfast.diffusion import DDIMScheduler, sample
+from reactfast.models._inputs import check_speaker_audio, pad_to_windows
 from reactfast.models.reactface import sinusoid
 
 
@@ -266,19 +266,8 @@ class ReactDiff(nn.Module):
 
     def check_inputs(self, speaker: torch.Tensor, audio: torch.Tensor, name: str = "speaker") -> None:
         cfg = self.config
-        if not isinstance(speaker, torch.Tensor) or speaker.dim() != 3 or speaker.shape[-1] != layout.EMOTION_DIM:
-            got = tuple(speaker.shape) if isinstance(speaker, torch.Tensor) else type(speaker).__name__
-            raise ValueError(f"{name} must be (B, T, {layout.EMOTION_DIM}) speaker emotion frames, got {got}")
-        if not isinstance(audio, torch.Tensor) or audio.dim() != 3 or audio.shape[-1] != cfg.audio_dim:
-            got = tuple(audio.shape) if isinstance(audio, torch.Tensor) else type(audio).__name__
-            raise ValueError(f"audio must be (B, T * {cfg.audio_per_frame}, {cfg.audio_dim}) features, got {got}")
-        if audio.shape[0] != speaker.shape[0] or audio.shape[1] != cfg.audio_per_frame * speaker.shape[1]:
-            raise ValueError(f"audio must have {cfg.audio_per_frame} rows per speaker frame and the same batch: "
-                             f"speaker {tuple(speaker.shape)}, audio {tuple(audio.shape)}")
-        if speaker.shape[1] == 0:
-            raise ValueError(f"{name} must hold at least one frame")
-        if not bool(torch.isfinite(speaker).all()) or not bool(torch.isfinite(audio).all()):
-            raise ValueError(f"{name} or audio contains NaN or Inf")
+        check_speaker_audio(speaker, audio, layout.EMOTION_DIM, cfg.audio_dim, cfg.audio_per_frame,
+                            "speaker emotion frames", name)
 
     def inputs_from_batch(self, batch):
         return batch["speaker_emotion"], batch["speaker_audio"]
@@ -342,11 +331,7 @@ class ReactDiff(nn.Module):
         cfg = self.config
         B, T, _ = speaker.shape
         W, k = cfg.window, cfg.audio_per_frame
-        n = math.ceil(T / W)
-        pad = n * W - T
-        if pad:
-            speaker = torch.cat([speaker, speaker[:, -1:].expand(B, pad, -1)], 1)
-            audio = torch.cat([audio, audio[:, -k:].repeat(1, pad, 1)], 1)
+        speaker, audio, n = pad_to_windows(speaker, audio, W, k)
         z_s = self.encode(speaker.reshape(B * n, W, -1), audio.reshape(B * n, k * W, -1)).reshape(B, n, W, -1)
         noise = torch.stack([self.draw_noise(B * num_samples, generator) for _ in range(n)])
         noise = noise.reshape(n, B, num_samples, W, -1).permute(1, 2, 0, 3, 4).reshape(-1, W, cfg.latent)

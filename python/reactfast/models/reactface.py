@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reactfast.data import layout
+from reactfast.models._inputs import check_speaker_audio, pad_to_windows
 from reactfast.nn.attention import BiasedCrossAttention
 
 
@@ -241,24 +242,8 @@ class ReactFace(nn.Module):
 
     def check_inputs(self, speaker: torch.Tensor, audio: torch.Tensor, name: str = "speaker") -> None:
         cfg = self.config
-        if not isinstance(speaker, torch.Tensor) or speaker.dim() != 3 or speaker.shape[-1] != cfg.speaker_dim:
-            got = tuple(speaker.shape) if isinstance(speaker, torch.Tensor) else type(speaker).__name__
-            raise ValueError(f"{name} must be (B, T, {cfg.speaker_dim}) speaker features, got {got}")
-        if not isinstance(audio, torch.Tensor) or audio.dim() != 3 or audio.shape[-1] != cfg.audio_dim:
-            got = tuple(audio.shape) if isinstance(audio, torch.Tensor) else type(audio).__name__
-            raise ValueError(f"audio must be (B, T * {cfg.audio_per_frame}, {cfg.audio_dim}) features, got {got}")
-        if audio.shape[0] != speaker.shape[0]:
-            raise ValueError(f"audio and {name} must share the batch size, got {audio.shape[0]} and {speaker.shape[0]}")
-        if audio.shape[1] != cfg.audio_per_frame * speaker.shape[1]:
-            raise ValueError(f"audio must have {cfg.audio_per_frame} rows per frame: {speaker.shape[1]} frames need "
-                             f"{cfg.audio_per_frame * speaker.shape[1]} rows, got {audio.shape[1]}")
-        if speaker.shape[1] == 0:
-            raise ValueError(f"{name} must hold at least one frame")
-        if not torch.compiler.is_compiling():
-            if not bool(torch.isfinite(speaker).all()):
-                raise ValueError(f"{name} contains NaN or Inf")
-            if not bool(torch.isfinite(audio).all()):
-                raise ValueError("audio contains NaN or Inf")
+        check_speaker_audio(speaker, audio, cfg.speaker_dim, cfg.audio_dim, cfg.audio_per_frame, "speaker features",
+                            name)
 
     # ------------------------------------------------------------------ one window
     def step(self, state: ReactFaceState, speaker: torch.Tensor, audio: torch.Tensor, noise: torch.Tensor):
@@ -335,11 +320,7 @@ class ReactFace(nn.Module):
         of the window: the last window is padded by repeating the last frame and trimmed."""
         B, T, _ = speaker.shape
         k = self.config.audio_per_frame
-        n = math.ceil(T / window)
-        pad = n * window - T
-        if pad:
-            speaker = torch.cat([speaker, speaker[:, -1:].expand(B, pad, -1)], 1)
-            audio = torch.cat([audio, audio[:, -k:].repeat(1, pad, 1)], 1)
+        speaker, audio, n = pad_to_windows(speaker, audio, window, k)
         state = state or self.init_state(B, window, speaker.device)
         collected: Dict[str, List[torch.Tensor]] = {}
         for i in range(n):

@@ -5,7 +5,7 @@ products (x V) U^T, cheaper than any full-rank kernel."""
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 
