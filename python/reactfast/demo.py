@@ -115,17 +115,7 @@ def _posnet(model, data_root, test, generated, seed):
     test3 = torch.from_numpy(generated["3dmm"])
     B, S, T, _ = test3.shape
     flat = test3.reshape(B * S, T, 58)
-    out, prev = [], None
-    with torch.no_grad():
-        for lo in range(0, T, W):
-            win = flat[:, lo:lo + W]
-            m = win.shape[1]
-            if m < W:
-                win = torch.cat([win, win[:, -1:].expand(-1, W - m, -1)], 1)
-            win = posnet(win, prev)[:, :m]
-            prev = win[:, -1, 52:]
-            out.append(win)
-    adjusted = torch.cat(out, 1)
+    adjusted, _ = posnet.adjust_sequence(flat)
     before, after = float(seam_jump(flat, W)), float(seam_jump(adjusted, W))
     print(f"[demo] PosNet: mean |pose jump| at window seams {before:.4f} -> {after:.4f}; expression dims unchanged: "
           f"{bool(torch.equal(adjusted[..., :52], flat[..., :52]))}")

@@ -103,6 +103,18 @@ def _rows(rows, N):
     return rows
 
 
+def _sum_best(kernel, pred, listener_gt, a, rows, chunk, desc, progress, **kw) -> float:
+    """sum over rows k and samples i of kernel's best value over A(k), divided by N."""
+    N, S, T, D = pred.shape
+    rows = _rows(rows, N)
+    total = 0.0
+    for lo in _chunks(len(rows), S, chunk, desc, progress):
+        part = rows[lo:lo + chunk]
+        best, _ = kernel(pred[part].reshape(-1, T, D), listener_gt, _candidates.from_appropriate(a, S, part), **kw)
+        total += float(best.sum())
+    return total / N
+
+
 def frcorr(pred, listener_gt, appropriate, chunk: int = 64, progress: bool = False, backend=None,
            rows=None) -> float:
     """FRCorr: appropriateness as the best CCC against an appropriate real reaction, summed over samples.
@@ -110,15 +122,7 @@ def frcorr(pred, listener_gt, appropriate, chunk: int = 64, progress: bool = Fal
     ``rows``: compute only these speakers' terms (still divided by N), so that the results of
     disjoint row sets (e.g. one per process) add up to the metric."""
     pred, listener_gt, _, a = check_inputs(pred, listener_gt, None, appropriate)
-    N, S, T, D = pred.shape
-    rows = _rows(rows, N)
-    total = 0.0
-    for lo in _chunks(len(rows), S, chunk, "FRCorr", progress):
-        part = rows[lo:lo + chunk]
-        cand = _candidates.from_appropriate(a, S, part)
-        best, _ = ccc_max(pred[part].reshape(-1, T, D), listener_gt, cand, backend=backend)
-        total += float(best.sum())
-    return total / N
+    return _sum_best(ccc_max, pred, listener_gt, a, rows, chunk, "FRCorr", progress, backend=backend)
 
 
 def frdist(pred, listener_gt, appropriate, chunk: int = 16, progress: bool = False, abandon: bool = True,
@@ -126,16 +130,8 @@ def frdist(pred, listener_gt, appropriate, chunk: int = 16, progress: bool = Fal
     """FRDist: the smallest weighted three-group DTW to an appropriate real reaction, summed over
     samples. ``rows`` as in :func:`frcorr`."""
     pred, listener_gt, _, a = check_inputs(pred, listener_gt, None, appropriate)
-    N, S, T, D = pred.shape
-    rows = _rows(rows, N)
-    total = 0.0
-    for lo in _chunks(len(rows), S, chunk, "FRDist", progress):
-        part = rows[lo:lo + chunk]
-        cand = _candidates.from_appropriate(a, S, part)
-        best, _ = weighted_dtw_min(pred[part].reshape(-1, T, D), listener_gt, cand, groups=groups,
-                                   abandon=abandon, backend=backend)
-        total += float(best.sum())
-    return total / N
+    return _sum_best(weighted_dtw_min, pred, listener_gt, a, rows, chunk, "FRDist", progress, groups=groups,
+                     abandon=abandon, backend=backend)
 
 
 def frdiv(pred) -> float:

@@ -74,6 +74,22 @@ class PosNet(nn.Module):
         out[..., POSE] = self.adjust_pose(frames[..., POSE], prev_last)
         return out
 
+    @torch.no_grad()
+    def adjust_sequence(self, frames: torch.Tensor, prev_last: Optional[torch.Tensor] = None):
+        """Adjust a (B, T, 58) sequence window by window (a last partial window is padded with its
+        last frame, adjusted, trimmed). Returns (adjusted frames, last adjusted pose (B, 6))."""
+        W = self.config.window
+        pieces = []
+        for lo in range(0, frames.shape[1], W):
+            win = frames[:, lo:lo + W]
+            m = win.shape[1]
+            if m < W:
+                win = torch.cat([win, win[:, -1:].expand(-1, W - m, -1)], 1)
+            win = self(win, prev_last)[:, :m]
+            prev_last = win[:, -1, POSE]
+            pieces.append(win)
+        return torch.cat(pieces, 1), prev_last
+
     def loss(self, windows: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Losses over consecutive generated windows (B, n, W, 58): each window is adjusted from the
         previous adjusted window's last pose (the first window is kept as generated)."""
@@ -123,18 +139,8 @@ class PosNetStream:
         frames = out.get("3dmm")
         if frames is None or frames.shape[1] == 0:
             return out
-        W = self.posnet.config.window
-        pieces = []
-        with torch.no_grad():
-            for lo in range(0, frames.shape[1], W):
-                win = frames[:, lo:lo + W]
-                m = win.shape[1]
-                if m < W:  # the last, partial window: pad with its last frame, adjust, trim
-                    win = torch.cat([win, win[:, -1:].expand(-1, W - m, -1)], 1)
-                win = self.posnet(win, self.prev_last)[:, :m]
-                self.prev_last = win[:, -1, POSE]
-                pieces.append(win)
-        return {**out, "3dmm": torch.cat(pieces, 1)}
+        adjusted, self.prev_last = self.posnet.adjust_sequence(frames, self.prev_last)
+        return {**out, "3dmm": adjusted}
 
     def push(self, speaker, audio):
         return self._adjust(self.stream.push(speaker, audio))
