@@ -39,36 +39,73 @@ def _peak_cpu_bytes(fn):
 
 
 @torch.no_grad()
-def test_batched_vs_authors_loop_cpu(benchmark, bench_report):
+def test_batched_vs_authors_loop_cpu(benchmark, bench_report, best_times):
     torch.manual_seed(0)
     layer = torch.nn.Linear(D_IN, D_OUT)
     x = torch.randn(B, L, D_IN)
     shift = torch.randn(B, D_OUT, D_IN) * 0.01
     want = _authors_loop(x, layer, shift)
-    got = weight_shift_linear(x, layer.weight, shift, layer.bias)
-    assert_close("batched", want, got, atol=1e-3, rtol=1e-3)
-    import time
+    default = weight_shift_linear(x, layer.weight, shift, layer.bias)
+    reference = weight_shift_linear(x, layer.weight, shift, layer.bias, backend="reference")
+    assert_close("batched (default backend)", want, default, atol=1e-3, rtol=1e-3)
+    assert_close("batched (reference)", want, reference, atol=1e-3, rtol=1e-3)
+    from reactfast.ops.weight_shift import _select
 
-    loop_times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        _authors_loop(x, layer, shift)
-        loop_times.append(time.perf_counter() - start)
-    benchmark.pedantic(lambda: weight_shift_linear(x, layer.weight, shift, layer.bias), rounds=5, iterations=1)
-    ratio = min(loop_times) / benchmark.stats.stats.min
-    peak = _peak_cpu_bytes(lambda: weight_shift_linear(x, layer.weight, shift, layer.bias))
-    out_bytes = B * L * D_OUT * 4
+    backend = _select(x, "")
     u, v = torch.randn(B, D_OUT, 8) * 0.1, torch.randn(B, D_IN, 8) * 0.1
-    start = time.perf_counter()
-    for _ in range(3):
-        weight_shift_linear(x, layer.weight, (u, v), layer.bias)
-    low_rank = (time.perf_counter() - start) / 3
-    benchmark.extra_info.update(speedup_vs_loop=ratio, peak_bytes=peak, output_bytes=out_bytes,
-                                low_rank_ms=low_rank * 1e3)
-    bench_report(f"weight shift B={B} {D_OUT}x{D_IN} L={L} CPU: batched {benchmark.stats.stats.min * 1e3:.1f} ms, "
-                 f"authors' loop {min(loop_times) * 1e3:.1f} ms -> {ratio:.2f}x; forward allocations peak "
-                 f"{peak / 2**20:.1f} MiB for a {out_bytes / 2**20:.1f} MiB output; rank-8 shifts {low_rank * 1e3:.1f} ms "
-                 f"-> {min(loop_times) / low_rank:.2f}x")
+    t = best_times({
+        "loop": lambda: _authors_loop(x, layer, shift),
+        "default": lambda: weight_shift_linear(x, layer.weight, shift, layer.bias),
+        "reference": lambda: weight_shift_linear(x, layer.weight, shift, layer.bias, backend="reference"),
+        "rank8": lambda: weight_shift_linear(x, layer.weight, (u, v), layer.bias),
+    }, rounds=7)
+    t_loop, t_default, t_ref, t_low = t["loop"], t["default"], t["reference"], t["rank8"]
+    benchmark.pedantic(lambda: weight_shift_linear(x, layer.weight, shift, layer.bias), rounds=5, iterations=1,
+                       warmup_rounds=1)
+    peak = _peak_cpu_bytes(lambda: weight_shift_linear(x, layer.weight, shift, layer.bias))
+    peak_ref = _peak_cpu_bytes(lambda: weight_shift_linear(x, layer.weight, shift, layer.bias, backend="reference"))
+    out_bytes = B * L * D_OUT * 4
+    benchmark.extra_info.update(backend=backend, speedup_vs_loop=t_loop / t_default,
+                                reference_speedup_vs_loop=t_loop / t_ref, peak_bytes=peak, output_bytes=out_bytes)
+    bench_report(f"weight shift B={B} {D_OUT}x{D_IN} L={L} CPU forward: authors' loop {t_loop * 1e3:.1f} ms; "
+                 f"batched {backend} {t_default * 1e3:.1f} ms -> {t_loop / t_default:.2f}x; batched reference "
+                 f"{t_ref * 1e3:.1f} ms -> {t_loop / t_ref:.2f}x; rank-8 {t_low * 1e3:.1f} ms -> "
+                 f"{t_loop / t_low:.2f}x; forward allocations peak {peak / 2**20:.1f} MiB ({backend}), "
+                 f"{peak_ref / 2**20:.1f} MiB (reference) for a {out_bytes / 2**20:.1f} MiB output")
+
+
+def test_training_step_vs_authors_loop_cpu(bench_report, best_times):
+    """Forward + backward to x, W and the shifts (the hypernetwork trains through dW)."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(D_IN, D_OUT)
+    x = torch.randn(B, L, D_IN, requires_grad=True)
+    shift = (torch.randn(B, D_OUT, D_IN) * 0.01).requires_grad_()
+    dy = torch.randn(B, L, D_OUT)
+
+    def loop():
+        for t in (x, shift, layer.weight, layer.bias):
+            t.grad = None
+        # The authors' summed weight, differentiable: W + dW[b] per listener. unbind, not shift[b]:
+        # indexing's backward would write a full-size zero gradient per listener.
+        outs = [torch.nn.functional.linear(xb, layer.weight + sb, layer.bias)
+                for xb, sb in zip(x.unbind(0), shift.unbind(0))]
+        torch.stack(outs).backward(dy)
+        return x.grad, shift.grad, layer.weight.grad
+
+    def batched(backend=None):
+        for t in (x, shift, layer.weight, layer.bias):
+            t.grad = None
+        weight_shift_linear(x, layer.weight, shift, layer.bias, backend=backend).backward(dy)
+        return x.grad, shift.grad, layer.weight.grad
+
+    want = [g.clone() for g in loop()]
+    for name, a, c in zip(("dx", "dshift", "dW"), want, batched()):
+        assert_close(name, a, c, atol=1e-2, rtol=1e-3)
+    t = best_times({"loop": loop, "batched": batched, "reference": lambda: batched("reference")}, rounds=3)
+    t_loop, t_batched, t_ref = t["loop"], t["batched"], t["reference"]
+    bench_report(f"weight shift B={B} {D_OUT}x{D_IN} L={L} CPU forward+backward: authors' loop {t_loop * 1e3:.1f} ms; "
+                 f"batched {t_batched * 1e3:.1f} ms -> {t_loop / t_batched:.2f}x; batched reference "
+                 f"{t_ref * 1e3:.1f} ms -> {t_loop / t_ref:.2f}x")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

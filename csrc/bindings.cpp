@@ -11,6 +11,7 @@
 #include "reactfast/dtw.h"
 #include "reactfast/frame_diff.h"
 #include "reactfast/tlcc.h"
+#include "reactfast/weight_shift.h"
 
 #if defined(REACTFAST_OPENMP)
 #include <omp.h>
@@ -31,6 +32,10 @@ void check_cuda(const char* err, const char* what) {
   if (err != nullptr) throw std::runtime_error(std::string(what) + ": " + err);
 }
 #endif
+
+void check_cpu(const char* err) {
+  if (err != nullptr) throw std::runtime_error(err);
+}
 
 [[noreturn]] void no_cuda(const char* what) {
   throw std::runtime_error(std::string(what) +
@@ -168,4 +173,28 @@ PYBIND11_MODULE(_C, m) {
     py::gil_scoped_release release;
     reactfast::tlcc_cpu(ptr<const float>(x), ptr<const float>(y), ptr<float>(rs), M, T, D, L);
   });
+  m.def("weight_shift_cpu_supported", &reactfast::weight_shift_cpu_supported,
+        "whether the AVX-512 weight-shift kernels can run on this processor");
+
+  m.def("weight_shift_fwd_cpu", [](std::uintptr_t x, std::uintptr_t w, std::uintptr_t dw, std::uintptr_t bias,
+                                   std::uintptr_t y, index_t B, index_t L, index_t K, index_t N) {
+    const char* err;
+    {
+      py::gil_scoped_release release;
+      err = reactfast::weight_shift_fwd_cpu(ptr<const float>(x), ptr<const float>(w), ptr<const float>(dw),
+                                            ptr<const float>(bias), ptr<float>(y), B, L, K, N);
+    }
+    check_cpu(err);
+  }, "y[b] = x[b] (W + dW[b])^T + bias; bias may be 0 (none)");
+
+  m.def("weight_shift_bwd_dx_cpu", [](std::uintptr_t dy, std::uintptr_t w, std::uintptr_t dw, std::uintptr_t dx,
+                                      index_t B, index_t L, index_t K, index_t N) {
+    const char* err;
+    {
+      py::gil_scoped_release release;
+      err = reactfast::weight_shift_bwd_dx_cpu(ptr<const float>(dy), ptr<const float>(w), ptr<const float>(dw),
+                                               ptr<float>(dx), B, L, K, N);
+    }
+    check_cpu(err);
+  }, "dx[b] = dy[b] (W + dW[b])");
 }

@@ -31,6 +31,20 @@ logger = logging.getLogger("reactfast")
 BACKENDS = ("cuda", "triton", "cpp", "reference")
 _AUTO_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpp", "reference")}
 _logged: set = set()
+_requirements: dict = {}
+
+
+def register_requirement(op: str, backend: str, status) -> None:
+    """Make ``backend`` usable for ``op`` only where ``status()`` returns (True, _): for kernels that
+    need more than the backend itself (an instruction set, say). ``status`` is called once."""
+    _requirements[(op, backend)] = functools.lru_cache(maxsize=None)(status)
+
+
+def log_fallback(op: str, backend: str, reason: str) -> None:
+    """Log, once per (op, backend), that ``op`` does not use ``backend`` and why."""
+    if (op, backend) not in _logged:
+        _logged.add((op, backend))
+        logger.warning("reactfast: %s falls back from %s: %s", op, backend, reason)
 
 
 @functools.lru_cache(maxsize=None)
@@ -95,8 +109,15 @@ def triton_status(device_type: str = "cuda") -> Tuple[bool, str]:
     return False, f"Triton does not run on device type {device_type!r}"
 
 
-def backend_status(backend: str, device_type: str) -> Tuple[bool, str]:
-    """(usable, reason) for ``backend`` on tensors of ``device_type``."""
+def backend_status(backend: str, device_type: str, op: Optional[str] = None) -> Tuple[bool, str]:
+    """(usable, reason) for ``backend`` on tensors of ``device_type`` (for ``op``, when given)."""
+    if op is not None and (op, backend) in _requirements:
+        ok, reason = _general_status(backend, device_type)
+        return _requirements[(op, backend)]() if ok else (ok, reason)
+    return _general_status(backend, device_type)
+
+
+def _general_status(backend: str, device_type: str) -> Tuple[bool, str]:
     if backend == "reference":
         if device_type == "cuda" and not torch.cuda.is_available():
             return False, "torch sees no CUDA device"
@@ -155,7 +176,7 @@ def select(op: str, device: torch.device, implemented: Sequence[str], backend: O
             raise ValueError(f"backend must be one of {BACKENDS}, got {chosen!r}")
         if chosen not in implemented:
             raise RuntimeError(f"{op}: backend {chosen!r} was forced but {op} implements only {tuple(implemented)}")
-        ok, reason = backend_status(chosen, device_type)
+        ok, reason = backend_status(chosen, device_type, op)
         if not ok:
             raise RuntimeError(f"{op}: backend {chosen!r} was forced but cannot run: {reason}")
         return chosen
@@ -163,12 +184,11 @@ def select(op: str, device: torch.device, implemented: Sequence[str], backend: O
     if not order:
         order = ["reference"]
     for i, name in enumerate(order):
-        ok, reason = backend_status(name, device_type)
+        ok, reason = backend_status(name, device_type, op)
         if ok:
             return name
-        if i == 0 and (op, name) not in _logged:
-            _logged.add((op, name))
-            logger.warning("reactfast: %s falls back from %s on %s tensors: %s", op, name, device_type, reason)
+        if i == 0:
+            log_fallback(op, name, f"on {device_type} tensors: {reason}")
     return "reference"
 
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from reactfast import _backend
 from reactfast.nn import WeightShiftLinear, personalize, personalized_call
 from reactfast.ops.weight_shift import weight_shift_linear
 from reactfast.reference import weight_shift as ref
@@ -24,11 +25,17 @@ def _leaves(x, w, shift, b):
     return out + ([b] if b is not None else [])
 
 
+CPP_OK, CPP_WHY = _backend.backend_status("cpp", "cpu", "weight_shift")
+needs_cpp = pytest.mark.skipif(not CPP_OK, reason=f"C++ weight-shift kernels unavailable: {CPP_WHY}")
+BACKENDS = ["triton", pytest.param("cpp", marks=needs_cpp)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("B,L,d_in,d_out", [(1, 1, 1, 1), (3, 7, 63, 97), (32, 5, 16, 48), (2, 97, 33, 7)])
 @pytest.mark.parametrize("bias", [True, False])
-def test_triton_matches_reference(B, L, d_in, d_out, bias):
+def test_kernels_match_reference(backend, B, L, d_in, d_out, bias):
     x, w, shift, b = _inputs(B, L, d_in, d_out, bias, seed=B * L)
-    got = weight_shift_linear(x, w, shift, b, backend="triton")
+    got = weight_shift_linear(x, w, shift, b, backend=backend)
     want = ref.weight_shift_linear(x, w, shift, b)
     # The summed weight explicitly, as the authors' code forms it.
     explicit = torch.stack([x[i] @ (w + shift[i]).t() for i in range(B)]) + (b if b is not None else 0)
@@ -39,6 +46,35 @@ def test_triton_matches_reference(B, L, d_in, d_out, bias):
     for name, a, c in zip("x w dW b".split(), torch.autograd.grad(want, leaves, grad),
                           torch.autograd.grad(got, leaves, grad)):
         assert_close(f"d{name}", a, c, atol=1e-4, rtol=1e-4)
+
+
+@needs_cpp
+@pytest.mark.parametrize("B,L,d_in,d_out", [
+    (1, 751, 17, 5),      # one sample: output rows split across threads; 7 token chunks
+    (3, 113, 300, 97),    # two token chunks; depth over one 256 block; d_out not a multiple of 3
+    (2, 63, 513, 130),    # backward: a partial 64-column block
+    (4, 102, 64, 1536),   # the bench's token count and d_out
+])
+def test_cpp_blocking_paths(B, L, d_in, d_out):
+    x, w, shift, b = _inputs(B, L, d_in, d_out, seed=L)
+    got = weight_shift_linear(x, w, shift, b, backend="cpp")
+    want = ref.weight_shift_linear(x.double(), w.double(), shift.double(), b.double())
+    assert_close("y", want, got.double(), atol=2e-4, rtol=1e-4)
+    grad = torch.randn(want.shape, dtype=torch.float64)
+    (dx,) = torch.autograd.grad(got, (x,), grad.float())
+    (want_dx,) = torch.autograd.grad(want, (x,), grad)
+    assert_close("dx", want_dx, dx.double(), atol=2e-4, rtol=1e-4)
+
+
+@needs_cpp
+def test_cpp_is_the_cpu_default_for_float32_only():
+    x, w, shift, b = (t.detach() for t in _leaves(*_inputs(2, 3, 4, 5)))
+    assert torch.equal(weight_shift_linear(x, w, shift, b), weight_shift_linear(x, w, shift, b, backend="cpp"))
+    half = [t.to(torch.bfloat16) for t in (x, w, shift, b)]
+    with pytest.raises(RuntimeError, match="'cpp' runs float32"):
+        weight_shift_linear(*half, backend="cpp")
+    assert_close("bf16 falls back", weight_shift_linear(*half, backend="reference").float(),
+                 weight_shift_linear(*half).float(), atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("B", [1, 3, 32])
@@ -68,9 +104,10 @@ def test_only_some_gradients():
     assert_close("dW only", want, gw, atol=1e-5, rtol=1e-5)
 
 
-def test_opcheck():
+@pytest.mark.parametrize("backend", ["reference", pytest.param("cpp", marks=needs_cpp)])
+def test_opcheck(backend):
     x, w, shift, b = (t.detach() for t in _leaves(*_inputs(2, 3, 4, 5)))
-    torch.library.opcheck(torch.ops.reactfast.weight_shift.default, (x, w, shift, b, "reference"))
+    torch.library.opcheck(torch.ops.reactfast.weight_shift.default, (x, w, shift, b, backend))
 
 
 def test_weight_shift_linear_module():
@@ -110,6 +147,35 @@ def test_personalize_decoder_layer_equals_copies(batch_first):
             want = copy_b(tgt[:, b:b + 1], mem[:, b:b + 1])[:, 0]
             got = out[:, b]
         assert_close(f"listener {b}", want, got, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("low_rank", [False, True])
+def test_personalize_groups_of_samples_share_a_shift(low_rank):
+    """G shift entries for a listener-major batch of G x R samples == each entry repeated R times."""
+    torch.manual_seed(2)
+    layer = nn.TransformerDecoderLayer(16, 2, 32, dropout=0.0, batch_first=True).eval()
+    G, R = 3, 4
+    tgt, mem = torch.randn(G * R, 5, 16), torch.randn(G * R, 7, 16)
+    if low_rank:
+        shift = (torch.randn(G, 48, 2) * 0.3, torch.randn(G, 16, 2) * 0.3)
+        rows = tuple(t.repeat_interleave(R, 0) for t in shift)
+        lin, lin_rows = (torch.randn(G, 16, 2) * 0.3, torch.randn(G, 32, 2) * 0.3), None
+        lin_rows = tuple(t.repeat_interleave(R, 0) for t in lin)
+    else:
+        shift = torch.randn(G, 48, 16) * 0.1
+        rows = shift.repeat_interleave(R, 0)
+        lin = torch.randn(G, 16, 32) * 0.1
+        lin_rows = lin.repeat_interleave(R, 0)
+    grouped = personalized_call(layer, {"multihead_attn": shift, "linear2": lin}, tgt, mem)
+    per_sample = personalized_call(layer, {"multihead_attn": rows, "linear2": lin_rows}, tgt, mem)
+    assert_close("grouped", per_sample, grouped, atol=1e-5, rtol=1e-5)
+    module = WeightShiftLinear(16, 6)
+    x = torch.randn(G * R, 5, 16)
+    w_shift = torch.randn(G, 6, 16)
+    assert_close("WeightShiftLinear groups", module(x, w_shift.repeat_interleave(R, 0)), module(x, w_shift),
+                 atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="does not split into 5 equal groups"):
+        personalized_call(layer, {"linear2": torch.zeros(5, 16, 32)}, tgt, mem)
 
 
 def test_personalize_with_masks_and_gradients():

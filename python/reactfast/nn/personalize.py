@@ -5,6 +5,11 @@ the named ``nn.Linear`` / ``nn.MultiheadAttention`` modules inside the ``with`` 
 W + dW[b] for sample b of the batch (W + dW never formed, the parameters never copied or
 changed); gradients flow to the shifts. For ``nn.MultiheadAttention`` the shift edits the packed
 in-projection ``in_proj_weight`` (3E, E) - queries, keys and values - as PerFRDiff does.
+
+A shift may hold one entry per sample (B) or one per group of samples: with G entries and a batch
+of B = G x R, samples g R .. g R + R - 1 share shift g (a listener-major batch: each listener's
+samples, windows or guidance rows next to each other). Groups cost no copies: each group's rows
+are one long sequence for the weight-shift op.
 """
 
 from __future__ import annotations
@@ -19,14 +24,29 @@ from torch import nn
 from reactfast.ops.weight_shift import Shift, check_shift, weight_shift_linear
 
 
+def _shift_entries(shift: Shift) -> int:
+    return (shift[0] if isinstance(shift, tuple) else shift).shape[0]
+
+
+def _grouped_linear(x: torch.Tensor, weight: torch.Tensor, shift: Shift, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """x (B, ..., d_in) -> (B, ..., d_out); sample b uses shift entry b // (B / G)."""
+    B, G = x.shape[0], _shift_entries(shift)
+    if B % G:
+        raise ValueError(f"personalize: a batch of {B} samples does not split into {G} equal groups, one per "
+                         f"shift entry (give one shift per sample, or per group of consecutive samples)")
+    y = weight_shift_linear(x.reshape(G, -1, x.shape[-1]), weight, shift, bias)
+    return y.reshape(*x.shape[:-1], -1)
+
+
 class WeightShiftLinear(nn.Linear):
     """nn.Linear whose forward takes an optional per-sample weight shift:
-    ``forward(x (B, L, d_in), shift=None | (B, d_out, d_in) | (U, V))``."""
+    ``forward(x (B, ..., d_in), shift=None | (B or G, d_out, d_in) | (U, V))``; G entries are
+    shared by groups of B / G consecutive samples."""
 
     def forward(self, x: torch.Tensor, shift: Optional[Shift] = None) -> torch.Tensor:
         if shift is None:
             return super().forward(x)
-        return weight_shift_linear(x, self.weight, shift, self.bias)
+        return _grouped_linear(x, self.weight, shift, self.bias)
 
 
 def _batch_first(x: torch.Tensor, batch_dim: int) -> torch.Tensor:
@@ -34,10 +54,7 @@ def _batch_first(x: torch.Tensor, batch_dim: int) -> torch.Tensor:
 
 
 def _shifted_linear(module: nn.Linear, shift: Shift, batch_dim: int, x: torch.Tensor) -> torch.Tensor:
-    xb = _batch_first(x, batch_dim)
-    lead = xb.shape[1:-1]
-    flat = xb.reshape(xb.shape[0], -1, xb.shape[-1])
-    y = weight_shift_linear(flat, module.weight, shift, module.bias).reshape(xb.shape[0], *lead, -1)
+    y = _grouped_linear(_batch_first(x, batch_dim), module.weight, shift, module.bias)
     return _batch_first(y, batch_dim)
 
 
@@ -55,8 +72,8 @@ def _shifted_mha(module: nn.MultiheadAttention, shift: Shift, query, key, value,
     W, b = module.in_proj_weight, module.in_proj_bias
     proj = []
     for i, t in enumerate((query, key, value)):
-        proj.append(weight_shift_linear(t, W[i * E:(i + 1) * E], _split(shift, E, i),
-                                        None if b is None else b[i * E:(i + 1) * E]))
+        proj.append(_grouped_linear(t, W[i * E:(i + 1) * E], _split(shift, E, i),
+                                    None if b is None else b[i * E:(i + 1) * E]))
     q, k, v = proj
     if module.bias_k is not None:
         B = k.shape[0]
@@ -141,7 +158,8 @@ def personalize(model: nn.Module, shifts: Dict[str, Shift], batch_dim: int = 0) 
     Args:
         model: any module; it is not copied and its parameters are not changed.
         shifts: layer name (as in ``model.named_modules()``) -> shift of shape (B, d_out, d_in)
-            (``(B, 3E, E)`` for ``nn.MultiheadAttention``), or a low-rank pair (U, V).
+            (``(B, 3E, E)`` for ``nn.MultiheadAttention``), or a low-rank pair (U, V); or G entries
+            instead of B, G dividing the batch, each shared by B / G consecutive samples.
         batch_dim: the batch dimension of inputs to shifted ``nn.Linear`` layers (0 for
             batch-first models; ``nn.MultiheadAttention`` follows its own ``batch_first``).
 

@@ -1,7 +1,9 @@
 """Per-listener weight-shift linear: y[b] = x[b] (W + dW[b])^T + bias without forming W + dW
-(SPEC 3.2). Triton on CUDA tensors; on CPU the reference (x W^T + bmm(x, dW^T)), which batches
-every listener into one call. Low-rank shifts dW[b] = U[b] V[b]^T always use the factored
-products (x V) U^T, cheaper than any full-rank kernel."""
+(SPEC 3.2). Triton on CUDA tensors; on CPU the C++ AVX-512 kernels (forward and dx, float32; W and
+dW[b] summed in registers) where the processor has AVX-512F, else the reference
+(x W^T + bmm(x, dW^T)), logged once. d(dW)[b] = dy[b]^T x[b] is a plain batched product (bmm)
+on CPU. Low-rank shifts dW[b] = U[b] V[b]^T always use the factored products (x V) U^T,
+cheaper than any full-rank kernel."""
 
 from __future__ import annotations
 
@@ -10,22 +12,49 @@ from typing import Optional, Tuple, Union
 import torch
 
 from reactfast import _backend
+from reactfast.ops import _native
 from reactfast.ops._checks import check_same_device, check_tensor
 from reactfast.reference import weight_shift as _ref
 
-IMPLEMENTED = ("triton", "reference")
+IMPLEMENTED = ("triton", "cpp", "reference")
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 Shift = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
+
+
+def _cpp_status():
+    ok, reason = _backend.cpp_status()
+    if ok and not _backend.native().weight_shift_cpu_supported():
+        return False, "the C++ weight-shift kernels need a processor with AVX-512F"
+    return ok, reason
+
+
+_backend.register_requirement("weight_shift", "cpp", _cpp_status)
+
+
+def _select(x: torch.Tensor, backend: str) -> str:
+    name = _backend.select("weight_shift", x.device, IMPLEMENTED, backend or None)
+    if name == "cpp" and x.dtype != torch.float32:
+        if backend:
+            raise RuntimeError(f"weight_shift: backend 'cpp' runs float32 tensors, got {x.dtype}")
+        _backend.log_fallback("weight_shift", "cpp", f"the C++ kernels run float32, got {x.dtype}; using the reference")
+        return "reference"
+    return name
 
 
 @torch.library.custom_op("reactfast::weight_shift", mutates_args=())
 def _fwd(x: torch.Tensor, weight: torch.Tensor, shift: torch.Tensor, bias: Optional[torch.Tensor],
          backend: str) -> torch.Tensor:
-    name = _backend.select("weight_shift", x.device, IMPLEMENTED, backend or None)
+    name = _select(x, backend)
     if name == "triton":
         from reactfast.kernels.weight_shift import weight_shift_fwd
 
         return weight_shift_fwd(x, weight, shift, bias)
+    if name == "cpp":
+        B, L, d_in = x.shape
+        y = x.new_empty((B, L, weight.shape[0]))
+        _native.call("weight_shift_fwd_cpu", x, weight, shift, 0 if bias is None else bias.contiguous(), y, B, L,
+                     d_in, weight.shape[0])
+        return y
     return _ref.weight_shift_linear(x, weight, shift, bias)
 
 
@@ -37,7 +66,7 @@ def _(x, weight, shift, bias, backend):
 @torch.library.custom_op("reactfast::weight_shift_bwd", mutates_args=())
 def _bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, shift: torch.Tensor, need_dx: bool,
          need_dshift: bool, backend: str) -> Tuple[torch.Tensor, torch.Tensor]:
-    name = _backend.select("weight_shift", x.device, IMPLEMENTED, backend or None)
+    name = _select(x, backend)
     empty = dy.new_empty(0)
     if name == "triton":
         from reactfast.kernels.weight_shift import weight_shift_bwd_dshift, weight_shift_bwd_dx
@@ -45,7 +74,14 @@ def _bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, shift: torch.T
         dx = weight_shift_bwd_dx(dy, weight, shift) if need_dx else empty
         dshift = weight_shift_bwd_dshift(dy, x) if need_dshift else empty.clone()
         return dx, dshift
-    dx = (torch.matmul(dy, weight) + torch.bmm(dy, shift)) if need_dx else empty
+    if name == "cpp" and need_dx:
+        B, L, d_in = x.shape
+        dx = torch.empty_like(x)
+        _native.call("weight_shift_bwd_dx_cpu", dy, weight, shift, dx, B, L, d_in, weight.shape[0])
+    elif need_dx:
+        dx = torch.matmul(dy, weight) + torch.bmm(dy, shift)
+    else:
+        dx = empty
     dshift = torch.bmm(dy.transpose(1, 2), x) if need_dshift else empty.clone()
     return dx, dshift
 
@@ -110,7 +146,8 @@ def weight_shift_linear(x: torch.Tensor, weight: torch.Tensor, shift: Shift, bia
         shift: (B, d_out, d_in) full-rank shifts, or a pair (U (B, d_out, r), V (B, d_in, r)) for
             dW[b] = U[b] V[b]^T.
         bias: (d_out,) or None.
-        backend: ``"triton"`` or ``"reference"`` (default: Triton on CUDA, reference on CPU).
+        backend: ``"triton"``, ``"cpp"`` or ``"reference"`` (default: Triton on CUDA; on CPU the C++
+            kernels for float32 on AVX-512 processors, else the reference).
 
     Returns:
         (B, L, d_out) in x's dtype; differentiable in x, weight, shift (or U, V) and bias.
