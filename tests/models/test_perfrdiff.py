@@ -78,6 +78,34 @@ def test_personalised_equals_explicit_copies():
         assert_close(f"listener {b}", want[0], out[b], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("rank", [0, 2])
+def test_many_listeners_in_one_batch_equal_one_per_batch(rank):
+    """One shift entry per listener, shared by its rows (the guided rows reordered listener-major,
+    as generate() batches them), equals per-row shifts and equals sampling each listener alone."""
+    model = tiny(shift_rank=rank).eval()
+    with torch.no_grad():
+        for p in model.pwsg.branches.parameters():
+            p.normal_(0, 0.05)
+    history = torch.randn(3, 12, 58)
+    g = torch.Generator().manual_seed(5)
+    cfg = model.config
+    cond = torch.randn(3 * 4, cfg.window, cfg.cond_dim, generator=g)
+    noise = torch.randn(3 * 4, cfg.window, cfg.out_dim, generator=g)
+    with torch.no_grad():
+        shifts = model.shifts_for(history)
+    batched = model.sample_windows(cond, noise, shifts, 7.5)
+    rows = {k: tuple(t.repeat_interleave(4, 0) for t in v) if isinstance(v, tuple) else v.repeat_interleave(4, 0)
+            for k, v in shifts.items()}
+    assert_close("groups vs rows", model.sample_windows(cond, noise, rows, 7.5), batched, atol=1e-5, rtol=1e-5)
+    for b in range(3):
+        one = {k: tuple(t[b:b + 1] for t in v) if isinstance(v, tuple) else v[b:b + 1] for k, v in shifts.items()}
+        alone = model.sample_windows(cond[4 * b:4 * b + 4], noise[4 * b:4 * b + 4], one, 7.5)
+        assert_close(f"listener {b}", alone, batched[4 * b:4 * b + 4], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="cannot share 5 listeners"):
+        model.sample_windows(cond, noise, {k: (tuple(t[:1].expand(5, *t.shape[1:]) for t in v) if isinstance(v, tuple)
+                                               else v[:1].expand(5, *v.shape[1:])) for k, v in shifts.items()}, 7.5)
+
+
 def test_low_rank_hypernetwork_is_smaller():
     full = tiny()
     low = tiny(shift_rank=2)

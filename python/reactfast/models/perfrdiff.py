@@ -218,6 +218,11 @@ class PWSG(nn.Module):
         return shifts
 
 
+def _shift_entries(shifts: Dict[str, object]) -> int:
+    first = next(iter(shifts.values()))
+    return (first[0] if isinstance(first, tuple) else first).shape[0]
+
+
 def _expand(shifts: Optional[Dict[str, object]], repeats: int) -> Optional[Dict[str, object]]:
     """Each listener's shifts repeated for its ``repeats`` consecutive batch rows."""
     if shifts is None:
@@ -364,28 +369,33 @@ class PerFRDiff(nn.Module):
     def draw_noise(self, batch: int, generator: Optional[torch.Generator] = None, window: int = 0) -> torch.Tensor:
         return torch.randn(batch, self.config.window, self.config.out_dim, generator=generator).to(next(self.parameters()).dtype)
 
-    def _denoiser(self, shifts):
+    def _denoiser(self, shifts, halves: int):
+        """The DDIM denoiser over ``halves`` stacked copies of the rows (2 with guidance: the
+        conditional rows, then the unconditional ones). With per-listener shifts the rows are put
+        listener-major for the call (each listener's conditional and unconditional rows together),
+        so every listener's shift is read once per step and never copied per row."""
+        if shifts is None:
+            return self
+        G = _shift_entries(shifts)
+
         def denoise(x, t, cond):
-            rows = x.shape[0]
-            sh = shifts
-            if sh is not None:
-                first = next(iter(sh.values()))
-                n = (first[0] if isinstance(first, tuple) else first).shape[0]
-                sh = _expand(sh, rows // n) if rows != n else sh
-                if rows % n:
-                    raise ValueError(f"{rows} rows cannot share {n} listeners' shifts")
-            return self(x, t, cond, sh)
+            if x.shape[0] % (halves * G):
+                raise ValueError(f"{x.shape[0] // halves} rows cannot share {G} listeners' shifts (one entry "
+                                 "per row, or per group of consecutive rows)")
+            if halves == 1:
+                return self(x, t, cond, shifts)
+            lm = lambda a: a.reshape(halves, G, -1, *a.shape[1:]).transpose(0, 1).reshape(a.shape)  # noqa: E731
+            out = self(lm(x), lm(t), lm(cond), shifts)
+            return out.reshape(G, halves, -1, *out.shape[1:]).transpose(0, 1).reshape(out.shape)
         return denoise
 
     @torch.no_grad()
     def sample_windows(self, cond: torch.Tensor, noise: torch.Tensor, shifts=None, guidance: Optional[float] = None,
                        steps: Optional[int] = None) -> torch.Tensor:
-        """Denoise windows (R, W, out) conditioned on (R, W, cond_dim); shifts per row (or None)."""
+        """Denoise windows (R, W, out) conditioned on (R, W, cond_dim). ``shifts``: None, one entry
+        per row, or G entries (G dividing R) each shared by R / G consecutive rows (listener-major)."""
         cfg = self.config
-        if shifts is not None and guidance is not None:
-            shifts = {k: tuple(torch.cat([x, x]) for x in v) if isinstance(v, tuple) else torch.cat([v, v])
-                      for k, v in shifts.items()}
-        return sample(self._denoiser(shifts), tuple(noise.shape), cond, self.scheduler, steps or cfg.sample_steps,
+        return sample(self._denoiser(shifts, 1 if guidance is None else 2), tuple(noise.shape), cond, self.scheduler, steps or cfg.sample_steps,
                       guidance_scale=guidance, noise=noise, device=cond.device, dtype=noise.dtype)
 
     @torch.no_grad()
@@ -415,7 +425,8 @@ class PerFRDiff(nn.Module):
             if listener_history.shape[0] != B:
                 raise ValueError(f"listener_history must hold one history per speaker ({B}), got "
                                  f"{listener_history.shape[0]}")
-            shifts = _expand(self.shifts_for(listener_history.to(speaker.device)), num_samples * n)
+            # One entry per speaker's listener, shared by its S x n rows (listener-major).
+            shifts = self.shifts_for(listener_history.to(speaker.device))
         out = self.sample_windows(rows_cond.contiguous(), noise.reshape(B * num_samples * n, W, -1), shifts,
                                   guidance, steps)
         out = out.reshape(B, num_samples, n * W, -1)[:, :, :T]
