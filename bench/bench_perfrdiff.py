@@ -1,7 +1,9 @@
 """PerFRDiff: personalised sampling for 16 different listeners in one batch (one weight shift per
 listener, shared by its rows, through reactfast.nn.personalize) against the authors' procedure
 (one listener per batch: write W + dW into the edited layers, sample, restore). Each listener asks
-for one window of 50 frames x S samples (an online step; S = 1 and 10), guidance 7.5."""
+for one window of 50 frames x S samples (an online step; S = 1 and 10), guidance 7.5. The batched
+call is ``sample_windows`` as users call it: on CPU it denoises at most 64 rows per call, in whole
+listener groups (its default; larger batches outgrow the caches and run slower)."""
 
 import copy
 import time

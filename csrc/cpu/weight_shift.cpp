@@ -9,8 +9,8 @@
 // Backward, dx[b] = dy[b] (W + dW[b]), needs no packing: 6 rows of dy[b] x 64 columns of W + dW[b]
 // (4 vectors, summed in registers once per row of W and shared by the 6 rows of dy).
 //
-// Both use OpenMP over (sample, token chunk, row range) tasks. Outside x86-64 with GCC/Clang the
-// kernels are not built and weight_shift_cpu_supported() is false.
+// Both use OpenMP over (sample, token chunk, row range) tasks. Outside x86-64 with GCC the kernels
+// are not built and weight_shift_cpu_supported() is false (the op then uses the reference).
 #include "reactfast/weight_shift.h"
 
 #include <cstdlib>
@@ -20,7 +20,8 @@
 #include <omp.h>
 #endif
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// GCC's target pragma scopes the AVX-512 code; other compilers build without these kernels.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define RF_WS_AVX512 1
 #include <immintrin.h>
 #endif
@@ -116,7 +117,7 @@ void fwd_rows_any(int nv, const float* xt, const float* w, const float* dw, inde
   }
 }
 
-void forward(const float* x, const float* w, const float* dw, const float* bias, float* y, index_t B, index_t L,
+bool forward(const float* x, const float* w, const float* dw, const float* bias, float* y, index_t B, index_t L,
              index_t K, index_t N) {
   // Token chunks of at most 112 rows, balanced (L = 102 -> one chunk of 7 vectors).
   const index_t nvec = ceil_div(L, kLanes);
@@ -128,12 +129,18 @@ void forward(const float* x, const float* w, const float* dw, const float* bias,
   nsplit = nsplit > ceil_div(N, 8 * kRows) ? ceil_div(N, 8 * kRows) : nsplit;
   const index_t rows = ceil_div(ceil_div(N, nsplit), kRows) * kRows;
   const index_t tasks = B * nchunks * nsplit;
+  bool ok = true;
 #pragma omp parallel
   {
     float* xt = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * K * kMaxVec * kLanes));
     float* yt = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * rows * kMaxVec * kLanes));
+    if (xt == nullptr || yt == nullptr) {
+#pragma omp atomic write
+      ok = false;
+    }
 #pragma omp for schedule(dynamic, 1)
     for (index_t t = 0; t < tasks; ++t) {
+      if (xt == nullptr || yt == nullptr) continue;
       const index_t b = t / (nchunks * nsplit), c = (t / nsplit) % nchunks, s = t % nsplit;
       const index_t m0 = c * chunk;
       const index_t mc = L - m0 < chunk ? L - m0 : chunk;
@@ -155,6 +162,7 @@ void forward(const float* x, const float* w, const float* dw, const float* bias,
     std::free(xt);
     std::free(yt);
   }
+  return ok;
 }
 
 // dx[r][64] (+)= sum_n dy[r, n] (w[n, :64] + dw[n, :64]) over n < nc; masks cut the last columns.
@@ -234,7 +242,7 @@ const char* weight_shift_fwd_cpu(const float* x, const float* w, const float* dw
     return nullptr;
   }
 #if defined(RF_WS_AVX512)
-  ws512::forward(x, w, dw, bias, y, B, L, K, N);
+  if (!ws512::forward(x, w, dw, bias, y, B, L, K, N)) return "weight_shift_fwd_cpu: out of memory for the packing buffers";
 #endif
   return nullptr;
 }

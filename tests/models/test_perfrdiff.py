@@ -93,7 +93,7 @@ def test_many_listeners_in_one_batch_equal_one_per_batch(rank):
     noise = torch.randn(3 * 4, cfg.window, cfg.out_dim, generator=g)
     with torch.no_grad():
         shifts = model.shifts_for(history)
-    batched = model.sample_windows(cond, noise, shifts, 7.5)
+    batched = model.sample_windows(cond, noise, shifts, 7.5, rows_per_call=24)
     rows = {k: tuple(t.repeat_interleave(4, 0) for t in v) if isinstance(v, tuple) else v.repeat_interleave(4, 0)
             for k, v in shifts.items()}
     assert_close("groups vs rows", model.sample_windows(cond, noise, rows, 7.5), batched, atol=1e-5, rtol=1e-5)
@@ -101,6 +101,12 @@ def test_many_listeners_in_one_batch_equal_one_per_batch(rank):
         one = {k: tuple(t[b:b + 1] for t in v) if isinstance(v, tuple) else v[b:b + 1] for k, v in shifts.items()}
         alone = model.sample_windows(cond[4 * b:4 * b + 4], noise[4 * b:4 * b + 4], one, 7.5)
         assert_close(f"listener {b}", alone, batched[4 * b:4 * b + 4], atol=1e-5, rtol=1e-5)
+    # Chunks of whole listener groups (CPU default: 64 rows per call) give the same windows.
+    for per_call in (1, 8, 17):
+        chunked = model.sample_windows(cond, noise, shifts, 7.5, rows_per_call=per_call)
+        assert_close(f"rows_per_call={per_call}", batched, chunked, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="rows_per_call must be >= 1"):
+        model.sample_windows(cond, noise, shifts, 7.5, rows_per_call=0)
     with pytest.raises(ValueError, match="cannot share 5 listeners"):
         model.sample_windows(cond, noise, {k: (tuple(t[:1].expand(5, *t.shape[1:]) for t in v) if isinstance(v, tuple)
                                                else v[:1].expand(5, *v.shape[1:])) for k, v in shifts.items()}, 7.5)
