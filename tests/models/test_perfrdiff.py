@@ -147,6 +147,20 @@ def test_streaming_equals_generate():
     assert_close("batched", offline["emotion"][0, :, :10], res[0]["emotion"], atol=1e-4, rtol=1e-4)
     alone = model.generate(speaker[:, :10], audio[:, :20], 1, torch.Generator().manual_seed(4))["emotion"]
     assert_close("generic", alone[0], res[1]["emotion"], atol=1e-4, rtol=1e-4)
+    # Two listeners' streams with the same sample count batch with one shift entry per listener.
+    other = torch.randn(1, 12, 58)
+    a = ReactionStream(model, 2, torch.Generator().manual_seed(3), listener_history=history)
+    b = ReactionStream(model, 2, torch.Generator().manual_seed(6), listener_history=other)
+    assert a.state.rows_per_entry == 2
+    joined = type(a.state).cat([a.state, b.state])
+    assert joined.rows_per_entry == 2 and joined.split([2, 2])[1].rows_per_entry == 2
+    for s in (a, b):
+        s.feed(speaker[0, :10], audio[0, :20])
+    res = runner.step([a, b])
+    assert_close("listener a", offline["emotion"][0, :, :10], res[0]["emotion"], atol=1e-4, rtol=1e-4)
+    alone = model.generate(speaker[:, :10], audio[:, :20], 2, torch.Generator().manual_seed(6),
+                           listener_history=other)["emotion"]
+    assert_close("listener b", alone[0], res[1]["emotion"], atol=1e-4, rtol=1e-4)
 
 
 def test_supervised_contrastive():

@@ -235,28 +235,53 @@ def _expand(shifts: Optional[Dict[str, object]], repeats: int) -> Optional[Dict[
     return {k: tuple(rep(x) for x in v) if isinstance(v, tuple) else rep(v) for k, v in shifts.items()}
 
 
+def _cat_shifts(parts: Sequence[Dict[str, object]]) -> Dict[str, object]:
+    ref = parts[0]
+    return {k: (tuple(torch.cat([p[k][i] for p in parts]) for i in range(len(ref[k])))
+                if isinstance(ref[k], tuple) else torch.cat([p[k] for p in parts])) for k in ref}
+
+
 @dataclass
 class PerFRDiffState:
-    """Streaming state: the previous speaker window's condition and the listener's shifts."""
+    """Streaming state: the previous speaker window's condition and the listener's shifts, one
+    entry per listener shared by its consecutive rows (a stream's samples), or one per row."""
 
     prev_cond: torch.Tensor                   # (B, W, cond_dim)
     frame: torch.Tensor                       # (B,)
     shifts: Optional[Dict[str, object]] = None
 
+    @property
+    def rows_per_entry(self) -> int:
+        return self.frame.shape[0] // _shift_entries(self.shifts) if self.shifts is not None else 0
+
+    def _per_row(self, group: int = 1) -> Dict[str, object]:
+        """Shifts with one entry per ``group`` rows (zeros for a generic state)."""
+        repeats = self.rows_per_entry // group
+        return self.shifts if repeats == 1 else _expand(self.shifts, repeats)
+
     @staticmethod
     def cat(states: Sequence["PerFRDiffState"]) -> "PerFRDiffState":
         shifts = None
-        if any(s.shifts is not None for s in states):
-            ref = next(s.shifts for s in states if s.shifts is not None)
-            parts = [s.shifts if s.shifts is not None else _zeros_like_shifts(ref, s.frame.shape[0]) for s in states]
-            shifts = {k: (tuple(torch.cat([p[k][i] for p in parts]) for i in range(len(ref[k])))
-                          if isinstance(ref[k], tuple) else torch.cat([p[k] for p in parts])) for k in ref}
+        personal = [s for s in states if s.shifts is not None]
+        if personal:
+            # Keep one entry per listener when every stream groups its rows alike; else one per row.
+            groups = {s.rows_per_entry for s in personal}
+            group = groups.pop() if len(groups) == 1 else 1
+            if any(s.frame.shape[0] % group for s in states):
+                group = 1
+            ref = personal[0].shifts
+            shifts = _cat_shifts([s._per_row(group) if s.shifts is not None
+                                  else _zeros_like_shifts(ref, s.frame.shape[0] // group) for s in states])
         return PerFRDiffState(torch.cat([s.prev_cond for s in states]), torch.cat([s.frame for s in states]), shifts)
 
     def split(self, sizes: Sequence[int]) -> List["PerFRDiffState"]:
+        group = self.rows_per_entry
+        shifts = self.shifts
+        if shifts is not None and any(n % group for n in sizes):
+            shifts, group = self._per_row(1), 1
         out, lo = [], 0
         for n in sizes:
-            sh = None if self.shifts is None else _rows_of(self.shifts, lo, lo + n)
+            sh = None if shifts is None else _rows_of(shifts, lo // group, (lo + n) // group)
             out.append(PerFRDiffState(self.prev_cond[lo:lo + n], self.frame[lo:lo + n], sh))
             lo += n
         return out
@@ -470,8 +495,10 @@ class PerFRDiff(nn.Module):
         shifts = None
         if listener_history is not None:
             history = listener_history if listener_history.dim() == 3 else listener_history[None]
+            if batch % history.shape[0]:
+                raise ValueError(f"{batch} rows do not split evenly over {history.shape[0]} listener histories")
             with torch.no_grad():
-                shifts = _expand(self.shifts_for(history.to(device)), batch // history.shape[0])
+                shifts = self.shifts_for(history.to(device))
         return PerFRDiffState(torch.zeros(batch, cfg.window, cfg.cond_dim, device=device),
                               torch.zeros(batch, dtype=torch.long, device=device), shifts)
 
