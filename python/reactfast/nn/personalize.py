@@ -24,13 +24,14 @@ from torch import nn
 from reactfast.ops.weight_shift import Shift, check_shift, weight_shift_linear
 
 
-def _shift_entries(shift: Shift) -> int:
+def shift_entries(shift: Shift) -> int:
+    """How many shift entries (listeners) a full-rank or low-rank shift holds."""
     return (shift[0] if isinstance(shift, tuple) else shift).shape[0]
 
 
 def _grouped_linear(x: torch.Tensor, weight: torch.Tensor, shift: Shift, bias: Optional[torch.Tensor]) -> torch.Tensor:
     """x (B, ..., d_in) -> (B, ..., d_out); sample b uses shift entry b // (B / G)."""
-    B, G = x.shape[0], _shift_entries(shift)
+    B, G = x.shape[0], shift_entries(shift)
     if B % G:
         raise ValueError(f"personalize: a batch of {B} samples does not split into {G} equal groups, one per "
                          f"shift entry (give one shift per sample, or per group of consecutive samples)")
