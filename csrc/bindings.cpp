@@ -197,4 +197,15 @@ PYBIND11_MODULE(_C, m) {
     }
     check_cpu(err);
   }, "dx[b] = dy[b] (W + dW[b])");
+
+  m.def("weight_shift_bwd_dshift_cpu", [](std::uintptr_t dy, std::uintptr_t x, std::uintptr_t ddw, index_t B,
+                                          index_t L, index_t K, index_t N) {
+    const char* err;
+    {
+      py::gil_scoped_release release;
+      err = reactfast::weight_shift_bwd_dshift_cpu(ptr<const float>(dy), ptr<const float>(x), ptr<float>(ddw), B, L,
+                                                   K, N);
+    }
+    check_cpu(err);
+  }, "d(dW)[b] = dy[b]^T x[b]");
 }

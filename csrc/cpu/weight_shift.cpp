@@ -7,7 +7,8 @@
 // blocked (256) so the packed x^T block stays in cache; the next rows of W and dW[b] are prefetched.
 //
 // Backward, dx[b] = dy[b] (W + dW[b]), needs no packing: 6 rows of dy[b] x 64 columns of W + dW[b]
-// (4 vectors, summed in registers once per row of W and shared by the 6 rows of dy).
+// (4 vectors, summed in registers once per row of W and shared by the 6 rows of dy). The shift's
+// gradient d(dW)[b] = dy[b]^T x[b] runs on the same tile: 6 rows of dW x 64 columns of x[b].
 //
 // Both use OpenMP over (sample, token chunk, row range) tasks. Outside x86-64 with GCC the kernels
 // are not built and weight_shift_cpu_supported() is false (the op then uses the reference).
@@ -165,28 +166,40 @@ bool forward(const float* x, const float* w, const float* dw, const float* bias,
   return ok;
 }
 
-// dx[r][64] (+)= sum_n dy[r, n] (w[n, :64] + dw[n, :64]) over n < nc; masks cut the last columns.
-template <int RM>
-inline void dx_tile(const float* dy, index_t ldy, const float* w, const float* dw, index_t ldw, index_t nc, float* dx,
-                    index_t ldx, const __mmask16* mask, bool first) {
+// out[r][:64] (+)= sum_{n < nc} g[r g_row + n g_red] (a[n lda + :64] (+ a2[n lda + :64])): RM output
+// rows x 64 columns; with SUM the two row panels are added in registers, once per reduction step
+// and shared by the RM rows. Masks cut the last columns.
+template <int RM, bool SUM>
+inline void rows_tile(const float* g, index_t g_row, index_t g_red, const float* a, const float* a2, index_t lda,
+                      index_t nc, float* out, index_t ldo, const __mmask16* mask, bool first) {
   __m512 acc[RM][kVecK];
   for (int r = 0; r < RM; ++r)
     for (int j = 0; j < kVecK; ++j)
-      acc[r][j] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mask[j], dx + r * ldx + j * kLanes);
+      acc[r][j] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mask[j], out + r * ldo + j * kLanes);
   for (index_t n = 0; n < nc; ++n) {
-    __m512 a[kVecK];
-    for (int j = 0; j < kVecK; ++j)
-      a[j] = _mm512_add_ps(_mm512_maskz_loadu_ps(mask[j], w + n * ldw + j * kLanes),
-                           _mm512_maskz_loadu_ps(mask[j], dw + n * ldw + j * kLanes));
+    __m512 v[kVecK];
+    for (int j = 0; j < kVecK; ++j) {
+      v[j] = _mm512_maskz_loadu_ps(mask[j], a + n * lda + j * kLanes);
+      if (SUM) v[j] = _mm512_add_ps(v[j], _mm512_maskz_loadu_ps(mask[j], a2 + n * lda + j * kLanes));
+    }
     for (int r = 0; r < RM; ++r) {
-      const __m512 g = _mm512_set1_ps(dy[r * ldy + n]);
-      for (int j = 0; j < kVecK; ++j) acc[r][j] = _mm512_fmadd_ps(g, a[j], acc[r][j]);
+      const __m512 s = _mm512_set1_ps(g[r * g_row + n * g_red]);
+      for (int j = 0; j < kVecK; ++j) acc[r][j] = _mm512_fmadd_ps(s, v[j], acc[r][j]);
     }
   }
   for (int r = 0; r < RM; ++r)
-    for (int j = 0; j < kVecK; ++j) _mm512_mask_storeu_ps(dx + r * ldx + j * kLanes, mask[j], acc[r][j]);
+    for (int j = 0; j < kVecK; ++j) _mm512_mask_storeu_ps(out + r * ldo + j * kLanes, mask[j], acc[r][j]);
 }
 
+inline void column_masks(index_t valid, __mmask16* mask) {
+  for (int j = 0; j < kVecK; ++j) {
+    const index_t lanes = valid - j * kLanes;
+    mask[j] = lanes >= kLanes ? static_cast<__mmask16>(0xFFFF)
+                              : static_cast<__mmask16>(lanes <= 0 ? 0 : (1u << lanes) - 1u);
+  }
+}
+
+// dx[b] = dy[b] (W + dW[b]): rows of dy x 64 columns of W + dW[b], reduction over d_out.
 void backward_dx(const float* dy, const float* w, const float* dw, float* dx, index_t B, index_t L, index_t K,
                  index_t N) {
   const index_t width = kVecK * kLanes;
@@ -195,23 +208,42 @@ void backward_dx(const float* dy, const float* w, const float* dw, float* dx, in
 #pragma omp parallel for schedule(dynamic, 1)
   for (index_t t = 0; t < tasks; ++t) {
     const index_t b = t / kblocks, k0 = (t % kblocks) * width;
-    const index_t kvalid = K - k0 < width ? K - k0 : width;
     __mmask16 mask[kVecK];
-    for (int j = 0; j < kVecK; ++j) {
-      const index_t lanes = kvalid - j * kLanes;
-      mask[j] = lanes >= kLanes ? static_cast<__mmask16>(0xFFFF)
-                                : static_cast<__mmask16>(lanes <= 0 ? 0 : (1u << lanes) - 1u);
-    }
+    column_masks(K - k0, mask);
     const float* dwb = dw + b * N * K;
     for (index_t n0 = 0; n0 < N; n0 += kDepthN) {
       const index_t nc = N - n0 < kDepthN ? N - n0 : kDepthN;
       index_t m = 0;
       for (; m + kRowsM <= L; m += kRowsM)
-        dx_tile<kRowsM>(dy + (b * L + m) * N + n0, N, w + n0 * K + k0, dwb + n0 * K + k0, K, nc,
-                        dx + (b * L + m) * K + k0, K, mask, n0 == 0);
+        rows_tile<kRowsM, true>(dy + (b * L + m) * N + n0, N, 1, w + n0 * K + k0, dwb + n0 * K + k0, K, nc,
+                                dx + (b * L + m) * K + k0, K, mask, n0 == 0);
       for (; m < L; ++m)
-        dx_tile<1>(dy + (b * L + m) * N + n0, N, w + n0 * K + k0, dwb + n0 * K + k0, K, nc,
-                   dx + (b * L + m) * K + k0, K, mask, n0 == 0);
+        rows_tile<1, true>(dy + (b * L + m) * N + n0, N, 1, w + n0 * K + k0, dwb + n0 * K + k0, K, nc,
+                           dx + (b * L + m) * K + k0, K, mask, n0 == 0);
+    }
+  }
+}
+
+// d(dW)[b] = dy[b]^T x[b]: rows of dW (d_out) x 64 columns (d_in), reduction over tokens.
+void backward_dshift(const float* dy, const float* x, float* ddw, index_t B, index_t L, index_t K, index_t N) {
+  const index_t width = kVecK * kLanes;
+  const index_t kblocks = ceil_div(K, width);
+  const index_t tasks = B * kblocks;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (index_t t = 0; t < tasks; ++t) {
+    const index_t b = t / kblocks, k0 = (t % kblocks) * width;
+    __mmask16 mask[kVecK];
+    column_masks(K - k0, mask);
+    const float* dyb = dy + b * L * N;
+    const float* xb = x + b * L * K + k0;
+    float* out = ddw + b * N * K + k0;
+    for (index_t m0 = 0; m0 < L; m0 += kDepthN) {
+      const index_t mc = L - m0 < kDepthN ? L - m0 : kDepthN;
+      index_t n = 0;
+      for (; n + kRowsM <= N; n += kRowsM)
+        rows_tile<kRowsM, false>(dyb + m0 * N + n, 1, N, xb + m0 * K, nullptr, K, mc, out + n * K, K, mask, m0 == 0);
+      for (; n < N; ++n)
+        rows_tile<1, false>(dyb + m0 * N + n, 1, N, xb + m0 * K, nullptr, K, mc, out + n * K, K, mask, m0 == 0);
     }
   }
 }
@@ -243,6 +275,20 @@ const char* weight_shift_fwd_cpu(const float* x, const float* w, const float* dw
   }
 #if defined(RF_WS_AVX512)
   if (!ws512::forward(x, w, dw, bias, y, B, L, K, N)) return "weight_shift_fwd_cpu: out of memory for the packing buffers";
+#endif
+  return nullptr;
+}
+
+const char* weight_shift_bwd_dshift_cpu(const float* dy, const float* x, float* ddw, index_t B, index_t L, index_t K,
+                                        index_t N) {
+  if (!weight_shift_cpu_supported()) return kUnsupported;
+  if (B <= 0 || N <= 0 || K <= 0) return nullptr;
+  if (L <= 0) {
+    for (index_t i = 0; i < B * N * K; ++i) ddw[i] = 0.0f;
+    return nullptr;
+  }
+#if defined(RF_WS_AVX512)
+  ws512::backward_dshift(dy, x, ddw, B, L, K, N);
 #endif
   return nullptr;
 }

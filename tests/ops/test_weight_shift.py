@@ -53,6 +53,7 @@ def test_kernels_match_reference(backend, B, L, d_in, d_out, bias):
     (1, 751, 17, 5),      # one sample: output rows split across threads; 7 token chunks
     (3, 113, 300, 97),    # two token chunks; depth over one 256 block; d_out not a multiple of 3
     (2, 63, 513, 130),    # backward: a partial 64-column block
+    (2, 300, 70, 9),      # d(dW): tokens over one 256 block; d_out not a multiple of 6
     (4, 102, 64, 1536),   # the bench's token count and d_out
 ])
 def test_cpp_blocking_paths(B, L, d_in, d_out):
@@ -61,9 +62,9 @@ def test_cpp_blocking_paths(B, L, d_in, d_out):
     want = ref.weight_shift_linear(x.double(), w.double(), shift.double(), b.double())
     assert_close("y", want, got.double(), atol=2e-4, rtol=1e-4)
     grad = torch.randn(want.shape, dtype=torch.float64)
-    (dx,) = torch.autograd.grad(got, (x,), grad.float())
-    (want_dx,) = torch.autograd.grad(want, (x,), grad)
-    assert_close("dx", want_dx, dx.double(), atol=2e-4, rtol=1e-4)
+    for name, a, c in zip(("dx", "dW", "dshift", "dbias"), torch.autograd.grad(want, (x, w, shift, b), grad),
+                          torch.autograd.grad(got, (x, w, shift, b), grad.float())):
+        assert_close(name, a, c.double(), atol=5e-4, rtol=1e-4)
 
 
 @needs_cpp

@@ -18,4 +18,8 @@ const char* weight_shift_fwd_cpu(const float* x, const float* w, const float* dw
 const char* weight_shift_bwd_dx_cpu(const float* dy, const float* w, const float* dw, float* dx, index_t B,
                                     index_t L, index_t K, index_t N);
 
+// dy (B, L, N), x (B, L, K) -> ddw (B, N, K) = dy[b]^T x[b].
+const char* weight_shift_bwd_dshift_cpu(const float* dy, const float* x, float* ddw, index_t B, index_t L, index_t K,
+                                        index_t N);
+
 }  // namespace reactfast

@@ -1,8 +1,8 @@
 """Per-listener weight-shift linear: y[b] = x[b] (W + dW[b])^T + bias without forming W + dW
-(SPEC 3.2). Triton on CUDA tensors; on CPU the C++ AVX-512 kernels (forward and dx, float32; W and
+(SPEC 3.2). Triton on CUDA tensors; on CPU the C++ AVX-512 kernels (float32; W and
 dW[b] summed in registers) where the processor has AVX-512F, else the reference
-(x W^T + bmm(x, dW^T)), logged once. d(dW)[b] = dy[b]^T x[b] is a plain batched product (bmm)
-on CPU. Low-rank shifts dW[b] = U[b] V[b]^T always use the factored products (x V) U^T,
+(x W^T + bmm(x, dW^T)), logged once; the C++ backward computes dx and d(dW)[b] = dy[b]^T x[b].
+Low-rank shifts dW[b] = U[b] V[b]^T always use the factored products (x V) U^T,
 cheaper than any full-rank kernel."""
 
 from __future__ import annotations
@@ -74,14 +74,18 @@ def _bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, shift: torch.T
         dx = weight_shift_bwd_dx(dy, weight, shift) if need_dx else empty
         dshift = weight_shift_bwd_dshift(dy, x) if need_dshift else empty.clone()
         return dx, dshift
-    if name == "cpp" and need_dx:
+    if name == "cpp":
         B, L, d_in = x.shape
-        dx = torch.empty_like(x)
-        _native.call("weight_shift_bwd_dx_cpu", dy, weight, shift, dx, B, L, d_in, weight.shape[0])
-    elif need_dx:
-        dx = torch.matmul(dy, weight) + torch.bmm(dy, shift)
-    else:
-        dx = empty
+        d_out = weight.shape[0]
+        dx, dshift = empty, empty.clone()
+        if need_dx:
+            dx = torch.empty_like(x)
+            _native.call("weight_shift_bwd_dx_cpu", dy, weight, shift, dx, B, L, d_in, d_out)
+        if need_dshift:
+            dshift = torch.empty_like(shift)
+            _native.call("weight_shift_bwd_dshift_cpu", dy, x, dshift, B, L, d_in, d_out)
+        return dx, dshift
+    dx = torch.matmul(dy, weight) + torch.bmm(dy, shift) if need_dx else empty
     dshift = torch.bmm(dy.transpose(1, 2), x) if need_dshift else empty.clone()
     return dx, dshift
 
