@@ -199,9 +199,9 @@ inline void column_masks(index_t valid, __mmask16* mask) {
   }
 }
 
-// dx[b] = dy[b] (W + dW[b]): rows of dy x 64 columns of W + dW[b], reduction over d_out.
-void backward_dx(const float* dy, const float* w, const float* dw, float* dx, index_t B, index_t L, index_t K,
-                 index_t N) {
+// body(b, k0, mask) for every sample b and 64-column block k0 of d_in, in parallel.
+template <typename Body>
+void column_blocks(index_t B, index_t K, Body body) {
   const index_t width = kVecK * kLanes;
   const index_t kblocks = ceil_div(K, width);
   const index_t tasks = B * kblocks;
@@ -210,6 +210,14 @@ void backward_dx(const float* dy, const float* w, const float* dw, float* dx, in
     const index_t b = t / kblocks, k0 = (t % kblocks) * width;
     __mmask16 mask[kVecK];
     column_masks(K - k0, mask);
+    body(b, k0, mask);
+  }
+}
+
+// dx[b] = dy[b] (W + dW[b]): rows of dy x 64 columns of W + dW[b], reduction over d_out.
+void backward_dx(const float* dy, const float* w, const float* dw, float* dx, index_t B, index_t L, index_t K,
+                 index_t N) {
+  column_blocks(B, K, [=](index_t b, index_t k0, const __mmask16* mask) {
     const float* dwb = dw + b * N * K;
     for (index_t n0 = 0; n0 < N; n0 += kDepthN) {
       const index_t nc = N - n0 < kDepthN ? N - n0 : kDepthN;
@@ -221,19 +229,12 @@ void backward_dx(const float* dy, const float* w, const float* dw, float* dx, in
         rows_tile<1, true>(dy + (b * L + m) * N + n0, N, 1, w + n0 * K + k0, dwb + n0 * K + k0, K, nc,
                            dx + (b * L + m) * K + k0, K, mask, n0 == 0);
     }
-  }
+  });
 }
 
 // d(dW)[b] = dy[b]^T x[b]: rows of dW (d_out) x 64 columns (d_in), reduction over tokens.
 void backward_dshift(const float* dy, const float* x, float* ddw, index_t B, index_t L, index_t K, index_t N) {
-  const index_t width = kVecK * kLanes;
-  const index_t kblocks = ceil_div(K, width);
-  const index_t tasks = B * kblocks;
-#pragma omp parallel for schedule(dynamic, 1)
-  for (index_t t = 0; t < tasks; ++t) {
-    const index_t b = t / kblocks, k0 = (t % kblocks) * width;
-    __mmask16 mask[kVecK];
-    column_masks(K - k0, mask);
+  column_blocks(B, K, [=](index_t b, index_t k0, const __mmask16* mask) {
     const float* dyb = dy + b * L * N;
     const float* xb = x + b * L * K + k0;
     float* out = ddw + b * N * K + k0;
@@ -245,7 +246,7 @@ void backward_dshift(const float* dy, const float* x, float* ddw, index_t B, ind
       for (; n < N; ++n)
         rows_tile<1, false>(dyb + m0 * N + n, 1, N, xb + m0 * K, nullptr, K, mc, out + n * K, K, mask, m0 == 0);
     }
-  }
+  });
 }
 
 }  // namespace
