@@ -101,7 +101,7 @@ def test_training_step_vs_authors_loop_cpu(bench_report, best_times):
     want = [g.clone() for g in loop()]
     for name, a, c in zip(("dx", "dshift", "dW"), want, batched()):
         assert_close(name, a, c, atol=1e-2, rtol=1e-3)
-    t = best_times({"loop": loop, "batched": batched, "reference": lambda: batched("reference")}, rounds=3)
+    t = best_times({"loop": loop, "batched": batched, "reference": lambda: batched("reference")}, rounds=5)
     t_loop, t_batched, t_ref = t["loop"], t["batched"], t["reference"]
     bench_report(f"weight shift B={B} {D_OUT}x{D_IN} L={L} CPU forward+backward: authors' loop {t_loop * 1e3:.1f} ms; "
                  f"batched {t_batched * 1e3:.1f} ms -> {t_loop / t_batched:.2f}x; batched reference "

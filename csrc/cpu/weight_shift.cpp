@@ -232,21 +232,35 @@ void backward_dx(const float* dy, const float* w, const float* dw, float* dx, in
   });
 }
 
-// d(dW)[b] = dy[b]^T x[b]: rows of dW (d_out) x 64 columns (d_in), reduction over tokens.
+// d(dW)[b] = dy[b]^T x[b]: rows of dW (d_out) x 64 columns (d_in), reduction over tokens. Each task
+// writes one contiguous slab of 96 rows, so the (usually freshly allocated) output is first touched
+// in order rather than in strips by every thread at once.
 void backward_dshift(const float* dy, const float* x, float* ddw, index_t B, index_t L, index_t K, index_t N) {
-  column_blocks(B, K, [=](index_t b, index_t k0, const __mmask16* mask) {
+  constexpr index_t kSlab = 16 * kRowsM;
+  const index_t width = kVecK * kLanes;
+  const index_t slabs = ceil_div(N, kSlab);
+  const index_t tasks = B * slabs;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (index_t t = 0; t < tasks; ++t) {
+    const index_t b = t / slabs, n_lo = (t % slabs) * kSlab;
+    const index_t n_hi = n_lo + kSlab < N ? n_lo + kSlab : N;
     const float* dyb = dy + b * L * N;
-    const float* xb = x + b * L * K + k0;
-    float* out = ddw + b * N * K + k0;
-    for (index_t m0 = 0; m0 < L; m0 += kDepthN) {
-      const index_t mc = L - m0 < kDepthN ? L - m0 : kDepthN;
-      index_t n = 0;
-      for (; n + kRowsM <= N; n += kRowsM)
-        rows_tile<kRowsM, false>(dyb + m0 * N + n, 1, N, xb + m0 * K, nullptr, K, mc, out + n * K, K, mask, m0 == 0);
-      for (; n < N; ++n)
-        rows_tile<1, false>(dyb + m0 * N + n, 1, N, xb + m0 * K, nullptr, K, mc, out + n * K, K, mask, m0 == 0);
+    for (index_t k0 = 0; k0 < K; k0 += width) {
+      __mmask16 mask[kVecK];
+      column_masks(K - k0, mask);
+      const float* xb = x + b * L * K + k0;
+      float* out = ddw + b * N * K + k0;
+      for (index_t m0 = 0; m0 < L; m0 += kDepthN) {
+        const index_t mc = L - m0 < kDepthN ? L - m0 : kDepthN;
+        index_t n = n_lo;
+        for (; n + kRowsM <= n_hi; n += kRowsM)
+          rows_tile<kRowsM, false>(dyb + m0 * N + n, 1, N, xb + m0 * K, nullptr, K, mc, out + n * K, K, mask,
+                                   m0 == 0);
+        for (; n < n_hi; ++n)
+          rows_tile<1, false>(dyb + m0 * N + n, 1, N, xb + m0 * K, nullptr, K, mc, out + n * K, K, mask, m0 == 0);
+      }
     }
-  });
+  }
 }
 
 }  // namespace
