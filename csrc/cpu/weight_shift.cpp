@@ -10,8 +10,9 @@
 // (4 vectors, summed in registers once per row of W and shared by the 6 rows of dy). The shift's
 // gradient d(dW)[b] = dy[b]^T x[b] runs on the same tile: 6 rows of dW x 64 columns of x[b].
 //
-// Both use OpenMP over (sample, token chunk, row range) tasks. Outside x86-64 with GCC the kernels
-// are not built and weight_shift_cpu_supported() is false (the op then uses the reference).
+// OpenMP tasks: forward (sample, token chunk, row range), dx (sample, 64-column block), d(dW)
+// (sample, 96-row slab). Outside x86-64 with GCC the kernels are not built and
+// weight_shift_cpu_supported() is false (the op then uses the reference).
 #include "reactfast/weight_shift.h"
 
 #include <cstdlib>
