@@ -1,5 +1,7 @@
-// pybind11 module reactfast._C: raw pointers and sizes as Python ints, no torch headers.
-// Python (ops/) validates every argument before calling in; these functions trust them.
+// pybind11 module reactfast._C over raw buffers, no torch headers. A buffer argument is any object
+// with a data_ptr() method (a torch tensor), a Python int address, or None (no buffer); sizes are
+// Python ints. Python (reactfast.ops) validates every argument before calling in; these functions
+// trust them. python/reactfast/_C.pyi lists the signatures.
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
@@ -22,25 +24,26 @@ using reactfast::index_t;
 
 namespace {
 
+// Pointers are read while the GIL is held, before it is released for the work.
 template <typename T>
-T* ptr(std::uintptr_t p) {
-  return reinterpret_cast<T*>(p);
+T* ptr(const py::handle& h) {
+  if (h.is_none()) return nullptr;
+  if (py::isinstance<py::int_>(h)) return reinterpret_cast<T*>(h.cast<std::uintptr_t>());
+  return reinterpret_cast<T*>(h.attr("data_ptr")().cast<std::uintptr_t>());
 }
 
-#if defined(REACTFAST_WITH_CUDA)
-void check_cuda(const char* err, const char* what) {
+void* stream_of(std::uintptr_t stream) { return reinterpret_cast<void*>(stream); }
+
+void check(const char* err, const char* what) {
   if (err != nullptr) throw std::runtime_error(std::string(what) + ": " + err);
 }
-#endif
 
-void check_cpu(const char* err) {
-  if (err != nullptr) throw std::runtime_error(err);
-}
-
+#if !defined(REACTFAST_WITH_CUDA)
 [[noreturn]] void no_cuda(const char* what) {
   throw std::runtime_error(std::string(what) +
                            ": reactfast._C was built without CUDA (REACTFAST_CUDA=OFF or no nvcc)");
 }
+#endif
 
 reactfast::DtwGroups make_groups(const py::list& spec) {
   reactfast::DtwGroups g{};
@@ -55,6 +58,8 @@ reactfast::DtwGroups make_groups(const py::list& spec) {
   }
   return g;
 }
+
+using Buf = const py::object&;
 
 }  // namespace
 
@@ -96,116 +101,142 @@ PYBIND11_MODULE(_C, m) {
 #endif
   });
 
-  m.def("frame_diff_cpu", [](std::uintptr_t x, std::uintptr_t out, index_t B, index_t T, index_t D) {
+  m.def("frame_diff_cpu", [](Buf x, Buf out, index_t B, index_t T, index_t D) {
+    auto px = ptr<const float>(x);
+    auto po = ptr<float>(out);
     py::gil_scoped_release release;
-    reactfast::frame_diff_cpu(ptr<const float>(x), ptr<float>(out), B, T, D);
+    reactfast::frame_diff_cpu(px, po, B, T, D);
   }, py::arg("x"), py::arg("out"), py::arg("B"), py::arg("T"), py::arg("D"));
 
-  m.def("frame_diff_cuda", [](std::uintptr_t x, std::uintptr_t out, index_t B, index_t T, index_t D,
-                              std::uintptr_t stream) {
+  m.def("frame_diff_cuda", [](Buf x, Buf out, index_t B, index_t T, index_t D, std::uintptr_t stream) {
 #if defined(REACTFAST_WITH_CUDA)
+    auto px = ptr<const float>(x);
+    auto po = ptr<float>(out);
     const char* err;
     {
       py::gil_scoped_release release;
-      err = reactfast::frame_diff_cuda(ptr<const float>(x), ptr<float>(out), B, T, D,
-                                       reinterpret_cast<void*>(stream));
+      err = reactfast::frame_diff_cuda(px, po, B, T, D, stream_of(stream));
     }
-    check_cuda(err, "frame_diff_cuda");
+    check(err, "frame_diff_cuda");
 #else
     no_cuda("frame_diff_cuda");
 #endif
   }, py::arg("x"), py::arg("out"), py::arg("B"), py::arg("T"), py::arg("D"), py::arg("stream") = 0);
 
-  m.def("dtw_pairs_cpu", [](std::uintptr_t x, std::uintptr_t y, std::uintptr_t out, index_t P, index_t Tx,
-                            index_t Ty, index_t D) {
+  m.def("dtw_pairs_cpu", [](Buf x, Buf y, Buf out, index_t P, index_t Tx, index_t Ty, index_t D) {
+    auto px = ptr<const float>(x);
+    auto py_ = ptr<const float>(y);
+    auto po = ptr<double>(out);
     py::gil_scoped_release release;
-    reactfast::dtw_pairs_cpu(ptr<const float>(x), ptr<const float>(y), ptr<double>(out), P, Tx, Ty, D);
-  });
+    reactfast::dtw_pairs_cpu(px, py_, po, P, Tx, Ty, D);
+  }, "DTW of each pair (x[p], y[p])");
 
-  m.def("weighted_dtw_min_cpu", [](std::uintptr_t x, std::uintptr_t y, std::uintptr_t cand_offset,
-                                   std::uintptr_t cand_index, index_t M, index_t G, index_t Tx, index_t Ty,
-                                   index_t D, const py::list& groups, bool abandon, std::uintptr_t out_min,
-                                   std::uintptr_t out_arg) {
+  m.def("weighted_dtw_min_cpu", [](Buf x, Buf y, Buf cand_offset, Buf cand_index, index_t M, index_t G, index_t Tx,
+                                   index_t Ty, index_t D, const py::list& groups, bool abandon, Buf out_min,
+                                   Buf out_arg) {
     const auto g = make_groups(groups);
+    auto px = ptr<const float>(x);
+    auto py_ = ptr<const float>(y);
+    auto po = ptr<const index_t>(cand_offset);
+    auto pi = ptr<const index_t>(cand_index);
+    auto pmin = ptr<double>(out_min);
+    auto parg = ptr<index_t>(out_arg);
     index_t cells = 0;
     {
       py::gil_scoped_release release;
-      reactfast::weighted_dtw_min_cpu(ptr<const float>(x), ptr<const float>(y), ptr<const index_t>(cand_offset),
-                                      ptr<const index_t>(cand_index), M, G, Tx, Ty, D, g, abandon,
-                                      ptr<double>(out_min), ptr<index_t>(out_arg), &cells);
+      reactfast::weighted_dtw_min_cpu(px, py_, po, pi, M, G, Tx, Ty, D, g, abandon, pmin, parg, &cells);
     }
     return cells;
   }, "min over candidates of the weighted group DTW; returns the number of DP cells computed");
 
-  m.def("group_dtw_pairs_cuda", [](std::uintptr_t x, std::uintptr_t y, std::uintptr_t qi, std::uintptr_t ci,
-                                   index_t P, index_t Tx, index_t Ty, index_t D, const py::list& groups,
-                                   std::uintptr_t out, std::uintptr_t stream) {
+  m.def("group_dtw_pairs_cuda", [](Buf x, Buf y, Buf qi, Buf ci, index_t P, index_t Tx, index_t Ty, index_t D,
+                                   const py::list& groups, Buf out, std::uintptr_t stream) {
 #if defined(REACTFAST_WITH_CUDA)
     const auto g = make_groups(groups);
+    auto px = ptr<const float>(x);
+    auto py_ = ptr<const float>(y);
+    auto pq = ptr<const index_t>(qi);
+    auto pc = ptr<const index_t>(ci);
+    auto po = ptr<double>(out);
     const char* err;
     {
       py::gil_scoped_release release;
-      err = reactfast::group_dtw_pairs_cuda(ptr<const float>(x), ptr<const float>(y), ptr<const index_t>(qi),
-                                            ptr<const index_t>(ci), P, Tx, Ty, D, g, ptr<double>(out),
-                                            reinterpret_cast<void*>(stream));
+      err = reactfast::group_dtw_pairs_cuda(px, py_, pq, pc, P, Tx, Ty, D, g, po, stream_of(stream));
     }
-    check_cuda(err, "group_dtw_pairs_cuda");
+    check(err, "group_dtw_pairs_cuda");
 #else
     no_cuda("group_dtw_pairs_cuda");
 #endif
-  });
+  }, "per-group DTW of the pairs (x[qi[p]], y[ci[p]]) on the GPU");
 
-  m.def("ccc_pairs_cpu", [](std::uintptr_t x, std::uintptr_t y, std::uintptr_t out, index_t P, index_t T,
-                            index_t D) {
+  m.def("ccc_pairs_cpu", [](Buf x, Buf y, Buf out, index_t P, index_t T, index_t D) {
+    auto px = ptr<const float>(x);
+    auto py_ = ptr<const float>(y);
+    auto po = ptr<double>(out);
     py::gil_scoped_release release;
-    reactfast::ccc_pairs_cpu(ptr<const float>(x), ptr<const float>(y), ptr<double>(out), P, T, D);
-  });
+    reactfast::ccc_pairs_cpu(px, py_, po, P, T, D);
+  }, "per-dim CCC of each pair (x[p], y[p])");
 
-  m.def("ccc_max_cpu", [](std::uintptr_t x, std::uintptr_t y, std::uintptr_t cand_offset, std::uintptr_t cand_index,
-                          index_t M, index_t G, index_t T, index_t D, std::uintptr_t out_max, std::uintptr_t out_arg) {
+  m.def("ccc_max_cpu", [](Buf x, Buf y, Buf cand_offset, Buf cand_index, index_t M, index_t G, index_t T, index_t D,
+                          Buf out_max, Buf out_arg) {
+    auto px = ptr<const float>(x);
+    auto py_ = ptr<const float>(y);
+    auto po = ptr<const index_t>(cand_offset);
+    auto pi = ptr<const index_t>(cand_index);
+    auto pmax = ptr<double>(out_max);
+    auto parg = ptr<index_t>(out_arg);
     py::gil_scoped_release release;
-    reactfast::ccc_max_cpu(ptr<const float>(x), ptr<const float>(y), ptr<const index_t>(cand_offset),
-                           ptr<const index_t>(cand_index), M, G, T, D, ptr<double>(out_max), ptr<index_t>(out_arg));
-  });
+    reactfast::ccc_max_cpu(px, py_, po, pi, M, G, T, D, pmax, parg);
+  }, "max over candidates of the mean-over-dims CCC");
 
-  m.def("tlcc_cpu", [](std::uintptr_t x, std::uintptr_t y, std::uintptr_t rs, index_t M, index_t T, index_t D,
-                       index_t L) {
+  m.def("tlcc_cpu", [](Buf x, Buf y, Buf rs, index_t M, index_t T, index_t D, index_t L) {
+    auto px = ptr<const float>(x);
+    auto py_ = ptr<const float>(y);
+    auto pr = ptr<float>(rs);
     py::gil_scoped_release release;
-    reactfast::tlcc_cpu(ptr<const float>(x), ptr<const float>(y), ptr<float>(rs), M, T, D, L);
-  });
+    reactfast::tlcc_cpu(px, py_, pr, M, T, D, L);
+  }, "lagged correlation curves rs (M, 2L + 1)");
+
   m.def("weight_shift_cpu_supported", &reactfast::weight_shift_cpu_supported,
         "whether the AVX-512 weight-shift kernels can run on this processor");
 
-  m.def("weight_shift_fwd_cpu", [](std::uintptr_t x, std::uintptr_t w, std::uintptr_t dw, std::uintptr_t bias,
-                                   std::uintptr_t y, index_t B, index_t L, index_t K, index_t N) {
+  m.def("weight_shift_fwd_cpu", [](Buf x, Buf w, Buf dw, Buf bias, Buf y, index_t B, index_t L, index_t K,
+                                   index_t N) {
+    auto px = ptr<const float>(x);
+    auto pw = ptr<const float>(w);
+    auto pdw = ptr<const float>(dw);
+    auto pb = ptr<const float>(bias);
+    auto py_ = ptr<float>(y);
     const char* err;
     {
       py::gil_scoped_release release;
-      err = reactfast::weight_shift_fwd_cpu(ptr<const float>(x), ptr<const float>(w), ptr<const float>(dw),
-                                            ptr<const float>(bias), ptr<float>(y), B, L, K, N);
+      err = reactfast::weight_shift_fwd_cpu(px, pw, pdw, pb, py_, B, L, K, N);
     }
-    check_cpu(err);
-  }, "y[b] = x[b] (W + dW[b])^T + bias; bias may be 0 (none)");
+    check(err, "weight_shift_fwd_cpu");
+  }, "y[b] = x[b] (W + dW[b])^T + bias; bias may be None");
 
-  m.def("weight_shift_bwd_dx_cpu", [](std::uintptr_t dy, std::uintptr_t w, std::uintptr_t dw, std::uintptr_t dx,
-                                      index_t B, index_t L, index_t K, index_t N) {
+  m.def("weight_shift_bwd_dx_cpu", [](Buf dy, Buf w, Buf dw, Buf dx, index_t B, index_t L, index_t K, index_t N) {
+    auto pdy = ptr<const float>(dy);
+    auto pw = ptr<const float>(w);
+    auto pdw = ptr<const float>(dw);
+    auto pdx = ptr<float>(dx);
     const char* err;
     {
       py::gil_scoped_release release;
-      err = reactfast::weight_shift_bwd_dx_cpu(ptr<const float>(dy), ptr<const float>(w), ptr<const float>(dw),
-                                               ptr<float>(dx), B, L, K, N);
+      err = reactfast::weight_shift_bwd_dx_cpu(pdy, pw, pdw, pdx, B, L, K, N);
     }
-    check_cpu(err);
+    check(err, "weight_shift_bwd_dx_cpu");
   }, "dx[b] = dy[b] (W + dW[b])");
 
-  m.def("weight_shift_bwd_dshift_cpu", [](std::uintptr_t dy, std::uintptr_t x, std::uintptr_t ddw, index_t B,
-                                          index_t L, index_t K, index_t N) {
+  m.def("weight_shift_bwd_dshift_cpu", [](Buf dy, Buf x, Buf ddw, index_t B, index_t L, index_t K, index_t N) {
+    auto pdy = ptr<const float>(dy);
+    auto px = ptr<const float>(x);
+    auto pddw = ptr<float>(ddw);
     const char* err;
     {
       py::gil_scoped_release release;
-      err = reactfast::weight_shift_bwd_dshift_cpu(ptr<const float>(dy), ptr<const float>(x), ptr<float>(ddw), B, L,
-                                                   K, N);
+      err = reactfast::weight_shift_bwd_dshift_cpu(pdy, px, pddw, B, L, K, N);
     }
-    check_cpu(err);
+    check(err, "weight_shift_bwd_dshift_cpu");
   }, "d(dW)[b] = dy[b]^T x[b]");
 }

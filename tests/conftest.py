@@ -1,30 +1,48 @@
-"""Test set-up. TRITON_INTERPRET must be set before any Triton kernel module is imported, so
-that every Triton kernel runs (through the interpreter, on CPU tensors) where CUDA is absent."""
+"""Test set-up: tests follow the device. Every device-aware test takes the ``device`` fixture (cpu,
+and cuda where a GPU exists). Triton kernels run on CUDA tensors where a GPU exists and through
+the interpreter on CPU tensors where none does: ``TRITON_INTERPRET`` must be set before the
+kernel modules are imported, so it is set here, before reactfast is imported. Every kernel output
+is poisoned (NaN) before the kernel writes it."""
 
 import os
 
 import torch
 
-if not torch.cuda.is_available():
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
 
 from reactfast import _backend  # noqa: E402
 
-HAS_CUDA = torch.cuda.is_available()
+DEVICES = ["cpu", "cuda"] if HAS_CUDA else ["cpu"]
+# Where the Triton kernels run in this session: CUDA tensors, or the interpreter's CPU tensors.
+TRITON_DEVICE = "cuda" if HAS_CUDA else "cpu"
 
 
 def devices():
-    return ["cpu", "cuda"] if HAS_CUDA else ["cpu"]
+    return list(DEVICES)
 
 
-def usable_backends(op_implemented, device):
+def usable_backends(op_implemented, device, op=None):
     """The backends of an op that can run on ``device`` here."""
     device_type = torch.device(device).type
-    return [b for b in op_implemented if _backend.backend_status(b, device_type)[0]]
+    return [b for b in op_implemented if _backend.backend_status(b, device_type, op)[0]]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return torch.device(request.param)
 
 
 @pytest.fixture(autouse=True)
 def _no_forced_backend(monkeypatch):
     monkeypatch.delenv("REACTFAST_BACKEND", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _poisoned_outputs():
+    previous = _backend.poison_outputs(True)
+    yield
+    _backend.poison_outputs(previous)

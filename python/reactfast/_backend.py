@@ -22,7 +22,7 @@ import functools
 import importlib
 import logging
 import os
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -32,6 +32,7 @@ BACKENDS = ("cuda", "triton", "cpp", "reference")
 _AUTO_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpp", "reference")}
 _logged: set = set()
 _requirements: dict = {}
+_implemented: Dict[str, Tuple[str, ...]] = {}
 
 
 def register_requirement(op: str, backend: str, status) -> None:
@@ -82,31 +83,53 @@ def cuda_status() -> Tuple[bool, str]:
 
 
 def triton_interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    """Whether the Triton kernels were imported for the interpreter (TRITON_INTERPRET=1 at import)."""
+    from reactfast import kernels
 
-
-@functools.lru_cache(maxsize=None)
-def _triton_import() -> Tuple[bool, str]:
-    try:
-        import triton  # noqa: F401
-    except ImportError as exc:
-        return False, f"triton is not installed ({exc}); pip install triton==3.7.1"
-    return True, "ok"
+    return kernels.INTERPRET
 
 
 def triton_status(device_type: str = "cuda") -> Tuple[bool, str]:
-    ok, reason = _triton_import()
-    if not ok:
-        return ok, reason
+    from reactfast import kernels
+
+    if not kernels.AVAILABLE:
+        return False, kernels.REASON
     if device_type == "cuda":
+        if kernels.INTERPRET:
+            return False, "the Triton kernels were imported for the interpreter (TRITON_INTERPRET=1): CPU tensors only"
         if not torch.cuda.is_available():
             return False, "torch sees no CUDA device"
         return True, "ok"
     if device_type == "cpu":
-        if triton_interpret():
+        if kernels.INTERPRET:
             return True, "ok (TRITON_INTERPRET=1, interpreter on CPU)"
-        return False, "Triton runs CPU tensors only with TRITON_INTERPRET=1 set before import"
+        return False, "Triton runs CPU tensors only with TRITON_INTERPRET=1 set before reactfast is imported"
     return False, f"Triton does not run on device type {device_type!r}"
+
+
+def cuda_stream(t: torch.Tensor) -> int:
+    """The current CUDA stream of ``t``'s device as an int (0 for CPU tensors), for ``reactfast._C``."""
+    return torch.cuda.current_stream(t.device).cuda_stream if t.is_cuda else 0
+
+
+_poison = os.environ.get("REACTFAST_POISON", "0") not in ("", "0")
+
+
+def poison_outputs(enabled: bool) -> bool:
+    """Fill every kernel output buffer with NaN (integers: -1) before the kernel writes it, so a test
+    catches elements a kernel leaves unwritten. Returns the previous setting. Off by default
+    (``REACTFAST_POISON=1`` turns it on at import)."""
+    global _poison
+    previous, _poison = _poison, bool(enabled)
+    return previous
+
+
+def empty(shape, dtype: torch.dtype, device) -> torch.Tensor:
+    """An output buffer for a kernel to fill (poisoned when :func:`poison_outputs` is on)."""
+    if not _poison:
+        return torch.empty(shape, dtype=dtype, device=device)
+    fill = float("nan") if dtype.is_floating_point else -1
+    return torch.full(shape, fill, dtype=dtype, device=device)
 
 
 def backend_status(backend: str, device_type: str, op: Optional[str] = None) -> Tuple[bool, str]:
@@ -135,29 +158,49 @@ def _general_status(backend: str, device_type: str) -> Tuple[bool, str]:
     raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
 
 
-def forced_backend(op: str) -> Optional[str]:
-    """The backend ``REACTFAST_BACKEND`` forces for ``op``, or None."""
-    spec = os.environ.get("REACTFAST_BACKEND", "").strip()
-    if not spec:
-        return None
-    default = None
-    for part in spec.split(","):
+def parse_spec(spec: Optional[str]) -> Tuple[Optional[str], Dict[str, str]]:
+    """A backend spec as ``REACTFAST_BACKEND`` takes it: one name for every op (``"reference"``),
+    names per op (``"dtw:cpp,biased_attention:triton"``), or both. Returns (default, {op: name})."""
+    default, per_op = None, {}
+    for part in (spec or "").split(","):
         part = part.strip()
         if not part:
             continue
         name, sep, value = part.partition(":")
         if sep:
-            if name.strip() == op:
-                return _checked_name(value.strip())
+            per_op[name.strip()] = _checked_name(value.strip())
         else:
             default = _checked_name(name)
-    return default
+    return default, per_op
 
 
 def _checked_name(name: str) -> str:
     if name not in BACKENDS:
-        raise ValueError(f"REACTFAST_BACKEND names unknown backend {name!r}; expected one of {BACKENDS}")
+        raise ValueError(f"backend spec names unknown backend {name!r}; expected one of {BACKENDS}")
     return name
+
+
+def forced_backend(op: str) -> Optional[str]:
+    """The backend ``REACTFAST_BACKEND`` forces for ``op``, or None."""
+    default, per_op = parse_spec(os.environ.get("REACTFAST_BACKEND", ""))
+    return per_op.get(op, default)
+
+
+def register_op(op: str, implemented: Sequence[str]) -> None:
+    """Record the backends an op family implements (for :func:`for_op`)."""
+    _implemented[op] = tuple(implemented)
+
+
+def for_op(spec: Optional[str], op: str) -> Optional[str]:
+    """The backend a caller's spec (``backend=`` of a model, a metric suite, the command line) asks of
+    ``op``: its per-op name if the spec names one (a forced choice), else the spec's single name if
+    ``op`` implements it, else None (automatic)."""
+    if not spec:
+        return None
+    default, per_op = parse_spec(spec)
+    if op in per_op:
+        return per_op[op]
+    return default if default in _implemented.get(op, BACKENDS) else None
 
 
 def select(op: str, device: torch.device, implemented: Sequence[str], backend: Optional[str] = None) -> str:

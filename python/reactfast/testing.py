@@ -40,3 +40,31 @@ def assert_close(name: str, ref, out, atol: float = 1e-5, rtol: float = 1e-5, ma
         raise AssertionError(
             f"{name}: {int(bad.sum())} of {bad.numel()} elements differ (atol={atol}, rtol={rtol}); "
             f"max abs err {max_abs:.3e}, RMS ratio {rms_ratio:.3e}; first: {pairs}")
+
+
+# Largest ||out - ref|| / ||ref|| against a float64 reference, by the precision of the arithmetic.
+TOLERANCE = {torch.bfloat16: 1e-2, torch.float16: 2e-3, "tf32": 1e-3, torch.float32: 1e-5, torch.float64: 1e-12}
+
+
+def assert_rel_close(name: str, ref, out, precision) -> float:
+    """Assert ``||out - ref|| / ||ref|| <= TOLERANCE[precision]`` (or ``precision`` itself when it is a
+    float), with ``ref`` computed in float64. Shapes must match and ``out`` may hold no NaN or Inf
+    where ``ref`` is finite. Returns the measured relative error."""
+    tol = precision if isinstance(precision, float) else TOLERANCE[precision]
+    ref_t = _as_tensor(ref).to(torch.float64)
+    out_t = _as_tensor(out).to(torch.float64)
+    if ref_t.shape != out_t.shape:
+        raise AssertionError(f"{name}: shape {tuple(out_t.shape)} != reference shape {tuple(ref_t.shape)}")
+    finite = torch.isfinite(ref_t)
+    bad = finite & ~torch.isfinite(out_t)
+    if bool(bad.any()):
+        idx = torch.nonzero(bad)[:5].tolist()
+        raise AssertionError(f"{name}: {int(bad.sum())} non-finite values where the reference is finite, first at {idx}")
+    diff = (out_t - ref_t)[finite]
+    denom = float(ref_t[finite].norm())
+    err = float(diff.norm()) / denom if denom > 0 else float(diff.norm())
+    if not err <= tol:
+        worst = int(diff.abs().argmax()) if diff.numel() else 0
+        raise AssertionError(f"{name}: relative error {err:.3e} > {tol:.1e} (||ref|| {denom:.3e}, max abs err "
+                             f"{float(diff.abs().max()) if diff.numel() else 0.0:.3e} at flat index {worst})")
+    return err

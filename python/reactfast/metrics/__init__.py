@@ -22,16 +22,17 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
-from reactfast.ops import _candidates
-from reactfast.ops.ccc import ccc_max
-from reactfast.ops.dtw import REACT_GROUPS, weighted_dtw_min
-from reactfast.ops.tlcc import tlcc
-from reactfast.reference.tlcc import tlcc_offset
+from reactfast import _backend
+from reactfast.metrics import candidates
+from reactfast.ops.ccc import ccc_max_unchecked
+from reactfast.ops.dtw import REACT_GROUPS, check_groups, weighted_dtw_min_unchecked
+from reactfast.ops.tlcc import tlcc_unchecked
 
 EMOTION_DIM = 25
 METRICS = ("FRCorr", "FRDist", "FRDiv", "FRDvs", "FRVar", "FRSyn")
 
-__all__ = ["evaluate", "frcorr", "frdist", "frdiv", "frdvs", "frvar", "frsyn", "check_inputs", "METRICS"]
+__all__ = ["evaluate", "frcorr", "frdist", "frdiv", "frdvs", "frvar", "frsyn", "sync_offsets", "check_inputs",
+           "METRICS"]
 
 
 def _as_tensor(name: str, x, ndim: int) -> torch.Tensor:
@@ -87,8 +88,8 @@ def check_inputs(pred, listener_gt=None, speaker=None, appropriate=None):
     return tuple(out)
 
 
-def _chunks(N: int, S: int, chunk: int, desc: str, progress: bool):
-    starts = range(0, N, chunk)
+def _chunks(n: int, chunk: int, desc: str, progress: bool):
+    starts = range(0, n, chunk)
     if progress:
         from tqdm.auto import tqdm
 
@@ -103,16 +104,31 @@ def _rows(rows, N):
     return rows
 
 
-def _sum_best(kernel, pred, listener_gt, a, rows, chunk, desc, progress, **kw) -> float:
-    """sum over rows k and samples i of kernel's best value over A(k), divided by N."""
+def _sum_best(kernel, pred, listener_gt, a, rows, chunk, desc, progress) -> float:
+    """sum over rows k and samples i of ``kernel``'s best value over A(k), divided by N."""
     N, S, T, D = pred.shape
     rows = _rows(rows, N)
     total = 0.0
-    for lo in _chunks(len(rows), S, chunk, desc, progress):
+    for lo in _chunks(len(rows), chunk, desc, progress):
         part = rows[lo:lo + chunk]
-        best, _ = kernel(pred[part].reshape(-1, T, D), listener_gt, _candidates.from_appropriate(a, S, part), **kw)
+        offset, index = candidates.from_appropriate(a, S, part)
+        best = kernel(pred[part].reshape(-1, T, D), listener_gt, offset.to(pred.device), index.to(pred.device))[0]
         total += float(best.sum())
     return total / N
+
+
+def _frcorr(pred, listener_gt, a, chunk=64, progress=False, backend=None, rows=None) -> float:
+    op = _backend.for_op(backend, "ccc")
+    return _sum_best(lambda *args: ccc_max_unchecked(*args, backend=op), pred, listener_gt, a, rows, chunk,
+                     "FRCorr", progress)
+
+
+def _frdist(pred, listener_gt, a, chunk=16, progress=False, abandon=True, groups=REACT_GROUPS, backend=None,
+            rows=None) -> float:
+    op = _backend.for_op(backend, "dtw")
+    groups = check_groups(groups, pred.shape[-1])
+    return _sum_best(lambda *args: weighted_dtw_min_unchecked(*args, groups, abandon, op), pred, listener_gt, a,
+                     rows, chunk, "FRDist", progress)
 
 
 def frcorr(pred, listener_gt, appropriate, chunk: int = 64, progress: bool = False, backend=None,
@@ -122,7 +138,7 @@ def frcorr(pred, listener_gt, appropriate, chunk: int = 64, progress: bool = Fal
     ``rows``: compute only these speakers' terms (still divided by N), so that the results of
     disjoint row sets (e.g. one per process) add up to the metric."""
     pred, listener_gt, _, a = check_inputs(pred, listener_gt, None, appropriate)
-    return _sum_best(ccc_max, pred, listener_gt, a, rows, chunk, "FRCorr", progress, backend=backend)
+    return _frcorr(pred, listener_gt, a, chunk, progress, backend, rows)
 
 
 def frdist(pred, listener_gt, appropriate, chunk: int = 16, progress: bool = False, abandon: bool = True,
@@ -130,13 +146,10 @@ def frdist(pred, listener_gt, appropriate, chunk: int = 16, progress: bool = Fal
     """FRDist: the smallest weighted three-group DTW to an appropriate real reaction, summed over
     samples. ``rows`` as in :func:`frcorr`."""
     pred, listener_gt, _, a = check_inputs(pred, listener_gt, None, appropriate)
-    return _sum_best(weighted_dtw_min, pred, listener_gt, a, rows, chunk, "FRDist", progress, groups=groups,
-                     abandon=abandon, backend=backend)
+    return _frdist(pred, listener_gt, a, chunk, progress, abandon, groups, backend, rows)
 
 
-def frdiv(pred) -> float:
-    """FRDiv: mean squared distance between the S samples of each speaker (diversity)."""
-    (pred, *_) = check_inputs(pred)
+def _frdiv(pred) -> float:
     N, S = pred.shape[:2]
     if S == 1:
         return 0.0
@@ -147,9 +160,7 @@ def frdiv(pred) -> float:
     return float(per_speaker.mean())
 
 
-def frdvs(pred) -> float:
-    """FRDvs: mean squared distance between the reactions of different speakers, per sample index."""
-    (pred, *_) = check_inputs(pred)
+def _frdvs(pred) -> float:
     N, S = pred.shape[:2]
     if N == 1:
         return 0.0
@@ -158,12 +169,43 @@ def frdvs(pred) -> float:
     return float(2 * N * (centred ** 2).sum() / (N * (N - 1) * S * flat.shape[-1]))
 
 
-def frvar(pred) -> float:
-    """FRVar: mean over (speaker, sample, dim) of the unbiased variance over time."""
-    (pred, *_) = check_inputs(pred)
+def _frvar(pred) -> float:
     if pred.shape[2] < 2:
         raise ValueError(f"pred needs at least 2 frames for FRVar, got shape {tuple(pred.shape)}")
     return float(pred.double().var(dim=2, unbiased=True).mean())
+
+
+def sync_offsets(rs: torch.Tensor) -> torch.Tensor:
+    """|offset| of each lagged correlation curve rs (M, 2L + 1): |L - argmax_l rs(l)|, the argmax
+    returning the first NaN where a curve holds any (numpy's rule, as the official code)."""
+    nan = torch.isnan(rs)
+    first_nan = nan.to(torch.uint8).argmax(-1)
+    peak = torch.nan_to_num(rs, nan=float("-inf")).argmax(-1)
+    return (rs.shape[-1] // 2 - torch.where(nan.any(-1), first_nan, peak)).abs()
+
+
+def _frsyn(pred, speaker, max_lag=49, all_samples=False, backend=None) -> float:
+    N, S, T, D = pred.shape
+    samples = range(S) if all_samples else range(1)
+    x = torch.cat([pred[:, i] for i in samples]).contiguous()
+    y = speaker.repeat(len(samples), 1, 1)
+    rs = tlcc_unchecked(x, y, max_lag, _backend.for_op(backend, "tlcc"))
+    return float(sync_offsets(rs).double().mean())
+
+
+def frdiv(pred) -> float:
+    """FRDiv: mean squared distance between the S samples of each speaker (diversity)."""
+    return _frdiv(check_inputs(pred)[0])
+
+
+def frdvs(pred) -> float:
+    """FRDvs: mean squared distance between the reactions of different speakers, per sample index."""
+    return _frdvs(check_inputs(pred)[0])
+
+
+def frvar(pred) -> float:
+    """FRVar: mean over (speaker, sample, dim) of the unbiased variance over time."""
+    return _frvar(check_inputs(pred)[0])
 
 
 def frsyn(pred, speaker, max_lag: int = 49, all_samples: bool = False, backend=None) -> float:
@@ -173,17 +215,14 @@ def frsyn(pred, speaker, max_lag: int = 49, all_samples: bool = False, backend=N
     variant over every sample.
     """
     pred, _, speaker, _ = check_inputs(pred, None, speaker, None)
-    N, S, T, D = pred.shape
-    samples = range(S) if all_samples else range(1)
-    x = torch.cat([pred[:, i] for i in samples])
-    y = speaker.repeat(len(samples), 1, 1)
-    rs = tlcc(x, y, max_lag=max_lag, backend=backend).cpu().numpy()
-    return float(np.mean(tlcc_offset(rs)))
+    return _frsyn(pred, speaker, max_lag, all_samples, backend)
 
 
 def evaluate(pred, listener_gt, speaker, appropriate, progress: bool = False, abandon: bool = True,
              frsyn_all_samples: bool = False, backend: Optional[str] = None) -> Dict[str, float]:
     """All REACT metrics: {"FRCorr", "FRDist", "FRDiv", "FRDvs", "FRVar", "FRSyn"}.
+
+    Inputs on a CUDA device are evaluated there (their kernels' GPU paths); numpy arrays on the CPU.
 
     Args:
         pred: (N, S, T, 25) generated listener emotion.
@@ -193,7 +232,8 @@ def evaluate(pred, listener_gt, speaker, appropriate, progress: bool = False, ab
         progress: show tqdm progress bars for FRCorr and FRDist.
         abandon: exact early abandoning in FRDist (same result, faster).
         frsyn_all_samples: FRSyn over every sample instead of the official first-sample rule.
-        backend: force a backend for the kernels (``"cpp"``, ``"cuda"``, ``"reference"``).
+        backend: force the kernels' backend: one name (``"cpp"``, ``"cuda"``, ``"reference"``) for
+            every metric op that has it, or per op as ``"dtw:cuda,ccc:reference"``.
 
     Example:
         >>> scores = evaluate(pred, listener_gt, speaker, appropriate)
@@ -201,11 +241,10 @@ def evaluate(pred, listener_gt, speaker, appropriate, progress: bool = False, ab
     """
     pred, listener_gt, speaker, a = check_inputs(pred, listener_gt, speaker, appropriate)
     return {
-        "FRCorr": frcorr(pred, listener_gt, a, progress=progress, backend=backend),
-        "FRDist": frdist(pred, listener_gt, a, progress=progress, abandon=abandon, backend=backend),
-        "FRDiv": frdiv(pred),
-        "FRDvs": frdvs(pred),
-        "FRVar": frvar(pred),
-        "FRSyn": frsyn(pred, speaker, all_samples=frsyn_all_samples,
-                       backend=None if backend == "cuda" else backend),
+        "FRCorr": _frcorr(pred, listener_gt, a, progress=progress, backend=backend),
+        "FRDist": _frdist(pred, listener_gt, a, progress=progress, abandon=abandon, backend=backend),
+        "FRDiv": _frdiv(pred),
+        "FRDvs": _frdvs(pred),
+        "FRVar": _frvar(pred),
+        "FRSyn": _frsyn(pred, speaker, all_samples=frsyn_all_samples, backend=backend),
     }

@@ -1,6 +1,16 @@
-"""Public ops: validation, backend dispatch and custom-op registration (one module per op family)."""
+"""Public ops: validation, backend dispatch and custom-op registration, one module per op family.
+
+Each op has a pure-PyTorch reference of the same stem in ``reactfast.reference``, Triton kernels
+in ``reactfast.kernels`` and/or native kernels in ``reactfast._C`` (see ARCHITECTURE.md).
+"""
 
 from reactfast.ops.biased_attention import biased_attention
+from reactfast.ops.ccc import ccc, ccc_max
+from reactfast.ops.ddim import ddim_step
+from reactfast.ops.dtw import REACT_GROUPS, dtw, weighted_dtw_min
 from reactfast.ops.frame_diff import frame_diff
+from reactfast.ops.tlcc import tlcc
+from reactfast.ops.weight_shift import weight_shift_linear
 
-__all__ = ["biased_attention", "frame_diff"]
+__all__ = ["REACT_GROUPS", "biased_attention", "ccc", "ccc_max", "ddim_step", "dtw", "frame_diff", "tlcc",
+           "weighted_dtw_min", "weight_shift_linear"]

@@ -31,3 +31,29 @@ def check_same_device(**tensors: torch.Tensor) -> torch.device:
             desc = ", ".join(f"{n} on {d}" for n, d in devices.items())
             raise ValueError(f"{name} must be on the same device as the other inputs ({desc})")
     return first
+
+
+def check_candidates(name: str, candidates, num_queries: int, num_targets: int):
+    """A CSR candidate list: (offset (M + 1,), index (K,)) int64 tensors; query m's candidates are
+    index[offset[m]:offset[m + 1]], each in [0, num_targets), at least one per query."""
+    if not (isinstance(candidates, (tuple, list)) and len(candidates) == 2
+            and all(isinstance(c, torch.Tensor) for c in candidates)):
+        raise TypeError(f"{name} must be a CSR pair (offset, index) of int64 tensors; "
+                        "reactfast.metrics.candidates.from_lists builds one from index lists")
+    offset, index = candidates
+    for part, t in (("offset", offset), ("index", index)):
+        if t.dtype != torch.int64 or t.dim() != 1:
+            raise TypeError(f"{name}: {part} must be a 1-d int64 tensor, got {t.dtype} of shape {tuple(t.shape)}")
+    if offset.numel() != num_queries + 1:
+        raise ValueError(f"{name} must describe {num_queries} queries (offset of {num_queries + 1}), "
+                         f"got offset of {offset.numel()}")
+    counts = offset[1:] - offset[:-1]
+    if int(offset[0]) != 0 or int(offset[-1]) != index.numel() or bool((counts < 0).any()):
+        raise ValueError(f"{name}: offset must rise from 0 to len(index) ({index.numel()})")
+    if bool((counts == 0).any()):
+        empty = torch.nonzero(counts == 0)[:10, 0].tolist()
+        raise ValueError(f"{name}: queries {empty} have no candidate")
+    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= num_targets):
+        raise ValueError(f"{name}: indices must lie in [0, {num_targets}), got range "
+                         f"[{int(index.min())}, {int(index.max())}]")
+    return offset.contiguous(), index.contiguous()

@@ -13,11 +13,15 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from reactfast import _backend
+from reactfast import _backend, kernels
 from reactfast.ops._checks import check_same_device, check_tensor
 from reactfast.reference import biased_attention as _ref
 
+if kernels.AVAILABLE:
+    from reactfast.kernels import biased_attention as _triton
+
 IMPLEMENTED = ("triton", "reference")
+_backend.register_op("biased_attention", IMPLEMENTED)
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -39,9 +43,7 @@ def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor
          backend: str) -> Tuple[torch.Tensor, torch.Tensor]:
     name = _backend.select("biased_attention", q.device, IMPLEMENTED, backend or None)
     if name == "triton":
-        from reactfast.kernels.biased_attention import biased_attention_fwd
-
-        return biased_attention_fwd(q, k, v, slopes, q_offset, key_start, key_lengths, scale, period, audio_ratio,
+        return _triton.biased_attention_fwd(q, k, v, slopes, q_offset, key_start, key_lengths, scale, period, audio_ratio,
                                     extra)
     p, lse = _reference_probs(q, k, slopes, q_offset, key_start, key_lengths, period, audio_ratio, extra, scale)
     return torch.matmul(p, v.float()).to(q.dtype), lse
@@ -59,9 +61,7 @@ def _bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ou
          extra: int, scale: float, backend: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     name = _backend.select("biased_attention", q.device, IMPLEMENTED, backend or None)
     if name == "triton":
-        from reactfast.kernels.biased_attention import biased_attention_bwd
-
-        return biased_attention_bwd(do.contiguous(), q, k, v, out, lse, slopes, q_offset, key_start, key_lengths,
+        return _triton.biased_attention_bwd(do.contiguous(), q, k, v, out, lse, slopes, q_offset, key_start, key_lengths,
                                     scale, period, audio_ratio, extra)
     p, _ = _reference_probs(q, k, slopes, q_offset, key_start, key_lengths, period, audio_ratio, extra, scale)
     dof = do.float()

@@ -7,11 +7,15 @@ from typing import Optional, Tuple
 
 import torch
 
-from reactfast import _backend
+from reactfast import _backend, kernels
 from reactfast.ops._checks import check_same_device, check_tensor
 from reactfast.reference import ddim as _ref
 
+if kernels.AVAILABLE:
+    from reactfast.kernels import ddim as _triton
+
 IMPLEMENTED = ("triton", "reference")
+_backend.register_op("ddim", IMPLEMENTED)
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
@@ -22,9 +26,7 @@ def _ddim_step(x_t: torch.Tensor, out_cond: torch.Tensor, coef: torch.Tensor, pr
     name = _backend.select("ddim", x_t.device, IMPLEMENTED, backend or None)
     clip_value = clip if use_clip else None
     if name == "triton":
-        from reactfast.kernels.ddim import ddim_fwd
-
-        return ddim_fwd(x_t, out_cond, coef, prediction, out_uncond, guidance_scale, noise, clip_value,
+        return _triton.ddim_fwd(x_t, out_cond, coef, prediction, out_uncond, guidance_scale, noise, clip_value,
                         eps_from_clipped)
     x_prev, x0 = _ref.ddim_step(x_t, out_cond, coef, prediction, out_uncond, guidance_scale, noise, clip_value,
                                 eps_from_clipped)

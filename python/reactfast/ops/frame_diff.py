@@ -7,12 +7,15 @@ from typing import Optional
 
 import torch
 
-from reactfast import _backend
-from reactfast.ops import _native
+from reactfast import _backend, kernels
 from reactfast.ops._checks import check_tensor
 from reactfast.reference import frame_diff as _ref
 
+if kernels.AVAILABLE:
+    from reactfast.kernels import frame_diff as _triton
+
 IMPLEMENTED = ("cuda", "triton", "cpp", "reference")
+_backend.register_op("frame_diff", IMPLEMENTED)
 
 
 @torch.library.custom_op("reactfast::frame_diff", mutates_args=())
@@ -21,16 +24,14 @@ def _frame_diff(x: torch.Tensor, backend: str) -> torch.Tensor:
     if name == "reference":
         return _ref.frame_diff(x).contiguous()
     if name == "triton":
-        from reactfast.kernels.frame_diff import frame_diff_fwd
-
-        return frame_diff_fwd(x)
+        return _triton.frame_diff_fwd(x)
     B, T, D = x.shape
     xf = x.float().contiguous()
-    out = torch.empty((B, T - 1, D), dtype=torch.float32, device=x.device)
+    out = _backend.empty((B, T - 1, D), torch.float32, x.device)
     if name == "cpp":
-        _native.call("frame_diff_cpu", xf, out, B, T, D)
+        _backend.native().frame_diff_cpu(xf, out, B, T, D)
     else:
-        _native.call("frame_diff_cuda", xf, out, B, T, D, _native.stream_of(x))
+        _backend.native().frame_diff_cuda(xf, out, B, T, D, _backend.cuda_stream(x))
     return out.to(x.dtype)
 
 

@@ -1,5 +1,5 @@
-"""Time-lagged cross-correlation (REACT's FRSyn definition). C++/OpenMP on CPU tensors; numpy
-reference anywhere (CUDA tensors are evaluated through the CPU path: the op is cheap)."""
+"""Time-lagged cross-correlation (REACT's FRSyn definition). C++/OpenMP on CPU tensors; the
+reference (``reactfast.reference.tlcc``) anywhere, CUDA tensors included."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ from typing import Optional
 import torch
 
 from reactfast import _backend
-from reactfast.ops import _native
 from reactfast.ops._checks import check_same_device, check_tensor
 from reactfast.reference import tlcc as _ref
 
 IMPLEMENTED = ("cpp", "reference")
+_backend.register_op("tlcc", IMPLEMENTED)
+_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def tlcc(x: torch.Tensor, y: torch.Tensor, max_lag: int = 49, backend: Optional[str] = None) -> torch.Tensor:
@@ -20,29 +21,30 @@ def tlcc(x: torch.Tensor, y: torch.Tensor, max_lag: int = 49, backend: Optional[
 
     Args:
         x: (M, T, D) float tensor (the generated listener reaction).
-        y: (M, T, D) float tensor (the speaker).
+        y: (M, T, D) float tensor (the speaker), x's device.
         max_lag: largest lag in frames (49: 2 s at 25 fps, 99 lags).
         backend: ``"cpp"`` or ``"reference"`` (default automatic).
 
     Returns:
         (M, 2 max_lag + 1) float32; column ``max_lag + l`` holds lag l; NaN where a dim's segment
-        is constant. ``reactfast.reference.tlcc.tlcc_offset`` turns it into |offset|.
+        is constant. ``reactfast.metrics.sync_offsets`` turns it into FRSyn's |offset|.
     """
     for name, t in (("x", x), ("y", y)):
-        check_tensor(name, t, ndim=3, dtypes=(torch.float32, torch.float64, torch.float16, torch.bfloat16),
-                     finite=True)
+        check_tensor(name, t, ndim=3, dtypes=_FLOATS, finite=True)
     check_same_device(x=x, y=y)
     if x.shape != y.shape:
         raise ValueError(f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
-    if not isinstance(max_lag, int) or max_lag < 0:
+    if not isinstance(max_lag, int) or isinstance(max_lag, bool) or max_lag < 0:
         raise ValueError(f"max_lag must be an int >= 0, got {max_lag!r}")
-    device = x.device
-    x, y = x.detach().float().cpu().contiguous(), y.detach().float().cpu().contiguous()
+    return tlcc_unchecked(x.float().contiguous(), y.float().contiguous(), max_lag, backend)
+
+
+def tlcc_unchecked(x, y, max_lag=49, backend=None):
+    """:func:`tlcc` on inputs already validated (float32 contiguous, one device)."""
     name = _backend.select("tlcc", x.device, IMPLEMENTED, backend)
+    if name == "reference":
+        return _ref.tlcc(x, y, max_lag)
     M, T, D = x.shape
-    if name == "cpp":
-        rs = torch.empty(M, 2 * max_lag + 1, dtype=torch.float32)
-        _native.call("tlcc_cpu", x, y, rs, M, T, D, max_lag)
-    else:
-        rs = torch.from_numpy(_ref.tlcc(x.numpy(), y.numpy(), max_lag))
-    return rs.to(device)
+    rs = _backend.empty((M, 2 * max_lag + 1), torch.float32, x.device)
+    _backend.native().tlcc_cpu(x, y, rs, M, T, D, max_lag)
+    return rs

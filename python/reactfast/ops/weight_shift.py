@@ -11,12 +11,15 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from reactfast import _backend
-from reactfast.ops import _native
+from reactfast import _backend, kernels
 from reactfast.ops._checks import check_same_device, check_tensor
 from reactfast.reference import weight_shift as _ref
 
+if kernels.AVAILABLE:
+    from reactfast.kernels import weight_shift as _triton
+
 IMPLEMENTED = ("triton", "cpp", "reference")
+_backend.register_op("weight_shift", IMPLEMENTED)
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 Shift = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
 
@@ -46,14 +49,12 @@ def _fwd(x: torch.Tensor, weight: torch.Tensor, shift: torch.Tensor, bias: Optio
          backend: str) -> torch.Tensor:
     name = _select(x, backend)
     if name == "triton":
-        from reactfast.kernels.weight_shift import weight_shift_fwd
-
-        return weight_shift_fwd(x, weight, shift, bias)
+        return _triton.weight_shift_fwd(x, weight, shift, bias)
     if name == "cpp":
         B, L, d_in = x.shape
-        y = x.new_empty((B, L, weight.shape[0]))
-        _native.call("weight_shift_fwd_cpu", x, weight, shift, 0 if bias is None else bias.contiguous(), y, B, L,
-                     d_in, weight.shape[0])
+        y = _backend.empty((B, L, weight.shape[0]), x.dtype, x.device)
+        _backend.native().weight_shift_fwd_cpu(x, weight, shift, None if bias is None else bias.contiguous(), y, B,
+                                               L, d_in, weight.shape[0])
         return y
     return _ref.weight_shift_linear(x, weight, shift, bias)
 
@@ -69,21 +70,19 @@ def _bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, shift: torch.T
     name = _select(x, backend)
     empty = dy.new_empty(0)
     if name == "triton":
-        from reactfast.kernels.weight_shift import weight_shift_bwd_dshift, weight_shift_bwd_dx
-
-        dx = weight_shift_bwd_dx(dy, weight, shift) if need_dx else empty
-        dshift = weight_shift_bwd_dshift(dy, x) if need_dshift else empty.clone()
+        dx = _triton.weight_shift_bwd_dx(dy, weight, shift) if need_dx else empty
+        dshift = _triton.weight_shift_bwd_dshift(dy, x) if need_dshift else empty.clone()
         return dx, dshift
     if name == "cpp":
         B, L, d_in = x.shape
         d_out = weight.shape[0]
         dx, dshift = empty, empty.clone()
         if need_dx:
-            dx = torch.empty_like(x)
-            _native.call("weight_shift_bwd_dx_cpu", dy, weight, shift, dx, B, L, d_in, d_out)
+            dx = _backend.empty(x.shape, x.dtype, x.device)
+            _backend.native().weight_shift_bwd_dx_cpu(dy, weight, shift, dx, B, L, d_in, d_out)
         if need_dshift:
-            dshift = torch.empty_like(shift)
-            _native.call("weight_shift_bwd_dshift_cpu", dy, x, dshift, B, L, d_in, d_out)
+            dshift = _backend.empty(shift.shape, shift.dtype, shift.device)
+            _backend.native().weight_shift_bwd_dshift_cpu(dy, x, dshift, B, L, d_in, d_out)
         return dx, dshift
     dx = torch.matmul(dy, weight) + torch.bmm(dy, shift) if need_dx else empty
     dshift = torch.bmm(dy.transpose(1, 2), x) if need_dshift else empty.clone()

@@ -1,46 +1,66 @@
-"""Reference CCC as the REACT challenge computes it (numpy).
+"""Reference concordance correlation coefficient as the REACT challenge computes it (FRCorr).
 
-r: Pearson correlation in float64 (numpy.corrcoef), NaN -> 0, clipped to [-1, 1]; means,
-variances and standard deviations of the float32 data in float32 (ddof = 0);
-ccc = 2 r sx sy / (sx^2 + sy^2 + (mx - my)^2 + 1e-8)."""
+For one dim: r = Pearson correlation in float64 (NaN -> 0, clipped to [-1, 1]); the means,
+variances (ddof = 0) and standard deviations of the float32 data as float32 values;
+ccc = 2 r sx sy / (sx^2 + sy^2 + (mx - my)^2 + 1e-8). The CCC of two clips is the mean over dims.
+Same signatures as ``reactfast.ops.ccc``; any device.
+"""
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Tuple
+
+import torch
 
 
-def pearson(x, y, axis: int = -2) -> np.ndarray:
-    """Two-pass Pearson r in float64 along ``axis`` (NaN where a series is constant)."""
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    xc = x - x.mean(axis, keepdims=True)
-    yc = y - y.mean(axis, keepdims=True)
-    sxx, syy = (xc * xc).sum(axis), (yc * yc).sum(axis)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = (xc * yc).sum(axis) / np.sqrt(sxx * syy)
-    r = np.where((sxx == 0) | (syy == 0), np.nan, r)
-    return np.clip(r, -1.0, 1.0)
+def pearson(x: torch.Tensor, y: torch.Tensor, dim: int = -2) -> torch.Tensor:
+    """Two-pass float64 Pearson r along ``dim``, clipped to [-1, 1]; NaN where a series is constant."""
+    x, y = x.double(), y.double()
+    xc = x - x.mean(dim, keepdim=True)
+    yc = y - y.mean(dim, keepdim=True)
+    sxx, syy = (xc * xc).sum(dim), (yc * yc).sum(dim)
+    r = (xc * yc).sum(dim) / torch.sqrt(sxx * syy)
+    r = torch.where((sxx == 0) | (syy == 0), torch.full_like(r, float("nan")), r)
+    return r.clamp(-1.0, 1.0)
 
 
-def ccc(x, y) -> np.ndarray:
-    """Per-dim CCC of x and y of shape (..., T, D) -> (..., D) float64."""
-    x = np.asarray(x, dtype=np.float32)
-    y = np.asarray(y, dtype=np.float32)
-    r = np.nan_to_num(pearson(x, y), nan=0.0)
-    mx, my = x.mean(-2), y.mean(-2)
-    vx, vy = x.var(-2), y.var(-2)
-    sx, sy = x.std(-2), y.std(-2)
-    num = 2.0 * r * sx.astype(np.float64) * sy.astype(np.float64)
-    dm = mx.astype(np.float64) - my.astype(np.float64)
-    return num / (vx.astype(np.float64) + vy.astype(np.float64) + dm * dm + 1e-8)
+def _stats32(x: torch.Tensor):
+    """float32 mean, variance and standard deviation along time (dim -2), as float64 values."""
+    x = x.double()
+    mean = x.mean(-2)
+    var = ((x - mean[..., None, :]) ** 2).mean(-2)
+    mean32, var32 = mean.float(), var.float()
+    return mean32.double(), var32.double(), torch.sqrt(var32).double()
 
 
-def ccc_max(pred, gt, candidates):
-    """For each query pred[m], (max, argmax) over j in candidates[m] of mean_d CCC(gt[j], pred[m])."""
-    maxs, args = [], []
-    for m, cand in enumerate(candidates):
-        values = ccc(np.asarray(gt)[list(cand)], np.asarray(pred)[m][None]).mean(-1)
-        best = int(np.argmax(values))
-        maxs.append(float(values[best]))
-        args.append(int(cand[best]))
-    return np.asarray(maxs), np.asarray(args, dtype=np.int64)
+def ccc(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-dim CCC of each pair: x, y (P, T, D) -> (P, D) float64."""
+    r = torch.nan_to_num(pearson(x, y), nan=0.0)
+    mx, vx, sx = _stats32(x)
+    my, vy, sy = _stats32(y)
+    return 2.0 * r * sx * sy / (vx + vy + (mx - my) ** 2 + 1e-8)
+
+
+def ccc_max(pred: torch.Tensor, gt: torch.Tensor, candidates: Tuple[torch.Tensor, torch.Tensor]
+            ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """For each query pred[m] (M, T, D), the maximum over j in its candidates of the dim-mean
+    CCC(gt[j], pred[m]), and that j (the first on ties). ``candidates`` is CSR: query m's
+    candidates are index[offset[m]:offset[m + 1]]. Returns (max (M,) float64, argmax (M,) int64)."""
+    offset, index = (c.to(pred.device) for c in candidates)
+    query = torch.repeat_interleave(torch.arange(pred.shape[0], device=pred.device), offset[1:] - offset[:-1])
+    values = ccc(gt[index], pred[query]).mean(-1)
+    return segment_best(values, query, index, pred.shape[0], largest=True)
+
+
+def segment_best(values: torch.Tensor, query: torch.Tensor, index: torch.Tensor, M: int, largest: bool
+                 ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per query, the best of its ``values`` (max or min) and the candidate index attaining it; on
+    ties the candidate listed first."""
+    fill = float("-inf") if largest else float("inf")
+    best = torch.full((M,), fill, dtype=values.dtype, device=values.device)
+    best = best.scatter_reduce(0, query, values, reduce="amax" if largest else "amin")
+    position = torch.arange(values.numel(), device=values.device)
+    big = values.numel()
+    first = torch.full((M,), big, dtype=torch.long, device=values.device)
+    first = first.scatter_reduce(0, query, torch.where(values == best[query], position, big), reduce="amin")
+    return best, index[first]

@@ -11,6 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
+from reactfast import _backend
+
 
 @triton.jit
 def _weight_shift_fwd_kernel(p_x, p_w, p_dw, p_bias, p_y, L, DIN, DOUT, HAS_BIAS: tl.constexpr,
@@ -102,7 +104,7 @@ def _config(x):
 def weight_shift_fwd(x, weight, shift, bias):
     B, L, DIN = x.shape
     DOUT = weight.shape[0]
-    y = torch.empty((B, L, DOUT), dtype=x.dtype, device=x.device)
+    y = _backend.empty((B, L, DOUT), x.dtype, x.device)
     BM, BN, BK, upcast, precision = _config(x)
     grid = (triton.cdiv(L, BM), triton.cdiv(DOUT, BN), B)
     _weight_shift_fwd_kernel[grid](x, weight, shift, bias if bias is not None else weight, y, L, DIN, DOUT,
@@ -113,7 +115,7 @@ def weight_shift_fwd(x, weight, shift, bias):
 def weight_shift_bwd_dx(dy, weight, shift):
     B, L, DOUT = dy.shape
     DIN = weight.shape[1]
-    dx = torch.empty((B, L, DIN), dtype=dy.dtype, device=dy.device)
+    dx = _backend.empty((B, L, DIN), dy.dtype, dy.device)
     BM, BN, BK, upcast, precision = _config(dy)
     grid = (triton.cdiv(L, BM), triton.cdiv(DIN, BN), B)
     _weight_shift_bwd_dx_kernel[grid](dy, weight, shift, dx, L, DIN, DOUT, BM=BM, BN=BN, BK=BK, UPCAST=upcast,
@@ -124,7 +126,7 @@ def weight_shift_bwd_dx(dy, weight, shift):
 def weight_shift_bwd_dshift(dy, x):
     B, L, DOUT = dy.shape
     DIN = x.shape[2]
-    ddw = torch.empty((B, DOUT, DIN), dtype=dy.dtype, device=dy.device)
+    ddw = _backend.empty((B, DOUT, DIN), dy.dtype, dy.device)
     BM, BN, BK, upcast, precision = _config(dy)
     grid = (triton.cdiv(DOUT, BM), triton.cdiv(DIN, BN), B)
     _weight_shift_bwd_ddw_kernel[grid](dy, x, ddw, L, DIN, DOUT, BM=BM, BN=BN, BK=BK, UPCAST=upcast,

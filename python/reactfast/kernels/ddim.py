@@ -9,6 +9,8 @@ import torch
 import triton
 import triton.language as tl
 
+from reactfast import _backend
+
 
 @triton.jit
 def _ddim_fwd_kernel(p_x, p_c, p_u, p_z, p_coef, p_xprev, p_x0, N, scale, clip,
@@ -56,8 +58,8 @@ def ddim_fwd(x_t, out_cond, coef, prediction, out_uncond, guidance_scale, noise,
     """All tensors contiguous, (B, ...) with the same shape; coef (B, 5) float32."""
     B = x_t.shape[0]
     N = x_t.numel() // B
-    x_prev = torch.empty_like(x_t)
-    x0 = torch.empty_like(x_t)
+    x_prev = _backend.empty(x_t.shape, x_t.dtype, x_t.device)
+    x0 = _backend.empty(x_t.shape, x_t.dtype, x_t.device)
     BLOCK = 1024 if x_t.is_cuda else 4096
     grid = (B, triton.cdiv(N, BLOCK))
     _ddim_fwd_kernel[grid](x_t, out_cond, out_uncond if out_uncond is not None else out_cond,

@@ -4,6 +4,8 @@ import torch
 import triton
 import triton.language as tl
 
+from reactfast import _backend
+
 
 @triton.jit
 def _frame_diff_fwd_kernel(p_x, p_out, T, D, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -23,7 +25,7 @@ def _frame_diff_fwd_kernel(p_x, p_out, T, D, BLOCK_T: tl.constexpr, BLOCK_D: tl.
 def frame_diff_fwd(x: torch.Tensor) -> torch.Tensor:
     """x: contiguous (B, T, D) with T >= 2 -> (B, T - 1, D)."""
     B, T, D = x.shape
-    out = torch.empty((B, T - 1, D), dtype=x.dtype, device=x.device)
+    out = _backend.empty((B, T - 1, D), x.dtype, x.device)
     BLOCK_D = triton.next_power_of_2(D)
     BLOCK_T = max(1, min(64, 4096 // BLOCK_D))
     grid = (B, triton.cdiv(T - 1, BLOCK_T))

@@ -11,6 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
+from reactfast import _backend
+
 
 @triton.jit
 def _bias_and_mask(s, o_m, o_n, q0, kbeg, klen, Tq, slope, PERIOD, RATIO, EXTRA):
@@ -197,8 +199,8 @@ def biased_attention_fwd(q, k, v, slopes, q_offset, key_start, key_lengths, scal
     int32 (keys j with key_start <= j < key_lengths are visible). Returns out (q's dtype) and the row log-sum-exp (B, H, Tq) float32 (+inf for empty rows)."""
     B, H, Tq, D = q.shape
     Tk = k.shape[2]
-    out = torch.empty_like(q)
-    lse = torch.empty((B, H, Tq), dtype=torch.float32, device=q.device)
+    out = _backend.empty(q.shape, q.dtype, q.device)
+    lse = _backend.empty((B, H, Tq), torch.float32, q.device)
     BM, BN, BD, upcast, precision = _config(q, D)
     grid = (triton.cdiv(Tq, BM), B * H)
     _biased_attention_fwd_kernel[grid](q, k, v, out, lse, slopes, q_offset, key_start, key_lengths, H, Tq, Tk, D, scale,
@@ -212,9 +214,9 @@ def biased_attention_bwd(do, q, k, v, out, lse, slopes, q_offset, key_start, key
     B, H, Tq, D = q.shape
     Tk = k.shape[2]
     delta = (do.float() * out.float()).sum(-1).contiguous()
-    dq = torch.empty_like(q)
-    dk = torch.empty_like(k)
-    dv = torch.empty_like(v)
+    dq = _backend.empty(q.shape, q.dtype, q.device)
+    dk = _backend.empty(k.shape, k.dtype, k.device)
+    dv = _backend.empty(v.shape, v.dtype, v.device)
     BM, BN, BD, upcast, precision = _config(q, D)
     _biased_attention_bwd_dkdv_kernel[(triton.cdiv(Tk, BN), B * H)](
         q, k, v, do, lse, delta, dk, dv, slopes, q_offset, key_start, key_lengths, H, Tq, Tk, D, scale, period, ratio, extra,

@@ -1,0 +1,105 @@
+"""DTW and FRDist's weighted min-over-candidates DTW: every backend on every device against the
+reference, hand-computed cases, exact early abandoning, bad input."""
+
+import math
+
+import pytest
+import torch
+
+from reactfast.metrics.candidates import from_lists
+from reactfast.ops.dtw import IMPLEMENTED, dtw, weighted_dtw_min
+from reactfast.reference import dtw as ref
+from reactfast.testing import assert_close
+from tests.conftest import usable_backends
+from tests.ops._metric_cases import cases
+
+
+def t(a, device="cpu"):
+    return torch.tensor(a, dtype=torch.float32, device=device)
+
+
+def test_hand_cases(device):
+    for backend in usable_backends(IMPLEMENTED, device):
+        x = t([[[0.0], [0.0], [0.0]], [[0.0], [1.0], [2.0]], [[0.0], [2.0], [2.0]]], device)
+        y = t([[[1.0], [1.0], [1.0]], [[0.0], [1.0], [2.0]], [[1.0], [1.0], [1.0]]], device)
+        # Unit cost along the diagonal; identical; |0-1|^2 + |2-1|^2 + |2-1|^2 with warping.
+        assert_close(backend, torch.tensor([math.sqrt(3), 0.0, math.sqrt(3)], dtype=torch.float64),
+                     dtw(x, y, backend=backend), atol=1e-12, rtol=1e-12)
+        # Warping absorbs repetition: [0, 1] vs [0, 0, 1] costs nothing; [0, 2] vs [1] costs 1 + 1.
+        assert float(dtw(t([[[0.0], [1.0]]], device), t([[[0.0], [0.0], [1.0]]], device), backend=backend)) == 0.0
+        assert float(dtw(t([[[0.0], [2.0]]], device), t([[[1.0]]], device), backend=backend)) == \
+            pytest.approx(math.sqrt(2))
+
+
+@pytest.mark.parametrize("shape", [(3, 1, 1, 2), (2, 7, 5, 3), (2, 63, 40, 25), (1, 97, 97, 4)])
+def test_pairs_match_reference(device, shape):
+    P, Tx, Ty, D = shape
+    g = torch.Generator().manual_seed(sum(shape))
+    x, y = torch.rand(P, Tx, D, generator=g).to(device), torch.rand(P, Ty, D, generator=g).to(device)
+    want = ref.dtw(x.double(), y.double())
+    for backend in usable_backends(IMPLEMENTED, device):
+        assert_close(backend, want, dtw(x, y, backend=backend), atol=1e-9, rtol=1e-6)
+
+
+@pytest.mark.parametrize("T", [1, 7, 40, 97])
+@pytest.mark.parametrize("abandon", [True, False])
+def test_weighted_min_matches_reference(device, T, abandon):
+    pred, gt, cand, _ = cases(T, 11, 9, T, device=device)
+    want_min, want_arg = ref.weighted_dtw_min(pred.double(), gt.double(), cand)
+    for backend in usable_backends(IMPLEMENTED, device):
+        got_min, got_arg = weighted_dtw_min(pred, gt, cand, abandon=abandon, backend=backend)
+        assert_close(backend, want_min, got_min, atol=1e-9, rtol=1e-6)
+        assert torch.equal(want_arg.cpu(), got_arg.cpu()), backend
+        assert int(got_arg[0]) == 1  # the tie between identical targets 1 and 2 goes to the first listed
+
+
+def test_reference_equals_definition():
+    """The batched reference against SPEC's formula written out for one pair and group."""
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.rand(9, 4, generator=g, dtype=torch.float64), torch.rand(6, 4, generator=g, dtype=torch.float64)
+    acc = [[math.inf] * 7 for _ in range(10)]
+    acc[0][0] = 0.0
+    for i in range(1, 10):
+        for j in range(1, 7):
+            cost = float(((x[i - 1] - y[j - 1]) ** 2).sum())
+            acc[i][j] = cost + min(acc[i - 1][j], acc[i][j - 1], acc[i - 1][j - 1])
+    assert float(ref.dtw(x[None], y[None])) == pytest.approx(math.sqrt(acc[9][6]), rel=1e-12)
+
+
+def test_abandoning_is_exact_and_prunes():
+    g = torch.Generator().manual_seed(0)
+    gt = torch.rand(24, 120, 25, generator=g)
+    # Each query is a noisy copy of one target: the others can be abandoned early.
+    pred = gt[:8] + 0.05 * torch.randn(8, 120, 25, generator=g)
+    cand = from_lists([list(range(24))] * 8)
+    full = weighted_dtw_min(pred, gt, cand, abandon=False, return_cells=True)
+    fast = weighted_dtw_min(pred, gt, cand, abandon=True, return_cells=True)
+    assert torch.equal(full[0], fast[0]) and torch.equal(full[1], fast[1])
+    assert torch.equal(fast[1], torch.arange(8))
+    assert fast[2] < 0.5 * full[2], (fast[2], full[2])
+
+
+def _csr(lists):
+    return from_lists(lists)
+
+
+@pytest.mark.parametrize("call,err,match", [
+    (lambda: dtw(torch.rand(2, 5, 3), torch.rand(3, 5, 3)), ValueError, "share P and D"),
+    (lambda: dtw(torch.rand(2, 5), torch.rand(2, 5)), ValueError, "x must have 3 dimensions"),
+    (lambda: dtw(torch.full((1, 3, 2), float("nan")), torch.rand(1, 3, 2)), ValueError, "x contains NaN"),
+    (lambda: dtw(torch.rand(1, 3, 2), torch.rand(1, 3, 2), backend="triton"), RuntimeError, "implements only"),
+    (lambda: weighted_dtw_min(torch.rand(2, 5, 25), torch.rand(3, 5, 25), _csr([[0], []])), ValueError,
+     "no candidate"),
+    (lambda: weighted_dtw_min(torch.rand(2, 5, 25), torch.rand(3, 5, 25), _csr([[0], [3]])), ValueError,
+     r"indices must lie in \[0, 3\)"),
+    (lambda: weighted_dtw_min(torch.rand(2, 5, 25), torch.rand(3, 5, 25), _csr([[0]])), ValueError,
+     "must describe 2 queries"),
+    (lambda: weighted_dtw_min(torch.rand(2, 5, 25), torch.rand(3, 5, 25), [[0], [1]]), TypeError, "CSR pair"),
+    (lambda: weighted_dtw_min(torch.rand(1, 5, 25), torch.rand(3, 5, 25), _csr([[0]]), groups=[(0, 30, 1.0)]),
+     ValueError, "0 <= start < end <= 25"),
+    (lambda: weighted_dtw_min(torch.rand(1, 5, 25), torch.rand(3, 5, 24), _csr([[0]])), ValueError,
+     "same last dim"),
+])
+def test_bad_input(call, err, match):
+    with pytest.raises(err, match=match):
+        call()
