@@ -71,4 +71,5 @@ def test_demo_other_generators(tmp_path, capsys, model):
     assert saved["model"] == model and model in saved["metrics"]
     assert all(np.isfinite(v) for v in saved["metrics"][model].values())
     if model == "pflposnet":
-        assert set(saved["posnet_seam_jump"]) == {"before", "after"}
+        assert saved["pose_seam_jump"] >= 0
+        assert (out / "run_stage2" / "checkpoint" / "model.safetensors").is_file()

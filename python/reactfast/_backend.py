@@ -242,3 +242,35 @@ def summary() -> dict:
         for name in BACKENDS:
             rows[f"{name}/{device_type}"] = backend_status(name, device_type)
     return rows
+
+
+def resolve_device(spec: Optional[str] = "auto") -> torch.device:
+    """The torch device a ``--device`` value names: ``auto`` (CUDA when available, under torchrun the
+    process's ``LOCAL_RANK`` GPU), ``cpu``, ``cuda`` or ``cuda:N``; a clear error for one that is
+    not available here."""
+    spec = (spec or "auto").strip()
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+        return torch.device("cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {spec!r}") from None
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {spec!r}")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {spec!r} is not available: torch sees no CUDA device "
+                         f"(torch {torch.__version__}, built with CUDA {torch.version.cuda})")
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise ValueError(f"device {spec!r} is not available: torch sees {count} CUDA device(s)")
+    return torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"

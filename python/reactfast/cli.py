@@ -14,10 +14,23 @@ def _cmd_env(args) -> int:
     return 0
 
 
+def _device(args):
+    """The device ``--device`` names, printed; a clear error for one not available here."""
+    from reactfast import _backend
+
+    try:
+        device = _backend.resolve_device(args.device)
+    except ValueError as exc:
+        raise SystemExit(f"reactfast {args.command}: --device: {exc}") from None
+    print(f"[reactfast] device: {_backend.describe_device(device)}")
+    return device
+
+
 def _cmd_demo(args) -> int:
     from reactfast.demo import run_demo
 
-    run_demo(out=args.out, sessions=args.sessions, steps=args.steps, seed=args.seed, model=args.model)
+    run_demo(out=args.out, sessions=args.sessions, steps=args.steps, seed=args.seed, model=args.model,
+             device=_device(args), backend=args.backend)
     return 0
 
 
@@ -51,44 +64,33 @@ def load_data(spec: str, split: str, frames: int = 750, window=None, stride=None
 
 
 def _cmd_train(args) -> int:
+    from reactfast import models
     from reactfast.train import TrainConfig, Trainer, load_into
-    from reactfast.train.registry import build
 
-    overrides = _parse_overrides(args.config)
-    if args.model == "perfrdiff":
-        # PerFRDiff trains on (previous speaker window, target listener window) pairs.
-        window = int(overrides.get("window", 50))
-        clip, stride = 2 * window, window
-    elif args.model == "reactdiff":
-        window = int(overrides.get("window", 50))
-        clip, stride = window, window // 2
-    else:
-        clip, stride = args.clip_frames, args.clip_frames // 2
-    data = load_data(args.data, "train", args.frames, window=clip, stride=stride, sessions=args.sessions,
+    cls = models.get(args.model)
+    if args.stage not in cls.stages:
+        raise SystemExit(f"reactfast train: {args.model} trains in stages {cls.stages}, got --stage {args.stage}")
+    if args.init and args.stage == cls.stages[0]:
+        raise SystemExit("reactfast train: --init starts a later stage from the previous stage's checkpoint")
+    clips = load_data(args.data, "train", args.frames, sessions=args.sessions, seed=args.seed)
+    config = {**cls.data_defaults(clips[0]["speaker_audio"].shape[-1]), **_parse_overrides(args.config)}
+    device = _device(args)
+    model = models.build(args.model, config, backend=args.backend)
+    if args.init:
+        load_into(model, args.init)
+    model.set_stage(args.stage)
+    window, stride = model.training_windows(args.clip_frames)
+    data = load_data(args.data, "train", args.frames, window=window, stride=stride, sessions=args.sessions,
                      seed=args.seed)
     val = None
     if args.val_every:
         val = load_data(args.data, "val", args.frames, sessions=max(2, args.sessions // 4), seed=args.seed)
-    audio_dim = data[0]["speaker_audio"].shape[-1]
-    config = {"audio_dim": audio_dim}
-    if args.model == "reactface":
-        config.update(speaker_dim=83, speaker_inputs="emotion+3dmm")
-    config.update(overrides)
-    model = build(args.model, config)
-    optimizer, lr = "adamw", args.lr
-    if hasattr(model, "set_stage"):
-        if args.init:
-            load_into(model, args.init)
-        model.set_stage(args.stage)
-        if args.stage == 2 and args.model == "perfrdiff":
-            optimizer, lr = "sgd", args.lr if args.lr is not None else 1e-3
-    elif args.stage != 1 or args.init:
-        raise SystemExit("reactfast train: --stage and --init apply to the two-stage models (perfrdiff, reactdiff)")
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=lr, ckpt_every=args.ckpt_every,
-                      val_every=args.val_every, out_dir=args.out, seed=args.seed, progress=not args.no_progress,
-                      optimizer=optimizer)
+    optimizer, stage_lr = model.stage_optimizer(args.stage)
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr if args.lr is not None else stage_lr,
+                      ckpt_every=args.ckpt_every, val_every=args.val_every, out_dir=args.out, seed=args.seed,
+                      progress=not args.no_progress, optimizer=optimizer)
     extra = {"data": {"spec": args.data, "sessions": args.sessions, "seed": args.seed, "frames": args.frames}}
-    trainer = Trainer(model, data, cfg, val_dataset=val, resume=args.resume, extra_meta=extra)
+    trainer = Trainer(model, data, cfg, val_dataset=val, resume=args.resume, extra_meta=extra, device=device)
     history = trainer.fit()
     if trainer.rank == 0:
         last = history[-1] if history else {}
@@ -103,7 +105,8 @@ def _cmd_generate(args) -> int:
     from reactfast.train import generate_dataset, load_model
     from reactfast.train.checkpoint import read_config
 
-    model = load_model(args.checkpoint)
+    device = _device(args)
+    model = load_model(args.checkpoint, device=device).set_backend(args.backend)
     data_meta = read_config(args.checkpoint).get("extra", {}).get("data", {})
     spec = args.data or data_meta.get("spec")
     if spec is None:
@@ -111,7 +114,7 @@ def _cmd_generate(args) -> int:
     ds = load_data(spec, args.split, args.frames, sessions=args.sessions or max(2, data_meta.get("sessions", 24) // 2),
                    seed=data_meta.get("seed", 0) if spec == "synthetic" else 0,
                    audio_dim=model.config.audio_dim)
-    preds = generate_dataset(model, ds, args.samples, seed=args.seed, progress=not args.no_progress)
+    preds = generate_dataset(model, ds, args.samples, seed=args.seed, progress=not args.no_progress, device=device)
     if "emotion" not in preds:
         raise SystemExit("reactfast generate: this model outputs no emotion; the metrics need the 25 emotion dims")
     arrays = {"pred": preds["emotion"], **({"pred_3dmm": preds["3dmm"]} if "3dmm" in preds else {}),
@@ -167,6 +170,8 @@ def _cmd_bench(args) -> int:
 def _cmd_evaluate(args) -> int:
     import time
 
+    import torch
+
     from reactfast import metrics
     from reactfast.metrics.io import format_table, load_array, save_json
 
@@ -195,6 +200,8 @@ def _cmd_evaluate(args) -> int:
     else:
         raise SystemExit("reactfast evaluate: give --data ROOT (with --split), or all of --listener-gt, "
                          "--speaker and --appropriate (or a .npz from reactfast generate, which holds them)")
+    device = _device(args)
+    pred, listener_gt, speaker = (torch.as_tensor(a).to(device) for a in (pred, listener_gt, speaker))
     start = time.perf_counter()
     scores = metrics.evaluate(pred, listener_gt, speaker, appropriate, progress=not args.no_progress,
                               frsyn_all_samples=args.frsyn_all_samples, backend=args.backend)
@@ -208,7 +215,20 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+def _device_args(p) -> None:
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA when available), cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--backend", help="kernel backends: one of cuda, triton, cpp, reference for every op that has "
+                                     "it, or per op, e.g. biased_attention:reference,dtw:cpp (default automatic)")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from reactfast import models
+
+    model_names = models.names()
+    models_help = "; ".join(f"{n}: {models.get(n).summary}" for n in model_names)
+    stages_help = "; ".join(f"{n} " + ", ".join(f"{s} trains {what}" for s, what in models.get(n).stage_names.items())
+                            for n in model_names if len(models.get(n).stages) > 1)
     parser = argparse.ArgumentParser(prog="reactfast", description=__doc__.strip() if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -221,15 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sessions", type=int, default=48, help="synthetic training sessions (default 48)")
     p.add_argument("--steps", type=int, default=500, help="training steps (default 500)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--model", default="reactface", choices=("reactface", "perfrdiff", "reactdiff", "pflposnet"),
-                   help="generator to train (pflposnet: ReactFace + a PosNet trained on its output)")
+    p.add_argument("--model", default=models.DEFAULT, choices=model_names, help=f"generator ({models_help})")
+    _device_args(p)
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("train", help="train a generator (runs under torchrun for DDP)")
-    p.add_argument("--model", default="reactface", choices=("reactface", "perfrdiff", "reactdiff"))
-    p.add_argument("--stage", type=int, default=1, choices=(1, 2),
-                   help="perfrdiff: 1 trains GAFRG + PSSL, 2 trains PWSG with both frozen (SGD, lr 1e-3); "
-                        "reactdiff: 1 trains the autoencoder, 2 the latent denoiser")
+    p.add_argument("--model", default=models.DEFAULT, choices=model_names, help=f"generator ({models_help})")
+    p.add_argument("--stage", type=int, default=1, help=f"training stage: {stages_help}")
     p.add_argument("--init", help="stage 2: the stage-1 checkpoint to start from")
     p.add_argument("--data", default="synthetic", help="'synthetic' or the challenge's data folder")
     p.add_argument("--out", required=True, help="run folder (checkpoint, history)")
@@ -245,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt-every", type=int, default=0)
     p.add_argument("--val-every", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
+    _device_args(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("generate", help="generate reactions for every dyad of a split")
@@ -257,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="preds.npz", help=".npz with pred (N, S, T, 25), pred_3dmm and the targets")
     p.add_argument("--no-progress", action="store_true")
+    _device_args(p)
     p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("plot", help="PNG of a speaker's emotion and generated reactions over time")
@@ -283,8 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="JSON file for the results (default: next to pred)")
     p.add_argument("--frsyn-all-samples", action="store_true",
                    help="FRSyn over every sample (corrected variant; official: first sample only)")
-    p.add_argument("--backend", choices=("cpp", "cuda", "reference"), help="force a kernel backend")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _device_args(p)
     p.set_defaults(func=_cmd_evaluate)
     return parser
 

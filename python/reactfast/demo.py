@@ -1,8 +1,8 @@
 """``reactfast demo``: the whole job on built-in synthetic data.
 
 1. Write synthetic dyadic sessions (train and test splits) in the REACT 2024 layout, read back.
-2. Train a small generator on CPU (``--model``: reactface, perfrdiff, reactdiff, or pflposnet =
-   ReactFace followed by a PosNet trained on its output).
+2. Train a small generator on CPU (``--model``, any registered generator, with its
+   ``demo_config`` and the stages of its ``demo_stages``).
 3. Generate 10 reactions per test speaker.
 4. Score them and the papers' baselines (Mirror, Random, NN) with the challenge metrics.
 5. Print the table; save metrics.json, the predictions and a plot.
@@ -12,121 +12,80 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import torch
 
-from reactfast import metrics
+from reactfast import metrics, models
 from reactfast.data import ReactDataset, SyntheticDyads
 from reactfast.metrics.io import format_table, save_json
 from reactfast.models.baselines import MirrorBaseline, NearestNeighbourBaseline, RandomBaseline
 from reactfast.plot import plot_reactions
 
 SAMPLES = 10
-MODELS = ("reactface", "perfrdiff", "reactdiff", "pflposnet")
+# Training items of the demo's windowed generators span this many frames (ReactFace: 128 frames,
+# a new item every 64).
+CLIP_FRAMES = 128
 
 
-def demo_model(name: str, audio_dim: int):
-    """The small configurations the demo trains on CPU."""
-    from reactfast.train.registry import build
-
-    if name in ("reactface", "pflposnet"):
-        return build("reactface", dict(speaker_dim=83, speaker_inputs="emotion+3dmm", audio_dim=audio_dim, dim=64,
-                                       heads=4, cie_heads=4, cie_ffn=128, window_train=32, window=8, context=128,
-                                       past=32, dropout=0.1, kl_weight=1e-4, emotion_weight=10.0))
-    if name == "perfrdiff":
-        return build("perfrdiff", dict(audio_dim=audio_dim, dim=64, heads=4, ffn=128, layers=6, train_steps=200,
-                                       sample_steps=20, style_dim=32, style_layers=2, style_heads=4, style_ffn=64,
-                                       hyper_hidden=64, guidance=2.0))
-    if name == "reactdiff":
-        return build("reactdiff", dict(audio_dim=audio_dim, attn_dim=64, heads=4, latent=32, dec_heads=4,
-                                       dec_ffn=64, dec_layers=2, channels=32, mults=(1, 2, 2, 2), res_blocks=1,
-                                       cond_dim=64, ema=0.99, clip=None))
-    raise ValueError(f"model must be one of {MODELS}, got {name!r}")
+def demo_model(name: str, audio_dim: int, backend: Optional[str] = None):
+    """The small configuration of generator ``name`` that the demo trains on a CPU."""
+    cls = models.get(name)
+    return cls(cls.demo_config(audio_dim), backend=backend)
 
 
-def _train(model, dataset, steps, seed, out, lr=1e-3, optimizer="adamw", batch_size=8):
+def _train_stages(model, data_root: str, seed: int, out: str, steps: int, device):
+    """Every stage of the model's demo recipe; returns the first stage's mean reconstruction loss over
+    its first and last 10 steps."""
     from reactfast.train import TrainConfig, Trainer
 
-    trainer = Trainer(model, dataset, TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, out_dir=out,
-                                                  optimizer=optimizer))
-    history = trainer.fit()
-    first, last = np.mean([h["rec"] for h in history[:10]]), np.mean([h["rec"] for h in history[-10:]])
+    first = last = float("nan")
+    for i, stage in enumerate(model.demo_stages(steps)):
+        model.set_stage(stage.stage)
+        window, stride = model.training_windows(CLIP_FRAMES)
+        data = ReactDataset(data_root, "train", window=window, stride=stride)
+        run = os.path.join(out, "run" if i == 0 else f"run_stage{stage.stage}")
+        config = TrainConfig(steps=stage.steps, batch_size=stage.batch_size, lr=stage.lr, seed=seed, out_dir=run,
+                             optimizer=stage.optimizer)
+        history = Trainer(model, data, config, device=device).fit()
+        if i == 0:
+            first, last = np.mean([h["rec"] for h in history[:10]]), np.mean([h["rec"] for h in history[-10:]])
+        elif history:
+            extras = ", ".join(f"{k} {v:.4f}" for k, v in history[-1].items() if k != "step")
+            print(f"[demo] stage {stage.stage} ({model.stage_names[stage.stage]}): last step {extras}")
     return first, last
 
 
-def train_and_generate(name: str, data_root: str, test: ReactDataset, steps: int, seed: int, out: str) -> Dict:
+def train_and_generate(name: str, data_root: str, test: ReactDataset, steps: int, seed: int, out: str,
+                       device=None, backend: Optional[str] = None) -> Dict:
     """Train ``name`` on the training split and generate SAMPLES reactions per test dyad."""
     from reactfast.train import generate_dataset
 
     audio_dim = ReactDataset(data_root, "train", frames=50)[0]["speaker_audio"].shape[-1]
-    model = demo_model(name, audio_dim)
+    model = demo_model(name, audio_dim, backend)
     params = sum(p.numel() for p in model.parameters())
     print(f"[demo] training {name} ({params / 1e6:.2f} M parameters) for {steps} steps")
     t0 = time.perf_counter()
-    info = {}
-    if name in ("reactface", "pflposnet"):
-        first, last = _train(model, ReactDataset(data_root, "train", window=128, stride=64), steps, seed,
-                             os.path.join(out, "run"))
-    elif name == "perfrdiff":
-        pairs = ReactDataset(data_root, "train", window=100, stride=50)
-        model.set_stage(1)
-        first, last = _train(model, pairs, steps, seed, os.path.join(out, "run"), lr=2e-3, batch_size=16)
-        model.set_stage(2)
-        _train(model, pairs, max(1, steps // 3), seed, os.path.join(out, "run_stage2"), lr=1e-3, optimizer="sgd",
-               batch_size=16)
-    else:
-        windows = ReactDataset(data_root, "train", window=50, stride=25)
-        model.set_stage(1)
-        first, last = _train(model, windows, steps, seed, os.path.join(out, "run"), lr=2e-3, batch_size=16)
-        model.set_stage(2)
-        _train(model, windows, steps, seed, os.path.join(out, "run_stage2"), lr=2e-3, batch_size=16)
+    first, last = _train_stages(model, data_root, seed, out, steps, device)
     print(f"[demo] trained in {time.perf_counter() - t0:.0f} s: first-stage reconstruction loss {first:.4f} -> "
           f"{last:.4f}")
     t0 = time.perf_counter()
-    generated = generate_dataset(model, test, SAMPLES, seed=seed, progress=True)
-    if name == "pflposnet":
-        generated, info = _posnet(model, data_root, test, generated, seed)
+    generated = generate_dataset(model, test, SAMPLES, seed=seed, progress=True, device=device)
     print(f"[demo] generated {SAMPLES} reactions for each of {test.num_items} test speakers ({test.frames} frames) "
           f"in {time.perf_counter() - t0:.0f} s")
+    info = {}
+    if "3dmm" in generated:
+        frames = torch.from_numpy(generated["3dmm"])
+        info["pose_seam_jump"] = float(metrics.pose_seam_jump(frames.reshape(-1, *frames.shape[2:]), model.window))
+        print(f"[demo] mean |head-pose jump| at the {model.window}-frame window seams: {info['pose_seam_jump']:.4f}")
     return {"generated": generated, **info}
 
 
-def _posnet(model, data_root, test, generated, seed):
-    """Train PosNet on ReactFace's generated training reactions, then adjust the test ones."""
-    from reactfast.models.posnet import PosNet, seam_jump
-    from reactfast.train import generate_dataset
-
-    W = model.config.window
-    train = ReactDataset(data_root, "train")
-    rows = list(range(0, train.num_items, 4))
-    raw = torch.from_numpy(generate_dataset(model, train, 2, seed=seed + 1, rows=rows)["3dmm"])
-    raw = raw.reshape(-1, raw.shape[2], 58)
-    n = raw.shape[1] // W
-    windows = raw[:, : n * W].reshape(raw.shape[0], n, W, 58)
-    posnet = PosNet(window=W, hidden=128)
-    opt = torch.optim.Adam(posnet.parameters(), lr=1e-3)
-    for _ in range(150):
-        loss = posnet.loss(windows)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    test3 = torch.from_numpy(generated["3dmm"])
-    B, S, T, _ = test3.shape
-    flat = test3.reshape(B * S, T, 58)
-    adjusted, _ = posnet.adjust_sequence(flat)
-    before, after = float(seam_jump(flat, W)), float(seam_jump(adjusted, W))
-    print(f"[demo] PosNet: mean |pose jump| at window seams {before:.4f} -> {after:.4f}; expression dims unchanged: "
-          f"{bool(torch.equal(adjusted[..., :52], flat[..., :52]))}")
-    return ({**generated, "3dmm": adjusted.reshape(B, S, T, 58).numpy()},
-            {"posnet_seam_jump": {"before": before, "after": after}})
-
-
 def run_demo(out: str = "reactfast_out/demo", sessions: int = 48, steps: int = 500, seed: int = 0,
-             model: str = "reactface") -> dict:
-    if model not in MODELS:
-        raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+             model: str = models.DEFAULT, device=None, backend: Optional[str] = None) -> dict:
+    models.get(model)
+    device = torch.device(device) if device is not None else torch.device("cpu")
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     data_root = os.path.join(out, "data")
@@ -138,7 +97,7 @@ def run_demo(out: str = "reactfast_out/demo", sessions: int = 48, steps: int = 5
           f"{test_sessions} test sessions (mirrored: {2 * sessions} and {2 * test_sessions} dyads)")
 
     test = ReactDataset(data_root, "test")
-    result = train_and_generate(model, data_root, test, steps, seed, out)
+    result = train_and_generate(model, data_root, test, steps, seed, out, device, backend)
     generated = result["generated"]
 
     listener_gt = test.stack("listener", "emotion").numpy()
@@ -151,7 +110,8 @@ def run_demo(out: str = "reactfast_out/demo", sessions: int = 48, steps: int = 5
     rows = {}
     t1 = time.perf_counter()
     for name, pred in predictions.items():
-        rows[name] = metrics.evaluate(pred, listener_gt, speaker, appropriate)
+        rows[name] = metrics.evaluate(*(torch.as_tensor(a).to(device) for a in (pred, listener_gt, speaker)),
+                                      appropriate, backend=backend)
     print(f"[demo] evaluated {len(rows)} methods with the REACT metric suite in {time.perf_counter() - t1:.0f} s\n")
     print(format_table(rows))
     print()

@@ -209,7 +209,7 @@ def test_two_stage_training_and_style_separation():
                  {"to_emotion_feat": torch.zeros(2, 25, 31)}), ValueError, r"must have shape \(2, 25, 32\)"),
     (lambda m: m.generate(torch.randn(1, 20, 80), torch.randn(1, 40, 6)), ValueError, "speaker must be"),
     (lambda m: m.generate(torch.randn(1, 20, 83), torch.randn(1, 39, 6)), ValueError, "2 rows per frame"),
-    (lambda m: m.set_stage(3), ValueError, "stage must be 1 or 2"),
+    (lambda m: m.set_stage(3), ValueError, r"trains in stages \(1, 2\), got stage 3"),
 ])
 def test_bad_input(call, err, match):
     with pytest.raises(err, match=match):

@@ -88,3 +88,45 @@ def test_untrained_posnet_is_identity_and_wraps_a_stream():
         PosNetStream(ReactionStream(model, 1), PosNet(window=10, hidden=8))
     with pytest.raises(ValueError, match=r"frames must be \(B, W, 58\)"):
         PosNet(window=8, hidden=8)(torch.randn(1, 8, 57), torch.zeros(1, 6))
+
+
+def _tiny_pfl(**kw):
+    from reactfast.models import PFLPosNet
+
+    torch.manual_seed(0)
+    base = dict(speaker_dim=25, speaker_inputs="emotion", audio_dim=12, dim=32, heads=4, cie_heads=4, cie_ffn=64,
+                window_train=16, window=8, context=32, past=16, dropout=0.0, posnet_hidden=32)
+    base.update(kw)
+    return PFLPosNet(**base)
+
+
+def test_pflposnet_streaming_equals_generate_and_keeps_expressions():
+    model = _tiny_pfl().eval()
+    with torch.no_grad():  # a PosNet that changes the pose
+        model.posnet.mlp[-1].weight.normal_(0, 0.05)
+    speaker, audio = torch.randn(1, 29, 25), torch.randn(1, 58, 12)
+    offline = model.generate(speaker, audio, 3, torch.Generator().manual_seed(4))
+    raw = model.generator.generate(speaker, audio, 3, torch.Generator().manual_seed(4))
+    assert torch.equal(offline["3dmm"][..., :52], raw["3dmm"][..., :52])
+    assert torch.equal(offline["emotion"], raw["emotion"])
+    assert not torch.equal(offline["3dmm"][..., 52:], raw["3dmm"][..., 52:])
+    assert torch.equal(offline["3dmm"][:, :, :8], raw["3dmm"][:, :, :8])   # the first window is kept
+    stream = ReactionStream(model, 3, torch.Generator().manual_seed(4))
+    pieces = [stream.push(speaker[0, :13], audio[0, :26]), stream.push(speaker[0, 13:], audio[0, 26:]),
+              stream.flush()]
+    online = torch.cat([p["3dmm"] for p in pieces], 1)
+    assert torch.allclose(online, offline["3dmm"][0], atol=1e-5)
+
+
+def test_pflposnet_stage_two_trains_posnet_only():
+    from reactfast.train import TrainConfig, Trainer
+    from tests.train.helpers import tiny_data
+
+    model = _tiny_pfl(speaker_dim=83, speaker_inputs="emotion+3dmm", audio_dim=8, window=8)
+    model.set_stage(2)
+    frozen = {k: v.clone() for k, v in model.generator.state_dict().items()}
+    data = tiny_data().dataset(frames=64, window=32, stride=32)
+    history = Trainer(model, data, TrainConfig(steps=3, batch_size=2, lr=1e-3, progress=False)).fit()
+    assert all(torch.equal(v, model.generator.state_dict()[k]) for k, v in frozen.items())
+    assert float(model.posnet.mlp[-1].weight.detach().abs().sum()) > 0
+    assert {"loss", "connect", "seam_raw"} <= set(history[-1])

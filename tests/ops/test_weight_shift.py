@@ -6,6 +6,7 @@ from torch import nn
 
 from reactfast import _backend
 from reactfast.nn import WeightShiftLinear, personalize, personalized_call
+from reactfast.nn.personalize import WeightShiftMultiheadAttention
 from reactfast.ops.weight_shift import weight_shift_linear
 from reactfast.reference import weight_shift as ref
 from reactfast.testing import assert_close
@@ -135,6 +136,12 @@ def test_personalize_decoder_layer_equals_copies(batch_first):
     for k, v in layer.state_dict().items():
         assert torch.equal(v, before[k]), f"{k} was modified"
     assert "forward" not in layer.multihead_attn.__dict__
+    assert isinstance(layer.multihead_attn, WeightShiftMultiheadAttention)
+    assert list(layer.state_dict()) == list(before)
+    # Outside the block the converted layers compute exactly what they did.
+    plain = copy.deepcopy(layer)
+    plain.multihead_attn.__class__ = nn.MultiheadAttention
+    assert torch.equal(plain(tgt, mem), layer(tgt, mem))
     for b in range(B):
         copy_b = copy.deepcopy(layer)
         with torch.no_grad():

@@ -72,7 +72,7 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
 
 
 def test_bad_trainer_arguments():
-    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
         TrainConfig(batch_size=0)
     with pytest.raises(ValueError, match="fewer than one batch"):
         Trainer(tiny_model(), _dataset(), TrainConfig(batch_size=64, progress=False))

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from reactfast import _backend
+from reactfast.data import layout
 from reactfast.metrics import candidates
 from reactfast.ops.ccc import ccc_max_unchecked
 from reactfast.ops.dtw import REACT_GROUPS, check_groups, weighted_dtw_min_unchecked
@@ -32,7 +33,7 @@ EMOTION_DIM = 25
 METRICS = ("FRCorr", "FRDist", "FRDiv", "FRDvs", "FRVar", "FRSyn")
 
 __all__ = ["evaluate", "frcorr", "frdist", "frdiv", "frdvs", "frvar", "frsyn", "sync_offsets", "check_inputs",
-           "METRICS"]
+           "pose_seam_jump", "METRICS"]
 
 
 def _as_tensor(name: str, x, ndim: int) -> torch.Tensor:
@@ -216,6 +217,15 @@ def frsyn(pred, speaker, max_lag: int = 49, all_samples: bool = False, backend=N
     """
     pred, _, speaker, _ = check_inputs(pred, None, speaker, None)
     return _frsyn(pred, speaker, max_lag, all_samples, backend)
+
+
+def pose_seam_jump(frames: torch.Tensor, window: int) -> torch.Tensor:
+    """Not a REACT metric: the mean |head-pose change| across the window seams of generated 3DMM
+    sequences (B, T, 58) emitted in windows of ``window`` frames (how visibly an online generator's
+    windows join; PFLPosNet's PosNet lowers it)."""
+    pose = frames[..., layout.TDMM_POSE]
+    seams = torch.arange(window, pose.shape[1], window, device=frames.device)
+    return (pose[:, seams] - pose[:, seams - 1]).abs().mean()
 
 
 def evaluate(pred, listener_gt, speaker, appropriate, progress: bool = False, abandon: bool = True,

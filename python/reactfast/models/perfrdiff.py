@@ -30,12 +30,13 @@ from torch import nn
 from reactfast.data import layout
 from reactfast.diffusion import DDIMScheduler, sample
 from reactfast.models._inputs import check_speaker_audio, pad_to_windows
-from reactfast.models.reactface import sinusoid
-from reactfast.nn.personalize import personalize, shift_entries
+from reactfast.models.base import Generator, GeneratorConfig, TrainStage, register
+from reactfast.nn.personalize import make_shiftable, personalize, shift_entries
+from reactfast.nn.positional import sinusoid
 
 
 @dataclass
-class PerFRDiffConfig:
+class PerFRDiffConfig(GeneratorConfig):
     output: str = "emotion"
     window: int = 50
     audio_dim: int = 39
@@ -70,10 +71,8 @@ class PerFRDiffConfig:
         self.edited_layers = tuple(self.edited_layers)
         if self.output not in ("emotion", "3dmm"):
             raise ValueError(f"output must be 'emotion' or '3dmm', got {self.output!r}")
-        for name in ("window", "audio_dim", "audio_per_frame", "dim", "heads", "layers", "train_steps",
-                     "sample_steps", "style_dim", "style_layers", "style_heads", "min_history", "hyper_hidden"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"PerFRDiffConfig.{name} must be >= 1, got {getattr(self, name)}")
+        self.check_at_least(1, "window", "audio_dim", "audio_per_frame", "dim", "heads", "layers", "train_steps",
+                            "sample_steps", "style_dim", "style_layers", "style_heads", "min_history", "hyper_hidden")
         if self.dim % self.heads or self.style_dim % self.style_heads:
             raise ValueError("heads must divide dim and style_heads must divide style_dim")
         if self.sample_steps > self.train_steps:
@@ -291,16 +290,20 @@ def _zeros_like_shifts(ref: Dict[str, object], batch: int) -> Dict[str, object]:
     return {k: tuple(z(x) for x in v) if isinstance(v, tuple) else z(v) for k, v in ref.items()}
 
 
-class PerFRDiff(nn.Module):
-    """GAFRG + PSSL + PWSG. ``forward(x_t, t, cond, shifts=None)`` is the (personalised) denoiser."""
+@register
+class PerFRDiff(Generator):
+    """GAFRG + PSSL + PWSG. ``forward(x_t, t, cond, shifts=None)`` is the (personalised) denoiser.
+    Stage 1 trains GAFRG and PSSL; stage 2 trains PWSG with both frozen (SGD, lr 1e-3)."""
 
     name = "perfrdiff"
+    summary = "PerFRDiff (Zhu et al.): personalised diffusion over emotion windows, per-listener weight editing"
+    config_class = PerFRDiffConfig
+    stages = (1, 2)
+    stage_names = {1: "GAFRG + PSSL", 2: "PWSG with both frozen (SGD, lr 1e-3)"}
 
-    def __init__(self, config: Optional[PerFRDiffConfig] = None, **overrides):
-        super().__init__()
-        if config is not None and overrides:
-            raise ValueError("pass either a PerFRDiffConfig or keyword overrides, not both")
-        cfg = self.config = config or PerFRDiffConfig(**overrides)
+    def __init__(self, config: Optional[PerFRDiffConfig] = None, backend: Optional[str] = None, **overrides):
+        super().__init__(config, backend, **overrides)
+        cfg = self.config
         self.gafrg = GAFRG(cfg)
         self.pssl = PSSL(cfg)
         modules = dict(self.gafrg.named_modules())
@@ -309,36 +312,42 @@ class PerFRDiff(nn.Module):
             editable = [n for n, m in modules.items() if isinstance(m, (nn.Linear, nn.MultiheadAttention))]
             raise ValueError(f"edited_layers {missing} are not layers of the GAFRG; editable: {editable}")
         self.pwsg = PWSG(cfg, {n: _layer_shape(modules[n]) for n in cfg.edited_layers})
+        make_shiftable(self.gafrg, cfg.edited_layers)
+        self.set_backend(backend)
         self.scheduler = DDIMScheduler(cfg.train_steps, cfg.schedule, prediction="x0", spacing=cfg.spacing,
                                        clip=cfg.clip)
-        self.stage = 1
 
-    def set_stage(self, stage: int) -> "PerFRDiff":
-        """1: train GAFRG and PSSL; 2: train PWSG with GAFRG and PSSL frozen."""
-        if stage not in (1, 2):
-            raise ValueError(f"stage must be 1 or 2, got {stage}")
-        self.stage = stage
-        for p in self.gafrg.parameters():
-            p.requires_grad_(stage == 1)
-        for p in self.pssl.parameters():
-            p.requires_grad_(stage == 1)
-        for p in self.pwsg.parameters():
-            p.requires_grad_(stage == 2)
-        return self
+    def trainable_modules(self, stage: int) -> List[nn.Module]:
+        return [self.gafrg, self.pssl] if stage == 1 else [self.pwsg]
 
-    # ------------------------------------------------------------------ denoiser
+    def stage_optimizer(self, stage: int) -> Tuple[str, Optional[float]]:
+        return ("sgd", 1e-3) if stage == 2 else ("adamw", None)
+
+    def training_windows(self, clip_frames: int) -> Tuple[int, int]:
+        # Items pair the speaker's window i - 1 with the listener's window i.
+        return 2 * self.config.window, self.config.window
+
+    @classmethod
+    def demo_config(cls, audio_dim: int) -> PerFRDiffConfig:
+        return PerFRDiffConfig(audio_dim=audio_dim, dim=64, heads=4, ffn=128, layers=6, train_steps=200,
+                               sample_steps=20, style_dim=32, style_layers=2, style_heads=4, style_ffn=64,
+                               hyper_hidden=64, guidance=2.0)
+
+    def demo_stages(self, steps: int) -> List[TrainStage]:
+        return [TrainStage(stage=1, steps=steps, lr=2e-3, batch_size=16),
+                TrainStage(stage=2, steps=max(1, steps // 3), lr=1e-3, optimizer="sgd", batch_size=16)]
+
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
                 shifts: Optional[Dict[str, object]] = None) -> torch.Tensor:
         if shifts is None:
             return self.gafrg(x_t, t, cond)
-        with personalize(self.gafrg, shifts):
+        with personalize(self.gafrg, shifts, backend=self.backend_for("weight_shift")):
             return self.gafrg(x_t, t, cond)
 
     def shifts_for(self, history: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> Dict[str, object]:
         """Per-listener weight shifts from listener 3DMM histories (B, L, 58)."""
         return self.pwsg(self.pssl(history, lengths))
 
-    # ------------------------------------------------------------------ inputs
     def output_widths(self) -> Dict[str, int]:
         return {self.config.output: self.config.out_dim}
 
@@ -355,7 +364,6 @@ class PerFRDiff(nn.Module):
         B, T, _ = speaker.shape
         return torch.cat([audio.reshape(B, T, -1), speaker], -1)
 
-    # ------------------------------------------------------------------ training
     def loss(self, batch: Dict[str, torch.Tensor], generators: Sequence[torch.Generator],
              forward=None) -> Dict[str, torch.Tensor]:
         """Items are 2W-frame windows: the speaker's first W frames condition the listener's last W.
@@ -390,7 +398,6 @@ class PerFRDiff(nn.Module):
         out["rec"] = diffusion.detach()
         return out
 
-    # ------------------------------------------------------------------ sampling
     def draw_noise(self, batch: int, generator: Optional[torch.Generator] = None, window: int = 0) -> torch.Tensor:
         return torch.randn(batch, self.config.window, self.config.out_dim, generator=generator).to(next(self.parameters()).dtype)
 
@@ -443,7 +450,7 @@ class PerFRDiff(nn.Module):
             sh = None if shifts is None else _rows_of(shifts, lo // group, hi // group)
             outs.append(sample(self._denoiser(sh, halves), (hi - lo,) + tuple(noise.shape[1:]), cond[lo:hi],
                                self.scheduler, steps, guidance_scale=guidance, noise=noise[lo:hi],
-                               device=cond.device, dtype=noise.dtype))
+                               device=cond.device, dtype=noise.dtype, backend=self.backend_for("ddim")))
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     @torch.no_grad()
@@ -484,7 +491,6 @@ class PerFRDiff(nn.Module):
         scale = self.config.guidance if guidance is None else guidance
         return scale if scale > 0 else None
 
-    # ------------------------------------------------------------------ streaming
     def init_state(self, batch: int, window: Optional[int] = None, device=None,
                    listener_history: Optional[torch.Tensor] = None) -> PerFRDiffState:
         cfg = self.config

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reactfast.data import layout
+from reactfast.metrics import pose_seam_jump as seam_jump  # noqa: F401  (re-exported)
 
 POSE = layout.TDMM_POSE
 
@@ -34,8 +35,6 @@ class PosNetConfig:
     sm1_weight: float = 1.0
     sm2_weight: float = 0.2
     fidelity_weight: float = 1.0
-    lr: float = 1e-3
-    weight_decay: float = 0.0
 
     def __post_init__(self):
         if self.window < 2:
@@ -43,10 +42,13 @@ class PosNetConfig:
 
 
 class PosNet(nn.Module):
-    name = "posnet"
+    """The head-pose post-processor; ``reactfast.models.pflposnet.PFLPosNet`` pairs it with a
+    ReactFace generator, ``PosNetStream`` with any ``ReactionStream``."""
 
     def __init__(self, config: Optional[PosNetConfig] = None, **overrides):
         super().__init__()
+        if config is not None and overrides:
+            raise ValueError("pass either a PosNetConfig or keyword overrides, not both")
         cfg = self.config = config or PosNetConfig(**overrides)
         h = cfg.hidden
         self.encoder = nn.Sequential(nn.Conv1d(6, h, 3, padding=1), nn.ReLU(), nn.Conv1d(h, h, 3, padding=1), nn.ReLU())
@@ -111,13 +113,6 @@ class PosNet(nn.Module):
                  + cfg.fidelity_weight * fidelity) / k
         return {"loss": total, "connect": connect.detach() / k, "sm1": sm1.detach() / k, "sm2": sm2.detach() / k,
                 "fidelity": fidelity.detach() / k}
-
-
-def seam_jump(frames: torch.Tensor, window: int) -> torch.Tensor:
-    """Mean absolute pose change across window seams of (B, T, 58) sequences."""
-    pose = frames[..., POSE]
-    seams = torch.arange(window, pose.shape[1], window, device=frames.device)
-    return (pose[:, seams] - pose[:, seams - 1]).abs().mean()
 
 
 class PosNetStream:

@@ -33,11 +33,12 @@ from torch import nn
 from reactfast.data import layout
 from reactfast.diffusion import DDIMScheduler, sample
 from reactfast.models._inputs import check_speaker_audio, pad_to_windows
-from reactfast.models.reactface import sinusoid
+from reactfast.models.base import Generator, GeneratorConfig, TrainStage, register
+from reactfast.nn.positional import sinusoid
 
 
 @dataclass
-class ReactDiffConfig:
+class ReactDiffConfig(GeneratorConfig):
     audio_dim: int = 39
     audio_per_frame: int = layout.AUDIO_SAMPLES_PER_FRAME
     au_dim: int = 15
@@ -65,10 +66,8 @@ class ReactDiffConfig:
 
     def __post_init__(self):
         self.mults = tuple(self.mults)
-        for name in ("audio_dim", "audio_per_frame", "au_dim", "fer_dim", "va_dim", "attn_dim", "heads", "latent",
-                     "window", "train_steps", "channels", "res_blocks", "cond_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"ReactDiffConfig.{name} must be >= 1, got {getattr(self, name)}")
+        self.check_at_least(1, "audio_dim", "audio_per_frame", "au_dim", "fer_dim", "va_dim", "attn_dim", "heads",
+                            "latent", "window", "train_steps", "channels", "res_blocks", "cond_dim")
         if self.attn_dim % self.heads or self.latent % self.dec_heads:
             raise ValueError("heads must divide attn_dim and dec_heads must divide latent")
         if self.channels % 32 or self.cond_dim % 32:
@@ -221,14 +220,19 @@ class UNet1D(nn.Module):
         return self.out(h)
 
 
-class ReactDiff(nn.Module):
-    name = "reactdiff"
+@register
+class ReactDiff(Generator):
+    """MMT autoencoder (stage 1) + latent DDIM denoiser with EMA (stage 2, the MMT frozen)."""
 
-    def __init__(self, config: Optional[ReactDiffConfig] = None, **overrides):
-        super().__init__()
-        if config is not None and overrides:
-            raise ValueError("pass either a ReactDiffConfig or keyword overrides, not both")
-        cfg = self.config = config or ReactDiffConfig(**overrides)
+    name = "reactdiff"
+    summary = "ReactDiff: latent DDIM over a multi-modal transformer autoencoder"
+    config_class = ReactDiffConfig
+    stages = (1, 2)
+    stage_names = {1: "the autoencoder", 2: "the latent denoiser with the autoencoder frozen"}
+
+    def __init__(self, config: Optional[ReactDiffConfig] = None, backend: Optional[str] = None, **overrides):
+        super().__init__(config, backend, **overrides)
+        cfg = self.config
         self.mmt = MMT(cfg)
         self.cond_proj = nn.Linear(cfg.window * cfg.latent, cfg.cond_dim)
         self.cond_norm = nn.GroupNorm(32, cfg.cond_dim)
@@ -236,19 +240,22 @@ class ReactDiff(nn.Module):
         self.scheduler = DDIMScheduler(cfg.train_steps, "cosine", prediction="eps", clip=cfg.clip)
         self.ema_unet = copy.deepcopy(self.unet).requires_grad_(False)
         self.ema_cond = copy.deepcopy(nn.ModuleList([self.cond_proj, self.cond_norm])).requires_grad_(False)
-        self.stage = 1
 
-    def set_stage(self, stage: int) -> "ReactDiff":
-        """1: train the MMT autoencoder; 2: train the latent denoiser with the MMT frozen."""
-        if stage not in (1, 2):
-            raise ValueError(f"stage must be 1 or 2, got {stage}")
-        self.stage = stage
-        for p in self.mmt.parameters():
-            p.requires_grad_(stage == 1)
-        for m in (self.unet, self.cond_proj, self.cond_norm):
-            for p in m.parameters():
-                p.requires_grad_(stage == 2)
-        return self
+    def trainable_modules(self, stage: int) -> List[nn.Module]:
+        return [self.mmt] if stage == 1 else [self.unet, self.cond_proj, self.cond_norm]
+
+    def training_windows(self, clip_frames: int) -> Tuple[int, int]:
+        return self.config.window, self.config.window // 2
+
+    @classmethod
+    def demo_config(cls, audio_dim: int) -> ReactDiffConfig:
+        return ReactDiffConfig(audio_dim=audio_dim, attn_dim=64, heads=4, latent=32, dec_heads=4, dec_ffn=64,
+                               dec_layers=2, channels=32, mults=(1, 2, 2, 2), res_blocks=1, cond_dim=64, ema=0.99,
+                               clip=None)
+
+    def demo_stages(self, steps: int) -> List[TrainStage]:
+        return [TrainStage(stage=1, steps=steps, lr=2e-3, batch_size=16),
+                TrainStage(stage=2, steps=steps, lr=2e-3, batch_size=16)]
 
     @torch.no_grad()
     def after_step(self) -> None:
@@ -260,7 +267,6 @@ class ReactDiff(nn.Module):
         for e, p in zip(ema, live):
             e.mul_(self.config.ema).add_(p.detach(), alpha=1 - self.config.ema)
 
-    # ------------------------------------------------------------------ pieces
     def output_widths(self) -> Dict[str, int]:
         return {"3dmm": layout.TDMM_DIM, "emotion": layout.EMOTION_DIM}
 
@@ -284,7 +290,6 @@ class ReactDiff(nn.Module):
         net = self.ema_unet if ema else self.unet
         return net(x_t.transpose(1, 2), t, z_bc).transpose(1, 2)
 
-    # ------------------------------------------------------------------ training
     def loss(self, batch, generators: Sequence[torch.Generator], forward=None) -> Dict[str, torch.Tensor]:
         cfg = self.config
         if self.stage == 1:
@@ -308,7 +313,6 @@ class ReactDiff(nn.Module):
         l1 = F.l1_loss(eps, noise)
         return {"loss": l1, "rec": l1.detach()}
 
-    # ------------------------------------------------------------------ sampling
     def draw_noise(self, batch: int, generator: Optional[torch.Generator] = None, window: int = 0) -> torch.Tensor:
         return torch.randn(batch, self.config.window, self.config.latent, generator=generator).to(next(self.parameters()).dtype)
 
@@ -317,7 +321,8 @@ class ReactDiff(nn.Module):
         """Listener windows for speaker latent windows (R, W, latent) from noise (R, W, latent)."""
         z_bc = self.condition(speaker_latent, ema=True)
         z = sample(lambda x, t, c: self(x, t, c, ema=True), tuple(noise.shape), z_bc, self.scheduler,
-                   self.config.train_steps, noise=noise, device=noise.device, dtype=noise.dtype)
+                   self.config.train_steps, noise=noise, device=noise.device, dtype=noise.dtype,
+                   backend=self.backend_for("ddim"))
         return self.mmt.decode(z)
 
     @torch.no_grad()
@@ -339,7 +344,6 @@ class ReactDiff(nn.Module):
         out = self.sample_windows(rows, noise.to(speaker.device))
         return {key: v.reshape(B, num_samples, n * W, -1)[:, :, :T] for key, v in out.items()}
 
-    # ------------------------------------------------------------------ streaming
     def init_state(self, batch: int, window: Optional[int] = None, device=None) -> "ReactDiffState":
         if window is not None and window != self.config.window:
             raise ValueError(f"ReactDiff streams in windows of {self.config.window} frames, got {window}")

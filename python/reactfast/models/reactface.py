@@ -22,8 +22,9 @@ runtime all run this same step, so streaming equals offline generation exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -32,11 +33,13 @@ from torch import nn
 
 from reactfast.data import layout
 from reactfast.models._inputs import check_speaker_audio, pad_to_windows
+from reactfast.models.base import Generator, GeneratorConfig, TrainStage, register
 from reactfast.nn.attention import BiasedCrossAttention
+from reactfast.nn.positional import sinusoid
 
 
 @dataclass
-class ReactFaceConfig:
+class ReactFaceConfig(GeneratorConfig):
     """Defaults are the authors' (D = 128, 8 heads, W = 64 training / 8 inference, p = 8, alpha 0.9)."""
 
     speaker_dim: int = layout.TDMM_DIM
@@ -73,11 +76,9 @@ class ReactFaceConfig:
     weight_decay: float = 5e-4
 
     def __post_init__(self):
-        for name in ("speaker_dim", "audio_dim", "audio_per_frame", "dim", "heads", "window_train", "window",
-                     "period", "context", "past", "cie_layers", "cie_heads", "decoder_layers", "out_3dmm",
-                     "train_samples"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"ReactFaceConfig.{name} must be >= 1, got {getattr(self, name)}")
+        self.check_at_least(1, "speaker_dim", "audio_dim", "audio_per_frame", "dim", "heads", "window_train",
+                            "window", "period", "context", "past", "cie_layers", "cie_heads", "decoder_layers",
+                            "out_3dmm", "train_samples")
         if self.dim % self.heads or self.dim % self.cie_heads:
             raise ValueError(f"heads ({self.heads}) and cie_heads ({self.cie_heads}) must divide dim ({self.dim})")
         if self.context < 2 * max(self.window, self.window_train):
@@ -96,16 +97,6 @@ class ReactFaceConfig:
             raise ValueError(f"out_3dmm must be {layout.TDMM_DIM} (52 expression + 6 pose dims)")
 
 
-def sinusoid(positions: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sinusoidal encodings of (..., ) positions -> (..., dim)."""
-    i = torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32)
-    angle = positions.float()[..., None] / torch.pow(10000.0, i / dim)
-    out = torch.zeros(*positions.shape, dim, device=positions.device)
-    out[..., 0::2] = torch.sin(angle)
-    out[..., 1::2] = torch.cos(angle[..., : dim // 2])
-    return out
-
-
 class _FFN(nn.Module):
     def __init__(self, dim, hidden, dropout):
         super().__init__()
@@ -120,10 +111,10 @@ class _FFN(nn.Module):
 class _BiasedBlock(nn.Module):
     """Post-LN: x = LN(x + biased_attn(x, keys)); x = LN(x + FFN(x))."""
 
-    def __init__(self, cfg: ReactFaceConfig, audio_ratio=1, extra=0):
+    def __init__(self, cfg: ReactFaceConfig, audio_ratio=1, extra=0, backend=None):
         super().__init__()
         self.attn = BiasedCrossAttention(cfg.dim, cfg.heads, dropout=cfg.dropout, period=cfg.period,
-                                         audio_ratio=audio_ratio, extra=extra)
+                                         audio_ratio=audio_ratio, extra=extra, backend=backend)
         self.norm = nn.LayerNorm(cfg.dim)
         self.ffn = _FFN(cfg.dim, cfg.ffn_mult * cfg.dim, cfg.dropout)
 
@@ -165,14 +156,15 @@ class ReactFaceState:
 
     @staticmethod
     def cat(states: Sequence["ReactFaceState"]) -> "ReactFaceState":
-        return ReactFaceState(**{f.name: torch.cat([getattr(s, f.name) for s in states]) for f in fields(ReactFaceState)})
+        cls = type(states[0])
+        return cls(**{f.name: torch.cat([getattr(s, f.name) for s in states]) for f in fields(cls)})
 
     def split(self, sizes: Sequence[int]) -> List["ReactFaceState"]:
-        parts = {f.name: torch.split(getattr(self, f.name), list(sizes)) for f in fields(ReactFaceState)}
-        return [ReactFaceState(**{k: v[i] for k, v in parts.items()}) for i in range(len(sizes))]
+        parts = {f.name: torch.split(getattr(self, f.name), list(sizes)) for f in fields(self)}
+        return [type(self)(**{k: v[i] for k, v in parts.items()}) for i in range(len(sizes))]
 
     def detach(self) -> "ReactFaceState":
-        return ReactFaceState(**{f.name: getattr(self, f.name).detach() for f in fields(ReactFaceState)})
+        return type(self)(**{f.name: getattr(self, f.name).detach() for f in fields(self)})
 
 
 def _roll(buffer: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
@@ -180,7 +172,8 @@ def _roll(buffer: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
     return torch.cat([buffer, new], 1)[:, -buffer.shape[1]:]
 
 
-class ReactFace(nn.Module):
+@register
+class ReactFace(Generator):
     """ReactFace generator over per-frame speaker features and k audio feature rows per frame.
 
     ``forward(speaker, audio, noise)`` runs the online loop with the training window and
@@ -189,21 +182,22 @@ class ReactFace(nn.Module):
     """
 
     name = "reactface"
+    summary = "online ReactFace (Luo et al.): biased speaker-listener attention, momentum latent sampling"
+    config_class = ReactFaceConfig
 
-    def __init__(self, config: Optional[ReactFaceConfig] = None, **overrides):
-        super().__init__()
-        if config is not None and overrides:
-            raise ValueError("pass either a ReactFaceConfig or keyword overrides, not both")
-        cfg = self.config = config or ReactFaceConfig(**overrides)
+    def __init__(self, config: Optional[ReactFaceConfig] = None, backend: Optional[str] = None, **overrides):
+        super().__init__(config, backend, **overrides)
+        cfg = self.config
         D, k = cfg.dim, cfg.audio_per_frame
+        attn = self.backend_for("biased_attention")
         self.speaker_proj = nn.Linear(cfg.speaker_dim, D)
         self.audio_proj = nn.Linear(cfg.audio_dim, D)
-        self.speaker_self = _BiasedBlock(cfg)
+        self.speaker_self = _BiasedBlock(cfg, backend=attn)
         self.p2p = nn.ModuleList([_CrossBlock(D, cfg.heads, cfg.ffn_mult * D, cfg.dropout) for _ in range(2)])
         self.speaker_head = nn.Linear(D, layout.TDMM_DIM)
         self.listener_proj = nn.Linear(cfg.out_3dmm, D)
-        self.fuse_audio = _BiasedBlock(cfg, audio_ratio=k, extra=cfg.audio_extra)
-        self.fuse_speaker = _BiasedBlock(cfg)
+        self.fuse_audio = _BiasedBlock(cfg, audio_ratio=k, extra=cfg.audio_extra, backend=attn)
+        self.fuse_speaker = _BiasedBlock(cfg, backend=attn)
         self.dist_tokens = nn.Parameter(torch.randn(2, D) * 0.02)
         layer = nn.TransformerEncoderLayer(D, cfg.cie_heads, cfg.cie_ffn, cfg.dropout, batch_first=True)
         self.cie = nn.TransformerEncoder(layer, cfg.cie_layers, enable_nested_tensor=False)
@@ -211,12 +205,26 @@ class ReactFace(nn.Module):
         self.logvar_head = nn.Linear(D, D)
         self.decoder = nn.ModuleList([_CrossBlock(D, cfg.heads, cfg.ffn_mult * D, cfg.dropout)
                                       for _ in range(cfg.decoder_layers)])
-        self.slbs_audio = _BiasedBlock(cfg, audio_ratio=k, extra=cfg.audio_extra)
-        self.slbs_speaker = _BiasedBlock(cfg)
+        self.slbs_audio = _BiasedBlock(cfg, audio_ratio=k, extra=cfg.audio_extra, backend=attn)
+        self.slbs_speaker = _BiasedBlock(cfg, backend=attn)
         self.head_3dmm = nn.Linear(D, cfg.out_3dmm)
         self.head_emotion = nn.Linear(D, cfg.out_emotion) if cfg.out_emotion else None
 
-    # ------------------------------------------------------------------ state
+    @classmethod
+    def data_defaults(cls, audio_dim: int) -> Dict[str, object]:
+        # From a reactfast.data batch the speaker is described by its emotion and 3DMM (25 + 58).
+        return {"audio_dim": audio_dim, "speaker_dim": layout.EMOTION_DIM + layout.TDMM_DIM,
+                "speaker_inputs": "emotion+3dmm"}
+
+    @classmethod
+    def demo_config(cls, audio_dim: int) -> ReactFaceConfig:
+        return ReactFaceConfig(**cls.data_defaults(audio_dim), dim=64, heads=4, cie_heads=4, cie_ffn=128,
+                               window_train=32, window=8, context=128, past=32, dropout=0.1, kl_weight=1e-4,
+                               emotion_weight=10.0)
+
+    def demo_stages(self, steps: int) -> List[TrainStage]:
+        return [TrainStage(stage=1, steps=steps, lr=1e-3, batch_size=8)]
+
     def output_widths(self) -> Dict[str, int]:
         out = {"3dmm": self.config.out_3dmm}
         if self.config.out_emotion:
@@ -226,6 +234,13 @@ class ReactFace(nn.Module):
     def draw_noise(self, batch: int, generator: Optional[torch.Generator] = None, window: int = 0) -> torch.Tensor:
         """The latent draws of one window for ``batch`` streams: (batch, D)."""
         return torch.randn(batch, self.config.dim, generator=generator)
+
+    def window_noise(self, rows: int, frames: int, window: int, generator: Optional[torch.Generator] = None,
+                     device=None) -> torch.Tensor:
+        """The latent draws of ``rows`` streams over ``frames`` frames in windows of ``window``:
+        (n_windows, rows, D), one ``draw_noise(rows)`` per window in order, as a stream draws them."""
+        n = math.ceil(frames / window)
+        return torch.stack([self.draw_noise(rows, generator) for _ in range(n)]).to(device)
 
     def init_state(self, batch: int, window: Optional[int] = None, device=None) -> ReactFaceState:
         cfg = self.config
@@ -245,7 +260,6 @@ class ReactFace(nn.Module):
         check_speaker_audio(speaker, audio, cfg.speaker_dim, cfg.audio_dim, cfg.audio_per_frame, "speaker features",
                             name)
 
-    # ------------------------------------------------------------------ one window
     def step(self, state: ReactFaceState, speaker: torch.Tensor, audio: torch.Tensor, noise: torch.Tensor):
         """Advance every conversation by one window.
 
@@ -308,24 +322,25 @@ class ReactFace(nn.Module):
         outputs = {"3dmm": frames, "speaker_3dmm": self.speaker_head(enc), "mu": mu, "logvar": logvar}
         if self.head_emotion is not None:
             outputs["emotion"] = self.head_emotion(q)
-        new_state = ReactFaceState(speaker_in=speaker_in, speaker_enc=speaker_enc, audio_enc=audio_enc, count=count,
-                                   past=past, past_count=past_count, prev_frames=frames,
-                                   has_prev=torch.ones_like(state.has_prev), z_prev=z, frame=state.frame + W)
+        new_state = dataclasses.replace(state, speaker_in=speaker_in, speaker_enc=speaker_enc, audio_enc=audio_enc,
+                                        count=count, past=past, past_count=past_count, prev_frames=frames,
+                                        has_prev=torch.ones_like(state.has_prev), z_prev=z, frame=state.frame + W)
         return outputs, new_state
 
-    # ------------------------------------------------------------------ whole clips
     def run(self, speaker: torch.Tensor, audio: torch.Tensor, window: int, noise: torch.Tensor,
-            state: Optional[ReactFaceState] = None) -> Dict[str, torch.Tensor]:
+            state: Optional[ReactFaceState] = None, step=None) -> Dict[str, torch.Tensor]:
         """The online loop over whole clips; ``noise`` (n_windows, B, D). T need not be a multiple
-        of the window: the last window is padded by repeating the last frame and trimmed."""
+        of the window: the last window is padded by repeating the last frame and trimmed.
+        ``step`` replaces :meth:`step` (a wrapper that post-processes each window)."""
         B, T, _ = speaker.shape
         k = self.config.audio_per_frame
         speaker, audio, n = pad_to_windows(speaker, audio, window, k)
         state = state or self.init_state(B, window, speaker.device)
+        step = step or self.step
         collected: Dict[str, List[torch.Tensor]] = {}
         for i in range(n):
-            out, state = self.step(state, speaker[:, i * window:(i + 1) * window],
-                                   audio[:, i * window * k:(i + 1) * window * k], noise[i])
+            out, state = step(state, speaker[:, i * window:(i + 1) * window],
+                              audio[:, i * window * k:(i + 1) * window * k], noise[i])
             for key, value in out.items():
                 collected.setdefault(key, []).append(value)
         result = {}
@@ -390,8 +405,7 @@ class ReactFace(nn.Module):
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         B, T, _ = speaker.shape
         W = window or self.config.window
-        n = math.ceil(T / W)
-        noise = torch.stack([self.draw_noise(B * num_samples, generator) for _ in range(n)]).to(speaker.device)
+        noise = self.window_noise(B * num_samples, T, W, generator, speaker.device)
         out = self.run(speaker.repeat_interleave(num_samples, 0), audio.repeat_interleave(num_samples, 0), W, noise)
         return {key: value.reshape(B, num_samples, *value.shape[1:]) for key, value in out.items()
                 if key in ("3dmm", "emotion")}
@@ -445,6 +459,3 @@ def reactface_loss(model: ReactFace, out: Dict[str, torch.Tensor], targets: torc
     return {"loss": total, "rec": rec.detach(), "kl": kl.detach(), "div": div.detach(), "smooth": smooth.detach(),
             "speaker_rec": speaker_rec.detach()}
 
-
-def config_dict(model: ReactFace) -> dict:
-    return asdict(model.config)

@@ -51,6 +51,8 @@ class BiasedCrossAttention(nn.Module):
     full call over all keys would give for those queries.
     """
 
+    op = "biased_attention"
+
     def __init__(self, embed_dim: int, num_heads: int, kdim: Optional[int] = None, vdim: Optional[int] = None,
                  dropout: float = 0.0, period: int = 8, audio_ratio: int = 1, extra: int = 0,
                  slopes: Optional[torch.Tensor] = None, bias: bool = True, max_cache: Optional[int] = None,

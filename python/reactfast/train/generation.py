@@ -17,6 +17,8 @@ def generate_dataset(model, dataset, samples: int = 10, seed: int = 0, rows: Opt
     if dataset.window is not None:
         raise ValueError("generate_dataset needs a whole-clip dataset (window=None)")
     model.eval()
+    if device is not None:
+        model.to(device)
     device = device or next(model.parameters()).device
     rows = list(range(dataset.num_items)) if rows is None else list(rows)
     outs: Dict[str, list] = {}

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from reactfast.models.base import check_at_least
 from reactfast.train.batches import collate_appropriate
 from reactfast.train.checkpoint import load_into, load_trainer_state, save_checkpoint
 
@@ -48,14 +49,10 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "max_candidates", "val_samples", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        check_at_least(self, 1, "steps", "batch_size", "max_candidates", "val_samples", "log_every")
+        check_at_least(self, 0, "ckpt_every", "val_every")
         if self.optimizer not in ("adamw", "sgd"):
             raise ValueError(f"TrainConfig.optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
-        for name in ("ckpt_every", "val_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
 
 
 def distributed_context():
@@ -110,7 +107,6 @@ class Trainer:
         if resume:
             self._resume(resume)
 
-    # ------------------------------------------------------------------ state
     def _rng_state(self) -> dict:
         return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
 
@@ -138,7 +134,6 @@ class Trainer:
         if self.world > 1:
             dist.barrier()
 
-    # ------------------------------------------------------------------ data
     def batch_indices(self, step: int) -> List[int]:
         cfg = self.config
         epoch, pos = divmod(step, self.steps_per_epoch)
@@ -147,7 +142,6 @@ class Trainer:
         local = cfg.batch_size // self.world
         return global_batch[self.rank * local:(self.rank + 1) * local]
 
-    # ------------------------------------------------------------------ loop
     def train_step(self) -> Dict[str, float]:
         cfg = self.config
         indices = self.batch_indices(self.step)
@@ -163,8 +157,7 @@ class Trainer:
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
-        if hasattr(self.model, "after_step"):
-            self.model.after_step()
+        self.model.after_step()
         values = torch.stack([v.detach().float() for v in losses.values()])
         if self.world > 1:
             dist.all_reduce(values)

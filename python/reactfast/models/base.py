@@ -1,0 +1,252 @@
+"""What every reactfast generator is: the ``Generator`` interface, the ``GeneratorConfig`` base of
+their configurations, and the registry that the command line, the demo, the trainer and the
+checkpoints use to find a generator by name.
+
+A generator maps a speaker's behaviour (per-frame features ``speaker`` (B, T, F) and ``k`` audio
+feature rows per frame ``audio`` (B, k T, A)) to listener reactions ``{"3dmm": (B, S, T, 58),
+"emotion": (B, S, T, 25)}`` (the outputs it has), offline (``generate``) or window by window
+(``init_state`` / ``step``, driven by ``reactfast.online.ReactionStream``). Training calls
+``loss`` on batches from ``reactfast.train``; multi-stage generators (``stages``) freeze what a
+stage does not train.
+
+Adding a generator: subclass ``GeneratorConfig`` and ``Generator``, decorate the class with
+``@register``, and import its module in ``reactfast/models/__init__.py`` (ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
+
+import torch
+from torch import nn
+
+from reactfast import _backend
+
+
+def check_at_least(config, minimum: int, *names: str) -> None:
+    """Raise ValueError naming the first field of ``config`` in ``names`` that is not an int >= ``minimum``."""
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise ValueError(f"{type(config).__name__}.{name} must be an int >= {minimum}, got {value!r}")
+
+
+@dataclass
+class GeneratorConfig:
+    """Fields every generator's configuration has; subclasses add theirs (all with defaults)."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+
+    def check_at_least(self, minimum: int, *names: str) -> None:
+        """Raise ValueError naming the first of ``names`` that is not an int >= ``minimum``."""
+        check_at_least(self, minimum, *names)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-ready fields (tuples as lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass
+class TrainStage:
+    """One stage of a generator's training recipe (used by the demo)."""
+
+    stage: int
+    steps: int
+    lr: Optional[float] = None
+    optimizer: str = "adamw"
+    batch_size: int = 8
+
+
+class Generator(nn.Module, metaclass=abc.ABCMeta):
+    """Base of the reactfast generators.
+
+    Args:
+        config: the generator's ``config_class`` instance; or give its fields as keyword overrides.
+        backend: a backend spec for the ops the generator calls: one name (``"reference"``) for
+            every op that has it, or per op (``"biased_attention:reference,weight_shift:cpp"``);
+            None for automatic choice (see ``reactfast._backend``).
+    """
+
+    name: ClassVar[str]
+    summary: ClassVar[str] = ""
+    config_class: ClassVar[Type[GeneratorConfig]]
+    stages: ClassVar[Tuple[int, ...]] = (1,)
+    stage_names: ClassVar[Dict[int, str]] = {1: "the whole generator"}
+
+    def __init__(self, config: Optional[GeneratorConfig] = None, backend: Optional[str] = None, **overrides):
+        super().__init__()
+        if config is not None and overrides:
+            raise ValueError(f"pass either a {self.config_class.__name__} or keyword overrides, not both")
+        if config is None:
+            config = self.config_class(**overrides)
+        elif not isinstance(config, self.config_class):
+            raise TypeError(f"config must be a {self.config_class.__name__}, got {type(config).__name__}")
+        self.config = config
+        _backend.parse_spec(backend)
+        self.backend = backend
+        self.stage = self.stages[0]
+
+    def backend_for(self, op: str) -> Optional[str]:
+        """The backend this generator's spec asks of ``op`` (None: automatic)."""
+        return _backend.for_op(self.backend, op)
+
+    def set_backend(self, backend: Optional[str]) -> "Generator":
+        """Change the backend spec; modules that call an op (an ``op`` attribute) follow it."""
+        _backend.parse_spec(backend)
+        self.backend = backend
+        for module in self.modules():
+            op = getattr(module, "op", None)
+            if isinstance(op, str) and hasattr(module, "backend") and module is not self:
+                module.backend = _backend.for_op(backend, op)
+        return self
+
+    @abc.abstractmethod
+    def output_widths(self) -> Dict[str, int]:
+        """The outputs the generator emits and their widths, e.g. {"3dmm": 58, "emotion": 25}."""
+
+    @abc.abstractmethod
+    def check_inputs(self, speaker: torch.Tensor, audio: torch.Tensor, name: str = "speaker") -> None:
+        """Raise a clear error for speaker/audio tensors this generator cannot take."""
+
+    @abc.abstractmethod
+    def inputs_from_batch(self, batch: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(speaker features, audio) from a ``reactfast.data`` batch."""
+
+    @abc.abstractmethod
+    def loss(self, batch: Dict[str, torch.Tensor], generators: Sequence[torch.Generator],
+             forward=None) -> Dict[str, torch.Tensor]:
+        """Training losses of the current stage: a dict with ``loss`` (to minimise) and ``rec`` (the
+        reconstruction term, for progress), detached extras allowed. One torch.Generator per item
+        draws that item's noise; ``forward`` is the callable that runs the model (a DDP wrapper)."""
+
+    @abc.abstractmethod
+    def generate(self, speaker: torch.Tensor, audio: torch.Tensor, num_samples: int = 10,
+                 generator: Optional[torch.Generator] = None, **kwargs) -> Dict[str, torch.Tensor]:
+        """``num_samples`` reactions per speaker: {output: (B, S, T, width)}."""
+
+    @abc.abstractmethod
+    def init_state(self, batch: int, window: Optional[int] = None, device=None, **kwargs):
+        """The streaming state of ``batch`` new conversations (a dataclass with ``cat``/``split``)."""
+
+    @abc.abstractmethod
+    def step(self, state, speaker: torch.Tensor, audio: torch.Tensor, noise: torch.Tensor):
+        """Advance every conversation of ``state`` by one window: (outputs, new state)."""
+
+    @abc.abstractmethod
+    def draw_noise(self, batch: int, generator: Optional[torch.Generator] = None, window: int = 0) -> torch.Tensor:
+        """The random draws one window of ``batch`` streams needs (on the CPU, from ``generator``)."""
+
+    @property
+    def window(self) -> int:
+        """Frames emitted per streaming step."""
+        return self.config.window
+
+    @property
+    def audio_per_frame(self) -> int:
+        return self.config.audio_per_frame
+
+    def after_step(self) -> None:
+        """Called by the trainer after each optimizer step (EMA updates and the like)."""
+
+    def trainable_modules(self, stage: int) -> List[nn.Module]:
+        """The modules stage ``stage`` trains (default: everything)."""
+        return [self]
+
+    def set_stage(self, stage: int) -> "Generator":
+        """Make only the modules of ``stage`` trainable."""
+        if stage not in self.stages:
+            raise ValueError(f"{self.name} trains in stages {self.stages}, got stage {stage!r}")
+        self.stage = stage
+        set_trainable(self, False)
+        for module in self.trainable_modules(stage):
+            set_trainable(module, True)
+        return self
+
+    def stage_optimizer(self, stage: int) -> Tuple[str, Optional[float]]:
+        """(optimizer name, learning rate or None for the config's) for ``stage``."""
+        return "adamw", None
+
+    def training_windows(self, clip_frames: int) -> Tuple[int, int]:
+        """(window, stride) in frames of the training items of the current stage."""
+        return clip_frames, max(1, clip_frames // 2)
+
+    @classmethod
+    def data_defaults(cls, audio_dim: int) -> Dict[str, Any]:
+        """Config fields that follow from the data (its audio feature width)."""
+        return {"audio_dim": audio_dim}
+
+    @classmethod
+    def demo_config(cls, audio_dim: int) -> GeneratorConfig:
+        """The small configuration ``reactfast demo`` trains on a CPU."""
+        return cls.config_class(**cls.data_defaults(audio_dim))
+
+    def demo_stages(self, steps: int) -> List[TrainStage]:
+        """The demo's training recipe for ``steps`` steps."""
+        return [TrainStage(stage=s, steps=steps) for s in self.stages]
+
+
+def set_trainable(module: nn.Module, trainable: bool) -> None:
+    for p in module.parameters():
+        p.requires_grad_(trainable)
+
+
+_REGISTRY: Dict[str, Type[Generator]] = {}
+# The generator the command line and the demo use when none is named.
+DEFAULT = "reactface"
+
+
+def register(cls: Type[Generator]) -> Type[Generator]:
+    """Class decorator: make a generator buildable by its ``name``."""
+    if not (isinstance(cls, type) and issubclass(cls, Generator)):
+        raise TypeError(f"only Generator subclasses can be registered, got {cls!r}")
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"a generator named {cls.name!r} is already registered ({_REGISTRY[cls.name].__name__})")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def names() -> Tuple[str, ...]:
+    """The registered generators' names, the default first."""
+    return tuple(sorted(_REGISTRY, key=lambda n: (n != DEFAULT, n)))
+
+
+def get(name: str) -> Type[Generator]:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def make_config(name: str, fields: Dict[str, Any]) -> GeneratorConfig:
+    """The config of generator ``name`` from a dict of fields, unknown fields named in the error."""
+    cfg_cls = get(name).config_class
+    known = {f.name for f in dataclasses.fields(cfg_cls)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"{name} config has unknown fields {unknown}; known: {sorted(known)}")
+    return cfg_cls(**fields)
+
+
+def build(name: str, config: Optional[Dict[str, Any]] = None, backend: Optional[str] = None) -> Generator:
+    """A new generator ``name`` with config fields ``config`` (the rest default)."""
+    return get(name)(make_config(name, dict(config or {})), backend=backend)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The generator inside a DistributedDataParallel (or similar ``.module``) wrapper."""
+    return getattr(model, "module", model)
+
+
+def model_name(model: nn.Module) -> str:
+    model = unwrap(model)
+    for name, cls in _REGISTRY.items():
+        if type(model) is cls:
+            return name
+    raise ValueError(f"{type(model).__name__} is not a registered reactfast generator ({', '.join(sorted(_REGISTRY))})")
+
+
+def config_of(model: nn.Module) -> Dict[str, Any]:
+    return unwrap(model).config.to_dict()

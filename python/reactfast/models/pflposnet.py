@@ -1,0 +1,170 @@
+"""PFLPosNet (SPEC 4.4) as a generator: an online ReactFace whose every emitted window's head pose
+(the last 6 of the 58 3DMM dims) is post-processed by PosNet from the previous window's last
+adjusted pose, so poses join smoothly at window seams; expression dims and emotion pass through
+bit-identical. The generator itself still sees its own raw output as its past.
+
+Stage 1 trains the ReactFace generator (PosNet, untrained, is the identity); stage 2 trains PosNet
+with the generator frozen, on windows the generator produces for the batch's speakers (PosNet's
+connection and smoothness losses). Offline ``generate`` and streaming run the same step, so they
+agree exactly. PFL, the pose-preserving face crop of the video frames, is
+``reactfast.data.pfl`` (``reactfast data crop``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from reactfast.data import layout
+from reactfast.models.base import Generator, TrainStage, register
+from reactfast.models.posnet import PosNet, PosNetConfig, seam_jump
+from reactfast.models.reactface import ReactFace, ReactFaceConfig, ReactFaceState
+
+
+@dataclass
+class PFLPosNetConfig(ReactFaceConfig):
+    """ReactFace's fields (the generator) and PosNet's, prefixed ``posnet_``; PosNet adjusts
+    windows of the generator's inference ``window``."""
+
+    posnet_hidden: int = 512
+    posnet_connect_weight: float = 1.0
+    posnet_sm1_weight: float = 1.0
+    posnet_sm2_weight: float = 0.2
+    posnet_fidelity_weight: float = 1.0
+    posnet_samples: int = 2
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.check_at_least(1, "posnet_hidden", "posnet_samples")
+        if self.window < 2:
+            raise ValueError(f"PosNet adjusts windows of at least 2 frames, got window {self.window}")
+
+    def generator_config(self) -> ReactFaceConfig:
+        names = {f.name for f in dataclasses.fields(ReactFaceConfig)}
+        return ReactFaceConfig(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})
+
+    def posnet_config(self) -> PosNetConfig:
+        return PosNetConfig(window=self.window, hidden=self.posnet_hidden, connect_weight=self.posnet_connect_weight,
+                            sm1_weight=self.posnet_sm1_weight, sm2_weight=self.posnet_sm2_weight,
+                            fidelity_weight=self.posnet_fidelity_weight)
+
+
+@dataclass
+class PFLPosNetState(ReactFaceState):
+    pose_last: torch.Tensor = None   # (B, 6) the last adjusted head pose emitted
+
+
+@register
+class PFLPosNet(Generator):
+    name = "pflposnet"
+    summary = "PFLPosNet: ReactFace with PosNet smoothing the head pose across windows"
+    config_class = PFLPosNetConfig
+    stages = (1, 2)
+    stage_names = {1: "the ReactFace generator", 2: "PosNet on the frozen generator's output"}
+
+    def __init__(self, config: Optional[PFLPosNetConfig] = None, backend: Optional[str] = None, **overrides):
+        super().__init__(config, backend, **overrides)
+        self.generator = ReactFace(self.config.generator_config(), backend=backend)
+        self.posnet = PosNet(self.config.posnet_config())
+
+    def trainable_modules(self, stage: int) -> List[nn.Module]:
+        return [self.generator] if stage == 1 else [self.posnet]
+
+    @classmethod
+    def data_defaults(cls, audio_dim: int):
+        return ReactFace.data_defaults(audio_dim)
+
+    @classmethod
+    def demo_config(cls, audio_dim: int) -> PFLPosNetConfig:
+        base = dataclasses.asdict(ReactFace.demo_config(audio_dim))
+        return PFLPosNetConfig(**base, posnet_hidden=128)
+
+    def demo_stages(self, steps: int) -> List[TrainStage]:
+        return [TrainStage(stage=1, steps=steps, lr=1e-3, batch_size=8),
+                TrainStage(stage=2, steps=max(1, steps // 4), lr=1e-3, batch_size=8)]
+
+    def output_widths(self) -> Dict[str, int]:
+        return self.generator.output_widths()
+
+    def check_inputs(self, speaker, audio, name: str = "speaker") -> None:
+        self.generator.check_inputs(speaker, audio, name)
+
+    def inputs_from_batch(self, batch):
+        return self.generator.inputs_from_batch(batch)
+
+    def draw_noise(self, batch: int, generator: Optional[torch.Generator] = None, window: int = 0) -> torch.Tensor:
+        return self.generator.draw_noise(batch, generator, window)
+
+    def init_state(self, batch: int, window: Optional[int] = None, device=None) -> PFLPosNetState:
+        base = self.generator.init_state(batch, window, device)
+        fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(ReactFaceState)}
+        return PFLPosNetState(**fields, pose_last=base.prev_frames.new_zeros(batch, 6))
+
+    def adjust(self, frames: torch.Tensor, pose_last: torch.Tensor, has_prev: torch.Tensor) -> torch.Tensor:
+        """PosNet over (B, W, 58) frames window by window, each from the previous adjusted pose; rows
+        without a previous window (``has_prev`` False) start unadjusted."""
+        continued, _ = self.posnet.adjust_sequence(frames, pose_last)
+        if bool(has_prev.all()):
+            return continued
+        fresh, _ = self.posnet.adjust_sequence(frames, None)
+        return torch.where(has_prev[:, None, None], continued, fresh)
+
+    def step(self, state: PFLPosNetState, speaker, audio, noise):
+        out, new = self.generator.step(state, speaker, audio, noise)
+        adjusted = self.adjust(out["3dmm"], state.pose_last, state.has_prev)
+        new = dataclasses.replace(new, pose_last=adjusted[:, -1, layout.TDMM_POSE])
+        return {**out, "3dmm": adjusted}, new
+
+    def forward(self, *args, **kwargs):
+        """Stage 1: the ReactFace training pass; stage 2: PosNet's losses over windows (B, n, W, 58)."""
+        if self.stage == 1:
+            return self.generator(*args, **kwargs)
+        return self.posnet.loss(*args, **kwargs)
+
+    def loss(self, batch, generators, forward=None) -> Dict[str, torch.Tensor]:
+        if self.stage == 1:
+            # The generator's own losses, through this module's forward (a DDP wrapper's, when given).
+            return self.generator.loss(batch, generators, forward=forward or self)
+        windows = self._generated_windows(batch, generators)
+        out = (forward or self)(windows)
+        raw = windows.reshape(windows.shape[0], -1, layout.TDMM_DIM)
+        return {**out, "rec": out["loss"].detach(), "seam_raw": seam_jump(raw, self.config.window).detach()}
+
+    @torch.no_grad()
+    def _generated_windows(self, batch, generators) -> torch.Tensor:
+        """The frozen generator's raw 3DMM for the batch's speakers: (B S, n, W, 58)."""
+        speaker, audio = self.inputs_from_batch(batch)
+        W, S = self.config.window, self.config.posnet_samples
+        n = speaker.shape[1] // W
+        if n < 2:
+            raise ValueError(f"PFLPosNet stage 2 needs items of at least 2 windows ({2 * W} frames), got "
+                             f"{speaker.shape[1]}")
+        was_training = self.generator.training
+        self.generator.eval()
+        frames = torch.cat([self.generator.generate(speaker[b:b + 1, : n * W], audio[b:b + 1, : 2 * n * W], S,
+                                                    generators[b])["3dmm"][0] for b in range(speaker.shape[0])])
+        self.generator.train(was_training)
+        return frames.reshape(-1, n, W, layout.TDMM_DIM)
+
+    @torch.no_grad()
+    def generate(self, speaker, audio, num_samples: int = 10, generator: Optional[torch.Generator] = None,
+                 window: Optional[int] = None) -> Dict[str, torch.Tensor]:
+        """As ``ReactFace.generate``, each window's head pose adjusted by PosNet."""
+        self.check_inputs(speaker, audio)
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        W = window or self.config.window
+        B, T, _ = speaker.shape
+        state = self.init_state(B * num_samples, W, speaker.device)
+        out = self.generator.run(speaker.repeat_interleave(num_samples, 0), audio.repeat_interleave(num_samples, 0),
+                                 W, self.generator.window_noise(B * num_samples, T, W, generator, speaker.device),
+                                 state, step=self.step)
+        return {key: value.reshape(B, num_samples, *value.shape[1:]) for key, value in out.items()
+                if key in self.output_widths()}
+
+    def training_windows(self, clip_frames: int) -> Tuple[int, int]:
+        return clip_frames, max(1, clip_frames // 2)
