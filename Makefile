@@ -5,13 +5,18 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.reactfast-deps
 
-.PHONY: demo test bench install env clean
+.PHONY: demo test test-gpu bench install env clean
 
 demo: install
 	$(VENV)/bin/reactfast demo
 
 test: install
 	$(PY) -m pytest tests -q
+
+# On a GPU machine with no network: builds with the CUDA kernels for the local GPU (system python3,
+# no virtual environment), runs the whole suite and the GPU benchmarks, prints a table last.
+test-gpu:
+	bash tools/test_gpu.sh
 
 bench: install
 	$(PY) -m pytest bench -q

@@ -9,7 +9,7 @@ from reactfast.ops import biased_attention
 from reactfast.reference.biased_attention import alibi_slopes, attention_bias
 from reactfast.testing import assert_close
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
 def _sdpa(q, k, v, bias):

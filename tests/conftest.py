@@ -6,7 +6,11 @@ is poisoned (NaN) before the kernel writes it."""
 
 import os
 
-import torch
+# cuBLAS reads its workspace setting when its handle is made: set before any CUDA work, so that
+# deterministic training (TrainConfig(deterministic=True)) can run on a GPU.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+import torch  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:

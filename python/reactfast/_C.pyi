@@ -7,7 +7,7 @@ take the stream as an int (``torch.cuda.current_stream().cuda_stream``) and rais
 ``RuntimeError`` with the CUDA error text.
 """
 
-from typing import Any, List, Optional, Protocol, Tuple, Union
+from typing import List, Protocol, Tuple, Union
 
 class _HasDataPtr(Protocol):
     def data_ptr(self) -> int: ...

@@ -179,17 +179,23 @@ def sample(denoiser: Denoiser, shape: Sequence[int], cond: Optional[torch.Tensor
         noises = torch.randn((steps,) + tuple(shape), generator=generator, dtype=dtype,
                              device=noise_device).to(device)
     both = torch.cat([cond, null_cond]) if guided else cond
+    # Every step's timesteps and coefficients, validated and computed once up front: the loop below
+    # does no host synchronisation, so it can be captured in a CUDA graph.
+    t_prev = scheduler.previous(ts, steps)
+    coefs = scheduler.step_coefficients(ts, t_prev)[:, None].expand(len(ts), B, 5).contiguous().to(device)
+    t_rows = ts[:, None].expand(len(ts), B).contiguous().to(device)
+    t_both = torch.cat([t_rows, t_rows], 1) if guided else t_rows
+    scale = guidance_scale or 1.0
+    eps_noise = scheduler.eta > 0
 
     def one_step(i: int, x: torch.Tensor) -> torch.Tensor:
-        t = torch.full((B,), int(ts[i]), dtype=torch.long, device=device)
-        t_prev = scheduler.previous(t, steps)
         if guided:
-            out = denoiser(torch.cat([x, x]), torch.cat([t, t]), both)
+            out = denoiser(torch.cat([x, x]), t_both[i], both)
             out_c, out_u = out[:B], out[B:]
         else:
-            out_c, out_u = denoiser(x, t, cond), None
-        return scheduler.step(out_c, t, x, t_prev, out_u, guidance_scale or 1.0,
-                              None if noises is None else noises[i], backend)[0]
+            out_c, out_u = denoiser(x, t_rows[i], cond), None
+        return ddim_step(x, out_c, coefs[i], scheduler.prediction, out_u, scale,
+                         noises[i] if eps_noise else None, scheduler.clip, scheduler.eps_from_clipped, backend)[0]
 
     if cuda_graph:
         if device.type != "cuda":

@@ -20,9 +20,9 @@ def tiny(**kw):
     return PerFRDiff(PerFRDiffConfig(**base))
 
 
-def inputs(B=2, T=25, seed=0):
+def inputs(B=2, T=25, seed=0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(B, T, 83, generator=g) * 0.3, torch.randn(B, 2 * T, 6, generator=g)
+    return (torch.randn(B, T, 83, generator=g) * 0.3).to(device), torch.randn(B, 2 * T, 6, generator=g).to(device)
 
 
 def test_defaults_are_the_authors():
@@ -32,12 +32,13 @@ def test_defaults_are_the_authors():
     assert cfg.guidance == 7.5 and cfg.temperature == 0.07 and cfg.cond_dropout == 0.2
 
 
-def test_generate_shapes_and_determinism():
-    model = tiny().eval()
-    speaker, audio = inputs()
-    a = model.generate(speaker, audio, 3, torch.Generator().manual_seed(1))["emotion"]
-    b = model.generate(speaker, audio, 3, torch.Generator().manual_seed(1))["emotion"]
-    c = model.generate(speaker, audio, 3, torch.Generator().manual_seed(2))["emotion"]
+def test_generate_shapes_and_determinism(device):
+    model = tiny().eval().to(device)
+    speaker, audio = inputs(device=device)
+    gen = lambda seed: torch.Generator(device).manual_seed(seed)  # noqa: E731
+    a = model.generate(speaker, audio, 3, gen(1))["emotion"]
+    b = model.generate(speaker, audio, 3, gen(1))["emotion"]
+    c = model.generate(speaker, audio, 3, gen(2))["emotion"]
     assert a.shape == (2, 3, 25, 25)
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert (a[0, 0] - a[0, 1]).abs().mean() > 1e-3         # diverse across samples
@@ -170,17 +171,18 @@ def test_supervised_contrastive():
     assert good < bad
 
 
-def _train(model, stage, steps, lr, optimizer="adamw"):
+def _train(model, stage, steps, lr, device, optimizer="adamw"):
     data = SyntheticDyads(sessions=12, frames=120, audio_dim=3, listeners=3, prototypes=2, seed=0, split="train")
     ds = data.dataset(frames=120, window=20, stride=10)
     model.set_stage(stage)
-    trainer = Trainer(model, ds, TrainConfig(steps=steps, batch_size=8, lr=lr, progress=False, optimizer=optimizer))
+    trainer = Trainer(model, ds, TrainConfig(steps=steps, batch_size=8, lr=lr, progress=False, optimizer=optimizer),
+                      device=device)
     return trainer.fit(), ds
 
 
-def test_two_stage_training_and_style_separation():
+def test_two_stage_training_and_style_separation(device):
     model = tiny(audio_dim=3)
-    history, ds = _train(model, 1, 60, 2e-3)
+    history, ds = _train(model, 1, 60, 2e-3, device)
     first = np.mean([h["diffusion"] for h in history[:5]])
     last = np.mean([h["diffusion"] for h in history[-5:]])
     assert last < first, (first, last)
@@ -188,14 +190,14 @@ def test_two_stage_training_and_style_separation():
     model.eval()
     items = [ds[i] for i in range(0, len(ds), 3)]
     with torch.no_grad():
-        p = model.pssl(torch.stack([it["listener_3dmm"] for it in items]))
+        p = model.pssl(torch.stack([it["listener_3dmm"] for it in items]).to(device)).cpu()
     ids = torch.tensor([int(it["listener_id"]) for it in items])
     sim = p @ p.t()
     same = (ids[:, None] == ids[None]) & ~torch.eye(len(ids), dtype=torch.bool)
     diff = ids[:, None] != ids[None]
     assert sim[same].mean() > sim[diff].mean()
     frozen = {k: v.clone() for k, v in model.gafrg.state_dict().items()}
-    history2, _ = _train(model, 2, 10, 1e-3, optimizer="sgd")
+    history2, _ = _train(model, 2, 10, 1e-3, device, optimizer="sgd")
     assert all(torch.equal(v, model.gafrg.state_dict()[k]) for k, v in frozen.items())
     assert all(np.isfinite(h["loss"]) for h in history2)
 

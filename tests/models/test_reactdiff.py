@@ -22,12 +22,13 @@ def test_defaults_are_the_authors():
         (1024, 4, 128, 50, 20, 256, (1, 2, 4, 8))
 
 
-def test_generate_shapes_determinism_diversity():
-    model = tiny().eval()
-    speaker, audio = torch.rand(2, 23, 25), torch.randn(2, 46, 4)
-    a = model.generate(speaker, audio, 3, torch.Generator().manual_seed(0))
-    b = model.generate(speaker, audio, 3, torch.Generator().manual_seed(0))
-    c = model.generate(speaker, audio, 3, torch.Generator().manual_seed(1))
+def test_generate_shapes_determinism_diversity(device):
+    model = tiny().eval().to(device)
+    speaker, audio = torch.rand(2, 23, 25, device=device), torch.randn(2, 46, 4, device=device)
+    gen = lambda seed: torch.Generator(device).manual_seed(seed)  # noqa: E731
+    a = model.generate(speaker, audio, 3, gen(0))
+    b = model.generate(speaker, audio, 3, gen(0))
+    c = model.generate(speaker, audio, 3, gen(1))
     assert a["3dmm"].shape == (2, 3, 23, 58) and a["emotion"].shape == (2, 3, 23, 25)
     assert torch.equal(a["emotion"], b["emotion"]) and not torch.equal(a["emotion"], c["emotion"])
     assert (a["emotion"][0, 0] - a["emotion"][0, 1]).abs().mean() > 1e-4
@@ -46,16 +47,16 @@ def test_streaming_equals_generate():
         assert_close(key, offline[key][0], torch.cat([p[key] for p in parts], 1), atol=1e-8, rtol=1e-8)
 
 
-def test_both_stages_train():
+def test_both_stages_train(device):
     model = tiny()
     data = SyntheticDyads(sessions=6, frames=60, audio_dim=4, seed=0, split="train").dataset(frames=60, window=10)
     model.set_stage(1)
-    h1 = Trainer(model, data, TrainConfig(steps=40, batch_size=8, lr=3e-3, progress=False)).fit()
+    h1 = Trainer(model, data, TrainConfig(steps=40, batch_size=8, lr=3e-3, progress=False), device=device).fit()
     assert np.mean([h["rec"] for h in h1[-5:]]) < 0.5 * np.mean([h["rec"] for h in h1[:5]])
     frozen = {k: v.clone() for k, v in model.mmt.state_dict().items()}
     ema_before = [p.clone() for p in model.ema_unet.parameters()]
     model.set_stage(2)
-    h2 = Trainer(model, data, TrainConfig(steps=40, batch_size=8, lr=3e-3, progress=False)).fit()
+    h2 = Trainer(model, data, TrainConfig(steps=40, batch_size=8, lr=3e-3, progress=False), device=device).fit()
     assert np.mean([h["rec"] for h in h2[-5:]]) < np.mean([h["rec"] for h in h2[:5]])
     assert all(torch.equal(v, model.mmt.state_dict()[k]) for k, v in frozen.items())
     assert any(not torch.equal(a, b) for a, b in zip(ema_before, model.ema_unet.parameters()))

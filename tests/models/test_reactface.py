@@ -7,16 +7,22 @@ from reactfast.online import ReactionStream, StreamClosed, StreamRunner
 from reactfast.testing import assert_close
 
 
-def tiny(**kw):
-    base = dict(speaker_dim=25, speaker_inputs="emotion", audio_dim=12, dim=32, heads=4, cie_heads=4, cie_ffn=64, window_train=16, window=8,
-                context=32, past=16, dropout=0.0)
+def tiny(device="cpu", **kw):
+    base = dict(speaker_dim=25, speaker_inputs="emotion", audio_dim=12, dim=32, heads=4, cie_heads=4, cie_ffn=64,
+                window_train=16, window=8, context=32, past=16, dropout=0.0)
     base.update(kw)
-    return ReactFace(ReactFaceConfig(**base))
+    torch.manual_seed(0)
+    return ReactFace(ReactFaceConfig(**base)).to(device)
 
 
-def inputs(B=2, T=37, F=25, A=12, k=2, seed=0):
+def inputs(B=2, T=37, F=25, A=12, k=2, seed=0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(B, T, F, generator=g), torch.randn(B, k * T, A, generator=g)
+    return torch.randn(B, T, F, generator=g).to(device), torch.randn(B, k * T, A, generator=g).to(device)
+
+
+def gen(seed, device="cpu"):
+    """A torch.Generator on ``device``: the generators accept CUDA generators as well as CPU ones."""
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 def test_config_defaults_are_the_authors():
@@ -24,48 +30,50 @@ def test_config_defaults_are_the_authors():
     assert (cfg.dim, cfg.heads, cfg.window_train, cfg.window, cfg.period, cfg.momentum) == (128, 8, 64, 8, 8, 0.9)
 
 
-def test_forward_and_generate_shapes():
-    model = tiny()
-    speaker, audio = inputs()
-    out = model(speaker, audio, generator=torch.Generator().manual_seed(0))
+def test_forward_and_generate_shapes(device):
+    model = tiny(device)
+    speaker, audio = inputs(device=device)
+    out = model(speaker, audio, generator=gen(0, device))
     assert out["3dmm"].shape == (3, 2, 37, 58)
     assert out["emotion"].shape == (3, 2, 37, 25)
     assert out["speaker_3dmm"].shape == (3, 2, 37, 58)
     assert out["mu"].shape == (3, 2, 3, 32)          # ceil(37 / 16) windows
-    gen = model.eval().generate(speaker, audio, num_samples=4, generator=torch.Generator().manual_seed(0))
-    assert gen["3dmm"].shape == (2, 4, 37, 58) and gen["emotion"].shape == (2, 4, 37, 25)
+    out = model.eval().generate(speaker, audio, num_samples=4, generator=gen(0, device))
+    assert out["3dmm"].shape == (2, 4, 37, 58) and out["emotion"].shape == (2, 4, 37, 25)
+    assert out["3dmm"].device.type == device.type
 
 
-def test_loss_and_gradients():
-    model = tiny()
-    speaker, audio = inputs(B=2, T=32)
-    out = model(speaker, audio, generator=torch.Generator().manual_seed(0))
-    targets = torch.randn(2, 3, 32, 58) * 0.1
-    valid = torch.tensor([[True, True, False], [True, False, False]])
-    losses = reactface_loss(model, out, targets, valid, torch.randn(2, 32, 58) * 0.1, torch.randn(2, 3, 32, 25))
+def test_loss_and_gradients(device):
+    model = tiny(device)
+    speaker, audio = inputs(B=2, T=32, device=device)
+    out = model(speaker, audio, generator=gen(0, device))
+    targets = torch.randn(2, 3, 32, 58, device=device) * 0.1
+    valid = torch.tensor([[True, True, False], [True, False, False]], device=device)
+    losses = reactface_loss(model, out, targets, valid, torch.randn(2, 32, 58, device=device) * 0.1,
+                            torch.randn(2, 3, 32, 25, device=device))
     losses["loss"].backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing, missing
     assert set(losses) == {"loss", "rec", "kl", "div", "smooth", "speaker_rec"}
 
 
-def test_sampling_deterministic_and_diverse():
-    model = tiny().eval()
-    speaker, audio = inputs(B=1, T=24)
-    a = model.generate(speaker, audio, 3, torch.Generator().manual_seed(5))["3dmm"]
-    b = model.generate(speaker, audio, 3, torch.Generator().manual_seed(5))["3dmm"]
-    c = model.generate(speaker, audio, 3, torch.Generator().manual_seed(6))["3dmm"]
+def test_sampling_deterministic_and_diverse(device):
+    model = tiny(device).eval()
+    speaker, audio = inputs(B=1, T=24, device=device)
+    a = model.generate(speaker, audio, 3, gen(5, device))["3dmm"]
+    b = model.generate(speaker, audio, 3, gen(5, device))["3dmm"]
+    c = model.generate(speaker, audio, 3, gen(6, device))["3dmm"]
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
     assert (a[0, 0] - a[0, 1]).abs().mean() > 1e-4
 
 
 @pytest.mark.parametrize("chunks", [[37], [8, 8, 8, 8, 5], [3, 11, 1, 22]])
-def test_streaming_equals_generate(chunks):
-    model = tiny().eval()
-    speaker, audio = inputs(B=1, T=sum(chunks))
-    offline = model.generate(speaker, audio, 4, torch.Generator().manual_seed(9))
-    stream = ReactionStream(model, num_samples=4, generator=torch.Generator().manual_seed(9))
+def test_streaming_equals_generate(device, chunks):
+    model = tiny(device).eval()
+    speaker, audio = inputs(B=1, T=sum(chunks), device=device)
+    offline = model.generate(speaker, audio, 4, gen(9, device))
+    stream = ReactionStream(model, num_samples=4, generator=gen(9, device))
     pieces, t = [], 0
     for n in chunks:
         pieces.append(stream.push(speaker[0, t:t + n], audio[0, 2 * t:2 * (t + n)]))
@@ -77,13 +85,13 @@ def test_streaming_equals_generate(chunks):
         assert_close(key, offline[key][0], online[key], atol=1e-5, rtol=1e-5)
 
 
-def test_runner_batches_streams_of_different_ages():
-    model = tiny().eval()
-    speaker, audio = inputs(B=3, T=48, seed=1)
+def test_runner_batches_streams_of_different_ages(device):
+    model = tiny(device).eval()
+    speaker, audio = inputs(B=3, T=48, seed=1, device=device)
     alone, together = [], []
     for s in range(3):
-        alone.append(ReactionStream(model, 2, torch.Generator().manual_seed(s)))
-        together.append(ReactionStream(model, 2, torch.Generator().manual_seed(s)))
+        alone.append(ReactionStream(model, 2, gen(s, device)))
+        together.append(ReactionStream(model, 2, gen(s, device)))
     # Stream 0 starts first, stream 1 one window later, stream 2 two windows later.
     out_alone = {i: [] for i in range(3)}
     out_together = {i: [] for i in range(3)}

@@ -2,44 +2,53 @@ import pytest
 import torch
 
 from reactfast.diffusion import DDIMScheduler, betas_for, sample
-from reactfast.ops.ddim import ddim_step
+from reactfast.ops.ddim import IMPLEMENTED, ddim_step
 from reactfast.reference.ddim import ddim_step as ddim_ref
-from reactfast.testing import assert_close
+from reactfast.testing import assert_close, assert_rel_close
+from tests.conftest import HAS_CUDA, TRITON_DEVICE, usable_backends
 
 
-def _case(prediction, eta, guided, seed=0, shape=(6, 7, 25)):
+def _case(prediction, eta, guided, seed=0, shape=(6, 7, 25), device="cpu"):
     g = torch.Generator().manual_seed(seed)
     sched = DDIMScheduler(1000, "cosine", prediction=prediction, eta=eta)
     B = shape[0]
     t = torch.randint(1, 1000, (B,), generator=g)
     t_prev = t - torch.randint(1, 60, (B,), generator=g)      # mixed per-sample steps, some final (< 0)
-    coef = sched.step_coefficients(t, t_prev)
-    x = torch.randn(shape, generator=g)
-    out = torch.randn(shape, generator=g)
-    un = torch.randn(shape, generator=g) if guided else None
-    z = torch.randn(shape, generator=g) if eta > 0 else None
+    coef = sched.step_coefficients(t, t_prev).to(device)
+    mk = lambda: torch.randn(shape, generator=g).to(device)  # noqa: E731
+    x, out = mk(), mk()
+    un = mk() if guided else None
+    z = mk() if eta > 0 else None
     return sched, coef, x, out, un, z
+
+
+def _f64(*tensors):
+    return [None if t is None else t.double() for t in tensors]
 
 
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
 @pytest.mark.parametrize("eta", [0.0, 0.7])
 @pytest.mark.parametrize("clip,from_clipped", [(None, False), (1.0, False), (1.0, True)])
 @pytest.mark.parametrize("guided", [False, True])
-def test_fused_step_matches_reference(prediction, eta, clip, from_clipped, guided):
-    _, coef, x, out, un, z = _case(prediction, eta, guided)
-    want = ddim_ref(x, out, coef, prediction, un, 7.5, z, clip, from_clipped)
-    got = ddim_step(x, out, coef, prediction, un, 7.5, z, clip, from_clipped, backend="triton")
-    for name, a, b in zip(("x_prev", "x0"), want, got):
-        assert_close(name, a, b, atol=2e-5, rtol=2e-5)
+def test_every_backend_matches_float64_reference(device, prediction, eta, clip, from_clipped, guided):
+    _, coef, x, out, un, z = _case(prediction, eta, guided, device=device)
+    x64, out64, un64, z64 = _f64(x, out, un, z)
+    want = ddim_ref(x64, out64, coef, prediction, un64, 7.5, z64, clip, from_clipped)
+    for backend in usable_backends(IMPLEMENTED, device):
+        got = ddim_step(x, out, coef, prediction, un, 7.5, z, clip, from_clipped, backend=backend)
+        for name, a, b in zip(("x_prev", "x0"), want, got):
+            assert b.dtype == torch.float32 and b.device.type == device.type
+            assert_rel_close(f"{backend} {name}", a, b, torch.float32)
 
 
-def test_odd_sizes_and_half():
-    _, coef, x, out, _, _ = _case("eps", 0.0, False, shape=(3, 97, 7))
-    assert_close("odd", ddim_ref(x, out, coef)[0], ddim_step(x, out, coef, backend="triton")[0], atol=1e-5, rtol=1e-5)
-    xb, ob = x.bfloat16(), out.bfloat16()
-    got = ddim_step(xb, ob, coef, backend="triton")[0]
-    assert got.dtype == torch.bfloat16
-    assert_close("bf16", ddim_ref(xb.float(), ob.float(), coef)[0], got.float(), atol=3e-2, rtol=3e-2)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_triton_odd_sizes_and_dtypes(dtype):
+    _, coef, x, out, _, _ = _case("eps", 0.0, False, shape=(3, 97, 7), device=TRITON_DEVICE)
+    xd, od = x.to(dtype), out.to(dtype)
+    want = ddim_ref(xd.double(), od.double(), coef)[0]
+    got = ddim_step(xd, od, coef, backend="triton")[0]
+    assert got.dtype == dtype
+    assert_rel_close(f"triton {dtype}", want, got, dtype)
 
 
 def test_true_noise_reproduces_forward_process():
@@ -85,38 +94,53 @@ def test_schedules():
     assert (ac[1:] < ac[:-1]).all() and 0.99 < float(ac[0]) <= 1.0
 
 
-def test_sample_deterministic_and_guided():
+def test_sample_deterministic_and_guided(device):
     sched = DDIMScheduler(100, "cosine", prediction="x0")
-    weight = torch.randn(25, 25) * 0.1
+    weight = (torch.randn(25, 25, generator=torch.Generator().manual_seed(0)) * 0.1).to(device)
 
     def denoiser(x, t, cond):
         return torch.tanh(x @ weight + cond)
 
-    cond = torch.randn(30, 50, 25) * 0.1
-    a = sample(denoiser, (30, 50, 25), cond, sched, steps=10, guidance_scale=2.0,
-               generator=torch.Generator().manual_seed(3))
-    b = sample(denoiser, (30, 50, 25), cond, sched, steps=10, guidance_scale=2.0,
-               generator=torch.Generator().manual_seed(3))
-    c = sample(denoiser, (30, 50, 25), cond, sched, steps=10, guidance_scale=2.0,
-               generator=torch.Generator().manual_seed(4))
+    cond = (torch.randn(30, 50, 25, generator=torch.Generator().manual_seed(1)) * 0.1).to(device)
+    gen = lambda seed: torch.Generator(device=device).manual_seed(seed)  # noqa: E731
+    a = sample(denoiser, (30, 50, 25), cond, sched, steps=10, guidance_scale=2.0, generator=gen(3))
+    b = sample(denoiser, (30, 50, 25), cond, sched, steps=10, guidance_scale=2.0, generator=gen(3))
+    c = sample(denoiser, (30, 50, 25), cond, sched, steps=10, guidance_scale=2.0, generator=gen(4))
     assert torch.equal(a, b) and not torch.equal(a, c)
-    assert a.abs().max() <= 1.0
-    # The loop equals explicit steps through the reference.
-    gen = torch.Generator().manual_seed(3)
-    x = torch.randn(30, 50, 25, generator=gen)
+    assert a.device.type == device.type and a.abs().max() <= 1.0
+    # The loop equals explicit steps through the float64 reference.
+    x = torch.randn(30, 50, 25, generator=gen(3), device=device).double()
     for t_int in sched.timesteps(10).tolist():
         t = torch.full((30,), t_int)
-        c_out, u_out = denoiser(x, t, cond), denoiser(x, t, torch.zeros_like(cond))
-        x = ddim_ref(x, c_out, sched.step_coefficients(t, t - 10), "x0", u_out, 2.0, None, 1.0)[0]
-    assert_close("loop", x, a, atol=1e-5, rtol=1e-5)
+        coef = sched.step_coefficients(t, t - 10).to(device)
+        c_out, u_out = denoiser(x.float(), t, cond).double(), denoiser(x.float(), t, torch.zeros_like(cond)).double()
+        x = ddim_ref(x, c_out, coef, "x0", u_out, 2.0, None, 1.0)[0]
+    assert_rel_close("loop", x, a, 1e-5)
 
 
-def test_sample_with_eta_is_deterministic():
+@pytest.mark.skipif(not HAS_CUDA, reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("eta,guided", [(0.0, True), (0.5, False)])
+def test_sample_on_a_cuda_graph_equals_eager(eta, guided):
+    sched = DDIMScheduler(100, "cosine", prediction="eps", eta=eta)
+    net = torch.nn.Sequential(torch.nn.Linear(25, 64), torch.nn.GELU(), torch.nn.Linear(64, 25)).cuda()
+
+    def denoiser(x, t, cond):
+        return net(x + cond) * (1.0 + t[:, None, None].float() / 1000)
+
+    cond = torch.randn(16, 50, 25, device="cuda") * 0.1
+    kw = dict(guidance_scale=3.0 if guided else None, steps=20)
+    eager = sample(denoiser, (16, 50, 25), cond, sched, generator=torch.Generator("cuda").manual_seed(0), **kw)
+    graphed = sample(denoiser, (16, 50, 25), cond, sched, generator=torch.Generator("cuda").manual_seed(0),
+                     cuda_graph=True, **kw)
+    assert_rel_close("cuda graph", eager.double(), graphed, 1e-6)
+
+
+def test_sample_with_eta_is_deterministic(device):
     sched = DDIMScheduler(50, prediction="eps", eta=1.0)
     den = lambda x, t, c: 0.1 * x  # noqa: E731
-    a = sample(den, (4, 8), None, sched, steps=5, generator=torch.Generator().manual_seed(0))
-    b = sample(den, (4, 8), None, sched, steps=5, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(a, b)
+    a = sample(den, (4, 8), None, sched, steps=5, generator=torch.Generator(device).manual_seed(0), device=device)
+    b = sample(den, (4, 8), None, sched, steps=5, generator=torch.Generator(device).manual_seed(0), device=device)
+    assert torch.equal(a, b) and a.device.type == device.type
 
 
 @pytest.mark.parametrize("call,err,match", [

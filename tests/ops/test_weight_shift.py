@@ -9,12 +9,13 @@ from reactfast.nn import WeightShiftLinear, personalize, personalized_call
 from reactfast.nn.personalize import WeightShiftMultiheadAttention
 from reactfast.ops.weight_shift import weight_shift_linear
 from reactfast.reference import weight_shift as ref
-from reactfast.testing import assert_close
+from reactfast.testing import assert_close, assert_rel_close
+from tests.conftest import TRITON_DEVICE
 
 
-def _inputs(B, L, d_in, d_out, bias=True, rank=None, seed=0, dtype=torch.float32):
+def _inputs(B, L, d_in, d_out, bias=True, rank=None, seed=0, dtype=torch.float32, device="cpu"):
     g = torch.Generator().manual_seed(seed)
-    mk = lambda *s: (torch.randn(*s, generator=g) * 0.5).to(dtype).requires_grad_()  # noqa: E731
+    mk = lambda *s: (torch.randn(*s, generator=g) * 0.5).to(device=device, dtype=dtype).requires_grad_()  # noqa: E731
     x, w = mk(B, L, d_in), mk(d_out, d_in)
     shift = (mk(B, d_out, rank), mk(B, d_in, rank)) if rank else mk(B, d_out, d_in)
     b = mk(d_out) if bias else None
@@ -28,25 +29,35 @@ def _leaves(x, w, shift, b):
 
 CPP_OK, CPP_WHY = _backend.backend_status("cpp", "cpu", "weight_shift")
 needs_cpp = pytest.mark.skipif(not CPP_OK, reason=f"C++ weight-shift kernels unavailable: {CPP_WHY}")
-BACKENDS = ["triton", pytest.param("cpp", marks=needs_cpp)]
+# Each fast backend on the device it runs on here (Triton: CUDA tensors, or the interpreter's CPU ones).
+BACKENDS = [("triton", TRITON_DEVICE), pytest.param("cpp", "cpu", marks=needs_cpp)]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+def _float64(*tensors):
+    return [None if t is None else t.detach().double().requires_grad_() for t in tensors]
+
+
+@pytest.mark.parametrize("backend,where", BACKENDS)
 @pytest.mark.parametrize("B,L,d_in,d_out", [(1, 1, 1, 1), (3, 7, 63, 97), (32, 5, 16, 48), (2, 97, 33, 7)])
 @pytest.mark.parametrize("bias", [True, False])
-def test_kernels_match_reference(backend, B, L, d_in, d_out, bias):
-    x, w, shift, b = _inputs(B, L, d_in, d_out, bias, seed=B * L)
+def test_kernels_match_float64_reference(backend, where, B, L, d_in, d_out, bias):
+    x, w, shift, b = _inputs(B, L, d_in, d_out, bias, seed=B * L, device=where)
     got = weight_shift_linear(x, w, shift, b, backend=backend)
-    want = ref.weight_shift_linear(x, w, shift, b)
+    x64, w64, s64, b64 = _float64(x, w, shift, b)
+    want = ref.weight_shift_linear(x64, w64, s64, b64)
     # The summed weight explicitly, as the authors' code forms it.
-    explicit = torch.stack([x[i] @ (w + shift[i]).t() for i in range(B)]) + (b if b is not None else 0)
-    assert_close("y", want, got, atol=1e-4, rtol=1e-4)
-    assert_close("explicit", explicit, got, atol=1e-4, rtol=1e-4)
+    explicit = torch.stack([x64[i] @ (w64 + s64[i]).t() for i in range(B)]) + (b64 if b64 is not None else 0)
+    assert_rel_close("y", want, got, precision(where))
+    assert_rel_close("explicit", explicit, got, precision(where))
     grad = torch.randn_like(want)
-    leaves = _leaves(x, w, shift, b)
-    for name, a, c in zip("x w dW b".split(), torch.autograd.grad(want, leaves, grad),
-                          torch.autograd.grad(got, leaves, grad)):
-        assert_close(f"d{name}", a, c, atol=1e-4, rtol=1e-4)
+    for name, a, c in zip("x w dW b".split(), torch.autograd.grad(want, _leaves(x64, w64, s64, b64), grad),
+                          torch.autograd.grad(got, _leaves(x, w, shift, b), grad.float())):
+        assert_rel_close(f"d{name}", a, c, precision(where))
+
+
+def precision(device):
+    """The float32 matmul precision of the Triton kernels on ``device`` (TF32 on a GPU)."""
+    return "tf32" if torch.device(device).type == "cuda" else torch.float32
 
 
 @needs_cpp
@@ -89,16 +100,17 @@ def test_low_rank(B):
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
-def test_bf16_through_interpreter():
-    x, w, shift, b = _inputs(2, 17, 33, 20, dtype=torch.bfloat16)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_triton_low_precision_against_float64(dtype):
+    x, w, shift, b = _inputs(2, 17, 33, 20, dtype=dtype, device=TRITON_DEVICE)
     got = weight_shift_linear(x, w, shift, b, backend="triton")
-    want = ref.weight_shift_linear(x.float(), w.float(), shift.float(), b.float())
-    assert got.dtype == torch.bfloat16
-    assert_close("bf16", want, got.float(), atol=5e-2, rtol=5e-2)
+    want = ref.weight_shift_linear(*_float64(x, w, shift, b))
+    assert got.dtype == dtype
+    assert_rel_close(str(dtype), want, got, dtype)
 
 
 def test_only_some_gradients():
-    x, w, shift, b = _inputs(2, 5, 8, 6)
+    x, w, shift, b = _inputs(2, 5, 8, 6, device=TRITON_DEVICE)
     w2 = w.detach().requires_grad_()
     y = weight_shift_linear(x.detach(), w2, shift.detach(), None, backend="triton")
     (gw,) = torch.autograd.grad(y.sum(), (w2,))

@@ -7,5 +7,7 @@ from tests.train.helpers import tiny_data, tiny_model
 
 out = sys.argv[1]
 ds = tiny_data().dataset(frames=64, window=32, stride=32)
-trainer = Trainer(tiny_model(), ds, TrainConfig(steps=4, batch_size=4, lr=1e-2, out_dir=out, progress=False))
+# CPU processes (gloo) on any machine: a one-GPU machine cannot host two NCCL ranks.
+trainer = Trainer(tiny_model(), ds, TrainConfig(steps=4, batch_size=4, lr=1e-2, out_dir=out, progress=False),
+                  device="cpu")
 trainer.fit()

@@ -21,25 +21,33 @@ def _weights(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def test_training_reduces_loss(tmp_path):
-    trainer = Trainer(tiny_model(), _dataset(), TrainConfig(steps=40, batch_size=4, lr=3e-3, progress=False))
+def test_training_reduces_loss(tmp_path, device):
+    trainer = Trainer(tiny_model(), _dataset(), TrainConfig(steps=40, batch_size=4, lr=3e-3, progress=False),
+                      device=device)
     history = trainer.fit()
     first = sum(r["rec"] for r in history[:5]) / 5
     last = sum(r["rec"] for r in history[-5:]) / 5
     assert last < 0.7 * first, (first, last)
 
 
-def test_resume_is_bit_exact(tmp_path):
-    cfg = dict(steps=6, batch_size=4, lr=3e-3, progress=False)
-    full = Trainer(tiny_model(dropout=0.1), _dataset(), TrainConfig(**cfg, out_dir=str(tmp_path / "full")))
+def test_resume_is_bit_exact(tmp_path, device):
+    # On CUDA the run selects deterministic kernels (dropout draws come from the CUDA RNG, restored too).
+    cfg = dict(steps=6, batch_size=4, lr=3e-3, progress=False, deterministic=device.type == "cuda")
+    full = Trainer(tiny_model(dropout=0.1), _dataset(), TrainConfig(**cfg, out_dir=str(tmp_path / "full")),
+                   device=device)
     full_history = full.fit()
     torch.manual_seed(123)  # the interrupted run starts from another global RNG state ...
-    first = Trainer(tiny_model(dropout=0.1), _dataset(), TrainConfig(**cfg, out_dir=str(tmp_path / "part")))
+    if device.type == "cuda":
+        torch.cuda.manual_seed_all(123)
+    first = Trainer(tiny_model(dropout=0.1), _dataset(), TrainConfig(**cfg, out_dir=str(tmp_path / "part")),
+                    device=device)
     first.fit(max_steps=3)
     first.save(str(tmp_path / "part" / "checkpoint"))
     torch.manual_seed(999)  # ... and the resumed one from yet another: the checkpoint restores it
+    if device.type == "cuda":
+        torch.cuda.manual_seed_all(999)
     resumed = Trainer(tiny_model(dropout=0.1, seed=5), _dataset(), TrainConfig(**cfg, out_dir=str(tmp_path / "part")),
-                      resume=str(tmp_path / "part" / "checkpoint"))
+                      resume=str(tmp_path / "part" / "checkpoint"), device=device)
     assert resumed.step == 3
     history = resumed.fit()
     assert [r["loss"] for r in history] == [r["loss"] for r in full_history]
@@ -80,7 +88,8 @@ def test_bad_trainer_arguments():
 
 @pytest.mark.slow
 def test_ddp_two_processes_match_single(tmp_path):
-    single = Trainer(tiny_model(), _dataset(), TrainConfig(steps=4, batch_size=4, lr=1e-2, progress=False))
+    single = Trainer(tiny_model(), _dataset(), TrainConfig(steps=4, batch_size=4, lr=1e-2, progress=False),
+                     device="cpu")
     single.fit()
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
     out = str(tmp_path / "ddp")

@@ -5,7 +5,6 @@ sqrt(1 - ab_prev - sigma^2), sigma are loaded once per program; each element of 
 output(s) and the noise is read once and x_prev and x0 written once. float32 arithmetic.
 """
 
-import torch
 import triton
 import triton.language as tl
 

@@ -189,6 +189,12 @@ class Generator(nn.Module, metaclass=abc.ABCMeta):
         return [TrainStage(stage=s, steps=steps) for s in self.stages]
 
 
+def randn(*shape: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Standard normal draws on ``generator``'s device (the CPU without one): any torch.Generator,
+    CPU or CUDA, drives the generators' noise."""
+    return torch.randn(*shape, generator=generator, device=generator.device if generator is not None else "cpu")
+
+
 def set_trainable(module: nn.Module, trainable: bool) -> None:
     for p in module.parameters():
         p.requires_grad_(trainable)

@@ -30,7 +30,7 @@ from torch import nn
 from reactfast.data import layout
 from reactfast.diffusion import DDIMScheduler, sample
 from reactfast.models._inputs import check_speaker_audio, pad_to_windows
-from reactfast.models.base import Generator, GeneratorConfig, TrainStage, register
+from reactfast.models.base import Generator, GeneratorConfig, TrainStage, randn, register
 from reactfast.nn.personalize import make_shiftable, personalize, shift_entries
 from reactfast.nn.positional import sinusoid
 
@@ -399,7 +399,8 @@ class PerFRDiff(Generator):
         return out
 
     def draw_noise(self, batch: int, generator: Optional[torch.Generator] = None, window: int = 0) -> torch.Tensor:
-        return torch.randn(batch, self.config.window, self.config.out_dim, generator=generator).to(next(self.parameters()).dtype)
+        return randn(batch, self.config.window, self.config.out_dim, generator=generator).to(
+            next(self.parameters()).dtype)
 
     def _denoiser(self, shifts, halves: int):
         """The DDIM denoiser over ``halves`` stacked copies of the rows (2 with guidance: the

@@ -33,7 +33,7 @@ from torch import nn
 from reactfast.data import layout
 from reactfast.diffusion import DDIMScheduler, sample
 from reactfast.models._inputs import check_speaker_audio, pad_to_windows
-from reactfast.models.base import Generator, GeneratorConfig, TrainStage, register
+from reactfast.models.base import Generator, GeneratorConfig, TrainStage, randn, register
 from reactfast.nn.positional import sinusoid
 
 
@@ -314,7 +314,8 @@ class ReactDiff(Generator):
         return {"loss": l1, "rec": l1.detach()}
 
     def draw_noise(self, batch: int, generator: Optional[torch.Generator] = None, window: int = 0) -> torch.Tensor:
-        return torch.randn(batch, self.config.window, self.config.latent, generator=generator).to(next(self.parameters()).dtype)
+        return randn(batch, self.config.window, self.config.latent, generator=generator).to(
+            next(self.parameters()).dtype)
 
     @torch.no_grad()
     def sample_windows(self, speaker_latent: torch.Tensor, noise: torch.Tensor) -> Dict[str, torch.Tensor]:

@@ -33,7 +33,7 @@ from torch import nn
 
 from reactfast.data import layout
 from reactfast.models._inputs import check_speaker_audio, pad_to_windows
-from reactfast.models.base import Generator, GeneratorConfig, TrainStage, register
+from reactfast.models.base import Generator, GeneratorConfig, TrainStage, randn, register
 from reactfast.nn.attention import BiasedCrossAttention
 from reactfast.nn.positional import sinusoid
 
@@ -233,7 +233,7 @@ class ReactFace(Generator):
 
     def draw_noise(self, batch: int, generator: Optional[torch.Generator] = None, window: int = 0) -> torch.Tensor:
         """The latent draws of one window for ``batch`` streams: (batch, D)."""
-        return torch.randn(batch, self.config.dim, generator=generator)
+        return randn(batch, self.config.dim, generator=generator)
 
     def window_noise(self, rows: int, frames: int, window: int, generator: Optional[torch.Generator] = None,
                      device=None) -> torch.Tensor:
@@ -359,7 +359,7 @@ class ReactFace(Generator):
         W = self.config.window_train
         n = math.ceil(T / W)
         if noise is None:
-            noise = torch.randn(n, S * B, self.config.dim, generator=generator)
+            noise = randn(n, S * B, self.config.dim, generator=generator)
         elif noise.shape != (n, S * B, self.config.dim):
             raise ValueError(f"noise must have shape ({n}, {S * B}, {self.config.dim}), got {tuple(noise.shape)}")
         noise = noise.to(speaker.device)
@@ -388,7 +388,7 @@ class ReactFace(Generator):
         speaker, audio = self.inputs_from_batch(batch)
         S, B, T = self.config.train_samples, speaker.shape[0], speaker.shape[1]
         n = math.ceil(T / self.config.window_train)
-        per_item = torch.stack([torch.randn(n, S, self.config.dim, generator=g) for g in generators], 2)
+        per_item = torch.stack([randn(n, S, self.config.dim, generator=g).to(speaker.device) for g in generators], 2)
         out = (forward or self)(speaker, audio, samples=S, noise=per_item.reshape(n, S * B, self.config.dim))
         return reactface_loss(self, out, batch["appropriate_3dmm"], batch["appropriate_valid"],
                               batch["speaker_3dmm"], batch.get("appropriate_emotion") if self.head_emotion else None)

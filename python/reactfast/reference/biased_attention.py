@@ -64,19 +64,20 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: 
                      q_offset: Union[int, torch.Tensor] = 0, period: int = 8, audio_ratio: int = 1, extra: int = 0,
                      key_lengths: Optional[torch.Tensor] = None, scale: Optional[float] = None,
                      key_start: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Biased attention of q (B, H, Tq, d) over k, v (B, H, Tk, d); computed in float32, returned
-    in q's dtype. Differentiable; any device."""
+    """Biased attention of q (B, H, Tq, d) over k, v (B, H, Tk, d); computed in float32 (float64 for
+    float64 inputs), returned in q's dtype. Differentiable; any device."""
     B, H, Tq, d = q.shape
     Tk = k.shape[2]
+    work = torch.promote_types(q.dtype, torch.float32)
     if slopes is None:
         slopes = alibi_slopes(H, q.device)
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     bias = attention_bias(Tq, Tk, slopes.to(q.device), q_offset, period, audio_ratio, extra, key_lengths, batch=B,
-                          key_start=key_start)
-    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale + bias
+                          key_start=key_start).to(work)
+    scores = torch.matmul(q.to(work), k.to(work).transpose(-1, -2)) * scale + bias
     row_max = scores.amax(-1, keepdim=True)
     row_max = torch.where(torch.isinf(row_max), torch.zeros_like(row_max), row_max).detach()
     p = torch.exp(scores - row_max)
     denom = p.sum(-1, keepdim=True)
     p = p / torch.where(denom == 0, torch.ones_like(denom), denom)
-    return torch.matmul(p, v.float()).to(q.dtype)
+    return torch.matmul(p, v.to(work)).to(q.dtype)

@@ -8,12 +8,14 @@
   per-epoch permutation, and each item's latent noise comes from a generator seeded by
   (seed, step, item), so a 2-process run matches a 1-process run with the same global batch.
 - Checkpoints every ``ckpt_every`` steps and at the end (atomic); ``resume=path`` continues
-  bit-exactly on CPU (weights, optimizer, step, RNG states).
+  bit-exactly (weights, optimizer, step, CPU and CUDA RNG states); on CUDA with
+  ``deterministic=True``, which selects deterministic kernels (math attention, no atomics).
 - Periodic validation with the REACT metric suite, its costly parts sharded over ranks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from reactfast import _backend
 from reactfast.models.base import check_at_least
 from reactfast.train.batches import collate_appropriate
 from reactfast.train.checkpoint import load_into, load_trainer_state, save_checkpoint
@@ -47,6 +50,7 @@ class TrainConfig:
     out_dir: Optional[str] = None
     seed: int = 0
     progress: bool = True
+    deterministic: bool = False
 
     def __post_init__(self):
         check_at_least(self, 1, "steps", "batch_size", "max_candidates", "val_samples", "log_every")
@@ -55,14 +59,38 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
 
 
-def distributed_context():
-    """(rank, world size), initialising the process group under torchrun (gloo on CPU, nccl on GPU)."""
+def distributed_context(device_type: str = "cpu"):
+    """(rank, world size), initialising the process group under torchrun (gloo for CPU training,
+    nccl for CUDA)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+@contextlib.contextmanager
+def deterministic_kernels(enabled: bool):
+    """Within the block (when ``enabled``): deterministic algorithms only (an op without one raises),
+    the math attention kernel (the fused ones accumulate with atomics on CUDA), deterministic cuDNN.
+    Restores the previous settings after."""
+    if not enabled:
+        yield
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+                torch.backends.cudnn.benchmark)
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        with sdpa_kernel([SDPBackend.MATH]):
+            yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous[1], previous[2]
 
 
 def _item_generator(seed: int, step: int, item: int) -> torch.Generator:
@@ -76,17 +104,14 @@ class Trainer:
     def __init__(self, model: torch.nn.Module, dataset, config: Optional[TrainConfig] = None,
                  val_dataset=None, resume: Optional[str] = None, device=None, extra_meta: Optional[dict] = None):
         self.config = cfg = config or TrainConfig()
-        self.rank, self.world = distributed_context()
+        self.device = _backend.resolve_device(str(device) if device is not None else "auto")
+        self.rank, self.world = distributed_context(self.device.type)
         if cfg.batch_size % self.world:
             raise ValueError(f"batch_size ({cfg.batch_size}) must be divisible by the number of processes "
                              f"({self.world})")
         if len(dataset) < cfg.batch_size:
             raise ValueError(f"the dataset has {len(dataset)} items, fewer than one batch ({cfg.batch_size})")
         dataset.appropriate  # fail early when there is no appropriateness matrix
-        if device is None:
-            device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}") if torch.cuda.is_available() \
-                else torch.device("cpu")
-        self.device = torch.device(device)
         self.model = model.to(self.device)
         self.dataset, self.val_dataset = dataset, val_dataset
         self.extra_meta = extra_meta or {}
@@ -108,7 +133,10 @@ class Trainer:
             self._resume(resume)
 
     def _rng_state(self) -> dict:
-        return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+        state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
 
     def _resume(self, path: str) -> None:
         load_into(self.model, path)
@@ -120,6 +148,8 @@ class Trainer:
         torch.set_rng_state(rng["torch"])
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])
+        if self.device.type == "cuda" and "cuda" in rng:
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
 
     def save(self, path: str) -> None:
         rngs = [self._rng_state()]
@@ -150,10 +180,12 @@ class Trainer:
         gens = [_item_generator(cfg.seed, self.step, i) for i in indices]
         self.model.train()
         use_amp = cfg.amp and self.device.type == "cuda"
-        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=use_amp), \
+                deterministic_kernels(cfg.deterministic):
             losses = self.model.loss(batch, gens, forward=self.forward)
         self.optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
+        with deterministic_kernels(cfg.deterministic):
+            losses["loss"].backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
