@@ -5,10 +5,8 @@ A stream takes speaker frames and audio as they arrive and emits listener frames
 window; its state has a fixed size, so a step costs the same at frame 10 and at frame 100,000.
 Streaming gives exactly what ``model.generate`` gives for the same inputs and generator.
 
-Any generator with this interface streams: ``init_state(batch, window, device, **kw)``,
-``step(state, speaker (B, W, F), audio (B, k W, A), noise) -> (outputs, state)``,
-``draw_noise(batch, generator, window)``, ``check_inputs(speaker, audio)``, and a state
-dataclass with ``cat``/``split`` (ReactFace, PerFRDiff).
+Every ``reactfast.models.base.Generator`` streams: a stream calls its ``init_state``, ``step``,
+``draw_noise``, ``check_inputs`` and ``output_widths``; its state dataclass has ``cat``/``split``.
 """
 
 from __future__ import annotations
