@@ -1,4 +1,9 @@
-"""The ``reactfast`` command line."""
+"""The ``reactfast`` command line: demo, train, generate, evaluate, plot, data, bench, env.
+
+Errors print one line, ``reactfast <command>: error: <what>`` with exit code 2 (``--debug`` shows
+the traceback). Flags are never abbreviated. Every command checks what it will write before its
+long work, and writes every file atomically.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,8 @@ import argparse
 import os
 import sys
 
-
-def _cmd_env(args) -> int:
-    from reactfast.env_report import report
-
-    print(report())
-    return 0
+class CommandError(ValueError):
+    """A command's arguments cannot work; main() prints the message on one line."""
 
 
 def _device(args):
@@ -21,33 +22,38 @@ def _device(args):
     try:
         device = _backend.resolve_device(args.device)
     except ValueError as exc:
-        raise SystemExit(f"reactfast {args.command}: --device: {exc}") from None
-    print(f"[reactfast] device: {_backend.describe_device(device)}")
+        raise CommandError(f"--device: {exc}") from None
+    print(f"[reactfast] device: {_backend.describe_device(device)}", flush=True)
     return device
 
 
-def _cmd_demo(args) -> int:
-    from reactfast.demo import run_demo
+def _backend_spec(args):
+    from reactfast import _backend
 
-    run_demo(out=args.out, sessions=args.sessions, steps=args.steps, seed=args.seed, model=args.model,
-             device=_device(args), backend=args.backend)
+    try:
+        _backend.parse_spec(args.backend)
+    except ValueError as exc:
+        raise CommandError(f"--backend: {exc}") from None
+    return args.backend
+
+
+def _cmd_env(args) -> int:
+    from reactfast.env_report import report
+
+    print(report())
     return 0
 
 
-def _parse_overrides(items):
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--config takes key=value, got {item!r}")
-        for cast in (int, float):
-            try:
-                value = cast(value)
-                break
-            except ValueError:
-                continue
-        out[key.strip()] = value
-    return out
+def _cmd_demo(args) -> int:
+    from reactfast import _io, models
+    from reactfast.demo import run_demo
+
+    if args.model not in models.names():
+        raise CommandError(f"--model: unknown model {args.model!r}; known: {', '.join(models.names())}")
+    _io.check_writable_dir(args.out, "--out")
+    run_demo(out=args.out, sessions=args.sessions, steps=args.steps, seed=args.seed, model=args.model,
+             device=_device(args), backend=_backend_spec(args))
+    return 0
 
 
 def load_data(spec: str, split: str, frames: int = 750, window=None, stride=None, sessions: int = 24, seed: int = 0,
@@ -60,90 +66,187 @@ def load_data(spec: str, split: str, frames: int = 750, window=None, stride=None
         return synthetic.dataset(frames=min(frames, synthetic.config.frames), window=window, stride=stride)
     from reactfast.data import ReactDataset
 
+    if not os.path.isdir(spec):
+        raise CommandError(f"--data: {spec} is neither 'synthetic' nor a data folder")
     return ReactDataset(spec, split, frames=frames, window=window, stride=stride)
 
 
-def _cmd_train(args) -> int:
-    from reactfast import models
-    from reactfast.train import TrainConfig, Trainer, load_into
+_TRAIN_DEFAULTS = dict(model=None, data="synthetic", steps=1000, batch_size=4, clip_frames=128, frames=750, lr=None,
+                       sessions=48, seed=0, ckpt_every=0, val_every=0, stage=1)
 
-    cls = models.get(args.model)
-    if args.stage not in cls.stages:
-        raise SystemExit(f"reactfast train: {args.model} trains in stages {cls.stages}, got --stage {args.stage}")
-    if args.init and args.stage == cls.stages[0]:
-        raise SystemExit("reactfast train: --init starts a later stage from the previous stage's checkpoint")
-    clips = load_data(args.data, "train", args.frames, sessions=args.sessions, seed=args.seed)
-    config = {**cls.data_defaults(clips[0]["speaker_audio"].shape[-1]), **_parse_overrides(args.config)}
+
+def _train_settings(args):
+    """The run's settings: given flags, else (with --resume) the run's own, else the defaults; the
+    flags that change a resumed run's settings are printed."""
+    from reactfast.train import read_config
+
+    resumed = {}
+    if args.resume:
+        meta = read_config(args.resume)
+        resumed = dict(meta.get("extra", {}).get("run", {}))
+        resumed.setdefault("model", meta["model"])
+    settings = {}
+    changed = []
+    for key, default in _TRAIN_DEFAULTS.items():
+        given = getattr(args, key)
+        if given is not None:
+            settings[key] = given
+            if key in resumed and resumed[key] != given:
+                changed.append(f"{key} {resumed[key]!r} -> {given!r}")
+        else:
+            settings[key] = resumed.get(key, default)
+    if changed:
+        print(f"[reactfast] resuming {args.resume} with changed settings: {', '.join(changed)}", flush=True)
+    settings["model"] = settings["model"] or "reactface"
+    return settings
+
+
+def _cmd_train(args) -> int:
+    from reactfast import _io, configs, models
+    from reactfast.train import TrainConfig, Trainer, load_into, read_config, seed_everything
+
+    s = _train_settings(args)
+    if s["model"] not in models.names():
+        raise CommandError(f"--model: unknown model {s['model']!r}; known: {', '.join(models.names())}")
+    cls = models.get(s["model"])
+    if s["stage"] not in cls.stages:
+        raise CommandError(f"--stage: {s['model']} trains in stages {cls.stages}, got {s['stage']}")
+    if args.init and s["stage"] == cls.stages[0]:
+        raise CommandError("--init starts a later stage from the previous stage's checkpoint (give --stage)")
+    _check_run_folder(args)
+    _io.check_writable_dir(args.out, "--out")
+    overrides = configs.parse(args.config)
+    data_spec = s["data"] if s["data"] == "synthetic" else os.path.abspath(s["data"])
     device = _device(args)
-    model = models.build(args.model, config, backend=args.backend)
+    seed_everything(s["seed"])
+    clips = load_data(data_spec, "train", s["frames"], sessions=s["sessions"], seed=s["seed"])
+    if args.resume:
+        saved = read_config(args.resume)["config"]
+        model_fields = {**saved, **configs.checked(cls.config_class, overrides["model"], "--config")}
+    else:
+        model_fields = {**cls.data_defaults(clips[0]["speaker_audio"].shape[-1]), **overrides["model"]}
+    config = configs.build(cls.config_class, model_fields, "--config")
+    model = cls(config, backend=_backend_spec(args))
     if args.init:
         load_into(model, args.init)
-    model.set_stage(args.stage)
-    window, stride = model.training_windows(args.clip_frames)
-    data = load_data(args.data, "train", args.frames, window=window, stride=stride, sessions=args.sessions,
-                     seed=args.seed)
+    model.set_stage(s["stage"])
+    window, stride = model.training_windows(s["clip_frames"])
+    if window > clips.frames:
+        raise CommandError(f"--clip-frames: {s['model']} trains on items of {window} frames, longer than the "
+                           f"{clips.frames} frames per clip (--frames)")
+    data = load_data(data_spec, "train", s["frames"], window=window, stride=stride, sessions=s["sessions"],
+                     seed=s["seed"])
     val = None
-    if args.val_every:
-        val = load_data(args.data, "val", args.frames, sessions=max(2, args.sessions // 4), seed=args.seed)
-    optimizer, stage_lr = model.stage_optimizer(args.stage)
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr if args.lr is not None else stage_lr,
-                      ckpt_every=args.ckpt_every, val_every=args.val_every, out_dir=args.out, seed=args.seed,
-                      progress=not args.no_progress, optimizer=optimizer)
-    extra = {"data": {"spec": args.data, "sessions": args.sessions, "seed": args.seed, "frames": args.frames}}
+    if s["val_every"]:
+        val = load_data(data_spec, "val", s["frames"], sessions=max(2, s["sessions"] // 4), seed=s["seed"])
+    optimizer, stage_lr = model.stage_optimizer(s["stage"])
+    train_fields = dict(steps=s["steps"], batch_size=s["batch_size"],
+                        lr=s["lr"] if s["lr"] is not None else stage_lr, ckpt_every=s["ckpt_every"],
+                        val_every=s["val_every"], out_dir=args.out, seed=s["seed"], progress=not args.no_progress,
+                        optimizer=optimizer, deterministic=args.deterministic, tensorboard=args.tensorboard)
+    cfg = configs.build(TrainConfig, {**train_fields, **overrides["train"]}, "--config")
+    extra = {"data": {"spec": data_spec, "sessions": s["sessions"], "seed": s["seed"], "frames": s["frames"]},
+             "run": {k: s[k] for k in _TRAIN_DEFAULTS}, "audio": clips.audio_features}
     trainer = Trainer(model, data, cfg, val_dataset=val, resume=args.resume, extra_meta=extra, device=device)
     history = trainer.fit()
     if trainer.rank == 0:
         last = history[-1] if history else {}
-        print(f"trained {args.model} for {trainer.step} steps; last loss {last.get('loss', float('nan')):.4f}; "
+        print(f"trained {s['model']} for {trainer.step} steps; last loss {last.get('loss', float('nan')):.4f}; "
               f"checkpoint in {os.path.join(args.out, 'checkpoint')}")
     return 0
 
 
+def _check_run_folder(args) -> None:
+    """--out must be empty or new, unless --resume (the same run continues) or --overwrite."""
+    out = os.path.abspath(args.out)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise CommandError(f"--out: {out} exists and is not a folder")
+    content = sorted(os.listdir(out)) if os.path.isdir(out) else []
+    if content and not (args.resume or args.overwrite):
+        raise CommandError(f"--out: the run folder {out} is not empty ({', '.join(content[:4])}"
+                           f"{', ...' if len(content) > 4 else ''}); continue it with --resume "
+                           f"{os.path.join(args.out, 'checkpoint')}, or replace it with --overwrite")
+
+
 def _cmd_generate(args) -> int:
-    import numpy as np
+    import torch
 
-    from reactfast.train import generate_dataset, load_model
-    from reactfast.train.checkpoint import read_config
+    from reactfast import _io
+    from reactfast.train import generate_dataset, load_model, read_config
 
-    device = _device(args)
-    model = load_model(args.checkpoint, device=device).set_backend(args.backend)
-    data_meta = read_config(args.checkpoint).get("extra", {}).get("data", {})
+    out = _io.check_writable_file(args.out, "--out")
+    meta = read_config(args.checkpoint)
+    data_meta = meta.get("extra", {}).get("data", {})
     spec = args.data or data_meta.get("spec")
     if spec is None:
-        raise SystemExit("reactfast generate: give --data (the checkpoint does not say which data it was trained on)")
+        raise CommandError("give --data (the checkpoint does not say which data it was trained on)")
+    device = _device(args)
+    model = load_model(meta["path"], device=device).set_backend(_backend_spec(args))
+    if args.window is not None:
+        raise_if_bad_window(model, args.window)
     ds = load_data(spec, args.split, args.frames, sessions=args.sessions or max(2, data_meta.get("sessions", 24) // 2),
-                   seed=data_meta.get("seed", 0) if spec == "synthetic" else 0,
-                   audio_dim=model.config.audio_dim)
-    preds = generate_dataset(model, ds, args.samples, seed=args.seed, progress=not args.no_progress, device=device)
+                   seed=data_meta.get("seed", 0) if spec == "synthetic" else 0, audio_dim=model.config.audio_dim)
+    preds = generate_dataset(model, ds, args.samples, seed=args.seed, progress=not args.no_progress, device=device,
+                             window=args.window)
+    bad = {k: int((~torch.isfinite(torch.from_numpy(v))).sum()) for k, v in preds.items()}
+    if any(bad.values()):
+        raise CommandError(f"the model produced non-finite outputs ({bad}); nothing was written to {out}")
     if "emotion" not in preds:
-        raise SystemExit("reactfast generate: this model outputs no emotion; the metrics need the 25 emotion dims")
+        raise CommandError("this model outputs no emotion; the metrics need the 25 emotion dims")
     arrays = {"pred": preds["emotion"], **({"pred_3dmm": preds["3dmm"]} if "3dmm" in preds else {}),
               "listener_gt": ds.stack("listener", "emotion").numpy(), "speaker": ds.stack("speaker", "emotion").numpy()}
     try:
         arrays["appropriate"] = ds.appropriate
     except Exception:  # a split without a neighbour matrix still gets its predictions
-        pass
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    np.savez(args.out, **arrays)
-    print(f"wrote {args.out}: pred {arrays['pred'].shape} (emotion)")
+        print(f"[reactfast] no neighbour matrix for split {args.split}: {out} holds no 'appropriate'")
+    _io.save_npz(out, **arrays)
+    print(f"wrote {out}: pred {arrays['pred'].shape} (emotion)")
     return 0
 
 
-def _cmd_plot(args) -> int:
-    import numpy as np
+def raise_if_bad_window(model, window: int) -> None:
+    if window < 1:
+        raise CommandError(f"--window-size must be >= 1, got {window}")
+    try:
+        model.init_state(1, window, "cpu")
+    except ValueError as exc:
+        raise CommandError(f"--window-size: {exc}") from None
 
+
+def _channels(spec: str):
+    from reactfast.data import layout
+
+    names = {n.lower(): i for i, n in enumerate(layout.EMOTION_COLUMNS)}
+    out = []
+    for part in spec.split(","):
+        part = part.strip()
+        if part.isdigit():
+            out.append(int(part))
+        elif part.lower() in names:
+            out.append(names[part.lower()])
+        else:
+            raise CommandError(f"--channels: {part!r} is neither a channel index (0-24) nor a name "
+                               f"({', '.join(layout.EMOTION_COLUMNS)})")
+    return out
+
+
+def _cmd_plot(args) -> int:
+    from reactfast import _io
+    from reactfast.metrics.io import load_npz_arrays
     from reactfast.plot import plot_reactions
 
-    with np.load(args.pred) as z:
-        pred = z["pred"]
-        speaker = z["speaker"] if "speaker" in z else None
-        listener = z["listener_gt"] if "listener_gt" in z else None
-    if speaker is None:
-        raise SystemExit("reactfast plot: the file holds no 'speaker' array (write it with reactfast generate)")
+    z = load_npz_arrays(args.pred, ("pred", "speaker"), optional=("listener_gt",))
+    pred, speaker, listener = z["pred"], z["speaker"], z.get("listener_gt")
+    if pred.ndim != 4 or speaker.ndim != 3 or speaker.shape != (pred.shape[0], pred.shape[2], pred.shape[3]):
+        raise CommandError(f"{args.pred}: pred must be (N, S, T, D) and speaker (N, T, D); got {pred.shape} and "
+                           f"{speaker.shape}")
+    if listener is not None and listener.shape != speaker.shape:
+        raise CommandError(f"{args.pred}: listener_gt {listener.shape} does not match speaker {speaker.shape}")
     if not 0 <= args.item < pred.shape[0]:
-        raise SystemExit(f"reactfast plot: --item must be in [0, {pred.shape[0]})")
-    channels = [int(c) for c in args.channels.split(",")]
+        raise CommandError(f"--item must be in [0, {pred.shape[0]}), got {args.item}")
+    channels = _channels(args.channels)
     out = args.out or os.path.splitext(args.pred)[0] + f".item{args.item}.png"
+    _io.check_writable_file(out, "--out")
     plot_reactions(out, speaker[args.item], pred[args.item], channels,
                    listener[args.item] if listener is not None else None, title=f"dyad {args.item}")
     print(f"wrote {out}")
@@ -153,12 +256,14 @@ def _cmd_plot(args) -> int:
 def _cmd_bench(args) -> int:
     import subprocess
 
-    root = args.path or next((p for p in ("bench", os.path.join(os.path.dirname(__file__), "..", "..", "bench"))
-                              if os.path.isdir(p)), None)
+    import reactfast
+
+    shipped = os.path.join(os.path.dirname(reactfast.__file__), "bench")
+    root = args.path or next((p for p in ("bench", shipped) if os.path.isdir(p)), None)
     if root is None:
-        raise SystemExit("reactfast bench: no bench/ folder here; run it from a reactfast source checkout or "
-                         "give --path")
-    cmd = [sys.executable, "-m", "pytest", root, "-q"]
+        raise CommandError("no bench/ folder found; give --path")
+    cmd = [sys.executable, "-m", "pytest", root, "-q", "-p", "no:cacheprovider", "--rootdir", os.path.dirname(
+        os.path.abspath(root))]
     if args.k:
         cmd += ["-k", args.k]
     if args.quick:
@@ -172,52 +277,107 @@ def _cmd_evaluate(args) -> int:
 
     import torch
 
-    from reactfast import metrics
-    from reactfast.metrics.io import format_table, load_array, save_json
+    from reactfast import _io, metrics
+    from reactfast.metrics.io import format_table, load_array, load_npz_arrays, save_json
 
+    out = _io.check_writable_file(args.out or os.path.splitext(args.pred)[0] + ".metrics.json", "--out")
     pred = load_array(args.pred, args.key, name="pred")
     if pred.ndim != 4:
-        raise SystemExit(f"reactfast evaluate: pred must have shape (N, S, T, 25), got {pred.shape}")
-    bundled = {}
-    if args.pred.endswith(".npz") and not args.data and not args.listener_gt:
-        import numpy as np
-
-        with np.load(args.pred) as z:
-            bundled = {k: z[k] for k in ("listener_gt", "speaker", "appropriate") if k in z}
+        raise CommandError(f"pred must have shape (N, S, T, 25), got {pred.shape} from {args.pred}")
     if args.data:
-        from reactfast.data import ReactDataset
-
-        ds = ReactDataset(args.data, args.split, frames=pred.shape[2], modalities=("emotion",))
-        listener_gt = ds.stack("listener", "emotion").numpy()
-        speaker = ds.stack("speaker", "emotion").numpy()
-        appropriate = ds.appropriate
-    elif len(bundled) == 3:
-        listener_gt, speaker, appropriate = bundled["listener_gt"], bundled["speaker"], bundled["appropriate"]
+        listener_gt, speaker, appropriate = _targets_from_data(args, pred)
     elif args.listener_gt and args.speaker and args.appropriate:
         listener_gt = load_array(args.listener_gt, name="listener_gt")
         speaker = load_array(args.speaker, name="speaker")
         appropriate = load_array(args.appropriate, name="appropriate")
+    elif args.pred.endswith(".npz"):
+        z = load_npz_arrays(args.pred, ("listener_gt", "speaker", "appropriate"), hint=(
+            "give --data ROOT (with --split), or all of --listener-gt, --speaker and --appropriate"))
+        listener_gt, speaker, appropriate = z["listener_gt"], z["speaker"], z["appropriate"]
     else:
-        raise SystemExit("reactfast evaluate: give --data ROOT (with --split), or all of --listener-gt, "
-                         "--speaker and --appropriate (or a .npz from reactfast generate, which holds them)")
+        raise CommandError("give --data ROOT (with --split), or all of --listener-gt, --speaker and --appropriate "
+                           "(or a .npz from reactfast generate, which holds them)")
     device = _device(args)
-    pred, listener_gt, speaker = (torch.as_tensor(a).to(device) for a in (pred, listener_gt, speaker))
+    arrays = []
+    for name, a in (("pred", pred), ("listener_gt", listener_gt), ("speaker", speaker)):
+        if a.dtype.kind != "f":
+            raise CommandError(f"{name} must hold floats, got dtype {a.dtype}")
+        arrays.append(torch.from_numpy(a).to(device))
     start = time.perf_counter()
-    scores = metrics.evaluate(pred, listener_gt, speaker, appropriate, progress=not args.no_progress,
-                              frsyn_all_samples=args.frsyn_all_samples, backend=args.backend)
+    scores = metrics.evaluate(*arrays, appropriate, progress=not args.no_progress,
+                              frsyn_all_samples=args.frsyn_all_samples, backend=_backend_spec(args))
     elapsed = time.perf_counter() - start
     print(format_table({"prediction": scores}))
     print(f"(N = {pred.shape[0]}, S = {pred.shape[1]}, T = {pred.shape[2]}; {elapsed:.1f} s)")
-    out = args.out or os.path.splitext(args.pred)[0] + ".metrics.json"
     save_json(out, {"metrics": scores, "pred": os.path.abspath(args.pred), "shape": list(pred.shape),
                     "frsyn_all_samples": args.frsyn_all_samples, "seconds": elapsed})
     print(f"wrote {out}")
     return 0
 
 
+def _targets_from_data(args, pred):
+    """listener_gt, speaker, appropriate of a data folder's split, for predictions of pred's length."""
+    from reactfast.data import ReactDataset, files, layout
+
+    probe = ReactDataset(args.data, args.split, frames=1, modalities=("emotion",))
+    speaker_clip = probe.dyads[0][0]
+    path = os.path.join(args.data, args.split, layout.MODALITY_DIRS["emotion"], speaker_clip + ".csv")
+    available = len(files.read_emotion(path))
+    if pred.shape[2] > available:
+        raise CommandError(f"pred has {pred.shape[2]} frames but the clips of {args.data} ({args.split}) have "
+                           f"{available}; generate at most {available} frames (evaluation uses the first 750)")
+    if pred.shape[0] != probe.num_items:
+        raise CommandError(f"pred has {pred.shape[0]} items but split {args.split} of {args.data} has "
+                           f"{probe.num_items} (mirrored) dyads")
+    ds = ReactDataset(args.data, args.split, frames=pred.shape[2], modalities=("emotion",))
+    return ds.stack("listener", "emotion").numpy(), ds.stack("speaker", "emotion").numpy(), ds.appropriate
+
+
+def _cmd_data(args) -> int:
+    return args.data_func(args)
+
+
+def _cmd_data_synth(args) -> int:
+    from reactfast import _io
+    from reactfast.data import SyntheticDyads
+
+    root = _io.check_writable_dir(args.out, "--out")
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    for split in splits:
+        n = args.sessions if split == "train" else max(2, args.sessions // 4)
+        SyntheticDyads(sessions=n, seed=args.seed, split=split, frames=args.frames, audio_dim=args.audio_dim,
+                       prototypes=args.prototypes).write(root, split)
+        print(f"wrote {split}: {n} sessions ({2 * n} dyads mirrored), {args.frames} frames each")
+    print(f"synthetic REACT 2024 layout in {root} (reactfast data check {root})")
+    return 0
+
+
+def _cmd_data_check(args) -> int:
+    from reactfast.data.check import check_folder, format_reports
+
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    reports = check_folder(args.root, splits)
+    print(format_reports(reports))
+    return 1 if any(r.problems for r in reports) else 0
+
+
+def _cmd_data_crop(args) -> int:
+    from reactfast.data.pfl import crop_frames, read_boxes
+
+    size = None
+    if args.size:
+        size = (args.size, args.size)
+    window = crop_frames(args.video, read_boxes(args.boxes), args.out, (args.omega, args.omega), size)
+    print(f"cropped {args.video} -> {args.out} with the window left {window[0]}, top {window[1]}, "
+          f"{window[2]} x {window[3]}")
+    return 0
+
+
 def _device_args(p) -> None:
     p.add_argument("--device", default="auto",
-                   help="auto (CUDA when available), cpu, cuda or cuda:N (default auto)")
+                   help="auto (CUDA when available), cpu, cuda or cuda:N (default auto); --gpu-ids N is cuda:N")
+    p.add_argument("--gpu-ids", dest="device", type=lambda v: f"cuda:{int(v.split(',')[0])}",
+                   help=argparse.SUPPRESS)
     p.add_argument("--backend", help="kernel backends: one of cuda, triton, cpp, reference for every op that has "
                                      "it, or per op, e.g. biased_attention:reference,dtw:cpp (default automatic)")
 
@@ -229,73 +389,86 @@ def build_parser() -> argparse.ArgumentParser:
     models_help = "; ".join(f"{n}: {models.get(n).summary}" for n in model_names)
     stages_help = "; ".join(f"{n} " + ", ".join(f"{s} trains {what}" for s, what in models.get(n).stage_names.items())
                             for n in model_names if len(models.get(n).stages) > 1)
-    parser = argparse.ArgumentParser(prog="reactfast", description=__doc__.strip() if __doc__ else None)
+    common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    common.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    parser = argparse.ArgumentParser(prog="reactfast", description=__doc__.splitlines()[0], allow_abbrev=False,
+                                     parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("env", help="versions, compiled backends, devices, Triton interpreter mode")
-    p.set_defaults(func=_cmd_env)
+    def command(name, help, func):
+        p = sub.add_parser(name, help=help, description=help, allow_abbrev=False, parents=[common])
+        p.set_defaults(func=func)
+        return p
 
-    p = sub.add_parser("demo", help="the whole job on built-in synthetic data: data, training, generation, "
-                                    "evaluation against baselines, a plot")
+    command("env", "versions, compiled backends, devices, Triton interpreter mode", _cmd_env)
+
+    p = command("demo", "the whole job on built-in synthetic data: data, training, generation, evaluation "
+                        "against baselines, a plot", _cmd_demo)
     p.add_argument("--out", default="reactfast_out/demo", help="folder for the data, results and plots")
     p.add_argument("--sessions", type=int, default=48, help="synthetic training sessions (default 48)")
     p.add_argument("--steps", type=int, default=500, help="training steps (default 500)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--model", default=models.DEFAULT, choices=model_names, help=f"generator ({models_help})")
     _device_args(p)
-    p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("train", help="train a generator (runs under torchrun for DDP)")
-    p.add_argument("--model", default=models.DEFAULT, choices=model_names, help=f"generator ({models_help})")
-    p.add_argument("--stage", type=int, default=1, help=f"training stage: {stages_help}")
-    p.add_argument("--init", help="stage 2: the stage-1 checkpoint to start from")
-    p.add_argument("--data", default="synthetic", help="'synthetic' or the challenge's data folder")
-    p.add_argument("--out", required=True, help="run folder (checkpoint, history)")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=4, help="global batch (split over processes)")
-    p.add_argument("--clip-frames", type=int, default=128, help="training segment length in frames")
-    p.add_argument("--frames", type=int, default=750, help="frames per clip (first frames kept)")
-    p.add_argument("--lr", type=float, help="learning rate (default: the model's)")
-    p.add_argument("--config", nargs="*", metavar="KEY=VALUE", help="model config overrides, e.g. dim=64")
-    p.add_argument("--sessions", type=int, default=48, help="synthetic sessions")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", help="checkpoint folder to resume from")
-    p.add_argument("--ckpt-every", type=int, default=0)
-    p.add_argument("--val-every", type=int, default=0)
+    p = command("train", "train a generator (under torchrun: DDP)", _cmd_train)
+    p.add_argument("--model", choices=model_names, help=f"generator (default {models.DEFAULT}; {models_help})")
+    p.add_argument("--stage", type=int, help=f"training stage (default 1): {stages_help}")
+    p.add_argument("--init", help="a later stage: the previous stage's checkpoint to start from")
+    p.add_argument("--data", "--dataset-path", dest="data", help="'synthetic' (default) or the challenge's data folder")
+    p.add_argument("--out", "--outdir", dest="out", required=True, help="run folder (checkpoint, best, history.jsonl)")
+    p.add_argument("--steps", type=int, help="optimizer steps (default 1000)")
+    p.add_argument("--batch-size", "-b", dest="batch_size", type=int, help="global batch (default 4; split over "
+                                                                           "processes)")
+    p.add_argument("--clip-frames", type=int, help="training segment length in frames (default 128)")
+    p.add_argument("--frames", type=int, help="frames per clip, the first kept (default 750)")
+    p.add_argument("--lr", "-lr", dest="lr", type=float, help="learning rate (default: the model's)")
+    p.add_argument("--config", nargs="+", metavar="FILE|KEY=VALUE",
+                   help="config files (.yaml/.json) and overrides: dim=64, model.heads=4, train.grad_clip=0.5, "
+                        "mults=1,2,4, clip=none")
+    p.add_argument("--sessions", type=int, help="synthetic sessions (default 48)")
+    p.add_argument("--seed", type=int, help="seeds model initialisation, data order and noise (default 0)")
+    p.add_argument("--resume", help="checkpoint to continue from; its run's settings are restored (flags given "
+                                    "override them)")
+    p.add_argument("--overwrite", action="store_true", help="reuse a non-empty --out folder")
+    p.add_argument("--ckpt-every", type=int, help="save a checkpoint every N steps (default: at the end)")
+    p.add_argument("--val-every", type=int, help="validate every N steps on the val split; keeps 'best'")
+    p.add_argument("--deterministic", action="store_true", help="deterministic kernels (bit-exact resume on CUDA)")
+    p.add_argument("--tensorboard", action="store_true", help="log to OUT/tensorboard (needs tensorboard)")
     p.add_argument("--no-progress", action="store_true")
     _device_args(p)
-    p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("generate", help="generate reactions for every dyad of a split")
+    p = command("generate", "generate reactions for every dyad of a split", _cmd_generate)
     p.add_argument("--checkpoint", required=True, help="checkpoint folder")
-    p.add_argument("--data", help="'synthetic' or the data folder (default: what the checkpoint was trained on)")
+    p.add_argument("--data", "--dataset-path", dest="data",
+                   help="'synthetic' or the data folder (default: what the checkpoint was trained on)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--samples", type=int, default=10)
     p.add_argument("--frames", type=int, default=750)
+    p.add_argument("--window-size", dest="window", type=int, help="frames per online step (default: the model's)")
     p.add_argument("--sessions", type=int, help="synthetic sessions of the split")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="preds.npz", help=".npz with pred (N, S, T, 25), pred_3dmm and the targets")
+    p.add_argument("--out", "--outdir", dest="out", default="preds.npz",
+                   help=".npz with pred (N, S, T, 25), pred_3dmm and the targets")
     p.add_argument("--no-progress", action="store_true")
     _device_args(p)
-    p.set_defaults(func=_cmd_generate)
 
-    p = sub.add_parser("plot", help="PNG of a speaker's emotion and generated reactions over time")
+    p = command("plot", "PNG of a speaker's emotion and generated reactions over time", _cmd_plot)
     p.add_argument("pred", help=".npz from reactfast generate")
     p.add_argument("--item", type=int, default=0, help="dyad index")
-    p.add_argument("--channels", default="15,16", help="emotion channels, comma-separated (default valence,arousal)")
+    p.add_argument("--channels", default="valence,arousal",
+                   help="emotion channels by index or name, comma-separated (default valence,arousal)")
     p.add_argument("--out", help="PNG path")
-    p.set_defaults(func=_cmd_plot)
 
-    p = sub.add_parser("bench", help="run the microbenchmarks (pytest bench)")
+    p = command("bench", "run the microbenchmarks (pytest bench; shipped with the package)", _cmd_bench)
     p.add_argument("-k", help="pytest -k selection")
     p.add_argument("--quick", action="store_true", help="small sizes, skip the long online runs")
-    p.add_argument("--path", help="the bench folder (default ./bench)")
-    p.set_defaults(func=_cmd_bench)
+    p.add_argument("--path", help="the bench folder (default: ./bench, else the installed copy)")
 
-    p = sub.add_parser("evaluate", help="the REACT metric suite on generated reactions (N, S, T, 25)")
+    p = command("evaluate", "the REACT metric suite on generated reactions (N, S, T, 25)", _cmd_evaluate)
     p.add_argument("pred", help="generated listener emotion: .npy, .npz or .pt of shape (N, S, T, 25)")
     p.add_argument("--key", help="array name inside a .npz / key inside a .pt dict (default 'pred')")
-    p.add_argument("--data", help="the challenge's data folder (split csv, neighbour matrix, Emotion/...)")
+    p.add_argument("--data", "--dataset-path", dest="data", help="the challenge's data folder")
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="split (default test)")
     p.add_argument("--listener-gt", help="instead of --data: real listener emotion (N, T, 25)")
     p.add_argument("--speaker", help="instead of --data: speaker emotion (N, T, 25)")
@@ -303,15 +476,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="JSON file for the results (default: next to pred)")
     p.add_argument("--frsyn-all-samples", action="store_true",
                    help="FRSyn over every sample (corrected variant; official: first sample only)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress output")
     _device_args(p)
-    p.set_defaults(func=_cmd_evaluate)
+
+    p = command("data", "write, check or crop data in the REACT 2024 layout", _cmd_data)
+    data = p.add_subparsers(dest="data_command", required=True)
+    q = data.add_parser("synth", help="write the synthetic dyads in the REACT 2024 layout", allow_abbrev=False,
+                        parents=[common])
+    q.add_argument("--out", required=True, help="the data folder to write")
+    q.add_argument("--sessions", type=int, default=48, help="training sessions (val and test: a quarter)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--splits", default="train,val,test")
+    q.add_argument("--frames", type=int, default=751)
+    q.add_argument("--audio-dim", type=int, default=32, help="audio feature width (k = 2 rows per frame)")
+    q.add_argument("--prototypes", type=int, default=4, help="speaker behaviour prototypes")
+    q.set_defaults(data_func=_cmd_data_synth)
+    q = data.add_parser("check", help="validate a REACT 2024 data folder and summarise it", allow_abbrev=False,
+                        parents=[common])
+    q.add_argument("root", help="the data folder (holding train.csv, val.csv, test.csv)")
+    q.add_argument("--splits", default="train,val,test")
+    q.set_defaults(data_func=_cmd_data_check)
+    q = data.add_parser("crop", help="PFL: crop a clip's frames with one pose-preserving window from its face "
+                                     "boxes", allow_abbrev=False, parents=[common])
+    q.add_argument("--video", required=True, help="the clip's frame folder (1.png ... T.png)")
+    q.add_argument("--boxes", required=True, help="face boxes x_centre, y_centre, w, h per frame (.npy or .csv)")
+    q.add_argument("--out", required=True, help="folder for the cropped frames")
+    q.add_argument("--omega", type=float, default=256.0, help="largest window side (default 256)")
+    q.add_argument("--size", type=int, help="resize the crops to SIZE x SIZE")
+    q.set_defaults(data_func=_cmd_data_crop)
     return parser
+
+
+def _message(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, (ValueError, TypeError, OSError, RuntimeError, ImportError, KeyError, LookupError)):
+        return text.strip("'\"") if isinstance(exc, KeyError) else text
+    return f"{type(exc).__name__}: {text}"
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(f"reactfast {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one line for the user; --debug for the traceback
+        if args.debug:
+            raise
+        print(f"reactfast {args.command}: error: {_message(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

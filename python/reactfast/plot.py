@@ -44,6 +44,8 @@ def plot_reactions(path: str, speaker: np.ndarray, reactions: np.ndarray, channe
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    from reactfast import _io
+
+    _io.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return path

@@ -149,15 +149,32 @@ def test_bad_arguments(root):
         ReactDataset(root, "val", frames=100, window=101)
 
 
-def test_wav_audio_gives_mfcc(root):
-    ds = ReactDataset(root, "val", frames=20, modalities=("audio",))
-    clip = ds.pairs[0][0]
-    os.remove(ds._path("audio", clip, ".npy"))
-    sr = 16000
-    t = np.arange(int(sr * 21 / 25)) / sr
-    audio_io.write_wav(ds._path("audio", clip, ".wav"), 0.3 * np.sin(2 * np.pi * 440 * t), sr)
+def _tone_clips(ds, sr=16000, seconds=21 / 25, skip=()):
+    """Replace every clip's .npy audio features with a pure-tone .wav."""
+    t = np.arange(int(sr * seconds)) / sr
+    for clip in {c for pair in ds.pairs for c in pair} - set(skip):
+        os.remove(ds._path("audio", clip, ".npy"))
+        audio_io.write_wav(ds._path("audio", clip, ".wav"), 0.3 * np.sin(2 * np.pi * 440 * t), sr)
+
+
+@pytest.mark.parametrize("kind", audio_io.FEATURES)
+def test_wav_audio_gives_features(tmp_path, kind):
+    root = str(tmp_path)
+    SyntheticDyads(sessions=2, frames=30, prototypes=1, seed=0).write(root, "val")
+    ds = ReactDataset(root, "val", frames=20, modalities=("audio",), audio_features=kind)
+    _tone_clips(ds)
     feats = ds[0]["speaker_audio"]
     assert feats.shape == (40, 39)
     assert torch.isfinite(feats).all()
     # A pure tone: the static cepstra barely change over time, deltas are near zero.
     assert feats[5:35, 13:].abs().mean() < 0.1 * feats[5:35, :13].abs().mean()
+    assert ds.audio_features == f"wav -> {kind} features"
+
+
+def test_mixed_audio_features_are_named(tmp_path):
+    root = str(tmp_path)
+    SyntheticDyads(sessions=2, frames=30, prototypes=1, seed=0).write(root, "val")
+    ds = ReactDataset(root, "val", frames=20, modalities=("audio",))
+    _tone_clips(ds, skip=[ds.pairs[0][1]])
+    with pytest.raises(DataError, match=r"audio features are \d+-d but clip .* gave \d+-d"):
+        [ds[i] for i in range(len(ds))]

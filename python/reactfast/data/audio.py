@@ -1,8 +1,21 @@
-"""Audio for the REACT layout: 16-bit PCM wav reading and MFCC features aligned to video frames.
+"""Audio for the REACT layout: 16-bit PCM wav reading and per-frame audio features, as k = 2 rows
+per video frame (the package's audio convention).
 
-The challenge baseline computes 78-d MFCC per video frame (13 cepstra, static + delta +
-delta-delta, for 2 audio sub-frames per video frame). Here the same quantity comes as k = 2 rows
-of 39 values per frame, matching the package's audio convention (k rows per video frame).
+Two feature sets, both (2 T, 39) for T video frames:
+
+- ``"baseline"`` (the default): the REACT challenge baseline's features. Each video frame's
+  1/25 s of audio (the clip padded or cut to T frames) is cut on its own into Kaldi MFCC frames
+  (``torchaudio.compliance.kaldi.mfcc`` with its defaults and ``use_energy=True``: 25 ms povey
+  windows every 10 ms, snipped edges, so 2 frames; pre-emphasis 0.97, 23 mel bands, 13 cepstra
+  with the log energy as c0, lifter 22), and deltas and delta-deltas are taken within those 2
+  frames (``torchaudio.functional.compute_deltas``, window 5, edges replicated). The baseline
+  flattens them to 78 values per video frame (static, delta, delta-delta x 13 x 2); here row
+  2 t + s holds sub-frame s's 13 static, 13 delta and 13 delta-delta values. torchaudio computes
+  them where it is installed; elsewhere ``kaldi_mfcc`` below, a port of the same computation
+  (the tests compare the two where torchaudio is present).
+- ``"reactfast"``: the package's earlier MFCC, a continuous analysis: Hamming windows twice the
+  hop (hop = 1/50 s), 26 mel bands, 13 cepstra (c0 from the DCT, no energy, no lifter), deltas and
+  delta-deltas over the whole clip. Not the baseline's numbers; kept for models trained with it.
 """
 
 from __future__ import annotations
@@ -58,9 +71,110 @@ def _deltas(c: torch.Tensor, n: int = 2) -> torch.Tensor:
     return num / (2 * sum(i * i for i in range(1, n + 1)))
 
 
+FEATURES = ("baseline", "reactfast")
+
+
+def features(samples: np.ndarray, sr: int, frames: int, kind: str = "baseline") -> np.ndarray:
+    """(2 frames, 39) float32 audio features of ``kind`` (see the module docstring)."""
+    if kind == "baseline":
+        return baseline_features(samples, sr, frames)
+    if kind == "reactfast":
+        return mfcc(samples, sr, frames)
+    raise ValueError(f"audio features must be one of {FEATURES}, got {kind!r}")
+
+
+def _kaldi_window_frames(x: torch.Tensor, size: int, shift: int) -> torch.Tensor:
+    """(..., N) -> (..., m, size) frames with snipped edges (Kaldi's snip_edges=True)."""
+    n = x.shape[-1]
+    if n < size:
+        return x.new_zeros(*x.shape[:-1], 0, size)
+    m = 1 + (n - size) // shift
+    return x.unfold(-1, size, shift)[..., :m, :]
+
+
+def _mel_banks(num_bins: int, padded: int, sr: float, low: float = 20.0, high: float = 0.0) -> torch.Tensor:
+    """Kaldi's triangular mel filters over the FFT bins, (num_bins, padded // 2 + 1) float32, computed
+    in the same precision as torchaudio computes them."""
+    nyquist = 0.5 * sr
+    high = high + nyquist if high <= 0.0 else high
+    fft_bin_width = sr / padded
+    mel_low, mel_high = 1127.0 * math.log(1.0 + low / 700.0), 1127.0 * math.log(1.0 + high / 700.0)
+    delta = (mel_high - mel_low) / (num_bins + 1)
+    b = torch.arange(num_bins)[:, None]
+    left, center, right = mel_low + b * delta, mel_low + (b + 1.0) * delta, mel_low + (b + 2.0) * delta
+    bins = (1127.0 * (1.0 + fft_bin_width * torch.arange(float(padded // 2)) / 700.0).log())[None]
+    up, down = (bins - left) / (center - left), (right - bins) / (right - center)
+    banks = torch.max(torch.zeros(1), torch.min(up, down))
+    return torch.nn.functional.pad(banks, (0, 1))
+
+
+def kaldi_mfcc(frames: torch.Tensor, sr: float, num_ceps: int = 13, num_mel_bins: int = 23, lifter: float = 22.0,
+               preemphasis: float = 0.97, energy_floor: float = 1.0) -> torch.Tensor:
+    """Kaldi MFCC with ``use_energy=True`` (c0 replaced by the raw log energy) of windowed frames
+    (..., m, window) float32 -> (..., m, num_ceps): the computation of
+    ``torchaudio.compliance.kaldi.mfcc`` with its defaults, frame by frame."""
+    eps = torch.tensor(torch.finfo(torch.float32).eps, dtype=frames.dtype)
+    size = frames.shape[-1]
+    padded = 1 << (size - 1).bit_length()
+    x = frames - frames.mean(-1, keepdim=True)
+    log_energy = torch.maximum(x.pow(2).sum(-1), eps).log()
+    if energy_floor != 0.0:
+        log_energy = torch.clamp(log_energy, min=math.log(energy_floor))
+    previous = torch.cat([x[..., :1], x[..., :-1]], -1)
+    x = (x - preemphasis * previous) * torch.hann_window(size, periodic=False, dtype=x.dtype).pow(0.85)
+    power = torch.fft.rfft(torch.nn.functional.pad(x, (0, padded - size))).abs().pow(2.0)
+    mel = torch.maximum(power @ _mel_banks(num_mel_bins, padded, sr).to(x.dtype).T, eps).log()
+    n = torch.arange(float(num_mel_bins))
+    dct = torch.cos(math.pi / num_mel_bins * (n[:, None] + 0.5) * torch.arange(float(num_ceps))[None])
+    dct = dct * math.sqrt(2.0 / num_mel_bins)
+    dct[:, 0] = math.sqrt(1.0 / num_mel_bins)
+    ceps = mel @ dct.to(x.dtype)
+    ceps = ceps * (1.0 + 0.5 * lifter * torch.sin(math.pi * torch.arange(num_ceps) / lifter)).to(x.dtype)
+    ceps[..., 0] = log_energy
+    return ceps
+
+
+def compute_deltas(x: torch.Tensor, win_length: int = 5) -> torch.Tensor:
+    """Deltas along the last (time) axis with edges replicated, as torchaudio computes them."""
+    n = (win_length - 1) // 2
+    denom = n * (n + 1) * (2 * n + 1) / 3
+    padded = torch.cat([x[..., :1].expand(*x.shape[:-1], n), x, x[..., -1:].expand(*x.shape[:-1], n)], -1)
+    T = x.shape[-1]
+    return sum(i * padded[..., n + i: n + i + T] for i in range(-n, n + 1)) / denom
+
+
+def baseline_features(samples: np.ndarray, sr: int, frames: int, fps: int = 25) -> np.ndarray:
+    """The REACT baseline's audio features of ``frames`` video frames as (2 frames, 39) float32
+    (see the module docstring); torchaudio computes them where it is installed."""
+    x = torch.from_numpy(np.asarray(samples, dtype=np.float32))
+    per_frame = int(sr / fps)
+    need = per_frame * frames
+    x = x[:need] if len(x) >= need else torch.nn.functional.pad(x, (0, need - len(x)))
+    chunks = x.reshape(frames, per_frame)
+    try:
+        import torchaudio
+    except ImportError:
+        torchaudio = None
+    if torchaudio is not None:
+        static = torch.stack([torchaudio.compliance.kaldi.mfcc(c[None], sample_frequency=sr, use_energy=True)
+                              for c in chunks]).transpose(1, 2)                        # (T, 13, m)
+        d1 = torchaudio.functional.compute_deltas(static)
+        d2 = torchaudio.functional.compute_deltas(d1)
+    else:
+        size, shift = int(sr * 25.0 * 0.001), int(sr * 10.0 * 0.001)
+        static = kaldi_mfcc(_kaldi_window_frames(chunks, size, shift), float(sr)).transpose(1, 2)
+        d1 = compute_deltas(static)
+        d2 = compute_deltas(d1)
+    if static.shape[-1] != 2:
+        raise DataError(f"audio at {sr} Hz gives {static.shape[-1]} MFCC frames per video frame, not the baseline's 2")
+    rows = torch.stack([static, d1, d2], 1)                                            # (T, 3, 13, 2)
+    return rows.permute(0, 3, 1, 2).reshape(2 * frames, 39).numpy().astype(np.float32)
+
+
 def mfcc(samples: np.ndarray, sr: int, frames: int, fps: int = 25, k: int = 2, n_mfcc: int = 13,
          n_mels: int = 26) -> np.ndarray:
-    """MFCC aligned to ``frames`` video frames: (frames * k, 3 * n_mfcc) float32."""
+    """The package's own MFCC aligned to ``frames`` video frames: (frames * k, 3 * n_mfcc) float32
+    (``"reactfast"`` features; not the baseline's)."""
     hop = sr / (fps * k)
     win = int(round(2 * hop))
     n_fft = 1 << max(0, math.ceil(math.log2(win)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -60,16 +61,37 @@ def read_split(path: str) -> List[Tuple[str, str]]:
     return pairs
 
 
+def _numbers(line: str) -> bool:
+    try:
+        [float(c) for c in line.split(",")]
+    except ValueError:
+        return False
+    return True
+
+
 def read_emotion(path: str, min_frames: Optional[int] = None) -> np.ndarray:
-    """Emotion csv: a header row, then frames x 25 floats -> float32 (frames, 25)."""
+    """Emotion csv: a header row, then frames x 25 floats -> float32 (frames, 25). A file whose
+    first row is already numbers (no header) is read whole, with a warning naming it."""
     _need(path)
-    with open(path) as f:
-        lines = f.read().splitlines()
-    body = [ln for ln in lines[1:] if ln.strip()]
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a text csv file") from None
+    lines = [ln for ln in lines if ln.strip()]
+    if not lines:
+        raise DataError(f"{path}: empty file")
+    first = 2
+    if _numbers(lines[0]):
+        warnings.warn(f"{path}: no header row (the first row holds numbers); reading every row as a frame",
+                      stacklevel=2)
+        body, first = lines, 1
+    else:
+        body = lines[1:]
     if not body:
         raise DataError(f"{path}: no frames after the header row")
     values = []
-    for n, line in enumerate(body, start=2):
+    for n, line in enumerate(body, start=first):
         cells = line.split(",")
         if len(cells) != layout.EMOTION_DIM:
             raise DataError(f"{path}: line {n} has {len(cells)} columns, expected {layout.EMOTION_DIM}")
@@ -82,14 +104,30 @@ def read_emotion(path: str, min_frames: Optional[int] = None) -> np.ndarray:
     return _check_values(path, arr)
 
 
-def read_3dmm(path: str, min_frames: Optional[int] = None) -> np.ndarray:
-    """FaceVerse 3DMM npy, (frames, 1, 58) or (frames, 58) -> float32 (frames, 58)."""
+def load_npy(path: str) -> np.ndarray:
+    """A numeric .npy array (no pickles, objects, strings or complex numbers); errors name the file."""
     _need(path)
     try:
         arr = np.load(path, allow_pickle=False)
-    except Exception as exc:
+    except ValueError as exc:
+        if "pickle" in str(exc) or "allow_pickle" in str(exc):
+            raise DataError(f"{path}: holds pickled Python objects, not a numeric array") from None
         raise DataError(f"{path}: cannot read as .npy ({exc})") from None
-    arr = np.asarray(arr, dtype=np.float32)
+    except Exception as exc:
+        raise DataError(f"{path}: cannot read as .npy ({type(exc).__name__}: {exc})") from None
+    if not isinstance(arr, np.ndarray):
+        raise DataError(f"{path}: holds {type(arr).__name__}, not a single array")
+    if arr.dtype.kind == "c":
+        raise DataError(f"{path}: holds complex numbers ({arr.dtype}); expected real values")
+    if arr.dtype.kind not in "fiub":
+        raise DataError(f"{path}: holds {arr.dtype} values ({'strings' if arr.dtype.kind in 'US' else 'objects'}), "
+                        "expected numbers")
+    return arr
+
+
+def read_3dmm(path: str, min_frames: Optional[int] = None) -> np.ndarray:
+    """FaceVerse 3DMM npy, (frames, 1, 58) or (frames, 58) -> float32 (frames, 58)."""
+    arr = load_npy(path).astype(np.float32)
     if arr.ndim == 3 and arr.shape[1] == 1:
         arr = arr[:, 0]
     if arr.ndim != 2 or arr.shape[1] != layout.TDMM_DIM:
@@ -100,12 +138,7 @@ def read_3dmm(path: str, min_frames: Optional[int] = None) -> np.ndarray:
 
 def read_audio_features(path: str, min_rows: Optional[int] = None) -> np.ndarray:
     """Per-frame audio features saved as .npy (rows, dims): k rows per video frame."""
-    _need(path)
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise DataError(f"{path}: cannot read as .npy ({exc})") from None
-    arr = np.asarray(arr, dtype=np.float32)
+    arr = load_npy(path).astype(np.float32)
     if arr.ndim != 2:
         raise DataError(f"{path}: expected audio features of shape (rows, dims), got {arr.shape}")
     _check_frames(path, arr, min_rows)
@@ -114,11 +147,7 @@ def read_audio_features(path: str, min_rows: Optional[int] = None) -> np.ndarray
 
 def read_neighbours(path: str, num_items: Optional[int] = None) -> np.ndarray:
     """Appropriateness matrix ``neighbour_emotion_{split}.npy``: (N, N) of 0/1 -> bool."""
-    _need(path)
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise DataError(f"{path}: cannot read as .npy ({exc})") from None
+    arr = load_npy(path)
     if arr.ndim != 2 or arr.shape[0] != arr.shape[1]:
         raise DataError(f"{path}: expected a square (N, N) matrix, got shape {arr.shape}")
     if num_items is not None and arr.shape[0] != num_items:

@@ -85,3 +85,57 @@ def crop_video(video: torch.Tensor, boxes, omega: Tuple[float, float] = (256.0, 
         raise ValueError("the videos' windows differ in size; pass out_size to resize them to one size")
     out = torch.stack(crops)
     return out[0] if single else out
+
+
+def read_boxes(path: str) -> np.ndarray:
+    """Face boxes (T, 4) from a .npy file or a csv of x,y,w,h rows (a header row allowed)."""
+    from reactfast.data.files import DataError, load_npy
+
+    if path.endswith(".npy"):
+        boxes = load_npy(path).astype(np.float64)
+    else:
+        try:
+            with open(path) as f:
+                rows = [line.split(",") for line in f.read().splitlines() if line.strip()]
+            try:
+                [float(c) for c in rows[0]]
+            except (ValueError, IndexError):
+                rows = rows[1:]  # a header row
+            boxes = np.asarray([[float(c) for c in r] for r in rows], dtype=np.float64)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path}: cannot read face boxes as x,y,w,h rows ({exc})") from None
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise DataError(f"{path}: face boxes must be (frames, 4) x, y, w, h; got shape {boxes.shape}")
+    return boxes
+
+
+def crop_frames(src: str, boxes, dst: str, omega: Tuple[float, float] = (256.0, 256.0),
+                out_size: Optional[Tuple[int, int]] = None) -> Tuple[int, int, int, int]:
+    """PFL for a clip's frame folder in the REACT layout (``1.png`` ... ``T.png``): one fixed,
+    pose-preserving crop window from the boxes (T, 4), every frame cropped with it (and resized to
+    ``out_size`` (height, width) when given) into ``dst``. Returns the window (left, top, w, h)."""
+    import os
+
+    from matplotlib import image as mpimg
+
+    from reactfast.data.files import DataError
+
+    names = sorted((f for f in os.listdir(src) if f.endswith(".png") and f[:-4].isdigit()), key=lambda f: int(f[:-4]))
+    if not names:
+        raise DataError(f"{src}: no numbered .png frames (1.png, 2.png, ...)")
+    boxes = np.asarray(boxes, dtype=np.float64)
+    if len(boxes) != len(names):
+        raise DataError(f"{src}: {len(names)} frames but {len(boxes)} face boxes")
+    first = mpimg.imread(os.path.join(src, names[0]))
+    window = crop_window(boxes, omega, first.shape[:2])
+    left, top, w, h = window
+    os.makedirs(dst, exist_ok=True)
+    for name in names:
+        frame = torch.from_numpy(np.ascontiguousarray(mpimg.imread(os.path.join(src, name))))
+        crop = frame[top:top + h, left:left + w]
+        if out_size is not None:
+            chw = crop.permute(2, 0, 1)[None].float() if crop.dim() == 3 else crop[None, None].float()
+            crop = F.interpolate(chw, size=out_size, mode="bilinear", align_corners=False)[0]
+            crop = crop.permute(1, 2, 0) if crop.shape[0] > 1 else crop[0]
+        mpimg.imsave(os.path.join(dst, name), np.clip(crop.numpy(), 0, 1), cmap="gray" if crop.dim() == 2 else None)
+    return window

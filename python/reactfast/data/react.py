@@ -50,6 +50,9 @@ class ReactDataset(torch.utils.data.Dataset):
         modalities: any of ``"emotion"``, ``"3dmm"``, ``"audio"``.
         audio_per_frame: k, audio feature rows per video frame (2 for 50 Hz features).
         cache_clips: how many loaded clips to keep in memory (0 disables the cache).
+        audio_features: the features computed from ``.wav`` files: ``"baseline"`` (the challenge
+            baseline's Kaldi MFCC, 2 x 39 per frame) or ``"reactfast"`` (see ``reactfast.data.audio``);
+            ``.npy`` feature files are read as they are.
 
     Each item is a dict of float32 tensors ``speaker_<m>`` and ``listener_<m>`` for each modality
     m (emotion (T, 25), 3dmm (T, 58), audio (T * k, F)), plus ``item`` (the dyad index in
@@ -59,7 +62,8 @@ class ReactDataset(torch.utils.data.Dataset):
 
     def __init__(self, root: str, split: str, frames: int = layout.EVAL_FRAMES, window: Optional[int] = None,
                  stride: Optional[int] = None, mirror: bool = True, modalities: Sequence[str] = MODALITIES,
-                 audio_per_frame: int = layout.AUDIO_SAMPLES_PER_FRAME, cache_clips: int = 256):
+                 audio_per_frame: int = layout.AUDIO_SAMPLES_PER_FRAME, cache_clips: int = 256,
+                 audio_features: str = "baseline"):
         if split not in layout.SPLITS:
             raise ValueError(f"split must be one of {layout.SPLITS}, got {split!r}")
         unknown = [m for m in modalities if m not in MODALITIES]
@@ -69,6 +73,9 @@ class ReactDataset(torch.utils.data.Dataset):
             raise ValueError(f"frames must be >= 1, got {frames}")
         if audio_per_frame < 1:
             raise ValueError(f"audio_per_frame must be >= 1, got {audio_per_frame}")
+        if audio_features not in audio_io.FEATURES:
+            raise ValueError(f"audio_features must be one of {audio_io.FEATURES}, got {audio_features!r}")
+        self.wav_features = audio_features
         self.root, self.split, self.frames = root, split, frames
         self.modalities = tuple(modalities)
         self.k = audio_per_frame
@@ -90,6 +97,17 @@ class ReactDataset(torch.utils.data.Dataset):
 
     def _read_pairs(self) -> List[Tuple[str, str]]:
         return files.read_split(os.path.join(self.root, f"{self.split}.csv"))
+
+    @property
+    def audio_features(self) -> str:
+        """What the audio rows are (recorded in checkpoints): ``.npy`` features of some width, or the
+        features computed from ``.wav``."""
+        if not self.dyads or "audio" not in self.modalities:
+            return "none"
+        clip = self.dyads[0][0]
+        if os.path.isfile(self._path("audio", clip, ".npy")):
+            return f"npy features ({self.load_clip(clip)['audio'].shape[1]}-d)"
+        return f"wav -> {self.wav_features} features"
 
     def __len__(self) -> int:
         return len(self._index)
@@ -113,7 +131,13 @@ class ReactDataset(torch.utils.data.Dataset):
             return files.read_audio_features(feats, self.frames * self.k)
         if os.path.isfile(wav):
             samples, sr = audio_io.read_wav(wav)
-            return audio_io.mfcc(samples, sr, self.frames, k=self.k)
+            have, need = len(samples) / sr, self.frames / layout.FPS
+            if have < need - 1.0 / layout.FPS:
+                raise DataError(f"{wav}: truncated, {have:.2f} s of audio for {self.frames} frames ({need:.2f} s "
+                                f"at {layout.FPS} fps)")
+            if self.k != 2:
+                raise DataError(f"{wav}: features from .wav come as 2 rows per frame, but audio_per_frame is {self.k}")
+            return audio_io.features(samples, sr, self.frames, self.wav_features)
         raise DataError(f"missing file: {feats} (or {wav})")
 
     def load_clip(self, clip: str) -> Dict[str, np.ndarray]:
@@ -125,6 +149,7 @@ class ReactDataset(torch.utils.data.Dataset):
         for m in self.modalities:
             arr = self._load_modality(m, clip)
             if m == "audio":
+                self._check_audio_width(clip, arr.shape[1])
                 out[m] = arr[: self.frames * self.k]
             else:
                 lengths[m] = arr.shape[0]
@@ -137,6 +162,16 @@ class ReactDataset(torch.utils.data.Dataset):
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return out
+
+    def _check_audio_width(self, clip: str, width: int) -> None:
+        """Every clip must bring audio features of one width (all .npy of one width, or all .wav)."""
+        first = getattr(self, "_audio_width", None)
+        if first is None:
+            self._audio_width = (width, clip)
+        elif first[0] != width:
+            raise DataError(f"clip {clip!r} of split {self.split!r}: its audio features are {width}-d but clip "
+                            f"{first[1]!r} gave {first[0]}-d; every clip needs the same audio features "
+                            f"(.npy files of one width, or .wav files for MFCC)")
 
     def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
         if not -len(self) <= index < len(self):
@@ -191,6 +226,10 @@ class InMemoryReactDataset(ReactDataset):
 
     def _read_pairs(self):
         return list(self._pairs_in)
+
+    @property
+    def audio_features(self) -> str:
+        return f"in-memory features ({self._clips[self.dyads[0][0]]['audio'].shape[1]}-d)"
 
     def _load_modality(self, modality: str, clip: str) -> np.ndarray:
         if clip not in self._clips:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from reactfast import _backend
+from reactfast._progress import Progress
 from reactfast.data import layout
 from reactfast.metrics import candidates
 from reactfast.ops.ccc import ccc_max_unchecked
@@ -53,7 +54,16 @@ def _as_tensor(name: str, x, ndim: int) -> torch.Tensor:
         raise ValueError(f"{name} must not be empty, got shape {tuple(x.shape)}")
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or Inf")
+    largest = float(x.abs().max())
+    if largest > _LARGEST:
+        raise ValueError(f"{name} holds values up to {largest:.3g} in magnitude; the REACT metrics take emotion "
+                         f"features (AUs and expression probabilities in [0, 1], valence/arousal in [-1, 1]) and "
+                         f"their float32 statistics overflow beyond {_LARGEST:.0e}")
     return x.detach().float().contiguous()
+
+
+# Beyond this magnitude the float32 sums of squares of 750 frames overflow.
+_LARGEST = 1e15
 
 
 def _as_appropriate(appropriate, N: int) -> np.ndarray:
@@ -89,15 +99,6 @@ def check_inputs(pred, listener_gt=None, speaker=None, appropriate=None):
     return tuple(out)
 
 
-def _chunks(n: int, chunk: int, desc: str, progress: bool):
-    starts = range(0, n, chunk)
-    if progress:
-        from tqdm.auto import tqdm
-
-        return tqdm(starts, desc=desc, unit="chunk", total=len(starts), leave=False, disable=None)
-    return starts
-
-
 def _rows(rows, N):
     rows = list(range(N)) if rows is None else sorted(int(r) for r in rows)
     if rows and (rows[0] < 0 or rows[-1] >= N):
@@ -105,23 +106,43 @@ def _rows(rows, N):
     return rows
 
 
-def _sum_best(kernel, pred, listener_gt, a, rows, chunk, desc, progress) -> float:
-    """sum over rows k and samples i of ``kernel``'s best value over A(k), divided by N."""
+# Work per chunk of speakers and CPU thread, in DP cells (DTW) or frame-dims (CCC): chunks on a CPU
+# stay short enough (about a second) for the progress output to move.
+_CHUNK_WORK = 2e8
+
+
+def _sum_best(kernel, pred, listener_gt, a, rows, chunk, desc, progress, pair_work) -> float:
+    """sum over rows k and samples i of ``kernel``'s best value over A(k), divided by N. ``pair_work``
+    is the work of one (query, candidate) pair; chunks hold at most ``chunk`` speakers and about
+    _CHUNK_WORK of work; progress counts pairs, so its rate and estimate follow the work."""
     N, S, T, D = pred.shape
     rows = _rows(rows, N)
-    total = 0.0
-    for lo in _chunks(len(rows), chunk, desc, progress):
-        part = rows[lo:lo + chunk]
+    per_row = a[rows].sum(1) * S
+    total_pairs = int(per_row.sum())
+    bar = Progress(total_pairs, desc, unit="pair", enabled=progress, every=1 << 62, seconds=10.0)
+    if progress and total_pairs * pair_work > 20 * _CHUNK_WORK:
+        bar.note(f"{total_pairs} (query, candidate) pairs of {T} frames to compare")
+    limit = _CHUNK_WORK * torch.get_num_threads() if pred.device.type == "cpu" else float("inf")
+    total, lo = 0.0, 0
+    while lo < len(rows):
+        hi, work = lo + 1, per_row[lo] * pair_work
+        while hi < len(rows) and hi - lo < chunk and work + per_row[hi] * pair_work <= limit:
+            work += per_row[hi] * pair_work
+            hi += 1
+        part = rows[lo:hi]
         offset, index = candidates.from_appropriate(a, S, part)
         best = kernel(pred[part].reshape(-1, T, D), listener_gt, offset.to(pred.device), index.to(pred.device))[0]
         total += float(best.sum())
+        bar.update(int(per_row[lo:hi].sum()))
+        lo = hi
+    bar.close()
     return total / N
 
 
 def _frcorr(pred, listener_gt, a, chunk=64, progress=False, backend=None, rows=None) -> float:
     op = _backend.for_op(backend, "ccc")
     return _sum_best(lambda *args: ccc_max_unchecked(*args, backend=op), pred, listener_gt, a, rows, chunk,
-                     "FRCorr", progress)
+                     "FRCorr", progress, pair_work=pred.shape[2] * pred.shape[3])
 
 
 def _frdist(pred, listener_gt, a, chunk=16, progress=False, abandon=True, groups=REACT_GROUPS, backend=None,
@@ -129,7 +150,7 @@ def _frdist(pred, listener_gt, a, chunk=16, progress=False, abandon=True, groups
     op = _backend.for_op(backend, "dtw")
     groups = check_groups(groups, pred.shape[-1])
     return _sum_best(lambda *args: weighted_dtw_min_unchecked(*args, groups, abandon, op), pred, listener_gt, a,
-                     rows, chunk, "FRDist", progress)
+                     rows, chunk, "FRDist", progress, pair_work=pred.shape[2] ** 2 * len(groups))
 
 
 def frcorr(pred, listener_gt, appropriate, chunk: int = 64, progress: bool = False, backend=None,
@@ -250,6 +271,8 @@ def evaluate(pred, listener_gt, speaker, appropriate, progress: bool = False, ab
         >>> scores["FRDist"]
     """
     pred, listener_gt, speaker, a = check_inputs(pred, listener_gt, speaker, appropriate)
+    if pred.shape[2] < 2:
+        raise ValueError(f"pred must have at least 2 frames (T) for the metric suite, got shape {tuple(pred.shape)}")
     return {
         "FRCorr": _frcorr(pred, listener_gt, a, progress=progress, backend=backend),
         "FRDist": _frdist(pred, listener_gt, a, progress=progress, abandon=abandon, backend=backend),

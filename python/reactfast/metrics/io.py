@@ -10,24 +10,32 @@ import numpy as np
 
 
 def load_array(path: str, key: Optional[str] = None, name: str = "array") -> np.ndarray:
-    """An array from .npy, .npz (``key`` or its only array, or 'pred') or .pt (a tensor, or a dict
-    holding ``key``/'pred')."""
+    """A numeric array from .npy, .npz (``key`` or its only array, or 'pred') or .pt (a tensor, or a
+    dict holding ``key``/'pred'); every failure names the file."""
+    from reactfast.data.files import DataError, load_npy
+
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{name}: no such file: {path}")
     ext = os.path.splitext(path)[1].lower()
     if ext == ".npy":
-        return np.load(path, allow_pickle=False)
+        try:
+            return load_npy(path)
+        except DataError as exc:
+            raise ValueError(f"{name}: {exc}") from None
     if ext == ".npz":
-        with np.load(path, allow_pickle=False) as z:
+        with _open_npz(path, name) as z:
             keys = list(z.keys())
             pick = key if key is not None else ("pred" if "pred" in keys else keys[0] if len(keys) == 1 else None)
             if pick is None or pick not in keys:
                 raise ValueError(f"{name}: {path} holds arrays {keys}; say which one with a key")
-            return z[pick]
+            return _member(z, pick, path, name)
     if ext in (".pt", ".pth"):
         import torch
 
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ValueError(f"{name}: {path} cannot be read as a torch file ({type(exc).__name__}: {exc})") from None
         if isinstance(obj, dict):
             pick = key or "pred"
             if pick not in obj:
@@ -39,12 +47,46 @@ def load_array(path: str, key: Optional[str] = None, name: str = "array") -> np.
     raise ValueError(f"{name}: unsupported file type {ext!r} ({path}); use .npy, .npz or .pt")
 
 
+def _open_npz(path: str, name: str):
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise ValueError(f"{name}: {path} is not a readable .npz archive (truncated? {type(exc).__name__}: "
+                         f"{exc})") from None
+
+
+def _member(z, key: str, path: str, name: str) -> np.ndarray:
+    try:
+        arr = z[key]
+    except ValueError as exc:
+        raise ValueError(f"{name}: {path}[{key!r}] holds pickled objects, not a numeric array ({exc})") from None
+    except Exception as exc:
+        raise ValueError(f"{name}: {path}[{key!r}] cannot be read (truncated? {type(exc).__name__}: {exc})") from None
+    if arr.dtype.kind not in "fiub":
+        raise ValueError(f"{name}: {path}[{key!r}] holds {arr.dtype} values, expected numbers")
+    return arr
+
+
+def load_npz_arrays(path: str, required, optional=(), hint: str = "") -> Dict[str, np.ndarray]:
+    """The named arrays of a .npz (from ``reactfast generate``); an error names the missing ones."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such file: {path}")
+    with _open_npz(path, os.path.basename(path)) as z:
+        missing = [k for k in required if k not in z.files]
+        if missing:
+            raise ValueError(f"{path} holds {z.files}, not {missing}" + (f"; {hint}" if hint else ""))
+        return {k: _member(z, k, path, k) for k in list(required) + [k for k in optional if k in z.files]}
+
+
 def save_json(path: str, data: Dict) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
+    """Write ``data`` as JSON atomically."""
+    from reactfast import _io
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=2)
+
+    _io.atomic_write(path, write)
 
 
 def format_table(rows: Dict[str, Dict[str, float]]) -> str:

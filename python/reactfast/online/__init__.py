@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 
 from torch import nn
@@ -26,10 +27,10 @@ class ReactionStream:
     """One conversation's online generation state.
 
     Args:
-        model: a ReactFace (in eval mode for deterministic output).
+        model: a ``reactfast.models.Generator`` (in eval mode for deterministic output).
         num_samples: S reactions generated side by side for this speaker.
-        generator: draws the latent noise (randn(S, D) per window); seeds make runs repeatable.
-        window: frames emitted per step (default: the model's inference window, 8).
+        generator: a torch.Generator (CPU or CUDA) for the model's noise; seeds make runs repeatable.
+        window: frames emitted per step (default: the model's inference window).
         device: where the state lives (default the model's).
 
     ``push(speaker (n, F), audio (k n, A))`` returns the frames completed so far as a dict
@@ -40,11 +41,19 @@ class ReactionStream:
 
     def __init__(self, model: nn.Module, num_samples: int = 10, generator: Optional[torch.Generator] = None,
                  window: Optional[int] = None, device=None, **state_kwargs):
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        from reactfast.models.base import Generator
+
+        if not isinstance(model, Generator):
+            raise TypeError(f"model must be a reactfast generator (reactfast.models.Generator), got "
+                            f"{type(model).__name__}")
+        _check_int("num_samples", num_samples)
+        if window is not None:
+            _check_int("window", window)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         self.model = model
         self.samples = num_samples
-        self.window = window or model.config.window
+        self.window = window if window is not None else model.window
         self.generator = generator
         self.device = device or next(model.parameters()).device
         self.state = model.init_state(num_samples, self.window, self.device, **state_kwargs)
@@ -62,6 +71,7 @@ class ReactionStream:
     def _check(self, speaker: torch.Tensor, audio: torch.Tensor):
         if self.closed:
             raise StreamClosed("this stream is closed: it takes no more input after close() or flush()")
+        speaker, audio = self._as_input("speaker", speaker), self._as_input("audio", audio)
         if speaker.dim() == 3 and speaker.shape[0] == 1:
             speaker = speaker[0]
         if audio.dim() == 3 and audio.shape[0] == 1:
@@ -71,6 +81,17 @@ class ReactionStream:
                              f"{tuple(audio.shape)}")
         self.model.check_inputs(speaker[None], audio[None])
         return speaker.to(self.device), audio.to(self.device)
+
+    def _as_input(self, name: str, x) -> torch.Tensor:
+        """A float tensor in the model's dtype (numpy arrays and other float dtypes converted)."""
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(np.ascontiguousarray(x))
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"{name} must hold floating-point features, got dtype {x.dtype}")
+        dtype = next(self.model.parameters()).dtype
+        return x.to(dtype) if x.dtype != dtype else x
 
     def feed(self, speaker: torch.Tensor, audio: torch.Tensor) -> None:
         """Buffer n new speaker frames and their k n audio rows without generating (for a
@@ -131,6 +152,11 @@ class ReactionStream:
         self.closed = True
 
 
+def _check_int(name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+
 def _concat(outs: List[Dict[str, torch.Tensor]], samples: int, model: nn.Module) -> Dict[str, torch.Tensor]:
     if outs:
         return {key: torch.cat([o[key] for o in outs], 1) for key in outs[0]}
@@ -152,6 +178,13 @@ class StreamRunner:
 
     @torch.no_grad()
     def step(self, streams: Sequence[ReactionStream]) -> List[Optional[Dict[str, torch.Tensor]]]:
+        for i, s in enumerate(streams):
+            if not isinstance(s, ReactionStream):
+                raise TypeError(f"streams[{i}] must be a ReactionStream, got {type(s).__name__}")
+            if s.model is not self.model:
+                raise ValueError(f"streams[{i}] runs another model ({type(s.model).__name__} at "
+                                 f"{id(s.model):#x}) than this runner's ({id(self.model):#x}); a runner steps "
+                                 "only streams of its own model")
         ready = [s for s in streams if s.ready and not s.closed]
         results: Dict[int, Dict[str, torch.Tensor]] = {}
         if ready:

@@ -61,6 +61,8 @@ def ddim_step(x_t: torch.Tensor, out_cond: torch.Tensor, coef: torch.Tensor, pre
         (x_prev, x0), x_t's dtype.
     """
     check_tensor("x_t", x_t, dtypes=_DTYPES)
+    if x_t.dim() < 1:
+        raise ValueError("x_t must have a batch dimension (B, ...), got a 0-d tensor")
     check_tensor("out_cond", out_cond, dtypes=_DTYPES)
     check_tensor("coef", coef, ndim=2, dtypes=(torch.float32, torch.float64))
     tensors = {"x_t": x_t, "out_cond": out_cond, "coef": coef}
@@ -72,7 +74,7 @@ def ddim_step(x_t: torch.Tensor, out_cond: torch.Tensor, coef: torch.Tensor, pre
     for name, t in tensors.items():
         if name != "coef" and t.shape != x_t.shape:
             raise ValueError(f"{name} must have x_t's shape {tuple(x_t.shape)}, got {tuple(t.shape)}")
-    if x_t.dim() < 1 or coef.shape != (x_t.shape[0], 5):
+    if coef.shape != (x_t.shape[0], 5):
         raise ValueError(f"coef must have shape ({x_t.shape[0]}, 5), got {tuple(coef.shape)}")
     if prediction not in _ref.PREDICTIONS:
         raise ValueError(f"prediction must be one of {_ref.PREDICTIONS}, got {prediction!r}")

@@ -1,9 +1,9 @@
 """Training, checkpoints and dataset-wide generation for reactfast generators."""
 
-from reactfast.train.checkpoint import (CheckpointError, load_into, load_model, load_trainer_state,
-                                        save_checkpoint)
+from reactfast.train.checkpoint import (CheckpointError, link_checkpoint, load_into, load_model, load_trainer_state,
+                                        read_config, save_checkpoint)
 from reactfast.train.generation import generate_dataset
-from reactfast.train.trainer import TrainConfig, Trainer
+from reactfast.train.trainer import TrainConfig, Trainer, TrainingDiverged, seed_everything
 
-__all__ = ["CheckpointError", "TrainConfig", "Trainer", "generate_dataset", "load_into", "load_model",
-           "load_trainer_state", "save_checkpoint"]
+__all__ = ["CheckpointError", "TrainConfig", "Trainer", "TrainingDiverged", "generate_dataset", "link_checkpoint",
+           "load_into", "load_model", "load_trainer_state", "read_config", "save_checkpoint", "seed_everything"]

@@ -7,13 +7,17 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import torch
 
+from reactfast._progress import Progress
+
 
 @torch.no_grad()
 def generate_dataset(model, dataset, samples: int = 10, seed: int = 0, rows: Optional[Sequence[int]] = None,
-                     batch_size: int = 8, device=None, progress: bool = False) -> Dict[str, np.ndarray]:
+                     batch_size: int = 8, device=None, progress: bool = False, window: Optional[int] = None
+                     ) -> Dict[str, np.ndarray]:
     """{"3dmm": (n, S, T, 58), "emotion": (n, S, T, 25)} (the model's outputs) for the dyads ``rows`` (default all) of a
     whole-clip dataset; each dyad's noise comes from a generator seeded by (seed, dyad), so the
-    result does not depend on batching or on how rows are split over processes."""
+    result does not depend on batching or on how rows are split over processes. ``window``: the
+    online step of generators that take one (default: the model's)."""
     if dataset.window is not None:
         raise ValueError("generate_dataset needs a whole-clip dataset (window=None)")
     model.eval()
@@ -22,12 +26,10 @@ def generate_dataset(model, dataset, samples: int = 10, seed: int = 0, rows: Opt
     device = device or next(model.parameters()).device
     rows = list(range(dataset.num_items)) if rows is None else list(rows)
     outs: Dict[str, list] = {}
-    chunks = range(0, len(rows), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        chunks = tqdm(chunks, desc="generate", unit="batch", disable=None)
-    for lo in chunks:
+    extra = {} if window is None else {"window": window}
+    bar = Progress(len(rows), f"generate {getattr(model, 'name', '')}".strip(), unit="dyad", enabled=progress,
+                   every=max(1, batch_size))
+    for lo in range(0, len(rows), batch_size):
         part = rows[lo:lo + batch_size]
         batch = {}
         items = [dataset[i] for i in part]
@@ -35,8 +37,10 @@ def generate_dataset(model, dataset, samples: int = 10, seed: int = 0, rows: Opt
             batch[key] = torch.stack([it[key] for it in items]).to(device)
         speaker, audio = model.inputs_from_batch(batch)
         results = [model.generate(speaker[b:b + 1], audio[b:b + 1], samples,
-                                  torch.Generator().manual_seed(seed * 1_000_003 + part[b]))
+                                  torch.Generator().manual_seed(seed * 1_000_003 + part[b]), **extra)
                    for b in range(len(part))]
         for key in results[0]:
             outs.setdefault(key, []).extend(r[key][0].cpu().numpy() for r in results)
+        bar.update(len(part))
+    bar.close()
     return {key: np.stack(values) for key, values in outs.items()}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import random
 import time
@@ -27,10 +28,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from reactfast import _backend
+from reactfast import _backend, _io
+from reactfast._progress import Progress
 from reactfast.models.base import check_at_least
 from reactfast.train.batches import collate_appropriate
-from reactfast.train.checkpoint import load_into, load_trainer_state, save_checkpoint
+from reactfast.train.checkpoint import link_checkpoint, load_into, load_trainer_state, save_checkpoint
 
 
 @dataclass
@@ -51,12 +53,18 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
     deterministic: bool = False
+    best_metric: str = "FRDist"
+    tensorboard: bool = False
 
     def __post_init__(self):
         check_at_least(self, 1, "steps", "batch_size", "max_candidates", "val_samples", "log_every")
         check_at_least(self, 0, "ckpt_every", "val_every")
         if self.optimizer not in ("adamw", "sgd"):
             raise ValueError(f"TrainConfig.optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
+        from reactfast.metrics import METRICS
+
+        if self.best_metric not in METRICS:
+            raise ValueError(f"TrainConfig.best_metric must be one of {METRICS}, got {self.best_metric!r}")
 
 
 def distributed_context(device_type: str = "cpu"):
@@ -93,6 +101,37 @@ def deterministic_kernels(enabled: bool):
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous[1], previous[2]
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradients became NaN or Inf."""
+
+
+# Validation metrics where a larger value is better (the rest: smaller).
+_LARGER_IS_BETTER = ("FRCorr", "FRDiv", "FRDvs", "FRVar")
+
+
+def _dump(path: str, data) -> None:
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1)
+
+
+def _tensorboard(out_dir: str):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise ImportError(f"TrainConfig.tensorboard needs the tensorboard package ({exc}); pip install tensorboard") \
+            from None
+    return SummaryWriter(os.path.join(out_dir, "tensorboard"))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every random number generator a run touches: Python's, numpy's, torch's CPU and CUDA."""
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
 def _item_generator(seed: int, step: int, item: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step * 7_919 + item * 104_729) % (2 ** 63))
 
@@ -127,6 +166,8 @@ class Trainer:
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=any(not p.requires_grad for p in model.parameters()))
         self.step = 0
+        self.best: Optional[float] = None
+        self._saved_step: Optional[int] = None
         self.history: List[Dict[str, float]] = []
         self.steps_per_epoch = len(dataset) // cfg.batch_size
         if resume:
@@ -144,6 +185,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = state["step"]
         self.history = state["history"]
+        self.best = state.get("best")
         rng = state["rng"][min(self.rank, len(state["rng"]) - 1)]
         torch.set_rng_state(rng["torch"])
         np.random.set_state(rng["numpy"])
@@ -159,8 +201,9 @@ class Trainer:
             rngs = gathered
         if self.rank == 0:
             state = {"optimizer": self.optimizer.state_dict(), "step": self.step, "history": self.history,
-                     "rng": rngs, "train_config": asdict(self.config)}
-            save_checkpoint(path, self.model, state, extra=self.extra_meta)
+                     "rng": rngs, "train_config": asdict(self.config), "best": self.best}
+            save_checkpoint(path, self.model, state, extra=self.extra_meta, tag=self.step)
+        self._saved_step = self.step
         if self.world > 1:
             dist.barrier()
 
@@ -173,10 +216,12 @@ class Trainer:
         return global_batch[self.rank * local:(self.rank + 1) * local]
 
     def train_step(self) -> Dict[str, float]:
+        """One optimizer step; raises :class:`TrainingDiverged` (weights untouched) when the loss or
+        the gradient norm is not finite. Its one host synchronisation reads the losses."""
         cfg = self.config
         indices = self.batch_indices(self.step)
         batch = collate_appropriate(self.dataset, indices, cfg.max_candidates)
-        batch = {k: v.to(self.device) for k, v in batch.items()}
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         gens = [_item_generator(cfg.seed, self.step, i) for i in indices]
         self.model.train()
         use_amp = cfg.amp and self.device.type == "cuda"
@@ -186,46 +231,88 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         with deterministic_kernels(cfg.deterministic):
             losses["loss"].backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        self.optimizer.step()
-        self.model.after_step()
-        values = torch.stack([v.detach().float() for v in losses.values()])
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        values = torch.stack([v.detach().float() for v in losses.values()] + [norm.detach().float()])
         if self.world > 1:
             dist.all_reduce(values)
             values /= self.world
+        values = values.tolist()
+        record = {"step": self.step + 1, **dict(zip(losses, values[:-1])), "grad_norm": values[-1]}
+        if not (math.isfinite(record["loss"]) and math.isfinite(record["grad_norm"])):
+            raise TrainingDiverged(f"training diverged at step {self.step + 1}: loss {record['loss']}, gradient norm "
+                                   f"{record['grad_norm']} (lower the learning rate, now "
+                                   f"{self.optimizer.param_groups[0]['lr']:g}); the weights of step {self.step} are "
+                                   "kept and no non-finite checkpoint is written")
+        self.optimizer.step()
+        self.model.after_step()
         self.step += 1
-        return {"step": self.step, **{k: float(v) for k, v in zip(losses, values)}}
+        return record
 
     def fit(self, max_steps: Optional[int] = None) -> List[Dict[str, float]]:
-        """Train until ``config.steps`` (or ``max_steps`` more steps, to stop early)."""
+        """Train until ``config.steps`` (or ``max_steps`` more steps, to stop early). With ``out_dir``:
+        ``history.jsonl`` gets a line per step as training goes, ``checkpoint`` every ``ckpt_every``
+        steps and at the end, ``best`` whenever validation improves ``best_metric``."""
         cfg = self.config
         end = cfg.steps if max_steps is None else min(cfg.steps, self.step + max_steps)
-        bar = None
-        if cfg.progress and self.rank == 0:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {self.model.name}", unit="step",
-                       mininterval=2.0, disable=None)
+        lead = self.rank == 0
+        log = tensorboard = None
+        if cfg.out_dir and lead:
+            _io.check_writable_dir(cfg.out_dir, "the run folder (out_dir)")
+            log = open(os.path.join(cfg.out_dir, "history.jsonl"), "a" if self.step else "w")
+            if self.step:
+                log.truncate(0)
+                log.writelines(json.dumps(r) + "\n" for r in self.history)
+            if cfg.tensorboard:
+                tensorboard = _tensorboard(cfg.out_dir)
+        progress = Progress(cfg.steps, f"train {self.model.name}", initial=self.step, enabled=cfg.progress and lead,
+                            every=cfg.log_every)
         start = time.perf_counter()
-        while self.step < end:
-            record = self.train_step()
-            self.history.append(record)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", rec=f"{record.get('rec', float('nan')):.4f}")
-            if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and cfg.out_dir:
-                self.save(os.path.join(cfg.out_dir, "checkpoint"))
-            if cfg.val_every and self.step % cfg.val_every == 0 and self.val_dataset is not None:
-                record.update({f"val_{k}": v for k, v in self.validate().items()})
-        if bar is not None:
-            bar.close()
+        try:
+            while self.step < end:
+                record = self.train_step()
+                self.history.append(record)
+                if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and cfg.out_dir:
+                    self.save(os.path.join(cfg.out_dir, "checkpoint"))
+                if cfg.val_every and self.step % cfg.val_every == 0 and self.val_dataset is not None:
+                    record.update({f"val_{k}": v for k, v in self.validate().items()})
+                    self._keep_best(record)
+                if log is not None:
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
+                if tensorboard is not None:
+                    for key, value in record.items():
+                        if key != "step":
+                            tensorboard.add_scalar(key, value, record["step"])
+                progress.update(1, {k: record[k] for k in ("loss", "rec") if k in record})
+        finally:
+            progress.close()
+            if log is not None:
+                log.close()
+            if tensorboard is not None:
+                tensorboard.close()
         if cfg.out_dir and self.step >= cfg.steps:
-            self.save(os.path.join(cfg.out_dir, "checkpoint"))
-            if self.rank == 0:
-                with open(os.path.join(cfg.out_dir, "history.json"), "w") as f:
-                    json.dump({"history": self.history, "seconds": time.perf_counter() - start}, f, indent=1)
+            if self._saved_step != self.step:
+                self.save(os.path.join(cfg.out_dir, "checkpoint"))
+            if lead:
+                _io.atomic_write(os.path.join(cfg.out_dir, "history.json"), lambda tmp: _dump(
+                    tmp, {"history": self.history, "seconds": time.perf_counter() - start}))
         return self.history
+
+    def _keep_best(self, record: Dict[str, float]) -> None:
+        """Save ``checkpoint`` and point ``best`` at it when ``best_metric`` improved."""
+        cfg = self.config
+        key = f"val_{cfg.best_metric}"
+        if key not in record or not cfg.out_dir:
+            return
+        value = record[key]
+        if self.best is None or (value > self.best if cfg.best_metric in _LARGER_IS_BETTER else value < self.best):
+            self.best = value
+            path = os.path.join(cfg.out_dir, "checkpoint")
+            if self._saved_step != self.step:
+                self.save(path)
+            if self.rank == 0:
+                link_checkpoint(path, os.path.join(cfg.out_dir, "best"))
 
     @torch.no_grad()
     def validate(self) -> Dict[str, float]:

@@ -1,0 +1,354 @@
+"""The cases of the bad-input sweep (issue 19), numbered as there: every one a clear error naming the
+argument, file or flag, or handled correctly; no finished work lost."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from reactfast import cli, metrics
+from reactfast.data import DataError, ReactDataset, SyntheticDyads, layout
+from reactfast.data import audio as audio_io
+from reactfast.online import ReactionStream, StreamRunner
+from reactfast.train import CheckpointError, load_model, save_checkpoint
+from tests.train.helpers import tiny_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["dim=16", "heads=2", "cie_heads=2", "cie_ffn=32", "cie_layers=1", "decoder_layers=1", "window_train=16",
+        "window=8", "context=32", "past=16"]
+
+
+@pytest.fixture
+def data(tmp_path):
+    root = str(tmp_path / "data")
+    SyntheticDyads(sessions=2, frames=60, prototypes=1, audio_dim=8, seed=0).write(root, "test")
+    return root
+
+
+def _clip(root, split="test"):
+    return ReactDataset(root, split, frames=10).pairs[0][0]
+
+
+def _path(root, modality, clip, ext, split="test"):
+    return os.path.join(root, split, layout.MODALITY_DIRS[modality], clip + ext)
+
+
+def run(args, capsys):
+    """(exit code, stderr) of the command line."""
+    code = cli.main(args)
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    path = str(tmp_path / "run" / "checkpoint")
+    model = tiny_model()
+    save_checkpoint(path, model, extra={"data": {"spec": "synthetic", "sessions": 4, "seed": 0, "frames": 64}})
+    return path
+
+
+def test_01_emotion_csv_without_header_keeps_every_frame(data):
+    clip = _clip(data)
+    path = _path(data, "emotion", clip, ".csv")
+    lines = open(path).read().splitlines()
+    open(path, "w").write("\n".join(lines[1:]) + "\n")
+    with pytest.warns(UserWarning, match="no header row"):
+        ds = ReactDataset(data, "test", frames=60, modalities=("emotion",))
+        emotion = ds.load_clip(clip)["emotion"]
+    assert emotion.shape == (60, 25)
+    assert np.allclose(emotion[0], [float(v) for v in lines[1].split(",")])
+
+
+def test_02_short_wav_is_truncated_not_stretched(data):
+    clip = _clip(data)
+    os.remove(_path(data, "audio", clip, ".npy"))
+    audio_io.write_wav(_path(data, "audio", clip, ".wav"), np.zeros(16000, np.float32), 16000)   # 1 s
+    ds = ReactDataset(data, "test", frames=50, modalities=("audio",))                             # needs 2 s
+    with pytest.raises(DataError, match=r"truncated, 1\.00 s of audio for 50 frames \(2\.00 s"):
+        ds.load_clip(clip)
+
+
+def test_03_complex_3dmm_is_an_error(data):
+    clip = _clip(data)
+    np.save(_path(data, "3dmm", clip, ".npy"), np.zeros((60, 58), np.complex64))
+    with pytest.raises(DataError, match="complex numbers"):
+        ReactDataset(data, "test", frames=60, modalities=("3dmm",)).load_clip(clip)
+
+
+def test_04_metrics_refuse_values_that_overflow():
+    rng = np.random.default_rng(0)
+    pred, gt = rng.random((3, 2, 20, 25)).astype(np.float32), rng.random((3, 20, 25)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"pred holds values up to 1e\+20"):
+        metrics.evaluate(pred * np.float32(1e20), gt, gt, np.eye(3, dtype=bool))
+
+
+def test_05_generate_refuses_a_checkpoint_with_nan_weights(checkpoint, tmp_path, capsys):
+    weights = os.path.join(checkpoint, "model.safetensors")
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(weights)
+    state["mu_head.weight"][0, 0] = float("nan")
+    save_file(state, weights)
+    out = str(tmp_path / "p.npz")
+    code, err = run(["generate", "--checkpoint", checkpoint, "--frames", "16", "--sessions", "2", "--out", out,
+                     "--no-progress", "--device", "cpu"], capsys)
+    assert code == 2 and "mu_head.weight" in err and "NaN or Inf" in err
+    assert not os.path.exists(out)
+
+
+def test_06_diverging_training_stops_without_saving(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    code, err = run(["train", "--out", out, "--steps", "20", "--batch-size", "2", "--clip-frames", "16", "--frames",
+                     "48", "--sessions", "4", "--lr", "1e6", "--no-progress", "--device", "cpu", "--config", *TINY],
+                    capsys)
+    assert code == 2 and "training diverged at step" in err
+    assert not os.path.exists(os.path.join(out, "checkpoint"))
+
+
+def test_07_flags_are_not_abbreviated(tmp_path, capsys):
+    np.save(tmp_path / "pred.npy", np.zeros((2, 1, 5, 25), np.float32))
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["evaluate", str(tmp_path / "pred.npy"), "--frsyn"])
+    assert exc.value.code == 2 and "unrecognized arguments: --frsyn" in capsys.readouterr().err
+
+
+def test_08_stream_window_must_be_positive():
+    model = tiny_model().eval()
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="window must be an int >= 1"):
+            ReactionStream(model, 2, window=bad)
+
+
+def test_09_runner_refuses_streams_of_another_model():
+    a, b = tiny_model(seed=1).eval(), tiny_model(seed=2).eval()
+    streams = [ReactionStream(a, 1), ReactionStream(b, 1)]
+    with pytest.raises(ValueError, match=r"streams\[1\] runs another model"):
+        StreamRunner(a).step(streams)
+
+
+def test_10_train_checks_its_output_folder_first(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for out in (str(blocker), str(blocker / "run")):
+        code, err = run(["train", "--out", out, "--steps", "1000", "--frames", "48", "--clip-frames", "16",
+                         "--sessions", "4", "--no-progress", "--device", "cpu", "--config", *TINY], capsys)
+        assert code == 2 and "--out" in err
+    os.makedirs(tmp_path / "used")
+    (tmp_path / "used" / "history.jsonl").write_text("{}")
+    code, err = run(["train", "--out", str(tmp_path / "used"), "--steps", "1", "--no-progress"], capsys)
+    assert code == 2 and "is not empty" in err and "--overwrite" in err
+
+
+def test_11_generate_checks_its_output_first(checkpoint, tmp_path, capsys):
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    for out in (str(folder), str(tmp_path / "file.txt" / "p.npz")):
+        (tmp_path / "file.txt").write_text("x")
+        code, err = run(["generate", "--checkpoint", checkpoint, "--out", out, "--no-progress", "--device", "cpu"],
+                        capsys)
+        assert code == 2 and "--out" in err
+
+
+_KILLED_SAVE = """
+import os, sys
+sys.path.insert(0, {root!r})
+import torch
+from reactfast.train import checkpoint as ck
+from tests.train.helpers import tiny_model
+
+def kill(step):
+    if step == {step!r}:
+        os._exit(9)
+
+ck._mark = kill
+model = tiny_model(seed=7)
+ck.save_checkpoint({path!r}, model, trainer_state={{"step": 7}}, tag=7)
+"""
+
+
+@pytest.mark.parametrize("step", ["weights", "trainer", "config", "version", "moved", "switched"])
+def test_12_a_save_killed_at_any_step_leaves_a_loadable_checkpoint(tmp_path, step):
+    path = str(tmp_path / "run" / "checkpoint")
+    first = tiny_model(seed=3)
+    save_checkpoint(path, first, trainer_state={"step": 3}, tag=3)
+    if step == "moved":  # an older save made the name a real folder: the new save moves it aside
+        real = os.path.realpath(path)
+        os.remove(path)
+        os.rename(real, path)
+    script = _KILLED_SAVE.format(root=ROOT, step=step, path=path)
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True)
+    assert proc.returncode == 9, proc.stderr[-2000:]
+    loaded = load_model(path)
+    weights = {k: v for k, v in loaded.state_dict().items()}
+    old, new = first.state_dict(), tiny_model(seed=7).state_dict()
+    assert all(torch.equal(weights[k], old[k]) for k in old) or all(torch.equal(weights[k], new[k]) for k in new)
+    # The next save cleans the dead process's temporaries and the versions nothing points at.
+    save_checkpoint(path, tiny_model(seed=8), tag=8)
+    left = sorted(os.listdir(tmp_path / "run"))
+    assert not [e for e in left if ".tmp-" in e or ".link-" in e or ".old-" in e], left
+    assert len([e for e in left if e.startswith("checkpoint.")]) == 1, left
+    assert torch.equal(load_model(path).mu_head.weight, tiny_model(seed=8).mu_head.weight)
+
+
+def test_12_checkpoint_files_have_the_usual_mode(checkpoint):
+    modes = {f: os.stat(os.path.join(checkpoint, f)).st_mode & 0o777 for f in os.listdir(checkpoint)}
+    mask = os.umask(0)
+    os.umask(mask)
+    assert set(modes.values()) == {0o666 & ~mask}, modes
+
+
+def test_13_an_interrupted_npz_write_keeps_the_old_file(tmp_path, monkeypatch):
+    from reactfast import _io
+
+    path = str(tmp_path / "preds.npz")
+    _io.save_npz(path, pred=np.ones(3))
+
+    def broken(f, **arrays):
+        f.write(b"PK\x03\x04 partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", broken)
+    with pytest.raises(KeyboardInterrupt):
+        _io.save_npz(path, pred=np.zeros(3))
+    monkeypatch.undo()
+    with np.load(path) as z:
+        assert np.array_equal(z["pred"], np.ones(3))
+    assert os.listdir(tmp_path) == ["preds.npz"]
+
+
+def test_14_long_evaluations_show_progress(monkeypatch, capsys):
+    monkeypatch.setattr(metrics, "_CHUNK_WORK", 1.0)
+    rng = np.random.default_rng(0)
+    pred, gt = rng.random((6, 2, 30, 25)).astype(np.float32), rng.random((6, 30, 25)).astype(np.float32)
+    a = np.ones((6, 6), bool)
+    want = metrics.frdist(pred, gt, a)
+    assert metrics.frdist(pred, gt, a, progress=True) == pytest.approx(want)
+    out = capsys.readouterr().out
+    assert "[FRDist] 72 (query, candidate) pairs of 30 frames to compare" in out
+    assert "pair 72/72" in out and "pairs/s eta" in out
+
+
+def test_15_audio_feature_widths_must_agree(data):
+    clip = _clip(data)
+    np.save(_path(data, "audio", clip, ".npy"), np.zeros((120, 5), np.float32))
+    ds = ReactDataset(data, "test", frames=60)
+    with pytest.raises(DataError, match=r"audio features are \d+-d but clip .* gave \d+-d"):
+        [ds[i] for i in range(len(ds))]
+
+
+def test_16_3dmm_of_strings(data):
+    clip = _clip(data)
+    np.save(_path(data, "3dmm", clip, ".npy"), np.array([["a"] * 58] * 60))
+    with pytest.raises(DataError, match="strings"):
+        ReactDataset(data, "test", frames=60, modalities=("3dmm",)).load_clip(clip)
+
+
+def test_17_evaluate_names_unreadable_files(tmp_path, capsys):
+    gt = np.zeros((2, 5, 25), np.float32)
+    np.save(tmp_path / "gt.npy", gt)
+    np.save(tmp_path / "a.npy", np.eye(2))
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    np.savez(tmp_path / "good.npz", pred=np.zeros((2, 1, 5, 25), np.float32))
+    data = open(tmp_path / "good.npz", "rb").read()
+    open(tmp_path / "cut.npz", "wb").write(data[: len(data) // 2])
+    for name, words in (("obj.npy", "pickled Python objects"), ("cut.npz", "not a readable .npz")):
+        code, err = run(["evaluate", str(tmp_path / name), "--listener-gt", str(tmp_path / "gt.npy"), "--speaker",
+                         str(tmp_path / "gt.npy"), "--appropriate", str(tmp_path / "a.npy"), "--device", "cpu"],
+                        capsys)
+        assert code == 2 and name in err and words in err, err
+
+
+def test_18_checkpoint_of_another_configuration(checkpoint):
+    cfg_path = os.path.join(checkpoint, "config.json")
+    meta = json.load(open(cfg_path))
+    meta["config"]["dim"] = 32
+    json.dump(meta, open(cfg_path, "w"))
+    with pytest.raises(CheckpointError, match=r"do not fit the model its config describes .*dist_tokens \(2, 16\) "
+                                              r"vs \(2, 32\)"):
+        load_model(checkpoint)
+
+
+def test_19_stream_inputs():
+    model = tiny_model().eval()
+    speaker, audio = torch.randn(8, 83), torch.randn(16, 8)
+    want = ReactionStream(model, 2, torch.Generator().manual_seed(0)).push(speaker, audio)["3dmm"]
+    for cast in (lambda t: t.double(), lambda t: t.numpy()):
+        got = ReactionStream(model, 2, torch.Generator().manual_seed(0)).push(cast(speaker), cast(audio))["3dmm"]
+        assert torch.allclose(got, want, atol=1e-6)
+    stream = ReactionStream(model, 2)
+    with pytest.raises(TypeError, match="speaker must hold floating-point features, got dtype torch.int64"):
+        stream.push(speaker.long(), audio)
+    with pytest.raises(TypeError, match="audio must be a torch.Tensor or numpy array, got list"):
+        stream.push(speaker, audio.tolist())
+    with pytest.raises(ValueError, match=r"speaker must be \(B, T, 83\)"):
+        stream.push(torch.randn(8, 58), audio)
+    with pytest.raises(ValueError, match="window must be an int >= 1"):
+        ReactionStream(model, 2, window=-8)
+
+
+def test_20_plot_errors_and_channel_names(tmp_path, capsys):
+    pred = np.zeros((2, 3, 10, 25), np.float32)
+    np.savez(tmp_path / "nopred.npz", speaker=np.zeros((2, 10, 25), np.float32))
+    np.savez(tmp_path / "badgt.npz", pred=pred, speaker=np.zeros((2, 10, 25), np.float32),
+             listener_gt=np.zeros((2, 9, 25), np.float32))
+    np.savez(tmp_path / "ok.npz", pred=pred, speaker=np.zeros((2, 10, 25), np.float32))
+    code, err = run(["plot", str(tmp_path / "nopred.npz")], capsys)
+    assert code == 2 and "not ['pred']" in err
+    code, err = run(["plot", str(tmp_path / "badgt.npz")], capsys)
+    assert code == 2 and "listener_gt (2, 9, 25) does not match speaker (2, 10, 25)" in err
+    code, err = run(["plot", str(tmp_path / "ok.npz"), "--channels", "valence,AU12,happy", "--out",
+                     str(tmp_path / "p.png")], capsys)
+    assert code == 0 and (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    code, err = run(["plot", str(tmp_path / "ok.npz"), "--channels", "joy"], capsys)
+    assert code == 2 and "--channels: 'joy'" in err
+
+
+def test_21_evaluate_frames(data, tmp_path, capsys):
+    np.save(tmp_path / "one.npy", np.zeros((4, 1, 1, 25), np.float32))
+    code, err = run(["evaluate", str(tmp_path / "one.npy"), "--data", data, "--device", "cpu"], capsys)
+    assert code == 2 and "at least 2 frames" in err
+    np.save(tmp_path / "long.npy", np.zeros((4, 1, 80, 25), np.float32))
+    code, err = run(["evaluate", str(tmp_path / "long.npy"), "--data", data, "--device", "cpu"], capsys)
+    assert code == 2 and "pred has 80 frames but the clips" in err and "have 60" in err
+
+
+def test_22_bad_configs_name_their_source(checkpoint, tmp_path, capsys):
+    cfg_path = os.path.join(checkpoint, "config.json")
+    meta = json.load(open(cfg_path))
+    json.dump({"model": "reactface"}, open(cfg_path, "w"))
+    with pytest.raises(CheckpointError, match="config.json has no 'config' entry"):
+        load_model(checkpoint)
+    meta["config"]["dim"] = "sixteen"
+    json.dump(meta, open(cfg_path, "w"))
+    with pytest.raises(CheckpointError, match=r"config.json: its config does not make a reactface .*dim"):
+        load_model(checkpoint)
+    code, err = run(["train", "--out", str(tmp_path / "r"), "--clip-frames", "500", "--frames", "48", "--sessions",
+                     "4", "--no-progress", "--device", "cpu", "--config", *TINY], capsys)
+    assert code == 2 and "--clip-frames" in err and "48 frames per clip" in err
+    code, err = run(["train", "--out", str(tmp_path / "r2"), "--frames", "48", "--sessions", "4", "--device", "cpu",
+                     "--config", "dim=abc"], capsys)
+    assert code == 2 and "--config: ReactFaceConfig.dim must be int, got 'abc'" in err
+
+
+def test_23_personalize_and_ddim_argument_types():
+    from reactfast.nn import personalize
+    from reactfast.ops import ddim_step
+
+    layer = torch.nn.TransformerDecoderLayer(16, 2, 32, batch_first=True)
+    with pytest.raises(TypeError, match=r"shifts\['linear1'\] must be a tensor or a \(U, V\) pair"):
+        with personalize(layer, {"linear1": [[0.0]]}):
+            pass
+    with pytest.raises(ValueError, match="x_t must have a batch dimension"):
+        ddim_step(torch.tensor(1.0), torch.tensor(1.0), torch.zeros(1, 5))
+
+
+def test_24_command_line_errors_are_one_line(tmp_path, capsys):
+    code, err = run(["evaluate", str(tmp_path / "missing.npy"), "--data", "x"], capsys)
+    assert code == 2 and err.count("\n") == 1 and err.startswith("reactfast evaluate: error: ")
+    with pytest.raises(FileNotFoundError):
+        cli.main(["evaluate", str(tmp_path / "missing.npy"), "--data", "x", "--debug"])
