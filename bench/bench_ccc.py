@@ -10,7 +10,7 @@ from reactfast.ops.ccc import ccc_max
 from reactfast.reference import ccc as ref
 from reactfast.testing import assert_close
 
-from bench._metric_data import S, T, challenge_scale
+from ._metric_data import S, T, challenge_scale
 
 THREADS = _backend.native().openmp_max_threads()
 

@@ -13,7 +13,7 @@ from reactfast.ops.dtw import weighted_dtw_min
 from reactfast.reference import dtw as ref
 from reactfast.testing import assert_close
 
-from bench._metric_data import S, T, challenge_scale
+from ._metric_data import S, T, challenge_scale
 
 THREADS = _backend.native().openmp_max_threads()
 

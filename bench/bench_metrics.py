@@ -6,7 +6,7 @@ import numpy as np
 
 from reactfast import _backend, metrics
 
-from bench._metric_data import S, T, challenge_scale
+from ._metric_data import S, T, challenge_scale
 
 THREADS = _backend.native().openmp_max_threads()
 

@@ -10,7 +10,7 @@ from reactfast.metrics import sync_offsets
 from reactfast.ops.tlcc import tlcc
 from reactfast.reference import tlcc as ref
 
-from bench._metric_data import challenge_scale
+from ._metric_data import challenge_scale
 
 THREADS = _backend.native().openmp_max_threads()
 

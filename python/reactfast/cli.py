@@ -116,7 +116,7 @@ def _cmd_train(args) -> int:
     _check_run_folder(args)
     _io.check_writable_dir(args.out, "--out")
     overrides = configs.parse(args.config)
-    data_spec = s["data"] if s["data"] == "synthetic" else os.path.abspath(s["data"])
+    data_spec = s["data"] = s["data"] if s["data"] == "synthetic" else os.path.abspath(s["data"])
     device = _device(args)
     seed_everything(s["seed"])
     clips = load_data(data_spec, "train", s["frames"], sessions=s["sessions"], seed=s["seed"])
@@ -262,8 +262,8 @@ def _cmd_bench(args) -> int:
     root = args.path or next((p for p in ("bench", shipped) if os.path.isdir(p)), None)
     if root is None:
         raise CommandError("no bench/ folder found; give --path")
-    cmd = [sys.executable, "-m", "pytest", root, "-q", "-p", "no:cacheprovider", "--rootdir", os.path.dirname(
-        os.path.abspath(root))]
+    cmd = [sys.executable, "-m", "pytest", root, "-q", "-p", "no:cacheprovider", "-o", "python_files=bench_*.py",
+           "-o", "markers=gpu: needs a CUDA device"]
     if args.k:
         cmd += ["-k", args.k]
     if args.quick:

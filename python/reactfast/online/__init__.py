@@ -111,7 +111,7 @@ class ReactionStream:
         return _concat(outs, self.samples, self.model)
 
     def _take(self):
-        k, W = self.model.config.audio_per_frame, self.window
+        k, W = self.model.audio_per_frame, self.window
         speaker = torch.cat(self._speaker)
         audio = torch.cat(self._audio)
         self._speaker, self._audio = [speaker[W:]], [audio[k * W:]]
@@ -134,9 +134,9 @@ class ReactionStream:
         if self.closed:
             raise StreamClosed("this stream is already closed")
         real = self._pending
-        out = {}
+        out = _concat([], self.samples, self.model)
         if real:
-            k, W = self.model.config.audio_per_frame, self.window
+            k, W = self.model.audio_per_frame, self.window
             speaker = torch.cat(self._speaker)
             audio = torch.cat(self._audio)
             pad = W - real
