@@ -17,7 +17,7 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
-from reactfast import metrics, models
+from reactfast import _io, metrics, models
 from reactfast.data import ReactDataset, SyntheticDyads
 from reactfast.metrics.io import format_table, save_json
 from reactfast.models.baselines import MirrorBaseline, NearestNeighbourBaseline, RandomBaseline
@@ -87,7 +87,9 @@ def run_demo(out: str = "reactfast_out/demo", sessions: int = 48, steps: int = 5
     models.get(model)
     device = torch.device(device) if device is not None else torch.device("cpu")
     t0 = time.perf_counter()
-    torch.manual_seed(seed)
+    from reactfast.train import seed_everything
+
+    seed_everything(seed)
     data_root = os.path.join(out, "data")
     os.makedirs(out, exist_ok=True)
     test_sessions = max(4, sessions // 4)
@@ -119,7 +121,7 @@ def run_demo(out: str = "reactfast_out/demo", sessions: int = 48, steps: int = 5
     arrays = {"pred": generated["emotion"], "listener_gt": listener_gt, "speaker": speaker, "appropriate": appropriate}
     if "3dmm" in generated:
         arrays["pred_3dmm"] = generated["3dmm"]
-    np.savez(os.path.join(out, "preds.npz"), **arrays)
+    _io.save_npz(os.path.join(out, "preds.npz"), **arrays)
     extra = {k: v for k, v in result.items() if k != "generated"}
     save_json(os.path.join(out, "metrics.json"), {"metrics": rows, "model": model, "samples": SAMPLES, "seed": seed,
                                                   "steps": steps, "train_sessions": sessions,
