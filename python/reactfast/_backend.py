@@ -7,9 +7,11 @@ Backends, fastest first:
   when ``TRITON_INTERPRET=1`` is set before the kernels are imported, which is slow and meant
   for tests).
 - ``cpp``: the OpenMP kernels compiled into ``reactfast._C`` (CPU tensors only).
+- ``sdpa``: a composition over torch's fused ``scaled_dot_product_attention`` (any device; the
+  biased attention's CPU path).
 - ``reference``: the pure-PyTorch implementations in ``reactfast.reference`` (any device).
 
-Automatic choice: CUDA tensor -> cuda, triton, reference; CPU tensor -> cpp, reference
+Automatic choice: CUDA tensor -> cuda, triton, sdpa, reference; CPU tensor -> cpp, sdpa, reference
 (restricted to the backends the op implements). Falling back from the preferred backend is
 logged once per op. ``REACTFAST_BACKEND`` forces a choice, either for every op
 (``REACTFAST_BACKEND=reference``) or per op (``REACTFAST_BACKEND=dtw:cpp,frame_diff:triton``);
@@ -28,8 +30,8 @@ import torch
 
 logger = logging.getLogger("reactfast")
 
-BACKENDS = ("cuda", "triton", "cpp", "reference")
-_AUTO_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpp", "reference")}
+BACKENDS = ("cuda", "triton", "cpp", "sdpa", "reference")
+_AUTO_ORDER = {"cuda": ("cuda", "triton", "sdpa", "reference"), "cpu": ("cpp", "sdpa", "reference")}
 _logged: set = set()
 _requirements: dict = {}
 _implemented: Dict[str, Tuple[str, ...]] = {}
@@ -141,7 +143,7 @@ def backend_status(backend: str, device_type: str, op: Optional[str] = None) -> 
 
 
 def _general_status(backend: str, device_type: str) -> Tuple[bool, str]:
-    if backend == "reference":
+    if backend in ("reference", "sdpa"):
         if device_type == "cuda" and not torch.cuda.is_available():
             return False, "torch sees no CUDA device"
         return True, "ok"

@@ -23,19 +23,29 @@ def _precision(dtype, device):
     return "tf32" if dtype == torch.float32 and torch.device(device).type == "cuda" else dtype
 
 
-def _check(B, H, Tq, Tk, d, dtype=torch.float32, **kw):
-    """Output and every gradient of the Triton kernels against the float64 reference."""
-    q, k, v = _inputs(B, H, Tq, Tk, d, dtype, seed=Tq * 1000 + Tk)
-    out = biased_attention(q, k, v, backend="triton", **kw)
+# Each fast backend on the device it runs on here (Triton: CUDA tensors, or the interpreter's CPU ones).
+FAST = [("triton", TRITON_DEVICE), ("sdpa", "cpu")] + ([("sdpa", "cuda")] if HAS_CUDA else [])
+
+
+def _check(B, H, Tq, Tk, d, dtype=torch.float32, backends=FAST, **kw):
+    """Output and every gradient of every fast backend against the float64 reference."""
+    for backend, device in backends:
+        _check_one(backend, device, B, H, Tq, Tk, d, dtype, **kw)
+
+
+def _check_one(backend, device, B, H, Tq, Tk, d, dtype, **kw):
+    q, k, v = _inputs(B, H, Tq, Tk, d, dtype, seed=Tq * 1000 + Tk, device=device)
+    kw = {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in kw.items()}
+    out = biased_attention(q, k, v, backend=backend, **kw)
     q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
     expect = ref.biased_attention(q64, k64, v64, **kw)
-    tol = _precision(dtype, DEVICE)
-    assert_rel_close("out", expect, out, tol)
+    tol = _precision(dtype, device) if backend == "triton" else dtype
+    assert_rel_close(f"{backend} out", expect, out, tol)
     grad = torch.randn_like(expect)
     got = torch.autograd.grad(out, (q, k, v), grad.to(out.dtype))
     want = torch.autograd.grad(expect, (q64, k64, v64), grad)
     for name, a, b in zip(("dq", "dk", "dv"), want, got):
-        assert_rel_close(name, a, b, tol)
+        assert_rel_close(f"{backend} {name}", a, b, tol)
 
 
 # Sweep of odd sizes: (Tq, Tk, q0, audio_ratio, period, extra).
@@ -80,8 +90,8 @@ def test_key_start_masks_empty_buffer_slots():
 
 def test_fully_masked_rows_give_zeros():
     q, k, v = _inputs(2, 2, 9, 20, 16)
-    lengths = torch.tensor([0, 20])
-    for backend in ("triton", "reference"):
+    lengths = torch.tensor([0, 20], device=DEVICE)
+    for backend in ("triton", "sdpa", "reference"):
         out = biased_attention(q, k, v, key_lengths=lengths, backend=backend)
         assert torch.isfinite(out).all()
         assert float(out[0].detach().abs().max()) == 0.0
@@ -97,6 +107,14 @@ def test_low_precision(dtype):
         _check(2, 4, 97, 751, 64, dtype=dtype, q_offset=0)
     else:
         _check(1, 2, 17, 33, 16, dtype=dtype, q_offset=16)
+
+
+def test_sdpa_shares_one_bias_and_groups_distinct_patterns():
+    """Samples with distinct (q_offset, key_start, key_lengths) each get their own bias; a batch of one
+    pattern shares a single one: the results equal the reference either way."""
+    starts = torch.tensor([0, 5, 0, 5, 9])
+    _check(5, 2, 8, 40, 16, backends=[("sdpa", "cpu")], q_offset=32, key_start=starts)
+    _check(5, 2, 8, 40, 16, backends=[("sdpa", "cpu")], q_offset=32, key_start=torch.full((5,), 3))
 
 
 def test_bias_matches_spec_formula():
@@ -117,7 +135,7 @@ def test_bias_matches_spec_formula():
 def test_opcheck():
     q, k, v = _inputs(1, 2, 5, 9, 16, device="cpu")
     args = (q.detach(), k.detach(), v.detach(), ref.alibi_slopes(2), torch.tensor([4], dtype=torch.int32),
-            torch.tensor([2], dtype=torch.int32), torch.tensor([9], dtype=torch.int32), 8, 1, 0, 0.25, "reference")
+            torch.tensor([2], dtype=torch.int32), torch.tensor([9], dtype=torch.int32), 8, 1, 0, 0.25, 5, "reference")
     torch.library.opcheck(torch.ops.reactfast.biased_attention_fwd.default, args)
 
 
@@ -194,3 +212,17 @@ def test_module_bad_input():
         module(torch.randn(1, 2, 16), torch.randn(1, 4, 8), torch.randn(1, 4, 16))
     with pytest.raises(ValueError, match="multiple of audio_ratio"):
         module.step(torch.randn(1, 1, 16), torch.randn(1, 3, 16), torch.randn(1, 3, 16), module.new_cache())
+
+
+@pytest.mark.parametrize("period_q,folds", [(8, 3), (7, 2), (1, 5)])
+def test_query_period_folds_windows_over_shared_keys(period_q, folds):
+    """Rows of ``folds`` query windows of ``period_q`` frames over one key set equal each window alone."""
+    _check(2, 2, period_q * folds, 40, 16, q_offset=24, key_start=torch.tensor([3, 0]), query_period=period_q)
+    q, k, v = (t.detach() for t in _inputs(2, 2, period_q * folds, 40, 16, device="cpu"))
+    folded = biased_attention(q, k, v, q_offset=24, query_period=period_q, backend="reference")
+    for f in range(folds):
+        rows = slice(f * period_q, (f + 1) * period_q)
+        alone = biased_attention(q[:, :, rows].contiguous(), k, v, q_offset=24, backend="reference")
+        assert_close(f"fold {f}", alone, folded[:, :, rows], atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="query_period must be an int >= 1 dividing Tq"):
+        biased_attention(q, k, v, query_period=period_q * folds + 1)

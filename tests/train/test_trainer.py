@@ -25,8 +25,8 @@ def test_training_reduces_loss(tmp_path, device):
     trainer = Trainer(tiny_model(), _dataset(), TrainConfig(steps=40, batch_size=4, lr=3e-3, progress=False),
                       device=device)
     history = trainer.fit()
-    first = sum(r["rec"] for r in history[:5]) / 5
-    last = sum(r["rec"] for r in history[-5:]) / 5
+    first = sum(r["loss"] for r in history[:5]) / 5
+    last = sum(r["loss"] for r in history[-5:]) / 5
     assert last < 0.7 * first, (first, last)
 
 

@@ -28,3 +28,20 @@ MODALITY_DIRS = {
 
 def neighbour_file(split: str) -> str:
     return f"neighbour_emotion_{split}.npy"
+
+
+def check_emotion(emotion, tolerance: float = 1e-4) -> dict:
+    """Counts of emotion values outside their valid ranges in (..., 25) features: AUs outside [0, 1],
+    valence/arousal outside [-1, 1], negative expression probabilities, and frames whose 8
+    probabilities do not sum to 1 (within ``tolerance``). An empty dict when everything is in range."""
+    import numpy as np
+
+    e = np.asarray(emotion.detach().cpu() if hasattr(emotion, "detach") else emotion, dtype=np.float64)
+    if e.shape[-1] != EMOTION_DIM:
+        raise ValueError(f"emotion must have {EMOTION_DIM} dims in its last axis, got shape {e.shape}")
+    au, va, ex = e[..., AU], e[..., VA], e[..., EXPRESSION]
+    counts = {"AU below 0": int((au < -tolerance).sum()), "AU above 1": int((au > 1 + tolerance).sum()),
+              "valence/arousal outside [-1, 1]": int((np.abs(va) > 1 + tolerance).sum()),
+              "negative expression probabilities": int((ex < -tolerance).sum()),
+              "expression rows not summing to 1": int((np.abs(ex.sum(-1) - 1) > tolerance).sum())}
+    return {k: v for k, v in counts.items() if v}

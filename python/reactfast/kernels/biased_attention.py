@@ -15,9 +15,10 @@ from reactfast import _backend
 
 
 @triton.jit
-def _bias_and_mask(s, o_m, o_n, q0, kbeg, klen, Tq, slope, PERIOD, RATIO, EXTRA):
-    # s: [BM, BN] scaled scores; returns biased scores with -inf where masked.
-    pos = RATIO * (q0 + o_m)                                                  # [BM]
+def _bias_and_mask(s, o_m, o_n, q0, kbeg, klen, Tq, QP, slope, PERIOD, RATIO, EXTRA):
+    # s: [BM, BN] scaled scores; query row i stands at frame q0 + (i mod QP). Returns biased scores
+    # with -inf where masked.
+    pos = RATIO * (q0 + o_m % QP)                                             # [BM]
     diff = (pos[:, None] - o_n[None, :]).to(tl.float32)                        # [BM, BN]
     steps = tl.floor(diff / (RATIO * PERIOD))
     visible = (o_n[None, :] <= pos[:, None] + EXTRA) & (o_n[None, :] < klen) & (o_n[None, :] >= kbeg)
@@ -27,7 +28,7 @@ def _bias_and_mask(s, o_m, o_n, q0, kbeg, klen, Tq, slope, PERIOD, RATIO, EXTRA)
 
 @triton.jit
 def _biased_attention_fwd_kernel(p_q, p_k, p_v, p_o, p_lse, p_slopes, p_q0, p_kbeg, p_klen, H, Tq, Tk, D, scale,
-                                 PERIOD, RATIO, EXTRA, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+                                 PERIOD, RATIO, EXTRA, QP, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
                                  UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     i_m = tl.program_id(0)
     i_bh = tl.program_id(1).to(tl.int64)
@@ -47,8 +48,9 @@ def _biased_attention_fwd_kernel(p_q, p_k, p_v, p_o, p_lse, p_slopes, p_q0, p_kb
     b_q = tl.load(p_qb + o_m[:, None] * D + o_d[None, :], mask=(o_m[:, None] < Tq) & m_d[None, :], other=0.0)
     if UPCAST:
         b_q = b_q.to(tl.float32)
-    last_row = tl.minimum(i_m * BM + BM, Tq) - 1
-    hi = tl.minimum(RATIO * (q0 + last_row) + EXTRA + 1, klen)
+    # The largest query position in the block bounds the keys it can see.
+    last_pos = tl.minimum(tl.minimum(i_m * BM + BM, Tq) - 1, QP - 1)
+    hi = tl.minimum(RATIO * (q0 + last_pos) + EXTRA + 1, klen)
     m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BM], dtype=tl.float32)
     acc = tl.zeros([BM, BD], dtype=tl.float32)
@@ -63,7 +65,7 @@ def _biased_attention_fwd_kernel(p_q, p_k, p_v, p_o, p_lse, p_slopes, p_q0, p_kb
             b_v = b_v.to(tl.float32)
         # [BM, BN]
         b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * scale
-        b_s, visible = _bias_and_mask(b_s, o_m, o_n, q0, kbeg, klen, Tq, slope, PERIOD, RATIO, EXTRA)
+        b_s, visible = _bias_and_mask(b_s, o_m, o_n, q0, kbeg, klen, Tq, QP, slope, PERIOD, RATIO, EXTRA)
         m_new = tl.maximum(m_i, tl.max(b_s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp(m_i - m_safe)
@@ -81,7 +83,7 @@ def _biased_attention_fwd_kernel(p_q, p_k, p_v, p_o, p_lse, p_slopes, p_q0, p_kb
 
 @triton.jit
 def _biased_attention_bwd_dkdv_kernel(p_q, p_k, p_v, p_do, p_lse, p_delta, p_dk, p_dv, p_slopes, p_q0, p_kbeg, p_klen, H,
-                                      Tq, Tk, D, scale, PERIOD, RATIO, EXTRA, BM: tl.constexpr, BN: tl.constexpr,
+                                      Tq, Tk, D, scale, PERIOD, RATIO, EXTRA, QP, BM: tl.constexpr, BN: tl.constexpr,
                                       BD: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     i_n = tl.program_id(0)
     i_bh = tl.program_id(1).to(tl.int64)
@@ -108,6 +110,7 @@ def _biased_attention_bwd_dkdv_kernel(p_q, p_k, p_v, p_do, p_lse, p_delta, p_dk,
     need = j0 - EXTRA
     i_first = tl.where(need > 0, tl.maximum((tl.maximum(need, 0) + RATIO - 1) // RATIO - q0, 0), 0)
     lo = (i_first // BM) * BM
+    lo = tl.where(QP < Tq, 0, lo)              # folded windows: every row block may see the keys
     lo = tl.where(j0 >= klen, Tq, lo)
     p_qb = p_q + i_bh * Tq * D
     p_dob = p_do + i_bh * Tq * D
@@ -124,7 +127,7 @@ def _biased_attention_bwd_dkdv_kernel(p_q, p_k, p_v, p_do, p_lse, p_delta, p_dk,
         b_delta = tl.load(p_delta + i_bh * Tq + o_m, mask=o_m < Tq, other=0.0)
         # [BM, BN]
         b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * scale
-        b_s, visible = _bias_and_mask(b_s, o_m, o_n, q0, kbeg, klen, Tq, slope, PERIOD, RATIO, EXTRA)
+        b_s, visible = _bias_and_mask(b_s, o_m, o_n, q0, kbeg, klen, Tq, QP, slope, PERIOD, RATIO, EXTRA)
         b_p = tl.where(visible, tl.exp(b_s - b_lse[:, None]), 0.0)
         b_dv += tl.dot(tl.trans(b_p).to(b_do.dtype), b_do, input_precision=PRECISION)
         b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
@@ -137,7 +140,7 @@ def _biased_attention_bwd_dkdv_kernel(p_q, p_k, p_v, p_do, p_lse, p_delta, p_dk,
 
 @triton.jit
 def _biased_attention_bwd_dq_kernel(p_q, p_k, p_v, p_do, p_lse, p_delta, p_dq, p_slopes, p_q0, p_kbeg, p_klen, H, Tq, Tk,
-                                    D, scale, PERIOD, RATIO, EXTRA, BM: tl.constexpr, BN: tl.constexpr,
+                                    D, scale, PERIOD, RATIO, EXTRA, QP, BM: tl.constexpr, BN: tl.constexpr,
                                     BD: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     i_m = tl.program_id(0)
     i_bh = tl.program_id(1).to(tl.int64)
@@ -160,8 +163,9 @@ def _biased_attention_bwd_dq_kernel(p_q, p_k, p_v, p_do, p_lse, p_delta, p_dq, p
     b_lse = tl.load(p_lse + i_bh * Tq + o_m, mask=o_m < Tq, other=float("inf"))
     b_delta = tl.load(p_delta + i_bh * Tq + o_m, mask=o_m < Tq, other=0.0)
     b_dq = tl.zeros([BM, BD], dtype=tl.float32)
-    last_row = tl.minimum(i_m * BM + BM, Tq) - 1
-    hi = tl.minimum(RATIO * (q0 + last_row) + EXTRA + 1, klen)
+    # The largest query position in the block bounds the keys it can see.
+    last_pos = tl.minimum(tl.minimum(i_m * BM + BM, Tq) - 1, QP - 1)
+    hi = tl.minimum(RATIO * (q0 + last_pos) + EXTRA + 1, klen)
     for start in range((kbeg // BN) * BN, hi, BN):
         o_n = start + tl.arange(0, BN)
         m_kd = (o_n[:, None] < Tk) & m_d[None, :]
@@ -173,7 +177,7 @@ def _biased_attention_bwd_dq_kernel(p_q, p_k, p_v, p_do, p_lse, p_delta, p_dq, p
             b_v = b_v.to(tl.float32)
         # [BM, BN]
         b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * scale
-        b_s, visible = _bias_and_mask(b_s, o_m, o_n, q0, kbeg, klen, Tq, slope, PERIOD, RATIO, EXTRA)
+        b_s, visible = _bias_and_mask(b_s, o_m, o_n, q0, kbeg, klen, Tq, QP, slope, PERIOD, RATIO, EXTRA)
         b_p = tl.where(visible, tl.exp(b_s - b_lse[:, None]), 0.0)
         b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
         b_ds = b_p * (b_dp - b_delta[:, None])
@@ -194,7 +198,7 @@ def _config(q: torch.Tensor, D: int):
     return BM, BN, BD, upcast, precision
 
 
-def biased_attention_fwd(q, k, v, slopes, q_offset, key_start, key_lengths, scale, period, ratio, extra):
+def biased_attention_fwd(q, k, v, slopes, q_offset, key_start, key_lengths, scale, period, ratio, extra, qperiod):
     """q (B, H, Tq, D), k/v (B, H, Tk, D) contiguous; slopes (H,) float32; q_offset, key_lengths (B,)
     int32 (keys j with key_start <= j < key_lengths are visible). Returns out (q's dtype) and the row log-sum-exp (B, H, Tq) float32 (+inf for empty rows)."""
     B, H, Tq, D = q.shape
@@ -204,12 +208,13 @@ def biased_attention_fwd(q, k, v, slopes, q_offset, key_start, key_lengths, scal
     BM, BN, BD, upcast, precision = _config(q, D)
     grid = (triton.cdiv(Tq, BM), B * H)
     _biased_attention_fwd_kernel[grid](q, k, v, out, lse, slopes, q_offset, key_start, key_lengths, H, Tq, Tk, D, scale,
-                                       period, ratio, extra, BM=BM, BN=BN, BD=BD, UPCAST=upcast,
+                                       period, ratio, extra, qperiod, BM=BM, BN=BN, BD=BD, UPCAST=upcast,
                                        PRECISION=precision)
     return out, lse
 
 
-def biased_attention_bwd(do, q, k, v, out, lse, slopes, q_offset, key_start, key_lengths, scale, period, ratio, extra):
+def biased_attention_bwd(do, q, k, v, out, lse, slopes, q_offset, key_start, key_lengths, scale, period, ratio, extra,
+                         qperiod):
     """Gradients (dq, dk, dv) in the inputs' dtypes."""
     B, H, Tq, D = q.shape
     Tk = k.shape[2]
@@ -220,8 +225,8 @@ def biased_attention_bwd(do, q, k, v, out, lse, slopes, q_offset, key_start, key
     BM, BN, BD, upcast, precision = _config(q, D)
     _biased_attention_bwd_dkdv_kernel[(triton.cdiv(Tk, BN), B * H)](
         q, k, v, do, lse, delta, dk, dv, slopes, q_offset, key_start, key_lengths, H, Tq, Tk, D, scale, period, ratio, extra,
-        BM=BM, BN=BN, BD=BD, UPCAST=upcast, PRECISION=precision)
+        qperiod, BM=BM, BN=BN, BD=BD, UPCAST=upcast, PRECISION=precision)
     _biased_attention_bwd_dq_kernel[(triton.cdiv(Tq, BM), B * H)](
         q, k, v, do, lse, delta, dq, slopes, q_offset, key_start, key_lengths, H, Tq, Tk, D, scale, period, ratio, extra,
-        BM=BM, BN=BN, BD=BD, UPCAST=upcast, PRECISION=precision)
+        qperiod, BM=BM, BN=BN, BD=BD, UPCAST=upcast, PRECISION=precision)
     return dq, dk, dv

@@ -385,7 +385,7 @@ class PerFRDiff(Generator):
         shifts = None
         if self.stage == 2:
             shifts = self.shifts_for(batch["listener_3dmm"][:, :W])
-        pred = (forward or self)(x_t, t, cond, shifts)
+        pred = (self if forward is None else forward)(x_t, t, cond, shifts)
         diffusion = F.mse_loss(pred, x0)
         out = {"diffusion": diffusion.detach()}
         total = diffusion

@@ -99,8 +99,9 @@ class PFLPosNet(Generator):
     def draw_noise(self, batch: int, generator: Optional[torch.Generator] = None, window: int = 0) -> torch.Tensor:
         return self.generator.draw_noise(batch, generator, window)
 
-    def init_state(self, batch: int, window: Optional[int] = None, device=None) -> PFLPosNetState:
-        base = self.generator.init_state(batch, window, device)
+    def init_state(self, batch: int, window: Optional[int] = None, device=None,
+                   conversations: Optional[int] = None) -> PFLPosNetState:
+        base = self.generator.init_state(batch, window, device, conversations)
         fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(ReactFaceState)}
         return PFLPosNetState(**fields, pose_last=base.prev_frames.new_zeros(batch, 6))
 
@@ -113,11 +114,13 @@ class PFLPosNet(Generator):
         fresh, _ = self.posnet.adjust_sequence(frames, None)
         return torch.where(has_prev[:, None, None], continued, fresh)
 
+    def _post(self, out, state: PFLPosNetState, new: PFLPosNetState):
+        adjusted = self.adjust(out["3dmm"], state.pose_last, state.has_prev)
+        return {**out, "3dmm": adjusted}, dataclasses.replace(new, pose_last=adjusted[:, -1, layout.TDMM_POSE])
+
     def step(self, state: PFLPosNetState, speaker, audio, noise):
         out, new = self.generator.step(state, speaker, audio, noise)
-        adjusted = self.adjust(out["3dmm"], state.pose_last, state.has_prev)
-        new = dataclasses.replace(new, pose_last=adjusted[:, -1, layout.TDMM_POSE])
-        return {**out, "3dmm": adjusted}, new
+        return self._post(out, state, new)
 
     def forward(self, *args, **kwargs):
         """Stage 1: the ReactFace training pass; stage 2: PosNet's losses over windows (B, n, W, 58)."""
@@ -128,9 +131,9 @@ class PFLPosNet(Generator):
     def loss(self, batch, generators, forward=None) -> Dict[str, torch.Tensor]:
         if self.stage == 1:
             # The generator's own losses, through this module's forward (a DDP wrapper's, when given).
-            return self.generator.loss(batch, generators, forward=forward or self)
+            return self.generator.loss(batch, generators, forward=self if forward is None else forward)
         windows = self._generated_windows(batch, generators)
-        out = (forward or self)(windows)
+        out = (self if forward is None else forward)(windows)
         raw = windows.reshape(windows.shape[0], -1, layout.TDMM_DIM)
         return {**out, "rec": out["loss"].detach(), "seam_raw": seam_jump(raw, self.config.window).detach()}
 
@@ -154,17 +157,9 @@ class PFLPosNet(Generator):
     def generate(self, speaker, audio, num_samples: int = 10, generator: Optional[torch.Generator] = None,
                  window: Optional[int] = None) -> Dict[str, torch.Tensor]:
         """As ``ReactFace.generate``, each window's head pose adjusted by PosNet."""
-        self.check_inputs(speaker, audio)
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         W = window or self.config.window
-        B, T, _ = speaker.shape
-        state = self.init_state(B * num_samples, W, speaker.device)
-        out = self.generator.run(speaker.repeat_interleave(num_samples, 0), audio.repeat_interleave(num_samples, 0),
-                                 W, self.generator.window_noise(B * num_samples, T, W, generator, speaker.device),
-                                 state, step=self.step)
-        return {key: value.reshape(B, num_samples, *value.shape[1:]) for key, value in out.items()
-                if key in self.output_widths()}
+        state = self.init_state(speaker.shape[0] * num_samples, W, speaker.device, conversations=speaker.shape[0])
+        return self.generator._generate(speaker, audio, num_samples, generator, window, post=self._post, state=state)
 
     def training_windows(self, clip_frames: int) -> Tuple[int, int]:
         return clip_frames, max(1, clip_frames // 2)

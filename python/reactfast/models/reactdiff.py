@@ -309,7 +309,7 @@ class ReactDiff(Generator):
         t = torch.stack([torch.randint(0, cfg.train_steps, (), generator=g) for g in generators]).to(z_l.device)
         noise = torch.stack([torch.randn(W, cfg.latent, generator=g) for g in generators]).to(z_l.device)
         x_t = self.scheduler.add_noise(z_l, noise, t)
-        eps = (forward or self)(x_t, t, self.condition(z_s))
+        eps = (self if forward is None else forward)(x_t, t, self.condition(z_s))
         l1 = F.l1_loss(eps, noise)
         return {"loss": l1, "rec": l1.detach()}
 

@@ -1,6 +1,6 @@
 """ReactFace (Luo et al.; authors' code lingjivoo/ReactFace), online by construction (SPEC 4.1).
 
-Every call advances a batch of conversations by one window of W frames:
+Every step advances a batch of conversations by one window of W frames:
 
 1. MSBEA, the speaker encoder: per-frame speaker features -> D; a biased causal self-attention
    over the last ``context`` frames; two point-to-point cross-attentions, frame i to its own k
@@ -8,16 +8,20 @@ Every call advances a batch of conversations by one window of W frames:
 2. Past-listener fusion: the previous window's generated frames (58 -> D, plus a periodic
    positional encoding) cross-attend to audio, then to speaker motion (biased, causal).
 3. AFRG: a transformer encoder over [mu-token, logvar-token, last ``past`` fused tokens] gives
-   N(mu, sigma); z* ~ N; momentum z = alpha z_prev + (1 - alpha) z*; W latents by linear
+   N(mu, sigma); z* ~ N; momentum z = alpha_W z_prev + (1 - alpha_W) z*; W latents by linear
    interpolation from z_prev to z; a decoder whose queries are sinusoidal encodings of the global
-   frame index cross-attends to them.
+   frame index cross-attends to them. ``momentum`` is alpha for a window of ``window`` frames and
+   alpha_W = momentum^(W / window), so the latent moves at one pace per frame whatever the window
+   (training's and generation's windows differ).
 4. SLBS: biased cross-attention to the window's audio (k W samples), then to its speaker motion
-   (W frames); Linear to 58 3DMM dims (and 25 emotion dims).
+   (W frames); heads to the 58 3DMM dims and to the 25 emotion dims in their valid ranges.
 
-State lives in right-aligned rolling buffers of fixed size, so the cost of a step does not depend
-on how long the conversation has run, and streams of different ages batch together
-(``ReactFaceState.cat`` / ``split``). Training (W = 64), offline ``generate`` and the streaming
-runtime all run this same step, so streaming equals offline generation exactly.
+The state lives in right-aligned rolling buffers of fixed size, so a step costs the same at any
+conversation length and streams of different ages batch together. The buffers hold projected keys
+and values: each frame is projected once, when it arrives. The speaker side runs once per
+conversation, shared by its samples (``ReactFaceState.rows``). Offline (``run``, for training and
+``generate``) the speaker side of all windows is computed at once and each window's listener step
+reads its slice of the same buffers, so streaming equals offline generation.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, fields
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +38,9 @@ from torch import nn
 from reactfast.data import layout
 from reactfast.models._inputs import check_speaker_audio, pad_to_windows
 from reactfast.models.base import Generator, GeneratorConfig, TrainStage, randn, register
+from reactfast.models.heads import EmotionHead, emotion_loss
 from reactfast.nn.attention import BiasedCrossAttention
+from reactfast.nn.dropout import Dropout
 from reactfast.nn.positional import sinusoid
 
 
@@ -50,6 +56,7 @@ class ReactFaceConfig(GeneratorConfig):
     heads: int = 8
     ffn_mult: int = 2
     dropout: float = 0.1
+    attn_dropout: Optional[float] = None
     window_train: int = 64
     window: int = 8
     period: int = 8
@@ -84,6 +91,10 @@ class ReactFaceConfig(GeneratorConfig):
         if self.context < 2 * max(self.window, self.window_train):
             raise ValueError(f"context ({self.context}) must be at least twice the largest window "
                              f"({max(self.window, self.window_train)})")
+        for name in ("dropout", "attn_dropout"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ValueError(f"ReactFaceConfig.{name} must be in [0, 1), got {value}")
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         widths = {"3dmm": layout.TDMM_DIM, "emotion": layout.EMOTION_DIM,
@@ -95,21 +106,25 @@ class ReactFaceConfig(GeneratorConfig):
                              f"speaker_dim is {self.speaker_dim}")
         if self.out_3dmm != layout.TDMM_DIM:
             raise ValueError(f"out_3dmm must be {layout.TDMM_DIM} (52 expression + 6 pose dims)")
+        if self.out_emotion not in (0, layout.EMOTION_DIM):
+            raise ValueError(f"out_emotion must be {layout.EMOTION_DIM} (the emotion head) or 0 (none), got "
+                             f"{self.out_emotion}")
 
 
 class _FFN(nn.Module):
     def __init__(self, dim, hidden, dropout):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), Dropout(dropout), nn.Linear(hidden, dim))
         self.norm = nn.LayerNorm(dim)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x):
         return self.norm(x + self.drop(self.net(x)))
 
 
 class _BiasedBlock(nn.Module):
-    """Post-LN: x = LN(x + biased_attn(x, keys)); x = LN(x + FFN(x))."""
+    """Post-LN: x = LN(x + biased_attn(x, keys)); x = LN(x + FFN(x)). Keys come projected
+    (``attn.project_kv``), so buffers can hold them."""
 
     def __init__(self, cfg: ReactFaceConfig, audio_ratio=1, extra=0, backend=None):
         super().__init__()
@@ -118,16 +133,21 @@ class _BiasedBlock(nn.Module):
         self.norm = nn.LayerNorm(cfg.dim)
         self.ffn = _FFN(cfg.dim, cfg.ffn_mult * cfg.dim, cfg.dropout)
 
-    def forward(self, x, keys, q_offset=0, key_start=None):
-        return self.ffn(self.norm(x + self.attn(x, keys, keys, q_offset=q_offset, key_start=key_start)))
+    def kv(self, keys):
+        return self.attn.project_kv(keys, keys)
+
+    def forward(self, x, k, v, q_offset=0, key_start=None, share=None):
+        """``share``: how query rows map to key rows, (None | ("repeat", r) | ("index", group))."""
+        kw = {} if share is None else ({"kv_repeat": share[1]} if share[0] == "repeat" else {"kv_index": share[1]})
+        return self.ffn(self.norm(x + self.attn.attend(x, k, v, q_offset, key_start=key_start, **kw)))
 
 
 class _CrossBlock(nn.Module):
     """Post-LN unbiased cross-attention block."""
 
-    def __init__(self, dim, heads, hidden, dropout):
+    def __init__(self, dim, heads, hidden, dropout, attn_dropout):
         super().__init__()
-        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.attn = nn.MultiheadAttention(dim, heads, dropout=attn_dropout, batch_first=True)
         self.norm = nn.LayerNorm(dim)
         self.ffn = _FFN(dim, hidden, dropout)
 
@@ -135,50 +155,108 @@ class _CrossBlock(nn.Module):
         return self.ffn(self.norm(x + self.attn(x, mem, mem, need_weights=False)[0]))
 
 
+# Fields of the state with one row per conversation; the others have one row per sample.
+_SPEAKER_FIELDS = ("speaker_k", "speaker_v", "enc_k", "enc_v", "audio_k", "audio_v", "count")
+
+
 @dataclass
 class ReactFaceState:
-    """Per-conversation streaming state; every tensor has the batch first, fixed sizes."""
+    """Per-conversation streaming state of fixed size. The speaker side has one row per conversation
+    (G), the listener side one row per sample (R); ``rows`` says how many consecutive samples each
+    conversation has and ``group`` (R,) which conversation each sample belongs to."""
 
-    speaker_in: torch.Tensor     # (B, C, D) inputs of the speaker self-attention
-    speaker_enc: torch.Tensor    # (B, C, D) encoded speaker frames
-    audio_enc: torch.Tensor      # (B, kC, D) projected audio samples
-    count: torch.Tensor          # (B,) valid frames in the buffers (<= C)
-    past: torch.Tensor           # (B, P, D) fused past-listener tokens
-    past_count: torch.Tensor     # (B,)
-    prev_frames: torch.Tensor    # (B, W, 58) the last generated window
-    has_prev: torch.Tensor       # (B,) bool
-    z_prev: torch.Tensor         # (B, D)
-    frame: torch.Tensor          # (B,) absolute index of the next window's first frame
+    speaker_k: torch.Tensor      # (G, H, C, d) keys of the speaker self-attention (projected speaker frames)
+    speaker_v: torch.Tensor
+    enc_k: torch.Tensor          # (G, H, C, d) keys of the speaker fusion (encoded speaker frames)
+    enc_v: torch.Tensor
+    audio_k: torch.Tensor        # (G, H, kC, d) keys of the audio fusion (projected audio rows)
+    audio_v: torch.Tensor
+    count: torch.Tensor          # (G,) frames in the buffers (<= C)
+    group: torch.Tensor          # (R,) conversation of each sample
+    past: torch.Tensor           # (R, P, D) fused past-listener tokens
+    past_count: torch.Tensor     # (R,)
+    prev_frames: torch.Tensor    # (R, W, 58) the last generated window
+    has_prev: torch.Tensor       # (R,) bool
+    z_prev: torch.Tensor         # (R, D)
+    frame: torch.Tensor          # (R,) absolute index of the next window's first frame
+    rows: Tuple[int, ...] = ()   # samples of each conversation
 
     @property
     def batch(self) -> int:
-        return self.count.shape[0]
+        return self.group.shape[0]
+
+    def _tensors(self):
+        return [f.name for f in fields(self) if f.name != "rows"]
 
     @staticmethod
     def cat(states: Sequence["ReactFaceState"]) -> "ReactFaceState":
         cls = type(states[0])
-        return cls(**{f.name: torch.cat([getattr(s, f.name) for s in states]) for f in fields(cls)})
+        out = {}
+        for name in states[0]._tensors():
+            parts = [getattr(s, name) for s in states]
+            if name == "group":
+                offsets, total = [], 0
+                for s in states:
+                    offsets.append(total)
+                    total += len(s.rows)
+                parts = [p + o for p, o in zip(parts, offsets)]
+            out[name] = torch.cat(parts)
+        return cls(**out, rows=tuple(r for s in states for r in s.rows))
 
     def split(self, sizes: Sequence[int]) -> List["ReactFaceState"]:
-        parts = {f.name: torch.split(getattr(self, f.name), list(sizes)) for f in fields(self)}
-        return [type(self)(**{k: v[i] for k, v in parts.items()}) for i in range(len(sizes))]
+        """Pieces of ``sizes`` samples each; every piece must hold whole conversations."""
+        pieces, g, r = [], 0, 0
+        for n in sizes:
+            g_end, taken = g, 0
+            while taken < n and g_end < len(self.rows):
+                taken += self.rows[g_end]
+                g_end += 1
+            if taken != n:
+                raise ValueError(f"a piece of {n} samples does not hold whole conversations ({self.rows})")
+            part = {}
+            for name in self._tensors():
+                value = getattr(self, name)
+                part[name] = value[g:g_end] if name in _SPEAKER_FIELDS else value[r:r + n]
+            part["group"] = part["group"] - g
+            pieces.append(type(self)(**part, rows=self.rows[g:g_end]))
+            g, r = g_end, r + n
+        return pieces
 
     def detach(self) -> "ReactFaceState":
-        return type(self)(**{f.name: getattr(self, f.name).detach() for f in fields(self)})
+        return dataclasses.replace(self, **{n: getattr(self, n).detach() for n in self._tensors()})
 
 
-def _roll(buffer: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-    """Append ``new`` (B, n, ...) at the end of a right-aligned buffer of fixed size, dropping the oldest."""
-    return torch.cat([buffer, new], 1)[:, -buffer.shape[1]:]
+def _roll(buffer: torch.Tensor, new: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Append ``new`` at the end of a right-aligned buffer of fixed size along ``dim``, dropping the oldest."""
+    size = buffer.shape[dim]
+    return torch.cat([buffer, new], dim).narrow(dim, new.shape[dim], size)
+
+
+def _front_pad(x: torch.Tensor, n: int) -> torch.Tensor:
+    """n zero rows before ``x`` along dim 2 (the key axis of (G, H, T, d) keys)."""
+    return torch.cat([x.new_zeros(x.shape[0], x.shape[1], n, x.shape[3]), x], 2)
+
+
+@dataclass
+class _SpeakerWindow:
+    """The speaker side of one window for its listener step: buffers (G rows) and the window's keys."""
+
+    enc_k: torch.Tensor
+    enc_v: torch.Tensor
+    audio_k: torch.Tensor
+    audio_v: torch.Tensor
+    count: torch.Tensor
+    slbs_audio: Tuple[torch.Tensor, torch.Tensor]
+    slbs_speaker: Tuple[torch.Tensor, torch.Tensor]
 
 
 @register
 class ReactFace(Generator):
     """ReactFace generator over per-frame speaker features and k audio feature rows per frame.
 
-    ``forward(speaker, audio, noise)`` runs the online loop with the training window and
-    returns a dict of predictions for the losses; ``generate`` samples S reactions per speaker
-    with the inference window; ``step`` advances a ``ReactFaceState`` by one window.
+    ``forward(speaker, audio, noise)`` runs the online loop with the training window and returns a
+    dict of predictions for the losses; ``generate`` samples S reactions per speaker with the
+    inference window; ``step`` advances a ``ReactFaceState`` by one window.
     """
 
     name = "reactface"
@@ -193,22 +271,26 @@ class ReactFace(Generator):
         self.speaker_proj = nn.Linear(cfg.speaker_dim, D)
         self.audio_proj = nn.Linear(cfg.audio_dim, D)
         self.speaker_self = _BiasedBlock(cfg, backend=attn)
-        self.p2p = nn.ModuleList([_CrossBlock(D, cfg.heads, cfg.ffn_mult * D, cfg.dropout) for _ in range(2)])
+        attn_dropout = cfg.dropout if cfg.attn_dropout is None else cfg.attn_dropout
+        self.p2p = nn.ModuleList([_CrossBlock(D, cfg.heads, cfg.ffn_mult * D, cfg.dropout, attn_dropout)
+                                  for _ in range(2)])
         self.speaker_head = nn.Linear(D, layout.TDMM_DIM)
         self.listener_proj = nn.Linear(cfg.out_3dmm, D)
         self.fuse_audio = _BiasedBlock(cfg, audio_ratio=k, extra=cfg.audio_extra, backend=attn)
         self.fuse_speaker = _BiasedBlock(cfg, backend=attn)
         self.dist_tokens = nn.Parameter(torch.randn(2, D) * 0.02)
         layer = nn.TransformerEncoderLayer(D, cfg.cie_heads, cfg.cie_ffn, cfg.dropout, batch_first=True)
+        layer.self_attn.dropout = attn_dropout
+        layer.dropout, layer.dropout1, layer.dropout2 = Dropout(cfg.dropout), Dropout(cfg.dropout), Dropout(cfg.dropout)
         self.cie = nn.TransformerEncoder(layer, cfg.cie_layers, enable_nested_tensor=False)
         self.mu_head = nn.Linear(D, D)
         self.logvar_head = nn.Linear(D, D)
-        self.decoder = nn.ModuleList([_CrossBlock(D, cfg.heads, cfg.ffn_mult * D, cfg.dropout)
+        self.decoder = nn.ModuleList([_CrossBlock(D, cfg.heads, cfg.ffn_mult * D, cfg.dropout, attn_dropout)
                                       for _ in range(cfg.decoder_layers)])
         self.slbs_audio = _BiasedBlock(cfg, audio_ratio=k, extra=cfg.audio_extra, backend=attn)
         self.slbs_speaker = _BiasedBlock(cfg, backend=attn)
         self.head_3dmm = nn.Linear(D, cfg.out_3dmm)
-        self.head_emotion = nn.Linear(D, cfg.out_emotion) if cfg.out_emotion else None
+        self.head_emotion = EmotionHead(D) if cfg.out_emotion else None
 
     @classmethod
     def data_defaults(cls, audio_dim: int) -> Dict[str, object]:
@@ -242,129 +324,223 @@ class ReactFace(Generator):
         n = math.ceil(frames / window)
         return torch.stack([self.draw_noise(rows, generator) for _ in range(n)]).to(device)
 
-    def init_state(self, batch: int, window: Optional[int] = None, device=None) -> ReactFaceState:
+    def init_state(self, batch: int, window: Optional[int] = None, device=None,
+                   conversations: Optional[int] = None) -> ReactFaceState:
+        """The state of ``batch`` samples of ``conversations`` conversations (default ``batch``: each
+        sample its own), the samples of a conversation consecutive and sharing its speaker inputs."""
         cfg = self.config
         W = window or cfg.window
+        G = batch if conversations is None else conversations
+        if G < 1 or batch % G:
+            raise ValueError(f"{batch} samples do not split evenly into {G} conversations")
         device = device or self.speaker_proj.weight.device
-        zeros = lambda *s: torch.zeros(*s, device=device)  # noqa: E731
+        dtype = self.speaker_proj.weight.dtype
+        H, d, C, k = cfg.heads, cfg.dim // cfg.heads, cfg.context, cfg.audio_per_frame
+        zeros = lambda *s: torch.zeros(*s, device=device, dtype=dtype)  # noqa: E731
         return ReactFaceState(
-            speaker_in=zeros(batch, cfg.context, cfg.dim), speaker_enc=zeros(batch, cfg.context, cfg.dim),
-            audio_enc=zeros(batch, cfg.audio_per_frame * cfg.context, cfg.dim),
-            count=torch.zeros(batch, dtype=torch.long, device=device), past=zeros(batch, cfg.past, cfg.dim),
-            past_count=torch.zeros(batch, dtype=torch.long, device=device), prev_frames=zeros(batch, W, cfg.out_3dmm),
-            has_prev=torch.zeros(batch, dtype=torch.bool, device=device), z_prev=zeros(batch, cfg.dim),
-            frame=torch.zeros(batch, dtype=torch.long, device=device))
+            speaker_k=zeros(G, H, C, d), speaker_v=zeros(G, H, C, d), enc_k=zeros(G, H, C, d),
+            enc_v=zeros(G, H, C, d), audio_k=zeros(G, H, k * C, d), audio_v=zeros(G, H, k * C, d),
+            count=torch.zeros(G, dtype=torch.long, device=device),
+            group=torch.arange(G, device=device).repeat_interleave(batch // G),
+            past=zeros(batch, cfg.past, cfg.dim), past_count=torch.zeros(batch, dtype=torch.long, device=device),
+            prev_frames=zeros(batch, W, cfg.out_3dmm), has_prev=torch.zeros(batch, dtype=torch.bool, device=device),
+            z_prev=zeros(batch, cfg.dim), frame=torch.zeros(batch, dtype=torch.long, device=device),
+            rows=(batch // G,) * G)
 
     def check_inputs(self, speaker: torch.Tensor, audio: torch.Tensor, name: str = "speaker") -> None:
         cfg = self.config
         check_speaker_audio(speaker, audio, cfg.speaker_dim, cfg.audio_dim, cfg.audio_per_frame, "speaker features",
                             name)
 
+    def _encode(self, x: torch.Tensor, h_attn: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """The speaker self-attention block's rest and the point-to-point audio blocks: frames (G, T, D)."""
+        block = self.speaker_self
+        h = block.ffn(block.norm(x + h_attn))
+        G, T, D = h.shape
+        hq = h.reshape(G * T, 1, D)
+        a_frames = a.reshape(G * T, self.config.audio_per_frame, D)
+        for p2p in self.p2p:
+            hq = p2p(hq, a_frames)
+        return hq.reshape(G, T, D)
+
+    def _speaker_step(self, state: ReactFaceState, speaker: torch.Tensor, audio: torch.Tensor):
+        """The speaker side of one window for G conversations: its encoded frames, updated buffers."""
+        cfg = self.config
+        C, W = cfg.context, speaker.shape[1]
+        x, a = self.speaker_proj(speaker), self.audio_proj(audio)
+        count = torch.clamp(state.count + W, max=C)
+        sk, sv = self.speaker_self.kv(x)
+        speaker_k, speaker_v = _roll(state.speaker_k, sk, 2), _roll(state.speaker_v, sv, 2)
+        h_attn = self.speaker_self.attn.attend(x, speaker_k, speaker_v, q_offset=C - W, key_start=C - count)
+        enc = self._encode(x, h_attn, a)
+        ek, ev = self.fuse_speaker.kv(enc)
+        ak, av = self.fuse_audio.kv(a)
+        window = _SpeakerWindow(enc_k=_roll(state.enc_k, ek, 2), enc_v=_roll(state.enc_v, ev, 2),
+                                audio_k=_roll(state.audio_k, ak, 2), audio_v=_roll(state.audio_v, av, 2), count=count,
+                                slbs_audio=self.slbs_audio.kv(a), slbs_speaker=self.slbs_speaker.kv(enc))
+        return enc, window, dict(speaker_k=speaker_k, speaker_v=speaker_v)
+
+    def _listener_step(self, state: ReactFaceState, sw: _SpeakerWindow, noise: torch.Tensor, W: int):
+        """The listener side of one window for R samples, given the speaker side of their conversations."""
+        cfg = self.config
+        C, k, R = cfg.context, cfg.audio_per_frame, state.batch
+        device = noise.device
+        start = C - sw.count
+        if len(set(state.rows)) == 1:
+            # Every conversation has r samples: each speaker row's keys serve its r rows, read once.
+            share = ("repeat", state.rows[0])
+        else:
+            share = ("index", state.group)
+            start = start.index_select(0, state.group)
+        Wp = state.prev_frames.shape[1]
+        prev_pos = (state.frame[:, None] - Wp + torch.arange(Wp, device=device)[None]) % cfg.period
+        y = self.listener_proj(state.prev_frames) + sinusoid(prev_pos, cfg.dim)
+        y = self.fuse_audio(y, sw.audio_k, sw.audio_v, q_offset=C - W - Wp, key_start=k * start, share=share)
+        y = self.fuse_speaker(y, sw.enc_k, sw.enc_v, q_offset=C - W - Wp, key_start=start, share=share)
+        past = _roll(state.past, y)
+        past_count = torch.where(state.has_prev, torch.clamp(state.past_count + Wp, max=cfg.past), state.past_count)
+        tokens = torch.cat([self.dist_tokens[None].expand(R, -1, -1),
+                            past + sinusoid(torch.arange(cfg.past, device=device), cfg.dim)[None]], 1)
+        invalid = torch.arange(cfg.past, device=device)[None] < (cfg.past - past_count)[:, None]
+        mask = torch.cat([torch.zeros(R, 2, dtype=torch.bool, device=device), invalid], 1)
+        out = self.cie(tokens, src_key_padding_mask=mask)
+        mu, logvar = self.mu_head(out[:, 0]), self.logvar_head(out[:, 1])
+        z_star = mu + torch.exp(0.5 * logvar) * noise
+        alpha = cfg.momentum ** (W / cfg.window)
+        first = ~state.has_prev[:, None]
+        z = torch.where(first, z_star, alpha * state.z_prev + (1 - alpha) * z_star)
+        z_from = torch.where(first, z, state.z_prev)
+        frac = torch.arange(1, W + 1, device=device, dtype=z.dtype)[None, :, None] / W
+        latents = z_from[:, None] + frac * (z - z_from)[:, None]
+        q = sinusoid(state.frame[:, None] + torch.arange(W, device=device)[None], cfg.dim)
+        for block in self.decoder:
+            q = block(q, latents)
+        q = self.slbs_audio(q, *sw.slbs_audio, share=share)
+        q = self.slbs_speaker(q, *sw.slbs_speaker, share=share)
+        frames = self.head_3dmm(q)
+        outputs = {"3dmm": frames, "mu": mu, "logvar": logvar}
+        if self.head_emotion is not None:
+            outputs["emotion_logits"], outputs["emotion"] = self.head_emotion(q)
+        listener = dict(past=past, past_count=past_count, prev_frames=frames,
+                        has_prev=torch.ones_like(state.has_prev), z_prev=z, frame=state.frame + W)
+        return outputs, listener
+
+    def _per_conversation(self, state: ReactFaceState, x: torch.Tensor) -> torch.Tensor:
+        """Inputs given one row per sample -> one row per conversation (its first sample's)."""
+        G = len(state.rows)
+        if x.shape[0] == G:
+            return x
+        if x.shape[0] != state.batch:
+            raise ValueError(f"speaker inputs must have one row per conversation ({G}) or per sample "
+                             f"({state.batch}), got {x.shape[0]}")
+        starts = torch.tensor([sum(state.rows[:g]) for g in range(G)], device=x.device)
+        return x.index_select(0, starts)
+
     def step(self, state: ReactFaceState, speaker: torch.Tensor, audio: torch.Tensor, noise: torch.Tensor):
         """Advance every conversation by one window.
 
         Args:
             state: from ``init_state`` (or a previous step).
-            speaker: (B, W, speaker_dim) the window's speaker features.
-            audio: (B, k W, audio_dim) its audio features.
-            noise: (B, D) standard normal draws for the latent sample.
+            speaker: (G or R, W, speaker_dim) the window's speaker features, one row per conversation
+                or per sample (the samples of a conversation carry the same inputs).
+            audio: (G or R, k W, audio_dim) its audio features.
+            noise: (R, D) standard normal draws for the latent sample.
 
         Returns:
-            (outputs, new_state): outputs holds ``3dmm`` (B, W, 58), ``emotion`` (B, W, 25) when
-            enabled, ``speaker_3dmm`` (B, W, 58), ``mu`` and ``logvar`` (B, D).
+            (outputs, new_state): outputs holds ``3dmm`` (R, W, 58), ``emotion`` (R, W, 25) and
+            ``emotion_logits`` when enabled, ``speaker_3dmm`` (G, W, 58), ``mu`` and ``logvar`` (R, D).
         """
-        cfg = self.config
-        B, W, _ = speaker.shape
-        C, k = cfg.context, cfg.audio_per_frame
-        if W > C // 2:
-            raise ValueError(f"window of {W} frames is larger than half the context ({C})")
-        # 1. speaker encoding, causal over the context buffer
-        x = self.speaker_proj(speaker)
-        a = self.audio_proj(audio)
-        speaker_in = _roll(state.speaker_in, x)
-        count = torch.clamp(state.count + W, max=C)
-        h = self.speaker_self(x, speaker_in, q_offset=C - W, key_start=C - count)
-        hq = h.reshape(B * W, 1, -1)
-        a_frames = a.reshape(B * W, k, -1)
-        for block in self.p2p:
-            hq = block(hq, a_frames)
-        enc = hq.reshape(B, W, -1)
-        speaker_enc = _roll(state.speaker_enc, enc)
-        audio_enc = _roll(state.audio_enc, a)
-        # 2. fuse the previous window's reaction with the speaker behaviour it saw
-        Wp = state.prev_frames.shape[1]
-        prev_pos = (state.frame[:, None] - Wp + torch.arange(Wp, device=speaker.device)[None]) % cfg.period
-        y = self.listener_proj(state.prev_frames) + sinusoid(prev_pos, cfg.dim)
-        y = self.fuse_audio(y, audio_enc, q_offset=C - W - Wp, key_start=k * (C - count))
-        y = self.fuse_speaker(y, speaker_enc, q_offset=C - W - Wp, key_start=C - count)
-        past = _roll(state.past, y)
-        past_count = torch.where(state.has_prev, torch.clamp(state.past_count + Wp, max=cfg.past), state.past_count)
-        # 3. distribution, sample with momentum, interpolate, decode
-        tokens = torch.cat([self.dist_tokens[None].expand(B, -1, -1),
-                            past + sinusoid(torch.arange(cfg.past, device=speaker.device), cfg.dim)[None]], 1)
-        invalid = torch.arange(cfg.past, device=speaker.device)[None] < (cfg.past - past_count)[:, None]
-        mask = torch.cat([torch.zeros(B, 2, dtype=torch.bool, device=speaker.device), invalid], 1)
-        out = self.cie(tokens, src_key_padding_mask=mask)
-        mu, logvar = self.mu_head(out[:, 0]), self.logvar_head(out[:, 1])
-        z_star = mu + torch.exp(0.5 * logvar) * noise
-        first = ~state.has_prev[:, None]
-        z = torch.where(first, z_star, cfg.momentum * state.z_prev + (1 - cfg.momentum) * z_star)
-        z_from = torch.where(first, z, state.z_prev)
-        frac = torch.arange(1, W + 1, device=speaker.device, dtype=z.dtype)[None, :, None] / W
-        latents = z_from[:, None] + frac * (z - z_from)[:, None]
-        q = sinusoid(state.frame[:, None] + torch.arange(W, device=speaker.device)[None], cfg.dim)
-        for block in self.decoder:
-            q = block(q, latents)
-        # 4. synchronise with the window's audio and speaker motion
-        q = self.slbs_audio(q, a)
-        q = self.slbs_speaker(q, enc)
-        frames = self.head_3dmm(q)
-        outputs = {"3dmm": frames, "speaker_3dmm": self.speaker_head(enc), "mu": mu, "logvar": logvar}
-        if self.head_emotion is not None:
-            outputs["emotion"] = self.head_emotion(q)
-        new_state = dataclasses.replace(state, speaker_in=speaker_in, speaker_enc=speaker_enc, audio_enc=audio_enc,
-                                        count=count, past=past, past_count=past_count, prev_frames=frames,
-                                        has_prev=torch.ones_like(state.has_prev), z_prev=z, frame=state.frame + W)
+        W = speaker.shape[1]
+        if W > self.config.context // 2:
+            raise ValueError(f"window of {W} frames is larger than half the context ({self.config.context})")
+        speaker, audio = self._per_conversation(state, speaker), self._per_conversation(state, audio)
+        enc, sw, speaker_bufs = self._speaker_step(state, speaker, audio)
+        outputs, listener = self._listener_step(state, sw, noise, W)
+        outputs["speaker_3dmm"] = self.speaker_head(enc)
+        new_state = dataclasses.replace(state, **speaker_bufs, enc_k=sw.enc_k, enc_v=sw.enc_v, audio_k=sw.audio_k,
+                                        audio_v=sw.audio_v, count=sw.count, **listener)
         return outputs, new_state
 
-    def run(self, speaker: torch.Tensor, audio: torch.Tensor, window: int, noise: torch.Tensor,
-            state: Optional[ReactFaceState] = None, step=None) -> Dict[str, torch.Tensor]:
-        """The online loop over whole clips; ``noise`` (n_windows, B, D). T need not be a multiple
-        of the window: the last window is padded by repeating the last frame and trimmed.
-        ``step`` replaces :meth:`step` (a wrapper that post-processes each window)."""
-        B, T, _ = speaker.shape
-        k = self.config.audio_per_frame
-        speaker, audio, n = pad_to_windows(speaker, audio, window, k)
-        state = state or self.init_state(B, window, speaker.device)
-        step = step or self.step
+    def run(self, speaker: torch.Tensor, audio: torch.Tensor, window: int, noise: torch.Tensor, rows: int = 1,
+            state: Optional[ReactFaceState] = None, post=None) -> Dict[str, torch.Tensor]:
+        """The online loop over whole clips of G conversations with ``rows`` samples each.
+
+        The speaker side of every window is computed at once (its self-attention in one call when
+        the clip fits the context, else window by window over the same buffers a stream holds), then
+        the windows' listener steps run in order. ``noise`` (n_windows, G rows, D), rows g * rows + s.
+        T need not be a multiple of the window: the last window is padded by repeating the last frame
+        and trimmed. ``post(outputs, old_state, new_state) -> (outputs, new_state)`` post-processes
+        each window (PFLPosNet's PosNet). Returns the outputs over time: ``3dmm``, ``emotion``,
+        ``emotion_logits`` (R, T, ...), ``speaker_3dmm`` (G, T, 58), ``mu``, ``logvar`` (R, n, D).
+        """
+        cfg = self.config
+        G, T, _ = speaker.shape
+        C, k, W = cfg.context, cfg.audio_per_frame, window
+        if W > C // 2:
+            raise ValueError(f"window of {W} frames is larger than half the context ({C})")
+        speaker, audio, n = pad_to_windows(speaker, audio, W, k)
+        state = state or self.init_state(G * rows, W, speaker.device, conversations=G)
+        x, a = self.speaker_proj(speaker), self.audio_proj(audio)
+        sk, sv = self.speaker_self.kv(x)
+        if n * W <= C and not bool(state.count.any()):
+            # The whole clip fits the buffer: one causal call equals the window-by-window calls.
+            h_attn = self.speaker_self.attn.attend(x, sk, sv, q_offset=0)
+        else:
+            keys = (torch.cat([state.speaker_k, sk], 2), torch.cat([state.speaker_v, sv], 2))
+            h_attn = torch.cat([self.speaker_self.attn.attend(
+                x[:, i * W:(i + 1) * W], keys[0][:, :, (i + 1) * W:(i + 1) * W + C].contiguous(),
+                keys[1][:, :, (i + 1) * W:(i + 1) * W + C].contiguous(), q_offset=C - W,
+                key_start=C - torch.clamp(state.count + (i + 1) * W, max=C)) for i in range(n)], 1)
+        enc = self._encode(x, h_attn, a)
+        ek, ev = self.fuse_speaker.kv(enc)
+        ak, av = self.fuse_audio.kv(a)
+        buffers = {"enc_k": torch.cat([state.enc_k, ek], 2), "enc_v": torch.cat([state.enc_v, ev], 2),
+                   "audio_k": torch.cat([state.audio_k, ak], 2), "audio_v": torch.cat([state.audio_v, av], 2),
+                   "speaker_k": torch.cat([state.speaker_k, sk], 2), "speaker_v": torch.cat([state.speaker_v, sv], 2)}
+        slbs_a, slbs_s = self.slbs_audio.kv(a), self.slbs_speaker.kv(enc)
         collected: Dict[str, List[torch.Tensor]] = {}
         for i in range(n):
-            out, state = step(state, speaker[:, i * window:(i + 1) * window],
-                              audio[:, i * window * k:(i + 1) * window * k], noise[i])
+            e = (i + 1) * W
+            window_kv = {name: buf.narrow(2, (k if "audio" in name else 1) * e, buf.shape[2] - (k if "audio" in name
+                                                                                              else 1) * n * W)
+                         for name, buf in buffers.items()}
+            count = torch.clamp(state.count + W, max=C)
+            sw = _SpeakerWindow(enc_k=window_kv["enc_k"], enc_v=window_kv["enc_v"], audio_k=window_kv["audio_k"],
+                                audio_v=window_kv["audio_v"], count=count,
+                                slbs_audio=tuple(t[:, :, k * (e - W):k * e] for t in slbs_a),
+                                slbs_speaker=tuple(t[:, :, e - W:e] for t in slbs_s))
+            out, listener = self._listener_step(state, sw, noise[i], W)
+            new_state = dataclasses.replace(state, speaker_k=window_kv["speaker_k"], speaker_v=window_kv["speaker_v"],
+                                            enc_k=sw.enc_k, enc_v=sw.enc_v, audio_k=sw.audio_k, audio_v=sw.audio_v,
+                                            count=count, **listener)
+            if post is not None:
+                out, new_state = post(out, state, new_state)
+            state = new_state
             for key, value in out.items():
                 collected.setdefault(key, []).append(value)
-        result = {}
-        for key, values in collected.items():
-            result[key] = torch.stack(values, 1) if key in ("mu", "logvar") else torch.cat(values, 1)[:, :T]
+        result = {key: torch.stack(v, 1) if key in ("mu", "logvar") else torch.cat(v, 1)[:, :T]
+                  for key, v in collected.items()}
+        result["speaker_3dmm"] = self.speaker_head(enc)[:, :T]
         return result
 
     def forward(self, speaker: torch.Tensor, audio: torch.Tensor, generator: Optional[torch.Generator] = None,
                 samples: Optional[int] = None, noise: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """Training pass: ``samples`` (default config.train_samples) reactions per speaker with the
-        training window; outputs are (samples, B, T, dims) and mu/logvar (samples, B, n, D).
-        ``noise`` (n_windows, samples * B, D), rows s * B + b, replaces draws from ``generator``."""
+        training window; outputs are (B, samples, T, dims), ``speaker_3dmm`` (B, T, 58) and mu/logvar
+        (B, samples, n, D). ``noise`` (n_windows, B * samples, D), rows b * samples + s, replaces
+        draws from ``generator``."""
         self.check_inputs(speaker, audio)
         S = samples or self.config.train_samples
         B, T, _ = speaker.shape
         W = self.config.window_train
         n = math.ceil(T / W)
         if noise is None:
-            noise = randn(n, S * B, self.config.dim, generator=generator)
-        elif noise.shape != (n, S * B, self.config.dim):
-            raise ValueError(f"noise must have shape ({n}, {S * B}, {self.config.dim}), got {tuple(noise.shape)}")
-        noise = noise.to(speaker.device)
-        out = self.run(speaker.repeat(S, 1, 1), audio.repeat(S, 1, 1), W, noise)
-        return {key: value.reshape(S, B, *value.shape[1:]) for key, value in out.items()}
+            noise = randn(n, B * S, self.config.dim, generator=generator)
+        elif noise.shape != (n, B * S, self.config.dim):
+            raise ValueError(f"noise must have shape ({n}, {B * S}, {self.config.dim}), got {tuple(noise.shape)}")
+        out = self.run(speaker, audio, W, noise.to(speaker.device), rows=S)
+        return {key: value if key == "speaker_3dmm" else value.reshape(B, S, *value.shape[1:])
+                for key, value in out.items()}
 
     def inputs_from_batch(self, batch: Dict[str, torch.Tensor]):
         """(speaker features, audio) from a ``reactfast.data`` batch, per ``config.speaker_inputs``."""
@@ -388,8 +564,8 @@ class ReactFace(Generator):
         speaker, audio = self.inputs_from_batch(batch)
         S, B, T = self.config.train_samples, speaker.shape[0], speaker.shape[1]
         n = math.ceil(T / self.config.window_train)
-        per_item = torch.stack([randn(n, S, self.config.dim, generator=g).to(speaker.device) for g in generators], 2)
-        out = (forward or self)(speaker, audio, samples=S, noise=per_item.reshape(n, S * B, self.config.dim))
+        per_item = torch.stack([randn(n, S, self.config.dim, generator=g).to(speaker.device) for g in generators], 1)
+        out = (self if forward is None else forward)(speaker, audio, samples=S, noise=per_item.reshape(n, B * S, self.config.dim))
         return reactface_loss(self, out, batch["appropriate_3dmm"], batch["appropriate_valid"],
                               batch["speaker_3dmm"], batch.get("appropriate_emotion") if self.head_emotion else None)
 
@@ -400,31 +576,43 @@ class ReactFace(Generator):
 
         Noise is drawn per window as randn(B * S, D) from ``generator``, sample-major within each
         speaker (rows b * S + s), exactly as ``reactfast.online.ReactionStream`` draws it."""
+        return self._generate(speaker, audio, num_samples, generator, window)
+
+    def _generate(self, speaker, audio, num_samples, generator, window, post=None, state=None):
         self.check_inputs(speaker, audio)
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
         B, T, _ = speaker.shape
         W = window or self.config.window
         noise = self.window_noise(B * num_samples, T, W, generator, speaker.device)
-        out = self.run(speaker.repeat_interleave(num_samples, 0), audio.repeat_interleave(num_samples, 0), W, noise)
+        out = self.run(speaker, audio, W, noise, rows=num_samples, post=post, state=state)
         return {key: value.reshape(B, num_samples, *value.shape[1:]) for key, value in out.items()
-                if key in ("3dmm", "emotion")}
+                if key in self.output_widths()}
 
 
 def appropriate_reconstruction(pred: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor,
-                               pose_weight: float = 10.0, emotion_pred: Optional[torch.Tensor] = None,
+                               pose_weight: float = 10.0, emotion_logits: Optional[torch.Tensor] = None,
                                emotion_targets: Optional[torch.Tensor] = None, emotion_weight: float = 1.0):
     """min over each speaker's appropriate real reactions of SmoothL1(expression) + pose_weight x
-    SmoothL1(pose) (+ emotion_weight x SmoothL1(emotion)).
+    SmoothL1(pose) (+ emotion_weight x the emotion loss of ``reactfast.models.heads``).
 
-    pred (B, T, 58); targets (B, K, T, 58) padded; valid (B, K) bool. Returns (B,) losses."""
+    pred (B, T, 58); targets (B, K, T, 58) padded; valid (B, K) bool; emotion_logits (B, T, 25).
+    Returns (B,) losses."""
     diff = F.smooth_l1_loss(pred[:, None].expand_as(targets), targets, reduction="none")
     loss = diff[..., layout.TDMM_EXPRESSION].mean((-1, -2)) + pose_weight * diff[..., layout.TDMM_POSE].mean((-1, -2))
-    if emotion_pred is not None and emotion_targets is not None:
-        e = F.smooth_l1_loss(emotion_pred[:, None].expand_as(emotion_targets), emotion_targets, reduction="none")
-        loss = loss + emotion_weight * e.mean((-1, -2))
+    if emotion_logits is not None and emotion_targets is not None:
+        loss = loss + emotion_weight * emotion_loss(emotion_logits[:, None], emotion_targets)
     loss = torch.where(valid, loss, torch.full_like(loss, float("inf")))
     return loss.min(1).values
+
+
+def _diversity(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Mean over pairs of distinct samples of exp(-||x_i - x_j||^2 / scale); x (B, S, ...)."""
+    B, S = x.shape[:2]
+    flat = x.reshape(B, S, -1)
+    dist = (flat[:, :, None] - flat[:, None]).pow(2).sum(-1)                      # (B, S, S)
+    off = ~torch.eye(S, dtype=torch.bool, device=x.device)
+    return torch.exp(-dist / scale)[:, off].mean()
 
 
 def reactface_loss(model: ReactFace, out: Dict[str, torch.Tensor], targets: torch.Tensor, valid: torch.Tensor,
@@ -432,30 +620,30 @@ def reactface_loss(model: ReactFace, out: Dict[str, torch.Tensor], targets: torc
     """ReactFace's losses for a ``forward`` output (S samples per speaker).
 
     targets (B, K, T, 58) appropriate real reactions (padded, ``valid`` (B, K)); speaker_3dmm
-    (B, T, 58); emotion_targets (B, K, T, 25) when the model has the emotion head.
+    (B, T, 58); emotion_targets (B, K, T, 25) when the model has the emotion head. The diversity
+    term covers the 3DMM and the emotion outputs; the KL term is averaged over the latent dims.
     """
     cfg = model.config
-    S = out["3dmm"].shape[0]
-    rec = torch.stack([appropriate_reconstruction(out["3dmm"][s], targets, valid, cfg.pose_weight,
-                                                  out.get("emotion", [None] * S)[s], emotion_targets,
+    pred = out["3dmm"]
+    B, S = pred.shape[:2]
+    logits = out.get("emotion_logits")
+    rec = torch.stack([appropriate_reconstruction(pred[:, s], targets, valid, cfg.pose_weight,
+                                                  None if logits is None else logits[:, s], emotion_targets,
                                                   cfg.emotion_weight) for s in range(S)]).mean()
     mu, logvar = out["mu"], out["logvar"]
-    kl = (-0.5 * (1 + logvar - mu ** 2 - logvar.exp())).sum(-1).mean()
-    pred = out["3dmm"]
+    kl = (-0.5 * (1 + logvar - mu ** 2 - logvar.exp())).mean()
     if S > 1:
-        flat = pred.reshape(S, pred.shape[1], -1)
-        dist = (flat[:, None] - flat[None]).pow(2).sum(-1)                      # (S, S, B)
-        off = ~torch.eye(S, dtype=torch.bool, device=pred.device)
-        div = torch.exp(-dist / cfg.div_scale)[off].mean()
+        div = _diversity(pred, cfg.div_scale)
+        if "emotion" in out:
+            div = div + _diversity(out["emotion"], cfg.div_scale)
     else:
         div = pred.new_zeros(())
     acc = pred[:, :, 2:] - 2 * pred[:, :, 1:-1] + pred[:, :, :-2]
     zero = torch.zeros_like(acc)
     smooth = (F.smooth_l1_loss(acc[..., layout.TDMM_POSE], zero[..., layout.TDMM_POSE])
               + 0.1 * F.smooth_l1_loss(acc[..., layout.TDMM_EXPRESSION], zero[..., layout.TDMM_EXPRESSION]))
-    speaker_rec = F.smooth_l1_loss(out["speaker_3dmm"], speaker_3dmm[None].expand_as(out["speaker_3dmm"]))
+    speaker_rec = F.smooth_l1_loss(out["speaker_3dmm"], speaker_3dmm)
     total = (rec + cfg.kl_weight * kl + cfg.div_weight * div + cfg.smooth_weight * smooth
              + cfg.speaker_weight * speaker_rec)
     return {"loss": total, "rec": rec.detach(), "kl": kl.detach(), "div": div.detach(), "smooth": smooth.detach(),
             "speaker_rec": speaker_rec.detach()}
-

@@ -8,6 +8,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
+from reactfast.nn.dropout import Dropout
 from reactfast.ops.biased_attention import biased_attention
 from reactfast.reference.biased_attention import alibi_slopes
 
@@ -70,19 +71,47 @@ class BiasedCrossAttention(nn.Module):
         self.k_proj = nn.Linear(kdim or embed_dim, embed_dim, bias=bias)
         self.v_proj = nn.Linear(vdim or embed_dim, embed_dim, bias=bias)
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.register_buffer("slopes", alibi_slopes(num_heads) if slopes is None else slopes.float().clone())
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
         return x.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def _attend(self, q, k, v, q_offset, key_lengths, key_start=None) -> torch.Tensor:
+    def _attend(self, q, k, v, q_offset, key_lengths, key_start=None, repeat: int = 1) -> torch.Tensor:
+        R, H, Tq, d = q.shape
+        if repeat > 1:
+            # The repeat rows of a key row fold into one row of repeat x Tq queries at period Tq.
+            q = q.reshape(R // repeat, repeat, H, Tq, d).transpose(1, 2).reshape(R // repeat, H, repeat * Tq, d)
         out = biased_attention(q, k, v, self.slopes, q_offset=q_offset, period=self.period,
                                audio_ratio=self.audio_ratio, extra=self.extra, key_lengths=key_lengths,
-                               key_start=key_start, backend=self.backend)
-        B, H, Tq, d = out.shape
-        return self.dropout(self.out_proj(out.transpose(1, 2).reshape(B, Tq, H * d)))
+                               key_start=key_start, query_period=Tq, backend=self.backend)
+        if repeat > 1:
+            out = out.reshape(R // repeat, H, repeat, Tq, d).transpose(1, 2).reshape(R, H, Tq, d)
+        return self.dropout(self.out_proj(out.transpose(1, 2).reshape(R, Tq, H * d)))
+
+    def project_kv(self, key: torch.Tensor, value: torch.Tensor):
+        """Keys and values (B, T, kdim / vdim) projected and split into heads: two (B, H, T, d)
+        tensors, to cache (rolling buffers) and pass to :meth:`attend`."""
+        self._check("key", key, self.k_proj.in_features)
+        self._check("value", value, self.v_proj.in_features)
+        return self._heads(self.k_proj(key)), self._heads(self.v_proj(value))
+
+    def attend(self, query: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_offset: Union[int, torch.Tensor] = 0,
+               key_lengths: Optional[torch.Tensor] = None, key_start: Optional[torch.Tensor] = None,
+               kv_index: Optional[torch.Tensor] = None, kv_repeat: int = 1) -> torch.Tensor:
+        """Attention of ``query`` (B, Tq, E) over projected keys and values (G, H, Tk, d) from
+        :meth:`project_kv`, when several query rows share one key row (the samples of one
+        conversation, one speaker): ``kv_repeat`` r, rows g r .. g r + r - 1 read key row g (the
+        keys are read once, no copies; ``q_offset``, ``key_start``, ``key_lengths`` per key row); or
+        ``kv_index`` (B,), the key row of each query row (copied per row; per-row arguments)."""
+        self._check("query", query, self.q_proj.in_features)
+        if kv_index is not None:
+            k, v = k.index_select(0, kv_index), v.index_select(0, kv_index)
+        if k.shape[0] * kv_repeat != query.shape[0]:
+            raise ValueError(f"{query.shape[0]} query rows do not match {k.shape[0]} key rows x kv_repeat "
+                             f"{kv_repeat} (or give kv_index)")
+        return self._attend(self._heads(self.q_proj(query)), k, v, q_offset, key_lengths, key_start, kv_repeat)
 
     def _check(self, name, x, width):
         if not isinstance(x, torch.Tensor) or x.dim() != 3:

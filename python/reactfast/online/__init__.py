@@ -11,6 +11,7 @@ Every ``reactfast.models.base.Generator`` streams: a stream calls its ``init_sta
 
 from __future__ import annotations
 
+import inspect
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -56,6 +57,8 @@ class ReactionStream:
         self.window = window if window is not None else model.window
         self.generator = generator
         self.device = device or next(model.parameters()).device
+        if "conversations" in inspect.signature(model.init_state).parameters:
+            state_kwargs.setdefault("conversations", 1)   # one speaker, shared by the samples
         self.state = model.init_state(num_samples, self.window, self.device, **state_kwargs)
         self._speaker: List[torch.Tensor] = []
         self._audio: List[torch.Tensor] = []

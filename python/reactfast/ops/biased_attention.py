@@ -1,9 +1,12 @@
 """Speaker-listener biased attention (ALiBi-like periodic bias with a causal bound; SPEC 3.1).
 
-Triton flash kernels on CUDA tensors (forward and backward, no (B, H, Tq, Tk) tensor); the
-pure-PyTorch reference elsewhere. Registered as ``torch.ops.reactfast.biased_attention_fwd`` /
-``_bwd`` custom ops with fake and autograd implementations, so ``torch.compile(fullgraph=True)``
-and autograd work through it.
+- ``triton``: flash kernels on CUDA tensors (forward and backward, no (B, H, Tq, Tk) tensor),
+  registered as ``torch.ops.reactfast.biased_attention_fwd`` / ``_bwd`` custom ops with fake and
+  autograd implementations, so ``torch.compile(fullgraph=True)`` and autograd work through them.
+- ``sdpa`` (the CPU path): torch's fused ``scaled_dot_product_attention`` with the bias built once
+  per distinct (q_offset, key_start, key_lengths) and broadcast over the samples that share it (in
+  ReactFace every sample of a batch does), its own backward.
+- ``reference``: the pure-PyTorch oracle, any device.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import math
 from typing import Optional, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 
 from reactfast import _backend, kernels
 from reactfast.ops._checks import check_same_device, check_tensor
@@ -20,15 +24,15 @@ from reactfast.reference import biased_attention as _ref
 if kernels.AVAILABLE:
     from reactfast.kernels import biased_attention as _triton
 
-IMPLEMENTED = ("triton", "reference")
+IMPLEMENTED = ("triton", "sdpa", "reference")
 _backend.register_op("biased_attention", IMPLEMENTED)
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _reference_probs(q, k, slopes, q_offset, key_start, key_lengths, period, ratio, extra, scale):
+def _reference_probs(q, k, slopes, q_offset, key_start, key_lengths, period, ratio, extra, scale, qperiod):
     B, H, Tq, _ = q.shape
     bias = _ref.attention_bias(Tq, k.shape[2], slopes, q_offset, period, ratio, extra, key_lengths, batch=B,
-                               key_start=key_start)
+                               key_start=key_start, query_period=qperiod)
     scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale + bias
     lse = torch.logsumexp(scores, -1)
     empty = torch.isinf(lse) & (lse < 0)
@@ -40,17 +44,18 @@ def _reference_probs(q, k, slopes, q_offset, key_start, key_lengths, period, rat
 @torch.library.custom_op("reactfast::biased_attention_fwd", mutates_args=())
 def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor, q_offset: torch.Tensor,
          key_start: torch.Tensor, key_lengths: torch.Tensor, period: int, audio_ratio: int, extra: int, scale: float,
-         backend: str) -> Tuple[torch.Tensor, torch.Tensor]:
+         qperiod: int, backend: str) -> Tuple[torch.Tensor, torch.Tensor]:
     name = _backend.select("biased_attention", q.device, IMPLEMENTED, backend or None)
     if name == "triton":
-        return _triton.biased_attention_fwd(q, k, v, slopes, q_offset, key_start, key_lengths, scale, period, audio_ratio,
-                                    extra)
-    p, lse = _reference_probs(q, k, slopes, q_offset, key_start, key_lengths, period, audio_ratio, extra, scale)
+        return _triton.biased_attention_fwd(q, k, v, slopes, q_offset, key_start, key_lengths, scale, period,
+                                            audio_ratio, extra, qperiod)
+    p, lse = _reference_probs(q, k, slopes, q_offset, key_start, key_lengths, period, audio_ratio, extra, scale,
+                              qperiod)
     return torch.matmul(p, v.float()).to(q.dtype), lse
 
 
 @_fwd.register_fake
-def _(q, k, v, slopes, q_offset, key_start, key_lengths, period, audio_ratio, extra, scale, backend):
+def _(q, k, v, slopes, q_offset, key_start, key_lengths, period, audio_ratio, extra, scale, qperiod, backend):
     return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
@@ -58,12 +63,13 @@ def _(q, k, v, slopes, q_offset, key_start, key_lengths, period, audio_ratio, ex
 def _bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
          slopes: torch.Tensor, q_offset: torch.Tensor, key_start: torch.Tensor, key_lengths: torch.Tensor,
          period: int, audio_ratio: int,
-         extra: int, scale: float, backend: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+         extra: int, scale: float, qperiod: int, backend: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     name = _backend.select("biased_attention", q.device, IMPLEMENTED, backend or None)
     if name == "triton":
-        return _triton.biased_attention_bwd(do.contiguous(), q, k, v, out, lse, slopes, q_offset, key_start, key_lengths,
-                                    scale, period, audio_ratio, extra)
-    p, _ = _reference_probs(q, k, slopes, q_offset, key_start, key_lengths, period, audio_ratio, extra, scale)
+        return _triton.biased_attention_bwd(do.contiguous(), q, k, v, out, lse, slopes, q_offset, key_start,
+                                            key_lengths, scale, period, audio_ratio, extra, qperiod)
+    p, _ = _reference_probs(q, k, slopes, q_offset, key_start, key_lengths, period, audio_ratio, extra, scale,
+                            qperiod)
     dof = do.float()
     dv = torch.matmul(p.transpose(-1, -2), dof)
     dp = torch.matmul(dof, v.float().transpose(-1, -2))
@@ -74,24 +80,56 @@ def _bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ou
 
 
 @_bwd.register_fake
-def _(do, q, k, v, out, lse, slopes, q_offset, key_start, key_lengths, period, audio_ratio, extra, scale, backend):
+def _(do, q, k, v, out, lse, slopes, q_offset, key_start, key_lengths, period, audio_ratio, extra, scale, qperiod,
+      backend):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, slopes, q_offset, key_start, key_lengths, period, audio_ratio, extra, scale, backend = inputs
+    q, k, v, slopes, q_offset, key_start, key_lengths, period, audio_ratio, extra, scale, qperiod, backend = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, slopes, q_offset, key_start, key_lengths)
-    ctx.args = (period, audio_ratio, extra, scale, backend)
+    ctx.args = (period, audio_ratio, extra, scale, qperiod, backend)
 
 
 def _backward(ctx, grad_out, grad_lse):
     q, k, v, out, lse, slopes, q_offset, key_start, key_lengths = ctx.saved_tensors
     dq, dk, dv = _bwd(grad_out, q, k, v, out, lse, slopes, q_offset, key_start, key_lengths, *ctx.args)
-    return dq, dk, dv, None, None, None, None, None, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None, None, None, None, None, None
 
 
 _fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _sdpa_masked(q, k, v, bias, scale):
+    """SDPA with an additive bias (G, H, Tq, Tk) broadcast over q's batch; rows whose keys are all
+    masked give zeros (SDPA alone would give NaN)."""
+    visible = torch.isfinite(bias).any(-1, keepdim=True)
+    bias = torch.where(visible, bias, torch.zeros_like(bias)).to(q.dtype)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+    return out * visible.to(out.dtype)
+
+
+def _sdpa(q, k, v, slopes, q0, starts, lengths, period, ratio, extra, scale, qperiod):
+    B, H, Tq, _ = q.shape
+    Tk = k.shape[2]
+
+    def bias(rows):
+        one = _ref.attention_bias(qperiod, Tk, slopes, q0[rows], period, ratio, extra, key_lengths=lengths[rows],
+                                  key_start=starts[rows], batch=len(rows))
+        return one.repeat(1, 1, Tq // qperiod, 1) if qperiod != Tq else one
+
+    if torch.compiler.is_compiling():
+        return _sdpa_masked(q, k, v, bias(torch.arange(B, device=q.device)), scale)
+    patterns, inverse = torch.unique(torch.stack([q0, starts, lengths], 1), dim=0, return_inverse=True)
+    if len(patterns) == 1:
+        return _sdpa_masked(q, k, v, bias(torch.zeros(1, dtype=torch.long, device=q.device)), scale)
+    outs, order = [], []
+    for u in range(len(patterns)):
+        rows = torch.nonzero(inverse == u)[:, 0]
+        outs.append(_sdpa_masked(q[rows], k[rows], v[rows], bias(rows[:1]), scale))
+        order.append(rows)
+    return torch.cat(outs)[torch.argsort(torch.cat(order))]
 
 
 def _per_sample(name: str, value, B: int, device, low: int, high: Optional[int] = None) -> torch.Tensor:
@@ -105,18 +143,23 @@ def _per_sample(name: str, value, B: int, device, low: int, high: Optional[int] 
         t = torch.full((B,), value, dtype=torch.int32, device=device)
     else:
         raise TypeError(f"{name} must be an int or an integer tensor, got {type(value).__name__}")
-    if not torch.compiler.is_compiling():
-        lo, hi = int(t.min()), int(t.max())
-        if lo < low or (high is not None and hi > high):
-            bound = f"[{low}, {high}]" if high is not None else f">= {low}"
-            raise ValueError(f"{name} must be {bound}, got values in [{lo}, {hi}]")
+    if t.is_cuda or torch.compiler.is_compiling():
+        # No host synchronisation on a GPU (a step stays capturable in a CUDA graph): out-of-range
+        # values are clamped into range on the device instead of raising.
+        return t.clamp(low, high)
+    lo, hi = torch.aminmax(t)
+    lo, hi = int(lo), int(hi)
+    if lo < low or (high is not None and hi > high):
+        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be {bound}, got values in [{lo}, {hi}]")
     return t
 
 
 def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: Optional[torch.Tensor] = None,
                      q_offset: Union[int, torch.Tensor] = 0, period: int = 8, audio_ratio: int = 1, extra: int = 0,
                      key_lengths: Optional[torch.Tensor] = None, scale: Optional[float] = None,
-                     key_start: Optional[torch.Tensor] = None, backend: Optional[str] = None) -> torch.Tensor:
+                     key_start: Optional[torch.Tensor] = None, query_period: Optional[int] = None,
+                     backend: Optional[str] = None) -> torch.Tensor:
     """softmax(Q K^T * scale + M) V with the speaker-listener bias M of SPEC 3.1.
 
     For head h, query i at absolute frame q0 + i and key j, with pos = audio_ratio (q0 + i):
@@ -133,9 +176,13 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: 
         extra: keys past pos that still count as current (0 authors; audio_ratio - 1 paper).
         key_lengths: (B,) valid keys per sample (padding after); default all Tk.
         key_start: (B,) first valid key per sample (empty slots of a right-aligned rolling buffer
-            before it); default 0.
+            before it); default 0. Integer tensors on a CPU are range-checked; on a GPU they are
+            clamped into range on the device (no host synchronisation).
         scale: default 1 / sqrt(d).
-        backend: ``"triton"`` or ``"reference"`` (default: Triton on CUDA, reference on CPU).
+        query_period: P dividing Tq: query row i stands at frame q_offset + (i mod P), i.e. the rows
+            hold Tq / P windows of P frames over the same keys (several samples of one speaker folded
+            into one batch row: their keys are read once, and no copies are made). Default Tq.
+        backend: ``"triton"``, ``"sdpa"`` or ``"reference"`` (default: Triton on CUDA, SDPA on CPU).
 
     Returns:
         (B, H, Tq, d) in q's dtype.
@@ -174,6 +221,11 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: 
     lengths = _per_sample("key_lengths", key_lengths if key_lengths is not None else Tk, B, q.device, 0, Tk)
     starts = _per_sample("key_start", key_start if key_start is not None else 0, B, q.device, 0, Tk)
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    qperiod = Tq if query_period is None else query_period
+    if not isinstance(qperiod, int) or isinstance(qperiod, bool) or qperiod < 1 or Tq % qperiod:
+        raise ValueError(f"query_period must be an int >= 1 dividing Tq ({Tq}), got {query_period!r}")
+    if _backend.select("biased_attention", q.device, IMPLEMENTED, backend) == "sdpa":
+        return _sdpa(q, k, v, slopes.float(), q0, starts, lengths, period, audio_ratio, extra, scale, qperiod)
     out, _ = _fwd(q.contiguous(), k.contiguous(), v.contiguous(), slopes.float().contiguous(), q0, starts, lengths,
-                  period, audio_ratio, extra, scale, backend or "")
+                  period, audio_ratio, extra, scale, qperiod, backend or "")
     return out

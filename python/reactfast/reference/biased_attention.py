@@ -6,7 +6,9 @@ out = softmax(Q K^T / sqrt(d) + M) V with, for head h, query i (absolute frame q
     M[h, i, j] = -m_h * floor((pos - j) / (k p))   if j <= pos + extra and j < key_length
                = -inf                               otherwise
 
-Keys before key_start[b] (rolling buffers whose oldest slots are still empty) are masked too.
+Keys before key_start[b] (rolling buffers whose oldest slots are still empty) are masked too. With
+``query_period`` P, query row i stands at frame q0 + (i mod P): the rows hold several query
+windows of P frames over the same keys (the samples of one conversation, folded into one row).
 m_h: per-head slopes (ALiBi default 2^(-8 (h + 1) / H)); p: the period; k: keys per query frame
 (1 for video-rate keys, 2 for audio at twice the frame rate); extra: how many keys past pos count
 as current (0 in the authors' code; k - 1 includes the current frame's audio samples).
@@ -37,7 +39,7 @@ def _offsets(q_offset: Union[int, torch.Tensor], B: int, device) -> torch.Tensor
 def attention_bias(Tq: int, Tk: int, slopes: torch.Tensor, q_offset: Union[int, torch.Tensor] = 0,
                    period: int = 8, audio_ratio: int = 1, extra: int = 0,
                    key_lengths: Optional[torch.Tensor] = None, batch: Optional[int] = None,
-                   key_start: Optional[torch.Tensor] = None) -> torch.Tensor:
+                   key_start: Optional[torch.Tensor] = None, query_period: Optional[int] = None) -> torch.Tensor:
     """The materialised bias M: (B, H, Tq, Tk) float32 with -inf where masked.
 
     ``batch`` is needed when neither ``q_offset`` nor ``key_lengths`` is a tensor (default 1).
@@ -46,7 +48,7 @@ def attention_bias(Tq: int, Tk: int, slopes: torch.Tensor, q_offset: Union[int, 
     B = batch or (q_offset.numel() if isinstance(q_offset, torch.Tensor) else
                   key_lengths.numel() if key_lengths is not None else 1)
     q0 = _offsets(q_offset, B, device)
-    i = torch.arange(Tq, device=device)
+    i = torch.arange(Tq, device=device) % (query_period or Tq)
     j = torch.arange(Tk, device=device)
     pos = audio_ratio * (q0[:, None] + i[None, :])                       # (B, Tq)
     diff = pos[:, :, None] - j[None, None, :]                             # (B, Tq, Tk)
@@ -63,7 +65,7 @@ def attention_bias(Tq: int, Tk: int, slopes: torch.Tensor, q_offset: Union[int, 
 def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: Optional[torch.Tensor] = None,
                      q_offset: Union[int, torch.Tensor] = 0, period: int = 8, audio_ratio: int = 1, extra: int = 0,
                      key_lengths: Optional[torch.Tensor] = None, scale: Optional[float] = None,
-                     key_start: Optional[torch.Tensor] = None) -> torch.Tensor:
+                     key_start: Optional[torch.Tensor] = None, query_period: Optional[int] = None) -> torch.Tensor:
     """Biased attention of q (B, H, Tq, d) over k, v (B, H, Tk, d); computed in float32 (float64 for
     float64 inputs), returned in q's dtype. Differentiable; any device."""
     B, H, Tq, d = q.shape
@@ -73,7 +75,7 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: 
         slopes = alibi_slopes(H, q.device)
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     bias = attention_bias(Tq, Tk, slopes.to(q.device), q_offset, period, audio_ratio, extra, key_lengths, batch=B,
-                          key_start=key_start).to(work)
+                          key_start=key_start, query_period=query_period).to(work)
     scores = torch.matmul(q.to(work), k.to(work).transpose(-1, -2)) * scale + bias
     row_max = scores.amax(-1, keepdim=True)
     row_max = torch.where(torch.isinf(row_max), torch.zeros_like(row_max), row_max).detach()

@@ -158,8 +158,10 @@ class Trainer:
         params = [p for p in model.parameters() if p.requires_grad]
         lr = cfg.lr if cfg.lr is not None else mc.lr
         decay = cfg.weight_decay if cfg.weight_decay is not None else mc.weight_decay
-        self.optimizer = (torch.optim.AdamW(params, lr=lr, weight_decay=decay) if cfg.optimizer == "adamw"
-                          else torch.optim.SGD(params, lr=lr, weight_decay=decay))
+        # Multi-tensor updates: one kernel per step for all parameters, not one per parameter.
+        self.optimizer = (torch.optim.AdamW(params, lr=lr, weight_decay=decay, foreach=True)
+                          if cfg.optimizer == "adamw" else torch.optim.SGD(params, lr=lr, weight_decay=decay,
+                                                                           foreach=True))
         self.forward = model
         if self.world > 1:
             self.forward = torch.nn.parallel.DistributedDataParallel(

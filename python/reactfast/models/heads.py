@@ -1,0 +1,53 @@
+"""Output heads with the valid ranges of the REACT emotion features (SPEC section 1), shared by the
+generators that output emotion: 15 AU occurrences through a sigmoid, valence and arousal through
+tanh, the 8 expression probabilities through a softmax; and the matching losses (BCE on the AUs,
+smooth L1 on valence/arousal, KL divergence on the expression distribution)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reactfast.data import layout
+
+
+def activate_emotion(logits: torch.Tensor) -> torch.Tensor:
+    """Raw head outputs (..., 25) -> emotion in its valid ranges (..., 25)."""
+    return torch.cat([torch.sigmoid(logits[..., layout.AU]), torch.tanh(logits[..., layout.VA]),
+                      torch.softmax(logits[..., layout.EXPRESSION], -1)], -1)
+
+
+def emotion_logits_of(emotion: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """The head outputs that ``activate_emotion`` maps to ``emotion`` (clipped away from the range ends)."""
+    au = emotion[..., layout.AU].clamp(eps, 1 - eps)
+    va = emotion[..., layout.VA].clamp(-1 + eps, 1 - eps)
+    expr = emotion[..., layout.EXPRESSION].clamp(min=eps)
+    return torch.cat([torch.log(au) - torch.log1p(-au), torch.atanh(va), torch.log(expr)], -1)
+
+
+class EmotionHead(nn.Module):
+    """Linear(dim -> 25) whose outputs are logits; ``forward`` returns (logits, emotion in range)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.proj = nn.Linear(dim, layout.EMOTION_DIM)
+
+    def forward(self, h: torch.Tensor):
+        logits = self.proj(h)
+        return logits, activate_emotion(logits)
+
+
+def emotion_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sequence loss of head outputs ``logits`` (..., T, 25) against target emotion (..., T, 25)
+    (broadcast): BCE of the AUs + smooth L1 of valence/arousal + KL(target || predicted) of the
+    expression distribution, each averaged over frames (and over its dims). Returns (...)."""
+    au = F.binary_cross_entropy_with_logits(logits[..., layout.AU].expand_as(target[..., layout.AU]),
+                                            target[..., layout.AU].clamp(0, 1), reduction="none").mean((-1, -2))
+    va = F.smooth_l1_loss(torch.tanh(logits[..., layout.VA]).expand_as(target[..., layout.VA]),
+                          target[..., layout.VA], reduction="none").mean((-1, -2))
+    p = target[..., layout.EXPRESSION].clamp(min=0)
+    p = p / p.sum(-1, keepdim=True).clamp(min=1e-8)
+    log_q = torch.log_softmax(logits[..., layout.EXPRESSION], -1)
+    kl = (torch.xlogy(p, p) - p * log_q).sum(-1).mean(-1)
+    return au + va + kl
