@@ -38,16 +38,29 @@ class EmotionHead(nn.Module):
         return logits, activate_emotion(logits)
 
 
-def emotion_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def sequence_ccc(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Concordance correlation over time of sequences ``x`` and ``y`` (..., T, C) per channel: (..., C)."""
+    mx, my = x.mean(-2, keepdim=True), y.mean(-2, keepdim=True)
+    cov = ((x - mx) * (y - my)).mean(-2)
+    return 2 * cov / (x.var(-2, unbiased=False) + y.var(-2, unbiased=False) + (mx - my).squeeze(-2) ** 2 + eps)
+
+
+def emotion_loss(logits: torch.Tensor, target: torch.Tensor, va_weight: float = 1.0,
+                 ccc_weight: float = 0.0) -> torch.Tensor:
     """Per-sequence loss of head outputs ``logits`` (..., T, 25) against target emotion (..., T, 25)
-    (broadcast): BCE of the AUs + smooth L1 of valence/arousal + KL(target || predicted) of the
-    expression distribution, each averaged over frames (and over its dims). Returns (...)."""
-    au = F.binary_cross_entropy_with_logits(logits[..., layout.AU].expand_as(target[..., layout.AU]),
-                                            target[..., layout.AU].clamp(0, 1), reduction="none").mean((-1, -2))
-    va = F.smooth_l1_loss(torch.tanh(logits[..., layout.VA]).expand_as(target[..., layout.VA]),
-                          target[..., layout.VA], reduction="none").mean((-1, -2))
+    (broadcast): BCE of the AUs + ``va_weight`` x smooth L1 of valence/arousal + KL(target ||
+    predicted) of the expression distribution, each averaged over frames (and over its dims).
+    Returns (...)."""
+    shape = torch.broadcast_shapes(logits.shape, target.shape)
+    logits, target = logits.expand(shape), target.expand(shape)
+    au = F.binary_cross_entropy_with_logits(logits[..., layout.AU], target[..., layout.AU].clamp(0, 1),
+                                            reduction="none").mean((-1, -2))
+    va = F.smooth_l1_loss(torch.tanh(logits[..., layout.VA]), target[..., layout.VA], reduction="none").mean((-1, -2))
     p = target[..., layout.EXPRESSION].clamp(min=0)
     p = p / p.sum(-1, keepdim=True).clamp(min=1e-8)
     log_q = torch.log_softmax(logits[..., layout.EXPRESSION], -1)
     kl = (torch.xlogy(p, p) - p * log_q).sum(-1).mean(-1)
-    return au + va + kl
+    loss = au + va_weight * va + kl
+    if ccc_weight:
+        loss = loss + ccc_weight * (1 - sequence_ccc(activate_emotion(logits), target).mean(-1))
+    return loss

@@ -8,11 +8,17 @@ Every step advances a batch of conversations by one window of W frames:
 2. Past-listener fusion: the previous window's generated frames (58 -> D, plus a periodic
    positional encoding) cross-attend to audio, then to speaker motion (biased, causal).
 3. AFRG: a transformer encoder over [mu-token, logvar-token, last ``past`` fused tokens] gives
-   N(mu, sigma); z* ~ N; momentum z = alpha_W z_prev + (1 - alpha_W) z*; W latents by linear
-   interpolation from z_prev to z; a decoder whose queries are sinusoidal encodings of the global
-   frame index cross-attends to them. ``momentum`` is alpha for a window of ``window`` frames and
-   alpha_W = momentum^(W / window), so the latent moves at one pace per frame whatever the window
-   (training's and generation's windows differ).
+   N(mu, sigma); z* ~ N; momentum z = alpha_W z_prev + (1 - alpha_W) z* (the authors' rule,
+   ``latent_noise="authors"``); W latents by linear interpolation from z_prev to z; a decoder whose
+   queries are sinusoidal encodings of the global frame index cross-attends to them. ``momentum`` is
+   alpha for a window of ``window`` frames and alpha_W = momentum^(W / window), so the latent moves
+   at one pace per frame whatever the window (training's and generation's windows differ). The
+   authors' rule averages more draws when windows are shorter: its latent settles at
+   sigma sqrt((1 - alpha_W) / (1 + alpha_W)) around mu, 0.23 sigma at W = 8 against 0.46 sigma at
+   the demo's training W = 32, so samples drift together after the first windows. The default
+   ``latent_noise="stationary"`` moves the latent as an Ornstein-Uhlenbeck process instead,
+   z = alpha_W z_prev + (1 - alpha_W) mu + sqrt(1 - alpha_W^2) sigma eps: the same mean pull per
+   frame, a spread of sigma at every window length, in training and in generation alike.
 4. SLBS: biased cross-attention to the window's audio (k W samples), then to its speaker motion
    (W frames); heads to the 58 3DMM dims and to the 25 emotion dims in their valid ranges.
 
@@ -61,6 +67,7 @@ class ReactFaceConfig(GeneratorConfig):
     window: int = 8
     period: int = 8
     momentum: float = 0.9
+    latent_noise: str = "stationary"
     context: int = 256
     past: int = 64
     cie_layers: int = 2
@@ -78,6 +85,14 @@ class ReactFaceConfig(GeneratorConfig):
     smooth_weight: float = 10.0
     speaker_weight: float = 1.0
     emotion_weight: float = 1.0
+    # Beyond the authors' losses (0 or 1 keeps theirs): va_weight scales valence/arousal in the
+    # emotion loss; ccc_weight adds 1 - CCC over time of each emotion track against its target
+    # (regression to the mean flattens the tracks, which FRCorr punishes); coverage_weight adds,
+    # for every appropriate reaction, its distance to the nearest sample (the samples spread over
+    # the appropriate reactions instead of all near one).
+    va_weight: float = 1.0
+    ccc_weight: float = 0.0
+    coverage_weight: float = 0.0
     train_samples: int = 3
     lr: float = 2e-5
     weight_decay: float = 5e-4
@@ -97,6 +112,11 @@ class ReactFaceConfig(GeneratorConfig):
                 raise ValueError(f"ReactFaceConfig.{name} must be in [0, 1), got {value}")
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        for name in ("va_weight", "ccc_weight", "coverage_weight", "div_weight", "kl_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"ReactFaceConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.latent_noise not in ("stationary", "authors"):
+            raise ValueError(f"latent_noise must be 'stationary' or 'authors', got {self.latent_noise!r}")
         widths = {"3dmm": layout.TDMM_DIM, "emotion": layout.EMOTION_DIM,
                   "emotion+3dmm": layout.EMOTION_DIM + layout.TDMM_DIM, "features": self.speaker_dim}
         if self.speaker_inputs not in widths:
@@ -302,10 +322,11 @@ class ReactFace(Generator):
     def demo_config(cls, audio_dim: int) -> ReactFaceConfig:
         return ReactFaceConfig(**cls.data_defaults(audio_dim), dim=64, heads=4, cie_heads=4, cie_ffn=128,
                                window_train=32, window=8, context=128, past=32, dropout=0.1, kl_weight=1e-4,
-                               emotion_weight=10.0)
+                               emotion_weight=10.0, va_weight=6.0, ccc_weight=10.0, coverage_weight=1.0,
+                               div_weight=300.0)
 
     def demo_stages(self, steps: int) -> List[TrainStage]:
-        return [TrainStage(stage=1, steps=steps, lr=1e-3, batch_size=8)]
+        return [TrainStage(stage=1, steps=steps, lr=2e-3, batch_size=8)]
 
     def output_widths(self) -> Dict[str, int]:
         out = {"3dmm": self.config.out_3dmm}
@@ -405,10 +426,15 @@ class ReactFace(Generator):
         mask = torch.cat([torch.zeros(R, 2, dtype=torch.bool, device=device), invalid], 1)
         out = self.cie(tokens, src_key_padding_mask=mask)
         mu, logvar = self.mu_head(out[:, 0]), self.logvar_head(out[:, 1])
-        z_star = mu + torch.exp(0.5 * logvar) * noise
+        sigma = torch.exp(0.5 * logvar)
+        z_star = mu + sigma * noise
         alpha = cfg.momentum ** (W / cfg.window)
+        if cfg.latent_noise == "stationary":
+            moved = alpha * state.z_prev + (1 - alpha) * mu + math.sqrt(1 - alpha * alpha) * sigma * noise
+        else:
+            moved = alpha * state.z_prev + (1 - alpha) * z_star
         first = ~state.has_prev[:, None]
-        z = torch.where(first, z_star, alpha * state.z_prev + (1 - alpha) * z_star)
+        z = torch.where(first, z_star, moved)
         z_from = torch.where(first, z, state.z_prev)
         frac = torch.arange(1, W + 1, device=device, dtype=z.dtype)[None, :, None] / W
         latents = z_from[:, None] + frac * (z - z_from)[:, None]
@@ -590,20 +616,20 @@ class ReactFace(Generator):
                 if key in self.output_widths()}
 
 
-def appropriate_reconstruction(pred: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor,
-                               pose_weight: float = 10.0, emotion_logits: Optional[torch.Tensor] = None,
-                               emotion_targets: Optional[torch.Tensor] = None, emotion_weight: float = 1.0):
-    """min over each speaker's appropriate real reactions of SmoothL1(expression) + pose_weight x
-    SmoothL1(pose) (+ emotion_weight x the emotion loss of ``reactfast.models.heads``).
+def appropriate_losses(pred: torch.Tensor, targets: torch.Tensor, pose_weight: float = 10.0,
+                       emotion_logits: Optional[torch.Tensor] = None, emotion_targets: Optional[torch.Tensor] = None,
+                       emotion_weight: float = 1.0, va_weight: float = 1.0, ccc_weight: float = 0.0) -> torch.Tensor:
+    """The reconstruction loss of every sample against every appropriate real reaction:
+    SmoothL1(expression) + pose_weight x SmoothL1(pose) (+ emotion_weight x the emotion loss of
+    ``reactfast.models.heads``).
 
-    pred (B, T, 58); targets (B, K, T, 58) padded; valid (B, K) bool; emotion_logits (B, T, 25).
-    Returns (B,) losses."""
-    diff = F.smooth_l1_loss(pred[:, None].expand_as(targets), targets, reduction="none")
+    pred (B, S, T, 58); targets (B, K, T, 58); emotion_logits (B, S, T, 25). Returns (B, S, K)."""
+    diff = F.smooth_l1_loss(pred[:, :, None].expand(-1, -1, targets.shape[1], -1, -1),
+                            targets[:, None].expand(-1, pred.shape[1], -1, -1, -1), reduction="none")
     loss = diff[..., layout.TDMM_EXPRESSION].mean((-1, -2)) + pose_weight * diff[..., layout.TDMM_POSE].mean((-1, -2))
     if emotion_logits is not None and emotion_targets is not None:
-        loss = loss + emotion_weight * emotion_loss(emotion_logits[:, None], emotion_targets)
-    loss = torch.where(valid, loss, torch.full_like(loss, float("inf")))
-    return loss.min(1).values
+        loss = loss + emotion_weight * emotion_loss(emotion_logits[:, :, None], emotion_targets[:, None], va_weight, ccc_weight)
+    return loss
 
 
 def _diversity(x: torch.Tensor, scale: float) -> torch.Tensor:
@@ -627,9 +653,13 @@ def reactface_loss(model: ReactFace, out: Dict[str, torch.Tensor], targets: torc
     pred = out["3dmm"]
     B, S = pred.shape[:2]
     logits = out.get("emotion_logits")
-    rec = torch.stack([appropriate_reconstruction(pred[:, s], targets, valid, cfg.pose_weight,
-                                                  None if logits is None else logits[:, s], emotion_targets,
-                                                  cfg.emotion_weight) for s in range(S)]).mean()
+    pairs = appropriate_losses(pred, targets, cfg.pose_weight, logits, emotion_targets, cfg.emotion_weight,
+                               cfg.va_weight, cfg.ccc_weight)                                              # (B, S, K)
+    rec = torch.where(valid[:, None], pairs, torch.full_like(pairs, float("inf"))).min(2).values.mean()
+    if cfg.coverage_weight:
+        # Every appropriate reaction near one of the samples: the samples spread over the reactions.
+        covered = pairs.min(1).values                                                      # (B, K)
+        rec = rec + cfg.coverage_weight * (covered * valid).sum() / valid.sum().clamp(min=1)
     mu, logvar = out["mu"], out["logvar"]
     kl = (-0.5 * (1 + logvar - mu ** 2 - logvar.exp())).mean()
     if S > 1:
