@@ -67,7 +67,8 @@ def test_personalised_equals_explicit_copies():
         shifts = model.shifts_for(history)
     x, t, cond = torch.randn(3, 10, 25), torch.tensor([3, 20, 49]), torch.randn(3, 10, model.config.cond_dim)
     with torch.no_grad():
-        out = model(x, t, cond, shifts)
+        out = model.logits(x, t, cond, shifts)
+        assert_close("activated", model.gafrg.activate(out), model(x, t, cond, shifts), atol=0, rtol=0)
     for b in range(3):
         g = copy.deepcopy(model.gafrg)
         modules = dict(g.named_modules())

@@ -67,7 +67,7 @@ def test_both_stages_train(device):
     (lambda m: m.generate(torch.rand(1, 20, 25), torch.randn(1, 39, 4)), "2 rows per frame"),
     (lambda m: m.generate(torch.rand(1, 20, 25), torch.randn(1, 40, 4), num_samples=0), "num_samples"),
     (lambda m: m.set_stage(0), r"trains in stages \(1, 2\), got stage 0"),
-    (lambda m: ReactDiffConfig(channels=20), "multiples of 32"),
+    (lambda m: ReactDiffConfig(channels=20), "multiples of norm_groups"),
 ])
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):

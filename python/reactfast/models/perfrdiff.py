@@ -7,6 +7,10 @@ reactions personalised by weight editing, batched across listeners (SPEC 4.2).
   (time embedding + per-frame audio, 3DMM and emotion); x0 prediction, cosine schedule, 1000
   training steps, condition dropout 0.2; sampled with reactfast DDIM (50 leading steps, eta 0,
   clamp to [-1, 1], guidance 7.5), every window of every sample of every speaker in one batch.
+  Emotion x0 leaves the denoiser through the range heads of ``reactfast.models.heads`` (sigmoid
+  AUs, tanh valence/arousal, softmax expressions; the authors' head is linear, and its samples
+  left the ranges), and classifier-free guidance extrapolates the head's logits, not the
+  activated x0, so guided samples stay in range at any scale (the last DDIM step returns x0).
 - PSSL: a transformer encoder over a listener's historical 3DMM (any length) -> a normalised
   style vector p, trained with the supervised contrastive loss (temperature 0.07).
 - PWSG: a hypernetwork p -> 1024 -> 1024 -> one branch per edited layer emitting a full-rank
@@ -31,6 +35,7 @@ from reactfast.data import layout
 from reactfast.diffusion import DDIMScheduler, sample
 from reactfast.models._inputs import check_speaker_audio, pad_to_windows
 from reactfast.models.base import Generator, GeneratorConfig, TrainStage, randn, register
+from reactfast.models.heads import activate_emotion
 from reactfast.nn.personalize import make_shiftable, personalize, shift_entries
 from reactfast.nn.positional import sinusoid
 
@@ -121,6 +126,10 @@ class GAFRG(nn.Module):
                             self.emotion_proj(emotion) + self.memory_type[3] + self.memory_pos], 1)
         h = self.decoder(self.in_proj(x_t) + self.query_pos, memory)
         return self.to_emotion_feat(h)
+
+    def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        """Head outputs -> x0: emotion in its valid ranges, 3DMM as is."""
+        return activate_emotion(logits) if self.cfg.output == "emotion" else logits
 
 
 class PSSL(nn.Module):
@@ -339,6 +348,12 @@ class PerFRDiff(Generator):
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
                 shifts: Optional[Dict[str, object]] = None) -> torch.Tensor:
+        """The (personalised) x0 prediction, in the output's valid ranges."""
+        return self.gafrg.activate(self.logits(x_t, t, cond, shifts))
+
+    def logits(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
+               shifts: Optional[Dict[str, object]] = None) -> torch.Tensor:
+        """The denoiser's head outputs before the range activation."""
         if shifts is None:
             return self.gafrg(x_t, t, cond)
         with personalize(self.gafrg, shifts, backend=self.backend_for("weight_shift")):
@@ -402,21 +417,24 @@ class PerFRDiff(Generator):
         return randn(batch, self.config.window, self.config.out_dim, generator=generator).to(
             next(self.parameters()).dtype)
 
-    def _denoiser(self, shifts, halves: int):
-        """The DDIM denoiser over ``halves`` stacked copies of the rows (2 with guidance: the
-        conditional rows, then the unconditional ones). With per-listener shifts the rows are put
-        listener-major for the call (each listener's conditional and unconditional rows together),
-        so every listener's shift is read once per step and never copied per row."""
-        if shifts is None:
-            return self
-        G = _shift_entries(shifts)
+    def _denoiser(self, shifts, guidance: Optional[float]):
+        """The DDIM denoiser (x_t, t, cond) -> x0. With ``guidance`` it runs the rows twice in one
+        call (with their condition and with the null condition) and extrapolates the head's logits,
+        uncond + guidance (cond - uncond), before the range activation. With per-listener shifts
+        the rows are put listener-major for the call (each listener's conditional and unconditional
+        rows together), so every listener's shift is read once per step and never copied per row."""
+        if guidance is None:
+            return lambda x, t, cond: self(x, t, cond, shifts)
 
         def denoise(x, t, cond):
-            if halves == 1:
-                return self(x, t, cond, shifts)
-            lm = lambda a: a.reshape(halves, G, -1, *a.shape[1:]).transpose(0, 1).reshape(a.shape)  # noqa: E731
-            out = self(lm(x), lm(t), lm(cond), shifts)
-            return out.reshape(G, halves, -1, *out.shape[1:]).transpose(0, 1).reshape(out.shape)
+            rows = x.shape[0]
+            groups = rows if shifts is None else _shift_entries(shifts)
+            both = lambda a, b: torch.stack([a.reshape(groups, -1, *a.shape[1:]),  # noqa: E731
+                                             b.reshape(groups, -1, *b.shape[1:])], 1).reshape(2 * rows, *a.shape[1:])
+            out = self.logits(both(x, x), both(t, t), both(cond, torch.zeros_like(cond)), shifts)
+            out = out.reshape(groups, 2, -1, *out.shape[1:])
+            cond_out, null_out = (out[:, k].reshape(rows, *out.shape[3:]) for k in (0, 1))
+            return self.gafrg.activate(null_out + guidance * (cond_out - null_out))
         return denoise
 
     @torch.no_grad()
@@ -449,8 +467,8 @@ class PerFRDiff(Generator):
         for lo in range(0, R, per_call):
             hi = min(R, lo + per_call)
             sh = None if shifts is None else _rows_of(shifts, lo // group, hi // group)
-            outs.append(sample(self._denoiser(sh, halves), (hi - lo,) + tuple(noise.shape[1:]), cond[lo:hi],
-                               self.scheduler, steps, guidance_scale=guidance, noise=noise[lo:hi],
+            outs.append(sample(self._denoiser(sh, guidance), (hi - lo,) + tuple(noise.shape[1:]), cond[lo:hi],
+                               self.scheduler, steps, noise=noise[lo:hi],
                                device=cond.device, dtype=noise.dtype, backend=self.backend_for("ddim")))
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 

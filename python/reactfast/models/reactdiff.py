@@ -6,13 +6,24 @@ transformer autoencoder.
   cross-attention to VA]; audio: queries from one audio stream (wav2vec in the paper), keys and
   values from another (MFCC); 2 x video -> audio cross-attention; then attn_dim -> 2 attn_dim ->
   latent (LN, SiLU) and an MLP latent -> 2 latent -> latent: z (T, 128). Decoder: a transformer
-  (d 128, 4 heads, FFN 256) with heads to 58 (3DMM) and 25 (emotion). Loss 10 L1(emotion) +
-  10 MSE(3DMM).
+  (d 128, 4 heads, FFN 256) with heads to 58 (3DMM) and 25 (emotion, through the range heads of
+  ``reactfast.models.heads``: sigmoid AUs, tanh valence/arousal, softmax expressions, where the
+  authors' head is linear). Loss 10 L1(emotion) + 10 MSE(3DMM).
 - Latent DDIM (stage 2, autoencoder frozen): windows of 50 frames; the speaker's latent window
   gives z_bc = SiLU(GroupNorm(Linear(50 x 128 -> 1024)(flatten))); a 1-D UNet (channels 256,
   multipliers 1, 2, 4, 8, 2 res-blocks per level, attention at the three finest levels and the
   middle) conditioned by adding [time embedding, z_bc]; 20 steps, cosine, eps prediction, L1
   loss; an EMA (0.999) of the denoiser samples.
+- Latent scale: the diffusion assumes unit-variance data, but the autoencoder's latents are not
+  (std 1.1-5.1 per dim, 3.6 overall, in the demo). With ``normalize_latent`` (default; the
+  authors' code diffuses the raw latents) the latents are standardised per dim, by their mean and
+  std over every stage-2 batch (the autoencoder is frozen then; buffers saved with the weights),
+  both the diffused listener latent and the speaker latent of the condition.
+- GroupNorm groups (``norm_groups``, the authors' 32): a group needs several channels, or the
+  norm right after the UNet adds the [time, condition] embedding removes it (one channel a group
+  subtracts each channel's mean over the window, i.e. the whole embedding), and the condition's
+  own GroupNorm leaves one sign per pair of channels. The demo's narrow widths (32 channels,
+  cond_dim 64) use 4 groups.
 
 Feature widths are free (the paper's AU/VA/FER/wav2vec extractors are unavailable); by default
 the AU, VA and expression features are the emotion's columns 0:15, 15:17, 17:25, and both audio
@@ -34,6 +45,7 @@ from reactfast.data import layout
 from reactfast.diffusion import DDIMScheduler, sample
 from reactfast.models._inputs import check_speaker_audio, pad_to_windows
 from reactfast.models.base import Generator, GeneratorConfig, TrainStage, randn, register
+from reactfast.models.heads import EmotionHead
 from reactfast.nn.positional import sinusoid
 
 
@@ -59,6 +71,8 @@ class ReactDiffConfig(GeneratorConfig):
     attn_levels: int = 3
     cond_dim: int = 1024
     ema: float = 0.999
+    norm_groups: int = 32
+    normalize_latent: bool = True
     emotion_weight: float = 10.0
     tdmm_weight: float = 10.0
     lr: float = 1e-4
@@ -70,8 +84,9 @@ class ReactDiffConfig(GeneratorConfig):
                             "latent", "window", "train_steps", "channels", "res_blocks", "cond_dim")
         if self.attn_dim % self.heads or self.latent % self.dec_heads:
             raise ValueError("heads must divide attn_dim and dec_heads must divide latent")
-        if self.channels % 32 or self.cond_dim % 32:
-            raise ValueError("channels and cond_dim must be multiples of 32 (GroupNorm groups)")
+        if self.norm_groups < 1 or self.channels % self.norm_groups or self.cond_dim % self.norm_groups:
+            raise ValueError(f"channels and cond_dim must be multiples of norm_groups ({self.norm_groups}, the "
+                             f"GroupNorm groups), got channels={self.channels}, cond_dim={self.cond_dim}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
 
@@ -108,7 +123,7 @@ class MMT(nn.Module):
         layer = nn.TransformerEncoderLayer(cfg.latent, cfg.dec_heads, cfg.dec_ffn, 0.1, batch_first=True)
         self.decoder = nn.TransformerEncoder(layer, cfg.dec_layers, enable_nested_tensor=False)
         self.head_3dmm = nn.Linear(cfg.latent, layout.TDMM_DIM)
-        self.head_emotion = nn.Linear(cfg.latent, layout.EMOTION_DIM)
+        self.head_emotion = EmotionHead(cfg.latent)
 
     def features(self, emotion: torch.Tensor, audio: torch.Tensor):
         """The default per-frame inputs from emotion (B, T, 25) and audio (B, k T, A)."""
@@ -127,15 +142,15 @@ class MMT(nn.Module):
 
     def decode(self, z: torch.Tensor) -> Dict[str, torch.Tensor]:
         h = self.decoder(z + sinusoid(torch.arange(z.shape[1], device=z.device), z.shape[-1])[None])
-        return {"3dmm": self.head_3dmm(h), "emotion": self.head_emotion(h)}
+        return {"3dmm": self.head_3dmm(h), "emotion": self.head_emotion(h)[1]}
 
 
 class _ResBlock(nn.Module):
-    def __init__(self, c_in, c_out, emb):
+    def __init__(self, c_in, c_out, emb, groups=32):
         super().__init__()
-        self.n1, self.c1 = nn.GroupNorm(32, c_in), nn.Conv1d(c_in, c_out, 3, padding=1)
+        self.n1, self.c1 = nn.GroupNorm(groups, c_in), nn.Conv1d(c_in, c_out, 3, padding=1)
         self.emb = nn.Linear(emb, c_out)
-        self.n2, self.c2 = nn.GroupNorm(32, c_out), nn.Conv1d(c_out, c_out, 3, padding=1)
+        self.n2, self.c2 = nn.GroupNorm(groups, c_out), nn.Conv1d(c_out, c_out, 3, padding=1)
         self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x, e):
@@ -144,9 +159,9 @@ class _ResBlock(nn.Module):
 
 
 class _AttnBlock(nn.Module):
-    def __init__(self, c, heads=4):
+    def __init__(self, c, heads=4, groups=32):
         super().__init__()
-        self.norm = nn.GroupNorm(32, c)
+        self.norm = nn.GroupNorm(groups, c)
         self.attn = nn.MultiheadAttention(c, heads, batch_first=True)
 
     def forward(self, x):
@@ -159,7 +174,7 @@ class UNet1D(nn.Module):
 
     def __init__(self, cfg: ReactDiffConfig):
         super().__init__()
-        C, emb = cfg.channels, 4 * cfg.channels
+        C, emb, G = cfg.channels, 4 * cfg.channels, cfg.norm_groups
         self.cfg = cfg
         self.time = nn.Sequential(nn.Linear(C, emb), nn.SiLU(), nn.Linear(emb, emb))
         self.cond = nn.Linear(cfg.cond_dim, emb)
@@ -169,24 +184,24 @@ class UNet1D(nn.Module):
         skips, c = [C], C
         for lvl, w in enumerate(widths):
             for _ in range(cfg.res_blocks):
-                self.down.append(_ResBlock(c, w, emb))
-                self.down_attn.append(_AttnBlock(w) if lvl < cfg.attn_levels else nn.Identity())
+                self.down.append(_ResBlock(c, w, emb, G))
+                self.down_attn.append(_AttnBlock(w, groups=G) if lvl < cfg.attn_levels else nn.Identity())
                 c = w
                 skips.append(c)
             if lvl < len(widths) - 1:
                 self.downsample.append(nn.Conv1d(c, c, 3, stride=2, padding=1))
                 skips.append(c)
-        self.mid = nn.ModuleList([_ResBlock(c, c, emb), _ResBlock(c, c, emb)])
-        self.mid_attn = _AttnBlock(c)
+        self.mid = nn.ModuleList([_ResBlock(c, c, emb, G), _ResBlock(c, c, emb, G)])
+        self.mid_attn = _AttnBlock(c, groups=G)
         self.up, self.up_attn, self.upsample = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
         for lvl, w in reversed(list(enumerate(widths))):
             for _ in range(cfg.res_blocks + 1):
-                self.up.append(_ResBlock(c + skips.pop(), w, emb))
-                self.up_attn.append(_AttnBlock(w) if lvl < cfg.attn_levels else nn.Identity())
+                self.up.append(_ResBlock(c + skips.pop(), w, emb, G))
+                self.up_attn.append(_AttnBlock(w, groups=G) if lvl < cfg.attn_levels else nn.Identity())
                 c = w
             if lvl > 0:
                 self.upsample.append(nn.Conv1d(c, c, 3, padding=1))
-        self.out = nn.Sequential(nn.GroupNorm(32, c), nn.SiLU(), nn.Conv1d(c, cfg.latent, 3, padding=1))
+        self.out = nn.Sequential(nn.GroupNorm(G, c), nn.SiLU(), nn.Conv1d(c, cfg.latent, 3, padding=1))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, z_bc: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
@@ -235,11 +250,15 @@ class ReactDiff(Generator):
         cfg = self.config
         self.mmt = MMT(cfg)
         self.cond_proj = nn.Linear(cfg.window * cfg.latent, cfg.cond_dim)
-        self.cond_norm = nn.GroupNorm(32, cfg.cond_dim)
+        self.cond_norm = nn.GroupNorm(cfg.norm_groups, cfg.cond_dim)
         self.unet = UNet1D(cfg)
         self.scheduler = DDIMScheduler(cfg.train_steps, "cosine", prediction="eps", clip=cfg.clip)
         self.ema_unet = copy.deepcopy(self.unet).requires_grad_(False)
         self.ema_cond = copy.deepcopy(nn.ModuleList([self.cond_proj, self.cond_norm])).requires_grad_(False)
+        # Per-dim mean and std of the frozen autoencoder's latents, averaged over every stage-2 batch.
+        self.register_buffer("latent_mean", torch.zeros(cfg.latent))
+        self.register_buffer("latent_sq", torch.ones(cfg.latent))
+        self.register_buffer("latent_frames", torch.zeros((), dtype=torch.float64))
 
     def trainable_modules(self, stage: int) -> List[nn.Module]:
         return [self.mmt] if stage == 1 else [self.unet, self.cond_proj, self.cond_norm]
@@ -251,7 +270,7 @@ class ReactDiff(Generator):
     def demo_config(cls, audio_dim: int) -> ReactDiffConfig:
         return ReactDiffConfig(audio_dim=audio_dim, attn_dim=64, heads=4, latent=32, dec_heads=4, dec_ffn=64,
                                dec_layers=2, channels=32, mults=(1, 2, 2, 2), res_blocks=1, cond_dim=64, ema=0.99,
-                               clip=None)
+                               clip=None, norm_groups=4)
 
     def demo_stages(self, steps: int) -> List[TrainStage]:
         return [TrainStage(stage=1, steps=steps, lr=2e-3, batch_size=16),
@@ -281,6 +300,31 @@ class ReactDiff(Generator):
     def encode(self, emotion: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         return self.mmt.encode(*self.mmt.features(emotion, audio))
 
+    @torch.no_grad()
+    def _update_latent_stats(self, z: torch.Tensor) -> None:
+        flat = z.detach().reshape(-1, z.shape[-1]).double()
+        n, seen = flat.shape[0], self.latent_frames
+        w = n / (seen + n)
+        self.latent_mean.mul_(1 - w).add_((flat.mean(0) * w).to(self.latent_mean.dtype))
+        self.latent_sq.mul_(1 - w).add_((flat.pow(2).mean(0) * w).to(self.latent_sq.dtype))
+        self.latent_frames.add_(n)
+
+    def latent_scale(self):
+        """(mean, std) of the latents, per dim: the identity until stage 2 has seen data, or with
+        ``normalize_latent=False``."""
+        if not self.config.normalize_latent:
+            return None
+        std = (self.latent_sq - self.latent_mean ** 2).clamp(min=1e-6).sqrt()
+        return self.latent_mean, std
+
+    def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        scale = self.latent_scale()
+        return z if scale is None else (z - scale[0]) / scale[1]
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        scale = self.latent_scale()
+        return z if scale is None else z * scale[1] + scale[0]
+
     def condition(self, speaker_latent: torch.Tensor, ema: bool = False) -> torch.Tensor:
         proj, norm = (self.ema_cond[0], self.ema_cond[1]) if ema else (self.cond_proj, self.cond_norm)
         return F.silu(norm(proj(speaker_latent.flatten(1))))
@@ -306,6 +350,9 @@ class ReactDiff(Generator):
         with torch.no_grad():
             z_s = self.encode(batch["speaker_emotion"], batch["speaker_audio"])
             z_l = self.encode(batch["listener_emotion"], batch["listener_audio"])
+            if cfg.normalize_latent and self.training:
+                self._update_latent_stats(torch.cat([z_s, z_l]))
+            z_s, z_l = self.normalize(z_s), self.normalize(z_l)
         t = torch.stack([torch.randint(0, cfg.train_steps, (), generator=g) for g in generators]).to(z_l.device)
         noise = torch.stack([torch.randn(W, cfg.latent, generator=g) for g in generators]).to(z_l.device)
         x_t = self.scheduler.add_noise(z_l, noise, t)
@@ -320,11 +367,11 @@ class ReactDiff(Generator):
     @torch.no_grad()
     def sample_windows(self, speaker_latent: torch.Tensor, noise: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Listener windows for speaker latent windows (R, W, latent) from noise (R, W, latent)."""
-        z_bc = self.condition(speaker_latent, ema=True)
+        z_bc = self.condition(self.normalize(speaker_latent), ema=True)
         z = sample(lambda x, t, c: self(x, t, c, ema=True), tuple(noise.shape), z_bc, self.scheduler,
                    self.config.train_steps, noise=noise, device=noise.device, dtype=noise.dtype,
                    backend=self.backend_for("ddim"))
-        return self.mmt.decode(z)
+        return self.mmt.decode(self.denormalize(z))
 
     @torch.no_grad()
     def generate(self, speaker: torch.Tensor, audio: torch.Tensor, num_samples: int = 10,
