@@ -5,13 +5,15 @@
    ``demo_config`` and the stages of its ``demo_stages``).
 3. Generate 10 reactions per test speaker.
 4. Score them and the papers' baselines (Mirror, Random, NN) with the challenge metrics.
-5. Print the table; save metrics.json, the predictions and a plot.
+5. Print the table, the ranking and every metric on which the generator does not beat a
+   baseline; save metrics.json, the predictions and a plot.
 """
 
 from __future__ import annotations
 
 import os
 import time
+import warnings
 from typing import Dict, Optional
 
 import numpy as np
@@ -19,7 +21,7 @@ import torch
 
 from reactfast import _io, metrics, models
 from reactfast.data import ReactDataset, SyntheticDyads
-from reactfast.metrics.io import format_table, save_json
+from reactfast.metrics.io import format_table, ranking, save_json
 from reactfast.models.baselines import MirrorBaseline, NearestNeighbourBaseline, RandomBaseline
 from reactfast.plot import plot_reactions
 
@@ -112,10 +114,16 @@ def run_demo(out: str = "reactfast_out/demo", sessions: int = 48, steps: int = 5
     rows = {}
     t1 = time.perf_counter()
     for name, pred in predictions.items():
-        rows[name] = metrics.evaluate(*(torch.as_tensor(a).to(device) for a in (pred, listener_gt, speaker)),
-                                      appropriate, backend=backend)
+        with warnings.catch_warnings():
+            if name == "Random":      # the papers' Random baseline is Gaussian noise, out of range by design
+                warnings.simplefilter("ignore", RuntimeWarning)
+            rows[name] = metrics.evaluate(*(torch.as_tensor(a).to(device) for a in (pred, listener_gt, speaker)),
+                                          appropriate, backend=backend)
     print(f"[demo] evaluated {len(rows)} methods with the REACT metric suite in {time.perf_counter() - t1:.0f} s\n")
     print(format_table(rows))
+    print()
+    verdict = ranking(rows, model)
+    print("\n".join(verdict))
     print()
 
     arrays = {"pred": generated["emotion"], "listener_gt": listener_gt, "speaker": speaker, "appropriate": appropriate}
@@ -125,7 +133,7 @@ def run_demo(out: str = "reactfast_out/demo", sessions: int = 48, steps: int = 5
     extra = {k: v for k, v in result.items() if k != "generated"}
     save_json(os.path.join(out, "metrics.json"), {"metrics": rows, "model": model, "samples": SAMPLES, "seed": seed,
                                                   "steps": steps, "train_sessions": sessions,
-                                                  "test_dyads": test.num_items, **extra})
+                                                  "test_dyads": test.num_items, "ranking": verdict, **extra})
     plot = plot_reactions(os.path.join(out, "reactions.png"), speaker[0], generated["emotion"][0], (15, 16, 18),
                           listener_gt[0], title=f"{model}: speaker 0 and {min(5, SAMPLES)} generated reactions")
     print(f"[demo] metrics: {os.path.join(out, 'metrics.json')}")

@@ -30,18 +30,35 @@ def neighbour_file(split: str) -> str:
     return f"neighbour_emotion_{split}.npy"
 
 
+def _torch_eps(dtype) -> float:
+    import torch
+
+    return float(torch.finfo(dtype).eps)
+
+
 def check_emotion(emotion, tolerance: float = 1e-4) -> dict:
     """Counts of emotion values outside their valid ranges in (..., 25) features: AUs outside [0, 1],
     valence/arousal outside [-1, 1], negative expression probabilities, and frames whose 8
-    probabilities do not sum to 1 (within ``tolerance``). An empty dict when everything is in range."""
-    import numpy as np
+    probabilities do not sum to 1 (within ``tolerance``; wider for fp16/bf16 tensors, by their
+    rounding). Torch tensors are counted on their device. An empty dict when everything is in range."""
+    if hasattr(emotion, "detach"):          # a torch tensor: counted where it lies (no copy to the host)
+        e = emotion.detach()
+        if not e.is_floating_point() or e.element_size() < 4:
+            # Half-precision values are rounded by up to eps each: allow that in the sums.
+            if e.is_floating_point():
+                tolerance = max(tolerance, 8 * _torch_eps(e.dtype))
+            e = e.float()
+        absolute, count = (lambda x: x.abs()), (lambda m: int(m.sum()))
+    else:
+        import numpy as np
 
-    e = np.asarray(emotion.detach().cpu() if hasattr(emotion, "detach") else emotion, dtype=np.float64)
+        e = np.asarray(emotion, dtype=np.float64)
+        absolute, count = np.abs, (lambda m: int(m.sum()))
     if e.shape[-1] != EMOTION_DIM:
-        raise ValueError(f"emotion must have {EMOTION_DIM} dims in its last axis, got shape {e.shape}")
+        raise ValueError(f"emotion must have {EMOTION_DIM} dims in its last axis, got shape {tuple(e.shape)}")
     au, va, ex = e[..., AU], e[..., VA], e[..., EXPRESSION]
-    counts = {"AU below 0": int((au < -tolerance).sum()), "AU above 1": int((au > 1 + tolerance).sum()),
-              "valence/arousal outside [-1, 1]": int((np.abs(va) > 1 + tolerance).sum()),
-              "negative expression probabilities": int((ex < -tolerance).sum()),
-              "expression rows not summing to 1": int((np.abs(ex.sum(-1) - 1) > tolerance).sum())}
+    counts = {"AU below 0": count(au < -tolerance), "AU above 1": count(au > 1 + tolerance),
+              "valence/arousal outside [-1, 1]": count(absolute(va) > 1 + tolerance),
+              "negative expression probabilities": count(ex < -tolerance),
+              "expression rows not summing to 1": count(absolute(ex.sum(-1) - 1) > tolerance)}
     return {k: v for k, v in counts.items() if v}

@@ -17,6 +17,7 @@ Quirks of the official code are kept (see SPEC); corrected variants are opt-in a
 
 from __future__ import annotations
 
+import warnings
 from typing import Dict, Optional
 
 import numpy as np
@@ -25,6 +26,7 @@ import torch
 from reactfast import _backend
 from reactfast._progress import Progress
 from reactfast.data import layout
+from reactfast.data.layout import check_emotion
 from reactfast.metrics import candidates
 from reactfast.ops.ccc import ccc_max_unchecked
 from reactfast.ops.dtw import REACT_GROUPS, check_groups, weighted_dtw_min_unchecked
@@ -32,9 +34,12 @@ from reactfast.ops.tlcc import tlcc_unchecked
 
 EMOTION_DIM = 25
 METRICS = ("FRCorr", "FRDist", "FRDiv", "FRDvs", "FRVar", "FRSyn")
+#: Whether a higher value is better, per metric (appropriateness: FRCorr up, FRDist down;
+#: diversity: FRDiv, FRDvs, FRVar up; synchrony: FRSyn, the mean lag in frames, down).
+HIGHER_IS_BETTER = {"FRCorr": True, "FRDist": False, "FRDiv": True, "FRDvs": True, "FRVar": True, "FRSyn": False}
 
 __all__ = ["evaluate", "frcorr", "frdist", "frdiv", "frdvs", "frvar", "frsyn", "sync_offsets", "check_inputs",
-           "pose_seam_jump", "METRICS"]
+           "pose_seam_jump", "METRICS", "HIGHER_IS_BETTER"]
 
 
 def _as_tensor(name: str, x, ndim: int) -> torch.Tensor:
@@ -249,6 +254,18 @@ def pose_seam_jump(frames: torch.Tensor, window: int) -> torch.Tensor:
     return (pose[:, seams] - pose[:, seams - 1]).abs().mean()
 
 
+def warn_out_of_range(pred) -> dict:
+    """Warn (``RuntimeWarning``) when generated emotion leaves its valid ranges, with the counts of
+    ``reactfast.data.check_emotion``; returns those counts (empty when all is in range)."""
+    problems = check_emotion(pred)
+    if problems:
+        total = int(np.prod(pred.shape[:-1]))
+        listed = ", ".join(f"{n} {what}" for what, n in problems.items())
+        warnings.warn(f"pred leaves the valid emotion ranges ({total} frames): {listed}; the metrics are "
+                      "computed on the values as given", RuntimeWarning, stacklevel=3)
+    return problems
+
+
 def evaluate(pred, listener_gt, speaker, appropriate, progress: bool = False, abandon: bool = True,
              frsyn_all_samples: bool = False, backend: Optional[str] = None) -> Dict[str, float]:
     """All REACT metrics: {"FRCorr", "FRDist", "FRDiv", "FRDvs", "FRVar", "FRSyn"}.
@@ -273,6 +290,7 @@ def evaluate(pred, listener_gt, speaker, appropriate, progress: bool = False, ab
     pred, listener_gt, speaker, a = check_inputs(pred, listener_gt, speaker, appropriate)
     if pred.shape[2] < 2:
         raise ValueError(f"pred must have at least 2 frames (T) for the metric suite, got shape {tuple(pred.shape)}")
+    warn_out_of_range(pred)
     return {
         "FRCorr": _frcorr(pred, listener_gt, a, progress=progress, backend=backend),
         "FRDist": _frdist(pred, listener_gt, a, progress=progress, abandon=abandon, backend=backend),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -99,3 +99,40 @@ def format_table(rows: Dict[str, Dict[str, float]]) -> str:
     for method, scores in rows.items():
         lines.append(method.ljust(width) + "".join(f"{scores[m]:10.4f}" for m in METRICS))
     return "\n".join(lines)
+
+
+#: The metrics on which each baseline is a meaningful bar: Random's diversity is that of noise and
+#: Mirror's is zero by construction, so a generator is compared with them on the others.
+BASELINE_METRICS = {"Random": ("FRCorr", "FRDist", "FRSyn"),
+                    "Mirror": ("FRCorr", "FRDist", "FRSyn", "FRDiv"),
+                    "NN": ("FRCorr", "FRDist", "FRDiv", "FRSyn")}
+
+
+def ranking(rows: Dict[str, Dict[str, float]], model: str) -> List[str]:
+    """Lines ranking the methods on each metric (best first) and saying in words every metric on
+    which ``model`` does not beat a baseline of ``BASELINE_METRICS`` that ``rows`` holds."""
+    from reactfast.metrics import HIGHER_IS_BETTER, METRICS
+
+    if model not in rows:
+        raise ValueError(f"model {model!r} is not one of the rows {sorted(rows)}")
+    lines = ["ranking, best first:"]
+    for m in METRICS:
+        order = sorted(rows, key=lambda k: rows[k][m], reverse=HIGHER_IS_BETTER[m])
+        lines.append(f"  {m:7s} ({'higher' if HIGHER_IS_BETTER[m] else 'lower'} is better): " + " > ".join(order))
+    misses = []
+    for base, names in BASELINE_METRICS.items():
+        if base not in rows or base == model:
+            continue
+        for m in names:
+            ours, theirs = rows[model][m], rows[base][m]
+            better = ours > theirs if HIGHER_IS_BETTER[m] else ours < theirs
+            if not better:
+                misses.append(f"  {model} does not beat {base} on {m}: {ours:.4f} vs {theirs:.4f}")
+    compared = [b for b in BASELINE_METRICS if b in rows and b != model]
+    if misses:
+        lines.append(f"{model} falls short of a baseline on {len(misses)} comparison(s):")
+        lines += misses
+    elif compared:
+        lines.append(f"{model} beats {', '.join(compared)} on every metric compared "
+                     f"({'; '.join(b + ': ' + ', '.join(BASELINE_METRICS[b]) for b in compared)})")
+    return lines
