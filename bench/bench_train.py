@@ -1,0 +1,73 @@
+"""Training speed of the demo generators (their ``demo_config`` and first demo stage, the demo's
+batch size and windows, synthetic data): optimizer steps per second, and for ReactFace the
+current path against the earlier one measured in the same run (the biased attention forced to its
+reference backend, which builds a bias per stream and rebuilds it in backward).
+
+On a GPU the same steps run in float32 and with bf16 autocast (``TrainConfig(amp=True)``), and
+the times are recorded with the device's name."""
+
+import pytest
+import torch
+
+from reactfast import models
+from reactfast.data import SyntheticDyads
+from reactfast.demo import CLIP_FRAMES, demo_model
+from reactfast.train import TrainConfig, Trainer
+
+STEPS = 3          # optimizer steps per timed call
+
+
+def _trainer(name: str, device: str, backend=None, amp: bool = False) -> Trainer:
+    torch.manual_seed(0)
+    model = demo_model(name, 32, backend=backend)
+    stage = model.demo_stages(10)[0]
+    model.set_stage(stage.stage)
+    window, stride = model.training_windows(CLIP_FRAMES)
+    data = SyntheticDyads(sessions=12, frames=256, audio_dim=32, seed=0, split="train").dataset(
+        frames=256, window=window, stride=stride)
+    cfg = TrainConfig(steps=10 ** 6, batch_size=stage.batch_size, lr=stage.lr, seed=0, progress=False,
+                      optimizer=stage.optimizer, amp=amp)
+    return Trainer(model, data, cfg, device=device)
+
+
+def _steps(trainer: Trainer):
+    def run():
+        for _ in range(STEPS):
+            trainer.train_step()
+        if trainer.device.type == "cuda":
+            torch.cuda.synchronize()
+    return run
+
+
+@pytest.mark.parametrize("name", sorted(models.names()))
+def test_demo_training_steps_per_second(name, best_times, bench_report):
+    trainer = _trainer(name, "cpu")
+    t = best_times({"step": _steps(trainer)}, rounds=3)["step"]
+    bench_report(f"train {name} (demo config, batch {trainer.config.batch_size}, cpu {torch.get_num_threads()} "
+                 f"threads): {STEPS / t:.2f} steps/s ({1e3 * t / STEPS:.0f} ms/step)")
+
+
+def test_reactface_training_against_reference_attention(best_times, bench_report):
+    """The same steps (same weights, data and noise) with the attention's CPU path and with its
+    reference; both trainers take identical steps, so their losses agree."""
+    new, old = _trainer("reactface", "cpu"), _trainer("reactface", "cpu", backend="biased_attention:reference")
+    torch.manual_seed(1)                 # dropout masks come from the global generator
+    a = new.train_step()
+    torch.manual_seed(1)
+    b = old.train_step()
+    assert abs(a["loss"] - b["loss"]) <= 1e-4 * abs(b["loss"]), (a, b)
+    t = best_times({"sdpa": _steps(new), "reference": _steps(old)}, rounds=3)
+    bench_report(f"train reactface step, cpu: {1e3 * t['sdpa'] / STEPS:.0f} ms (attention sdpa) vs "
+                 f"{1e3 * t['reference'] / STEPS:.0f} ms (attention reference): {t['reference'] / t['sdpa']:.2f}x")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", sorted(models.names()))
+def test_demo_training_on_gpu(name, best_times, bench_report, gpu_result):
+    fp32, amp = _trainer(name, "cuda"), _trainer(name, "cuda", amp=True)
+    t = best_times({"fp32": _steps(fp32), "amp": _steps(amp)}, rounds=3)
+    gpu_result(f"train {name} step (demo config, bf16 autocast)", 1e3 * t["amp"] / STEPS, "fp32",
+               1e3 * t["fp32"] / STEPS)
+    bench_report(f"train {name} on {torch.cuda.get_device_name()}: {1e3 * t['fp32'] / STEPS:.1f} ms/step fp32, "
+                 f"{1e3 * t['amp'] / STEPS:.1f} ms/step bf16 autocast")
