@@ -97,7 +97,10 @@ def _train_settings(args):
             settings[key] = resumed.get(key, default)
     if changed:
         print(f"[reactfast] resuming {args.resume} with changed settings: {', '.join(changed)}", flush=True)
-    settings["model"] = settings["model"] or "reactface"
+    if not settings["model"]:
+        from reactfast import models
+
+        settings["model"] = models.DEFAULT
     return settings
 
 
