@@ -72,3 +72,18 @@ def test_both_stages_train(device):
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call(tiny())
+
+
+def test_latent_stats_average_every_batch_and_standardise():
+    model = tiny()
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(3, 10, 16, generator=g) * 3 + 1, torch.randn(5, 10, 16, generator=g) * 0.5 - 2
+    model._update_latent_stats(a)
+    model._update_latent_stats(b)
+    both = torch.cat([a, b]).reshape(-1, 16).double()
+    mean, std = model.latent_scale()
+    assert_close("mean", mean.double(), both.mean(0), atol=1e-5, rtol=1e-5)
+    assert_close("std", std.double(), both.std(0, unbiased=False), atol=1e-4, rtol=1e-4)
+    assert_close("round trip", model.denormalize(model.normalize(a)), a, atol=1e-4, rtol=1e-5)
+    model.config.normalize_latent = False
+    assert model.latent_scale() is None and torch.equal(model.normalize(a), a)

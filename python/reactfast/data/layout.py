@@ -30,6 +30,10 @@ def neighbour_file(split: str) -> str:
     return f"neighbour_emotion_{split}.npy"
 
 
+def _torch_abs(x):
+    return x.abs()
+
+
 def _torch_eps(dtype) -> float:
     import torch
 
@@ -48,15 +52,16 @@ def check_emotion(emotion, tolerance: float = 1e-4) -> dict:
             if e.is_floating_point():
                 tolerance = max(tolerance, 8 * _torch_eps(e.dtype))
             e = e.float()
-        absolute, count = (lambda x: x.abs()), (lambda m: int(m.sum()))
+        absolute = _torch_abs
     else:
         import numpy as np
 
         e = np.asarray(emotion, dtype=np.float64)
-        absolute, count = np.abs, (lambda m: int(m.sum()))
+        absolute = np.abs
     if e.shape[-1] != EMOTION_DIM:
         raise ValueError(f"emotion must have {EMOTION_DIM} dims in its last axis, got shape {tuple(e.shape)}")
     au, va, ex = e[..., AU], e[..., VA], e[..., EXPRESSION]
+    count = lambda mask: int(mask.sum())  # noqa: E731
     counts = {"AU below 0": count(au < -tolerance), "AU above 1": count(au > 1 + tolerance),
               "valence/arousal outside [-1, 1]": count(absolute(va) > 1 + tolerance),
               "negative expression probabilities": count(ex < -tolerance),
