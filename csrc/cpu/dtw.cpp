@@ -1,9 +1,11 @@
 #include "reactfast/dtw.h"
+#include "reactfast/dtw_bounds.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <tuple>
 #include <vector>
 
 namespace reactfast {
@@ -32,119 +34,111 @@ inline v8d load8d(const double* p) {
 inline void store8d(double* p, v8d v) { std::memcpy(p, &v, sizeof v); }
 inline v8d vmin(v8d a, v8d b) { return a < b ? a : b; }
 
-// sum_{d in [start, end)} (x_row[d] - ys[d])^2 for eight lanes, with four partial sums so the
-// additions do not form one long dependency chain.
-__attribute__((always_inline)) inline v8f group_cost(const float* x_row, const float* ys, int start, int end) {
+// sum_{d in [start, end)} (xB[d] - ys[d])^2 for eight lanes (xB[d][lane]: each lane's own x value),
+// with four partial sums so the additions do not form one long dependency chain.
+__attribute__((always_inline)) inline v8f group_cost(const float* xB, const float* ys, int start, int end) {
   v8f c0 = v8f{}, c1 = v8f{}, c2 = v8f{}, c3 = v8f{};
   int d = start;
   for (; d + 4 <= end; d += 4) {
-    const v8f e0 = x_row[d] - load8f(ys + d * kLanes);
-    const v8f e1 = x_row[d + 1] - load8f(ys + (d + 1) * kLanes);
-    const v8f e2 = x_row[d + 2] - load8f(ys + (d + 2) * kLanes);
-    const v8f e3 = x_row[d + 3] - load8f(ys + (d + 3) * kLanes);
+    const v8f e0 = load8f(xB + d * kLanes) - load8f(ys + d * kLanes);
+    const v8f e1 = load8f(xB + (d + 1) * kLanes) - load8f(ys + (d + 1) * kLanes);
+    const v8f e2 = load8f(xB + (d + 2) * kLanes) - load8f(ys + (d + 2) * kLanes);
+    const v8f e3 = load8f(xB + (d + 3) * kLanes) - load8f(ys + (d + 3) * kLanes);
     c0 += e0 * e0;
     c1 += e1 * e1;
     c2 += e2 * e2;
     c3 += e3 * e3;
   }
   for (; d < end; ++d) {
-    const v8f e = x_row[d] - load8f(ys + d * kLanes);
+    const v8f e = load8f(xB + d * kLanes) - load8f(ys + d * kLanes);
     c0 += e * e;
   }
   return (c0 + c1) + (c2 + c3);
 }
 
-// Per-thread buffers: yB[s][d][lane] (candidates interleaved), DP rows [g][s][lane].
-struct Scratch {
-  std::vector<float> yB;
-  std::vector<double> prev, cur;
-  void resize(index_t Ty, index_t D) {
-    yB.assign(static_cast<size_t>(Ty) * D * kLanes, 0.f);
-    prev.assign(static_cast<size_t>(kMaxDtwGroups) * Ty * kLanes, kInf);
-    cur.assign(static_cast<size_t>(kMaxDtwGroups) * Ty * kLanes, 0.0);
-  }
-};
-
-// One DP row for three groups and eight candidates at once:
-//   cur[g][s] = cost_g(t, s) + min(prev[g][s-1], prev[g][s], cur[g][s-1])
-// with cost_g(t, s) = sum_{d in group g} (x_row[d] - yB[s][d])^2 computed in float32 and
-// accumulated in float64. `first` rows see prev = +inf and start the chain at 0.
-// row_min[g] receives the minimum of each group's new row (the abandoning bound).
+// One DP row for three groups and eight lanes at once, in place (row holds each lane's D[t-1] on
+// entry and D[t] on return; the previous row's value at s - 1 is carried in a register):
+//   D_g[t][s] = cost_g(t, s) + min(D_g[t-1][s-1], D_g[t-1][s], D_g[t][s-1])
+// with cost_g(t, s) = sum_{d in group g} (x[t][d] - y[s][d])^2 computed in float32 and accumulated
+// in float64. Lanes may stand at different rows t of different pairs: `start` is 0 in a lane at its
+// first row (D[-1] = +inf and the chain starts at 0) and +inf elsewhere.
+// Vectors cross function boundaries only through memory (the target clones differ in vector ABI).
 // Cost is a functor giving the three group costs at one s; the REACT layout gets a variant with
 // compile-time group bounds (fully unrolled), any other layout the generic one.
 template <typename Cost>
 __attribute__((always_inline)) inline void dp_row_impl(Cost cost, const float* yB, index_t Ty, index_t D,
-                                                       const double* prev, double* cur, bool first, v8d* row_min) {
+                                                       double* row, const double* start) {
   const index_t stride = Ty * kLanes;
   const v8d inf = kInf - v8d{};
-  v8d r0 = first ? v8d{} : inf, r1 = r0, r2 = r0;
+  v8d r0 = load8d(start), r1 = r0, r2 = r0;
   v8d pp0 = inf, pp1 = inf, pp2 = inf;
-  v8d lo0 = inf, lo1 = inf, lo2 = inf;
   for (index_t s = 0; s < Ty; ++s) {
     v8f a0, a1, a2;
     cost(yB + s * D * kLanes, a0, a1, a2);
     const index_t o = s * kLanes;
-    const v8d p0 = load8d(prev + o), p1 = load8d(prev + stride + o), p2 = load8d(prev + 2 * stride + o);
+    const v8d p0 = load8d(row + o), p1 = load8d(row + stride + o), p2 = load8d(row + 2 * stride + o);
     r0 = __builtin_convertvector(a0, v8d) + vmin(vmin(pp0, p0), r0);
     r1 = __builtin_convertvector(a1, v8d) + vmin(vmin(pp1, p1), r1);
     r2 = __builtin_convertvector(a2, v8d) + vmin(vmin(pp2, p2), r2);
     pp0 = p0;
     pp1 = p1;
     pp2 = p2;
-    store8d(cur + o, r0);
-    store8d(cur + stride + o, r1);
-    store8d(cur + 2 * stride + o, r2);
-    lo0 = vmin(lo0, r0);
-    lo1 = vmin(lo1, r1);
-    lo2 = vmin(lo2, r2);
+    store8d(row + o, r0);
+    store8d(row + stride + o, r1);
+    store8d(row + 2 * stride + o, r2);
   }
-  row_min[0] = lo0;
-  row_min[1] = lo1;
-  row_min[2] = lo2;
 }
 
 template <int Start, int End>
-__attribute__((always_inline)) inline v8f fixed_group_cost(const v8f* xb, const float* ys) {
+__attribute__((always_inline)) inline v8f fixed_group_cost(const v8f* xr, const float* ys) {
   v8f c[4] = {v8f{}, v8f{}, v8f{}, v8f{}};
 #pragma GCC unroll 16
   for (int d = Start; d < End; ++d) {
-    const v8f e = xb[d] - load8f(ys + d * kLanes);
+    const v8f e = xr[d] - load8f(ys + d * kLanes);
     c[(d - Start) & 3] += e * e;
   }
   return (c[0] + c[1]) + (c[2] + c[3]);
 }
 
-// REACT's emotion layout: D = 25, groups [0, 15), [15, 17), [17, 25).
-RF_CLONES void dp_row_react(const float* x_row, const float* yB, index_t Ty, const double* prev, double* cur,
-                            bool first, v8d* row_min) {
-  v8f xb[25];
-  for (int d = 0; d < 25; ++d) xb[d] = x_row[d] - v8f{};
+// REACT's emotion layout: D = 25, groups [0, 15), [15, 17), [17, 25). xB: the lanes' x rows,
+// xB[d][lane].
+RF_CLONES void dp_row_react(const float* xB, const float* yB, index_t Ty, double* row, const double* start) {
+  v8f xr[25];
+  for (int d = 0; d < 25; ++d) xr[d] = load8f(xB + d * kLanes);
   dp_row_impl(
       [&](const float* ys, v8f& a0, v8f& a1, v8f& a2) {
-        a0 = fixed_group_cost<0, 15>(xb, ys);
-        a1 = fixed_group_cost<15, 17>(xb, ys);
-        a2 = fixed_group_cost<17, 25>(xb, ys);
+        a0 = fixed_group_cost<0, 15>(xr, ys);
+        a1 = fixed_group_cost<15, 17>(xr, ys);
+        a2 = fixed_group_cost<17, 25>(xr, ys);
       },
-      yB, Ty, 25, prev, cur, first, row_min);
+      yB, Ty, 25, row, start);
 }
 
-RF_CLONES void dp_row(const float* x_row, const float* yB, index_t Ty, index_t D, const int* start, const int* end,
-                      const double* prev, double* cur, bool first, v8d* row_min) {
+RF_CLONES void dp_row(const float* xB, const float* yB, index_t Ty, index_t D, const int* gs, const int* ge,
+                      double* row, const double* start) {
   dp_row_impl(
       [&](const float* ys, v8f& a0, v8f& a1, v8f& a2) {
-        a0 = group_cost(x_row, ys, start[0], end[0]);
-        a1 = group_cost(x_row, ys, start[1], end[1]);
-        a2 = group_cost(x_row, ys, start[2], end[2]);
+        a0 = group_cost(xB, ys, gs[0], ge[0]);
+        a1 = group_cost(xB, ys, gs[1], ge[1]);
+        a2 = group_cost(xB, ys, gs[2], ge[2]);
       },
-      yB, Ty, D, prev, cur, first, row_min);
+      yB, Ty, D, row, start);
 }
 
-// Interleave up to kLanes candidates into yB[s][d][lane]; missing lanes repeat the first.
-void load_batch(const float* y, const index_t* cand, int count, index_t Ty, index_t D, float* yB) {
-  for (int l = 0; l < kLanes; ++l) {
-    const float* yj = y + cand[l < count ? l : 0] * Ty * D;
-    for (index_t s = 0; s < Ty; ++s)
-      for (index_t d = 0; d < D; ++d) yB[(s * D + d) * kLanes + l] = yj[s * D + d];
+// lb[g][lane] = min_s D_g[t][s] + max(rows[g][lane], cols[s][g][lane]): the lower bound of each
+// lane's final D_g from its current row t on (rows: its row tail after t; cols[s]: its column tail
+// after s, float, interleaved [s][g][lane]).
+RF_CLONES void lane_bounds(const double* row, const double* rows, const float* cols, index_t Ty, double* lb) {
+  const index_t stride = Ty * kLanes;
+  for (int g = 0; g < 3; ++g) {
+    const v8d r = load8d(rows + g * kLanes);
+    v8d m = kInf - v8d{};
+    for (index_t s = 0; s < Ty; ++s) {
+      const v8d c = __builtin_convertvector(load8f(cols + (s * 3 + g) * kLanes), v8d);
+      const v8d v = load8d(row + g * stride + s * kLanes) + (r > c ? r : c);
+      m = vmin(m, v);
+    }
+    store8d(lb + g * kLanes, m);
   }
 }
 
@@ -164,45 +158,93 @@ struct Groups3 {
   }
 };
 
-// Weighted group DTW of x (Tx, D) against a batch of candidates: out[l] for l < count, +inf for
-// a lane abandoned because its lower bound exceeded `threshold`.
-void batch_dtw(const float* x, const float* y, const index_t* cand, int count, index_t Tx, index_t Ty, index_t D,
-               const Groups3& groups, double threshold, Scratch& sc, double* out, index_t* cells) {
-  const index_t stride = Ty * kLanes;
-  load_batch(y, cand, count, Ty, D, sc.yB.data());
-  double* prev = sc.prev.data();
-  double* cur = sc.cur.data();
-  v8d row_min[3];
-  bool alive[kLanes];
-  for (int l = 0; l < kLanes; ++l) alive[l] = l < count;
-  for (index_t t = 0; t < Tx; ++t) {
-    if (groups.react_layout && D == 25)
-      dp_row_react(x + t * D, sc.yB.data(), Ty, prev, cur, t == 0, row_min);
-    else
-      dp_row(x + t * D, sc.yB.data(), Ty, D, groups.start, groups.end, prev, cur, t == 0, row_min);
-    *cells += Ty * 3 * count;
-    if (std::isfinite(threshold) && t + 1 < Tx) {
-      bool any = false;
-      for (int l = 0; l < kLanes; ++l) {
-        if (!alive[l]) continue;
-        double lb = 0.0;
-        for (int g = 0; g < 3; ++g) lb += groups.weight[g] * std::sqrt(row_min[g][l]);
-        if (lb > threshold) alive[l] = false;
-        any = any || alive[l];
-      }
-      if (!any) {
-        for (int l = 0; l < count; ++l) out[l] = kInf;
-        return;
-      }
+// Eight DTWs in the SIMD lanes, each lane at its own row of its own pair, so that a lane whose pair
+// finishes or is abandoned takes the next pair at once instead of idling until its batch ends
+// (dynamic lane refill). Per-thread buffers: the lanes' candidates yB[s][d][lane], their current x
+// rows xB[d][lane], one DP row [g][s][lane] updated in place, and for abandoning the lanes' row
+// tails [t][g][lane] and column tails [s][g][lane]. At T = 750 yB and the row take about 0.75 MB,
+// inside a core's L2.
+class LaneDtw {
+ public:
+  LaneDtw(index_t Tx, index_t Ty, index_t D, const DtwGroups& groups)
+      : Tx_(Tx), Ty_(Ty), D_(D), g3_(groups), yB_(static_cast<size_t>(Ty) * D * kLanes, 0.f),
+        xB_(static_cast<size_t>(D) * kLanes, 0.f), row_(static_cast<size_t>(kMaxDtwGroups) * Ty * kLanes, kInf),
+        row_tail_(static_cast<size_t>(Tx) * kMaxDtwGroups * kLanes, 0.f),
+        col_tail_(static_cast<size_t>(Ty) * kMaxDtwGroups * kLanes, 0.f) {}
+
+  // Puts the pair (x, y) in lane l from row 0. row_tail (Tx x 3) and col_tail (Ty x 3), from
+  // dtw_tail_bounds, may be null (bounds of 0).
+  void start(int l, const float* x, const float* y, const float* row_tail, const float* col_tail, index_t tag) {
+    x_[l] = x;
+    t_[l] = 0;
+    tag_[l] = tag;
+    busy_[l] = true;
+    for (index_t s = 0; s < Ty_; ++s)
+      for (index_t d = 0; d < D_; ++d) yB_[(s * D_ + d) * kLanes + l] = y[s * D_ + d];
+    for (index_t i = 0; i < kMaxDtwGroups * Ty_; ++i) row_[i * kLanes + l] = kInf;
+    for (index_t i = 0; i < kMaxDtwGroups * Tx_; ++i) row_tail_[i * kLanes + l] = row_tail ? row_tail[i] : 0.f;
+    for (index_t i = 0; i < kMaxDtwGroups * Ty_; ++i) col_tail_[i * kLanes + l] = col_tail ? col_tail[i] : 0.f;
+  }
+
+  bool busy(int l) const { return busy_[l]; }
+  bool any_busy() const {
+    for (int l = 0; l < kLanes; ++l)
+      if (busy_[l]) return true;
+    return false;
+  }
+  index_t tag(int l) const { return tag_[l]; }
+
+  // Advances every busy lane by one row; returns the number of busy lanes that computed a row.
+  int step() {
+    double start_lanes[kLanes];
+    int count = 0, any = 0;
+    for (int l = 0; l < kLanes; ++l)
+      if (busy_[l]) any = l;
+    for (int l = 0; l < kLanes; ++l) {
+      start_lanes[l] = busy_[l] && t_[l] == 0 ? 0.0 : kInf;
+      const float* xt = busy_[l] ? x_[l] + t_[l] * D_ : x_[any] + t_[any] * D_;
+      for (index_t d = 0; d < D_; ++d) xB_[d * kLanes + l] = xt[d];
+      count += busy_[l];
     }
-    std::swap(prev, cur);
+    if (g3_.react_layout && D_ == 25)
+      dp_row_react(xB_.data(), yB_.data(), Ty_, row_.data(), start_lanes);
+    else
+      dp_row(xB_.data(), yB_.data(), Ty_, D_, g3_.start, g3_.end, row_.data(), start_lanes);
+    return count;
   }
-  for (int l = 0; l < count; ++l) {
+
+  // After step(): whether lane l has finished its last row, and then its weighted DTW.
+  bool finished(int l) const { return busy_[l] && t_[l] == Tx_ - 1; }
+  double value(int l) const {
     double total = 0.0;
-    for (int g = 0; g < 3; ++g) total += groups.weight[g] * std::sqrt(prev[g * stride + (Ty - 1) * kLanes + l]);
-    out[l] = alive[l] ? total : kInf;
+    for (int g = 0; g < 3; ++g) total += g3_.weight[g] * std::sqrt(row_[(g * Ty_ + Ty_ - 1) * kLanes + l]);
+    return total;
   }
-}
+  // After step(): bound[l], the lower bound of each lane's final weighted DTW (busy lanes only).
+  void bounds(double* bound) {
+    double rows[3 * kLanes], lb[3 * kLanes];
+    for (int g = 0; g < 3; ++g)
+      for (int l = 0; l < kLanes; ++l) rows[g * kLanes + l] = row_tail_[(t_[l] * 3 + g) * kLanes + l];
+    lane_bounds(row_.data(), rows, col_tail_.data(), Ty_, lb);
+    for (int l = 0; l < kLanes; ++l) {
+      bound[l] = 0.0;
+      for (int g = 0; g < 3; ++g) bound[l] += g3_.weight[g] * std::sqrt(lb[g * kLanes + l]);
+    }
+  }
+  void advance(int l) { ++t_[l]; }
+  void stop(int l) { busy_[l] = false; }
+
+ private:
+  index_t Tx_, Ty_, D_;
+  Groups3 g3_;
+  std::vector<float> yB_, xB_;
+  std::vector<double> row_;
+  std::vector<float> row_tail_, col_tail_;
+  const float* x_[kLanes] = {};
+  index_t t_[kLanes] = {};
+  index_t tag_[kLanes] = {};
+  bool busy_[kLanes] = {};
+};
 
 // Weighted distance along the diagonal path: an upper bound of the weighted DTW when Tx == Ty.
 double diagonal_bound(const float* x, const float* y, index_t T, index_t D, const DtwGroups& groups) {
@@ -215,9 +257,6 @@ double diagonal_bound(const float* x, const float* y, index_t T, index_t D, cons
   return total;
 }
 
-// The first row reads prev = +inf; each batch starts from that state.
-void reset_prev(Scratch& sc) { std::fill(sc.prev.begin(), sc.prev.end(), kInf); }
-
 }  // namespace
 
 void dtw_pairs_cpu(const float* x, const float* y, double* out, index_t P, index_t Tx, index_t Ty, index_t D) {
@@ -226,77 +265,222 @@ void dtw_pairs_cpu(const float* x, const float* y, double* out, index_t P, index
   all.start[0] = 0;
   all.end[0] = static_cast<int>(D);
   all.weight[0] = 1.0;
-  const Groups3 groups(all);
+  // Eight pairs per thread at a time, each lane refilled as its pair finishes.
+  const index_t chunk = kLanes * 4;
 #pragma omp parallel
   {
-    Scratch sc;
-    sc.resize(Ty, D);
-    index_t cells = 0;
-    double vals[kLanes];
-    index_t idx[1];
-    // Pairs share no query here: one lane each.
+    LaneDtw lanes(Tx, Ty, D, all);
 #pragma omp for schedule(dynamic, 1)
-    for (index_t p = 0; p < P; ++p) {
-      idx[0] = p;
-      reset_prev(sc);
-      batch_dtw(x + p * Tx * D, y, idx, 1, Tx, Ty, D, groups, kInf, sc, vals, &cells);
-      out[p] = vals[0];
+    for (index_t c0 = 0; c0 < P; c0 += chunk) {
+      const index_t c1 = std::min(P, c0 + chunk);
+      index_t next = c0;
+      for (int l = 0; l < kLanes && next < c1; ++l, ++next)
+        lanes.start(l, x + next * Tx * D, y + next * Ty * D, nullptr, nullptr, next);
+      while (lanes.any_busy()) {
+        lanes.step();
+        for (int l = 0; l < kLanes; ++l) {
+          if (!lanes.busy(l)) continue;
+          if (!lanes.finished(l)) {
+            lanes.advance(l);
+            continue;
+          }
+          out[lanes.tag(l)] = lanes.value(l);
+          lanes.stop(l);
+          if (next < c1) {
+            lanes.start(l, x + next * Tx * D, y + next * Ty * D, nullptr, nullptr, next);
+            ++next;
+          }
+        }
+      }
     }
   }
 }
 
+namespace {
+
+// One query's search for its best candidate: candidates in order of their lower bound (bound,
+// candidate, slot of its tails), their row and column tails, the best so far, and how many of its
+// candidates are in the lanes.
+struct QuerySearch {
+  std::vector<std::tuple<double, index_t, index_t>> order;
+  std::vector<float> tails;
+  size_t next = 0;
+  bool prepared = false;
+  int in_lanes = 0;
+  double best = kInf, threshold = kInf;
+  index_t arg = -1;
+};
+
+// The UCR Suite's cascade for each query's minimum over its candidates:
+//   1. an upper bound from the diagonal path (Tx == Ty) starts the best so far;
+//   2. LB_Kim + LB_Keogh against block envelopes, rows and columns, of every candidate, with their
+//      tails kept for step 4;
+//   3. candidates in increasing bound order through the eight SIMD lanes, a lane refilled as soon
+//      as its pair finishes or is abandoned; a candidate whose bound exceeds its query's best so
+//      far is skipped without a DP;
+//   4. every kCheckRows rows of the DP a lane is abandoned once min_s D[t][s] + max(row tail after
+//      t, column tail after s) exceeds its query's best so far.
+// Each step only drops candidates whose value is above the best, so the result is exact. The
+// lanes run through a chunk of queries without draining between them, so no lane idles while a
+// query's last candidates finish.
+class CandidateSearch {
+ public:
+  static constexpr int kCheckRows = 4;
+
+  CandidateSearch(const float* x, const float* y, const index_t* offset, const index_t* index, index_t Tx, index_t Ty,
+                  index_t D, const DtwGroups& groups, bool abandon, const float* y_lo, const float* y_hi)
+      : x_(x), y_(y), offset_(offset), index_(index), Tx_(Tx), Ty_(Ty), D_(D), groups_(groups), abandon_(abandon),
+        y_lo_(y_lo), y_hi_(y_hi), env_(D * envelope_blocks(Ty, envelope_block(Ty))), lanes_(Tx, Ty, D, groups),
+        x_lo_(D * envelope_blocks(Tx, envelope_block(Tx))), x_hi_(D * envelope_blocks(Tx, envelope_block(Tx))) {}
+
+  // Queries [m0, m1); results in out_min / out_arg. Returns the DP cells computed.
+  index_t run(index_t m0, index_t m1, double* out_min, index_t* out_arg) {
+    m0_ = m0;
+    queries_.assign(static_cast<size_t>(m1 - m0), QuerySearch());
+    current_ = m0;
+    end_ = m1;
+    out_min_ = out_min;
+    out_arg_ = out_arg;
+    index_t cells = 0;
+    double bound[kLanes];
+    for (int l = 0; l < kLanes; ++l) refill(l);
+    for (index_t steps = 1; lanes_.any_busy(); ++steps) {
+      cells += Ty_ * 3 * lanes_.step();
+      const bool check = abandon_ && steps % kCheckRows == 0;
+      if (check) lanes_.bounds(bound);
+      for (int l = 0; l < kLanes; ++l) {
+        if (!lanes_.busy(l)) continue;
+        QuerySearch& q = queries_[query_[l] - m0_];
+        if (lanes_.finished(l)) {
+          const double v = lanes_.value(l);
+          const index_t j = lanes_.tag(l);
+          if (v < q.best || (v == q.best && j < q.arg)) {
+            q.best = v;
+            q.arg = j;
+          }
+          if (abandon_) q.threshold = std::min(q.threshold, v);
+          release(l);
+        } else if (check && bound[l] > q.threshold) {
+          release(l);
+        } else {
+          lanes_.advance(l);
+        }
+      }
+    }
+    return cells;
+  }
+
+ private:
+  void prepare(index_t m) {
+    QuerySearch& q = queries_[m - m0_];
+    q.prepared = true;
+    const float* xm = x_ + m * Tx_ * D_;
+    const index_t n = offset_[m + 1] - offset_[m];
+    const index_t tail = (Tx_ + Ty_) * kMaxDtwGroups;
+    if (abandon_) {
+      envelope(xm, Tx_, D_, envelope_block(Tx_), x_lo_.data(), x_hi_.data());
+      q.tails.resize(static_cast<size_t>(n * tail));
+    }
+    for (index_t c = 0; c < n; ++c) {
+      const index_t j = index_[offset_[m] + c];
+      double bound = 0.0;
+      if (abandon_) {
+        const float* yj = y_ + j * Ty_ * D_;
+        float* rows = q.tails.data() + c * tail;
+        double row_total[kMaxDtwGroups], col_total[kMaxDtwGroups];
+        dtw_tail_bounds(xm, yj, Tx_, Ty_, D_, y_lo_ + j * env_, y_hi_ + j * env_, groups_, rows, row_total);
+        dtw_tail_bounds(yj, xm, Ty_, Tx_, D_, x_lo_.data(), x_hi_.data(), groups_, rows + Tx_ * kMaxDtwGroups,
+                        col_total);
+        for (int g = 0; g < groups_.count; ++g)
+          bound += groups_.weight[g] * std::sqrt(std::max(row_total[g], col_total[g]));
+        // The DP sums float32 costs in another order than this upper bound: a small margin keeps
+        // the candidate whose optimal path is the diagonal from being pruned by rounding.
+        if (Tx_ == Ty_)
+          q.threshold = std::min(q.threshold, diagonal_bound(xm, yj, Tx_, D_, groups_) * (1.0 + 1e-6) + 1e-12);
+      }
+      q.order.emplace_back(bound, j, c);
+    }
+    // Most promising candidates first: their values then prune the rest early.
+    if (abandon_) std::stable_sort(q.order.begin(), q.order.end());
+  }
+
+  // Query m's result once every candidate has been started and none is left in the lanes.
+  void maybe_finish(index_t m) {
+    QuerySearch& q = queries_[m - m0_];
+    if (q.in_lanes > 0 || (m == current_ && q.next < q.order.size())) return;
+    out_min_[m] = q.best;
+    out_arg_[m] = q.arg;
+  }
+
+  void release(int l) {
+    const index_t m = query_[l];
+    --queries_[m - m0_].in_lanes;
+    refill(l);
+    maybe_finish(m);
+  }
+
+  // Lane l takes the next candidate whose bound does not exceed the best so far, moving on to the
+  // next query when the current one has none left; with nothing left it stops.
+  void refill(int l) {
+    while (current_ < end_) {
+      QuerySearch& q = queries_[current_ - m0_];
+      if (!q.prepared) prepare(current_);
+      while (q.next < q.order.size() && std::get<0>(q.order[q.next]) > q.threshold) ++q.next;
+      if (q.next < q.order.size()) {
+        const auto& [bound, j, slot] = q.order[q.next++];
+        const float* rows = abandon_ ? q.tails.data() + slot * (Tx_ + Ty_) * kMaxDtwGroups : nullptr;
+        lanes_.start(l, x_ + current_ * Tx_ * D_, y_ + j * Ty_ * D_, rows,
+                     rows ? rows + Tx_ * kMaxDtwGroups : nullptr, j);
+        ++q.in_lanes;
+        query_[l] = current_;
+        return;
+      }
+      const index_t done = current_++;
+      maybe_finish(done);
+    }
+    lanes_.stop(l);
+  }
+
+  const float *x_, *y_;
+  const index_t *offset_, *index_;
+  index_t Tx_, Ty_, D_;
+  DtwGroups groups_;
+  bool abandon_;
+  const float *y_lo_, *y_hi_;
+  index_t env_;
+  LaneDtw lanes_;
+  std::vector<float> x_lo_, x_hi_;
+  std::vector<QuerySearch> queries_;
+  index_t query_[kLanes] = {};
+  index_t m0_ = 0, current_ = 0, end_ = 0;
+  double* out_min_ = nullptr;
+  index_t* out_arg_ = nullptr;
+};
+
+}  // namespace
+
 void weighted_dtw_min_cpu(const float* x, const float* y, const index_t* cand_offset, const index_t* cand_index,
                           index_t M, index_t G, index_t Tx, index_t Ty, index_t D, const DtwGroups& groups,
                           bool abandon, double* out_min, index_t* out_arg, index_t* cells) {
-  const Groups3 groups3(groups);
+  // Each candidate's envelope in sixteen blocks, once per call.
+  const index_t env = D * envelope_blocks(Ty, envelope_block(Ty));
+  std::vector<float> y_lo, y_hi;
+  if (abandon) {
+    y_lo.resize(static_cast<size_t>(G) * env);
+    y_hi.resize(static_cast<size_t>(G) * env);
+#pragma omp parallel for schedule(static)
+    for (index_t j = 0; j < G; ++j)
+      envelope(y + j * Ty * D, Ty, D, envelope_block(Ty), y_lo.data() + j * env, y_hi.data() + j * env);
+  }
+  // Chunks of queries per task: the lanes drain once per chunk.
+  const index_t chunk = 8;
   index_t total_cells = 0;
 #pragma omp parallel reduction(+ : total_cells)
   {
-    Scratch sc;
-    sc.resize(Ty, D);
-    std::vector<std::pair<double, index_t>> order;
-    std::vector<index_t> sorted;
-    double vals[kLanes];
+    CandidateSearch search(x, y, cand_offset, cand_index, Tx, Ty, D, groups, abandon, y_lo.data(), y_hi.data());
 #pragma omp for schedule(dynamic, 1)
-    for (index_t m = 0; m < M; ++m) {
-      const float* xm = x + m * Tx * D;
-      const index_t lo = cand_offset[m], hi = cand_offset[m + 1];
-      order.clear();
-      double threshold = kInf;
-      for (index_t c = lo; c < hi; ++c) {
-        const index_t j = cand_index[c];
-        double bound = 0.0;
-        if (abandon && Tx == Ty) {
-          bound = diagonal_bound(xm, y + j * Ty * D, Tx, D, groups);
-          // The DP sums float32 costs in another order than the bound: a small margin keeps the
-          // candidate whose optimal path is the diagonal from being pruned by rounding.
-          threshold = std::min(threshold, bound * (1.0 + 1e-6) + 1e-12);
-        }
-        order.emplace_back(bound, j);
-      }
-      // Most promising candidates first: their values then prune the rest early.
-      if (abandon) std::stable_sort(order.begin(), order.end());
-      sorted.clear();
-      for (const auto& o : order) sorted.push_back(o.second);
-      double best = kInf;
-      index_t arg = -1;
-      for (size_t b = 0; b < sorted.size(); b += kLanes) {
-        const int count = static_cast<int>(std::min<size_t>(kLanes, sorted.size() - b));
-        reset_prev(sc);
-        batch_dtw(xm, y, sorted.data() + b, count, Tx, Ty, D, groups3, abandon ? threshold : kInf, sc, vals,
-                  &total_cells);
-        for (int l = 0; l < count; ++l) {
-          const index_t j = sorted[b + l];
-          if (vals[l] < best || (vals[l] == best && j < arg)) {
-            best = vals[l];
-            arg = j;
-          }
-          if (abandon) threshold = std::min(threshold, vals[l]);
-        }
-      }
-      out_min[m] = best;
-      out_arg[m] = arg;
-    }
+    for (index_t m0 = 0; m0 < M; m0 += chunk)
+      total_cells += search.run(m0, std::min(M, m0 + chunk), out_min, out_arg);
   }
   if (cells != nullptr) *cells = total_cells;
 }

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from reactfast.data import SyntheticDyads
 from reactfast.metrics.candidates import from_lists
 from reactfast.ops.dtw import IMPLEMENTED, dtw, weighted_dtw_min
 from reactfast.reference import dtw as ref
@@ -76,6 +77,56 @@ def test_abandoning_is_exact_and_prunes():
     fast = weighted_dtw_min(pred, gt, cand, abandon=True, return_cells=True)
     assert torch.equal(full[0], fast[0]) and torch.equal(full[1], fast[1])
     assert torch.equal(fast[1], torch.arange(8))
+    assert fast[2] < 0.5 * full[2], (fast[2], full[2])
+
+
+@pytest.mark.parametrize("Tx,Ty,D,groups", [
+    (60, 60, 25, ((0, 15, 1 / 15), (15, 17, 1.0), (17, 25, 1 / 8))),  # REACT's layout (unrolled DP)
+    (45, 70, 6, ((0, 2, 0.5), (2, 6, 2.0))),  # generic layout, Tx != Ty (no diagonal bound)
+    (33, 21, 3, ((0, 3, 1.0),)),
+])
+def test_abandoning_is_exact_on_adversarial_candidates(Tx, Ty, D, groups):
+    """The cascade (LB_Kim, LB_Keogh on block envelopes, row and column tails, refilled lanes across
+    queries) against the full DP: candidates that are nearly constant, where the bounds are nearly
+    tight; exact copies of one another (ties go to the first listed); a query equal to a candidate
+    (value 0); random-like queries; candidate lists of every length, more queries than a chunk."""
+    g = torch.Generator().manual_seed(Tx * Ty + D)
+    levels = torch.rand(12, 1, D, generator=g)
+    flat = levels + 1e-3 * torch.randn(12, Ty, D, generator=g)  # nearly constant: tight bounds
+    walks = torch.cumsum(0.1 * torch.randn(12, Ty, D, generator=g), dim=1)
+    gt = torch.cat([flat, walks, flat[:3]])  # 24..26 duplicate 0..2
+    queries = [levels[i % 12].expand(Tx, D) + 0.05 * torch.randn(Tx, D, generator=g) for i in range(7)]
+    queries += [torch.rand(Tx, D, generator=g) for _ in range(7)]
+    if Tx == Ty:
+        queries.append(gt[5].clone())
+    pred = torch.stack(queries).contiguous()
+    M = pred.shape[0]
+    lists = [sorted(set(torch.randperm(27, generator=g)[:1 + (m * 5) % 27].tolist()) | {24, 0, 5}) for m in range(M)]
+    cand = from_lists(lists)
+    full = weighted_dtw_min(pred, gt, cand, groups=groups, abandon=False, backend="cpp")
+    fast = weighted_dtw_min(pred, gt, cand, groups=groups, abandon=True, backend="cpp")
+    assert torch.equal(full[0], fast[0]) and torch.equal(full[1], fast[1])
+    want = ref.weighted_dtw_min(pred.double(), gt.double(), cand, groups)
+    assert_close("cpp", want[0], fast[0], atol=1e-9, rtol=1e-6)
+    assert torch.equal(want[1], fast[1])
+    if Tx == Ty:
+        assert float(fast[0][-1]) == 0.0
+    # Candidate 0 and its copy 24 are both listed everywhere: a query whose best is that sequence
+    # gets 0, the first listed, never 24.
+    assert not (fast[1] == 24).any()
+
+
+def test_abandoning_prunes_random_like_queries():
+    """Uniform random queries against synthetic listener emotion: the DP's row minimum alone pruned
+    nothing on such queries (every candidate's row minimum grows alike); the row and column tails
+    from the block envelopes must (about a quarter of the cells are left at T = 150)."""
+    gt = SyntheticDyads(sessions=6, prototypes=2, seed=0).dataset(modalities=("emotion",))
+    gt = gt.stack("listener", "emotion")[:, :150].contiguous()
+    pred = torch.rand(6, 150, 25, generator=torch.Generator().manual_seed(1))
+    cand = from_lists([list(range(gt.shape[0]))] * 6)
+    full = weighted_dtw_min(pred, gt, cand, abandon=False, return_cells=True, backend="cpp")
+    fast = weighted_dtw_min(pred, gt, cand, abandon=True, return_cells=True, backend="cpp")
+    assert torch.equal(full[0], fast[0]) and torch.equal(full[1], fast[1])
     assert fast[2] < 0.5 * full[2], (fast[2], full[2])
 
 

@@ -1,6 +1,9 @@
 """Dynamic time warping over batches of pairs, and FRDist's weighted three-group DTW minimised over
-each query's candidates. C++/OpenMP on CPU tensors (SIMD lanes over candidates, exact early
-abandoning), CUDA on CUDA tensors, the reference (``reactfast.reference.dtw``) anywhere."""
+each query's candidates. C++/OpenMP on CPU tensors: eight pairs in the SIMD lanes, each lane
+refilled as its pair finishes; for the minimum, the UCR Suite's exact pruning cascade (LB_Kim,
+LB_Keogh on block envelopes of rows and columns, candidates in bound order, abandoning inside the
+DP against the best so far; csrc/include/reactfast/dtw_bounds.h). CUDA on CUDA tensors, the
+reference (``reactfast.reference.dtw``) anywhere."""
 
 from __future__ import annotations
 
@@ -81,7 +84,8 @@ def weighted_dtw_min(pred: torch.Tensor, gt: torch.Tensor, candidates: Tuple[tor
         candidates: CSR pair (offset (M + 1,), index (K,)) of int64 tensors: query m's candidates are
             index[offset[m]:offset[m + 1]] (``reactfast.metrics.candidates`` builds them).
         groups: (start, end, weight) triples; default REACT's (0, 15, 1/15), (15, 17, 1), (17, 25, 1/8).
-        abandon: exact early abandoning on CPU (the result is unchanged, only faster).
+        abandon: exact pruning on CPU: lower bounds skip or abandon candidates that cannot beat the
+            best so far (the result is unchanged, bit for bit, only faster).
         backend: ``"cuda"``, ``"cpp"`` or ``"reference"`` (default automatic).
         return_cells: also return how many DP cells the C++ backend computed (for measuring
             early abandoning; the full count is K x Tx x Ty x groups).

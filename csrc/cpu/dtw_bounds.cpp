@@ -1,0 +1,124 @@
+#include "reactfast/dtw_bounds.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace reactfast {
+namespace {
+
+constexpr float kFInf = std::numeric_limits<float>::infinity();
+
+inline double cell_cost(const float* a, const float* b, int start, int end) {
+  double acc = 0.0;
+  for (int d = start; d < end; ++d) {
+    const float e = a[d] - b[d];
+    acc += static_cast<double>(e) * e;
+  }
+  return acc;
+}
+
+typedef float v16f __attribute__((vector_size(64)));
+
+inline v16f load16f(const float* p) {
+  v16f v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// out[r * 3 + g] = min over blocks b of sum_{d in g} dist(a[r][d], [lo[d][b], hi[d][b]])^2 for R
+// rows of a (row stride D) and the groups, sixteen blocks per vector (stride is a multiple of 16;
+// padding blocks are empty and infinitely far). R rows at once give R independent accumulation
+// chains and reuse each envelope load. The differences are rounded to float32 as the DP rounds
+// x - y (rounding is monotone, so each is at most |x[d] - y[d]| as the DP computes it).
+template <int R>
+__attribute__((always_inline)) inline void envelope_costs_impl(const float* a, index_t D, const float* lo,
+                                                               const float* hi, index_t stride,
+                                                               const DtwGroups& groups, double* out) {
+  const v16f zero = v16f{};
+  for (int g = 0; g < groups.count; ++g) {
+    v16f best[R];
+    for (int r = 0; r < R; ++r) best[r] = kFInf - zero;
+    for (index_t b = 0; b < stride; b += 16) {
+      v16f acc[R];
+      for (int r = 0; r < R; ++r) acc[r] = zero;
+      for (int d = groups.start[g]; d < groups.end[g]; ++d) {
+        const v16f h = load16f(hi + d * stride + b), l = load16f(lo + d * stride + b);
+        for (int r = 0; r < R; ++r) {
+          const v16f v = a[r * D + d] - zero;
+          const v16f over = v - h, under = l - v;
+          v16f e = over > under ? over : under;
+          e = e > zero ? e : zero;
+          acc[r] += e * e;
+        }
+      }
+      for (int r = 0; r < R; ++r) best[r] = acc[r] < best[r] ? acc[r] : best[r];
+    }
+    for (int r = 0; r < R; ++r) {
+      float m = best[r][0];
+      for (int i = 1; i < 16; ++i) m = std::min(m, best[r][i]);
+      out[r * kMaxDtwGroups + g] = m;
+    }
+  }
+}
+
+RF_CLONES void envelope_costs4(const float* a, index_t D, const float* lo, const float* hi, index_t stride,
+                               const DtwGroups& groups, double* out) {
+  envelope_costs_impl<4>(a, D, lo, hi, stride, groups, out);
+}
+
+RF_CLONES void envelope_costs1(const float* a, index_t D, const float* lo, const float* hi, index_t stride,
+                               const DtwGroups& groups, double* out) {
+  envelope_costs_impl<1>(a, D, lo, hi, stride, groups, out);
+}
+
+}  // namespace
+
+void envelope(const float* y, index_t T, index_t D, index_t block, float* lo, float* hi) {
+  const index_t blocks = envelope_blocks(T, block);  // padding blocks: no frames, lo +inf, hi -inf
+  for (index_t d = 0; d < D; ++d)
+    for (index_t b = 0; b < blocks; ++b) {
+      float l = kFInf, h = -kFInf;
+      for (index_t t = b * block; t < std::min(T, (b + 1) * block); ++t) {
+        l = std::min(l, y[t * D + d]);
+        h = std::max(h, y[t * D + d]);
+      }
+      lo[d * blocks + b] = l;
+      hi[d * blocks + b] = h;
+    }
+}
+
+void dtw_tail_bounds(const float* a, const float* b, index_t Ta, index_t Tb, index_t D, const float* b_lo,
+                     const float* b_hi, const DtwGroups& groups, float* tail, double* total) {
+  const index_t stride = envelope_blocks(Tb, envelope_block(Tb));
+  for (int g = 0; g < kMaxDtwGroups; ++g) total[g] = 0.0;
+  double c[4 * kMaxDtwGroups];
+  // Rows from the last one up, so that tail[t] is the sum over the rows already done.
+  for (index_t t1 = Ta; t1 > 0; t1 -= 4) {
+    const index_t t0 = std::max<index_t>(0, t1 - 4);
+    const int n = static_cast<int>(t1 - t0);
+    for (int i = 0; i < 4 * kMaxDtwGroups; ++i) c[i] = 0.0;
+    if (n == 4)
+      envelope_costs4(a + t0 * D, D, b_lo, b_hi, stride, groups, c);
+    else
+      for (int r = 0; r < n; ++r) envelope_costs1(a + (t0 + r) * D, D, b_lo, b_hi, stride, groups, c + r * kMaxDtwGroups);
+    for (int r = n - 1; r >= 0; --r) {
+      const index_t t = t0 + r;
+      const float* at = a + t * D;
+      double* ct = c + r * kMaxDtwGroups;
+      for (int g = 0; g < kMaxDtwGroups; ++g) {
+        // What the rows after t pay, rounded down to float with room to spare.
+        tail[t * kMaxDtwGroups + g] = static_cast<float>(total[g] * (1.0 - 1e-6));
+        if (g >= groups.count) continue;
+        const int s = groups.start[g], e = groups.end[g];
+        if (t == 0) ct[g] = std::max(ct[g], cell_cost(at, b, s, e));
+        if (t == Ta - 1 && Ta > 1) ct[g] = std::max(ct[g], cell_cost(at, b + (Tb - 1) * D, s, e));
+        total[g] += ct[g] * kBoundSafety;
+      }
+    }
+  }
+}
+
+}  // namespace reactfast
