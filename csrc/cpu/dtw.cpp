@@ -8,6 +8,10 @@
 #include <tuple>
 #include <vector>
 
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
 namespace reactfast {
 namespace {
 
@@ -462,18 +466,32 @@ class CandidateSearch {
 void weighted_dtw_min_cpu(const float* x, const float* y, const index_t* cand_offset, const index_t* cand_index,
                           index_t M, index_t G, index_t Tx, index_t Ty, index_t D, const DtwGroups& groups,
                           bool abandon, double* out_min, index_t* out_arg, index_t* cells) {
-  // Each candidate's envelope in sixteen blocks, once per call.
+  // The envelope (sixteen blocks) of each target some query lists, once per call.
   const index_t env = D * envelope_blocks(Ty, envelope_block(Ty));
   std::vector<float> y_lo, y_hi;
   if (abandon) {
+    std::vector<char> listed(static_cast<size_t>(G), 0);
+    for (index_t c = 0; c < cand_offset[M]; ++c) listed[cand_index[c]] = 1;
+    std::vector<index_t> targets;
+    for (index_t j = 0; j < G; ++j)
+      if (listed[j]) targets.push_back(j);
     y_lo.resize(static_cast<size_t>(G) * env);
     y_hi.resize(static_cast<size_t>(G) * env);
+    const index_t n = static_cast<index_t>(targets.size());
 #pragma omp parallel for schedule(static)
-    for (index_t j = 0; j < G; ++j)
+    for (index_t i = 0; i < n; ++i) {
+      const index_t j = targets[i];
       envelope(y + j * Ty * D, Ty, D, envelope_block(Ty), y_lo.data() + j * env, y_hi.data() + j * env);
+    }
   }
-  // Chunks of queries per task: the lanes drain once per chunk.
-  const index_t chunk = 8;
+  // Chunks of up to eight queries per task (the lanes drain once per chunk), and enough chunks for
+  // every thread.
+#if defined(_OPENMP)
+  const index_t threads = omp_get_max_threads();
+#else
+  const index_t threads = 1;
+#endif
+  const index_t chunk = std::max<index_t>(1, std::min<index_t>(8, M / (2 * threads)));
   index_t total_cells = 0;
 #pragma omp parallel reduction(+ : total_cells)
   {

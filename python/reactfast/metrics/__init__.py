@@ -154,8 +154,12 @@ def _frdist(pred, listener_gt, a, chunk=16, progress=False, abandon=True, groups
             rows=None) -> float:
     op = _backend.for_op(backend, "dtw")
     groups = check_groups(groups, pred.shape[-1])
+    # With pruning a pair costs about a tenth (model-like) to a half (random) of its cells
+    # (bench/bench_dtw.py), and each call drains its lanes and threads once at its end: chunks count
+    # a sixteenth, so a call holds up to 16 speakers (about a second or two of work).
+    cells = pred.shape[2] ** 2 * len(groups) * (1 / 16 if abandon else 1.0)
     return _sum_best(lambda *args: weighted_dtw_min_unchecked(*args, groups, abandon, op), pred, listener_gt, a,
-                     rows, chunk, "FRDist", progress, pair_work=pred.shape[2] ** 2 * len(groups))
+                     rows, chunk, "FRDist", progress, pair_work=cells)
 
 
 def frcorr(pred, listener_gt, appropriate, chunk: int = 64, progress: bool = False, backend=None,
