@@ -2,6 +2,8 @@
 
 import sys
 
+import torch.distributed
+
 from reactfast.train import TrainConfig, Trainer
 from tests.train.helpers import tiny_data, tiny_model
 
@@ -11,3 +13,5 @@ ds = tiny_data().dataset(frames=64, window=32, stride=32)
 trainer = Trainer(tiny_model(), ds, TrainConfig(steps=4, batch_size=4, lr=1e-2, out_dir=out, progress=False),
                   device="cpu")
 trainer.fit()
+# The trainer also registers this at exit; a script that owns the run says it explicitly.
+torch.distributed.destroy_process_group()

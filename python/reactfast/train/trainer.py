@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import math
@@ -67,12 +68,21 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.best_metric must be one of {METRICS}, got {self.best_metric!r}")
 
 
+def _destroy_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def distributed_context(device_type: str = "cpu"):
     """(rank, world size), initialising the process group under torchrun (gloo for CPU training,
     nccl for CUDA)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        # A process that exits with the group alive can abort in gloo's worker threads during interpreter
+        # teardown ("terminate called without an active exception", pytorch/pytorch#190489): the group we
+        # created is destroyed at exit (a no-op when the caller destroyed it already).
+        atexit.register(_destroy_process_group)
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
