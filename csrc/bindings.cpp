@@ -10,6 +10,7 @@
 
 #include "reactfast/ccc.h"
 #include "reactfast/cuda_runtime_status.h"
+#include "reactfast/dropout.h"
 #include "reactfast/dtw.h"
 #include "reactfast/frame_diff.h"
 #include "reactfast/tlcc.h"
@@ -100,6 +101,24 @@ PYBIND11_MODULE(_C, m) {
     return 1;
 #endif
   });
+
+  m.def("dropout_fwd_cpu", [](Buf x, Buf out, Buf keep, index_t n, std::uint32_t threshold, std::uint32_t key0,
+                              std::uint32_t key1, float scale) {
+    auto px = ptr<const float>(x);
+    auto po = ptr<float>(out);
+    auto pk = ptr<std::uint8_t>(keep);
+    py::gil_scoped_release release;
+    reactfast::dropout_fwd_cpu(px, po, pk, n, threshold, key0, key1, scale);
+  }, py::arg("x"), py::arg("out"), py::arg("keep"), py::arg("n"), py::arg("threshold"), py::arg("key0"),
+     py::arg("key1"), py::arg("scale"));
+
+  m.def("dropout_bwd_cpu", [](Buf dy, Buf keep, Buf dx, index_t n, float scale) {
+    auto pd = ptr<const float>(dy);
+    auto pk = ptr<const std::uint8_t>(keep);
+    auto po = ptr<float>(dx);
+    py::gil_scoped_release release;
+    reactfast::dropout_bwd_cpu(pd, pk, po, n, scale);
+  }, py::arg("dy"), py::arg("keep"), py::arg("dx"), py::arg("n"), py::arg("scale"));
 
   m.def("frame_diff_cpu", [](Buf x, Buf out, index_t B, index_t T, index_t D) {
     auto px = ptr<const float>(x);

@@ -1,4 +1,5 @@
 import math
+import sys
 
 import pytest
 import torch
@@ -226,3 +227,19 @@ def test_query_period_folds_windows_over_shared_keys(period_q, folds):
         assert_close(f"fold {f}", alone, folded[:, :, rows], atol=1e-6, rtol=1e-6)
     with pytest.raises(ValueError, match="query_period must be an int >= 1 dividing Tq"):
         biased_attention(q, k, v, query_period=period_q * folds + 1)
+
+
+def test_sdpa_bias_cache_follows_slopes_and_patterns():
+    """The CPU path caches prepared biases by pattern and slope values: slopes edited in place, and
+    more patterns than the cache holds, must still give the reference's result."""
+    mod = sys.modules["reactfast.ops.biased_attention"]
+    q, k, v = (t.detach() for t in _inputs(3, 2, 5, 24, 8, device="cpu"))
+    slopes = torch.tensor([0.5, 0.25])
+    for step in range(mod._BIAS_CACHE_SIZE + 6):
+        q0 = torch.tensor([step % 19, (step * 7) % 19, 19])
+        start = torch.tensor([step % 5, 0, step % 3])
+        out = biased_attention(q, k, v, slopes, q_offset=q0, key_start=start, backend="sdpa")
+        want = ref.biased_attention(q.double(), k.double(), v.double(), slopes.double(), q_offset=q0, key_start=start)
+        assert_close(f"step {step}", want.float(), out, atol=1e-5, rtol=1e-5)
+        slopes.mul_(1.01)                     # in place: same storage, new values
+    assert len(mod._BIAS_CACHE) <= mod._BIAS_CACHE_SIZE

@@ -48,6 +48,7 @@ from reactfast.models.heads import EmotionHead, emotion_loss
 from reactfast.nn.attention import BiasedCrossAttention
 from reactfast.nn.dropout import Dropout
 from reactfast.nn.positional import sinusoid
+from reactfast.nn.transformer import encoder, multi_head_attention
 
 
 @dataclass
@@ -172,7 +173,7 @@ class _CrossBlock(nn.Module):
         self.ffn = _FFN(dim, hidden, dropout)
 
     def forward(self, x, mem):
-        return self.ffn(self.norm(x + self.attn(x, mem, mem, need_weights=False)[0]))
+        return self.ffn(self.norm(x + multi_head_attention(self.attn, x, mem, mem)))
 
 
 # Fields of the state with one row per conversation; the others have one row per sample.
@@ -424,7 +425,7 @@ class ReactFace(Generator):
                             past + sinusoid(torch.arange(cfg.past, device=device), cfg.dim)[None]], 1)
         invalid = torch.arange(cfg.past, device=device)[None] < (cfg.past - past_count)[:, None]
         mask = torch.cat([torch.zeros(R, 2, dtype=torch.bool, device=device), invalid], 1)
-        out = self.cie(tokens, src_key_padding_mask=mask)
+        out = encoder(self.cie, tokens, mask)
         mu, logvar = self.mu_head(out[:, 0]), self.logvar_head(out[:, 1])
         sigma = torch.exp(0.5 * logvar)
         z_star = mu + sigma * noise

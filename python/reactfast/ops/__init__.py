@@ -7,10 +7,11 @@ in ``reactfast.kernels`` and/or native kernels in ``reactfast._C`` (see ARCHITEC
 from reactfast.ops.biased_attention import biased_attention
 from reactfast.ops.ccc import ccc, ccc_max
 from reactfast.ops.ddim import ddim_step
+from reactfast.ops.dropout import dropout
 from reactfast.ops.dtw import REACT_GROUPS, dtw, weighted_dtw_min
 from reactfast.ops.frame_diff import frame_diff
 from reactfast.ops.tlcc import tlcc
 from reactfast.ops.weight_shift import weight_shift_linear
 
-__all__ = ["REACT_GROUPS", "biased_attention", "ccc", "ccc_max", "ddim_step", "dtw", "frame_diff", "tlcc",
+__all__ = ["REACT_GROUPS", "biased_attention", "ccc", "ccc_max", "ddim_step", "dropout", "dtw", "frame_diff", "tlcc",
            "weighted_dtw_min", "weight_shift_linear"]

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import collections
 import math
 from typing import Optional, Tuple, Union
 
@@ -101,34 +102,68 @@ def _backward(ctx, grad_out, grad_lse):
 _fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _sdpa_masked(q, k, v, bias, scale):
-    """SDPA with an additive bias (G, H, Tq, Tk) broadcast over q's batch; rows whose keys are all
-    masked give zeros (SDPA alone would give NaN)."""
+def _masked_bias(bias, dtype):
+    """(bias with masked rows zeroed, in ``dtype``; 0/1 multiplier of rows with a visible key): SDPA
+    alone would give NaN on rows whose keys are all masked."""
     visible = torch.isfinite(bias).any(-1, keepdim=True)
-    bias = torch.where(visible, bias, torch.zeros_like(bias)).to(q.dtype)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
-    return out * visible.to(out.dtype)
+    return torch.where(visible, bias, torch.zeros_like(bias)).to(dtype), visible.to(dtype)
+
+
+def _sdpa_masked(q, k, v, mask, scale):
+    """SDPA with an additive bias (G, H, Tq, Tk) broadcast over q's batch, from :func:`_masked_bias`."""
+    bias, visible = mask
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale) * visible
+
+
+# Prepared biases of the CPU path, by everything they depend on: a training step or a stream asks
+# for the same few (q_offset, key_start, key_lengths) patterns again and again, and building one
+# costs more than the attention at the generators' sizes.
+_BIAS_CACHE: "collections.OrderedDict" = collections.OrderedDict()
+_BIAS_CACHE_SIZE = 64
+
+
+def _cached_bias(pattern, slopes, Tq, Tk, qperiod, period, ratio, extra, dtype):
+    # The slopes by value: a buffer edited in place, or a converted copy whose memory is reused,
+    # must not hit an old entry.
+    key = (pattern, tuple(slopes.tolist()), str(slopes.device), Tq, Tk, qperiod, period, ratio, extra, dtype)
+    hit = _BIAS_CACHE.get(key)
+    if hit is not None:
+        _BIAS_CACHE.move_to_end(key)
+        return hit
+    q0, start, length = (torch.tensor([x], device=slopes.device) for x in pattern)
+    one = _ref.attention_bias(qperiod, Tk, slopes, q0, period, ratio, extra, key_lengths=length, key_start=start,
+                              batch=1)
+    if qperiod != Tq:
+        one = one.repeat(1, 1, Tq // qperiod, 1)
+    prepared = _masked_bias(one, dtype)
+    _BIAS_CACHE[key] = prepared
+    if len(_BIAS_CACHE) > _BIAS_CACHE_SIZE:
+        _BIAS_CACHE.popitem(last=False)
+    return prepared
 
 
 def _sdpa(q, k, v, slopes, q0, starts, lengths, period, ratio, extra, scale, qperiod):
     B, H, Tq, _ = q.shape
     Tk = k.shape[2]
-
-    def bias(rows):
-        one = _ref.attention_bias(qperiod, Tk, slopes, q0[rows], period, ratio, extra, key_lengths=lengths[rows],
-                                  key_start=starts[rows], batch=len(rows))
-        return one.repeat(1, 1, Tq // qperiod, 1) if qperiod != Tq else one
-
     if torch.compiler.is_compiling():
-        return _sdpa_masked(q, k, v, bias(torch.arange(B, device=q.device)), scale)
-    patterns, inverse = torch.unique(torch.stack([q0, starts, lengths], 1), dim=0, return_inverse=True)
+        bias = _ref.attention_bias(qperiod, Tk, slopes, q0, period, ratio, extra, key_lengths=lengths,
+                                   key_start=starts, batch=B)
+        if qperiod != Tq:
+            bias = bias.repeat(1, 1, Tq // qperiod, 1)
+        return _sdpa_masked(q, k, v, _masked_bias(bias, q.dtype), scale)
+    rows = torch.stack([q0, starts, lengths], 1).tolist()
+    patterns = sorted(set(map(tuple, rows)))
+
+    def mask(pattern):
+        return _cached_bias(pattern, slopes, Tq, Tk, qperiod, period, ratio, extra, q.dtype)
+
     if len(patterns) == 1:
-        return _sdpa_masked(q, k, v, bias(torch.zeros(1, dtype=torch.long, device=q.device)), scale)
+        return _sdpa_masked(q, k, v, mask(patterns[0]), scale)
     outs, order = [], []
-    for u in range(len(patterns)):
-        rows = torch.nonzero(inverse == u)[:, 0]
-        outs.append(_sdpa_masked(q[rows], k[rows], v[rows], bias(rows[:1]), scale))
-        order.append(rows)
+    for pattern in patterns:
+        idx = torch.tensor([b for b, r in enumerate(rows) if tuple(r) == pattern], device=q.device)
+        outs.append(_sdpa_masked(q[idx], k[idx], v[idx], mask(pattern), scale))
+        order.append(idx)
     return torch.cat(outs)[torch.argsort(torch.cat(order))]
 
 

@@ -1,0 +1,56 @@
+#include "reactfast/dropout.h"
+
+namespace reactfast {
+namespace {
+
+constexpr index_t kBlock = 4096;     // elements per OpenMP work item
+constexpr index_t kParallel = 1 << 16;
+
+RF_CLONES void fwd_block(const float* x, float* out, std::uint8_t* keep, index_t begin, index_t end,
+                         std::uint32_t threshold, std::uint32_t key0, std::uint32_t key1, float scale) {
+  if (keep != nullptr) {
+#pragma omp simd
+    for (index_t i = begin; i < end; ++i) {
+      const bool k = dropout_bits(static_cast<std::uint32_t>(i), key0, key1) >= threshold;
+      out[i] = k ? x[i] * scale : 0.0f;
+      keep[i] = static_cast<std::uint8_t>(k);
+    }
+  } else {
+#pragma omp simd
+    for (index_t i = begin; i < end; ++i) {
+      const bool k = dropout_bits(static_cast<std::uint32_t>(i), key0, key1) >= threshold;
+      out[i] = k ? x[i] * scale : 0.0f;
+    }
+  }
+}
+
+RF_CLONES void bwd_block(const float* dy, const std::uint8_t* keep, float* dx, index_t begin, index_t end,
+                         float scale) {
+#pragma omp simd
+  for (index_t i = begin; i < end; ++i) dx[i] = keep[i] ? dy[i] * scale : 0.0f;
+}
+
+}  // namespace
+
+void dropout_fwd_cpu(const float* x, float* out, std::uint8_t* keep, index_t n, std::uint32_t threshold,
+                     std::uint32_t key0, std::uint32_t key1, float scale) {
+  const index_t blocks = (n + kBlock - 1) / kBlock;
+#pragma omp parallel for schedule(static) if (n > kParallel)
+  for (index_t b = 0; b < blocks; ++b) {
+    const index_t begin = b * kBlock;
+    const index_t end = begin + kBlock < n ? begin + kBlock : n;
+    fwd_block(x, out, keep, begin, end, threshold, key0, key1, scale);
+  }
+}
+
+void dropout_bwd_cpu(const float* dy, const std::uint8_t* keep, float* dx, index_t n, float scale) {
+  const index_t blocks = (n + kBlock - 1) / kBlock;
+#pragma omp parallel for schedule(static) if (n > kParallel)
+  for (index_t b = 0; b < blocks; ++b) {
+    const index_t begin = b * kBlock;
+    const index_t end = begin + kBlock < n ? begin + kBlock : n;
+    bwd_block(dy, keep, dx, begin, end, scale);
+  }
+}
+
+}  // namespace reactfast

@@ -1,0 +1,90 @@
+"""Leaner forwards of ``nn.MultiheadAttention`` and ``nn.TransformerEncoderLayer`` over the same
+modules (the same parameters, so checkpoints and state dicts do not change).
+
+At the generators' sizes (tens of tokens, widths of 64-128) torch's own forwards cost more in
+Python argument checks and dispatch than in arithmetic, and their attention-probability dropout
+draws a Bernoulli per element; these take the shortest path (one packed projection, SDPA when no
+dropout applies, :func:`reactfast.ops.dropout` on the probabilities when one does).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reactfast.ops.dropout import dropout
+
+
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    B, T, E = x.shape
+    return x.view(B, T, heads, E // heads).transpose(1, 2)
+
+
+def multi_head_attention(mha: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                         key_padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``mha(query, key, value, key_padding_mask=..., need_weights=False)[0]`` for a batch-first
+    module: (B, Tq, E) queries over (B, Tk, kdim/vdim) keys and values; ``key_padding_mask`` (B, Tk)
+    bool, True where a key is ignored."""
+    if not mha.batch_first or mha.bias_k is not None or mha.add_zero_attn:
+        return mha(query, key, value, key_padding_mask=key_padding_mask, need_weights=False)[0]
+    E, H = mha.embed_dim, mha.num_heads
+    if mha._qkv_same_embed_dim:
+        w, b = mha.in_proj_weight, mha.in_proj_bias
+        bq, bkv = (None, None) if b is None else (b[:E], b[E:])
+        if query is key and key is value:
+            q, k, v = F.linear(query, w, b).chunk(3, -1)
+        elif key is value:
+            q = F.linear(query, w[:E], bq)
+            k, v = F.linear(key, w[E:], bkv).chunk(2, -1)
+        else:
+            q = F.linear(query, w[:E], bq)
+            k = F.linear(key, w[E:2 * E], None if b is None else b[E:2 * E])
+            v = F.linear(value, w[2 * E:], None if b is None else b[2 * E:])
+    else:
+        b = mha.in_proj_bias
+        q = F.linear(query, mha.q_proj_weight, None if b is None else b[:E])
+        k = F.linear(key, mha.k_proj_weight, None if b is None else b[E:2 * E])
+        v = F.linear(value, mha.v_proj_weight, None if b is None else b[2 * E:])
+    q, k, v = _split_heads(q, H), _split_heads(k, H), _split_heads(v, H)
+    mask = None
+    if key_padding_mask is not None:
+        mask = torch.zeros(key_padding_mask.shape, dtype=q.dtype, device=q.device).masked_fill(
+            key_padding_mask, float("-inf"))[:, None, None, :]
+    p = mha.dropout if mha.training else 0.0
+    if p == 0.0:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    else:
+        scores = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
+        if mask is not None:
+            scores = scores + mask
+        out = torch.matmul(dropout(torch.softmax(scores, -1), p), v)
+    B, _, Tq, d = out.shape
+    return mha.out_proj(out.transpose(1, 2).reshape(B, Tq, H * d))
+
+
+def encoder_layer(layer: nn.TransformerEncoderLayer, x: torch.Tensor,
+                  key_padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``layer(x, src_key_padding_mask=key_padding_mask)`` for a batch-first layer (post- or
+    pre-norm), its dropouts as the layer holds them."""
+    def attend(h):
+        return layer.dropout1(multi_head_attention(layer.self_attn, h, h, h, key_padding_mask))
+
+    def feed_forward(h):
+        return layer.dropout2(layer.linear2(layer.dropout(layer.activation(layer.linear1(h)))))
+
+    if layer.norm_first:
+        x = x + attend(layer.norm1(x))
+        return x + feed_forward(layer.norm2(x))
+    x = layer.norm1(x + attend(x))
+    return layer.norm2(x + feed_forward(x))
+
+
+def encoder(module: nn.TransformerEncoder, x: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None
+            ) -> torch.Tensor:
+    """``module(x, src_key_padding_mask=key_padding_mask)`` layer by layer through :func:`encoder_layer`."""
+    for layer in module.layers:
+        x = encoder_layer(layer, x, key_padding_mask)
+    return x if module.norm is None else module.norm(x)

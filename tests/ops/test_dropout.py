@@ -1,0 +1,136 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from reactfast import _backend
+from reactfast.nn import dropout as nn_dropout
+from reactfast.ops import dropout
+from reactfast.reference import dropout as ref
+
+SIZES = [1, 7, 63, 97, 751, 4097, 70001]      # 70001 > 2^16: the kernel's parallel path
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_cpp_equals_reference_bit_for_bit(n, p):
+    seed = int(torch.randint(0, 2 ** 62, ()))
+    x = torch.randn(n)
+    out = dropout(x, p, seed=seed, backend="cpp")
+    expected = ref.dropout(x, p, seed)
+    assert torch.equal(out, expected)
+    assert torch.equal(out != 0, ref.keep_mask(x.shape, p, seed))
+
+
+def test_reference_hash_matches_32bit_arithmetic():
+    """The int64 emulation of the 32-bit mixer against plain Python integers."""
+    def mix(x):
+        x ^= x >> 16
+        x = (x * 0x7FEB352D) & 0xFFFFFFFF
+        x ^= x >> 15
+        x = (x * 0x846CA68B) & 0xFFFFFFFF
+        return x ^ (x >> 16)
+
+    values = [0, 1, 2, 12345, 2 ** 31 - 1, 2 ** 31, 2 ** 32 - 1] + torch.randint(0, 2 ** 32, (50,)).tolist()
+    got = ref.lowbias32(torch.tensor(values, dtype=torch.int64)).tolist()
+    assert got == [mix(v) for v in values]
+
+
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
+def test_gradient_is_the_mask_times_the_scale(backend):
+    x = torch.randn(3, 33, 17, requires_grad=True)
+    g = torch.randn(3, 33, 17)
+    out = dropout(x, 0.3, seed=99, backend=backend)
+    (gx,) = torch.autograd.grad(out, x, g)
+    keep = ref.keep_mask(x.shape, 0.3, 99)
+    assert torch.equal(gx, torch.where(keep, g * (1 / 0.7), torch.zeros(())))
+    # Non-contiguous gradient and input.
+    xt = torch.randn(17, 33, requires_grad=True)
+    (gt,) = torch.autograd.grad(dropout(xt.t(), 0.3, seed=5, backend=backend), xt, g[0].t().contiguous().t())
+    assert torch.isfinite(gt).all()
+
+
+def test_keep_rate_and_independence():
+    n, p = 1 << 20, 0.3
+    keep = dropout(torch.ones(n), p, seed=2024) != 0
+    rate = keep.float().mean().item()
+    assert abs(rate - (1 - p)) < 5 * math.sqrt(p * (1 - p) / n), rate
+    k = keep.float() - keep.float().mean()
+    for lag in (1, 2, 3, 7, 64, 4096):
+        corr = float((k[lag:] * k[:-lag]).mean() / k.var())
+        assert abs(corr) < 0.01, (lag, corr)
+    other = dropout(torch.ones(n), p, seed=2025) != 0
+    both = (keep & other).float().mean().item()
+    assert abs(both - (1 - p) ** 2) < 0.005, both           # consecutive seeds: independent masks
+
+
+def test_seed_and_generator_determinism():
+    x = torch.randn(4, 100)
+    torch.manual_seed(3)
+    a = dropout(x, 0.2)
+    torch.manual_seed(3)
+    b = dropout(x, 0.2)
+    c = dropout(x, 0.2)
+    assert torch.equal(a, b) and not torch.equal(b, c)
+    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    assert torch.equal(dropout(x, 0.2, generator=g1), dropout(x, 0.2, generator=g2))
+
+
+def test_identity_cases_and_module():
+    x = torch.randn(5, 6, requires_grad=True)
+    assert dropout(x, 0.0) is x and dropout(x, 0.5, training=False) is x
+    zero = dropout(x, 1.0)
+    assert torch.equal(zero, torch.zeros_like(x)) and zero.requires_grad
+    layer = nn_dropout.Dropout(0.25)
+    assert layer(x).shape == x.shape
+    layer.eval()
+    assert layer(x) is x
+
+
+def test_other_dtypes_use_the_same_mask():
+    x = torch.randn(2, 300, dtype=torch.float64)
+    out = dropout(x, 0.4, seed=11)
+    assert out.dtype == torch.float64
+    assert torch.equal(out != 0, ref.keep_mask(x.shape, 0.4, 11))
+    with pytest.raises(ValueError, match="float32"):
+        dropout(x, 0.4, seed=11, backend="cpp")
+
+
+def test_bad_arguments():
+    with pytest.raises(TypeError, match="x must be a floating-point tensor"):
+        dropout(torch.ones(3, dtype=torch.long), 0.1)
+    with pytest.raises(TypeError, match="x must be a floating-point tensor"):
+        dropout([1.0, 2.0], 0.1)
+    for p in (-0.1, 1.5, float("nan"), "0.1", True):
+        with pytest.raises(ValueError, match="p must be a probability"):
+            dropout(torch.ones(3), p)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        dropout(torch.ones(3), 0.1, backend="triton")
+    with pytest.raises(TypeError, match="seed must be an int"):
+        dropout(torch.ones(3), 0.1, seed=1.5)
+
+
+def test_output_is_written_by_the_kernel():
+    """Outputs are poisoned (NaN) before the kernel writes them (the session fixture); every
+    element must be written."""
+    assert _backend.poison_outputs(True) is True          # set by the autouse fixture
+    out = dropout(torch.randn(10007), 0.5, seed=1, backend="cpp")
+    assert torch.isfinite(out).all()
+
+
+def test_cuda_uses_torch_dropout(device):
+    x = torch.ones(1 << 16, device=device)
+    out = dropout(x, 0.25)
+    rate = (out != 0).float().mean().item()
+    assert abs(rate - 0.75) < 0.01
+    assert torch.allclose(out[out != 0], torch.full((), 1 / 0.75, device=device))
+
+
+def test_compiled_graph_takes_torch_dropout():
+    def f(x):
+        return dropout(x, 0.5) * 2
+
+    out = torch.compile(f, fullgraph=True, backend="eager")(torch.ones(1000))
+    ref_mask = F.dropout(torch.ones(1000), 0.5, True)
+    assert out.shape == ref_mask.shape and 0.3 < (out != 0).float().mean().item() < 0.7
