@@ -5,6 +5,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from reactfast import metrics
 from reactfast.data import SyntheticDyads, check_emotion, layout
@@ -147,6 +148,24 @@ def test_emotion_loss_broadcasts_like_explicit_copies():
     assert torch.allclose(got, want, atol=1e-6)
     # The CCC term adds 1 - CCC >= 0 (> 0 for unrelated sequences).
     assert float((emotion_loss(logits, target, ccc_weight=1.0) - emotion_loss(logits, target)).min()) > 0
+
+
+def test_emotion_loss_equals_the_per_pair_formula():
+    """Against each term written out on explicit copies (float64): BCE with logits, smooth L1 of
+    tanh, KL(target || softmax), 1 - CCC."""
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 3, 1, 20, 25, generator=g, dtype=torch.float64)
+    target = activate_emotion(torch.randn(2, 1, 4, 20, 25, generator=g, dtype=torch.float64))
+    x, t = logits.expand(2, 3, 4, 20, 25), target.expand(2, 3, 4, 20, 25)
+    au = F.binary_cross_entropy_with_logits(x[..., :15], t[..., :15], reduction="none").mean((-1, -2))
+    va = F.smooth_l1_loss(torch.tanh(x[..., 15:17]), t[..., 15:17], reduction="none").mean((-1, -2))
+    p = t[..., 17:] / t[..., 17:].sum(-1, keepdim=True)
+    kl = (p * (torch.log(p) - torch.log_softmax(x[..., 17:], -1))).sum(-1).mean(-1)
+    ccc = sequence_ccc(activate_emotion(x).contiguous(), t.contiguous()).mean(-1)
+    want = au + 3.0 * va + kl + 2.0 * (1 - ccc)
+    got = emotion_loss(logits, target, va_weight=3.0, ccc_weight=2.0)
+    assert got.shape == (2, 3, 4)
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
 
 
 def test_appropriate_losses_and_coverage():

@@ -49,18 +49,25 @@ def emotion_loss(logits: torch.Tensor, target: torch.Tensor, va_weight: float = 
                  ccc_weight: float = 0.0) -> torch.Tensor:
     """Per-sequence loss of head outputs ``logits`` (..., T, 25) against target emotion (..., T, 25)
     (broadcast): BCE of the AUs + ``va_weight`` x smooth L1 of valence/arousal + KL(target ||
-    predicted) of the expression distribution, each averaged over frames (and over its dims).
-    Returns (...)."""
+    predicted) of the expression distribution, each averaged over frames (and over its dims), +
+    ``ccc_weight`` x (1 - the CCC over time, averaged over the 25 dims). Returns (...).
+
+    Every activation and statistic is computed once per side, before broadcasting: with S samples
+    against K targets only the pairwise products are S x K (BCE(x, t) = softplus(x) - x t; the KL's
+    cross term; the CCC's covariance), not the activations."""
     shape = torch.broadcast_shapes(logits.shape, target.shape)
-    logits, target = logits.expand(shape), target.expand(shape)
-    au = F.binary_cross_entropy_with_logits(logits[..., layout.AU], target[..., layout.AU].clamp(0, 1),
-                                            reduction="none").mean((-1, -2))
-    va = F.smooth_l1_loss(torch.tanh(logits[..., layout.VA]), target[..., layout.VA], reduction="none").mean((-1, -2))
+    x_au = logits[..., layout.AU]
+    t_au = target[..., layout.AU].clamp(0, 1)
+    au = F.softplus(x_au).mean((-1, -2)) - (x_au * t_au).mean((-1, -2))
+    va_pred = torch.tanh(logits[..., layout.VA])
+    va_shape = shape[:-1] + va_pred.shape[-1:]
+    va = F.smooth_l1_loss(va_pred.expand(va_shape), target[..., layout.VA].expand(va_shape),
+                          reduction="none").mean((-1, -2))
     p = target[..., layout.EXPRESSION].clamp(min=0)
     p = p / p.sum(-1, keepdim=True).clamp(min=1e-8)
     log_q = torch.log_softmax(logits[..., layout.EXPRESSION], -1)
-    kl = (torch.xlogy(p, p) - p * log_q).sum(-1).mean(-1)
+    kl = torch.xlogy(p, p).sum(-1).mean(-1) - (p * log_q).sum(-1).mean(-1)
     loss = au + va_weight * va + kl
     if ccc_weight:
         loss = loss + ccc_weight * (1 - sequence_ccc(activate_emotion(logits), target).mean(-1))
-    return loss
+    return loss.expand(shape[:-2])
