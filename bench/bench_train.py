@@ -1,10 +1,14 @@
 """Training speed of the demo generators (their ``demo_config`` and first demo stage, the demo's
 batch size and windows, synthetic data): optimizer steps per second, and for ReactFace the
-current path against the earlier one measured in the same run (the biased attention forced to its
-reference backend, which builds a bias per stream and rebuilds it in backward).
+current path against earlier ones measured in the same run: the biased attention forced to its
+reference backend (which builds a bias per stream and rebuilds it in backward), and the whole stock
+path (torch's Bernoulli dropout, nn.MultiheadAttention's and nn.TransformerEncoder's forwards, the
+reference attention).
 
 On a GPU the same steps run in float32 and with bf16 autocast (``TrainConfig(amp=True)``), and
 the times are recorded with the device's name."""
+
+import contextlib
 
 import pytest
 import torch
@@ -12,6 +16,8 @@ import torch
 from reactfast import models
 from reactfast.data import SyntheticDyads
 from reactfast.demo import CLIP_FRAMES, demo_model
+from reactfast.models import reactface
+from reactfast.nn import dropout as nn_dropout
 from reactfast.train import TrainConfig, Trainer
 
 STEPS = 3          # optimizer steps per timed call
@@ -59,6 +65,38 @@ def test_reactface_training_against_reference_attention(best_times, bench_report
     t = best_times({"sdpa": _steps(new), "reference": _steps(old)}, rounds=3)
     bench_report(f"train reactface step, cpu: {1e3 * t['sdpa'] / STEPS:.0f} ms (attention sdpa) vs "
                  f"{1e3 * t['reference'] / STEPS:.0f} ms (attention reference): {t['reference'] / t['sdpa']:.2f}x")
+
+
+@contextlib.contextmanager
+def _stock_torch_path():
+    """ReactFace's step as it ran before the CPU work of issue 17: torch's own dropout (a Bernoulli
+    per element), nn.MultiheadAttention's and nn.TransformerEncoder's own forwards."""
+    saved = reactface.multi_head_attention, reactface.encoder, nn_dropout.dropout
+    reactface.multi_head_attention = lambda mha, q, k, v, key_padding_mask=None: mha(
+        q, k, v, key_padding_mask=key_padding_mask, need_weights=False)[0]
+    reactface.encoder = lambda module, x, mask=None: module(x, src_key_padding_mask=mask)
+    nn_dropout.dropout = lambda x, p, training=True: torch.nn.functional.dropout(x, p, training)
+    try:
+        yield
+    finally:
+        reactface.multi_head_attention, reactface.encoder, nn_dropout.dropout = saved
+
+
+def test_reactface_training_against_stock_torch(best_times, bench_report):
+    """The step with the package's CPU paths (hashed-mask dropout kernel, lean attention forwards,
+    cached attention biases) against torch's stock modules with the attention's reference backend,
+    interleaved in one run; the two draw different dropout masks, so only the speed is compared."""
+    new, old = _trainer("reactface", "cpu"), _trainer("reactface", "cpu", backend="biased_attention:reference")
+
+    def stock():
+        with _stock_torch_path():
+            _steps(old)()
+
+    t = best_times({"package": _steps(new), "stock": stock}, rounds=5)
+    bench_report(f"train reactface step (demo config), cpu {torch.get_num_threads()} threads: "
+                 f"{1e3 * t['package'] / STEPS:.0f} ms with the package's CPU paths vs "
+                 f"{1e3 * t['stock'] / STEPS:.0f} ms stock torch + reference attention: "
+                 f"{t['stock'] / t['package']:.2f}x")
 
 
 @pytest.mark.gpu
