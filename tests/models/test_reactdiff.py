@@ -9,11 +9,11 @@ from reactfast.testing import assert_close
 from reactfast.train import TrainConfig, Trainer
 
 
-def tiny():
+def tiny(**kw):
     torch.manual_seed(0)
     return ReactDiff(ReactDiffConfig(audio_dim=4, attn_dim=32, heads=2, latent=16, dec_heads=2, dec_ffn=32,
                                      dec_layers=1, window=10, train_steps=8, channels=32, mults=(1, 2, 4, 8),
-                                     res_blocks=1, cond_dim=32, ema=0.9))
+                                     res_blocks=1, cond_dim=32, ema=0.9, **kw))
 
 
 def test_defaults_are_the_authors():
@@ -34,11 +34,12 @@ def test_generate_shapes_determinism_diversity(device):
     assert (a["emotion"][0, 0] - a["emotion"][0, 1]).abs().mean() > 1e-4
 
 
-def test_streaming_equals_generate():
+@pytest.mark.parametrize("cond_frames", [False, True])
+def test_streaming_equals_generate(cond_frames):
     # In float64: with eps prediction, x0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab) magnifies float32
     # rounding at the noisiest step (ab ~ 0), so batch-shape-dependent last-bit differences of the
     # batched matmuls reach ~1e-3 in float32; in float64 the two paths agree to ~1e-11.
-    model = tiny().double().eval()
+    model = tiny(cond_frames=cond_frames).double().eval()
     speaker, audio = torch.rand(1, 30, 25, dtype=torch.float64), torch.randn(1, 60, 4, dtype=torch.float64)
     offline = model.generate(speaker, audio, 2, torch.Generator().manual_seed(5))
     stream = ReactionStream(model, 2, torch.Generator().manual_seed(5))
@@ -47,8 +48,9 @@ def test_streaming_equals_generate():
         assert_close(key, offline[key][0], torch.cat([p[key] for p in parts], 1), atol=1e-8, rtol=1e-8)
 
 
-def test_both_stages_train(device):
-    model = tiny()
+@pytest.mark.parametrize("cond_frames", [False, True])
+def test_both_stages_train(device, cond_frames):
+    model = tiny(cond_frames=cond_frames)
     data = SyntheticDyads(sessions=6, frames=60, audio_dim=4, seed=0, split="train").dataset(frames=60, window=10)
     model.set_stage(1)
     h1 = Trainer(model, data, TrainConfig(steps=40, batch_size=8, lr=3e-3, progress=False), device=device).fit()
@@ -87,3 +89,20 @@ def test_latent_stats_average_every_batch_and_standardise():
     assert_close("round trip", model.denormalize(model.normalize(a)), a, atol=1e-4, rtol=1e-5)
     model.config.normalize_latent = False
     assert model.latent_scale() is None and torch.equal(model.normalize(a), a)
+
+
+def test_speaker_frames_reach_the_denoiser():
+    """With ``cond_frames`` the eps prediction depends on each frame of the speaker's latent window
+    (through the input convolution, not only through the pooled z_bc); without, the denoiser
+    refuses frames, and with, it requires them."""
+    model = tiny(cond_frames=True)
+    x, t = torch.randn(2, 10, 16), torch.tensor([3, 5])
+    z_s = torch.randn(2, 10, 16, requires_grad=True)
+    z_bc = model.condition(z_s).detach()
+    eps = model(x, t, z_bc, frames=z_s)
+    (grad,) = torch.autograd.grad(eps[:, 4].sum(), z_s)
+    assert float(grad.abs().sum((0, 2))[4]) > 0
+    with pytest.raises(ValueError, match="cond_frames"):
+        model(x, t, z_bc)
+    with pytest.raises(ValueError, match="cond_frames"):
+        tiny()(x, t, z_bc, frames=z_s)

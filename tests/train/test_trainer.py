@@ -107,3 +107,23 @@ def test_ddp_two_processes_match_single(tmp_path):
     typical = sorted(float((v - ddp[k]).abs().max()) for k, v in _weights(single.model).items())
     assert typical[len(typical) // 2] < 1e-5, typical
     assert worst < 4e-2, worst
+
+
+def test_checkpoint_from_before_a_config_field_was_added(tmp_path):
+    """A checkpoint written before a config field existed loads as that field's default, and
+    into a model configured otherwise it fails naming the field."""
+    from reactfast.models import ReactFace, ReactFaceConfig
+
+    model = tiny_model()
+    path = save_checkpoint(str(tmp_path / "ck"), model)
+    meta_path = os.path.join(path, "config.json")
+    meta = json.load(open(meta_path))
+    assert meta["config"]["coverage_weight"] == ReactFaceConfig.coverage_weight
+    del meta["config"]["coverage_weight"]
+    json.dump(meta, open(meta_path, "w"))
+    loaded = load_model(path)
+    assert loaded.config.coverage_weight == ReactFaceConfig.coverage_weight
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    other = ReactFace(ReactFaceConfig(**{**meta["config"], "coverage_weight": 0.5}))
+    with pytest.raises(CheckpointError, match="coverage_weight: checkpoint 0.0 vs model 0.5"):
+        load_into(other, path)
