@@ -288,7 +288,7 @@ class ReactDiff(Generator):
     def demo_config(cls, audio_dim: int) -> ReactDiffConfig:
         return ReactDiffConfig(audio_dim=audio_dim, attn_dim=64, heads=4, latent=32, dec_heads=4, dec_ffn=64,
                                dec_layers=2, channels=32, mults=(1, 2, 2, 2), res_blocks=1, cond_dim=64, ema=0.99,
-                               clip=None, norm_groups=4)
+                               clip=None, norm_groups=4, prediction="x0", cond_frames=True)
 
     def demo_stages(self, steps: int) -> List[TrainStage]:
         return [TrainStage(stage=1, steps=steps, lr=2e-3, batch_size=16),
