@@ -8,19 +8,11 @@ constexpr index_t kParallel = 1 << 16;
 
 RF_CLONES void fwd_block(const float* x, float* out, std::uint8_t* keep, index_t begin, index_t end,
                          std::uint32_t threshold, std::uint32_t key0, std::uint32_t key1, float scale) {
-  if (keep != nullptr) {
 #pragma omp simd
-    for (index_t i = begin; i < end; ++i) {
-      const bool k = dropout_bits(static_cast<std::uint32_t>(i), key0, key1) >= threshold;
-      out[i] = k ? x[i] * scale : 0.0f;
-      keep[i] = static_cast<std::uint8_t>(k);
-    }
-  } else {
-#pragma omp simd
-    for (index_t i = begin; i < end; ++i) {
-      const bool k = dropout_bits(static_cast<std::uint32_t>(i), key0, key1) >= threshold;
-      out[i] = k ? x[i] * scale : 0.0f;
-    }
+  for (index_t i = begin; i < end; ++i) {
+    const bool k = dropout_bits(static_cast<std::uint32_t>(i), key0, key1) >= threshold;
+    out[i] = k ? x[i] * scale : 0.0f;
+    keep[i] = static_cast<std::uint8_t>(k);
   }
 }
 

@@ -24,7 +24,7 @@ RF_HOST_DEVICE inline std::uint32_t dropout_bits(std::uint32_t i, std::uint32_t 
   return lowbias32(lowbias32(i ^ key0) ^ key1);
 }
 
-// out[i] = keep ? x[i] * scale : 0 and keep[i] = 0/1 for i < n (n < 2^32). keep may be null.
+// out[i] = keep ? x[i] * scale : 0 and keep[i] = 0/1 for i < n (n < 2^32).
 void dropout_fwd_cpu(const float* x, float* out, std::uint8_t* keep, index_t n, std::uint32_t threshold,
                      std::uint32_t key0, std::uint32_t key1, float scale);
 

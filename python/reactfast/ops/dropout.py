@@ -71,11 +71,12 @@ def dropout(x: torch.Tensor, p: float, training: bool = True, seed: Optional[int
         x: float tensor, any shape.
         p: drop probability in [0, 1].
         training: when False (or p == 0) ``x`` is returned as is.
-        seed: the call's 64-bit key (the same seed gives the same mask); default one draw from
-            ``generator`` (torch's global generator when None), so ``torch.manual_seed`` makes
-            training reproducible as with ``nn.Dropout``.
+        seed: the call's 64-bit key (the same seed gives the same mask on every device); default
+            one draw from ``generator`` (torch's global CPU generator when None), so
+            ``torch.manual_seed`` makes training reproducible as with ``nn.Dropout``.
         backend: ``"cpp"`` or ``"reference"``; default ``cpp`` for float32 CPU tensors, the
-            reference for other CPU dtypes, torch's own dropout on CUDA.
+            reference for other CPU dtypes and for seeded CUDA calls, torch's own dropout for
+            unseeded CUDA calls and inside ``torch.compile``.
 
     Returns:
         A tensor of x's shape and dtype (contiguous when dropped), differentiable.
@@ -96,12 +97,12 @@ def dropout(x: torch.Tensor, p: float, training: bool = True, seed: Optional[int
         return x
     if p == 1.0:
         return x * 0.0
-    if backend is None and (x.is_cuda or torch.compiler.is_compiling()):
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if torch.compiler.is_compiling() or (backend is None and seed is None and x.is_cuda):
         return F.dropout(x, p, True)
     if seed is None:
         seed = draw_seed(generator)
-    elif isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
     if backend is None and x.dtype != torch.float32:
         backend = "reference"
     name = _backend.select("dropout", x.device, IMPLEMENTED, backend)
