@@ -31,23 +31,18 @@ def multi_head_attention(mha: nn.MultiheadAttention, query: torch.Tensor, key: t
     if not mha.batch_first or mha.bias_k is not None or mha.add_zero_attn:
         return mha(query, key, value, key_padding_mask=key_padding_mask, need_weights=False)[0]
     E, H = mha.embed_dim, mha.num_heads
-    if mha._qkv_same_embed_dim:
-        w, b = mha.in_proj_weight, mha.in_proj_bias
-        bq, bkv = (None, None) if b is None else (b[:E], b[E:])
-        if query is key and key is value:
-            q, k, v = F.linear(query, w, b).chunk(3, -1)
-        elif key is value:
-            q = F.linear(query, w[:E], bq)
-            k, v = F.linear(key, w[E:], bkv).chunk(2, -1)
-        else:
-            q = F.linear(query, w[:E], bq)
-            k = F.linear(key, w[E:2 * E], None if b is None else b[E:2 * E])
-            v = F.linear(value, w[2 * E:], None if b is None else b[2 * E:])
+    b = mha.in_proj_bias
+    bq, bk, bv = (None, None, None) if b is None else b.chunk(3)
+    if mha._qkv_same_embed_dim and query is key and key is value:
+        q, k, v = F.linear(query, mha.in_proj_weight, b).chunk(3, -1)          # one packed projection
+    elif mha._qkv_same_embed_dim and key is value:
+        w = mha.in_proj_weight
+        q = F.linear(query, w[:E], bq)
+        k, v = F.linear(key, w[E:], None if b is None else b[E:]).chunk(2, -1)
     else:
-        b = mha.in_proj_bias
-        q = F.linear(query, mha.q_proj_weight, None if b is None else b[:E])
-        k = F.linear(key, mha.k_proj_weight, None if b is None else b[E:2 * E])
-        v = F.linear(value, mha.v_proj_weight, None if b is None else b[2 * E:])
+        wq, wk, wv = (mha.in_proj_weight.chunk(3) if mha._qkv_same_embed_dim else
+                      (mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight))
+        q, k, v = F.linear(query, wq, bq), F.linear(key, wk, bk), F.linear(value, wv, bv)
     q, k, v = _split_heads(q, H), _split_heads(k, H), _split_heads(v, H)
     mask = None
     if key_padding_mask is not None:
