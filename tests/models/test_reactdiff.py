@@ -106,3 +106,21 @@ def test_speaker_frames_reach_the_denoiser():
         model(x, t, z_bc)
     with pytest.raises(ValueError, match="cond_frames"):
         tiny()(x, t, z_bc, frames=z_s)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_training_target_is_what_the_sampler_inverts(prediction):
+    """The stage-2 target for each prediction type is the output from which the DDIM step recovers
+    the clean latent (float64 data; the step's coefficients are float32, hence the 1e-5 relative
+    norm: a wrong sign or scale misses by O(1))."""
+    model = tiny(prediction=prediction, clip=None).double()
+    g = torch.Generator().manual_seed(3)
+    x0, noise = torch.randn(4, 10, 16, generator=g, dtype=torch.float64), torch.randn(4, 10, 16, generator=g,
+                                                                                      dtype=torch.float64)
+    t = torch.tensor([0, 2, 5, 7])
+    x_t = model.scheduler.add_noise(x0, noise, t)
+    target = model._target(x0, noise, t)
+    _, x0_hat = model.scheduler.step(target, t, x_t, t - 1, backend="reference")
+    assert float((x0_hat - x0).norm() / x0.norm()) <= 1e-5
+    with pytest.raises(ValueError, match="prediction must be one of"):
+        ReactDiffConfig(prediction="score")

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reactfast.data import layout
-from reactfast.diffusion import DDIMScheduler, sample
+from reactfast.diffusion import PREDICTIONS, DDIMScheduler, sample
 from reactfast.models._inputs import check_speaker_audio, pad_to_windows
 from reactfast.models.base import Generator, GeneratorConfig, TrainStage, randn, register
 from reactfast.models.heads import EmotionHead
@@ -98,8 +98,8 @@ class ReactDiffConfig(GeneratorConfig):
         if self.norm_groups < 1 or self.channels % self.norm_groups or self.cond_dim % self.norm_groups:
             raise ValueError(f"channels and cond_dim must be multiples of norm_groups ({self.norm_groups}, the "
                              f"GroupNorm groups), got channels={self.channels}, cond_dim={self.cond_dim}")
-        if self.prediction not in ("eps", "x0", "v"):
-            raise ValueError(f"prediction must be 'eps', 'x0' or 'v', got {self.prediction!r}")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
 
