@@ -12,7 +12,6 @@ made, ``<name>`` is the folder itself and a loader finds the newest complete ver
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -229,19 +228,6 @@ def load_model(path: str, device=None) -> nn.Module:
     return model.to(device) if device is not None else model
 
 
-def _field_defaults(model: nn.Module) -> dict:
-    """The config fields of ``model``'s config class that have defaults, as ``to_dict`` writes them."""
-    config = model.config
-    defaults = {}
-    for f in dataclasses.fields(config):
-        if f.default is not dataclasses.MISSING:
-            defaults[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            defaults[f.name] = f.default_factory()
-    rendered = dataclasses.replace(config, **defaults).to_dict()
-    return {k: rendered[k] for k in defaults if k in rendered}
-
-
 def load_into(model: nn.Module, path: str) -> dict:
     """Load weights into an existing model after checking that its config matches; says what differs."""
     meta = read_config(path)
@@ -253,7 +239,7 @@ def load_into(model: nn.Module, path: str) -> dict:
     mine = registry.config_of(target)
     # A field added to the config after the checkpoint was written reads as its default (the
     # behaviour the checkpoint was trained with).
-    saved = {**_field_defaults(target), **meta["config"]}
+    saved = {**type(target.config)().to_dict(), **meta["config"]}
     diff = {k: (saved.get(k), mine.get(k)) for k in set(mine) | set(saved) if saved.get(k) != mine.get(k)}
     if diff:
         lines = ", ".join(f"{k}: checkpoint {a!r} vs model {b!r}" for k, (a, b) in sorted(diff.items()))
