@@ -81,6 +81,15 @@ def test_chunking_does_not_change_results():
     assert metrics.frcorr(pred, gt, appropriate, chunk=1) == pytest.approx(metrics.frcorr(pred, gt, appropriate))
 
 
+@pytest.mark.parametrize("chunk", [1, 2 * 40 * 25 * 3])
+def test_spread_metrics_in_speaker_chunks(monkeypatch, chunk):
+    """FRDiv, FRDvs and FRVar over float64 chunks of one or three speakers equal the reference."""
+    pred = make_case(7, 8, 2, 40)[0]
+    monkeypatch.setattr(metrics, "_SPREAD_CHUNK", chunk)
+    for fast, slow in ((metrics.frdiv, ref.frdiv), (metrics.frdvs, ref.frdvs), (metrics.frvar, ref.frvar)):
+        assert fast(pred) == pytest.approx(slow(pred), rel=1e-12), fast.__name__
+
+
 def _bad(**change):
     pred, gt, speaker, appropriate = make_case(6, 4, 2, 20)
     args = dict(pred=pred, listener_gt=gt, speaker=speaker, appropriate=appropriate)

@@ -180,30 +180,45 @@ def frdist(pred, listener_gt, appropriate, chunk: int = 16, progress: bool = Fal
     return _frdist(pred, listener_gt, a, chunk, progress, abandon, groups, backend, rows)
 
 
+# Values per float64 chunk of the spread metrics (FRDiv, FRDvs, FRVar).
+_SPREAD_CHUNK = 1 << 20
+
+
+def _speaker_chunks(pred):
+    """float64 copies of ``pred`` (N, S, T*D) a few speakers at a time (about _SPREAD_CHUNK values):
+    the temporaries stay small instead of several float64 copies of the whole set (1.2 GB each at
+    the test set's scale)."""
+    N = pred.shape[0]
+    flat = pred.reshape(N, pred.shape[1], -1)
+    step = max(1, _SPREAD_CHUNK // max(1, flat[0].numel()))
+    for lo in range(0, N, step):
+        yield flat[lo:lo + step].double()
+
+
 def _frdiv(pred) -> float:
     N, S = pred.shape[:2]
     if S == 1:
         return 0.0
-    flat = pred.reshape(N, S, -1).double()
     # sum_{i != i'} ||a_i - a_i'||^2 = 2 S sum_i ||a_i - mean||^2 (centred: no cancellation).
-    centred = flat - flat.mean(1, keepdim=True)
-    per_speaker = 2 * S * (centred ** 2).sum((1, 2)) / (S * (S - 1) * flat.shape[-1])
-    return float(per_speaker.mean())
+    total = sum(float(((c - c.mean(1, keepdim=True)) ** 2).sum()) for c in _speaker_chunks(pred))
+    return 2 * S * total / (S * (S - 1) * pred[0, 0].numel()) / N
 
 
 def _frdvs(pred) -> float:
     N, S = pred.shape[:2]
     if N == 1:
         return 0.0
-    flat = pred.reshape(N, S, -1).double()
-    centred = flat - flat.mean(0, keepdim=True)
-    return float(2 * N * (centred ** 2).sum() / (N * (N - 1) * S * flat.shape[-1]))
+    mean = sum(c.sum(0) for c in _speaker_chunks(pred)) / N
+    total = sum(float(((c - mean) ** 2).sum()) for c in _speaker_chunks(pred))
+    return 2 * N * total / (N * (N - 1) * S * pred[0, 0].numel())
 
 
 def _frvar(pred) -> float:
-    if pred.shape[2] < 2:
+    N, S, T, D = pred.shape
+    if T < 2:
         raise ValueError(f"pred needs at least 2 frames for FRVar, got shape {tuple(pred.shape)}")
-    return float(pred.double().var(dim=2, unbiased=True).mean())
+    total = sum(float(c.view(-1, S, T, D).var(dim=2, unbiased=True).sum()) for c in _speaker_chunks(pred))
+    return total / (N * S * D)
 
 
 def sync_offsets(rs: torch.Tensor) -> torch.Tensor:
