@@ -146,7 +146,8 @@ def _cmd_train(args) -> int:
     train_fields = dict(steps=s["steps"], batch_size=s["batch_size"],
                         lr=s["lr"] if s["lr"] is not None else stage_lr, ckpt_every=s["ckpt_every"],
                         val_every=s["val_every"], out_dir=args.out, seed=s["seed"], progress=not args.no_progress,
-                        optimizer=optimizer, deterministic=args.deterministic, tensorboard=args.tensorboard)
+                        optimizer=optimizer, deterministic=args.deterministic, compile=args.compile,
+                        tensorboard=args.tensorboard)
     cfg = configs.build(TrainConfig, {**train_fields, **overrides["train"]}, "--config")
     extra = {"data": {"spec": data_spec, "sessions": s["sessions"], "seed": s["seed"], "frames": s["frames"]},
              "run": {k: s[k] for k in _TRAIN_DEFAULTS}, "audio": clips.audio_features}
@@ -409,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "against baselines, a plot", _cmd_demo)
     p.add_argument("--out", default="reactfast_out/demo", help="folder for the data, results and plots")
     p.add_argument("--sessions", type=int, default=48, help="synthetic training sessions (default 48)")
-    p.add_argument("--steps", type=int, default=500, help="training steps (default 500)")
+    p.add_argument("--steps", type=int, default=500, help="training steps (default 500; a model's demo schedule may "
+                   "scale them per stage)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--model", default=models.DEFAULT, choices=model_names, help=f"generator ({models_help})")
     _device_args(p)
@@ -437,6 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt-every", type=int, help="save a checkpoint every N steps (default: at the end)")
     p.add_argument("--val-every", type=int, help="validate every N steps on the val split; keeps 'best'")
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels (bit-exact resume on CUDA)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model's training forward (pays off on "
+                   "a GPU; on a CPU compiling takes minutes and the demo models run no faster)")
     p.add_argument("--tensorboard", action="store_true", help="log to OUT/tensorboard (needs tensorboard)")
     p.add_argument("--no-progress", action="store_true")
     _device_args(p)

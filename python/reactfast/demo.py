@@ -67,7 +67,8 @@ def train_and_generate(name: str, data_root: str, test: ReactDataset, steps: int
     audio_dim = ReactDataset(data_root, "train", frames=50)[0]["speaker_audio"].shape[-1]
     model = demo_model(name, audio_dim, backend)
     params = sum(p.numel() for p in model.parameters())
-    print(f"[demo] training {name} ({params / 1e6:.2f} M parameters) for {steps} steps")
+    schedule = " + ".join(str(stage.steps) for stage in model.demo_stages(steps))
+    print(f"[demo] training {name} ({params / 1e6:.2f} M parameters) for {schedule} steps")
     t0 = time.perf_counter()
     first, last = _train_stages(model, data_root, seed, out, steps, device)
     print(f"[demo] trained in {time.perf_counter() - t0:.0f} s: first-stage reconstruction loss {first:.4f} -> "

@@ -34,18 +34,51 @@ def test_generate_shapes_determinism_diversity(device):
     assert (a["emotion"][0, 0] - a["emotion"][0, 1]).abs().mean() > 1e-4
 
 
-@pytest.mark.parametrize("cond_frames", [False, True])
-def test_streaming_equals_generate(cond_frames):
+@pytest.mark.parametrize("options", [dict(cond_frames=False), dict(cond_frames=True),
+                                     dict(cond_frames=True, window_noise="shared", noise_scale=0.7)])
+def test_streaming_equals_generate(options):
     # In float64: with eps prediction, x0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab) magnifies float32
     # rounding at the noisiest step (ab ~ 0), so batch-shape-dependent last-bit differences of the
     # batched matmuls reach ~1e-3 in float32; in float64 the two paths agree to ~1e-11.
-    model = tiny(cond_frames=cond_frames).double().eval()
+    model = tiny(**options).double().eval()
     speaker, audio = torch.rand(1, 30, 25, dtype=torch.float64), torch.randn(1, 60, 4, dtype=torch.float64)
     offline = model.generate(speaker, audio, 2, torch.Generator().manual_seed(5))
     stream = ReactionStream(model, 2, torch.Generator().manual_seed(5))
     parts = [stream.push(speaker[0, :13], audio[0, :26]), stream.push(speaker[0, 13:], audio[0, 26:])]
     for key in ("3dmm", "emotion"):
         assert_close(key, offline[key][0], torch.cat([p[key] for p in parts], 1), atol=1e-8, rtol=1e-8)
+
+
+def test_shared_window_noise():
+    """window_noise="shared": every window of a sample starts from its first window's noise (a
+    speaker repeating one window gets the same reaction in every window), and a stream keeps it
+    across pushes and across cat/split; "independent" windows differ; noise_scale scales x_T."""
+    # float64: eps prediction magnifies the batched matmuls' row-dependent float32 rounding (see above)
+    speaker = torch.rand(1, 10, 25, dtype=torch.float64).repeat(1, 3, 1)
+    audio = torch.randn(1, 20, 4, dtype=torch.float64).repeat(1, 3, 1)
+    shared = tiny(window_noise="shared").double().eval()
+    out = shared.generate(speaker, audio, 2, torch.Generator().manual_seed(0))["emotion"][0]
+    for s in range(2):
+        assert_close("window 2", out[s, :10], out[s, 10:20], atol=1e-9, rtol=1e-9)
+        assert_close("window 3", out[s, :10], out[s, 20:], atol=1e-9, rtol=1e-9)
+    assert (out[0] - out[1]).abs().max() > 1e-4          # samples still differ
+    independent = tiny().double().eval().generate(speaker, audio, 2, torch.Generator().manual_seed(0))["emotion"][0]
+    assert (independent[0, :10] - independent[0, 10:20]).abs().max() > 1e-4
+    state = shared.init_state(3)
+    first = shared.draw_noise(3, torch.Generator().manual_seed(1))
+    _, state = shared.step(state, speaker[:, :10].expand(3, -1, -1), audio[:, :20].expand(3, -1, -1), first)
+    a, b = state.split([1, 2])
+    joined = type(state).cat([b, a])
+    assert torch.equal(joined.noise, torch.cat([first[1:], first[:1]]))
+    fresh = shared.init_state(1)
+    mixed = type(state).cat([fresh, a])                   # a new stream next to a started one
+    second = shared.draw_noise(2, torch.Generator().manual_seed(2))
+    _, after = shared.step(mixed, speaker[:, :10].expand(2, -1, -1), audio[:, :20].expand(2, -1, -1), second)
+    assert torch.equal(after.noise[0], second[0]) and torch.equal(after.noise[1], first[0])
+    with pytest.raises(ValueError, match="window_noise must be one of"):
+        ReactDiffConfig(window_noise="per-frame")
+    with pytest.raises(ValueError, match="noise_scale must be > 0"):
+        ReactDiffConfig(noise_scale=0.0)
 
 
 @pytest.mark.parametrize("cond_frames", [False, True])

@@ -506,11 +506,12 @@ class ReactFace(Generator):
         if W > C // 2:
             raise ValueError(f"window of {W} frames is larger than half the context ({C})")
         speaker, audio, n = pad_to_windows(speaker, audio, W, k)
+        fresh = state is None  # known on the host: no read of state.count (a sync, and a graph break)
         state = state or self.init_state(G * rows, W, speaker.device, conversations=G)
         x, a = self.speaker_proj(speaker), self.audio_proj(audio)
         sk, sv = self.speaker_self.kv(x)
-        if n * W <= C and not bool(state.count.any()):
-            # The whole clip fits the buffer: one causal call equals the window-by-window calls.
+        if n * W <= C and fresh:
+            # The whole clip fits the empty buffer: one causal call equals the window-by-window calls.
             h_attn = self.speaker_self.attn.attend(x, sk, sv, q_offset=0)
         else:
             keys = (torch.cat([state.speaker_k, sk], 2), torch.cat([state.speaker_v, sv], 2))

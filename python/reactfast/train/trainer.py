@@ -11,6 +11,8 @@
   bit-exactly (weights, optimizer, step, CPU and CUDA RNG states); on CUDA with
   ``deterministic=True``, which selects deterministic kernels (math attention, no atomics).
 - Periodic validation with the REACT metric suite, its costly parts sharded over ranks.
+- ``compile=True``: the model's forward through ``torch.compile`` (compiled on the first step).
+  Under compile, dropout is torch's own (its masks differ from the eager hashed ones).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
     deterministic: bool = False
+    compile: bool = False
     best_metric: str = "FRDist"
     tensorboard: bool = False
 
@@ -177,6 +180,10 @@ class Trainer:
             self.forward = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=any(not p.requires_grad for p in model.parameters()))
+        if cfg.compile:
+            # The model's forward (the DDP wrapper's, under torchrun) through torch.compile: compiled on
+            # the first step, again if a batch's shapes change.
+            self.forward = torch.compile(self.forward)
         self.step = 0
         self.best: Optional[float] = None
         self._saved_step: Optional[int] = None
