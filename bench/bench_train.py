@@ -9,6 +9,7 @@ On a GPU the same steps run in float32 and with bf16 autocast (``TrainConfig(amp
 the times are recorded with the device's name."""
 
 import contextlib
+import time
 
 import pytest
 import torch
@@ -23,7 +24,7 @@ from reactfast.train import TrainConfig, Trainer
 STEPS = 3          # optimizer steps per timed call
 
 
-def _trainer(name: str, device: str, backend=None, amp: bool = False) -> Trainer:
+def _trainer(name: str, device: str, backend=None, amp: bool = False, compile: bool = False) -> Trainer:
     torch.manual_seed(0)
     model = demo_model(name, 32, backend=backend)
     stage = model.demo_stages(10)[0]
@@ -32,7 +33,7 @@ def _trainer(name: str, device: str, backend=None, amp: bool = False) -> Trainer
     data = SyntheticDyads(sessions=12, frames=256, audio_dim=32, seed=0, split="train").dataset(
         frames=256, window=window, stride=stride)
     cfg = TrainConfig(steps=10 ** 6, batch_size=stage.batch_size, lr=stage.lr, seed=0, progress=False,
-                      optimizer=stage.optimizer, amp=amp)
+                      optimizer=stage.optimizer, amp=amp, compile=compile)
     return Trainer(model, data, cfg, device=device)
 
 
@@ -97,6 +98,19 @@ def test_reactface_training_against_stock_torch(best_times, bench_report):
                  f"{1e3 * t['package'] / STEPS:.0f} ms with the package's CPU paths vs "
                  f"{1e3 * t['stock'] / STEPS:.0f} ms stock torch + reference attention: "
                  f"{t['stock'] / t['package']:.2f}x")
+
+
+def test_reactface_training_compiled(best_times, bench_report):
+    """TrainConfig(compile=True) against eager, interleaved, after the compiled step's first call
+    (which compiles; its time is reported apart)."""
+    eager, compiled = _trainer("reactface", "cpu"), _trainer("reactface", "cpu", compile=True)
+    start = time.perf_counter()
+    compiled.train_step()
+    compile_s = time.perf_counter() - start
+    t = best_times({"eager": _steps(eager), "compiled": _steps(compiled)}, rounds=5)
+    bench_report(f"train reactface step (demo config), cpu {torch.get_num_threads()} threads: "
+                 f"{1e3 * t['compiled'] / STEPS:.0f} ms compiled vs {1e3 * t['eager'] / STEPS:.0f} ms eager "
+                 f"({t['eager'] / t['compiled']:.2f}x); first compiled step {compile_s:.0f} s")
 
 
 @pytest.mark.gpu

@@ -165,6 +165,26 @@ def test_streaming_equals_generate():
     assert_close("listener b", alone[0], res[1]["emotion"], atol=1e-4, rtol=1e-4)
 
 
+def test_condition_window():
+    """condition_window="current": streaming equals offline generation, and listener window i
+    depends on speaker window i (with "previous" it does not: only window i + 1 changes)."""
+    speaker, audio = inputs(B=1, T=30)
+    for mode in ("previous", "current"):
+        model = tiny(condition_window=mode).eval()
+        offline = model.generate(speaker, audio, 2, torch.Generator().manual_seed(3))["emotion"][0]
+        stream = ReactionStream(model, 2, torch.Generator().manual_seed(3))
+        parts = [stream.push(speaker[0, :13], audio[0, :26]), stream.push(speaker[0, 13:], audio[0, 26:])]
+        assert_close(f"stream {mode}", offline, torch.cat([p["emotion"] for p in parts], 1), atol=1e-4, rtol=1e-4)
+        edited = speaker.clone()
+        edited[:, 10:20] += 1.0                            # speaker window 1 only
+        other = model.generate(edited, audio, 2, torch.Generator().manual_seed(3))["emotion"][0]
+        changed = [(other[:, w * 10:(w + 1) * 10] - offline[:, w * 10:(w + 1) * 10]).abs().max() > 1e-3
+                   for w in range(3)]
+        assert changed == ([False, False, True] if mode == "previous" else [False, True, False]), (mode, changed)
+    with pytest.raises(ValueError, match="condition_window must be one of"):
+        PerFRDiffConfig(condition_window="next")
+
+
 def test_supervised_contrastive():
     p = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]]), dim=-1)
     good = supervised_contrastive(p, torch.tensor([0, 0, 1, 1]))

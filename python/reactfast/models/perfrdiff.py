@@ -19,6 +19,12 @@ reactions personalised by weight editing, batched across listeners (SPEC 4.2).
   holds many listeners and the GAFRG's weights are never copied.
 
 Training has two stages (``set_stage``): 1 trains GAFRG and PSSL; 2 trains PWSG with both frozen.
+
+``condition_window="current"`` (beyond the authors' code; default "previous") conditions listener
+window i on the speaker's window i itself, as ReactDiff does (online: once that window has
+arrived). Where listeners follow the speaker within a few frames, as on the demo data (2-12
+frames), the previous window carries little of what window i reacts to: the speaker's own previous
+window copied forward scores FRDist 215 there, against 198 for the speaker's current one (Mirror).
 """
 
 from __future__ import annotations
@@ -40,6 +46,10 @@ from reactfast.nn.personalize import make_shiftable, personalize, shift_entries
 from reactfast.nn.positional import sinusoid
 
 
+# The speaker window that conditions listener window i: i - 1 (the authors') or i.
+CONDITION_WINDOWS = ("previous", "current")
+
+
 @dataclass
 class PerFRDiffConfig(GeneratorConfig):
     output: str = "emotion"
@@ -58,6 +68,7 @@ class PerFRDiffConfig(GeneratorConfig):
     spacing: str = "leading"
     clip: float = 1.0
     guidance: float = 7.5
+    condition_window: str = "previous"
     style_dim: int = 512
     style_layers: int = 4
     style_heads: int = 4
@@ -84,6 +95,8 @@ class PerFRDiffConfig(GeneratorConfig):
             raise ValueError(f"sample_steps ({self.sample_steps}) must not exceed train_steps ({self.train_steps})")
         if self.shift_rank < 0:
             raise ValueError(f"shift_rank must be >= 0 (0 = full rank), got {self.shift_rank}")
+        if self.condition_window not in CONDITION_WINDOWS:
+            raise ValueError(f"condition_window must be one of {CONDITION_WINDOWS}, got {self.condition_window!r}")
         if not 0 <= self.cond_dropout < 1:
             raise ValueError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
 
@@ -333,14 +346,14 @@ class PerFRDiff(Generator):
         return ("sgd", 1e-3) if stage == 2 else ("adamw", None)
 
     def training_windows(self, clip_frames: int) -> Tuple[int, int]:
-        # Items pair the speaker's window i - 1 with the listener's window i.
+        # Items pair the speaker's window i - 1 (or i) with the listener's window i.
         return 2 * self.config.window, self.config.window
 
     @classmethod
     def demo_config(cls, audio_dim: int) -> PerFRDiffConfig:
         return PerFRDiffConfig(audio_dim=audio_dim, dim=64, heads=4, ffn=128, layers=6, train_steps=200,
                                sample_steps=20, style_dim=32, style_layers=2, style_heads=4, style_ffn=64,
-                               hyper_hidden=64, guidance=2.0)
+                               hyper_hidden=64, guidance=2.0, condition_window="current")
 
     def demo_stages(self, steps: int) -> List[TrainStage]:
         return [TrainStage(stage=1, steps=steps, lr=2e-3, batch_size=16),
@@ -381,7 +394,8 @@ class PerFRDiff(Generator):
 
     def loss(self, batch: Dict[str, torch.Tensor], generators: Sequence[torch.Generator],
              forward=None) -> Dict[str, torch.Tensor]:
-        """Items are 2W-frame windows: the speaker's first W frames condition the listener's last W.
+        """Items are 2W-frame windows: the speaker's first W frames (or, with condition_window
+        "current", its last W) condition the listener's last W.
         Stage 1: x0 MSE + PSSL contrastive loss; stage 2: x0 MSE through the personalised GAFRG,
         with shifts from the listener's first W frames (its history)."""
         cfg = self.config
@@ -389,7 +403,8 @@ class PerFRDiff(Generator):
         speaker, audio = self.inputs_from_batch(batch)
         if speaker.shape[1] != 2 * W:
             raise ValueError(f"PerFRDiff trains on windows of {2 * W} frames (previous + target), got {speaker.shape[1]}")
-        cond = self.condition(speaker[:, :W], audio[:, : cfg.audio_per_frame * W])
+        lo = 0 if cfg.condition_window == "previous" else W
+        cond = self.condition(speaker[:, lo:lo + W], audio[:, cfg.audio_per_frame * lo:cfg.audio_per_frame * (lo + W)])
         x0 = batch[f"listener_{cfg.output}"][:, W:]
         t = torch.stack([torch.randint(0, cfg.train_steps, (), generator=g) for g in generators]).to(x0.device)
         noise = torch.stack([torch.randn(W, cfg.out_dim, generator=g) for g in generators]).to(x0.device)
@@ -490,7 +505,8 @@ class PerFRDiff(Generator):
         W, k = cfg.window, cfg.audio_per_frame
         speaker, audio, n = pad_to_windows(speaker, audio, W, k)
         cond = self.condition(speaker, audio).reshape(B, n, W, -1)
-        cond = torch.cat([torch.zeros_like(cond[:, :1]), cond[:, :-1]], 1)          # window i sees speaker i - 1
+        if cfg.condition_window == "previous":
+            cond = torch.cat([torch.zeros_like(cond[:, :1]), cond[:, :-1]], 1)      # window i sees speaker i - 1
         noise = torch.stack([self.draw_noise(B * num_samples, generator) for _ in range(n)])   # (n, B S, W, out)
         noise = noise.reshape(n, B, num_samples, W, -1).permute(1, 2, 0, 3, 4).to(speaker.device)
         rows_cond = cond[:, None].expand(B, num_samples, n, W, cond.shape[-1]).reshape(B * num_samples * n, W, -1)
@@ -528,8 +544,10 @@ class PerFRDiff(Generator):
 
     @torch.no_grad()
     def step(self, state: PerFRDiffState, speaker: torch.Tensor, audio: torch.Tensor, noise: torch.Tensor):
-        """Listener window i from the speaker's window i - 1 (held in the state); then remember window i."""
-        out = self.sample_windows(state.prev_cond, noise.to(state.prev_cond.device), state.shifts,
-                                  self._guidance(None))
-        new = PerFRDiffState(self.condition(speaker, audio), state.frame + speaker.shape[1], state.shifts)
+        """Listener window i from the speaker's window i - 1 (held in the state), or with
+        ``condition_window="current"`` from window i itself; then remember window i."""
+        cond = self.condition(speaker, audio)
+        used = state.prev_cond if self.config.condition_window == "previous" else cond
+        out = self.sample_windows(used, noise.to(used.device), state.shifts, self._guidance(None))
+        new = PerFRDiffState(cond, state.frame + speaker.shape[1], state.shifts)
         return {self.config.output: out}, new
