@@ -1,10 +1,13 @@
 """The official challenge code's per-pair formulas, written as it writes them (numpy per dim, per
-lag, per pair in Python loops): the baselines of bench_ccc.py and bench_tlcc.py. They are checked
-against the package's kernels before any timing (SPEC section 2)."""
+lag, per pair in Python loops; tslearn's ``dtw`` per emotion group): the baselines of
+bench_dtw.py, bench_ccc.py, bench_tlcc.py and bench_metrics.py. They are checked against the
+package's kernels before any timing (SPEC section 2)."""
 
 import importlib.util
 
 import numpy as np
+
+from reactfast.ops.dtw import REACT_GROUPS
 
 
 def tslearn_missing() -> bool:
@@ -48,7 +51,6 @@ def sync_offset(pred: np.ndarray, speaker: np.ndarray, max_lag: int = 49) -> int
 # each worker looping over samples and appropriate reactions pair by pair; FRSyn per speaker on the
 # first sample; FRDiv, FRDvs and FRVar vectorised in numpy (cheap next to the rest).
 
-_GROUPS = ((0, 15, 1.0 / 15.0), (15, 17, 1.0), (17, 25, 1.0 / 8.0))
 _SUITE = {}  # the arrays of the running suite, inherited by the forked workers
 
 
@@ -56,7 +58,7 @@ def dtw_pair(p: np.ndarray, g: np.ndarray) -> float:
     """FRDist's weighted DTW of one pair: tslearn's ``dtw`` per emotion group, float64."""
     from tslearn.metrics import dtw
 
-    return sum(w * dtw(p[:, a:b], g[:, a:b]) for a, b, w in _GROUPS)
+    return sum(w * dtw(p[:, a:b], g[:, a:b]) for a, b, w in REACT_GROUPS)
 
 
 def _frdist_speaker(k: int) -> float:

@@ -15,38 +15,29 @@ import torch
 
 from reactfast import _backend
 from reactfast.metrics import candidates
-from reactfast.ops.dtw import REACT_GROUPS, weighted_dtw_min
+from reactfast.ops.dtw import weighted_dtw_min
 from reactfast.reference import dtw as ref
 from reactfast.testing import assert_close
 
+from . import _official
 from ._metric_data import S, T, challenge_scale, random_like
 
 THREADS = _backend.native().openmp_max_threads()
 SPEAKERS = 6  # queries of this many speakers, S each, against all their appropriate reactions
-
-try:
-    from tslearn.metrics import dtw as tslearn_dtw
-except ImportError:  # optional bench dependency
-    tslearn_dtw = None
-
-
-def official_pair(p: np.ndarray, g: np.ndarray) -> float:
-    """The official code's weighted DTW of one pair: tslearn per group, float64."""
-    return sum(w * tslearn_dtw(p[:, a:b], g[:, a:b]) for a, b, w in REACT_GROUPS)
 
 
 def baseline_ms_per_pair(queries, targets, lists, pairs: int = 6):
     """Milliseconds per pair of the official primitive (or the package's reference without
     tslearn) over a few pairs, checked against the kernel."""
     chosen = [(m, lists[m][m % len(lists[m])]) for m in range(pairs)]
-    if tslearn_dtw is not None:
+    if not _official.tslearn_missing():
         q64 = queries.double().numpy()
         t64 = targets.double().numpy()
-        official_pair(q64[0], t64[chosen[0][1]])  # numba compiles on the first call
+        _official.dtw_pair(q64[0], t64[chosen[0][1]])  # numba compiles on the first call
         ms = float("inf")
         for _ in range(3):  # the best of three rounds: the baseline at its fastest
             start = time.perf_counter()
-            values = [official_pair(q64[m], t64[j]) for m, j in chosen]
+            values = [_official.dtw_pair(q64[m], t64[j]) for m, j in chosen]
             ms = min(ms, (time.perf_counter() - start) / len(chosen) * 1e3)
         name = "tslearn (official primitive)"
     else:
