@@ -420,7 +420,8 @@ class ReactDiff(Generator):
 
     @torch.no_grad()
     def sample_windows(self, speaker_latent: torch.Tensor, noise: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Listener windows for speaker latent windows (R, W, latent) from noise (R, W, latent)."""
+        """Listener windows for speaker latent windows (R, W, latent) from initial noise (R, W,
+        latent), scaled by ``config.noise_scale``."""
         cfg = self.config
         z_s = self.normalize(speaker_latent)
         z_bc = self.condition(z_s, ema=True)
