@@ -72,7 +72,7 @@ def load_data(spec: str, split: str, frames: int = 750, window=None, stride=None
 
 
 _TRAIN_DEFAULTS = dict(model=None, data="synthetic", steps=1000, batch_size=4, clip_frames=128, frames=750, lr=None,
-                       sessions=48, seed=0, ckpt_every=0, val_every=0, stage=1)
+                       sessions=48, seed=0, ckpt_every=0, val_every=0, stage=1, lr_schedule="constant", warmup=0)
 
 
 def _train_settings(args):
@@ -146,7 +146,8 @@ def _cmd_train(args) -> int:
     train_fields = dict(steps=s["steps"], batch_size=s["batch_size"],
                         lr=s["lr"] if s["lr"] is not None else stage_lr, ckpt_every=s["ckpt_every"],
                         val_every=s["val_every"], out_dir=args.out, seed=s["seed"], progress=not args.no_progress,
-                        optimizer=optimizer, deterministic=args.deterministic, compile=args.compile,
+                        optimizer=optimizer, lr_schedule=s["lr_schedule"], warmup=s["warmup"],
+                        deterministic=args.deterministic, compile=args.compile,
                         tensorboard=args.tensorboard)
     cfg = configs.build(TrainConfig, {**train_fields, **overrides["train"]}, "--config")
     extra = {"data": {"spec": data_spec, "sessions": s["sessions"], "seed": s["seed"], "frames": s["frames"]},
@@ -428,6 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip-frames", type=int, help="training segment length in frames (default 128)")
     p.add_argument("--frames", type=int, help="frames per clip, the first kept (default 750)")
     p.add_argument("--lr", "-lr", dest="lr", type=float, help="learning rate (default: the model's)")
+    p.add_argument("--lr-schedule", dest="lr_schedule", choices=("constant", "cosine"),
+                   help="constant (default) or cosine decay to 0 over --steps")
+    p.add_argument("--warmup", type=int, help="linear learning-rate warm-up steps (default 0)")
     p.add_argument("--config", nargs="+", metavar="FILE|KEY=VALUE",
                    help="config files (.yaml/.json) and overrides: dim=64, model.heads=4, train.grad_clip=0.5, "
                         "mults=1,2,4, clip=none")

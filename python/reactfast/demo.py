@@ -49,7 +49,7 @@ def _train_stages(model, data_root: str, seed: int, out: str, steps: int, device
         data = ReactDataset(data_root, "train", window=window, stride=stride)
         run = os.path.join(out, "run" if i == 0 else f"run_stage{stage.stage}")
         config = TrainConfig(steps=stage.steps, batch_size=stage.batch_size, lr=stage.lr, seed=seed, out_dir=run,
-                             optimizer=stage.optimizer)
+                             optimizer=stage.optimizer, lr_schedule=stage.lr_schedule)
         history = Trainer(model, data, config, device=device).fit()
         if i == 0:
             first, last = np.mean([h["rec"] for h in history[:10]]), np.mean([h["rec"] for h in history[-10:]])

@@ -4,6 +4,7 @@ import json
 import os
 
 import numpy as np
+import torch
 
 from reactfast import cli
 from reactfast.models.baselines import MirrorBaseline, NearestNeighbourBaseline, RandomBaseline
@@ -15,8 +16,13 @@ def test_train_generate_evaluate_plot(tmp_path):
     config = ["dim=16", "heads=2", "cie_heads=2", "cie_ffn=32", "window_train=16", "window=8", "context=32", "past=16"]
     assert cli.main(["train", "--data", "synthetic", "--out", run, "--steps", "3", "--batch-size", "2",
                      "--clip-frames", "32", "--frames", "64", "--sessions", "4", "--no-progress",
-                     "--config", *config]) == 0
+                     "--lr-schedule", "cosine", "--warmup", "1", "--config", *config]) == 0
     assert os.path.isfile(os.path.join(run, "checkpoint", "model.safetensors"))
+    # The schedule is one of the run's settings: a resumed run keeps it.
+    assert cli.main(["train", "--out", run, "--resume", os.path.join(run, "checkpoint"), "--steps", "4",
+                     "--no-progress"]) == 0
+    state = torch.load(os.path.join(run, "checkpoint", "trainer.pt"), weights_only=False)
+    assert state["step"] == 4 and (state["train_config"]["lr_schedule"], state["train_config"]["warmup"]) == ("cosine", 1)
     preds = str(tmp_path / "preds.npz")
     assert cli.main(["generate", "--checkpoint", os.path.join(run, "checkpoint"), "--split", "test", "--samples", "2",
                      "--frames", "64", "--sessions", "2", "--out", preds, "--no-progress"]) == 0

@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import subprocess
 import sys
@@ -77,6 +78,43 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
         load_model(path)
     with pytest.raises(CheckpointError, match="config.json is missing"):
         load_model(str(tmp_path))
+
+
+def test_learning_rate_schedule(tmp_path):
+    """Linear warm-up, then cosine decay to min_lr_ratio x lr over the run; a resumed run follows
+    the same curve (the rate is a function of the step) and ends with the same weights."""
+    cfg = TrainConfig(steps=10, warmup=2, lr_schedule="cosine", min_lr_ratio=0.1)
+    factors = [cfg.lr_factor(s) for s in range(10)]
+    assert factors[:2] == [0.5, 1.0]
+    expected = [0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (s - 2) / 8)) for s in range(2, 10)]
+    assert factors[2:] == pytest.approx(expected, rel=1e-12)
+    assert factors[2] == 1.0 and all(a > b for a, b in zip(factors[2:], factors[3:]))
+    assert TrainConfig(steps=10, warmup=4).lr_factor(7) == 1.0           # constant after the warm-up
+    run = dict(steps=6, batch_size=4, lr=3e-3, progress=False, lr_schedule="cosine", warmup=1)
+    seen = []
+    full = Trainer(tiny_model(), _dataset(), TrainConfig(**run), device="cpu")
+    step = full.optimizer.step
+
+    def spy(*a, **k):
+        seen.append(full.optimizer.param_groups[0]["lr"])
+        return step(*a, **k)
+    full.optimizer.step = spy
+    full.fit()
+    assert seen == pytest.approx([3e-3 * full.config.lr_factor(s) for s in range(6)], rel=1e-12)
+    part = Trainer(tiny_model(), _dataset(), TrainConfig(**run, out_dir=str(tmp_path)), device="cpu")
+    part.fit(max_steps=4)
+    part.save(str(tmp_path / "checkpoint"))
+    resumed = Trainer(tiny_model(seed=5), _dataset(), TrainConfig(**run, out_dir=str(tmp_path)),
+                      resume=str(tmp_path / "checkpoint"), device="cpu")
+    resumed.fit()
+    a, b = _weights(full.model), _weights(resumed.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        TrainConfig(lr_schedule="step")
+    with pytest.raises(ValueError, match="min_lr_ratio must be in"):
+        TrainConfig(min_lr_ratio=1.5)
+    with pytest.raises(ValueError, match="warmup must be an int >= 0"):
+        TrainConfig(warmup=-1)
 
 
 def test_bad_trainer_arguments():

@@ -59,6 +59,7 @@ class TrainStage:
     lr: Optional[float] = None
     optimizer: str = "adamw"
     batch_size: int = 8
+    lr_schedule: str = "constant"
 
 
 class Generator(nn.Module, metaclass=abc.ABCMeta):

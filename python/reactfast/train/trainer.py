@@ -4,6 +4,9 @@
     trainer.fit()
 
 - AdamW with the model's learning rate and weight decay, gradient clipping, bf16 autocast on GPU.
+- Learning rate: constant (``lr_schedule="constant"``, the default) or ``"cosine"``, decayed to
+  ``min_lr_ratio`` x lr over ``steps``; either after a linear warm-up of ``warmup`` steps. The
+  rate is a function of the step alone, so a resumed run continues the same curve.
 - Global batch ``batch_size`` split evenly over ranks; every rank sees a shard of the same
   per-epoch permutation, and each item's latent noise comes from a generator seeded by
   (seed, step, item), so a 2-process run matches a 1-process run with the same global batch.
@@ -38,6 +41,9 @@ from reactfast.train.batches import collate_appropriate
 from reactfast.train.checkpoint import link_checkpoint, load_into, load_trainer_state, save_checkpoint
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
 @dataclass
 class TrainConfig:
     steps: int = 1000
@@ -46,6 +52,9 @@ class TrainConfig:
     weight_decay: Optional[float] = None
     grad_clip: float = 1.0
     optimizer: str = "adamw"
+    lr_schedule: str = "constant"
+    warmup: int = 0
+    min_lr_ratio: float = 0.0
     amp: bool = True
     max_candidates: int = 8
     ckpt_every: int = 0
@@ -62,9 +71,22 @@ class TrainConfig:
 
     def __post_init__(self):
         check_at_least(self, 1, "steps", "batch_size", "max_candidates", "val_samples", "log_every")
-        check_at_least(self, 0, "ckpt_every", "val_every")
+        check_at_least(self, 0, "ckpt_every", "val_every", "warmup")
         if self.optimizer not in ("adamw", "sgd"):
             raise ValueError(f"TrainConfig.optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"TrainConfig.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+    def lr_factor(self, step: int) -> float:
+        """The learning rate of optimizer step ``step`` (0-based) over the base rate."""
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        if self.lr_schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - self.warmup) / max(1, self.steps - self.warmup))
+        return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
         from reactfast.metrics import METRICS
 
         if self.best_metric not in METRICS:
@@ -171,6 +193,7 @@ class Trainer:
         params = [p for p in model.parameters() if p.requires_grad]
         lr = cfg.lr if cfg.lr is not None else mc.lr
         decay = cfg.weight_decay if cfg.weight_decay is not None else mc.weight_decay
+        self.base_lr = lr
         # Multi-tensor updates: one kernel per step for all parameters, not one per parameter.
         self.optimizer = (torch.optim.AdamW(params, lr=lr, weight_decay=decay, foreach=True)
                           if cfg.optimizer == "adamw" else torch.optim.SGD(params, lr=lr, weight_decay=decay,
@@ -261,8 +284,11 @@ class Trainer:
         if not (math.isfinite(record["loss"]) and math.isfinite(record["grad_norm"])):
             raise TrainingDiverged(f"training diverged at step {self.step + 1}: loss {record['loss']}, gradient norm "
                                    f"{record['grad_norm']} (lower the learning rate, now "
-                                   f"{self.optimizer.param_groups[0]['lr']:g}); the weights of step {self.step} are "
+                                   f"{self.base_lr * cfg.lr_factor(self.step):g}); the weights of step {self.step} are "
                                    "kept and no non-finite checkpoint is written")
+        lr = self.base_lr * cfg.lr_factor(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         self.optimizer.step()
         self.model.after_step()
         self.step += 1
