@@ -185,6 +185,68 @@ def test_condition_window():
         PerFRDiffConfig(condition_window="next")
 
 
+def test_cond_frames():
+    """cond_frames: each query frame also carries its condition frame. With every cross-attention
+    silenced the condition reaches the output only through that path."""
+    x, t = torch.randn(2, 10, 25), torch.tensor([3, 40])
+    for on in (False, True):
+        model = tiny(cond_frames=on).eval()
+        for layer in model.gafrg.decoder.layers:
+            torch.nn.init.zeros_(layer.multihead_attn.out_proj.weight)
+        cond = torch.randn(2, 10, model.config.cond_dim)
+        a, b = model(x, t, cond), model(x, t, cond + torch.randn_like(cond))
+        assert ((a - b).abs().max() > 1e-3) == on, on
+    model = tiny(cond_frames=True, condition_window="current").eval()
+    speaker, audio = inputs(B=1, T=30)
+    offline = model.generate(speaker, audio, 2, torch.Generator().manual_seed(3))["emotion"][0]
+    stream = ReactionStream(model, 2, torch.Generator().manual_seed(3))
+    parts = [stream.push(speaker[0, :13], audio[0, :26]), stream.push(speaker[0, 13:], audio[0, 26:])]
+    assert_close("stream", offline, torch.cat([p["emotion"] for p in parts], 1), atol=1e-4, rtol=1e-4)
+
+
+def test_shared_window_noise():
+    """window_noise="shared": every window of a sample starts from its first window's noise (a
+    speaker repeating one window gets the same reaction in every window); streams equal offline
+    generation and keep the first draw across pushes and cat/split; noise_scale scales x_T."""
+    speaker, audio = inputs(B=1, T=10)
+    speaker, audio = speaker.repeat(1, 3, 1), audio.repeat(1, 3, 1)
+    shared = tiny(condition_window="current", window_noise="shared").eval()
+    out = shared.generate(speaker, audio, 2, torch.Generator().manual_seed(0))["emotion"][0]
+    for s in range(2):
+        assert_close("window 2", out[s, :10], out[s, 10:20], atol=1e-5, rtol=1e-5)
+        assert_close("window 3", out[s, :10], out[s, 20:], atol=1e-5, rtol=1e-5)
+    assert (out[0] - out[1]).abs().max() > 1e-3          # samples still differ
+    independent = tiny(condition_window="current").eval().generate(speaker, audio, 2,
+                                                                    torch.Generator().manual_seed(0))["emotion"][0]
+    assert (independent[0, :10] - independent[0, 10:20]).abs().max() > 1e-3
+    scaled = tiny(condition_window="current", noise_scale=0.5).eval()
+    noise = torch.randn(2, 10, 25)
+    cond = shared.condition(speaker[:, :10], audio[:, :20]).expand(2, -1, -1)
+    assert_close("noise_scale", shared.sample_windows(cond, 0.5 * noise), scaled.sample_windows(cond, noise),
+                 atol=1e-6, rtol=1e-6)
+    history = torch.randn(1, 12, 58)
+    for mode in ("previous", "current"):
+        model = tiny(condition_window=mode, window_noise="shared", noise_scale=0.7).eval()
+        sp, au = inputs(B=1, T=30)
+        offline = model.generate(sp, au, 2, torch.Generator().manual_seed(3), listener_history=history)["emotion"][0]
+        stream = ReactionStream(model, 2, torch.Generator().manual_seed(3), listener_history=history)
+        parts = [stream.push(sp[0, :13], au[0, :26]), stream.push(sp[0, 13:], au[0, 26:])]
+        assert_close(f"stream {mode}", offline, torch.cat([p["emotion"] for p in parts], 1), atol=1e-4, rtol=1e-4)
+    state = shared.init_state(3)
+    first = shared.draw_noise(3, torch.Generator().manual_seed(1))
+    _, state = shared.step(state, speaker[:, :10].expand(3, -1, -1), audio[:, :20].expand(3, -1, -1), first)
+    a, b = state.split([1, 2])
+    assert torch.equal(type(state).cat([b, a]).noise, torch.cat([first[1:], first[:1]]))
+    mixed = type(state).cat([shared.init_state(1), a])   # a new stream next to a started one
+    second = shared.draw_noise(2, torch.Generator().manual_seed(2))
+    _, after = shared.step(mixed, speaker[:, :10].expand(2, -1, -1), audio[:, :20].expand(2, -1, -1), second)
+    assert torch.equal(after.noise[0], second[0]) and torch.equal(after.noise[1], first[0])
+    with pytest.raises(ValueError, match="window_noise must be one of"):
+        PerFRDiffConfig(window_noise="per-frame")
+    with pytest.raises(ValueError, match="noise_scale must be > 0"):
+        PerFRDiffConfig(noise_scale=-1.0)
+
+
 def test_supervised_contrastive():
     p = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]]), dim=-1)
     good = supervised_contrastive(p, torch.tensor([0, 0, 1, 1]))

@@ -34,6 +34,21 @@ def check_at_least(config, minimum: int, *names: str) -> None:
             raise ValueError(f"{type(config).__name__}.{name} must be an int >= {minimum}, got {value!r}")
 
 
+# How the windows of one sample draw their initial noise (window-by-window diffusion generators):
+# "independent" (the authors': a fresh draw per window, so one sample may switch between appropriate
+# reactions at every window) or "shared" (the first window's draw for every window of the sample:
+# one mode per sample).
+WINDOW_NOISE = ("independent", "shared")
+
+
+def check_window_noise(config) -> None:
+    """Raise ValueError unless ``config.window_noise`` is one of WINDOW_NOISE and ``config.noise_scale`` > 0."""
+    if config.window_noise not in WINDOW_NOISE:
+        raise ValueError(f"window_noise must be one of {WINDOW_NOISE}, got {config.window_noise!r}")
+    if not config.noise_scale > 0:
+        raise ValueError(f"noise_scale must be > 0, got {config.noise_scale}")
+
+
 @dataclass
 class GeneratorConfig:
     """Fields every generator's configuration has; subclasses add theirs (all with defaults)."""

@@ -25,6 +25,12 @@ window i on the speaker's window i itself, as ReactDiff does (online: once that 
 arrived). Where listeners follow the speaker within a few frames, as on the demo data (2-12
 frames), the previous window carries little of what window i reacts to: the speaker's own previous
 window copied forward scores FRDist 215 there, against 198 for the speaker's current one (Mirror).
+
+Two more options beyond the authors' code, off by default: ``cond_frames`` adds the condition's
+frame j (its audio, 3DMM and emotion projections) to the decoder's query of frame j, so timing
+need not be found through cross-attention alone (as ReactDiff's ``cond_frames``); and
+``window_noise="shared"`` / ``noise_scale``, as in ReactDiff: every window of a sample starts from
+its first window's noise (streams keep it in their state), scaled by ``noise_scale``.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from torch import nn
 from reactfast.data import layout
 from reactfast.diffusion import DDIMScheduler, sample
 from reactfast.models._inputs import check_speaker_audio, pad_to_windows
-from reactfast.models.base import Generator, GeneratorConfig, TrainStage, randn, register
+from reactfast.models.base import Generator, GeneratorConfig, TrainStage, check_window_noise, randn, register
 from reactfast.models.heads import activate_emotion
 from reactfast.nn.personalize import make_shiftable, personalize, shift_entries
 from reactfast.nn.positional import sinusoid
@@ -69,6 +75,9 @@ class PerFRDiffConfig(GeneratorConfig):
     clip: float = 1.0
     guidance: float = 7.5
     condition_window: str = "previous"
+    cond_frames: bool = False
+    window_noise: str = "independent"
+    noise_scale: float = 1.0
     style_dim: int = 512
     style_layers: int = 4
     style_heads: int = 4
@@ -99,6 +108,7 @@ class PerFRDiffConfig(GeneratorConfig):
             raise ValueError(f"condition_window must be one of {CONDITION_WINDOWS}, got {self.condition_window!r}")
         if not 0 <= self.cond_dropout < 1:
             raise ValueError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
+        check_window_noise(self)
 
     @property
     def out_dim(self) -> int:
@@ -133,11 +143,13 @@ class GAFRG(nn.Module):
         k_a = cfg.audio_per_frame * cfg.audio_dim
         audio, tdmm, emotion = cond[..., :k_a], cond[..., k_a:k_a + layout.TDMM_DIM], cond[..., k_a + layout.TDMM_DIM:]
         time = self.time_mlp(sinusoid(t, cfg.dim))[:, None] + self.memory_type[0]
-        memory = torch.cat([time,
-                            self.audio_proj(audio) + self.memory_type[1] + self.memory_pos,
-                            self.tdmm_proj(tdmm) + self.memory_type[2] + self.memory_pos,
-                            self.emotion_proj(emotion) + self.memory_type[3] + self.memory_pos], 1)
-        h = self.decoder(self.in_proj(x_t) + self.query_pos, memory)
+        frames = (self.audio_proj(audio), self.tdmm_proj(tdmm), self.emotion_proj(emotion))
+        memory = torch.cat([time] + [f + self.memory_type[i + 1] + self.memory_pos for i, f in enumerate(frames)], 1)
+        query = self.in_proj(x_t) + self.query_pos
+        if cfg.cond_frames:
+            # Frame j's query also carries the condition's frame j (the memory's frame features).
+            query = query + frames[0] + frames[1] + frames[2]
+        h = self.decoder(query, memory)
         return self.to_emotion_feat(h)
 
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
@@ -263,11 +275,13 @@ def _cat_shifts(parts: Sequence[Dict[str, object]]) -> Dict[str, object]:
 
 @dataclass
 class PerFRDiffState:
-    """Streaming state: the previous speaker window's condition and the listener's shifts, one
-    entry per listener shared by its consecutive rows (a stream's samples), or one per row."""
+    """Streaming state: the previous speaker window's condition, the noise of each stream's first
+    window (used by ``window_noise="shared"``) and the listener's shifts, one entry per listener
+    shared by its consecutive rows (a stream's samples), or one per row."""
 
     prev_cond: torch.Tensor                   # (B, W, cond_dim)
     frame: torch.Tensor                       # (B,)
+    noise: torch.Tensor                       # (B, W, out_dim)
     shifts: Optional[Dict[str, object]] = None
 
     @property
@@ -292,7 +306,8 @@ class PerFRDiffState:
             ref = personal[0].shifts
             shifts = _cat_shifts([s._per_row(group) if s.shifts is not None
                                   else _zeros_like_shifts(ref, s.frame.shape[0] // group) for s in states])
-        return PerFRDiffState(torch.cat([s.prev_cond for s in states]), torch.cat([s.frame for s in states]), shifts)
+        return PerFRDiffState(torch.cat([s.prev_cond for s in states]), torch.cat([s.frame for s in states]),
+                              torch.cat([s.noise for s in states]), shifts)
 
     def split(self, sizes: Sequence[int]) -> List["PerFRDiffState"]:
         group = self.rows_per_entry
@@ -302,7 +317,7 @@ class PerFRDiffState:
         out, lo = [], 0
         for n in sizes:
             sh = None if shifts is None else _rows_of(shifts, lo // group, (lo + n) // group)
-            out.append(PerFRDiffState(self.prev_cond[lo:lo + n], self.frame[lo:lo + n], sh))
+            out.append(PerFRDiffState(self.prev_cond[lo:lo + n], self.frame[lo:lo + n], self.noise[lo:lo + n], sh))
             lo += n
         return out
 
@@ -457,7 +472,8 @@ class PerFRDiff(Generator):
     @torch.no_grad()
     def sample_windows(self, cond: torch.Tensor, noise: torch.Tensor, shifts=None, guidance: Optional[float] = None,
                        steps: Optional[int] = None, rows_per_call: Optional[int] = None) -> torch.Tensor:
-        """Denoise windows (R, W, out) conditioned on (R, W, cond_dim). ``shifts``: None, one entry
+        """Denoise windows (R, W, out) from initial noise (R, W, out), scaled by
+        ``config.noise_scale``, conditioned on (R, W, cond_dim). ``shifts``: None, one entry
         per row, or G entries (G dividing R) each shared by R / G consecutive rows (listener-major).
 
         ``rows_per_call`` caps the rows of one denoiser call (the guided copy counted), in whole
@@ -479,6 +495,8 @@ class PerFRDiff(Generator):
             raise ValueError(f"rows_per_call must be >= 1, got {rows_per_call}")
         group = R // G
         per_call = max(1, rows_per_call // (halves * group)) * group
+        if self.config.noise_scale != 1.0:
+            noise = noise * self.config.noise_scale
         steps = steps or self.config.sample_steps
         outs = []
         for lo in range(0, R, per_call):
@@ -510,6 +528,8 @@ class PerFRDiff(Generator):
         if cfg.condition_window == "previous":
             cond = torch.cat([torch.zeros_like(cond[:, :1]), cond[:, :-1]], 1)      # window i sees speaker i - 1
         noise = torch.stack([self.draw_noise(B * num_samples, generator) for _ in range(n)])   # (n, B S, W, out)
+        if cfg.window_noise == "shared":
+            noise = noise[:1].expand_as(noise)  # drawn per window as a stream draws it; the first one used
         noise = noise.reshape(n, B, num_samples, W, -1).permute(1, 2, 0, 3, 4).to(speaker.device)
         rows_cond = cond[:, None].expand(B, num_samples, n, W, cond.shape[-1]).reshape(B * num_samples * n, W, -1)
         shifts = None
@@ -542,7 +562,8 @@ class PerFRDiff(Generator):
             with torch.no_grad():
                 shifts = self.shifts_for(history.to(device))
         return PerFRDiffState(torch.zeros(batch, cfg.window, cfg.cond_dim, device=device),
-                              torch.zeros(batch, dtype=torch.long, device=device), shifts)
+                              torch.zeros(batch, dtype=torch.long, device=device),
+                              torch.zeros(batch, cfg.window, cfg.out_dim, device=device), shifts)
 
     @torch.no_grad()
     def step(self, state: PerFRDiffState, speaker: torch.Tensor, audio: torch.Tensor, noise: torch.Tensor):
@@ -550,6 +571,10 @@ class PerFRDiff(Generator):
         ``condition_window="current"`` from window i itself; then remember window i."""
         cond = self.condition(speaker, audio)
         used = state.prev_cond if self.config.condition_window == "previous" else cond
-        out = self.sample_windows(used, noise.to(used.device), state.shifts, self._guidance(None))
-        new = PerFRDiffState(cond, state.frame + speaker.shape[1], state.shifts)
+        noise = noise.to(used.device)
+        if self.config.window_noise == "shared":
+            # A stream's first window keeps its draw; later windows reuse it (rows may differ in age).
+            noise = torch.where((state.frame > 0)[:, None, None], state.noise.to(noise.dtype), noise)
+        out = self.sample_windows(used, noise, state.shifts, self._guidance(None))
+        new = PerFRDiffState(cond, state.frame + speaker.shape[1], noise, state.shifts)
         return {self.config.output: out}, new

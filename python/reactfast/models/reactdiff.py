@@ -61,15 +61,9 @@ from torch import nn
 from reactfast.data import layout
 from reactfast.diffusion import PREDICTIONS, DDIMScheduler, sample
 from reactfast.models._inputs import check_speaker_audio, pad_to_windows
-from reactfast.models.base import Generator, GeneratorConfig, TrainStage, randn, register
+from reactfast.models.base import Generator, GeneratorConfig, TrainStage, check_window_noise, randn, register
 from reactfast.models.heads import EmotionHead
 from reactfast.nn.positional import sinusoid
-
-
-# How a sample's windows draw their initial latent noise: "independent" (the authors': a fresh draw
-# per window, so one sample may switch between appropriate reactions at every window) or "shared"
-# (the first window's draw for every window of the sample: one mode per sample).
-WINDOW_NOISE = ("independent", "shared")
 
 
 @dataclass
@@ -118,10 +112,7 @@ class ReactDiffConfig(GeneratorConfig):
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
-        if self.window_noise not in WINDOW_NOISE:
-            raise ValueError(f"window_noise must be one of {WINDOW_NOISE}, got {self.window_noise!r}")
-        if not self.noise_scale > 0:
-            raise ValueError(f"noise_scale must be > 0, got {self.noise_scale}")
+        check_window_noise(self)
 
 
 class _Attention(nn.Module):
