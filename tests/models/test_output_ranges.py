@@ -120,6 +120,18 @@ def test_reactface_samples_differ_at_every_frame_range():
     assert float(authors[-1]) < 0.7 * float(authors[0]), authors
 
 
+@pytest.mark.parametrize("name", ["perfrdiff", "reactdiff"])
+@pytest.mark.parametrize("window_noise", ["independent", "shared"])
+def test_diffusion_samples_differ_in_every_window(name, window_noise):
+    """Samples of the window-by-window diffusion generators differ in every window, with shared
+    window noise (one draw per sample) as with a fresh draw per window."""
+    model = BUILDERS[name](window_noise=window_noise).eval()
+    speaker, audio = speaker_inputs(model, B=2, T=60)
+    out = model.generate(speaker, audio, 4, torch.Generator().manual_seed(2))["emotion"]       # (B, S, T, 25)
+    spread = out.std(1).mean((0, 2)).reshape(6, 10).mean(1)                                     # per window
+    assert float(spread.min()) > 0.1 * float(spread.max()) and float(spread.min()) > 1e-3, spread
+
+
 def test_latent_noise_is_validated():
     with pytest.raises(ValueError, match="latent_noise"):
         ReactFaceConfig(latent_noise="white")
