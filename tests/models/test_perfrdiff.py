@@ -7,7 +7,7 @@ import torch
 from reactfast.data import SyntheticDyads
 from reactfast.models.perfrdiff import PWSG, PerFRDiff, PerFRDiffConfig, supervised_contrastive
 from reactfast.online import ReactionStream, StreamRunner
-from reactfast.testing import assert_close
+from reactfast.testing import assert_close, assert_rel_close
 from reactfast.train import TrainConfig, Trainer
 
 
@@ -245,6 +245,54 @@ def test_shared_window_noise():
         PerFRDiffConfig(window_noise="per-frame")
     with pytest.raises(ValueError, match="noise_scale must be > 0"):
         PerFRDiffConfig(noise_scale=-1.0)
+
+
+def _explicit_copy_logits(model, shifts, listener, x, t, cond):
+    """Float64 reference: the GAFRG copied with W + dW of one listener written into its weights."""
+    g = copy.deepcopy(model.gafrg).double()
+    modules = dict(g.named_modules())
+    with torch.no_grad():
+        for name, dw in shifts.items():
+            dw = dw[0][listener] @ dw[1][listener].t() if isinstance(dw, tuple) else dw[listener]
+            m = modules[name]
+            (m.in_proj_weight if isinstance(m, torch.nn.MultiheadAttention) else m.weight).add_(dw.double())
+        return g(x.double(), t, cond.double())
+
+
+@pytest.mark.parametrize("rank", [0, 2])
+@pytest.mark.parametrize("cond_frames", [False, True])
+def test_condition_cache_equals_full_forward(rank, cond_frames):
+    """The cached cross-attention keys/values of the condition give the full forward's output,
+    with per-listener shifts too (float32 against a float64 explicit-copy reference); sampling
+    with the cache equals sampling without it."""
+    model = tiny(cond_frames=cond_frames, shift_rank=rank).eval()
+    with torch.no_grad():
+        for p in model.pwsg.parameters():                 # non-zero shifts
+            p.normal_(0, 0.05)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 10, 25, generator=g)
+    cond = torch.randn(4, 10, model.config.cond_dim, generator=g)
+    t = torch.tensor([1, 7, 20, 49])
+    with torch.no_grad():
+        shifts = model.shifts_for(torch.randn(2, 12, 58, generator=g))     # 2 listeners x 2 rows
+        for sh in (None, shifts):
+            full = model.logits(x, t, cond, sh)
+            cached = model.logits(x, t, None, sh, model.condition_cache(cond, sh))
+            for lo in (0, 2):
+                ref = (_explicit_copy_logits(model, sh, lo // 2, x[lo:lo + 2], t[lo:lo + 2], cond[lo:lo + 2])
+                       if sh is not None else model.gafrg.double()(x[lo:lo + 2].double(), t[lo:lo + 2],
+                                                                   cond[lo:lo + 2].double()))
+                model.gafrg.float()
+                assert_rel_close("full forward", ref, full[lo:lo + 2], torch.float32)
+                assert_rel_close("cached forward", ref, cached[lo:lo + 2], torch.float32)
+    noise = torch.randn(4, 10, 25, generator=g)
+    for guidance in (None, 2.0):
+        a = model.sample_windows(cond, noise, shifts, guidance, cache_condition=False)
+        b = model.sample_windows(cond, noise, shifts, guidance, rows_per_call=2)
+        assert_close(f"sampled, guidance {guidance}", a, b, atol=1e-5, rtol=1e-5)
+    model.train()
+    with pytest.raises(RuntimeError, match="training mode"):
+        model.logits(x, t, None, None, model.condition_cache(cond))
 
 
 def test_supervised_contrastive():

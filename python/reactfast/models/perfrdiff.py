@@ -6,7 +6,9 @@ reactions personalised by weight editing, batched across listeners (SPEC 4.2).
   the speaker's window i - 1 (zeros, the null condition, for the first) through memory tokens
   (time embedding + per-frame audio, 3DMM and emotion); x0 prediction, cosine schedule, 1000
   training steps, condition dropout 0.2; sampled with reactfast DDIM (50 leading steps, eta 0,
-  clamp to [-1, 1], guidance 7.5), every window of every sample of every speaker in one batch.
+  clamp to [-1, 1], guidance 7.5), every window of every sample of every speaker in one batch;
+  the cross-attention keys and values of the condition's frame tokens (3 W of the memory's 3 W + 1
+  tokens; the time token changes per step) are computed once per sampling run, not per step.
   Emotion x0 leaves the denoiser through the range heads of ``reactfast.models.heads`` (sigmoid
   AUs, tanh valence/arousal, softmax expressions; the authors' head is linear, and its samples
   left the ranges), and classifier-free guidance extrapolates the head's logits, not the
@@ -48,7 +50,7 @@ from reactfast.diffusion import DDIMScheduler, sample
 from reactfast.models._inputs import check_speaker_audio, pad_to_windows
 from reactfast.models.base import Generator, GeneratorConfig, TrainStage, check_window_noise, randn, register
 from reactfast.models.heads import activate_emotion
-from reactfast.nn.personalize import make_shiftable, personalize, shift_entries
+from reactfast.nn.personalize import attention_projections, make_shiftable, personalize, shift_entries
 from reactfast.nn.positional import sinusoid
 
 
@@ -138,23 +140,74 @@ class GAFRG(nn.Module):
         self.decoder = nn.TransformerDecoder(layer, cfg.layers, norm=nn.LayerNorm(d))
         self.to_emotion_feat = nn.Linear(d, cfg.out_dim)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def _frames(self, cond: torch.Tensor):
+        """The condition's per-frame features: the memory's frame tokens (audio, 3DMM, emotion
+        windows, each with its type and position) and, with cond_frames, the queries' term."""
         cfg = self.cfg
         k_a = cfg.audio_per_frame * cfg.audio_dim
         audio, tdmm, emotion = cond[..., :k_a], cond[..., k_a:k_a + layout.TDMM_DIM], cond[..., k_a + layout.TDMM_DIM:]
-        time = self.time_mlp(sinusoid(t, cfg.dim))[:, None] + self.memory_type[0]
         frames = (self.audio_proj(audio), self.tdmm_proj(tdmm), self.emotion_proj(emotion))
-        memory = torch.cat([time] + [f + self.memory_type[i + 1] + self.memory_pos for i, f in enumerate(frames)], 1)
+        tokens = torch.cat([f + self.memory_type[i + 1] + self.memory_pos for i, f in enumerate(frames)], 1)
+        # Frame j's query also carries the condition's frame j (the memory's frame features).
+        return tokens, (frames[0] + frames[1] + frames[2] if cfg.cond_frames else None)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Optional[torch.Tensor],
+                cache: Optional["ConditionCache"] = None) -> torch.Tensor:
+        """Head outputs for x_t at steps t; from ``cond`` or from its ``condition_cache``."""
+        if cache is not None:
+            return self._forward_cached(x_t, t, cache)
+        time = self.time_mlp(sinusoid(t, self.cfg.dim).to(x_t.dtype))[:, None] + self.memory_type[0]
+        tokens, query_term = self._frames(cond)
         query = self.in_proj(x_t) + self.query_pos
-        if cfg.cond_frames:
-            # Frame j's query also carries the condition's frame j (the memory's frame features).
-            query = query + frames[0] + frames[1] + frames[2]
-        h = self.decoder(query, memory)
+        if query_term is not None:
+            query = query + query_term
+        h = self.decoder(query, torch.cat([time, tokens], 1))
         return self.to_emotion_feat(h)
+
+    def condition_cache(self, cond: torch.Tensor) -> "ConditionCache":
+        """What the denoiser computes from the condition alone, for every DDIM step of one sampling
+        run: each decoder layer's cross-attention keys and values of the memory's frame tokens (3 W
+        of its 3 W + 1 tokens; the time token changes per step) and the queries' condition term.
+        Build it in the same ``personalize`` context as the calls that use it (the shifted
+        in-projections are applied to the keys and values here)."""
+        tokens, query_term = self._frames(cond)
+        kv = [tuple(attention_projections(layer.multihead_attn, tokens, (1, 2))) for layer in self.decoder.layers]
+        return ConditionCache(kv, query_term)
+
+    def _forward_cached(self, x_t: torch.Tensor, t: torch.Tensor, cache: "ConditionCache") -> torch.Tensor:
+        # nn.TransformerDecoderLayer's post-LN forward without dropout, whose cross-attention
+        # projects only the time token and the queries and reuses the cached frame keys/values.
+        if self.training:
+            raise RuntimeError("the condition cache is for sampling; the GAFRG is in training mode (dropout)")
+        time = self.time_mlp(sinusoid(t, self.cfg.dim).to(x_t.dtype))[:, None] + self.memory_type[0]
+        x = self.in_proj(x_t) + self.query_pos
+        if cache.query_term is not None:
+            x = x + cache.query_term
+        for layer, (k_frames, v_frames) in zip(self.decoder.layers, cache.kv):
+            x = layer.norm1(x + layer.self_attn(x, x, x, need_weights=False)[0])
+            mha = layer.multihead_attn
+            q = attention_projections(mha, x, (0,))[0]
+            k_time, v_time = attention_projections(mha, time, (1, 2))
+            k, v = torch.cat([k_time, k_frames], 1), torch.cat([v_time, v_frames], 1)
+            B, H = x.shape[0], mha.num_heads
+            q, k, v = (a.reshape(B, a.shape[1], H, -1).transpose(1, 2) for a in (q, k, v))
+            att = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, x.shape[1], -1)
+            x = layer.norm2(x + mha.out_proj(att))
+            x = layer.norm3(x + layer.linear2(layer.activation(layer.linear1(x))))
+        return self.to_emotion_feat(self.decoder.norm(x))
 
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
         """Head outputs -> x0: emotion in its valid ranges, 3DMM as is."""
         return activate_emotion(logits) if self.cfg.output == "emotion" else logits
+
+
+@dataclass
+class ConditionCache:
+    """``GAFRG.condition_cache``: per decoder layer the cross-attention keys and values (B, 3 W, d)
+    of the memory's frame tokens, and the queries' condition term (cond_frames) or None."""
+
+    kv: List[Tuple[torch.Tensor, torch.Tensor]]
+    query_term: Optional[torch.Tensor]
 
 
 class PSSL(nn.Module):
@@ -383,13 +436,21 @@ class PerFRDiff(Generator):
         """The (personalised) x0 prediction, in the output's valid ranges."""
         return self.gafrg.activate(self.logits(x_t, t, cond, shifts))
 
-    def logits(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
-               shifts: Optional[Dict[str, object]] = None) -> torch.Tensor:
-        """The denoiser's head outputs before the range activation."""
+    def logits(self, x_t: torch.Tensor, t: torch.Tensor, cond: Optional[torch.Tensor],
+               shifts: Optional[Dict[str, object]] = None, cache: Optional[ConditionCache] = None) -> torch.Tensor:
+        """The denoiser's head outputs before the range activation (from ``cond``, or from the
+        ``cache`` that ``condition_cache`` built from it with the same shifts)."""
         if shifts is None:
-            return self.gafrg(x_t, t, cond)
+            return self.gafrg(x_t, t, cond, cache)
         with personalize(self.gafrg, shifts, backend=self.backend_for("weight_shift")):
-            return self.gafrg(x_t, t, cond)
+            return self.gafrg(x_t, t, cond, cache)
+
+    def condition_cache(self, cond: torch.Tensor, shifts: Optional[Dict[str, object]] = None) -> ConditionCache:
+        """``GAFRG.condition_cache`` of ``cond`` with the listeners' ``shifts`` applied."""
+        if shifts is None:
+            return self.gafrg.condition_cache(cond)
+        with personalize(self.gafrg, shifts, backend=self.backend_for("weight_shift")):
+            return self.gafrg.condition_cache(cond)
 
     def shifts_for(self, history: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> Dict[str, object]:
         """Per-listener weight shifts from listener 3DMM histories (B, L, 58)."""
@@ -451,21 +512,37 @@ class PerFRDiff(Generator):
         return randn(batch, self.config.window, self.config.out_dim, generator=generator).to(
             next(self.parameters()).dtype)
 
-    def _denoiser(self, shifts, guidance: Optional[float]):
+    def _denoiser(self, shifts, guidance: Optional[float], cache: bool = True):
         """The DDIM denoiser (x_t, t, cond) -> x0. With ``guidance`` it runs the rows twice in one
         call (with their condition and with the null condition) and extrapolates the head's logits,
         uncond + guidance (cond - uncond), before the range activation. With per-listener shifts
         the rows are put listener-major for the call (each listener's conditional and unconditional
-        rows together), so every listener's shift is read once per step and never copied per row."""
+        rows together), so every listener's shift is read once per step and never copied per row.
+        With ``cache`` (in eval mode) the condition's keys and values are computed on the first
+        step and reused while the sampler passes the same condition tensor."""
+        cache = cache and not self.training
+        memo: Dict[str, object] = {}
+
+        def cached(cond, build):
+            if not cache:
+                return None
+            if memo.get("cond") is not cond:
+                memo["cond"], memo["cache"] = cond, self.condition_cache(build(), shifts)
+            return memo["cache"]
+
         if guidance is None:
-            return lambda x, t, cond: self(x, t, cond, shifts)
+            def plain(x, t, cond):
+                return self.gafrg.activate(self.logits(x, t, cond, shifts, cached(cond, lambda: cond)))
+            return plain
 
         def denoise(x, t, cond):
             rows = x.shape[0]
             groups = rows if shifts is None else _shift_entries(shifts)
             both = lambda a, b: torch.stack([a.reshape(groups, -1, *a.shape[1:]),  # noqa: E731
                                              b.reshape(groups, -1, *b.shape[1:])], 1).reshape(2 * rows, *a.shape[1:])
-            out = self.logits(both(x, x), both(t, t), both(cond, torch.zeros_like(cond)), shifts)
+            memory = cached(cond, lambda: both(cond, torch.zeros_like(cond)))
+            out = self.logits(both(x, x), both(t, t), None if memory is not None else both(cond, torch.zeros_like(cond)),
+                              shifts, memory)
             out = out.reshape(groups, 2, -1, *out.shape[1:])
             cond_out, null_out = (out[:, k].reshape(rows, *out.shape[3:]) for k in (0, 1))
             return self.gafrg.activate(null_out + guidance * (cond_out - null_out))
@@ -473,7 +550,8 @@ class PerFRDiff(Generator):
 
     @torch.no_grad()
     def sample_windows(self, cond: torch.Tensor, noise: torch.Tensor, shifts=None, guidance: Optional[float] = None,
-                       steps: Optional[int] = None, rows_per_call: Optional[int] = None) -> torch.Tensor:
+                       steps: Optional[int] = None, rows_per_call: Optional[int] = None,
+                       cache_condition: bool = True) -> torch.Tensor:
         """Denoise windows (R, W, out) from initial noise (R, W, out), scaled by
         ``config.noise_scale``, conditioned on (R, W, cond_dim). ``shifts``: None, one entry
         per row, or G entries (G dividing R) each shared by R / G consecutive rows (listener-major).
@@ -482,7 +560,11 @@ class PerFRDiff(Generator):
         listener groups; the chunks are sampled one after another with the same result. Default:
         every row at once on a GPU; 64 on CPU, where a batch larger than the caches runs slower
         than a few cache-sized ones (16 listeners x 10 samples at d 512, one DDIM step: 8.4 s in one
-        call, 6.2 s in chunks of 4 listeners)."""
+        call, 6.2 s in chunks of 4 listeners).
+
+        ``cache_condition`` (in eval mode): the cross-attention keys and values of the condition's
+        frame tokens are computed once per chunk, not at every DDIM step (``GAFRG.condition_cache``);
+        the result equals the uncached one up to rounding."""
         if cond.shape[0] != noise.shape[0]:
             raise ValueError(f"cond and noise must have the same rows, got {cond.shape[0]} and {noise.shape[0]}")
         R = noise.shape[0]
@@ -504,7 +586,7 @@ class PerFRDiff(Generator):
         for lo in range(0, R, per_call):
             hi = min(R, lo + per_call)
             sh = None if shifts is None else _rows_of(shifts, lo // group, hi // group)
-            outs.append(sample(self._denoiser(sh, guidance), (hi - lo,) + tuple(noise.shape[1:]), cond[lo:hi],
+            outs.append(sample(self._denoiser(sh, guidance, cache_condition), (hi - lo,) + tuple(noise.shape[1:]), cond[lo:hi],
                                self.scheduler, steps, noise=noise[lo:hi],
                                device=cond.device, dtype=noise.dtype, backend=self.backend_for("ddim")))
         return outs[0] if len(outs) == 1 else torch.cat(outs)

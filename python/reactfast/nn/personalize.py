@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -146,6 +146,24 @@ def _rows(shift: Shift, E: int, i: int) -> Shift:
     if isinstance(shift, tuple):
         return shift[0][:, i * E:(i + 1) * E], shift[1]
     return shift[:, i * E:(i + 1) * E]
+
+
+def attention_projections(mha: nn.MultiheadAttention, x: torch.Tensor, parts: Tuple[int, ...]) -> List[torch.Tensor]:
+    """The projections ``parts`` (0 q, 1 k, 2 v, in order) of batch-first ``x`` (B, T, E) by the
+    packed in-projection of ``mha``, with the per-sample shift that :func:`personalize` made active
+    for it, if any. For callers that keep keys and values (a cache over the steps of a sampler)."""
+    if not mha._qkv_same_embed_dim:
+        raise ValueError("attention_projections needs a packed in-projection (kdim = vdim = embed_dim)")
+    E, w, b = mha.embed_dim, mha.in_proj_weight, mha.in_proj_bias
+    active = _ACTIVE.get().get(mha)
+    if active is None:
+        lo, hi = parts[0] * E, (parts[-1] + 1) * E
+        if list(parts) != list(range(parts[0], parts[-1] + 1)):
+            raise ValueError(f"parts must be consecutive projections, got {parts}")
+        return list(F.linear(x, w[lo:hi], None if b is None else b[lo:hi]).chunk(len(parts), -1))
+    shift, _, backend = active
+    return [grouped_linear(x, w[i * E:(i + 1) * E], _rows(shift, E, i), None if b is None else b[i * E:(i + 1) * E],
+                           backend) for i in parts]
 
 
 _SHIFTABLE = {nn.Linear: WeightShiftLinear, nn.MultiheadAttention: WeightShiftMultiheadAttention}
