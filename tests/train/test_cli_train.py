@@ -22,7 +22,8 @@ def test_train_generate_evaluate_plot(tmp_path):
     assert cli.main(["train", "--out", run, "--resume", os.path.join(run, "checkpoint"), "--steps", "4",
                      "--no-progress"]) == 0
     state = torch.load(os.path.join(run, "checkpoint", "trainer.pt"), weights_only=False)
-    assert state["step"] == 4 and (state["train_config"]["lr_schedule"], state["train_config"]["warmup"]) == ("cosine", 1)
+    saved = state["train_config"]
+    assert state["step"] == 4 and (saved["lr_schedule"], saved["warmup"]) == ("cosine", 1)
     preds = str(tmp_path / "preds.npz")
     assert cli.main(["generate", "--checkpoint", os.path.join(run, "checkpoint"), "--split", "test", "--samples", "2",
                      "--frames", "64", "--sessions", "2", "--out", preds, "--no-progress"]) == 0

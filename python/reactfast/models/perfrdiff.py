@@ -541,8 +541,8 @@ class PerFRDiff(Generator):
             both = lambda a, b: torch.stack([a.reshape(groups, -1, *a.shape[1:]),  # noqa: E731
                                              b.reshape(groups, -1, *b.shape[1:])], 1).reshape(2 * rows, *a.shape[1:])
             memory = cached(cond, lambda: both(cond, torch.zeros_like(cond)))
-            out = self.logits(both(x, x), both(t, t), None if memory is not None else both(cond, torch.zeros_like(cond)),
-                              shifts, memory)
+            full = None if memory is not None else both(cond, torch.zeros_like(cond))
+            out = self.logits(both(x, x), both(t, t), full, shifts, memory)
             out = out.reshape(groups, 2, -1, *out.shape[1:])
             cond_out, null_out = (out[:, k].reshape(rows, *out.shape[3:]) for k in (0, 1))
             return self.gafrg.activate(null_out + guidance * (cond_out - null_out))
@@ -586,8 +586,8 @@ class PerFRDiff(Generator):
         for lo in range(0, R, per_call):
             hi = min(R, lo + per_call)
             sh = None if shifts is None else _rows_of(shifts, lo // group, hi // group)
-            outs.append(sample(self._denoiser(sh, guidance, cache_condition), (hi - lo,) + tuple(noise.shape[1:]), cond[lo:hi],
-                               self.scheduler, steps, noise=noise[lo:hi],
+            outs.append(sample(self._denoiser(sh, guidance, cache_condition), (hi - lo,) + tuple(noise.shape[1:]),
+                               cond[lo:hi], self.scheduler, steps, noise=noise[lo:hi],
                                device=cond.device, dtype=noise.dtype, backend=self.backend_for("ddim")))
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
