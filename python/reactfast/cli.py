@@ -8,6 +8,7 @@ long work, and writes every file atomically.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -107,6 +108,7 @@ def _train_settings(args):
 def _cmd_train(args) -> int:
     from reactfast import _io, configs, models
     from reactfast.train import TrainConfig, Trainer, load_into, read_config, seed_everything
+    from reactfast.train.checkpoint import load_trainer_state
 
     s = _train_settings(args)
     if s["model"] not in models.names():
@@ -149,7 +151,12 @@ def _cmd_train(args) -> int:
                         optimizer=optimizer, lr_schedule=s["lr_schedule"], warmup=s["warmup"],
                         deterministic=args.deterministic, compile=args.compile,
                         tensorboard=args.tensorboard)
-    cfg = configs.build(TrainConfig, {**train_fields, **overrides["train"]}, "--config")
+    restored = {}
+    if args.resume:
+        # The run's own trainer settings (its --config train.* overrides among them) under the flags.
+        fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        restored = {k: v for k, v in load_trainer_state(args.resume)[1].get("train_config", {}).items() if k in fields}
+    cfg = configs.build(TrainConfig, {**restored, **train_fields, **overrides["train"]}, "--config")
     extra = {"data": {"spec": data_spec, "sessions": s["sessions"], "seed": s["seed"], "frames": s["frames"]},
              "run": {k: s[k] for k in _TRAIN_DEFAULTS}, "audio": clips.audio_features}
     trainer = Trainer(model, data, cfg, val_dataset=val, resume=args.resume, extra_meta=extra, device=device)

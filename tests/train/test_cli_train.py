@@ -16,14 +16,14 @@ def test_train_generate_evaluate_plot(tmp_path):
     config = ["dim=16", "heads=2", "cie_heads=2", "cie_ffn=32", "window_train=16", "window=8", "context=32", "past=16"]
     assert cli.main(["train", "--data", "synthetic", "--out", run, "--steps", "3", "--batch-size", "2",
                      "--clip-frames", "32", "--frames", "64", "--sessions", "4", "--no-progress",
-                     "--lr-schedule", "cosine", "--warmup", "1", "--config", *config]) == 0
+                     "--lr-schedule", "cosine", "--warmup", "1", "--config", *config, "train.grad_clip=0.5"]) == 0
     assert os.path.isfile(os.path.join(run, "checkpoint", "model.safetensors"))
-    # The schedule is one of the run's settings: a resumed run keeps it.
+    # The schedule and the --config train.* overrides are the run's settings: a resumed run keeps them.
     assert cli.main(["train", "--out", run, "--resume", os.path.join(run, "checkpoint"), "--steps", "4",
                      "--no-progress"]) == 0
     state = torch.load(os.path.join(run, "checkpoint", "trainer.pt"), weights_only=False)
     saved = state["train_config"]
-    assert state["step"] == 4 and (saved["lr_schedule"], saved["warmup"]) == ("cosine", 1)
+    assert state["step"] == 4 and (saved["lr_schedule"], saved["warmup"], saved["grad_clip"]) == ("cosine", 1, 0.5)
     preds = str(tmp_path / "preds.npz")
     assert cli.main(["generate", "--checkpoint", os.path.join(run, "checkpoint"), "--split", "test", "--samples", "2",
                      "--frames", "64", "--sessions", "2", "--out", preds, "--no-progress"]) == 0
