@@ -130,3 +130,14 @@ def test_pflposnet_stage_two_trains_posnet_only():
     assert all(torch.equal(v, model.generator.state_dict()[k]) for k, v in frozen.items())
     assert float(model.posnet.mlp[-1].weight.detach().abs().sum()) > 0
     assert {"loss", "connect", "seam_raw"} <= set(history[-1])
+
+
+def test_pflposnet_demo_trains_the_reactface_demo_generator():
+    """Stage 1 of the PFLPosNet demo is the ReactFace demo's recipe (its generator is that demo's
+    ReactFace; the two once drifted apart, lr 1e-3 against 2e-3)."""
+    model = _tiny_pfl()
+    first, second = model.demo_stages(500)
+    reactface = model.generator.demo_stages(500)[0]
+    assert (first.stage, first.steps, first.lr, first.batch_size, first.optimizer, first.lr_schedule) == \
+        (1, reactface.steps, reactface.lr, reactface.batch_size, reactface.optimizer, reactface.lr_schedule)
+    assert second.stage == 2

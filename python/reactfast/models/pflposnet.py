@@ -84,8 +84,9 @@ class PFLPosNet(Generator):
         return PFLPosNetConfig(**base, posnet_hidden=128)
 
     def demo_stages(self, steps: int) -> List[TrainStage]:
-        return [TrainStage(stage=1, steps=steps, lr=1e-3, batch_size=8),
-                TrainStage(stage=2, steps=max(1, steps // 4), lr=1e-3, batch_size=8)]
+        # Stage 1 is the ReactFace demo's own recipe, so the generator is trained as that demo's.
+        first = dataclasses.replace(self.generator.demo_stages(steps)[0], stage=1)
+        return [first, TrainStage(stage=2, steps=max(1, steps // 4), lr=1e-3, batch_size=8)]
 
     def output_widths(self) -> Dict[str, int]:
         return self.generator.output_widths()
