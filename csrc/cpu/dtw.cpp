@@ -309,7 +309,7 @@ struct QuerySearch {
   std::vector<std::tuple<double, index_t, index_t>> order;
   std::vector<float> tails;
   size_t next = 0;
-  bool prepared = false;
+  bool prepared = false, done = false;
   int in_lanes = 0;
   double best = kInf, threshold = kInf;
   index_t arg = -1;
@@ -320,8 +320,9 @@ struct QuerySearch {
 //   2. LB_Kim + LB_Keogh against block envelopes, rows and columns, of every candidate, with their
 //      tails kept for step 4;
 //   3. candidates in increasing bound order through the eight SIMD lanes, a lane refilled as soon
-//      as its pair finishes or is abandoned; a candidate whose bound exceeds its query's best so
-//      far is skipped without a DP;
+//      as its pair finishes or is abandoned, breadth first over the chunk's queries (every query's
+//      first candidate before any query's second: its finished DTW then prunes the others); a
+//      candidate whose bound exceeds its query's best so far is skipped without a DP;
 //   4. every kCheckRows rows of the DP a lane is abandoned once min_s D[t][s] + max(row tail after
 //      t, column tail after s) exceeds its query's best so far.
 // Each step only drops candidates whose value is above the best, so the result is exact. The
@@ -341,7 +342,6 @@ class CandidateSearch {
   index_t run(index_t m0, index_t m1, double* out_min, index_t* out_arg) {
     m0_ = m0;
     queries_.assign(static_cast<size_t>(m1 - m0), QuerySearch());
-    current_ = m0;
     end_ = m1;
     out_min_ = out_min;
     out_arg_ = out_arg;
@@ -408,10 +408,11 @@ class CandidateSearch {
     if (abandon_) std::stable_sort(q.order.begin(), q.order.end());
   }
 
-  // Query m's result once every candidate has been started and none is left in the lanes.
+  // Query m's result once every candidate has been started or skipped and none is left in the lanes.
   void maybe_finish(index_t m) {
     QuerySearch& q = queries_[m - m0_];
-    if (q.in_lanes > 0 || (m == current_ && q.next < q.order.size())) return;
+    if (q.done || !q.prepared || q.in_lanes > 0 || q.next < q.order.size()) return;
+    q.done = true;
     out_min_[m] = q.best;
     out_arg_[m] = q.arg;
   }
@@ -423,26 +424,39 @@ class CandidateSearch {
     maybe_finish(m);
   }
 
-  // Lane l takes the next candidate whose bound does not exceed the best so far, moving on to the
-  // next query when the current one has none left; with nothing left it stops.
+  // Lane l takes the next candidate of the chunk's query that has started the fewest (ties: the
+  // fewest in the lanes, then the first), skipping candidates whose bound exceeds their query's best
+  // so far; with nothing left it stops. Breadth first: each query's most promising candidate runs
+  // before any query's second, so that the later candidates meet a best so far that is already a
+  // finished DTW and are skipped or abandoned early.
   void refill(int l) {
-    while (current_ < end_) {
-      QuerySearch& q = queries_[current_ - m0_];
-      if (!q.prepared) prepare(current_);
+    index_t pick = -1;
+    for (index_t m = m0_; m < end_; ++m) {
+      QuerySearch& q = queries_[m - m0_];
+      if (q.done) continue;
+      if (!q.prepared) prepare(m);
       while (q.next < q.order.size() && std::get<0>(q.order[q.next]) > q.threshold) ++q.next;
-      if (q.next < q.order.size()) {
-        const auto& [bound, j, slot] = q.order[q.next++];
-        const float* rows = abandon_ ? q.tails.data() + slot * (Tx_ + Ty_) * kMaxDtwGroups : nullptr;
-        lanes_.start(l, x_ + current_ * Tx_ * D_, y_ + j * Ty_ * D_, rows,
-                     rows ? rows + Tx_ * kMaxDtwGroups : nullptr, j);
-        ++q.in_lanes;
-        query_[l] = current_;
-        return;
+      if (q.next == q.order.size()) {
+        maybe_finish(m);
+        continue;
       }
-      const index_t done = current_++;
-      maybe_finish(done);
+      if (pick < 0) {
+        pick = m;
+        continue;
+      }
+      const QuerySearch& p = queries_[pick - m0_];
+      if (q.next < p.next || (q.next == p.next && q.in_lanes < p.in_lanes)) pick = m;
     }
-    lanes_.stop(l);
+    if (pick < 0) {
+      lanes_.stop(l);
+      return;
+    }
+    QuerySearch& q = queries_[pick - m0_];
+    const auto& [bound, j, slot] = q.order[q.next++];
+    const float* rows = abandon_ ? q.tails.data() + slot * (Tx_ + Ty_) * kMaxDtwGroups : nullptr;
+    lanes_.start(l, x_ + pick * Tx_ * D_, y_ + j * Ty_ * D_, rows, rows ? rows + Tx_ * kMaxDtwGroups : nullptr, j);
+    ++q.in_lanes;
+    query_[l] = pick;
   }
 
   const float *x_, *y_;
@@ -456,7 +470,7 @@ class CandidateSearch {
   std::vector<float> x_lo_, x_hi_;
   std::vector<QuerySearch> queries_;
   index_t query_[kLanes] = {};
-  index_t m0_ = 0, current_ = 0, end_ = 0;
+  index_t m0_ = 0, end_ = 0;
   double* out_min_ = nullptr;
   index_t* out_arg_ = nullptr;
 };
