@@ -116,3 +116,28 @@ def _bad(**change):
 def test_bad_input(change, err, match):
     with pytest.raises(err, match=match):
         metrics.evaluate(**_bad(**change))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_one_non_finite_value_is_rejected(bad):
+    """The input check reads only the extremes (one aminmax pass): a single NaN or Inf among finite
+    values must still be caught, in every input."""
+    for name in ("pred", "listener_gt", "speaker"):
+        args = _bad()
+        x = args[name].copy()
+        x.reshape(-1)[x.size // 2 + 3] = bad
+        args[name] = x
+        with pytest.raises(ValueError, match=f"{name} contains NaN or Inf"):
+            metrics.evaluate(**args)
+
+
+@pytest.mark.parametrize("value", [-3e15, 3e15])
+def test_values_beyond_float32_statistics_are_rejected(value):
+    """A value whose float32 sums of squares over the frames would overflow is refused by name, of
+    either sign (the check reads it from the extremes)."""
+    args = _bad()
+    pred = args["pred"].copy()
+    pred[1, 0, 5, 7] = value
+    args["pred"] = pred
+    with pytest.raises(ValueError, match="pred holds values up to 3e"):
+        metrics.evaluate(**args)

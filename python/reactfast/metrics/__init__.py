@@ -17,6 +17,7 @@ Quirks of the official code are kept (see SPEC); corrected variants are opt-in a
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Dict, Optional
 
@@ -57,9 +58,11 @@ def _as_tensor(name: str, x, ndim: int) -> torch.Tensor:
         raise ValueError(f"{name} must have {EMOTION_DIM} emotion dims in its last axis, got shape {tuple(x.shape)}")
     if any(s == 0 for s in x.shape):
         raise ValueError(f"{name} must not be empty, got shape {tuple(x.shape)}")
-    if not bool(torch.isfinite(x).all()):
+    # One pass without a temporary: aminmax propagates NaN, and Inf shows at an extreme.
+    lo, hi = (float(v) for v in torch.aminmax(x))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"{name} contains NaN or Inf")
-    largest = float(x.abs().max())
+    largest = max(-lo, hi)
     if largest > _LARGEST:
         raise ValueError(f"{name} holds values up to {largest:.3g} in magnitude; the REACT metrics take emotion "
                          f"features (AUs and expression probabilities in [0, 1], valence/arousal in [-1, 1]) and "
