@@ -1,11 +1,10 @@
-#include "reactfast/dtw.h"
+#include "dtw_lanes.h"
 #include "reactfast/dtw_bounds.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
-#include <tuple>
 #include <vector>
 
 #if defined(_OPENMP)
@@ -14,51 +13,6 @@
 
 namespace reactfast {
 namespace {
-
-constexpr double kInf = std::numeric_limits<double>::infinity();
-
-// Candidates computed side by side, one per SIMD lane. The DP recurrence along a row is a serial
-// add + min chain; eight candidates in the lanes and the three groups as independent chains turn
-// it from latency-bound into throughput-bound work, and the local costs of all eight come from
-// one vector subtract + multiply-add per dim.
-constexpr int kLanes = 8;
-typedef float v8f __attribute__((vector_size(32)));
-typedef double v8d __attribute__((vector_size(64)));
-
-inline v8f load8f(const float* p) {
-  v8f v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-inline v8d load8d(const double* p) {
-  v8d v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-inline void store8d(double* p, v8d v) { std::memcpy(p, &v, sizeof v); }
-inline v8d vmin(v8d a, v8d b) { return a < b ? a : b; }
-
-// sum_{d in [start, end)} (xB[d] - ys[d])^2 for eight lanes (xB[d][lane]: each lane's own x value),
-// with four partial sums so the additions do not form one long dependency chain.
-__attribute__((always_inline)) inline v8f group_cost(const float* xB, const float* ys, int start, int end) {
-  v8f c0 = v8f{}, c1 = v8f{}, c2 = v8f{}, c3 = v8f{};
-  int d = start;
-  for (; d + 4 <= end; d += 4) {
-    const v8f e0 = load8f(xB + d * kLanes) - load8f(ys + d * kLanes);
-    const v8f e1 = load8f(xB + (d + 1) * kLanes) - load8f(ys + (d + 1) * kLanes);
-    const v8f e2 = load8f(xB + (d + 2) * kLanes) - load8f(ys + (d + 2) * kLanes);
-    const v8f e3 = load8f(xB + (d + 3) * kLanes) - load8f(ys + (d + 3) * kLanes);
-    c0 += e0 * e0;
-    c1 += e1 * e1;
-    c2 += e2 * e2;
-    c3 += e3 * e3;
-  }
-  for (; d < end; ++d) {
-    const v8f e = load8f(xB + d * kLanes) - load8f(ys + d * kLanes);
-    c0 += e * e;
-  }
-  return (c0 + c1) + (c2 + c3);
-}
 
 // One DP row for three groups and eight lanes at once, in place (row holds each lane's D[t-1] on
 // entry and D[t] on return; the previous row's value at s - 1 is carried in a register):
@@ -93,17 +47,6 @@ __attribute__((always_inline)) inline void dp_row_impl(Cost cost, const float* y
   }
 }
 
-template <int Start, int End>
-__attribute__((always_inline)) inline v8f fixed_group_cost(const v8f* xr, const float* ys) {
-  v8f c[4] = {v8f{}, v8f{}, v8f{}, v8f{}};
-#pragma GCC unroll 16
-  for (int d = Start; d < End; ++d) {
-    const v8f e = xr[d] - load8f(ys + d * kLanes);
-    c[(d - Start) & 3] += e * e;
-  }
-  return (c[0] + c[1]) + (c[2] + c[3]);
-}
-
 // REACT's emotion layout: D = 25, groups [0, 15), [15, 17), [17, 25). xB: the lanes' x rows,
 // xB[d][lane].
 RF_CLONES void dp_row_react(const float* xB, const float* yB, index_t Ty, double* row, const double* start) {
@@ -129,56 +72,19 @@ RF_CLONES void dp_row(const float* xB, const float* yB, index_t Ty, index_t D, c
       yB, Ty, D, row, start);
 }
 
-// lb[g][lane] = min_s D_g[t][s] + max(rows[g][lane], cols[s][g][lane]): the lower bound of each
-// lane's final D_g from its current row t on (rows: its row tail after t; cols[s]: its column tail
-// after s, float, interleaved [s][g][lane]).
-RF_CLONES void lane_bounds(const double* row, const double* rows, const float* cols, index_t Ty, double* lb) {
-  const index_t stride = Ty * kLanes;
-  for (int g = 0; g < 3; ++g) {
-    const v8d r = load8d(rows + g * kLanes);
-    v8d m = kInf - v8d{};
-    for (index_t s = 0; s < Ty; ++s) {
-      const v8d c = __builtin_convertvector(load8f(cols + (s * 3 + g) * kLanes), v8d);
-      const v8d v = load8d(row + g * stride + s * kLanes) + (r > c ? r : c);
-      m = vmin(m, v);
-    }
-    store8d(lb + g * kLanes, m);
-  }
-}
-
-// Groups padded to three (empty groups cost nothing and weigh 0).
-struct Groups3 {
-  int start[3], end[3];
-  double weight[3];
-  bool react_layout;
-  explicit Groups3(const DtwGroups& g) {
-    for (int i = 0; i < 3; ++i) {
-      start[i] = i < g.count ? g.start[i] : 0;
-      end[i] = i < g.count ? g.end[i] : 0;
-      weight[i] = i < g.count ? g.weight[i] : 0.0;
-    }
-    react_layout = g.count == 3 && start[0] == 0 && end[0] == 15 && start[1] == 15 && end[1] == 17 &&
-                   start[2] == 17 && end[2] == 25;
-  }
-};
-
 // Eight DTWs in the SIMD lanes, each lane at its own row of its own pair, so that a lane whose pair
-// finishes or is abandoned takes the next pair at once instead of idling until its batch ends
-// (dynamic lane refill). Per-thread buffers: the lanes' candidates yB[s][d][lane], their current x
-// rows xB[d][lane], one DP row [g][s][lane] updated in place, and for abandoning the lanes' row
-// tails [t][g][lane] and column tails [s][g][lane]. At T = 750 yB and the row take about 0.75 MB,
-// inside a core's L2.
+// finishes takes the next pair at once instead of idling until its batch ends (dynamic lane
+// refill). Per-thread buffers: the lanes' candidates yB[s][d][lane], their current x rows
+// xB[d][lane] and one DP row [g][s][lane] updated in place. At T = 750 yB and the row take about
+// 0.75 MB, inside a core's L2.
 class LaneDtw {
  public:
   LaneDtw(index_t Tx, index_t Ty, index_t D, const DtwGroups& groups)
       : Tx_(Tx), Ty_(Ty), D_(D), g3_(groups), yB_(static_cast<size_t>(Ty) * D * kLanes, 0.f),
-        xB_(static_cast<size_t>(D) * kLanes, 0.f), row_(static_cast<size_t>(kMaxDtwGroups) * Ty * kLanes, kInf),
-        row_tail_(static_cast<size_t>(Tx) * kMaxDtwGroups * kLanes, 0.f),
-        col_tail_(static_cast<size_t>(Ty) * kMaxDtwGroups * kLanes, 0.f) {}
+        xB_(static_cast<size_t>(D) * kLanes, 0.f), row_(static_cast<size_t>(kMaxDtwGroups) * Ty * kLanes, kInf) {}
 
-  // Puts the pair (x, y) in lane l from row 0. row_tail (Tx x 3) and col_tail (Ty x 3), from
-  // dtw_tail_bounds, may be null (bounds of 0).
-  void start(int l, const float* x, const float* y, const float* row_tail, const float* col_tail, index_t tag) {
+  // Puts the pair (x, y) in lane l from row 0.
+  void start(int l, const float* x, const float* y, index_t tag) {
     x_[l] = x;
     t_[l] = 0;
     tag_[l] = tag;
@@ -186,8 +92,6 @@ class LaneDtw {
     for (index_t s = 0; s < Ty_; ++s)
       for (index_t d = 0; d < D_; ++d) yB_[(s * D_ + d) * kLanes + l] = y[s * D_ + d];
     for (index_t i = 0; i < kMaxDtwGroups * Ty_; ++i) row_[i * kLanes + l] = kInf;
-    for (index_t i = 0; i < kMaxDtwGroups * Tx_; ++i) row_tail_[i * kLanes + l] = row_tail ? row_tail[i] : 0.f;
-    for (index_t i = 0; i < kMaxDtwGroups * Ty_; ++i) col_tail_[i * kLanes + l] = col_tail ? col_tail[i] : 0.f;
   }
 
   bool busy(int l) const { return busy_[l]; }
@@ -224,17 +128,6 @@ class LaneDtw {
     for (int g = 0; g < 3; ++g) total += g3_.weight[g] * std::sqrt(row_[(g * Ty_ + Ty_ - 1) * kLanes + l]);
     return total;
   }
-  // After step(): bound[l], the lower bound of each lane's final weighted DTW (busy lanes only).
-  void bounds(double* bound) {
-    double rows[3 * kLanes], lb[3 * kLanes];
-    for (int g = 0; g < 3; ++g)
-      for (int l = 0; l < kLanes; ++l) rows[g * kLanes + l] = row_tail_[(t_[l] * 3 + g) * kLanes + l];
-    lane_bounds(row_.data(), rows, col_tail_.data(), Ty_, lb);
-    for (int l = 0; l < kLanes; ++l) {
-      bound[l] = 0.0;
-      for (int g = 0; g < 3; ++g) bound[l] += g3_.weight[g] * std::sqrt(lb[g * kLanes + l]);
-    }
-  }
   void advance(int l) { ++t_[l]; }
   void stop(int l) { busy_[l] = false; }
 
@@ -243,23 +136,11 @@ class LaneDtw {
   Groups3 g3_;
   std::vector<float> yB_, xB_;
   std::vector<double> row_;
-  std::vector<float> row_tail_, col_tail_;
   const float* x_[kLanes] = {};
   index_t t_[kLanes] = {};
   index_t tag_[kLanes] = {};
   bool busy_[kLanes] = {};
 };
-
-// Weighted distance along the diagonal path: an upper bound of the weighted DTW when Tx == Ty.
-double diagonal_bound(const float* x, const float* y, index_t T, index_t D, const DtwGroups& groups) {
-  double total = 0.0;
-  for (int g = 0; g < groups.count; ++g) {
-    double acc = 0.0;
-    for (index_t t = 0; t < T; ++t) acc += dtw_local_cost(x + t * D, y + t * D, groups.start[g], groups.end[g]);
-    total += groups.weight[g] * std::sqrt(acc);
-  }
-  return total;
-}
 
 }  // namespace
 
@@ -279,7 +160,7 @@ void dtw_pairs_cpu(const float* x, const float* y, double* out, index_t P, index
       const index_t c1 = std::min(P, c0 + chunk);
       index_t next = c0;
       for (int l = 0; l < kLanes && next < c1; ++l, ++next)
-        lanes.start(l, x + next * Tx * D, y + next * Ty * D, nullptr, nullptr, next);
+        lanes.start(l, x + next * Tx * D, y + next * Ty * D, next);
       while (lanes.any_busy()) {
         lanes.step();
         for (int l = 0; l < kLanes; ++l) {
@@ -291,7 +172,7 @@ void dtw_pairs_cpu(const float* x, const float* y, double* out, index_t P, index
           out[lanes.tag(l)] = lanes.value(l);
           lanes.stop(l);
           if (next < c1) {
-            lanes.start(l, x + next * Tx * D, y + next * Ty * D, nullptr, nullptr, next);
+            lanes.start(l, x + next * Tx * D, y + next * Ty * D, next);
             ++next;
           }
         }
@@ -302,177 +183,66 @@ void dtw_pairs_cpu(const float* x, const float* y, double* out, index_t P, index
 
 namespace {
 
-// One query's search for its best candidate: candidates in order of their lower bound (bound,
-// candidate, slot of its tails), their row and column tails, the best so far, and how many of its
-// candidates are in the lanes.
-struct QuerySearch {
-  std::vector<std::tuple<double, index_t, index_t>> order;
-  std::vector<float> tails;
-  size_t next = 0;
-  bool prepared = false, done = false;
-  int in_lanes = 0;
-  double best = kInf, threshold = kInf;
-  index_t arg = -1;
-};
-
-// The UCR Suite's cascade for each query's minimum over its candidates:
-//   1. an upper bound from the diagonal path (Tx == Ty) starts the best so far;
-//   2. LB_Kim + LB_Keogh against block envelopes, rows and columns, of every candidate, with their
-//      tails kept for step 4;
-//   3. candidates in increasing bound order through the eight SIMD lanes, a lane refilled as soon
-//      as its pair finishes or is abandoned, breadth first over the chunk's queries (every query's
-//      first candidate before any query's second: its finished DTW then prunes the others); a
-//      candidate whose bound exceeds its query's best so far is skipped without a DP;
-//   4. every kCheckRows rows of the DP a lane is abandoned once min_s D[t][s] + max(row tail after
-//      t, column tail after s) exceeds its query's best so far.
-// Each step only drops candidates whose value is above the best, so the result is exact. The
-// lanes run through a chunk of queries without draining between them, so no lane idles while a
-// query's last candidates finish.
-class CandidateSearch {
+// Each query's minimum over its candidates with every DP computed in full (no pruning: the
+// reference point of the banded search's cell counts, and the path for groups that all weigh 0):
+// the (query, candidate) pairs of a chunk of queries through the eight lanes, each lane refilled as
+// soon as its pair finishes. Ties go to the smallest candidate index.
+class FullSearch {
  public:
-  static constexpr int kCheckRows = 4;
-
-  CandidateSearch(const float* x, const float* y, const index_t* offset, const index_t* index, index_t Tx, index_t Ty,
-                  index_t D, const DtwGroups& groups, bool abandon, const float* y_lo, const float* y_hi)
-      : x_(x), y_(y), offset_(offset), index_(index), Tx_(Tx), Ty_(Ty), D_(D), groups_(groups), abandon_(abandon),
-        y_lo_(y_lo), y_hi_(y_hi), env_(D * envelope_blocks(Ty, envelope_block(Ty))), lanes_(Tx, Ty, D, groups),
-        x_lo_(D * envelope_blocks(Tx, envelope_block(Tx))), x_hi_(D * envelope_blocks(Tx, envelope_block(Tx))) {}
+  FullSearch(const float* x, const float* y, const index_t* offset, const index_t* index, index_t Tx, index_t Ty,
+             index_t D, const DtwGroups& groups)
+      : x_(x), y_(y), offset_(offset), index_(index), Tx_(Tx), Ty_(Ty), D_(D), lanes_(Tx, Ty, D, groups) {}
 
   // Queries [m0, m1); results in out_min / out_arg. Returns the DP cells computed.
   index_t run(index_t m0, index_t m1, double* out_min, index_t* out_arg) {
-    m0_ = m0;
-    queries_.assign(static_cast<size_t>(m1 - m0), QuerySearch());
-    end_ = m1;
-    out_min_ = out_min;
-    out_arg_ = out_arg;
+    for (index_t m = m0; m < m1; ++m) {
+      out_min[m] = kInf;
+      out_arg[m] = -1;
+    }
+    m_ = m0;
+    m1_ = m1;
+    c_ = offset_[m0];
     index_t cells = 0;
-    double bound[kLanes];
     for (int l = 0; l < kLanes; ++l) refill(l);
-    for (index_t steps = 1; lanes_.any_busy(); ++steps) {
+    while (lanes_.any_busy()) {
       cells += Ty_ * 3 * lanes_.step();
-      const bool check = abandon_ && steps % kCheckRows == 0;
-      if (check) lanes_.bounds(bound);
       for (int l = 0; l < kLanes; ++l) {
         if (!lanes_.busy(l)) continue;
-        QuerySearch& q = queries_[query_[l] - m0_];
-        if (lanes_.finished(l)) {
-          const double v = lanes_.value(l);
-          const index_t j = lanes_.tag(l);
-          if (v < q.best || (v == q.best && j < q.arg)) {
-            q.best = v;
-            q.arg = j;
-          }
-          if (abandon_) q.threshold = std::min(q.threshold, v);
-          release(l);
-        } else if (check && bound[l] > q.threshold) {
-          release(l);
-        } else {
+        if (!lanes_.finished(l)) {
           lanes_.advance(l);
+          continue;
         }
+        const double v = lanes_.value(l);
+        const index_t j = lanes_.tag(l), m = query_[l];
+        if (v < out_min[m] || (v == out_min[m] && j < out_arg[m])) {
+          out_min[m] = v;
+          out_arg[m] = j;
+        }
+        refill(l);
       }
     }
     return cells;
   }
 
  private:
-  void prepare(index_t m) {
-    QuerySearch& q = queries_[m - m0_];
-    q.prepared = true;
-    const float* xm = x_ + m * Tx_ * D_;
-    const index_t n = offset_[m + 1] - offset_[m];
-    const index_t tail = (Tx_ + Ty_) * kMaxDtwGroups;
-    if (abandon_) {
-      envelope(xm, Tx_, D_, envelope_block(Tx_), x_lo_.data(), x_hi_.data());
-      q.tails.resize(static_cast<size_t>(n * tail));
-    }
-    for (index_t c = 0; c < n; ++c) {
-      const index_t j = index_[offset_[m] + c];
-      double bound = 0.0;
-      if (abandon_) {
-        const float* yj = y_ + j * Ty_ * D_;
-        float* rows = q.tails.data() + c * tail;
-        double row_total[kMaxDtwGroups], col_total[kMaxDtwGroups];
-        dtw_tail_bounds(xm, yj, Tx_, Ty_, D_, y_lo_ + j * env_, y_hi_ + j * env_, groups_, rows, row_total);
-        dtw_tail_bounds(yj, xm, Ty_, Tx_, D_, x_lo_.data(), x_hi_.data(), groups_, rows + Tx_ * kMaxDtwGroups,
-                        col_total);
-        for (int g = 0; g < groups_.count; ++g)
-          bound += groups_.weight[g] * std::sqrt(std::max(row_total[g], col_total[g]));
-        // The DP sums float32 costs in another order than this upper bound: a small margin keeps
-        // the candidate whose optimal path is the diagonal from being pruned by rounding.
-        if (Tx_ == Ty_)
-          q.threshold = std::min(q.threshold, diagonal_bound(xm, yj, Tx_, D_, groups_) * (1.0 + 1e-6) + 1e-12);
-      }
-      q.order.emplace_back(bound, j, c);
-    }
-    // Most promising candidates first: their values then prune the rest early.
-    if (abandon_) std::stable_sort(q.order.begin(), q.order.end());
-  }
-
-  // Query m's result once every candidate has been started or skipped and none is left in the lanes.
-  void maybe_finish(index_t m) {
-    QuerySearch& q = queries_[m - m0_];
-    if (q.done || !q.prepared || q.in_lanes > 0 || q.next < q.order.size()) return;
-    q.done = true;
-    out_min_[m] = q.best;
-    out_arg_[m] = q.arg;
-  }
-
-  void release(int l) {
-    const index_t m = query_[l];
-    --queries_[m - m0_].in_lanes;
-    refill(l);
-    maybe_finish(m);
-  }
-
-  // Lane l takes the next candidate of the chunk's query that has started the fewest (ties: the
-  // fewest in the lanes, then the first), skipping candidates whose bound exceeds their query's best
-  // so far; with nothing left it stops. Breadth first: each query's most promising candidate runs
-  // before any query's second, so that the later candidates meet a best so far that is already a
-  // finished DTW and are skipped or abandoned early.
+  // Lane l takes the next (query, candidate) pair of the chunk, or stops.
   void refill(int l) {
-    index_t pick = -1;
-    for (index_t m = m0_; m < end_; ++m) {
-      QuerySearch& q = queries_[m - m0_];
-      if (q.done) continue;
-      if (!q.prepared) prepare(m);
-      while (q.next < q.order.size() && std::get<0>(q.order[q.next]) > q.threshold) ++q.next;
-      if (q.next == q.order.size()) {
-        maybe_finish(m);
-        continue;
-      }
-      if (pick < 0) {
-        pick = m;
-        continue;
-      }
-      const QuerySearch& p = queries_[pick - m0_];
-      if (q.next < p.next || (q.next == p.next && q.in_lanes < p.in_lanes)) pick = m;
-    }
-    if (pick < 0) {
+    while (m_ < m1_ && c_ == offset_[m_ + 1]) ++m_;
+    if (m_ == m1_) {
       lanes_.stop(l);
       return;
     }
-    QuerySearch& q = queries_[pick - m0_];
-    const auto& [bound, j, slot] = q.order[q.next++];
-    const float* rows = abandon_ ? q.tails.data() + slot * (Tx_ + Ty_) * kMaxDtwGroups : nullptr;
-    lanes_.start(l, x_ + pick * Tx_ * D_, y_ + j * Ty_ * D_, rows, rows ? rows + Tx_ * kMaxDtwGroups : nullptr, j);
-    ++q.in_lanes;
-    query_[l] = pick;
+    const index_t j = index_[c_++];
+    lanes_.start(l, x_ + m_ * Tx_ * D_, y_ + j * Ty_ * D_, j);
+    query_[l] = m_;
   }
 
   const float *x_, *y_;
   const index_t *offset_, *index_;
   index_t Tx_, Ty_, D_;
-  DtwGroups groups_;
-  bool abandon_;
-  const float *y_lo_, *y_hi_;
-  index_t env_;
   LaneDtw lanes_;
-  std::vector<float> x_lo_, x_hi_;
-  std::vector<QuerySearch> queries_;
   index_t query_[kLanes] = {};
-  index_t m0_ = 0, end_ = 0;
-  double* out_min_ = nullptr;
-  index_t* out_arg_ = nullptr;
+  index_t m_ = 0, m1_ = 0, c_ = 0;
 };
 
 }  // namespace
@@ -481,9 +251,12 @@ void weighted_dtw_min_cpu(const float* x, const float* y, const index_t* cand_of
                           index_t M, index_t G, index_t Tx, index_t Ty, index_t D, const DtwGroups& groups,
                           bool abandon, double* out_min, index_t* out_arg, index_t* cells) {
   // The envelope (sixteen blocks) of each target some query lists, once per call.
+  // The banded search needs a group that weighs in the value (all weights 0: every value is 0).
+  bool banded = false;
+  for (int g = 0; g < groups.count; ++g) banded = banded || (abandon && groups.weight[g] > 0.0);
   const index_t env = D * envelope_blocks(Ty, envelope_block(Ty));
   std::vector<float> y_lo, y_hi;
-  if (abandon) {
+  if (banded) {
     std::vector<char> listed(static_cast<size_t>(G), 0);
     for (index_t c = 0; c < cand_offset[M]; ++c) listed[cand_index[c]] = 1;
     std::vector<index_t> targets;
@@ -507,12 +280,17 @@ void weighted_dtw_min_cpu(const float* x, const float* y, const index_t* cand_of
 #endif
   const index_t chunk = std::max<index_t>(1, std::min<index_t>(8, M / (2 * threads)));
   index_t total_cells = 0;
+  if (banded) {
+    total_cells = weighted_dtw_min_banded(x, y, cand_offset, cand_index, M, Tx, Ty, D, groups, y_lo.data(),
+                                          y_hi.data(), chunk, out_min, out_arg);
+  } else {
 #pragma omp parallel reduction(+ : total_cells)
-  {
-    CandidateSearch search(x, y, cand_offset, cand_index, Tx, Ty, D, groups, abandon, y_lo.data(), y_hi.data());
+    {
+      FullSearch search(x, y, cand_offset, cand_index, Tx, Ty, D, groups);
 #pragma omp for schedule(dynamic, 1)
-    for (index_t m0 = 0; m0 < M; m0 += chunk)
-      total_cells += search.run(m0, std::min(M, m0 + chunk), out_min, out_arg);
+      for (index_t m0 = 0; m0 < M; m0 += chunk)
+        total_cells += search.run(m0, std::min(M, m0 + chunk), out_min, out_arg);
+    }
   }
   if (cells != nullptr) *cells = total_cells;
 }

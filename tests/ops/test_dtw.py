@@ -116,6 +116,59 @@ def test_abandoning_is_exact_on_adversarial_candidates(Tx, Ty, D, groups):
     assert not (fast[1] == 24).any()
 
 
+@pytest.mark.parametrize("groups", [((0, 15, 1 / 15), (15, 17, 1.0), (17, 25, 1 / 8)),  # REACT (unrolled DP)
+                                    ((0, 5, 1.0), (5, 25, 0.25)),                        # generic layout
+                                    ((0, 5, 1.0), (5, 20, 0.0), (20, 25, 0.5))])          # a group weighing 0
+def test_banded_search_is_exact_on_warped_copies(groups):
+    """The banded search (a limit per lane and group, the row swept over the union of live bands,
+    lanes refilled only while the band is wide) against the full DP and the float64 reference:
+    queries that are noisy copies of a candidate, time-warped (the optimal path leaves the
+    diagonal, so the diagonal bound is loose and the band must still hold the path), shifted by up
+    to 20 frames, or uniform noise (wide bands, lanes refilled), with candidate lists of every
+    length and more queries than a chunk; a near-diagonal query leaves most cells unswept."""
+    g = torch.Generator().manual_seed(3)
+    T = 90
+    walks = torch.cumsum(0.05 * torch.randn(16, T, 25, generator=g), 1).abs().clamp(max=1)
+    queries = []
+    for m in range(21):
+        src = walks[m % 16]
+        kind = m % 3
+        if kind == 0:      # near-diagonal copy
+            q = src + 0.02 * torch.randn(T, 25, generator=g)
+        elif kind == 1:    # warped: frames resampled along a monotone map
+            warp = torch.cumsum(torch.rand(T, generator=g) + 0.3, 0)
+            idx = (warp / warp[-1] * (T - 1)).round().long()
+            q = src[idx] + 0.02 * torch.randn(T, 25, generator=g)
+        else:              # shifted, or noise
+            q = torch.roll(src, m % 20, 0) if m % 2 else torch.rand(T, 25, generator=g)
+        queries.append(q)
+    pred = torch.stack(queries).contiguous()
+    lists = [sorted(set(torch.randperm(16, generator=g)[:1 + m % 16].tolist()) | {m % 16}) for m in range(21)]
+    cand = from_lists(lists)
+    full = weighted_dtw_min(pred, walks, cand, groups=groups, abandon=False, return_cells=True, backend="cpp")
+    fast = weighted_dtw_min(pred, walks, cand, groups=groups, abandon=True, return_cells=True, backend="cpp")
+    assert torch.equal(full[0], fast[0]) and torch.equal(full[1], fast[1])
+    want = ref.weighted_dtw_min(pred.double(), walks.double(), cand, groups)
+    assert_close("cpp", want[0], fast[0], atol=1e-9, rtol=1e-6)
+    assert torch.equal(want[1], fast[1])
+    near = [m for m in range(21) if m % 3 == 0]
+    one = from_lists([[m % 16] for m in near])
+    single = weighted_dtw_min(pred[near], walks, one, groups=groups, abandon=True, return_cells=True, backend="cpp")
+    assert single[2] < 0.5 * len(near) * T * T * 3, single[2]   # the band, not the whole matrix
+
+
+def test_all_weights_zero():
+    """Every weighted value is 0: the first listed candidate of each query, with and without
+    abandoning (the banded search, which needs a group that weighs, is not used)."""
+    g = torch.Generator().manual_seed(5)
+    pred, gt = torch.rand(3, 20, 4, generator=g), torch.rand(5, 20, 4, generator=g)
+    cand = from_lists([[3, 1, 2], [4, 0], [2]])
+    groups = ((0, 2, 0.0), (2, 4, 0.0))
+    for abandon in (True, False):
+        value, arg = weighted_dtw_min(pred, gt, cand, groups=groups, abandon=abandon, backend="cpp")
+        assert torch.equal(value, torch.zeros(3, dtype=torch.float64)) and arg.tolist() == [1, 0, 2]
+
+
 def test_abandoning_prunes_random_like_queries():
     """Uniform random queries against synthetic listener emotion: the DP's row minimum alone pruned
     nothing on such queries (every candidate's row minimum grows alike); the row and column tails

@@ -2,8 +2,10 @@
 each query's candidates. C++/OpenMP on CPU tensors: eight pairs in the SIMD lanes, each lane
 refilled as its pair finishes; for the minimum, the UCR Suite's exact pruning cascade (LB_Kim,
 LB_Keogh on block envelopes of rows and columns, candidates in bound order, abandoning inside the
-DP against the best so far; csrc/include/reactfast/dtw_bounds.h). CUDA on CUDA tensors, the
-reference (``reactfast.reference.dtw``) anywhere."""
+DP against the best so far; csrc/include/reactfast/dtw_bounds.h) with banded DPs (PrunedDTW: each
+row swept only where some lane's value can still matter, under per-group limits from the diagonal
+path and the best so far; csrc/cpu/dtw_band.cpp). CUDA on CUDA tensors, the reference
+(``reactfast.reference.dtw``) anywhere."""
 
 from __future__ import annotations
 
@@ -85,10 +87,11 @@ def weighted_dtw_min(pred: torch.Tensor, gt: torch.Tensor, candidates: Tuple[tor
             index[offset[m]:offset[m + 1]] (``reactfast.metrics.candidates`` builds them).
         groups: (start, end, weight) triples; default REACT's (0, 15, 1/15), (15, 17, 1), (17, 25, 1/8).
         abandon: exact pruning on CPU: lower bounds skip or abandon candidates that cannot beat the
-            best so far (the result is unchanged, bit for bit, only faster).
+            best so far, and each DP row is computed only over the columns where a path that can
+            still matter passes (the result is unchanged, bit for bit, only faster).
         backend: ``"cuda"``, ``"cpp"`` or ``"reference"`` (default automatic).
-        return_cells: also return how many DP cells the C++ backend computed (for measuring
-            early abandoning; the full count is K x Tx x Ty x groups).
+        return_cells: also return how many DP cells the C++ backend computed (for measuring the
+            pruning; the full count is K x Tx x Ty x groups).
 
     Returns:
         (min (M,) float64, argmin (M,) int64); ties go to the candidate listed first. With
