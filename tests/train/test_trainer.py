@@ -120,6 +120,8 @@ def test_learning_rate_schedule(tmp_path):
 def test_bad_trainer_arguments():
     with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
         TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="best_metric must be one of"):
+        TrainConfig(best_metric="FRDiss")
     with pytest.raises(ValueError, match="fewer than one batch"):
         Trainer(tiny_model(), _dataset(), TrainConfig(batch_size=64, progress=False))
 

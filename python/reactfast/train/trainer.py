@@ -78,6 +78,10 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        from reactfast.metrics import METRICS
+
+        if self.best_metric not in METRICS:
+            raise ValueError(f"TrainConfig.best_metric must be one of {METRICS}, got {self.best_metric!r}")
 
     def lr_factor(self, step: int) -> float:
         """The learning rate of optimizer step ``step`` (0-based) over the base rate."""
@@ -87,10 +91,6 @@ class TrainConfig:
             return 1.0
         progress = min(1.0, (step - self.warmup) / max(1, self.steps - self.warmup))
         return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-        from reactfast.metrics import METRICS
-
-        if self.best_metric not in METRICS:
-            raise ValueError(f"TrainConfig.best_metric must be one of {METRICS}, got {self.best_metric!r}")
 
 
 def _destroy_process_group() -> None:
