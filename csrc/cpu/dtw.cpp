@@ -14,64 +14,6 @@
 namespace reactfast {
 namespace {
 
-// One DP row for three groups and eight lanes at once, in place (row holds each lane's D[t-1] on
-// entry and D[t] on return; the previous row's value at s - 1 is carried in a register):
-//   D_g[t][s] = cost_g(t, s) + min(D_g[t-1][s-1], D_g[t-1][s], D_g[t][s-1])
-// with cost_g(t, s) = sum_{d in group g} (x[t][d] - y[s][d])^2 computed in float32 and accumulated
-// in float64. Lanes may stand at different rows t of different pairs: `start` is 0 in a lane at its
-// first row (D[-1] = +inf and the chain starts at 0) and +inf elsewhere.
-// Vectors cross function boundaries only through memory (the target clones differ in vector ABI).
-// Cost is a functor giving the three group costs at one s; the REACT layout gets a variant with
-// compile-time group bounds (fully unrolled), any other layout the generic one.
-template <typename Cost>
-__attribute__((always_inline)) inline void dp_row_impl(Cost cost, const float* yB, index_t Ty, index_t D,
-                                                       double* row, const double* start) {
-  const index_t stride = Ty * kLanes;
-  const v8d inf = kInf - v8d{};
-  v8d r0 = load8d(start), r1 = r0, r2 = r0;
-  v8d pp0 = inf, pp1 = inf, pp2 = inf;
-  for (index_t s = 0; s < Ty; ++s) {
-    v8f a0, a1, a2;
-    cost(yB + s * D * kLanes, a0, a1, a2);
-    const index_t o = s * kLanes;
-    const v8d p0 = load8d(row + o), p1 = load8d(row + stride + o), p2 = load8d(row + 2 * stride + o);
-    r0 = __builtin_convertvector(a0, v8d) + vmin(vmin(pp0, p0), r0);
-    r1 = __builtin_convertvector(a1, v8d) + vmin(vmin(pp1, p1), r1);
-    r2 = __builtin_convertvector(a2, v8d) + vmin(vmin(pp2, p2), r2);
-    pp0 = p0;
-    pp1 = p1;
-    pp2 = p2;
-    store8d(row + o, r0);
-    store8d(row + stride + o, r1);
-    store8d(row + 2 * stride + o, r2);
-  }
-}
-
-// REACT's emotion layout: D = 25, groups [0, 15), [15, 17), [17, 25). xB: the lanes' x rows,
-// xB[d][lane].
-RF_CLONES void dp_row_react(const float* xB, const float* yB, index_t Ty, double* row, const double* start) {
-  v8f xr[25];
-  for (int d = 0; d < 25; ++d) xr[d] = load8f(xB + d * kLanes);
-  dp_row_impl(
-      [&](const float* ys, v8f& a0, v8f& a1, v8f& a2) {
-        a0 = fixed_group_cost<0, 15>(xr, ys);
-        a1 = fixed_group_cost<15, 17>(xr, ys);
-        a2 = fixed_group_cost<17, 25>(xr, ys);
-      },
-      yB, Ty, 25, row, start);
-}
-
-RF_CLONES void dp_row(const float* xB, const float* yB, index_t Ty, index_t D, const int* gs, const int* ge,
-                      double* row, const double* start) {
-  dp_row_impl(
-      [&](const float* ys, v8f& a0, v8f& a1, v8f& a2) {
-        a0 = group_cost(xB, ys, gs[0], ge[0]);
-        a1 = group_cost(xB, ys, gs[1], ge[1]);
-        a2 = group_cost(xB, ys, gs[2], ge[2]);
-      },
-      yB, Ty, D, row, start);
-}
-
 // Eight DTWs in the SIMD lanes, each lane at its own row of its own pair, so that a lane whose pair
 // finishes takes the next pair at once instead of idling until its batch ends (dynamic lane
 // refill). Per-thread buffers: the lanes' candidates yB[s][d][lane], their current x rows

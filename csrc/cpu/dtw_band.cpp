@@ -10,102 +10,6 @@
 namespace reactfast {
 namespace {
 
-// True when some lane holds a live value (at or below its limit) in some group at column s.
-inline bool column_live(const double* row, index_t stride, index_t s, const double* limit) {
-  double v[3 * kLanes];
-  for (int g = 0; g < 3; ++g) std::memcpy(v + g * kLanes, row + g * stride + s * kLanes, kLanes * sizeof(double));
-  bool live = false;
-  for (int i = 0; i < 3 * kLanes; ++i) live |= v[i] <= limit[i];
-  return live;
-}
-
-// One DP row as dp_row_impl over a band of columns only (PrunedDTW, Silva & Batista 2016). A value
-// is live when it is at or below its lane's limit for its group (limit[g][lane]: no path that
-// matters holds more). The previous row had live values only in columns [s0, e0]; the columns
-// outside hold no live value in any lane and count as +inf: the sweep starts at s0 (its diagonal
-// and left neighbours +inf) and past e0 goes on only while the left neighbour keeps some value
-// live. Inside the band dead values stay as computed: only the band's ends matter, so the common
-// case costs no more per cell than dp_row_impl. Every live value is the one the full DP computes,
-// bit for bit, since a neighbour taken as +inf could only have given a value above the limit.
-// Returns one past the last column swept; *first and *last: the row's first and last columns with
-// a live value (-1 when none).
-template <typename Cost>
-__attribute__((always_inline)) inline index_t dp_row_band_impl(Cost cost, const float* yB, index_t Ty, index_t D,
-                                                               double* row, const double* start, const double* limit,
-                                                               index_t s0, index_t e0, index_t* first, index_t* last) {
-  const index_t stride = Ty * kLanes;
-  const v8d inf = kInf - v8d{};
-  v8d r0 = load8d(start), r1 = r0, r2 = r0;
-  v8d pp0 = inf, pp1 = inf, pp2 = inf;
-  index_t s = s0;
-  const index_t above = std::min(e0 + 1, Ty);  // columns whose upper neighbour may be live
-  for (; s < above; ++s) {
-    v8f a0, a1, a2;
-    cost(yB + s * D * kLanes, a0, a1, a2);
-    const index_t o = s * kLanes;
-    const v8d p0 = load8d(row + o), p1 = load8d(row + stride + o), p2 = load8d(row + 2 * stride + o);
-    r0 = __builtin_convertvector(a0, v8d) + vmin(vmin(pp0, p0), r0);
-    r1 = __builtin_convertvector(a1, v8d) + vmin(vmin(pp1, p1), r1);
-    r2 = __builtin_convertvector(a2, v8d) + vmin(vmin(pp2, p2), r2);
-    pp0 = p0;
-    pp1 = p1;
-    pp2 = p2;
-    store8d(row + o, r0);
-    store8d(row + stride + o, r1);
-    store8d(row + 2 * stride + o, r2);
-  }
-  for (; s < Ty; ++s) {
-    v8f a0, a1, a2;
-    cost(yB + s * D * kLanes, a0, a1, a2);
-    const index_t o = s * kLanes;
-    r0 = __builtin_convertvector(a0, v8d) + vmin(pp0, r0);
-    r1 = __builtin_convertvector(a1, v8d) + vmin(pp1, r1);
-    r2 = __builtin_convertvector(a2, v8d) + vmin(pp2, r2);
-    pp0 = inf;
-    pp1 = inf;
-    pp2 = inf;
-    store8d(row + o, r0);
-    store8d(row + stride + o, r1);
-    store8d(row + 2 * stride + o, r2);
-    if (!column_live(row, stride, s, limit)) {
-      ++s;
-      break;
-    }
-  }
-  index_t f = s0;
-  while (f < s && !column_live(row, stride, f, limit)) ++f;
-  index_t e = s - 1;
-  while (e >= f && !column_live(row, stride, e, limit)) --e;
-  *first = f < s ? f : -1;
-  *last = f < s ? e : -1;
-  return s;
-}
-
-RF_CLONES index_t dp_row_band_react(const float* xB, const float* yB, index_t Ty, double* row, const double* start,
-                                    const double* limit, index_t s0, index_t e0, index_t* first, index_t* last) {
-  v8f xr[25];
-  for (int d = 0; d < 25; ++d) xr[d] = load8f(xB + d * kLanes);
-  return dp_row_band_impl(
-      [&](const float* ys, v8f& a0, v8f& a1, v8f& a2) {
-        a0 = fixed_group_cost<0, 15>(xr, ys);
-        a1 = fixed_group_cost<15, 17>(xr, ys);
-        a2 = fixed_group_cost<17, 25>(xr, ys);
-      },
-      yB, Ty, 25, row, start, limit, s0, e0, first, last);
-}
-
-RF_CLONES index_t dp_row_band(const float* xB, const float* yB, index_t Ty, index_t D, const int* gs, const int* ge,
-                              double* row, const double* start, const double* limit, index_t s0, index_t e0,
-                              index_t* first, index_t* last) {
-  return dp_row_band_impl(
-      [&](const float* ys, v8f& a0, v8f& a1, v8f& a2) {
-        a0 = group_cost(xB, ys, gs[0], ge[0]);
-        a1 = group_cost(xB, ys, gs[1], ge[1]);
-        a2 = group_cost(xB, ys, gs[2], ge[2]);
-      },
-      yB, Ty, D, row, start, limit, s0, e0, first, last);
-}
-
 // lb[g][lane] = min_s D_g[t][s] + max(rows[g][lane], cols[s][g][lane]): the lower bound of each
 // lane's final D_g from its current row t on (rows: its row tail after t; cols[s]: its column tail
 // after s, float, interleaved [s][g][lane]), over columns [s_begin, s_end); low[g][lane], if given:
@@ -149,12 +53,13 @@ inline void diagonal_costs(const float* x, const float* y, index_t T, index_t D,
 //   4. every kCheckRows steps a lane is abandoned once min_s D[t][s] + max(row tail after t,
 //      column tail after s) exceeds its query's best so far, or a group has no live value left;
 //   5. PrunedDTW (Silva & Batista 2016): each lane has per group a limit, and each row is swept
-//      only over the union of the lanes' live bands (dp_row_band_impl). A lane's limit for group
-//      g is the smaller of its pair's diagonal-path cost for g (Tx == Ty: no cell of g's optimal
-//      path exceeds it) and what g may cost for the candidate to still reach its query's best so
-//      far given the other groups' lower bounds, ((best - sum_{g' != g} w_g' sqrt(LB_g')) / w_g)^2,
-//      each with a relative margin of 1e-5 over float rounding. A candidate close to its query (a
-//      near-diagonal path) keeps a narrow band; one that cannot win narrows and dies out.
+//      only over the union of the lanes' live bands (dp_row_impl in dtw_lanes.h). A lane's limit
+//      for group g is the smaller of its pair's diagonal-path cost for g (Tx == Ty: no cell of g's
+//      optimal path exceeds it) and what g may cost for the candidate to still reach its query's
+//      best so far given the other groups' lower bounds,
+//      ((best - sum_{g' != g} w_g' sqrt(LB_g')) / w_g)^2, each with a relative margin of 1e-5 over
+//      float rounding. A candidate close to its query (a near-diagonal path) keeps a narrow band;
+//      one that cannot win narrows and dies out.
 // Each step only drops what cannot beat the best, and live values are the full DP's bit for bit,
 // so the result is exact. Lanes stand at their own rows. A lane that frees up takes the next
 // candidate only while the union band is wide anyway (at least half the columns) or once every
@@ -205,8 +110,8 @@ class BandSearch {
       index_t first, last;
       const index_t end =
           g3_.react_layout && D_ == 25
-              ? dp_row_band_react(xB_.data(), yB_.data(), Ty_, row_.data(), start, limit_, s0, e0, &first, &last)
-              : dp_row_band(xB_.data(), yB_.data(), Ty_, D_, g3_.start, g3_.end, row_.data(), start, limit_, s0, e0,
+              ? dp_row_react(xB_.data(), yB_.data(), Ty_, row_.data(), start, limit_, s0, e0, &first, &last)
+              : dp_row(xB_.data(), yB_.data(), Ty_, D_, g3_.start, g3_.end, row_.data(), start, limit_, s0, e0,
                             &first, &last);
       cells += (end - s0) * 3 * busy;
       const bool check = steps % kCheckRows == 0 && first >= 0;

@@ -7,6 +7,7 @@
 #pragma once
 #include "reactfast/dtw.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -64,6 +65,113 @@ __attribute__((always_inline)) inline v8f fixed_group_cost(const v8f* xr, const 
     c[(d - Start) & 3] += e * e;
   }
   return (c[0] + c[1]) + (c[2] + c[3]);
+}
+
+// True when some lane holds a live value (at or below its limit) in some group at column s.
+inline bool column_live(const double* row, index_t stride, index_t s, const double* limit) {
+  double v[3 * kLanes];
+  for (int g = 0; g < 3; ++g) std::memcpy(v + g * kLanes, row + g * stride + s * kLanes, kLanes * sizeof(double));
+  bool live = false;
+  for (int i = 0; i < 3 * kLanes; ++i) live |= v[i] <= limit[i];
+  return live;
+}
+
+// One DP cell (t, s) of the three groups, in place: r[g] holds D_g[t][s-1] on entry and D_g[t][s]
+// on return, pp[g] holds D_g[t-1][s-1] on entry and D_g[t-1][s] on return (the next cell's
+// diagonal); the row holds D_g[t-1][s] (Above) or counts as +inf there (min with +inf is exact).
+template <bool Above>
+__attribute__((always_inline)) inline void dp_cell(const v8f* a, v8d* r, v8d* pp, double* row, index_t stride,
+                                                   index_t o) {
+  for (int g = 0; g < 3; ++g) {
+    const v8d p = Above ? load8d(row + g * stride + o) : kInf - v8d{};
+    r[g] = __builtin_convertvector(a[g], v8d) + vmin(vmin(pp[g], p), r[g]);
+    pp[g] = p;
+    store8d(row + g * stride + o, r[g]);
+  }
+}
+
+// One DP row for three groups and eight lanes at once, in place (row holds each lane's D[t-1] on
+// entry and D[t] on return; the previous row's value at s - 1 is carried in a register):
+//   D_g[t][s] = cost_g(t, s) + min(D_g[t-1][s-1], D_g[t-1][s], D_g[t][s-1])
+// with cost_g(t, s) = sum_{d in group g} (x[t][d] - y[s][d])^2 computed in float32 and accumulated
+// in float64. Lanes may stand at different rows t of different pairs: `start` is 0 in a lane at its
+// first row (D[-1] = +inf and the chain starts at 0) and +inf elsewhere.
+//
+// With `limit` (Band), the row is computed over a band of columns only (PrunedDTW, Silva & Batista
+// 2016). A value is live when it is at or below its lane's limit for its group (limit[g][lane]: no
+// path that matters holds more). The previous row had live values only in columns [s0, e0]; the
+// columns outside hold no live value in any lane and count as +inf: the sweep starts at s0 (its
+// diagonal and left neighbours +inf) and past e0 goes on only while the left neighbour keeps some
+// value live. Inside the band dead values stay as computed: only the band's ends matter, so a cell
+// costs what it costs in the full row. Every live value is the one the full DP computes, bit for
+// bit, since a neighbour taken as +inf (or a stale value outside the band, dead when written) could
+// only have given a value above the limit. *first and *last: the row's first and last columns with
+// a live value (-1 when none). Without a limit the whole row is computed (s0 = 0, e0 = Ty - 1).
+// Returns one past the last column computed.
+// Vectors cross function boundaries only through memory (the target clones differ in vector ABI).
+// Cost is a functor giving the three group costs at one s; the REACT layout gets a variant with
+// compile-time group bounds (fully unrolled), any other layout the generic one.
+template <bool Band, typename Cost>
+__attribute__((always_inline)) inline index_t dp_row_impl(Cost cost, const float* yB, index_t Ty, index_t D,
+                                                          double* row, const double* start, const double* limit,
+                                                          index_t s0, index_t e0, index_t* first, index_t* last) {
+  const index_t stride = Ty * kLanes;
+  v8d r[3], pp[3];
+  for (int g = 0; g < 3; ++g) {
+    r[g] = load8d(start);
+    pp[g] = kInf - v8d{};
+  }
+  index_t s = s0;
+  const index_t above = std::min(e0 + 1, Ty);  // columns whose upper neighbour may be live
+  for (; s < above; ++s) {
+    v8f a[3];
+    cost(yB + s * D * kLanes, a);
+    dp_cell<true>(a, r, pp, row, stride, s * kLanes);
+  }
+  if (!Band) return s;
+  for (; s < Ty; ++s) {
+    v8f a[3];
+    cost(yB + s * D * kLanes, a);
+    dp_cell<false>(a, r, pp, row, stride, s * kLanes);
+    if (!column_live(row, stride, s, limit)) {
+      ++s;
+      break;
+    }
+  }
+  index_t f = s0;
+  while (f < s && !column_live(row, stride, f, limit)) ++f;
+  index_t e = s - 1;
+  while (e >= f && !column_live(row, stride, e, limit)) --e;
+  *first = f < s ? f : -1;
+  *last = f < s ? e : -1;
+  return s;
+}
+
+// REACT's emotion layout: D = 25, groups [0, 15), [15, 17), [17, 25). xB: the lanes' x rows,
+// xB[d][lane]. limit null: the whole row (first, last, s0 and e0 unused).
+RF_CLONES index_t dp_row_react(const float* xB, const float* yB, index_t Ty, double* row, const double* start,
+                               const double* limit = nullptr, index_t s0 = 0, index_t e0 = 0, index_t* first = nullptr,
+                               index_t* last = nullptr) {
+  v8f xr[25];
+  for (int d = 0; d < 25; ++d) xr[d] = load8f(xB + d * kLanes);
+  const auto cost = [&](const float* ys, v8f* a) {
+    a[0] = fixed_group_cost<0, 15>(xr, ys);
+    a[1] = fixed_group_cost<15, 17>(xr, ys);
+    a[2] = fixed_group_cost<17, 25>(xr, ys);
+  };
+  if (limit == nullptr) return dp_row_impl<false>(cost, yB, Ty, 25, row, start, limit, 0, Ty - 1, first, last);
+  return dp_row_impl<true>(cost, yB, Ty, 25, row, start, limit, s0, e0, first, last);
+}
+
+// Any layout of up to three groups [gs[g], ge[g]).
+RF_CLONES index_t dp_row(const float* xB, const float* yB, index_t Ty, index_t D, const int* gs, const int* ge,
+                         double* row, const double* start, const double* limit = nullptr, index_t s0 = 0,
+                         index_t e0 = 0, index_t* first = nullptr, index_t* last = nullptr) {
+  const auto cost = [&](const float* ys, v8f* a) {
+    for (int g = 0; g < 3; ++g) a[g] = group_cost(xB, ys, gs[g], ge[g]);
+  };
+  if (limit == nullptr) return dp_row_impl<false>(cost, yB, Ty, D, row, start, limit, 0, Ty - 1, first, last);
+  return dp_row_impl<true>(cost, yB, Ty, D, row, start, limit, s0, e0, first, last);
 }
 
 // Groups padded to three (empty groups cost nothing and weigh 0).
