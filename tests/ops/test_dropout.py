@@ -136,10 +136,26 @@ def test_cuda_uses_torch_dropout(device):
     assert torch.allclose(out[out != 0], torch.full((), 1 / 0.75, device=device))
 
 
-def test_compiled_graph_takes_torch_dropout():
-    def f(x):
+def test_compiled_graph_takes_the_hashed_mask():
+    """Inside torch.compile the mask is the same keyed hash, in traceable torch integer ops: with a
+    seed it equals the eager mask; without one the key is drawn inside the graph."""
+    x = torch.randn(3, 5, 67, requires_grad=True)
+
+    def seeded(x):
+        return dropout(x, 0.3, seed=2 ** 40 + 12345) * 2
+
+    out = torch.compile(seeded, fullgraph=True, backend="aot_eager")(x)
+    keep = ref.keep_mask(x.shape, 0.3, 2 ** 40 + 12345)
+    assert torch.equal(out != 0, keep)
+    torch.testing.assert_close(out, torch.where(keep, x * (2 / 0.7), torch.zeros(())), atol=0, rtol=1e-6)
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, keep * (2 / 0.7), atol=0, rtol=1e-6)
+
+    def unseeded(x):
         return dropout(x, 0.5) * 2
 
-    out = torch.compile(f, fullgraph=True, backend="eager")(torch.ones(1000))
-    assert out.shape == (1000,) and 0.3 < (out != 0).float().mean().item() < 0.7
-    assert torch.equal(out[out != 0], torch.full_like(out[out != 0], 4.0))
+    f = torch.compile(unseeded, fullgraph=True, backend="aot_eager")
+    a, b = f(torch.ones(4000)), f(torch.ones(4000))
+    assert 0.45 < (a != 0).float().mean().item() < 0.55
+    assert torch.equal(a[a != 0], torch.full_like(a[a != 0], 4.0))
+    assert not torch.equal(a != 0, b != 0), "every call of the graph must draw a fresh key"

@@ -1,6 +1,7 @@
 """``nn.Dropout`` over :func:`reactfast.ops.dropout`: on a CPU its mask is a keyed hash of the
 element index computed by the C++ kernel with the scaled output (a fraction of the cost of
-``bernoulli_``); on CUDA and under ``torch.compile`` it is ``nn.functional.dropout``."""
+``bernoulli_``); on CUDA it is ``nn.functional.dropout``, under ``torch.compile`` the same hash in
+traceable torch ops."""
 
 from __future__ import annotations
 

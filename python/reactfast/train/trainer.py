@@ -15,7 +15,7 @@
   ``deterministic=True``, which selects deterministic kernels (math attention, no atomics).
 - Periodic validation with the REACT metric suite, its costly parts sharded over ranks.
 - ``compile=True``: the model's forward through ``torch.compile`` (compiled on the first step).
-  Under compile, dropout is torch's own (its masks differ from the eager hashed ones).
+  Under compile, dropout's hashed masks take keys drawn inside the graph (they differ from eager's).
 """
 
 from __future__ import annotations
