@@ -191,7 +191,9 @@ def test_incremental_equals_full_call(device, ratio, max_cache):
     (lambda q, k, v: biased_attention(q, k, v[:, :, :3]), ValueError, "v must have k's shape"),
     (lambda q, k, v: biased_attention(q, k.double(), v), TypeError, "k must have dtype"),
     (lambda q, k, v: biased_attention(q, k.half(), v), TypeError, "share one dtype"),
-    (lambda q, k, v: biased_attention(q, k, v, q_offset=-1), ValueError, "q_offset must be >= 0"),
+    (lambda q, k, v: biased_attention(q, k, v, q_offset=-1), ValueError, r"q_offset must be in \[0, 2097152\]"),
+    (lambda q, k, v: biased_attention(q, k, v, q_offset=2 ** 21 + 1), ValueError, "q_offset must be in"),
+    (lambda q, k, v: biased_attention(q, k, v, precision="fp32"), ValueError, "precision must be 'tf32' or 'ieee'"),
     (lambda q, k, v: biased_attention(q, k, v, period=0), ValueError, "period must be an int >= 1"),
     (lambda q, k, v: biased_attention(q, k, v, audio_ratio=0), ValueError, "audio_ratio must be an int >= 1"),
     (lambda q, k, v: biased_attention(q, k, v, key_lengths=torch.tensor([99, 1])), ValueError, "key_lengths must be"),
@@ -243,3 +245,81 @@ def test_sdpa_bias_cache_follows_slopes_and_patterns():
         assert_close(f"step {step}", want.float(), out, atol=1e-5, rtol=1e-5)
         slopes.mul_(1.01)                     # in place: same storage, new values
     assert len(mod._BIAS_CACHE) <= mod._BIAS_CACHE_SIZE
+
+
+def _kernel_case(config, B, H, Tq, Tk, d, q0, ratio=1, period=8, extra=0, starts=None, lengths=None, qperiod=None,
+                 splits=None, dtype=torch.float32, precision="ieee"):
+    """The Triton kernels called directly with one block configuration (and split count), outputs
+    poisoned, against the float64 reference: output, row log-sum-exp and every gradient."""
+    from reactfast import _backend
+    from reactfast.kernels import biased_attention as kern
+
+    q, k, v = (t.detach() for t in _inputs(B, H, Tq, Tk, d, dtype, seed=7 * Tq + Tk))
+    i32 = lambda x, fill: (torch.full((B,), fill) if x is None else x).to(DEVICE, torch.int32)  # noqa: E731
+    q0s, st, ln = i32(torch.as_tensor(q0).expand(B).clone(), 0), i32(starts, 0), i32(lengths, Tk)
+    slopes = ref.alibi_slopes(H, DEVICE).float()
+    qp = Tq if qperiod is None else qperiod
+    scale = d ** -0.5
+    assert _backend.poison_outputs(True), "kernel outputs must be poisoned (the autouse fixture)"
+    out, lse = kern.biased_attention_fwd(q, k, v, slopes, q0s, st, ln, scale, period, ratio, extra, qp, precision,
+                                         splits=splits, config=config)
+    do = torch.randn_like(out)
+    dq, dk, dv = kern.biased_attention_bwd(do, q, k, v, out, lse, slopes, q0s, st, ln, scale, period, ratio, extra,
+                                           qp, precision, config=config)
+    q64, k64, v64 = (t.double().requires_grad_() for t in (q, k, v))
+    kw = dict(q_offset=q0s.long(), audio_ratio=ratio, period=period, extra=extra, key_start=st.long(),
+              key_lengths=ln.long(), query_period=qp)
+    want = ref.biased_attention(q64, k64, v64, **kw)
+    tol = _precision(dtype, DEVICE) if precision == "tf32" else dtype
+    assert_rel_close(f"{config} out", want, out, tol)
+    bias = ref.attention_bias(Tq, Tk, slopes.double(), q0s.long(), period, ratio, extra, ln.long(), batch=B,
+                              key_start=st.long(), query_period=qp)
+    want_lse = torch.logsumexp(q64 @ k64.transpose(-1, -2) * scale + bias, -1)
+    empty = torch.isinf(want_lse)
+    assert torch.equal(torch.isinf(lse) & (lse > 0), empty), "empty rows must have log-sum-exp +inf"
+    assert_rel_close(f"{config} lse", want_lse[~empty], lse[~empty], 1e-5 if tol == torch.float32 else 1e-2)
+    grads = torch.autograd.grad(want, (q64, k64, v64), do.double())
+    for name, a, b in zip(("dq", "dk", "dv"), grads, (dq, dk, dv)):
+        assert_rel_close(f"{config} {name}", a, b, tol)
+
+
+def _distinct_blocks():
+    from reactfast.kernels import biased_attention as kern
+    return sorted({(c.kwargs["BM"], c.kwargs["BN"]) for c in kern.FWD_CONFIGS + kern.DKDV_CONFIGS + kern.DQ_CONFIGS})
+
+
+@pytest.mark.parametrize("BM,BN", _distinct_blocks())
+def test_every_tuning_configuration(BM, BN):
+    """Every block shape the autotuner may pick gives the reference's results, on cases with fully
+    visible key blocks (long right-aligned windows, a key start and a length cutting blocks that
+    later rows see whole), audio keys at two and three times the frame rate with current samples
+    (bias steps of 8 and of 15 keys), and folded query windows."""
+    config = {"BM": BM, "BN": BN}
+    _kernel_case(config, 2, 2, 97, 300, 16, q0=[203, 260], starts=torch.tensor([5, 0]),
+                 lengths=torch.tensor([300, 270]))
+    _kernel_case(config, 1, 2, 40, 220, 24, q0=50, ratio=2, extra=1, period=4)
+    _kernel_case(config, 1, 1, 30, 200, 16, q0=40, ratio=3, extra=2, period=5)
+    _kernel_case(config, 2, 1, 3 * 16, 180, 16, q0=164, qperiod=16, starts=torch.tensor([0, 37]))
+
+
+@pytest.mark.parametrize("splits", [1, 2, 3, 5])
+def test_decode_splits_merge_exactly(splits):
+    """The online window (few queries over a long buffer): keys split across programs and merged
+    equal one program's result; rows whose keys all fall in one split, empty rows (key length 0)
+    and key starts past a split boundary included."""
+    for Tq, Tk, q0 in ((1, 751, 750), (7, 751, 744), (16, 600, 100), (8, 300, 292)):
+        _kernel_case({"BM": 16, "BN": 32}, 3, 2, Tq, Tk, 16, q0=q0, splits=splits,
+                     starts=torch.tensor([0, 290, 0]), lengths=torch.tensor([Tk, Tk, 0]))
+    _kernel_case({"BM": 16, "BN": 64}, 2, 2, 8, 512, 16, q0=248, ratio=2, extra=1, splits=splits)
+
+
+def test_decode_split_count_and_limits():
+    from reactfast.kernels import biased_attention as kern
+    q = torch.empty(1, 1, 8, 16, device=DEVICE)
+    assert kern.decode_splits(q, 1, 8, 8, 4096) > 1          # a few streams over long keys: split
+    assert kern.decode_splits(q, 1, 8, 17, 4096) == 1        # more rows than the decode block: never
+    assert kern.decode_splits(q, 512, 8, 8, 4096) == 1       # enough (sample, head) pairs already
+    with pytest.raises(ValueError, match="split keys need at most 16 queries"):
+        q17 = torch.zeros(1, 1, 17, 16, device=DEVICE)
+        ints = [torch.full((1,), n, dtype=torch.int32, device=DEVICE) for n in (0, 0, 17)]
+        kern.biased_attention_fwd(q17, q17, q17, torch.ones(1, device=DEVICE), *ints, 0.25, 8, 1, 0, 17, splits=2)

@@ -28,6 +28,8 @@ if kernels.AVAILABLE:
 IMPLEMENTED = ("triton", "sdpa", "reference")
 _backend.register_op("biased_attention", IMPLEMENTED)
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# Largest q_offset: the Triton kernels' bias floor is exact for key positions below 2^22.
+MAX_Q_OFFSET = 2 ** 21
 
 
 def _reference_probs(q, k, slopes, q_offset, key_start, key_lengths, period, ratio, extra, scale, qperiod):
@@ -45,18 +47,19 @@ def _reference_probs(q, k, slopes, q_offset, key_start, key_lengths, period, rat
 @torch.library.custom_op("reactfast::biased_attention_fwd", mutates_args=())
 def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor, q_offset: torch.Tensor,
          key_start: torch.Tensor, key_lengths: torch.Tensor, period: int, audio_ratio: int, extra: int, scale: float,
-         qperiod: int, backend: str) -> Tuple[torch.Tensor, torch.Tensor]:
+         qperiod: int, backend: str, precision: str = "tf32") -> Tuple[torch.Tensor, torch.Tensor]:
     name = _backend.select("biased_attention", q.device, IMPLEMENTED, backend or None)
     if name == "triton":
         return _triton.biased_attention_fwd(q, k, v, slopes, q_offset, key_start, key_lengths, scale, period,
-                                            audio_ratio, extra, qperiod)
+                                            audio_ratio, extra, qperiod, precision)
     p, lse = _reference_probs(q, k, slopes, q_offset, key_start, key_lengths, period, audio_ratio, extra, scale,
                               qperiod)
     return torch.matmul(p, v.float()).to(q.dtype), lse
 
 
 @_fwd.register_fake
-def _(q, k, v, slopes, q_offset, key_start, key_lengths, period, audio_ratio, extra, scale, qperiod, backend):
+def _(q, k, v, slopes, q_offset, key_start, key_lengths, period, audio_ratio, extra, scale, qperiod, backend,
+      precision="tf32"):
     return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
@@ -64,11 +67,12 @@ def _(q, k, v, slopes, q_offset, key_start, key_lengths, period, audio_ratio, ex
 def _bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
          slopes: torch.Tensor, q_offset: torch.Tensor, key_start: torch.Tensor, key_lengths: torch.Tensor,
          period: int, audio_ratio: int,
-         extra: int, scale: float, qperiod: int, backend: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+         extra: int, scale: float, qperiod: int, backend: str,
+         precision: str = "tf32") -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     name = _backend.select("biased_attention", q.device, IMPLEMENTED, backend or None)
     if name == "triton":
         return _triton.biased_attention_bwd(do.contiguous(), q, k, v, out, lse, slopes, q_offset, key_start,
-                                            key_lengths, scale, period, audio_ratio, extra, qperiod)
+                                            key_lengths, scale, period, audio_ratio, extra, qperiod, precision)
     p, _ = _reference_probs(q, k, slopes, q_offset, key_start, key_lengths, period, audio_ratio, extra, scale,
                             qperiod)
     dof = do.float()
@@ -82,21 +86,22 @@ def _bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ou
 
 @_bwd.register_fake
 def _(do, q, k, v, out, lse, slopes, q_offset, key_start, key_lengths, period, audio_ratio, extra, scale, qperiod,
-      backend):
+      backend, precision="tf32"):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, slopes, q_offset, key_start, key_lengths, period, audio_ratio, extra, scale, qperiod, backend = inputs
+    q, k, v, slopes, q_offset, key_start, key_lengths, period, audio_ratio, extra, scale, qperiod, backend, \
+        precision = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, slopes, q_offset, key_start, key_lengths)
-    ctx.args = (period, audio_ratio, extra, scale, qperiod, backend)
+    ctx.args = (period, audio_ratio, extra, scale, qperiod, backend, precision)
 
 
 def _backward(ctx, grad_out, grad_lse):
     q, k, v, out, lse, slopes, q_offset, key_start, key_lengths = ctx.saved_tensors
     dq, dk, dv = _bwd(grad_out, q, k, v, out, lse, slopes, q_offset, key_start, key_lengths, *ctx.args)
-    return dq, dk, dv, None, None, None, None, None, None, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None, None, None, None, None, None, None
 
 
 _fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -185,7 +190,7 @@ def _per_sample(name: str, value, B: int, device, low: int, high: Optional[int] 
     lo, hi = torch.aminmax(t)
     lo, hi = int(lo), int(hi)
     if lo < low or (high is not None and hi > high):
-        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
+        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
         raise ValueError(f"{name} must be {bound}, got values in [{lo}, {hi}]")
     return t
 
@@ -194,7 +199,7 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: 
                      q_offset: Union[int, torch.Tensor] = 0, period: int = 8, audio_ratio: int = 1, extra: int = 0,
                      key_lengths: Optional[torch.Tensor] = None, scale: Optional[float] = None,
                      key_start: Optional[torch.Tensor] = None, query_period: Optional[int] = None,
-                     backend: Optional[str] = None) -> torch.Tensor:
+                     backend: Optional[str] = None, precision: str = "tf32") -> torch.Tensor:
     """softmax(Q K^T * scale + M) V with the speaker-listener bias M of SPEC 3.1.
 
     For head h, query i at absolute frame q0 + i and key j, with pos = audio_ratio (q0 + i):
@@ -204,8 +209,8 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: 
     Args:
         q: (B, H, Tq, d) queries; k, v: (B, H, Tk, d). float32, float16 or bfloat16, one dtype.
         slopes: (H,) per-head slopes; default ALiBi 2^(-8 (h + 1) / H).
-        q_offset: absolute frame of the first query (int or (B,) ints >= 0); right-aligned windows
-            over S keys use S - W (with audio_ratio 1).
+        q_offset: absolute frame of the first query (int or (B,) ints in [0, 2^21]); right-aligned
+            windows over S keys use S - W (with audio_ratio 1).
         period: p >= 1, frames per bias step (8 in ReactFace).
         audio_ratio: k >= 1 keys per query frame (2 for audio at twice the video rate).
         extra: keys past pos that still count as current (0 authors; audio_ratio - 1 paper).
@@ -218,6 +223,10 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: 
             hold Tq / P windows of P frames over the same keys (several samples of one speaker folded
             into one batch row: their keys are read once, and no copies are made). Default Tq.
         backend: ``"triton"``, ``"sdpa"`` or ``"reference"`` (default: Triton on CUDA, SDPA on CPU).
+        precision: float32 inputs on the Triton path: ``"tf32"`` (default; TF32 matrix products,
+            float32 accumulation, about 1e-3 relative error) or ``"ieee"`` (exact float32 products,
+            several times slower). fp16/bf16 inputs and the other backends ignore it (the CPU paths
+            are exact float32).
 
     Returns:
         (B, H, Tq, d) in q's dtype.
@@ -252,7 +261,9 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: 
             raise ValueError(f"slopes must have one value per head ({H}), got shape {tuple(slopes.shape)}")
         if slopes.device != q.device:
             raise ValueError(f"slopes must be on q's device {q.device}, got {slopes.device}")
-    q0 = _per_sample("q_offset", q_offset, B, q.device, 0)
+    if precision not in ("tf32", "ieee"):
+        raise ValueError(f"precision must be 'tf32' or 'ieee', got {precision!r}")
+    q0 = _per_sample("q_offset", q_offset, B, q.device, 0, MAX_Q_OFFSET)
     lengths = _per_sample("key_lengths", key_lengths if key_lengths is not None else Tk, B, q.device, 0, Tk)
     starts = _per_sample("key_start", key_start if key_start is not None else 0, B, q.device, 0, Tk)
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
@@ -262,5 +273,5 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: 
     if _backend.select("biased_attention", q.device, IMPLEMENTED, backend) == "sdpa":
         return _sdpa(q, k, v, slopes.float(), q0, starts, lengths, period, audio_ratio, extra, scale, qperiod)
     out, _ = _fwd(q.contiguous(), k.contiguous(), v.contiguous(), slopes.float().contiguous(), q0, starts, lengths,
-                  period, audio_ratio, extra, scale, qperiod, backend or "")
+                  period, audio_ratio, extra, scale, qperiod, backend or "", precision)
     return out
