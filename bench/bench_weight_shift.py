@@ -108,28 +108,88 @@ def test_training_step_vs_authors_loop_cpu(bench_report, best_times):
                  f"{t_ref * 1e3:.1f} ms -> {t_loop / t_ref:.2f}x")
 
 
+GPU_DTYPES = [(torch.bfloat16, "tf32", 2.0), (torch.float16, "tf32", 2.0), (torch.float32, "tf32", 1.0),
+              (torch.float32, "ieee", None)]
+
+
+def _gpu_inputs(dtype, rank=None):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    mk = lambda *s, scale=1.0: (torch.randn(*s, device="cuda", generator=g) * scale).to(dtype)  # noqa: E731
+    x, w = mk(B, L, D_IN), mk(D_OUT, D_IN)
+    shift = (mk(B, D_OUT, rank, scale=0.1), mk(B, D_IN, rank, scale=0.1)) if rank else mk(B, D_OUT, D_IN, scale=0.01)
+    return x, w, shift
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype,precision,target", GPU_DTYPES, ids=[f"{d}-{p}".replace("torch.", "")
+                                                                    for d, p, _ in GPU_DTYPES])
 @torch.no_grad()
-def test_triton_vs_composite_gpu(gpu_result, gpu_ceilings):
+def test_triton_vs_composite_gpu(dtype, precision, target, gpu_result, gpu_ceilings):
+    """Forward against torch's composite (x W^T + bmm(x, dW^T)); floor: every byte read once."""
     import triton.testing
 
-    x = torch.randn(B, L, D_IN, device="cuda", dtype=torch.bfloat16)
-    w = torch.randn(D_OUT, D_IN, device="cuda", dtype=torch.bfloat16)
-    shift = torch.randn(B, D_OUT, D_IN, device="cuda", dtype=torch.bfloat16) * 0.01
+    x, w, shift = _gpu_inputs(dtype)
     composite = lambda: x @ w.t() + torch.bmm(x, shift.transpose(1, 2))  # noqa: E731
-    fused = lambda: weight_shift_linear(x, w, shift, backend="triton")  # noqa: E731
+    fused = lambda: weight_shift_linear(x, w, shift, backend="triton", precision=precision)  # noqa: E731
     want = torch.matmul(x.double(), w.double().t()) + torch.bmm(x.double(), shift.double().transpose(1, 2))
-    err_fused = assert_rel_close("triton", want, fused(), torch.bfloat16)
-    err_composite = assert_rel_close("composite", want, composite(), torch.bfloat16)
-    t_c, t_f = triton.testing.do_bench(composite, return_mode="median"), triton.testing.do_bench(fused, return_mode="median")
+    tol = precision if dtype == torch.float32 else dtype
+    if dtype == torch.float32 and precision == "ieee":
+        tol = torch.float32
+    err_fused = assert_rel_close("triton", want, fused(), tol)
+    err_composite = assert_rel_close("composite", want, composite(), "tf32" if dtype == torch.float32 else dtype)
+    t_c = triton.testing.do_bench(composite, return_mode="median")
+    t_f = triton.testing.do_bench(fused, return_mode="median")
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     fused()
     extra = torch.cuda.max_memory_allocated() - base
-    # Floor: every byte read once (x, W, dW) and y written once, at the measured copy bandwidth.
-    moved = 2 * (x.numel() + w.numel() + shift.numel() + B * L * D_OUT)
-    gpu_result("weight shift fwd bf16 B32 1536x512 L102", t_f, "composite", t_c, target=2.0,
+    size = x.element_size()
+    moved = size * (x.numel() + w.numel() + shift.numel() + B * L * D_OUT)
+    name = str(dtype).split(".")[-1] + (f" {precision}" if dtype == torch.float32 else "")
+    gpu_result(f"weight shift fwd {name} B{B} {D_OUT}x{D_IN} L{L}", t_f, "composite", t_c, target=target,
                floor_ms=moved / gpu_ceilings["bytes_per_ms"],
                note=f"rel err vs float64 {err_fused:.1e} (composite {err_composite:.1e}); allocated "
-                    f"{extra / 2**20:.1f} MiB (output {B * L * D_OUT * 2 / 2**20:.1f} MiB)")
+                    f"{extra / 2**20:.1f} MiB (output {B * L * D_OUT * size / 2**20:.1f} MiB)")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_triton_fwd_bwd_vs_composite_gpu(gpu_result):
+    """Forward and backward to x, W and dW, bf16, against the composite's autograd."""
+    import triton.testing
+
+    x, w, shift = (t.requires_grad_() for t in _gpu_inputs(torch.bfloat16))
+    dy = torch.randn(B, L, D_OUT, device="cuda", dtype=torch.bfloat16)
+
+    def run(fn):
+        return lambda: torch.autograd.grad(fn(), (x, w, shift), dy)
+
+    composite = run(lambda: x @ w.t() + torch.bmm(x, shift.transpose(1, 2)))
+    fused = run(lambda: weight_shift_linear(x, w, shift, backend="triton"))
+    x64, w64, s64 = (t.detach().double().requires_grad_() for t in (x, w, shift))
+    want = torch.autograd.grad(x64 @ w64.t() + torch.bmm(x64, s64.transpose(1, 2)), (x64, w64, s64), dy.double())
+    for name, a, b in zip(("dx", "dW", "d(dW)"), want, fused()):
+        assert_rel_close(name, a, b, torch.bfloat16)
+    t_c = triton.testing.do_bench(composite, return_mode="median")
+    t_f = triton.testing.do_bench(fused, return_mode="median")
+    gpu_result(f"weight shift fwd+bwd bf16 B{B} {D_OUT}x{D_IN} L{L}", t_f, "composite", t_c, target=1.5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@torch.no_grad()
+def test_low_rank_vs_full_rank_composite_gpu(gpu_result):
+    """Rank-8 shifts through the fused kernel against the full-rank composite (what a full shift costs)."""
+    import triton.testing
+
+    x, w, (u, v) = _gpu_inputs(torch.bfloat16, rank=8)
+    full = (u.double() @ v.double().transpose(1, 2)).to(torch.bfloat16)
+    composite = lambda: x @ w.t() + torch.bmm(x, full.transpose(1, 2))  # noqa: E731
+    fused = lambda: weight_shift_linear(x, w, (u, v), backend="triton")  # noqa: E731
+    want = x.double() @ w.double().t() + torch.bmm(torch.bmm(x.double(), v.double()), u.double().transpose(1, 2))
+    err = assert_rel_close("low rank", want, fused(), torch.bfloat16)
+    t_c = triton.testing.do_bench(composite, return_mode="median")
+    t_f = triton.testing.do_bench(fused, return_mode="median")
+    gpu_result(f"weight shift rank-8 fwd bf16 B{B} {D_OUT}x{D_IN} L{L}", t_f, "full-rank composite", t_c, target=3.0,
+               note=f"rel err vs float64 {err:.1e}")

@@ -90,6 +90,53 @@ def test_cpp_is_the_cpu_default_for_float32_only():
                  weight_shift_linear(*half).float(), atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("backend,where", [("triton", TRITON_DEVICE), ("reference", "cpu")])
+@pytest.mark.parametrize("rank,bias", [(1, True), (8, False), (20, True)])
+def test_low_rank_kernel_against_float64(backend, where, rank, bias):
+    """The fused low-rank forward (x V beside x W^T, r padded to 16 or 32) and its factored backward
+    against float64 and against the full shift U V^T written in."""
+    x, w, (u, v), b = _inputs(3, 37, 70, 45, bias, rank=rank, seed=rank, device=where)
+    got = weight_shift_linear(x, w, (u, v), b, backend=backend)
+    x64, w64, u64, v64, b64 = _float64(x, w, u, v, b)
+    want = ref.low_rank_shift_linear(x64, w64, u64, v64, b64)
+    explicit = ref.weight_shift_linear(x64, w64, u64 @ v64.transpose(1, 2), b64)
+    assert_rel_close("y", want, got, precision(where))
+    assert_rel_close("explicit", explicit, got, precision(where))
+    grad = torch.randn_like(want)
+    leaves = [t for t in (x, w, u, v, b) if t is not None]
+    leaves64 = [t for t in (x64, w64, u64, v64, b64) if t is not None]
+    for name, a, c in zip("x w U V b".split(), torch.autograd.grad(want, leaves64, grad),
+                          torch.autograd.grad(got, leaves, grad.float())):
+        assert_rel_close(f"d{name}", a, c, precision(where))
+
+
+@pytest.mark.parametrize("kind", ["fwd", "low_rank", "dx", "dshift"])
+def test_every_tuning_configuration(kind):
+    """Every block shape the autotuner may pick, each Triton kernel called directly, against float64."""
+    from reactfast.kernels import weight_shift as kern
+
+    configs = {"fwd": kern.FWD_CONFIGS, "low_rank": kern.FWD_CONFIGS, "dx": kern.DX_CONFIGS,
+               "dshift": kern.DDW_CONFIGS}[kind]
+    for cfg in {tuple(sorted(c.kwargs.items())) for c in configs}:
+        config = dict(cfg)
+        x, w, shift, b = (t.detach() for t in _leaves(*_inputs(2, 102, 80, 150, seed=len(cfg), device=TRITON_DEVICE)))
+        x64, w64, s64, b64 = (t.double() for t in (x, w, shift, b))
+        if kind == "fwd":
+            got = kern.weight_shift_fwd(x, w, shift, b, "ieee", config)
+            want = ref.weight_shift_linear(x64, w64, s64, b64)
+        elif kind == "low_rank":
+            u, v = shift[:, :, :5].contiguous(), torch.randn(2, 80, 5, device=TRITON_DEVICE)
+            got = kern.low_rank_fwd(x, w, u, v, b, "ieee", config)
+            want = ref.low_rank_shift_linear(x64, w64, u.double(), v.double(), b64)
+        elif kind == "dx":
+            dy = torch.randn(2, 102, 150, device=TRITON_DEVICE)
+            got, want = kern.weight_shift_bwd_dx(dy, w, shift, "ieee", config), dy.double() @ w64 + dy.double() @ s64
+        else:
+            dy = torch.randn(2, 102, 150, device=TRITON_DEVICE)
+            got, want = kern.weight_shift_bwd_dshift(dy, x, "ieee", config), dy.double().transpose(1, 2) @ x64
+        assert_rel_close(f"{kind} {config}", want, got, torch.float32)
+
+
 @pytest.mark.parametrize("B", [1, 3, 32])
 def test_low_rank(B):
     x, w, (u, v), b = _inputs(B, 9, 24, 40, rank=4, seed=B)
@@ -230,6 +277,11 @@ def test_personalize_errors():
     (lambda x, w, s, b: weight_shift_linear(x, w[:, :3], s, b), ValueError, "weight must have shape"),
     (lambda x, w, s, b: weight_shift_linear(x, w, s[:1], b), ValueError, "one weight shift per sample"),
     (lambda x, w, s, b: weight_shift_linear(x, w, s, b[:2]), ValueError, "bias must have shape"),
+    (lambda x, w, s, b: weight_shift_linear(x, w, s, b, precision="fp32"), ValueError, "precision must be 'tf32'"),
+    (lambda x, w, s, b: weight_shift_linear(x, w, (s[:, :, :2], s[:, :2].transpose(1, 2)), b,
+                                            backend="cpp"), ValueError, "no low-rank kernel"),
+    (lambda x, w, s, b: weight_shift_linear(x, w, (s[:, :, :2].half(), s[:, :2].transpose(1, 2).half()), b),
+     TypeError, "must share one dtype"),
     (lambda x, w, s, b: weight_shift_linear(x[0], w, s, b), ValueError, "x must have 3 dimensions"),
     (lambda x, w, s, b: weight_shift_linear(x, w, s.double(), b), TypeError, "shift must have dtype"),
     (lambda x, w, s, b: weight_shift_linear(x, w, (s, s), b), ValueError, "U must be"),

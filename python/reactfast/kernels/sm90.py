@@ -90,10 +90,19 @@ def _cases(quick: bool) -> Iterator[Tuple[str, object, Dict[str, object], str, D
         for pred in (0, 1, 2):
             meta = dict(PRED=pred, GUIDED=True, NOISE=True, CLIP=True, EPS_FROM_CLIPPED=pred == 0, BLOCK=1024)
             yield f"ddim pred {pred} {dtype}", ddim._ddim_fwd_kernel, meta, dtype, {"p_coef": "*fp32"}, 4, 3
-        ws = dict(BM=64, BN=64, BK=32, UPCAST=False, PRECISION="tf32")
-        yield f"weight_shift fwd {dtype}", weight_shift._weight_shift_fwd_kernel, dict(ws, HAS_BIAS=True), dtype, {}, 4, 3
-        yield f"weight_shift dx {dtype}", weight_shift._weight_shift_bwd_dx_kernel, ws, dtype, {}, 4, 3
-        yield f"weight_shift dshift {dtype}", weight_shift._weight_shift_bwd_ddw_kernel, ws, dtype, {}, 4, 3
+        ws = weight_shift
+        for name, fn, configs, extra in (("fwd", ws._weight_shift_fwd_kernel, ws.FWD_CONFIGS, {"HAS_BIAS": True}),
+                                         ("low-rank fwd", ws._low_rank_fwd_kernel, ws.FWD_CONFIGS,
+                                          {"HAS_BIAS": True, "BR": 16}),
+                                         ("dx", ws._weight_shift_bwd_dx_kernel, ws.DX_CONFIGS, {}),
+                                         ("dshift", ws._weight_shift_bwd_ddw_kernel, ws.DDW_CONFIGS, {})):
+            for cfg in configs[:1] if quick else configs:
+                precs = ("tf32", "ieee") if dtype == "fp32" and not quick else ("tf32",)
+                for prec in precs:
+                    meta = dict(cfg.kwargs, **extra, UPCAST=False, PRECISION=prec)
+                    k = cfg.kwargs
+                    yield (f"weight_shift {name} {k['BM']}x{k['BN']}x{k['BK']} w{cfg.num_warps} s{cfg.num_stages} "
+                           f"{dtype} {prec}", fn, meta, dtype, {}, cfg.num_warps, cfg.num_stages)
 
 
 def run(quick: bool = False, out=sys.stdout) -> List[str]:
@@ -121,7 +130,8 @@ def run(quick: bool = False, out=sys.stdout) -> List[str]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="the first configuration per kernel (every dtype) and its first decode one")
+    parser.add_argument("--quick", action="store_true",
+                        help="the first configuration per kernel (every dtype) and its first decode one")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         print("unset TRITON_INTERPRET: the interpreter does not compile kernels", file=sys.stderr)

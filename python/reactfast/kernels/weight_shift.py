@@ -4,18 +4,25 @@ multiplied, so W + dW[b] is never written to memory (SPEC 3.2).
 Forward  y[b]   = x[b] (W + dW[b])^T + bias      grid (L / BM, d_out / BN, B)
 Backward dx[b]  = dy[b] (W + dW[b])               grid (L / BM, d_in / BN, B)
          ddW[b] = dy[b]^T x[b]                    grid (d_out / BM, d_in / BN, B)
-fp32 accumulation; fp16/bf16 upcast after loading under the interpreter.
+Low rank y[b]   = x[b] W^T + (x[b] V[b]) U[b]^T + bias, dW[b] = U[b] V[b]^T never formed: x V is
+                  accumulated beside x W^T in the same pass over d_in (r padded to 16).
+
+The forward is bound by reading dW once (B d_out d_in elements): a row block as tall as L (the
+autotuner's configurations go to 128 rows) reads each dW tile exactly once. On a GPU the block
+sizes, warps and stages are autotuned per (L class, d_in, d_out, dtype); float32 uses TF32 products
+unless ``precision="ieee"``. Accumulation is float32; under the interpreter fp16/bf16 are upcast
+after loading and one fixed configuration runs.
 """
 
 import torch
 import triton
 import triton.language as tl
 
-from reactfast import _backend
+from reactfast import _backend, kernels
 
 
 @triton.jit
-def _weight_shift_fwd_kernel(p_x, p_w, p_dw, p_bias, p_y, L, DIN, DOUT, HAS_BIAS: tl.constexpr,
+def _weight_shift_fwd_kernel(p_x, p_w, p_dw, p_bias, p_y, L, DIN, DOUT, L_CLASS, HAS_BIAS: tl.constexpr,
                              BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, UPCAST: tl.constexpr,
                              PRECISION: tl.constexpr):
     i_m, i_n, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
@@ -45,7 +52,7 @@ def _weight_shift_fwd_kernel(p_x, p_w, p_dw, p_bias, p_y, L, DIN, DOUT, HAS_BIAS
 
 
 @triton.jit
-def _weight_shift_bwd_dx_kernel(p_dy, p_w, p_dw, p_dx, L, DIN, DOUT, BM: tl.constexpr, BN: tl.constexpr,
+def _weight_shift_bwd_dx_kernel(p_dy, p_w, p_dw, p_dx, L, DIN, DOUT, L_CLASS, BM: tl.constexpr, BN: tl.constexpr,
                                 BK: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     i_m, i_n, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     o_m = i_m * BM + tl.arange(0, BM)
@@ -72,7 +79,7 @@ def _weight_shift_bwd_dx_kernel(p_dy, p_w, p_dw, p_dx, L, DIN, DOUT, BM: tl.cons
 
 
 @triton.jit
-def _weight_shift_bwd_ddw_kernel(p_dy, p_x, p_ddw, L, DIN, DOUT, BM: tl.constexpr, BN: tl.constexpr,
+def _weight_shift_bwd_ddw_kernel(p_dy, p_x, p_ddw, L, DIN, DOUT, L_CLASS, BM: tl.constexpr, BN: tl.constexpr,
                                  BK: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     i_m, i_n, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     o_m = i_m * BM + tl.arange(0, BM)      # over d_out
@@ -93,42 +100,117 @@ def _weight_shift_bwd_ddw_kernel(p_dy, p_x, p_ddw, L, DIN, DOUT, BM: tl.constexp
              mask=(o_m[:, None] < DOUT) & (o_n[None, :] < DIN))
 
 
-def _config(x):
-    interpret = not x.is_cuda
-    if interpret:
-        return 32, 32, 32, True, "ieee"
-    precision = "ieee" if x.dtype == torch.float32 else "tf32"
-    return 64, 64, 32, False, precision
+@triton.jit
+def _low_rank_fwd_kernel(p_x, p_w, p_u, p_v, p_bias, p_y, L, DIN, DOUT, R, L_CLASS, HAS_BIAS: tl.constexpr,
+                         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BR: tl.constexpr,
+                         UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    i_m, i_n, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    o_m = i_m * BM + tl.arange(0, BM)
+    o_n = i_n * BN + tl.arange(0, BN)
+    o_r = tl.arange(0, BR)
+    p_xb = p_x + i_b * L * DIN
+    p_vb = p_v + i_b * DIN * R
+    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    xv = tl.zeros([BM, BR], dtype=tl.float32)
+    for k in range(0, DIN, BK):
+        o_k = k + tl.arange(0, BK)
+        b_x = tl.load(p_xb + o_m[:, None] * DIN + o_k[None, :], mask=(o_m[:, None] < L) & (o_k[None, :] < DIN),
+                      other=0.0)
+        b_w = tl.load(p_w + o_n[:, None] * DIN + o_k[None, :], mask=(o_n[:, None] < DOUT) & (o_k[None, :] < DIN),
+                      other=0.0)
+        b_v = tl.load(p_vb + o_k[:, None] * R + o_r[None, :], mask=(o_k[:, None] < DIN) & (o_r[None, :] < R),
+                      other=0.0)
+        if UPCAST:
+            b_x, b_w, b_v = b_x.to(tl.float32), b_w.to(tl.float32), b_v.to(tl.float32)
+        acc += tl.dot(b_x, tl.trans(b_w), input_precision=PRECISION)
+        xv += tl.dot(b_x, b_v, input_precision=PRECISION)
+    m_u = (o_n[:, None] < DOUT) & (o_r[None, :] < R)
+    b_u = tl.load(p_u + i_b * DOUT * R + o_n[:, None] * R + o_r[None, :], mask=m_u, other=0.0)
+    if UPCAST:
+        b_u = b_u.to(tl.float32)
+    acc += tl.dot(xv.to(b_u.dtype), tl.trans(b_u), input_precision=PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(p_bias + o_n, mask=o_n < DOUT, other=0.0).to(tl.float32)[None, :]
+    tl.store(p_y + i_b * L * DOUT + o_m[:, None] * DOUT + o_n[None, :], acc.to(p_y.dtype.element_ty),
+             mask=(o_m[:, None] < L) & (o_n[None, :] < DOUT))
 
 
-def weight_shift_fwd(x, weight, shift, bias):
+def _cfg(BM, BN, BK, warps, stages):
+    return triton.Config({"BM": BM, "BN": BN, "BK": BK}, num_warps=warps, num_stages=stages)
+
+
+# Candidates the autotuner times on a GPU (the tests run every one under the interpreter). Rows
+# first: 128-row blocks read each dW tile once for L up to 128.
+FWD_CONFIGS = [_cfg(128, 64, 64, 8, 3), _cfg(128, 64, 32, 4, 4), _cfg(128, 128, 32, 8, 3), _cfg(128, 32, 64, 4, 4),
+               _cfg(64, 64, 64, 4, 4), _cfg(64, 128, 32, 4, 3), _cfg(128, 64, 128, 8, 2), _cfg(64, 64, 32, 4, 3)]
+DX_CONFIGS = [_cfg(128, 64, 32, 8, 3), _cfg(128, 64, 64, 8, 3), _cfg(64, 64, 64, 4, 4), _cfg(128, 128, 32, 8, 3),
+              _cfg(64, 128, 32, 4, 3), _cfg(64, 64, 32, 4, 3)]
+DDW_CONFIGS = [_cfg(64, 64, 32, 4, 3), _cfg(128, 64, 32, 8, 3), _cfg(64, 128, 32, 4, 3), _cfg(128, 128, 32, 8, 3),
+               _cfg(64, 64, 64, 4, 4), _cfg(128, 64, 64, 8, 3)]
+INTERPRET_CONFIG = {"BM": 32, "BN": 32, "BK": 32}
+_KEY = ["L_CLASS", "DIN", "DOUT"]
+
+if not kernels.INTERPRET:
+    _tuned = {fn: triton.autotune(configs=c, key=_KEY)(fn) for fn, c in (
+        (_weight_shift_fwd_kernel, FWD_CONFIGS), (_low_rank_fwd_kernel, FWD_CONFIGS),
+        (_weight_shift_bwd_dx_kernel, DX_CONFIGS), (_weight_shift_bwd_ddw_kernel, DDW_CONFIGS))}
+
+
+def _meta(x, precision):
+    if precision not in ("tf32", "ieee"):
+        raise ValueError(f"precision must be 'tf32' or 'ieee', got {precision!r}")
+    upcast = kernels.INTERPRET
+    prec = "ieee" if upcast or (x.dtype == torch.float32 and precision == "ieee") else "tf32"
+    return dict(UPCAST=upcast, PRECISION=prec)
+
+
+def _launch(kernel, grid, args, meta, config):
+    """The autotuned kernel on a GPU; under the interpreter (or with ``config``) one configuration."""
+    if kernels.INTERPRET or config is not None:
+        cfg = dict(INTERPRET_CONFIG if config is None else config)
+        kernel[grid(cfg)](*args, **meta, **cfg)
+    else:
+        _tuned[kernel][grid](*args, **meta)
+
+
+def _class(n: int) -> int:
+    return min(max(triton.next_power_of_2(n), 16), 4096)
+
+
+def weight_shift_fwd(x, weight, shift, bias, precision="tf32", config=None):
     B, L, DIN = x.shape
     DOUT = weight.shape[0]
     y = _backend.empty((B, L, DOUT), x.dtype, x.device)
-    BM, BN, BK, upcast, precision = _config(x)
-    grid = (triton.cdiv(L, BM), triton.cdiv(DOUT, BN), B)
-    _weight_shift_fwd_kernel[grid](x, weight, shift, bias if bias is not None else weight, y, L, DIN, DOUT,
-                                   HAS_BIAS=bias is not None, BM=BM, BN=BN, BK=BK, UPCAST=upcast, PRECISION=precision)
+    _launch(_weight_shift_fwd_kernel, lambda c: (triton.cdiv(L, c["BM"]), triton.cdiv(DOUT, c["BN"]), B),
+            (x, weight, shift, bias if bias is not None else weight, y, L, DIN, DOUT, _class(L)),
+            dict(_meta(x, precision), HAS_BIAS=bias is not None), config)
     return y
 
 
-def weight_shift_bwd_dx(dy, weight, shift):
+def low_rank_fwd(x, weight, u, v, bias, precision="tf32", config=None):
+    """y = x W^T + (x V) U^T + bias; x (B, L, d_in), u (B, d_out, r), v (B, d_in, r), all contiguous."""
+    B, L, DIN = x.shape
+    DOUT, R = weight.shape[0], u.shape[2]
+    y = _backend.empty((B, L, DOUT), x.dtype, x.device)
+    _launch(_low_rank_fwd_kernel, lambda c: (triton.cdiv(L, c["BM"]), triton.cdiv(DOUT, c["BN"]), B),
+            (x, weight, u, v, bias if bias is not None else weight, y, L, DIN, DOUT, R, _class(L)),
+            dict(_meta(x, precision), HAS_BIAS=bias is not None, BR=max(16, triton.next_power_of_2(R))), config)
+    return y
+
+
+def weight_shift_bwd_dx(dy, weight, shift, precision="tf32", config=None):
     B, L, DOUT = dy.shape
     DIN = weight.shape[1]
     dx = _backend.empty((B, L, DIN), dy.dtype, dy.device)
-    BM, BN, BK, upcast, precision = _config(dy)
-    grid = (triton.cdiv(L, BM), triton.cdiv(DIN, BN), B)
-    _weight_shift_bwd_dx_kernel[grid](dy, weight, shift, dx, L, DIN, DOUT, BM=BM, BN=BN, BK=BK, UPCAST=upcast,
-                                      PRECISION=precision)
+    _launch(_weight_shift_bwd_dx_kernel, lambda c: (triton.cdiv(L, c["BM"]), triton.cdiv(DIN, c["BN"]), B),
+            (dy, weight, shift, dx, L, DIN, DOUT, _class(L)), _meta(dy, precision), config)
     return dx
 
 
-def weight_shift_bwd_dshift(dy, x):
+def weight_shift_bwd_dshift(dy, x, precision="tf32", config=None):
     B, L, DOUT = dy.shape
     DIN = x.shape[2]
     ddw = _backend.empty((B, DOUT, DIN), dy.dtype, dy.device)
-    BM, BN, BK, upcast, precision = _config(dy)
-    grid = (triton.cdiv(DOUT, BM), triton.cdiv(DIN, BN), B)
-    _weight_shift_bwd_ddw_kernel[grid](dy, x, ddw, L, DIN, DOUT, BM=BM, BN=BN, BK=BK, UPCAST=upcast,
-                                       PRECISION=precision)
+    _launch(_weight_shift_bwd_ddw_kernel, lambda c: (triton.cdiv(DOUT, c["BM"]), triton.cdiv(DIN, c["BN"]), B),
+            (dy, x, ddw, L, DIN, DOUT, _class(L)), _meta(dy, precision), config)
     return ddw

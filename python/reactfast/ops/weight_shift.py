@@ -2,8 +2,9 @@
 (SPEC 3.2). Triton on CUDA tensors; on CPU the C++ AVX-512 kernels (float32; W and
 dW[b] summed in registers) where the processor has AVX-512F, else the reference
 (x W^T + bmm(x, dW^T)), logged once; the C++ backward computes dx and d(dW)[b] = dy[b]^T x[b].
-Low-rank shifts dW[b] = U[b] V[b]^T always use the factored products (x V) U^T,
-cheaper than any full-rank kernel."""
+Low-rank shifts dW[b] = U[b] V[b]^T use the factored products (x V) U^T, cheaper than any
+full-rank kernel: on CUDA one Triton kernel (x V beside x W^T in the same pass), elsewhere the
+composite; their backward is the factored products in torch."""
 
 from __future__ import annotations
 
@@ -46,10 +47,10 @@ def _select(x: torch.Tensor, backend: str) -> str:
 
 @torch.library.custom_op("reactfast::weight_shift", mutates_args=())
 def _fwd(x: torch.Tensor, weight: torch.Tensor, shift: torch.Tensor, bias: Optional[torch.Tensor],
-         backend: str) -> torch.Tensor:
+         backend: str, precision: str = "tf32") -> torch.Tensor:
     name = _select(x, backend)
     if name == "triton":
-        return _triton.weight_shift_fwd(x, weight, shift, bias)
+        return _triton.weight_shift_fwd(x, weight, shift, bias, precision)
     if name == "cpp":
         B, L, d_in = x.shape
         y = _backend.empty((B, L, weight.shape[0]), x.dtype, x.device)
@@ -60,18 +61,18 @@ def _fwd(x: torch.Tensor, weight: torch.Tensor, shift: torch.Tensor, bias: Optio
 
 
 @_fwd.register_fake
-def _(x, weight, shift, bias, backend):
+def _(x, weight, shift, bias, backend, precision="tf32"):
     return x.new_empty((x.shape[0], x.shape[1], weight.shape[0]))
 
 
 @torch.library.custom_op("reactfast::weight_shift_bwd", mutates_args=())
 def _bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, shift: torch.Tensor, need_dx: bool,
-         need_dshift: bool, backend: str) -> Tuple[torch.Tensor, torch.Tensor]:
+         need_dshift: bool, backend: str, precision: str = "tf32") -> Tuple[torch.Tensor, torch.Tensor]:
     name = _select(x, backend)
     empty = dy.new_empty(0)
     if name == "triton":
-        dx = _triton.weight_shift_bwd_dx(dy, weight, shift) if need_dx else empty
-        dshift = _triton.weight_shift_bwd_dshift(dy, x) if need_dshift else empty.clone()
+        dx = _triton.weight_shift_bwd_dx(dy, weight, shift, precision) if need_dx else empty
+        dshift = _triton.weight_shift_bwd_dshift(dy, x, precision) if need_dshift else empty.clone()
         return dx, dshift
     if name == "cpp":
         B, L, d_in = x.shape
@@ -90,32 +91,70 @@ def _bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, shift: torch.T
 
 
 @_bwd.register_fake
-def _(dy, x, weight, shift, need_dx, need_dshift, backend):
+def _(dy, x, weight, shift, need_dx, need_dshift, backend, precision="tf32"):
     dx = torch.empty_like(x) if need_dx else dy.new_empty(0)
     return dx, (torch.empty_like(shift) if need_dshift else dy.new_empty(0))
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, shift, bias, backend = inputs
+    x, weight, shift, bias, backend, precision = inputs
     ctx.save_for_backward(x, weight, shift)
     ctx.has_bias = bias is not None
-    ctx.backend = backend
+    ctx.backend, ctx.precision = backend, precision
 
 
 def _backward(ctx, dy):
     x, weight, shift = ctx.saved_tensors
     need_x, need_w, need_s, need_b = ctx.needs_input_grad[:4]
     dy = dy.contiguous()
-    dx, dshift = _bwd(dy, x, weight, shift, bool(need_x), bool(need_s), ctx.backend)
+    dx, dshift = _bwd(dy, x, weight, shift, bool(need_x), bool(need_s), ctx.backend, ctx.precision)
     dweight = None
     if need_w:
         dweight = dshift.sum(0) if need_s else dy.reshape(-1, dy.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
         dweight = dweight.to(weight.dtype)
     dbias = dy.sum((0, 1)) if (ctx.has_bias and need_b) else None
-    return (dx if need_x else None), dweight, (dshift if need_s else None), dbias, None
+    return (dx if need_x else None), dweight, (dshift if need_s else None), dbias, None, None
 
 
 _fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("reactfast::low_rank_shift", mutates_args=())
+def _low_rank(x: torch.Tensor, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor],
+              backend: str, precision: str) -> torch.Tensor:
+    name = "reference"
+    if backend == "triton" or (not backend and x.is_cuda):
+        name = _backend.select("weight_shift", x.device, IMPLEMENTED, backend or None)
+    if name == "triton":
+        return _triton.low_rank_fwd(x, weight, u, v, bias, precision)
+    return _ref.low_rank_shift_linear(x, weight, u, v, bias)
+
+
+@_low_rank.register_fake
+def _(x, weight, u, v, bias, backend, precision):
+    return x.new_empty((x.shape[0], x.shape[1], weight.shape[0]))
+
+
+def _low_rank_setup(ctx, inputs, output):
+    x, weight, u, v, bias, _, _ = inputs
+    ctx.save_for_backward(x, weight, u, v)
+    ctx.has_bias = bias is not None
+
+
+def _low_rank_backward(ctx, dy):
+    """The factored products: dx = dy W + (dy U) V^T, dU = dy^T (x V), dV = x^T (dy U)."""
+    x, weight, u, v = ctx.saved_tensors
+    need_x, need_w, need_u, need_v, need_b = ctx.needs_input_grad[:5]
+    dyu = torch.bmm(dy, u) if (need_x or need_v) else None
+    dx = torch.matmul(dy, weight) + torch.bmm(dyu, v.transpose(1, 2)) if need_x else None
+    dw = (dy.reshape(-1, dy.shape[-1]).t() @ x.reshape(-1, x.shape[-1])).to(weight.dtype) if need_w else None
+    du = torch.bmm(dy.transpose(1, 2), torch.bmm(x, v)) if need_u else None
+    dv = torch.bmm(x.transpose(1, 2), dyu) if need_v else None
+    db = dy.sum((0, 1)) if (ctx.has_bias and need_b) else None
+    return dx, dw, du, dv, db, None, None
+
+
+_low_rank.register_autograd(_low_rank_backward, setup_context=_low_rank_setup)
 
 
 def check_shift(name: str, shift: Shift, B: int, d_out: int, d_in: int, like: torch.Tensor) -> Shift:
@@ -140,7 +179,7 @@ def check_shift(name: str, shift: Shift, B: int, d_out: int, d_in: int, like: to
 
 
 def weight_shift_linear(x: torch.Tensor, weight: torch.Tensor, shift: Shift, bias: Optional[torch.Tensor] = None,
-                        backend: Optional[str] = None) -> torch.Tensor:
+                        backend: Optional[str] = None, precision: str = "tf32") -> torch.Tensor:
     """y[b] = x[b] (W + dW[b])^T + bias, one weight shift per sample, W + dW never formed.
 
     Args:
@@ -150,7 +189,11 @@ def weight_shift_linear(x: torch.Tensor, weight: torch.Tensor, shift: Shift, bia
             dW[b] = U[b] V[b]^T.
         bias: (d_out,) or None.
         backend: ``"triton"``, ``"cpp"`` or ``"reference"`` (default: Triton on CUDA; on CPU the C++
-            kernels for float32 on AVX-512 processors, else the reference).
+            kernels for float32 on AVX-512 processors, else the reference). Low-rank shifts take
+            the Triton kernel on CUDA (or when forced) and the composite elsewhere.
+        precision: float32 on the Triton kernels: ``"tf32"`` (default; TF32 products, about 1e-3
+            relative error) or ``"ieee"`` (exact float32 products, slower). Other dtypes and
+            backends ignore it.
 
     Returns:
         (B, L, d_out) in x's dtype; differentiable in x, weight, shift (or U, V) and bias.
@@ -173,6 +216,15 @@ def weight_shift_linear(x: torch.Tensor, weight: torch.Tensor, shift: Shift, bia
         check_same_device(x=x, bias=bias)
     if backend is not None and backend not in IMPLEMENTED:
         raise ValueError(f"backend must be one of {IMPLEMENTED} or None, got {backend!r}")
+    if precision not in ("tf32", "ieee"):
+        raise ValueError(f"precision must be 'tf32' or 'ieee', got {precision!r}")
     if isinstance(shift, tuple):
-        return _ref.low_rank_shift_linear(x, weight, shift[0], shift[1], bias)
-    return _fwd(x.contiguous(), weight.contiguous(), shift.contiguous(), bias, backend or "")
+        u, v = shift
+        if backend == "cpp":
+            raise ValueError("backend 'cpp' has no low-rank kernel (low-rank shifts: 'triton' or 'reference')")
+        if u.dtype != x.dtype or v.dtype != x.dtype or weight.dtype != x.dtype:
+            raise TypeError(f"x, weight, U and V must share one dtype, got {x.dtype}, {weight.dtype}, {u.dtype}, "
+                            f"{v.dtype}")
+        return _low_rank(x.contiguous(), weight.contiguous(), u.contiguous(), v.contiguous(), bias, backend or "",
+                         precision)
+    return _fwd(x.contiguous(), weight.contiguous(), shift.contiguous(), bias, backend or "", precision)
