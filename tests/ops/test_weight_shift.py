@@ -137,6 +137,21 @@ def test_every_tuning_configuration(kind):
         assert_rel_close(f"{kind} {config}", want, got, torch.float32)
 
 
+@pytest.mark.parametrize("low_rank", [False, True])
+def test_autocast_casts_the_inputs(low_rank):
+    """Under autocast the op computes in the autocast dtype from float32 parameters, as a matmul would."""
+    x, w, shift, b = _inputs(2, 9, 24, 40, rank=4 if low_rank else None, seed=3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = weight_shift_linear(x, w, shift, b)
+    assert got.dtype == torch.bfloat16
+    x64, w64, b64 = _float64(x, w, b)
+    s64 = tuple(_float64(*shift)) if low_rank else _float64(shift)[0]
+    want = (ref.low_rank_shift_linear(x64, w64, *s64, b64) if low_rank else ref.weight_shift_linear(x64, w64, s64, b64))
+    assert_rel_close("autocast", want, got, torch.bfloat16)
+    grads = torch.autograd.grad(got.float().sum(), _leaves(x, w, shift, b))
+    assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+
+
 @pytest.mark.parametrize("B", [1, 3, 32])
 def test_low_rank(B):
     x, w, (u, v), b = _inputs(B, 9, 24, 40, rank=4, seed=B)
