@@ -137,15 +137,18 @@ def test_cuda_uses_torch_dropout(device):
 
 
 def test_compiled_graph_takes_the_hashed_mask():
-    """Inside torch.compile the mask is the same keyed hash, in traceable torch integer ops: with a
-    seed it equals the eager mask; without one the key is drawn inside the graph."""
+    """Inside torch.compile (CPU float32) the mask is the same keyed hash from the C++ kernel as one
+    custom op: with a seed it equals the eager mask (seeds past 2^63 too); without one the key is
+    drawn inside the graph."""
     x = torch.randn(3, 5, 67, requires_grad=True)
 
+    seed = 2 ** 63 + 2 ** 40 + 12345
+
     def seeded(x):
-        return dropout(x, 0.3, seed=2 ** 40 + 12345) * 2
+        return dropout(x, 0.3, seed=seed) * 2
 
     out = torch.compile(seeded, fullgraph=True, backend="aot_eager")(x)
-    keep = ref.keep_mask(x.shape, 0.3, 2 ** 40 + 12345)
+    keep = ref.keep_mask(x.shape, 0.3, seed)
     assert torch.equal(out != 0, keep)
     torch.testing.assert_close(out, torch.where(keep, x * (2 / 0.7), torch.zeros(())), atol=0, rtol=1e-6)
     out.sum().backward()
@@ -159,3 +162,9 @@ def test_compiled_graph_takes_the_hashed_mask():
     assert 0.45 < (a != 0).float().mean().item() < 0.55
     assert torch.equal(a[a != 0], torch.full_like(a[a != 0], 4.0))
     assert not torch.equal(a != 0, b != 0), "every call of the graph must draw a fresh key"
+
+
+@pytest.mark.skipif(not _backend.backend_status("cpp", "cpu", "dropout")[0], reason="C++ kernels unavailable")
+def test_hashed_dropout_custom_op_opcheck():
+    x = torch.randn(4, 33)
+    torch.library.opcheck(torch.ops.reactfast.hashed_dropout.default, (x, 0.25, torch.tensor(-5, dtype=torch.int64)))

@@ -11,14 +11,17 @@ the one-byte mask kept by the forward.
 - ``reference``: any dtype and device (the same mask, built with torch integer ops).
 - On CUDA tensors, by default, ``torch.nn.functional.dropout`` (torch's fused Philox kernel; a
   different stream of masks).
-- Under ``torch.compile``: the same hash in torch integer ops, which the compiler fuses into the
-  consumer (torch's own dropout there draws a random number per element: on a CPU the largest of
-  its mask kernels alone took 34 ms of the compiled ReactFace training step's 180-200 ms).
+- Under ``torch.compile``: on CPU float32 the same C++ kernel as one opaque custom op
+  (``reactfast::hashed_dropout``; its key drawn inside the graph, so masks differ from eager calls'
+  unless ``seed`` is given). torch's own dropout there draws a random number per element (on a CPU
+  the largest of its mask kernels alone took 34 ms of the compiled ReactFace training step's
+  180-200 ms); the hash written in torch ops made inductor's code generation take over 10 minutes.
+  Elsewhere under compile, torch's dropout.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -28,11 +31,12 @@ from reactfast.reference import dropout as _ref
 
 IMPLEMENTED = ("cpp", "reference")
 _backend.register_op("dropout", IMPLEMENTED)
+_CPP_OK = _backend.backend_status("cpp", "cpu", "dropout")[0]      # read once: compiled graphs branch on it
 
 
 class _Dropout(torch.autograd.Function):
     """A plain autograd.Function, not a custom op: its dispatch costs a fraction of one, and this
-    runs dozens of times per training step (compiled graphs trace the hash in torch ops instead)."""
+    runs dozens of times per training step (compiled graphs call a custom op instead)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float, seed: int, name: str):
@@ -61,20 +65,49 @@ class _Dropout(torch.autograd.Function):
         return dx, None, None, None
 
 
-def _traced_dropout(x: torch.Tensor, p: float, seed: Optional[int]) -> torch.Tensor:
-    """The hashed mask in torch integer ops, for compiled graphs: the compiler fuses the hash of the
-    element index into the consumer, where torch's own dropout costs a random draw per element.
-    The key is drawn inside the graph (from the compiler's generator, not the eager one), so its
-    masks differ from eager calls' unless ``seed`` is given."""
+@torch.library.custom_op("reactfast::hashed_dropout", mutates_args=())
+def _hashed_dropout(x: torch.Tensor, p: float, key: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Compiled graphs on CPU float32: the C++ kernel as one opaque call, keyed by a 0-d int64 tensor
+    (the seed's 64 bits), returning the output and the mask its backward reads."""
+    seed = int(key) & ((1 << 64) - 1)
+    out = _backend.empty(x.shape, torch.float32, x.device)
+    keep = _backend.empty(x.shape, torch.bool, x.device)
+    key0, key1 = _ref.split_seed(seed)
+    _backend.native().dropout_fwd_cpu(x.contiguous(), out, keep, x.numel(), _ref.threshold(p), key0, key1,
+                                      1.0 / (1.0 - p))
+    return out, keep
+
+
+@_hashed_dropout.register_fake
+def _(x, p, key):
+    return torch.empty_like(x), torch.empty_like(x, dtype=torch.bool)
+
+
+def _hashed_setup(ctx, inputs, output):
+    ctx.save_for_backward(output[1])
+    ctx.scale = 1.0 / (1.0 - inputs[1])
+
+
+def _hashed_backward(ctx, grad, _grad_keep):
+    (keep,) = ctx.saved_tensors
+    return torch.where(keep, grad * ctx.scale, torch.zeros((), dtype=grad.dtype, device=grad.device)), None, None
+
+
+_hashed_dropout.register_autograd(_hashed_backward, setup_context=_hashed_setup)
+
+
+def _compiled_dropout(x: torch.Tensor, p: float, seed: Optional[int]) -> torch.Tensor:
+    """Inside torch.compile: on CPU float32 the hashed mask as one opaque C++ call (traced into the
+    graph, torch's own dropout there draws a random number per element, and the hash written in
+    torch ops made the compiler's code generation take many minutes); elsewhere torch's dropout."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or not _CPP_OK:
+        return F.dropout(x, p, True)
     if seed is None:
-        key = torch.randint(0, 2 ** 62, (2,), dtype=torch.int64, device=x.device) & _ref.M32
-        key0, key1 = key[0], key[1]
+        key = torch.randint(-2 ** 63, 2 ** 63 - 1, (), dtype=torch.int64)
     else:
-        key0, key1 = _ref.split_seed(seed)
-    index = torch.arange(x.numel(), dtype=torch.int64, device=x.device).view(x.shape)
-    bits = _ref.lowbias32(_ref.lowbias32(index ^ key0) ^ key1)
-    return torch.where(bits >= _ref.threshold(p), x * (1.0 / (1.0 - p)), torch.zeros((), dtype=x.dtype,
-                                                                                     device=x.device))
+        seed &= (1 << 64) - 1
+        key = torch.tensor(seed - (1 << 64) if seed >= 1 << 63 else seed, dtype=torch.int64)
+    return _hashed_dropout(x, float(p), key)[0]
 
 
 def draw_seed(generator: Optional[torch.Generator] = None) -> int:
@@ -95,7 +128,8 @@ def dropout(x: torch.Tensor, p: float, training: bool = True, seed: Optional[int
             ``torch.manual_seed`` makes training reproducible as with ``nn.Dropout``.
         backend: ``"cpp"`` or ``"reference"``; default ``cpp`` for float32 CPU tensors, the
             reference for other CPU dtypes and for seeded CUDA calls, torch's own dropout for
-            unseeded CUDA calls; inside ``torch.compile`` the hash in traceable torch ops.
+            unseeded CUDA calls; inside ``torch.compile`` the C++ kernel as a custom op on CPU
+            float32, torch's dropout otherwise.
 
     Returns:
         A tensor of x's shape and dtype (contiguous when dropped), differentiable.
@@ -119,7 +153,7 @@ def dropout(x: torch.Tensor, p: float, training: bool = True, seed: Optional[int
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
     if torch.compiler.is_compiling():
-        return _traced_dropout(x, p, seed)
+        return _compiled_dropout(x, p, seed)
     if backend is None and seed is None and x.is_cuda:
         return F.dropout(x, p, True)
     if seed is None:

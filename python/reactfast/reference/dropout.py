@@ -13,7 +13,7 @@ from typing import Tuple
 
 import torch
 
-M32 = _M32 = 0xFFFFFFFF
+_M32 = 0xFFFFFFFF
 
 
 def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
