@@ -323,3 +323,44 @@ def test_decode_split_count_and_limits():
         q17 = torch.zeros(1, 1, 17, 16, device=DEVICE)
         ints = [torch.full((1,), n, dtype=torch.int32, device=DEVICE) for n in (0, 0, 17)]
         kern.biased_attention_fwd(q17, q17, q17, torch.ones(1, device=DEVICE), *ints, 0.25, 8, 1, 0, 17, splits=2)
+
+
+def test_deterministic_mode_uses_a_fixed_configuration(monkeypatch):
+    """Under torch.use_deterministic_algorithms(True) the kernels skip the autotuner (its timed pick
+    may differ between processes) for the first candidate of the regime, warps and stages included;
+    results still equal the reference."""
+    from reactfast.kernels import biased_attention as kern
+
+    seen = []
+
+    class Spy:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                seen.append((self.kernel.__name__, kwargs["BM"], kwargs["BN"], kwargs.get("num_warps")))
+                return self.kernel[grid](*args, **kwargs)
+            return launch
+
+    for name in ("_fwd_kernel", "_bwd_dkdv_kernel", "_bwd_dq_kernel"):
+        monkeypatch.setattr(kern, name, Spy(getattr(kern, name)))
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        for Tq in (20, 8):
+            q, k, v = _inputs(1, 2, Tq, 70, 16)
+            out = biased_attention(q, k, v, q_offset=50, backend="triton")
+            grads = torch.autograd.grad(out.sum(), (q, k, v))
+            want = ref.biased_attention(*(t.detach().double().requires_grad_() for t in (q, k, v)), q_offset=50)
+            assert_rel_close(f"Tq {Tq}", want, out, _precision(torch.float32, DEVICE))
+            assert all(torch.isfinite(g).all() for g in grads)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    expect = []
+    for Tq in (20, 8):
+        for fn, configs in (("_fwd_kernel", kern.FWD_CONFIGS), ("_bwd_dkdv_kernel", kern.DKDV_CONFIGS),
+                            ("_bwd_dq_kernel", kern.DQ_CONFIGS)):
+            c = next(c for c in configs if (c.kwargs["BM"] == 16) == (Tq <= kern.DECODE_MAX_Q))
+            expect.append((fn, c.kwargs["BM"], c.kwargs["BN"], c.num_warps))
+    assert sorted(seen) == sorted(expect), seen

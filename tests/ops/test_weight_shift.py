@@ -305,3 +305,39 @@ def test_bad_input(call, err, match):
     x, w, s, b = (t.detach() for t in _leaves(*_inputs(2, 3, 4, 5)))
     with pytest.raises(err, match=match):
         call(x, w, s, b)
+
+
+def test_deterministic_mode_uses_the_first_configuration(monkeypatch):
+    """Under torch.use_deterministic_algorithms(True) each Triton kernel runs its first candidate
+    configuration (warps and stages included), not the autotuner's timed pick."""
+    from reactfast.kernels import weight_shift as kern
+
+    seen = []
+
+    class Spy:
+        def __init__(self, kernel):
+            self.kernel, self.__name__ = kernel, kernel.__name__
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                seen.append((self.__name__, kwargs["BM"], kwargs["BN"], kwargs["BK"], kwargs.get("num_warps")))
+                return self.kernel[grid](*args, **kwargs)
+            return launch
+
+    spies = {name: Spy(getattr(kern, name)) for name in ("_weight_shift_fwd_kernel", "_weight_shift_bwd_dx_kernel",
+                                                         "_weight_shift_bwd_ddw_kernel")}
+    for name, spy in spies.items():
+        monkeypatch.setattr(kern, name, spy)
+    x, w, shift, b = _inputs(2, 9, 24, 40, device=TRITON_DEVICE)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        y = weight_shift_linear(x, w, shift, b, backend="triton")
+        torch.autograd.grad(y.sum(), (x, shift))
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert_rel_close("y", ref.weight_shift_linear(*_float64(x, w, shift, b)), y, precision(TRITON_DEVICE))
+    first = {"_weight_shift_fwd_kernel": kern.FWD_CONFIGS[0], "_weight_shift_bwd_dx_kernel": kern.DX_CONFIGS[0],
+             "_weight_shift_bwd_ddw_kernel": kern.DDW_CONFIGS[0]}
+    assert sorted(seen) == sorted((n, c.kwargs["BM"], c.kwargs["BN"], c.kwargs["BK"], c.num_warps)
+                                  for n, c in first.items()), seen

@@ -365,11 +365,18 @@ if not kernels.INTERPRET:
     _dq_tuned = _tuned(_bwd_dq_kernel, DQ_CONFIGS, _KEY)
 
 
-def _launch(kernel, tuned, grid, args, meta, config):
-    """The autotuned kernel on a GPU; under the interpreter ``config`` (default INTERPRET_CONFIG)."""
-    if kernels.INTERPRET or config is not None:
+def _launch(kernel, tuned, grid, args, meta, config, configs, Tq):
+    """The autotuned kernel on a GPU; under the interpreter ``config`` (default INTERPRET_CONFIG).
+    Under ``torch.use_deterministic_algorithms(True)`` a fixed configuration (the first of the
+    regime's candidates) instead of the autotuner's pick, which is timed and may differ between
+    processes, so that a resumed run repeats the same arithmetic."""
+    if config is not None or (kernels.INTERPRET and not torch.are_deterministic_algorithms_enabled()):
         cfg = dict(INTERPRET_CONFIG if config is None else config)
         kernel[grid(cfg)](*args, **meta, **cfg)
+    elif torch.are_deterministic_algorithms_enabled():
+        fixed = next(c for c in configs if (c.kwargs["BM"] == 16) == (Tq <= DECODE_MAX_Q))
+        kernel[grid(fixed.kwargs)](*args, **meta, **fixed.kwargs, num_warps=fixed.num_warps,
+                                   num_stages=fixed.num_stages)
     else:
         tuned[grid](*args, **meta)
 
@@ -430,7 +437,8 @@ def biased_attention_fwd(q, k, v, slopes, q_offset, key_start, key_lengths, scal
     args = (q, k, v, out, lse, wacc, wm, wl, slopes, q_offset, key_start, key_lengths, H, Tq, Tk, D,
             scale * LOG2E, 1.0 / (ratio * period), extra, qperiod, ratio, chunk, _class(Tq), _class(Tk))
     _launch(_fwd_kernel, None if kernels.INTERPRET else _fwd_tuned,
-            lambda c: (triton.cdiv(Tq, c["BM"]), B * H, nsplit), args, dict(meta, SPLIT=nsplit > 1), config)
+            lambda c: (triton.cdiv(Tq, c["BM"]), B * H, nsplit), args, dict(meta, SPLIT=nsplit > 1), config,
+            FWD_CONFIGS, Tq)
     if nsplit > 1:
         _combine_kernel[(B * H,)](wacc, wm, wl, out, lse, Tq, D, nsplit, BM=DECODE_MAX_Q, BD=BD)
     return out, lse
@@ -453,7 +461,7 @@ def biased_attention_bwd(do, q, k, v, out, lse, slopes, q_offset, key_start, key
     tail = (H, Tq, Tk, D, scale, scale * LOG2E, 1.0 / (ratio * period), extra, qperiod, ratio, _class(Tq), _class(Tk))
     heads = (slopes, q_offset, key_start, key_lengths)
     _launch(_bwd_dkdv_kernel, None if kernels.INTERPRET else _dkdv_tuned, lambda c: (triton.cdiv(Tk, c["BN"]), B * H),
-            (q, k, v, do, lse2, delta, dk, dv, *heads, *tail), meta, config)
+            (q, k, v, do, lse2, delta, dk, dv, *heads, *tail), meta, config, DKDV_CONFIGS, Tq)
     _launch(_bwd_dq_kernel, None if kernels.INTERPRET else _dq_tuned, lambda c: (triton.cdiv(Tq, c["BM"]), B * H),
-            (q, k, v, do, lse2, delta, dq, *heads, *tail), meta, config)
+            (q, k, v, do, lse2, delta, dq, *heads, *tail), meta, config, DQ_CONFIGS, Tq)
     return dq, dk, dv

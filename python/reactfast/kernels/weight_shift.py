@@ -164,11 +164,22 @@ def _meta(x, precision):
     return dict(UPCAST=upcast, PRECISION=prec)
 
 
+_CONFIGS = {fn.__name__: c for fn, c in ((_weight_shift_fwd_kernel, FWD_CONFIGS), (_low_rank_fwd_kernel, FWD_CONFIGS),
+                                         (_weight_shift_bwd_dx_kernel, DX_CONFIGS),
+                                         (_weight_shift_bwd_ddw_kernel, DDW_CONFIGS))}
+
+
 def _launch(kernel, grid, args, meta, config):
-    """The autotuned kernel on a GPU; under the interpreter (or with ``config``) one configuration."""
-    if kernels.INTERPRET or config is not None:
+    """The autotuned kernel on a GPU; under the interpreter (or with ``config``) one configuration;
+    under ``torch.use_deterministic_algorithms(True)`` the first candidate, not the autotuner's timed
+    pick (which may differ between processes), so that a resumed run repeats the same arithmetic."""
+    if config is not None or (kernels.INTERPRET and not torch.are_deterministic_algorithms_enabled()):
         cfg = dict(INTERPRET_CONFIG if config is None else config)
         kernel[grid(cfg)](*args, **meta, **cfg)
+    elif torch.are_deterministic_algorithms_enabled():
+        fixed = _CONFIGS[kernel.__name__][0]
+        kernel[grid(fixed.kwargs)](*args, **meta, **fixed.kwargs, num_warps=fixed.num_warps,
+                                   num_stages=fixed.num_stages)
     else:
         _tuned[kernel][grid](*args, **meta)
 
