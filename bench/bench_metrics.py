@@ -61,3 +61,54 @@ def test_full_suite_vs_official_code(bench_report):
     bench_report(f"whole suite vs the official code, N={N}, S={S}, T={T}, {k:.1f} appropriate/speaker, "
                  f"{THREADS} cores: {ours_s:.2f} s vs {official_s:.1f} s ({official_s / ours_s:.0f}x); every "
                  f"metric equal within 1e-6 relative, FRSyn exact")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_full_suite_gpu(bench_report, gpu_result):
+    """The whole suite on CUDA tensors at test scale (FRCorr through the Triton kernel, FRDist through
+    the CUDA DTW) against the C++ backend on this machine's cores, each metric equal to the CPU's."""
+    import torch
+
+    pred, gt, speaker, appropriate = challenge_scale()
+    start = time.perf_counter()
+    cpu = metrics.evaluate(pred, gt, speaker, appropriate)
+    cpu_s = time.perf_counter() - start
+    tensors = [torch.from_numpy(a).cuda() for a in (pred, gt, speaker)]
+    metrics.evaluate(*tensors, appropriate)                # the first run compiles the Triton kernels
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    gpu = metrics.evaluate(*tensors, appropriate)
+    torch.cuda.synchronize()
+    gpu_s = time.perf_counter() - start
+    for name, value in cpu.items():
+        assert gpu[name] == pytest.approx(value, rel=1e-6, abs=1e-9), (name, value, gpu[name])
+    gpu_result(f"whole metric suite N={pred.shape[0]} S={S} T={T}", gpu_s * 1e3, f"C++ on {THREADS} threads",
+               cpu_s * 1e3, target=30.0, note="target: <= 2 s and >= 30x the 16-core C++ backend")
+    bench_report(f"whole suite on {torch.cuda.get_device_name()}: {gpu_s:.2f} s vs {cpu_s:.1f} s C++ on {THREADS} threads")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_frcorr_triton_vs_reference_gpu(gpu_result):
+    """FRCorr's max over candidates at test scale: the Triton kernel against the gathering reference."""
+    import torch
+    import triton.testing
+
+    from reactfast.metrics import candidates
+    from reactfast.ops.ccc import ccc_max
+
+    pred, gt, _, appropriate = challenge_scale()
+    speakers = range(min(64, pred.shape[0]))
+    cand = tuple(c.cuda() for c in candidates.from_appropriate(appropriate, S, speakers))
+    queries = torch.from_numpy(pred[:len(speakers)].reshape(-1, T, pred.shape[-1])).cuda()
+    targets = torch.from_numpy(gt).cuda()
+    want = ccc_max(queries, targets, cand, backend="reference")
+    got = ccc_max(queries, targets, cand, backend="triton")
+    assert torch.allclose(got[0], want[0], rtol=1e-9, atol=1e-12) and torch.equal(got[1], want[1])
+    t_k = triton.testing.do_bench(lambda: ccc_max(queries, targets, cand, backend="triton"), return_mode="median")
+    t_r = triton.testing.do_bench(lambda: ccc_max(queries, targets, cand, backend="reference"), return_mode="median")
+    pairs = cand[1].numel()
+    moved = pairs * T * pred.shape[-1] * 4
+    gpu_result(f"FRCorr max over candidates, {pairs} pairs T={T}", t_k, "reference (gathered pairs)", t_r,
+               note=f"{t_k * 1e6 / pairs:.2f} ns/pair; {moved / t_k / 1e9:.2f} TB/s of candidate reads")

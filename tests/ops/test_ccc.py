@@ -57,3 +57,19 @@ def test_max_matches_reference(device):
 def test_bad_input(call, err, match):
     with pytest.raises(err, match=match):
         call()
+
+
+@pytest.mark.parametrize("T,BT", [(2, None), (63, None), (750, None), (97, 16)])
+def test_triton_max_kernel(T, BT):
+    """The Triton FRCorr kernel called directly: time tiles that do not divide T, constant columns in
+    targets and queries, a duplicated target (ties go to the first listed), against the reference."""
+    from reactfast.kernels import ccc as kern
+    from tests.conftest import TRITON_DEVICE
+
+    pred, gt, (offset, index), _ = cases(T, 6, 9, T, device=TRITON_DEVICE)
+    pred[2, :, 7] = 0.25                                  # a constant query column
+    want_max, want_arg = ref.ccc_max(pred, gt, (offset, index))
+    got_max, got_arg = kern.ccc_max(pred.contiguous(), gt.contiguous(), offset, index, BT=BT)
+    assert_close("max", want_max, got_max, atol=1e-12, rtol=1e-9)
+    assert torch.equal(want_arg.cpu(), got_arg.cpu())
+    assert int(got_arg[0]) == 1, "ties go to the candidate listed first"

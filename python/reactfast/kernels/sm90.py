@@ -57,7 +57,7 @@ def compile_kernel(fn, constexprs: Dict[str, object], dtype: str = "bf16", overr
 
 def _cases(quick: bool) -> Iterator[Tuple[str, object, Dict[str, object], str, Dict[str, str], int, int]]:
     from reactfast.kernels import biased_attention as ba
-    from reactfast.kernels import ddim, frame_diff, weight_shift
+    from reactfast.kernels import ccc, ddim, frame_diff, weight_shift
 
     ints = {n: "*i32" for n in ("p_q0", "p_kbeg", "p_klen")}
     f32 = {n: "*fp32" for n in ("p_lse", "p_lse2", "p_delta", "p_wacc", "p_wm", "p_wl", "p_slopes")}
@@ -83,6 +83,10 @@ def _cases(quick: bool) -> Iterator[Tuple[str, object, Dict[str, object], str, D
                     label = f"{name} {cfg.kwargs['BM']}x{cfg.kwargs['BN']} w{cfg.num_warps} s{cfg.num_stages} " \
                             f"{dtype} d{D} {prec}{' split' if split else ''}"
                     yield label, fn, dict(meta), dtype, over, cfg.num_warps, cfg.num_stages
+    stats = {n: "*fp64" for n in ("p_pm64", "p_pss", "p_pm32", "p_pv32", "p_ps32", "p_gm64", "p_gss", "p_gm32",
+                                  "p_gv32", "p_gs32", "p_max")}
+    yield "ccc max (FRCorr) fp32", ccc._ccc_max_kernel, dict(BT=64, BD=32), "fp32", {
+        **stats, "p_off": "*i64", "p_idx": "*i64", "p_arg": "*i64"}, 4, 3
     for dtype in ("bf16", "fp32"):
         yield f"attention combine {dtype}", ba._combine_kernel, dict(BM=16, BD=64), dtype, over, 4, 3
         yield f"attention delta {dtype}", ba._delta_kernel, dict(BR=64, BD=64), dtype, over, 4, 3

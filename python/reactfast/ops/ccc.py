@@ -1,6 +1,8 @@
 """Concordance correlation coefficient (REACT's FRCorr definition) over batches of pairs, and its
-maximum over each query's candidates. C++/OpenMP on CPU tensors; the reference
-(``reactfast.reference.ccc``, batched torch in float64) anywhere, CUDA tensors included."""
+maximum over each query's candidates. C++/OpenMP on CPU tensors; on CUDA tensors the maximum over
+candidates is one Triton kernel (``reactfast.kernels.ccc``: per-series statistics once, each pair
+streamed once, no gather of the pairs); the reference (``reactfast.reference.ccc``, batched torch
+in float64) anywhere, and for per-pair CCC on CUDA."""
 
 from __future__ import annotations
 
@@ -8,11 +10,14 @@ from typing import Optional, Tuple
 
 import torch
 
-from reactfast import _backend
+from reactfast import _backend, kernels
 from reactfast.ops._checks import check_candidates, check_same_device, check_tensor
 from reactfast.reference import ccc as _ref
 
-IMPLEMENTED = ("cpp", "reference")
+if kernels.AVAILABLE:
+    from reactfast.kernels import ccc as _triton
+
+IMPLEMENTED = ("cpp", "triton", "reference")
 _backend.register_op("ccc", IMPLEMENTED)
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -42,6 +47,9 @@ def ccc(x: torch.Tensor, y: torch.Tensor, backend: Optional[str] = None) -> torc
     if x.shape != y.shape:
         raise ValueError(f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
     name = _backend.select("ccc", x.device, IMPLEMENTED, backend)
+    if name == "triton":
+        _backend.log_fallback("ccc", "triton", "per-pair CCC has no Triton kernel (ccc_max has); using the reference")
+        name = "reference"
     if name == "reference":
         return _ref.ccc(x, y)
     out = _backend.empty((x.shape[0], x.shape[2]), torch.float64, x.device)
@@ -57,7 +65,8 @@ def ccc_max(pred: torch.Tensor, gt: torch.Tensor, candidates: Tuple[torch.Tensor
         pred: (M, T, D), gt: (G, T, D) float tensors on one device.
         candidates: CSR pair (offset (M + 1,), index (K,)) of int64 tensors: query m's candidates are
             index[offset[m]:offset[m + 1]].
-        backend: ``"cpp"`` or ``"reference"`` (default automatic).
+        backend: ``"cpp"``, ``"triton"`` or ``"reference"`` (default automatic: C++ on CPU tensors,
+            Triton on CUDA ones).
 
     Returns:
         (max (M,) float64, argmax (M,) int64); ties go to the candidate listed first.
@@ -75,6 +84,8 @@ def ccc_max_unchecked(pred, gt, offset, index, backend=None):
     name = _backend.select("ccc", pred.device, IMPLEMENTED, backend)
     if name == "reference":
         return _ref.ccc_max(pred, gt, (offset, index))
+    if name == "triton":
+        return _triton.ccc_max(pred, gt, offset.to(pred.device), index.to(pred.device))
     M, T, D = pred.shape
     out_max = _backend.empty((M,), torch.float64, pred.device)
     out_arg = _backend.empty((M,), torch.int64, pred.device)
