@@ -21,5 +21,5 @@ def test_kernels_compile_for_sm90():
     lines = [line for line in proc.stdout.splitlines() if line.startswith("ok")]
     assert any(line.split()[1:3] == ["attention", "fwd"] and "split" in line for line in lines), proc.stdout
     for family in ("attention dK/dV", "attention dQ", "ddim", "weight_shift", "frame_diff", "combine", "delta",
-                   "ccc max"):
+                   "ccc max", "tlcc"):
         assert any(family in line for line in lines), family

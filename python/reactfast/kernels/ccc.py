@@ -83,7 +83,7 @@ def ccc_max(pred, gt, offset, index, BT=None):
     out_max = _backend.empty((M,), torch.float64, pred.device)
     out_arg = _backend.empty((M,), torch.int64, pred.device)
     BD = max(16, triton.next_power_of_2(D))
-    BT = BT or (32 if kernels.INTERPRET else 64)
+    BT = BT or (128 if kernels.INTERPRET else 64)
     _ccc_max_kernel[(M,)](pred, gt, offset, index, *series_stats(pred), *series_stats(gt), out_max, out_arg, T, D,
                           BT=BT, BD=BD)
     return out_max, out_arg

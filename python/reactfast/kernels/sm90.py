@@ -57,7 +57,7 @@ def compile_kernel(fn, constexprs: Dict[str, object], dtype: str = "bf16", overr
 
 def _cases(quick: bool) -> Iterator[Tuple[str, object, Dict[str, object], str, Dict[str, str], int, int]]:
     from reactfast.kernels import biased_attention as ba
-    from reactfast.kernels import ccc, ddim, frame_diff, weight_shift
+    from reactfast.kernels import ccc, ddim, frame_diff, tlcc, weight_shift
 
     ints = {n: "*i32" for n in ("p_q0", "p_kbeg", "p_klen")}
     f32 = {n: "*fp32" for n in ("p_lse", "p_lse2", "p_delta", "p_wacc", "p_wm", "p_wl", "p_slopes")}
@@ -87,6 +87,7 @@ def _cases(quick: bool) -> Iterator[Tuple[str, object, Dict[str, object], str, D
                                   "p_gv32", "p_gs32", "p_max")}
     yield "ccc max (FRCorr) fp32", ccc._ccc_max_kernel, dict(BT=64, BD=32), "fp32", {
         **stats, "p_off": "*i64", "p_idx": "*i64", "p_arg": "*i64"}, 4, 3
+    yield "tlcc (FRSyn) fp32", tlcc._tlcc_kernel, dict(BT=64, BD=32), "fp32", {}, 4, 3
     for dtype in ("bf16", "fp32"):
         yield f"attention combine {dtype}", ba._combine_kernel, dict(BM=16, BD=64), dtype, over, 4, 3
         yield f"attention delta {dtype}", ba._delta_kernel, dict(BR=64, BD=64), dtype, over, 4, 3

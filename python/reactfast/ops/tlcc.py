@@ -1,5 +1,6 @@
-"""Time-lagged cross-correlation (REACT's FRSyn definition). C++/OpenMP on CPU tensors; the
-reference (``reactfast.reference.tlcc``) anywhere, CUDA tensors included."""
+"""Time-lagged cross-correlation (REACT's FRSyn definition). C++/OpenMP on CPU tensors; on CUDA
+tensors a Triton kernel (``reactfast.kernels.tlcc``, one program per pair and lag); the reference
+(``reactfast.reference.tlcc``, a Python loop over lags) anywhere."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ from typing import Optional
 
 import torch
 
-from reactfast import _backend
+from reactfast import _backend, kernels
 from reactfast.ops._checks import check_same_device, check_tensor
 from reactfast.reference import tlcc as _ref
 
-IMPLEMENTED = ("cpp", "reference")
+if kernels.AVAILABLE:
+    from reactfast.kernels import tlcc as _triton
+
+IMPLEMENTED = ("cpp", "triton", "reference")
 _backend.register_op("tlcc", IMPLEMENTED)
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -23,7 +27,8 @@ def tlcc(x: torch.Tensor, y: torch.Tensor, max_lag: int = 49, backend: Optional[
         x: (M, T, D) float tensor (the generated listener reaction).
         y: (M, T, D) float tensor (the speaker), x's device.
         max_lag: largest lag in frames (49: 2 s at 25 fps, 99 lags).
-        backend: ``"cpp"`` or ``"reference"`` (default automatic).
+        backend: ``"cpp"``, ``"triton"`` or ``"reference"`` (default automatic: C++ on CPU tensors,
+            Triton on CUDA ones).
 
     Returns:
         (M, 2 max_lag + 1) float32; column ``max_lag + l`` holds lag l; NaN where a dim's segment
@@ -44,6 +49,8 @@ def tlcc_unchecked(x, y, max_lag=49, backend=None):
     name = _backend.select("tlcc", x.device, IMPLEMENTED, backend)
     if name == "reference":
         return _ref.tlcc(x, y, max_lag)
+    if name == "triton":
+        return _triton.tlcc(x, y, max_lag)
     M, T, D = x.shape
     rs = _backend.empty((M, 2 * max_lag + 1), torch.float32, x.device)
     _backend.native().tlcc_cpu(x, y, rs, M, T, D, max_lag)
