@@ -134,9 +134,12 @@ def _fwd_kernel(p_q, p_k, p_v, p_o, p_lse, p_wacc, p_wm, p_wl, p_slopes, p_q0, p
                 qk_scale, inv_rp, EXTRA, QP, RATIO, CHUNK, TQ_CLASS, TK_CLASS, BM: tl.constexpr, BN: tl.constexpr,
                 BD: tl.constexpr, SPLIT: tl.constexpr, EVEN_D: tl.constexpr, UPCAST: tl.constexpr,
                 PRECISION: tl.constexpr):
-    i_m = tl.program_id(0)
-    i_bh = tl.program_id(1).to(tl.int64)
-    i_s = tl.program_id(2)
+    # One grid axis for (row block, sample-head), row blocks fastest: the second and third axes are
+    # limited to 65,535 programs, fewer than the (sample, head) pairs of a large stream batch.
+    n_m = tl.cdiv(Tq, BM)
+    i_m = tl.program_id(0) % n_m
+    i_bh = (tl.program_id(0) // n_m).to(tl.int64)
+    i_s = tl.program_id(1)
     slope2, q0, kbeg, klen = _sample_and_head(i_bh, H, p_slopes, p_q0, p_kbeg, p_klen)
     o_m, pos, pmin, pmax = _row_positions(i_m * BM, Tq, QP, q0, RATIO, BM)
     o_d = tl.arange(0, BD)
@@ -164,7 +167,7 @@ def _fwd_kernel(p_q, p_k, p_v, p_o, p_lse, p_wacc, p_wm, p_wl, p_slopes, p_q0, p
     acc, m_i, l_i = _fwd_range(acc, m_i, l_i, b_q, p_kb, p_vb, tl.maximum(f_hi, lo), hi, pos, o_d, kbeg, klen, Tk,
                                D, qk_scale, slope2, inv_rp, EXTRA, BN, True, EVEN_D, UPCAST, PRECISION)
     if SPLIT:
-        row = (i_bh * tl.num_programs(2) + i_s) * Tq + o_m
+        row = (i_bh * tl.num_programs(1) + i_s) * Tq + o_m
         tl.store(p_wm + row, m_i, mask=o_m < Tq)
         tl.store(p_wl + row, l_i, mask=o_m < Tq)
         tl.store(p_wacc + row[:, None] * BD + o_d[None, :], acc, mask=o_m[:, None] < Tq)
@@ -247,8 +250,9 @@ def _bwd_dkdv_kernel(p_q, p_k, p_v, p_do, p_lse2, p_delta, p_dk, p_dv, p_slopes,
                      scale, qk_scale, inv_rp, EXTRA, QP, RATIO, TQ_CLASS, TK_CLASS, BM: tl.constexpr,
                      BN: tl.constexpr, BD: tl.constexpr, EVEN_D: tl.constexpr, UPCAST: tl.constexpr,
                      PRECISION: tl.constexpr):
-    i_n = tl.program_id(0)
-    i_bh = tl.program_id(1).to(tl.int64)
+    n_n = tl.cdiv(Tk, BN)
+    i_n = tl.program_id(0) % n_n
+    i_bh = (tl.program_id(0) // n_n).to(tl.int64)
     slope2, q0, kbeg, klen = _sample_and_head(i_bh, H, p_slopes, p_q0, p_kbeg, p_klen)
     j0 = i_n * BN
     o_n = j0 + tl.arange(0, BN)
@@ -301,8 +305,9 @@ def _dq_range(b_dq, b_q, b_do, lse2, delta, p_kb, p_vb, start, end, pos, o_d, kb
 def _bwd_dq_kernel(p_q, p_k, p_v, p_do, p_lse2, p_delta, p_dq, p_slopes, p_q0, p_kbeg, p_klen, H, Tq, Tk, D, scale,
                    qk_scale, inv_rp, EXTRA, QP, RATIO, TQ_CLASS, TK_CLASS, BM: tl.constexpr, BN: tl.constexpr,
                    BD: tl.constexpr, EVEN_D: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
-    i_m = tl.program_id(0)
-    i_bh = tl.program_id(1).to(tl.int64)
+    n_m = tl.cdiv(Tq, BM)
+    i_m = tl.program_id(0) % n_m
+    i_bh = (tl.program_id(0) // n_m).to(tl.int64)
     slope2, q0, kbeg, klen = _sample_and_head(i_bh, H, p_slopes, p_q0, p_kbeg, p_klen)
     o_m, pos, pmin, pmax = _row_positions(i_m * BM, Tq, QP, q0, RATIO, BM)
     o_d = tl.arange(0, BD)
@@ -437,7 +442,7 @@ def biased_attention_fwd(q, k, v, slopes, q_offset, key_start, key_lengths, scal
     args = (q, k, v, out, lse, wacc, wm, wl, slopes, q_offset, key_start, key_lengths, H, Tq, Tk, D,
             scale * LOG2E, 1.0 / (ratio * period), extra, qperiod, ratio, chunk, _class(Tq), _class(Tk))
     _launch(_fwd_kernel, None if kernels.INTERPRET else _fwd_tuned,
-            lambda c: (triton.cdiv(Tq, c["BM"]), B * H, nsplit), args, dict(meta, SPLIT=nsplit > 1), config,
+            lambda c: (triton.cdiv(Tq, c["BM"]) * B * H, nsplit), args, dict(meta, SPLIT=nsplit > 1), config,
             FWD_CONFIGS, Tq)
     if nsplit > 1:
         _combine_kernel[(B * H,)](wacc, wm, wl, out, lse, Tq, D, nsplit, BM=DECODE_MAX_Q, BD=BD)
@@ -460,8 +465,8 @@ def biased_attention_bwd(do, q, k, v, out, lse, slopes, q_offset, key_start, key
     dv = _backend.empty(v.shape, v.dtype, v.device)
     tail = (H, Tq, Tk, D, scale, scale * LOG2E, 1.0 / (ratio * period), extra, qperiod, ratio, _class(Tq), _class(Tk))
     heads = (slopes, q_offset, key_start, key_lengths)
-    _launch(_bwd_dkdv_kernel, None if kernels.INTERPRET else _dkdv_tuned, lambda c: (triton.cdiv(Tk, c["BN"]), B * H),
+    _launch(_bwd_dkdv_kernel, None if kernels.INTERPRET else _dkdv_tuned, lambda c: (triton.cdiv(Tk, c["BN"]) * B * H,),
             (q, k, v, do, lse2, delta, dk, dv, *heads, *tail), meta, config, DKDV_CONFIGS, Tq)
-    _launch(_bwd_dq_kernel, None if kernels.INTERPRET else _dq_tuned, lambda c: (triton.cdiv(Tq, c["BM"]), B * H),
+    _launch(_bwd_dq_kernel, None if kernels.INTERPRET else _dq_tuned, lambda c: (triton.cdiv(Tq, c["BM"]) * B * H,),
             (q, k, v, do, lse2, delta, dq, *heads, *tail), meta, config, DQ_CONFIGS, Tq)
     return dq, dk, dv

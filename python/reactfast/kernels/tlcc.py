@@ -16,8 +16,9 @@ from reactfast import _backend, kernels
 
 @triton.jit
 def _tlcc_kernel(p_x, p_y, p_r, T, D, L, BT: tl.constexpr, BD: tl.constexpr):
-    li = tl.program_id(0)
-    m = tl.program_id(1).to(tl.int64)
+    lags = 2 * L + 1
+    li = tl.program_id(0) % lags          # one axis, a pair's lags adjacent (the others cap at 65,535)
+    m = (tl.program_id(0) // lags).to(tl.int64)
     lag = li - L
     n = T - tl.abs(lag)
     o_d = tl.arange(0, BD)
@@ -61,7 +62,7 @@ def tlcc(x, y, max_lag, BT=None):
     r = _backend.empty((M, 2 * max_lag + 1, D), torch.float32, x.device)
     BD = max(16, triton.next_power_of_2(D))
     BT = BT or (128 if kernels.INTERPRET else 64)
-    _tlcc_kernel[(2 * max_lag + 1, M)](x, y, r, T, D, max_lag, BT=BT, BD=BD)
+    _tlcc_kernel[((2 * max_lag + 1) * M,)](x, y, r, T, D, max_lag, BT=BT, BD=BD)
     total = r[..., 0].clone()
     for d in range(1, D):
         total += r[..., d]
