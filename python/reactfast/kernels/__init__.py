@@ -18,3 +18,41 @@ try:
     AVAILABLE, REASON = True, "ok"
 except ImportError as exc:  # CPU-only torch without triton
     AVAILABLE, REASON = False, f"triton is not installed ({exc}); pip install triton"
+
+PRECISIONS = ("tf32", "ieee")
+
+
+def dot_precision(dtype, precision: str) -> tuple:
+    """(upcast, input_precision) of a kernel's ``tl.dot`` calls for inputs of ``dtype``: under the
+    interpreter inputs are upcast after loading (its bf16 arithmetic is wrong) and products exact;
+    on a GPU float32 uses TF32 unless ``precision`` is "ieee"; fp16/bf16 ignore the choice."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be 'tf32' or 'ieee', got {precision!r}")
+    exact = INTERPRET or (dtype == torch.float32 and precision == "ieee")
+    return INTERPRET, "ieee" if exact else "tf32"
+
+
+def length_class(n: int) -> int:
+    """Size class of a length for the autotuners' keys: powers of two from 16 to 4096."""
+    return min(max(1 << max(n - 1, 0).bit_length(), 16), 4096)
+
+
+def launch(kernel, tuned, grid, args, meta, config=None, fixed=None, interpret_config=None) -> None:
+    """Run a Triton kernel: with ``config`` (a dict of block sizes, for tests) that configuration;
+    under ``torch.use_deterministic_algorithms(True)`` the ``fixed`` triton.Config (warps and stages
+    included), not the autotuner's timed pick, which may differ between processes and would break
+    bit-exact resume; under the interpreter ``interpret_config``; else the autotuned ``tuned``.
+    ``grid`` maps a configuration's block sizes to the launch grid."""
+    import torch
+
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    if config is not None or (INTERPRET and not deterministic):
+        cfg = dict(interpret_config if config is None else config)
+        kernel[grid(cfg)](*args, **meta, **cfg)
+    elif deterministic:
+        kernel[grid(fixed.kwargs)](*args, **meta, **fixed.kwargs, num_warps=fixed.num_warps,
+                                   num_stages=fixed.num_stages)
+    else:
+        tuned[grid](*args, **meta)

@@ -371,24 +371,10 @@ if not kernels.INTERPRET:
 
 
 def _launch(kernel, tuned, grid, args, meta, config, configs, Tq):
-    """The autotuned kernel on a GPU; under the interpreter ``config`` (default INTERPRET_CONFIG).
-    Under ``torch.use_deterministic_algorithms(True)`` a fixed configuration (the first of the
-    regime's candidates) instead of the autotuner's pick, which is timed and may differ between
-    processes, so that a resumed run repeats the same arithmetic."""
-    if config is not None or (kernels.INTERPRET and not torch.are_deterministic_algorithms_enabled()):
-        cfg = dict(INTERPRET_CONFIG if config is None else config)
-        kernel[grid(cfg)](*args, **meta, **cfg)
-    elif torch.are_deterministic_algorithms_enabled():
-        fixed = next(c for c in configs if (c.kwargs["BM"] == 16) == (Tq <= DECODE_MAX_Q))
-        kernel[grid(fixed.kwargs)](*args, **meta, **fixed.kwargs, num_warps=fixed.num_warps,
-                                   num_stages=fixed.num_stages)
-    else:
-        tuned[grid](*args, **meta)
-
-
-def _class(n: int) -> int:
-    """Size class of a sequence length for the autotuner's key (powers of two from 16 to 4096)."""
-    return min(max(triton.next_power_of_2(n), 16), 4096)
+    """:func:`reactfast.kernels.launch` with the regime's first candidate as the deterministic
+    configuration (row blocks of 16 for Tq <= DECODE_MAX_Q, larger ones otherwise)."""
+    fixed = next(c for c in configs if (c.kwargs["BM"] == 16) == (Tq <= DECODE_MAX_Q))
+    kernels.launch(kernel, tuned, grid, args, meta, config, fixed, INTERPRET_CONFIG)
 
 
 @functools.lru_cache(maxsize=None)
@@ -406,11 +392,7 @@ def decode_splits(q: torch.Tensor, B: int, H: int, Tq: int, Tk: int) -> int:
 
 
 def _common(q, precision):
-    upcast = kernels.INTERPRET
-    if precision not in ("tf32", "ieee"):
-        raise ValueError(f"precision must be 'tf32' or 'ieee', got {precision!r}")
-    # Exact products under the interpreter and for float32 on request; fp16/bf16 ignore the choice.
-    prec = "ieee" if upcast or (q.dtype == torch.float32 and precision == "ieee") else "tf32"
+    upcast, prec = kernels.dot_precision(q.dtype, precision)
     D = q.shape[3]
     BD = max(16, triton.next_power_of_2(D))
     return BD, dict(BD=BD, EVEN_D=BD == D, UPCAST=upcast, PRECISION=prec)
@@ -440,7 +422,7 @@ def biased_attention_fwd(q, k, v, slopes, q_offset, key_start, key_lengths, scal
     else:
         wacc = wm = wl = lse
     args = (q, k, v, out, lse, wacc, wm, wl, slopes, q_offset, key_start, key_lengths, H, Tq, Tk, D,
-            scale * LOG2E, 1.0 / (ratio * period), extra, qperiod, ratio, chunk, _class(Tq), _class(Tk))
+            scale * LOG2E, 1.0 / (ratio * period), extra, qperiod, ratio, chunk, kernels.length_class(Tq), kernels.length_class(Tk))
     _launch(_fwd_kernel, None if kernels.INTERPRET else _fwd_tuned,
             lambda c: (triton.cdiv(Tq, c["BM"]) * B * H, nsplit), args, dict(meta, SPLIT=nsplit > 1), config,
             FWD_CONFIGS, Tq)
@@ -463,7 +445,7 @@ def biased_attention_bwd(do, q, k, v, out, lse, slopes, q_offset, key_start, key
     dq = _backend.empty(q.shape, q.dtype, q.device)
     dk = _backend.empty(k.shape, k.dtype, k.device)
     dv = _backend.empty(v.shape, v.dtype, v.device)
-    tail = (H, Tq, Tk, D, scale, scale * LOG2E, 1.0 / (ratio * period), extra, qperiod, ratio, _class(Tq), _class(Tk))
+    tail = (H, Tq, Tk, D, scale, scale * LOG2E, 1.0 / (ratio * period), extra, qperiod, ratio, kernels.length_class(Tq), kernels.length_class(Tk))
     heads = (slopes, q_offset, key_start, key_lengths)
     _launch(_bwd_dkdv_kernel, None if kernels.INTERPRET else _dkdv_tuned, lambda c: (triton.cdiv(Tk, c["BN"]) * B * H,),
             (q, k, v, do, lse2, delta, dk, dv, *heads, *tail), meta, config, DKDV_CONFIGS, Tq)

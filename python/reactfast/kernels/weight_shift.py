@@ -14,7 +14,6 @@ unless ``precision="ieee"``. Accumulation is float32; under the interpreter fp16
 after loading and one fixed configuration runs.
 """
 
-import torch
 import triton
 import triton.language as tl
 
@@ -150,42 +149,25 @@ DDW_CONFIGS = [_cfg(64, 64, 32, 4, 3), _cfg(128, 64, 32, 8, 3), _cfg(64, 128, 32
 INTERPRET_CONFIG = {"BM": 32, "BN": 32, "BK": 32}
 _KEY = ["L_CLASS", "DIN", "DOUT"]
 
+# Each kernel's candidates, by name (the tests' launch spies stand in for the kernels by name).
+_CANDIDATES = {fn.__name__: (fn, c) for fn, c in ((_weight_shift_fwd_kernel, FWD_CONFIGS),
+                                                  (_low_rank_fwd_kernel, FWD_CONFIGS),
+                                                  (_weight_shift_bwd_dx_kernel, DX_CONFIGS),
+                                                  (_weight_shift_bwd_ddw_kernel, DDW_CONFIGS))}
 if not kernels.INTERPRET:
-    _tuned = {fn: triton.autotune(configs=c, key=_KEY)(fn) for fn, c in (
-        (_weight_shift_fwd_kernel, FWD_CONFIGS), (_low_rank_fwd_kernel, FWD_CONFIGS),
-        (_weight_shift_bwd_dx_kernel, DX_CONFIGS), (_weight_shift_bwd_ddw_kernel, DDW_CONFIGS))}
+    _tuned = {name: triton.autotune(configs=c, key=_KEY)(fn) for name, (fn, c) in _CANDIDATES.items()}
 
 
 def _meta(x, precision):
-    if precision not in ("tf32", "ieee"):
-        raise ValueError(f"precision must be 'tf32' or 'ieee', got {precision!r}")
-    upcast = kernels.INTERPRET
-    prec = "ieee" if upcast or (x.dtype == torch.float32 and precision == "ieee") else "tf32"
+    upcast, prec = kernels.dot_precision(x.dtype, precision)
     return dict(UPCAST=upcast, PRECISION=prec)
 
 
-_CONFIGS = {fn.__name__: c for fn, c in ((_weight_shift_fwd_kernel, FWD_CONFIGS), (_low_rank_fwd_kernel, FWD_CONFIGS),
-                                         (_weight_shift_bwd_dx_kernel, DX_CONFIGS),
-                                         (_weight_shift_bwd_ddw_kernel, DDW_CONFIGS))}
-
-
 def _launch(kernel, grid, args, meta, config):
-    """The autotuned kernel on a GPU; under the interpreter (or with ``config``) one configuration;
-    under ``torch.use_deterministic_algorithms(True)`` the first candidate, not the autotuner's timed
-    pick (which may differ between processes), so that a resumed run repeats the same arithmetic."""
-    if config is not None or (kernels.INTERPRET and not torch.are_deterministic_algorithms_enabled()):
-        cfg = dict(INTERPRET_CONFIG if config is None else config)
-        kernel[grid(cfg)](*args, **meta, **cfg)
-    elif torch.are_deterministic_algorithms_enabled():
-        fixed = _CONFIGS[kernel.__name__][0]
-        kernel[grid(fixed.kwargs)](*args, **meta, **fixed.kwargs, num_warps=fixed.num_warps,
-                                   num_stages=fixed.num_stages)
-    else:
-        _tuned[kernel][grid](*args, **meta)
-
-
-def _class(n: int) -> int:
-    return min(max(triton.next_power_of_2(n), 16), 4096)
+    """:func:`reactfast.kernels.launch` with the kernel's first candidate as the deterministic one."""
+    name = kernel.__name__
+    kernels.launch(kernel, None if kernels.INTERPRET else _tuned[name], grid, args, meta, config,
+                   _CANDIDATES[name][1][0], INTERPRET_CONFIG)
 
 
 def weight_shift_fwd(x, weight, shift, bias, precision="tf32", config=None):
@@ -193,7 +175,7 @@ def weight_shift_fwd(x, weight, shift, bias, precision="tf32", config=None):
     DOUT = weight.shape[0]
     y = _backend.empty((B, L, DOUT), x.dtype, x.device)
     _launch(_weight_shift_fwd_kernel, lambda c: (triton.cdiv(L, c["BM"]), triton.cdiv(DOUT, c["BN"]), B),
-            (x, weight, shift, bias if bias is not None else weight, y, L, DIN, DOUT, _class(L)),
+            (x, weight, shift, bias if bias is not None else weight, y, L, DIN, DOUT, kernels.length_class(L)),
             dict(_meta(x, precision), HAS_BIAS=bias is not None), config)
     return y
 
@@ -204,7 +186,7 @@ def low_rank_fwd(x, weight, u, v, bias, precision="tf32", config=None):
     DOUT, R = weight.shape[0], u.shape[2]
     y = _backend.empty((B, L, DOUT), x.dtype, x.device)
     _launch(_low_rank_fwd_kernel, lambda c: (triton.cdiv(L, c["BM"]), triton.cdiv(DOUT, c["BN"]), B),
-            (x, weight, u, v, bias if bias is not None else weight, y, L, DIN, DOUT, R, _class(L)),
+            (x, weight, u, v, bias if bias is not None else weight, y, L, DIN, DOUT, R, kernels.length_class(L)),
             dict(_meta(x, precision), HAS_BIAS=bias is not None, BR=max(16, triton.next_power_of_2(R))), config)
     return y
 
@@ -214,7 +196,7 @@ def weight_shift_bwd_dx(dy, weight, shift, precision="tf32", config=None):
     DIN = weight.shape[1]
     dx = _backend.empty((B, L, DIN), dy.dtype, dy.device)
     _launch(_weight_shift_bwd_dx_kernel, lambda c: (triton.cdiv(L, c["BM"]), triton.cdiv(DIN, c["BN"]), B),
-            (dy, weight, shift, dx, L, DIN, DOUT, _class(L)), _meta(dy, precision), config)
+            (dy, weight, shift, dx, L, DIN, DOUT, kernels.length_class(L)), _meta(dy, precision), config)
     return dx
 
 
@@ -223,5 +205,5 @@ def weight_shift_bwd_dshift(dy, x, precision="tf32", config=None):
     DIN = x.shape[2]
     ddw = _backend.empty((B, DOUT, DIN), dy.dtype, dy.device)
     _launch(_weight_shift_bwd_ddw_kernel, lambda c: (triton.cdiv(DOUT, c["BM"]), triton.cdiv(DIN, c["BN"]), B),
-            (dy, x, ddw, L, DIN, DOUT, _class(L)), _meta(dy, precision), config)
+            (dy, x, ddw, L, DIN, DOUT, kernels.length_class(L)), _meta(dy, precision), config)
     return ddw

@@ -57,3 +57,10 @@ def check_candidates(name: str, candidates, num_queries: int, num_targets: int):
         raise ValueError(f"{name}: indices must lie in [0, {num_targets}), got range "
                          f"[{int(index.min())}, {int(index.max())}]")
     return offset.contiguous(), index.contiguous()
+
+
+def check_precision(precision) -> str:
+    """The ``precision`` argument of the ops with matrix products on the Triton path."""
+    if precision not in ("tf32", "ieee"):
+        raise ValueError(f"precision must be 'tf32' or 'ieee', got {precision!r}")
+    return precision

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from reactfast import _backend, kernels
-from reactfast.ops._checks import check_same_device, check_tensor
+from reactfast.ops._checks import check_precision, check_same_device, check_tensor
 from reactfast.reference import biased_attention as _ref
 
 if kernels.AVAILABLE:
@@ -261,8 +261,7 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: 
             raise ValueError(f"slopes must have one value per head ({H}), got shape {tuple(slopes.shape)}")
         if slopes.device != q.device:
             raise ValueError(f"slopes must be on q's device {q.device}, got {slopes.device}")
-    if precision not in ("tf32", "ieee"):
-        raise ValueError(f"precision must be 'tf32' or 'ieee', got {precision!r}")
+    check_precision(precision)
     q0 = _per_sample("q_offset", q_offset, B, q.device, 0, MAX_Q_OFFSET)
     lengths = _per_sample("key_lengths", key_lengths if key_lengths is not None else Tk, B, q.device, 0, Tk)
     starts = _per_sample("key_start", key_start if key_start is not None else 0, B, q.device, 0, Tk)

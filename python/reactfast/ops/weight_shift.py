@@ -13,7 +13,7 @@ from typing import Optional, Tuple, Union
 import torch
 
 from reactfast import _backend, kernels
-from reactfast.ops._checks import check_same_device, check_tensor
+from reactfast.ops._checks import check_precision, check_same_device, check_tensor
 from reactfast.reference import weight_shift as _ref
 
 if kernels.AVAILABLE:
@@ -222,8 +222,7 @@ def weight_shift_linear(x: torch.Tensor, weight: torch.Tensor, shift: Shift, bia
         check_same_device(x=x, bias=bias)
     if backend is not None and backend not in IMPLEMENTED:
         raise ValueError(f"backend must be one of {IMPLEMENTED} or None, got {backend!r}")
-    if precision not in ("tf32", "ieee"):
-        raise ValueError(f"precision must be 'tf32' or 'ieee', got {precision!r}")
+    check_precision(precision)
     if isinstance(shift, tuple):
         u, v = shift
         if backend == "cpp":
