@@ -34,6 +34,16 @@ _backend.register_op("dropout", IMPLEMENTED)
 _CPP_OK = _backend.backend_status("cpp", "cpu", "dropout")[0]      # read once: compiled graphs branch on it
 
 
+def _cpp_forward(x: torch.Tensor, p: float, seed: int):
+    """The C++ kernel's scaled output and one-byte keep mask for float32 CPU ``x``."""
+    out = _backend.empty(x.shape, torch.float32, x.device)
+    keep = _backend.empty(x.shape, torch.bool, x.device)
+    key0, key1 = _ref.split_seed(seed)
+    _backend.native().dropout_fwd_cpu(x.contiguous(), out, keep, x.numel(), _ref.threshold(p), key0, key1,
+                                      1.0 / (1.0 - p))
+    return out, keep
+
+
 class _Dropout(torch.autograd.Function):
     """A plain autograd.Function, not a custom op: its dispatch costs a fraction of one, and this
     runs dozens of times per training step (compiled graphs call a custom op instead)."""
@@ -42,10 +52,7 @@ class _Dropout(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, p: float, seed: int, name: str):
         scale = 1.0 / (1.0 - p)
         if name == "cpp":
-            out = _backend.empty(x.shape, torch.float32, x.device)
-            keep = _backend.empty(x.shape, torch.bool, x.device)
-            key0, key1 = _ref.split_seed(seed)
-            _backend.native().dropout_fwd_cpu(x, out, keep, x.numel(), _ref.threshold(p), key0, key1, scale)
+            out, keep = _cpp_forward(x, p, seed)
         else:
             keep = _ref.keep_mask(x.shape, p, seed, x.device)
             out = torch.where(keep, x * scale, torch.zeros((), dtype=x.dtype, device=x.device))
@@ -69,13 +76,7 @@ class _Dropout(torch.autograd.Function):
 def _hashed_dropout(x: torch.Tensor, p: float, key: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Compiled graphs on CPU float32: the C++ kernel as one opaque call, keyed by a 0-d int64 tensor
     (the seed's 64 bits), returning the output and the mask its backward reads."""
-    seed = int(key) & ((1 << 64) - 1)
-    out = _backend.empty(x.shape, torch.float32, x.device)
-    keep = _backend.empty(x.shape, torch.bool, x.device)
-    key0, key1 = _ref.split_seed(seed)
-    _backend.native().dropout_fwd_cpu(x.contiguous(), out, keep, x.numel(), _ref.threshold(p), key0, key1,
-                                      1.0 / (1.0 - p))
-    return out, keep
+    return _cpp_forward(x, p, int(key) & ((1 << 64) - 1))
 
 
 @_hashed_dropout.register_fake
