@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from reactfast.metrics.candidates import from_lists
-from reactfast.ops.ccc import IMPLEMENTED, ccc, ccc_max
+from reactfast.ops.ccc import IMPLEMENTED, PAIR_IMPLEMENTED, ccc, ccc_max
 from reactfast.reference import ccc as ref
 from reactfast.testing import assert_close
 from tests.conftest import usable_backends
@@ -16,7 +16,7 @@ def test_hand_cases(device):
     x = torch.linspace(-1, 1, 50, device=device).reshape(1, 50, 1)
     const = torch.full((1, 50, 1), 0.3, device=device)
     s2 = float(x.var(1, unbiased=False))
-    for backend in usable_backends(IMPLEMENTED, device):
+    for backend in usable_backends(PAIR_IMPLEMENTED, device):
         assert float(ccc(x, x, backend=backend)) == pytest.approx(1.0, abs=1e-6)
         assert float(ccc(x, -x, backend=backend)) == pytest.approx(-1.0, abs=1e-6)
         assert float(ccc(x, const, backend=backend)) == 0.0          # constant: r is NaN -> 0
@@ -29,7 +29,7 @@ def test_pairs_match_reference(device, T):
     pred, gt, _, _ = cases(T + 1, 6, 6, T, device=device)
     gt[3, :, 10] = 1.0
     want = ref.ccc(pred, gt)
-    for backend in usable_backends(IMPLEMENTED, device):
+    for backend in usable_backends(PAIR_IMPLEMENTED, device):
         assert_close(backend, want, ccc(pred, gt, backend=backend), atol=1e-7, rtol=1e-6)
 
 
@@ -47,6 +47,7 @@ def test_max_matches_reference(device):
 
 
 @pytest.mark.parametrize("call,err,match", [
+    (lambda: ccc(torch.rand(2, 4, 3), torch.rand(2, 4, 3), backend="triton"), RuntimeError, "implements only"),
     (lambda: ccc(torch.rand(2, 1, 3), torch.rand(2, 1, 3)), ValueError, "at least 2 frames"),
     (lambda: ccc(torch.rand(2, 4, 3), torch.rand(2, 4, 2)), ValueError, "same shape"),
     (lambda: ccc(torch.rand(2, 4, 3), torch.rand(2, 4, 3).int()), TypeError, "y must have dtype"),

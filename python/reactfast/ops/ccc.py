@@ -2,7 +2,7 @@
 maximum over each query's candidates. C++/OpenMP on CPU tensors; on CUDA tensors the maximum over
 candidates is one Triton kernel (``reactfast.kernels.ccc``: per-series statistics once, each pair
 streamed once, no gather of the pairs); the reference (``reactfast.reference.ccc``, batched torch
-in float64) anywhere, and for per-pair CCC on CUDA."""
+in float64) anywhere, and for per-pair CCC on CUDA (forcing ``triton`` there raises)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ if kernels.AVAILABLE:
     from reactfast.kernels import ccc as _triton
 
 IMPLEMENTED = ("cpp", "triton", "reference")
+PAIR_IMPLEMENTED = ("cpp", "reference")        # per-pair ccc(): the Triton kernel computes the max only
 _backend.register_op("ccc", IMPLEMENTED)
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -46,10 +47,7 @@ def ccc(x: torch.Tensor, y: torch.Tensor, backend: Optional[str] = None) -> torc
     check_same_device(x=x, y=y)
     if x.shape != y.shape:
         raise ValueError(f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
-    name = _backend.select("ccc", x.device, IMPLEMENTED, backend)
-    if name == "triton":
-        _backend.log_fallback("ccc", "triton", "per-pair CCC has no Triton kernel (ccc_max has); using the reference")
-        name = "reference"
+    name = _backend.select("ccc", x.device, PAIR_IMPLEMENTED, backend)
     if name == "reference":
         return _ref.ccc(x, y)
     out = _backend.empty((x.shape[0], x.shape[2]), torch.float64, x.device)
