@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 
 from reactfast import _backend, kernels
+from reactfast.reference import ccc as _ref
 
 
 @triton.jit
@@ -63,17 +64,14 @@ def _ccc_max_kernel(p_pred, p_gt, p_off, p_idx, p_pm64, p_pss, p_pm32, p_pv32, p
 
 
 def series_stats(x: torch.Tensor):
-    """Per series and dim of x (N, T, D) float32: float64 mean, float64 centred sum of squares, and
-    the float32 mean, variance (ddof 0) and standard deviation as float64 values (as the reference
-    and the official code compute them)."""
+    """Per series and dim of x (N, T, D) float32: the float64 mean and centred sum of squares (the
+    reference's two-pass Pearson terms), then the float32 mean, variance and standard deviation of
+    :func:`reactfast.reference.ccc.stats32`."""
     x64 = x.double()
     mean = x64.mean(1)
     centred = x64 - mean[:, None]
-    ss = (centred * centred).sum(1)
-    var = ss / x.shape[1]
-    mean32, var32 = mean.float(), var.float()
-    return (mean.contiguous(), ss.contiguous(), mean32.double().contiguous(), var32.double().contiguous(),
-            torch.sqrt(var32).double().contiguous())
+    return (mean.contiguous(), (centred * centred).sum(1).contiguous(),
+            *(t.contiguous() for t in _ref.stats32(x)))
 
 
 def ccc_max(pred, gt, offset, index, BT=None):

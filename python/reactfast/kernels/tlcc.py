@@ -15,6 +15,17 @@ from reactfast import _backend, kernels
 
 
 @triton.jit
+def _segment_tile(p_xs, p_ys, t0, n, D, o_d, m_d, BT: tl.constexpr):
+    """Rows t0 .. t0 + BT of both segments as float64 [BT, BD] (0 outside), and their mask."""
+    o_t = t0 + tl.arange(0, BT)
+    m_td = (o_t[:, None] < n) & m_d[None, :]
+    offs = o_t[:, None] * D + o_d[None, :]
+    a = tl.load(p_xs + offs, mask=m_td, other=0.0).to(tl.float64)
+    b = tl.load(p_ys + offs, mask=m_td, other=0.0).to(tl.float64)
+    return a, b, m_td
+
+
+@triton.jit
 def _tlcc_kernel(p_x, p_y, p_r, T, D, L, BT: tl.constexpr, BD: tl.constexpr):
     lags = 2 * L + 1
     li = tl.program_id(0) % lags          # one axis, a pair's lags adjacent (the others cap at 65,535)
@@ -28,22 +39,18 @@ def _tlcc_kernel(p_x, p_y, p_r, T, D, L, BT: tl.constexpr, BD: tl.constexpr):
     sx = tl.zeros([BD], dtype=tl.float64)
     sy = tl.zeros([BD], dtype=tl.float64)
     for t0 in range(0, n, BT):
-        o_t = t0 + tl.arange(0, BT)
-        m_td = (o_t[:, None] < n) & m_d[None, :]
-        offs = o_t[:, None] * D + o_d[None, :]
-        sx += tl.sum(tl.load(p_xs + offs, mask=m_td, other=0.0).to(tl.float64), 0)
-        sy += tl.sum(tl.load(p_ys + offs, mask=m_td, other=0.0).to(tl.float64), 0)
+        a, b, _ = _segment_tile(p_xs, p_ys, t0, n, D, o_d, m_d, BT)
+        sx += tl.sum(a, 0)
+        sy += tl.sum(b, 0)
     mx = sx / tl.maximum(n, 1)          # lags past the clip (n < 1) read nothing; their r is NaN below
     my = sy / tl.maximum(n, 1)
     sxy = tl.zeros([BD], dtype=tl.float64)
     sxx = tl.zeros([BD], dtype=tl.float64)
     syy = tl.zeros([BD], dtype=tl.float64)
     for t0 in range(0, n, BT):
-        o_t = t0 + tl.arange(0, BT)
-        m_td = (o_t[:, None] < n) & m_d[None, :]
-        offs = o_t[:, None] * D + o_d[None, :]
-        a = tl.where(m_td, tl.load(p_xs + offs, mask=m_td, other=0.0).to(tl.float64) - mx[None, :], 0.0)
-        b = tl.where(m_td, tl.load(p_ys + offs, mask=m_td, other=0.0).to(tl.float64) - my[None, :], 0.0)
+        a, b, m_td = _segment_tile(p_xs, p_ys, t0, n, D, o_d, m_d, BT)
+        a = tl.where(m_td, a - mx[None, :], 0.0)
+        b = tl.where(m_td, b - my[None, :], 0.0)
         sxy += tl.sum(a * b, 0)
         sxx += tl.sum(a * a, 0)
         syy += tl.sum(b * b, 0)

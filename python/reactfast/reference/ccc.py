@@ -24,7 +24,7 @@ def pearson(x: torch.Tensor, y: torch.Tensor, dim: int = -2) -> torch.Tensor:
     return r.clamp(-1.0, 1.0)
 
 
-def _stats32(x: torch.Tensor):
+def stats32(x: torch.Tensor):
     """float32 mean, variance and standard deviation along time (dim -2), as float64 values."""
     x = x.double()
     mean = x.mean(-2)
@@ -36,8 +36,8 @@ def _stats32(x: torch.Tensor):
 def ccc(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-dim CCC of each pair: x, y (P, T, D) -> (P, D) float64."""
     r = torch.nan_to_num(pearson(x, y), nan=0.0)
-    mx, vx, sx = _stats32(x)
-    my, vy, sy = _stats32(y)
+    mx, vx, sx = stats32(x)
+    my, vy, sy = stats32(y)
     return 2.0 * r * sx * sy / (vx + vy + (mx - my) ** 2 + 1e-8)
 
 
