@@ -192,8 +192,9 @@ def weight_shift_linear(x: torch.Tensor, weight: torch.Tensor, shift: Shift, bia
             kernels for float32 on AVX-512 processors, else the reference). Low-rank shifts take
             the Triton kernel on CUDA (or when forced) and the composite elsewhere.
         precision: float32 on the Triton kernels: ``"tf32"`` (default; TF32 products, about 1e-3
-            relative error) or ``"ieee"`` (exact float32 products, slower). Other dtypes and
-            backends ignore it.
+            relative error) or ``"ieee"`` (exact float32 products on FMA units: the earlier
+            ieee-only kernel took 797 us against the composite's 323 us on an H100, B 32, 1536 x 512,
+            L 102). Other dtypes and backends ignore it.
 
     Returns:
         (B, L, d_out) in x's dtype; differentiable in x, weight, shift (or U, V) and bias.
