@@ -364,3 +364,16 @@ def test_deterministic_mode_uses_a_fixed_configuration(monkeypatch):
             c = next(c for c in configs if (c.kwargs["BM"] == 16) == (Tq <= kern.DECODE_MAX_Q))
             expect.append((fn, c.kwargs["BM"], c.kwargs["BN"], c.num_warps))
     assert sorted(seen) == sorted(expect), seen
+
+
+@pytest.mark.parametrize("backend,device", FAST)
+def test_autocast_casts_mixed_inputs(backend, device):
+    """Under autocast, bf16 queries over float32 keys (a bf16 projection beside a float32 buffer) are
+    cast to the autocast dtype, as a matmul's inputs are, and match float64 at bf16's tolerance."""
+    q, k, v = (t.detach() for t in _inputs(2, 2, 9, 40, 16, device=device))
+    q = q.to(torch.bfloat16)
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+        out = biased_attention(q, k, v, q_offset=31, backend=backend)
+    assert out.dtype == torch.bfloat16
+    want = ref.biased_attention(q.double(), k.to(torch.bfloat16).double(), v.to(torch.bfloat16).double(), q_offset=31)
+    assert_rel_close(f"{backend} autocast", want, out, torch.bfloat16)

@@ -64,3 +64,13 @@ def check_precision(precision) -> str:
     if precision not in ("tf32", "ieee"):
         raise ValueError(f"precision must be 'tf32' or 'ieee', got {precision!r}")
     return precision
+
+
+def autocast_inputs(device_type: str, *tensors):
+    """``tensors`` cast to the autocast dtype when autocast is on for ``device_type`` (floating tensors
+    only; None and others as given), as autocast casts a matmul's inputs: the custom ops are opaque
+    to autocast, so their public wrappers call this."""
+    if not torch.is_autocast_enabled(device_type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in tensors)

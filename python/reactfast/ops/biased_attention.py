@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from reactfast import _backend, kernels
-from reactfast.ops._checks import check_precision, check_same_device, check_tensor
+from reactfast.ops._checks import autocast_inputs, check_precision, check_same_device, check_tensor
 from reactfast.reference import biased_attention as _ref
 
 if kernels.AVAILABLE:
@@ -207,7 +207,8 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: 
     j < key_lengths[b], and -inf elsewhere. Rows with every key masked give zeros.
 
     Args:
-        q: (B, H, Tq, d) queries; k, v: (B, H, Tk, d). float32, float16 or bfloat16, one dtype.
+        q: (B, H, Tq, d) queries; k, v: (B, H, Tk, d). float32, float16 or bfloat16, one dtype
+            (under autocast all three are cast to its dtype, as for a matmul).
         slopes: (H,) per-head slopes; default ALiBi 2^(-8 (h + 1) / H).
         q_offset: absolute frame of the first query (int or (B,) ints in [0, 2^21]); right-aligned
             windows over S keys use S - W (with audio_ratio 1).
@@ -239,6 +240,7 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: 
     check_tensor("k", k, ndim=4, dtypes=_DTYPES)
     check_tensor("v", v, ndim=4, dtypes=_DTYPES)
     check_same_device(q=q, k=k, v=v)
+    q, k, v = autocast_inputs(q.device.type, q, k, v)
     B, H, Tq, d = q.shape
     if k.dtype != q.dtype or v.dtype != q.dtype:
         raise TypeError(f"q, k and v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")

@@ -13,7 +13,7 @@ from typing import Optional, Tuple, Union
 import torch
 
 from reactfast import _backend, kernels
-from reactfast.ops._checks import check_precision, check_same_device, check_tensor
+from reactfast.ops._checks import autocast_inputs, check_precision, check_same_device, check_tensor
 from reactfast.reference import weight_shift as _ref
 
 if kernels.AVAILABLE:
@@ -204,12 +204,11 @@ def weight_shift_linear(x: torch.Tensor, weight: torch.Tensor, shift: Shift, bia
     """
     check_tensor("x", x, ndim=3, dtypes=_DTYPES)
     check_tensor("weight", weight, ndim=2, dtypes=_DTYPES)
-    if torch.is_autocast_enabled(x.device.type):
-        # The custom ops are opaque to autocast: cast their floating inputs as autocast casts a matmul's.
-        dtype = torch.get_autocast_dtype(x.device.type)
-        cast = lambda t: t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t  # noqa: E731
-        x, weight, bias = cast(x), cast(weight), cast(bias)
-        shift = tuple(cast(t) for t in shift) if isinstance(shift, (tuple, list)) else cast(shift)
+    if isinstance(shift, (tuple, list)):
+        x, weight, bias, *shift = autocast_inputs(x.device.type, x, weight, bias, *shift)
+        shift = tuple(shift)
+    else:
+        x, weight, bias, shift = autocast_inputs(x.device.type, x, weight, bias, shift)
     B, L, d_in = x.shape
     d_out = weight.shape[0]
     if weight.shape[1] != d_in:
