@@ -112,3 +112,46 @@ def test_frcorr_triton_vs_reference_gpu(gpu_result):
     moved = pairs * T * pred.shape[-1] * 4
     gpu_result(f"FRCorr max over candidates, {pairs} pairs T={T}", t_k, "reference (gathered pairs)", t_r,
                note=f"{t_k * 1e6 / pairs:.2f} ns/pair; {moved / t_k / 1e9:.2f} TB/s of candidate reads")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_frdist_warp_kernel_vs_block_kernel_gpu(gpu_result, bench_report):
+    """FRDist's min over candidates at test scale (a subset of speakers): the warp-wavefront kernel
+    (with and without abandoning) against the one-block-per-(pair, group) kernel it replaces, each
+    against the C++ backend's values; DP cells per second beside the time."""
+    import torch
+    import triton.testing
+
+    from reactfast.metrics import candidates
+    from reactfast.ops import dtw as dtw_op
+
+    pred, gt, _, appropriate = challenge_scale()
+    speakers = range(min(16, pred.shape[0]))
+    cand_cpu = candidates.from_appropriate(appropriate, S, speakers)
+    queries_cpu = torch.from_numpy(pred[:len(speakers)].reshape(-1, T, pred.shape[-1])).contiguous()
+    targets_cpu = torch.from_numpy(gt).contiguous()
+    want = dtw_op.weighted_dtw_min(queries_cpu, targets_cpu, cand_cpu, backend="cpp")
+    queries, targets = queries_cpu.cuda(), targets_cpu.cuda()
+    offset, index = (c.cuda() for c in cand_cpu)
+    groups = dtw_op.check_groups(dtw_op.REACT_GROUPS, queries.shape[-1])
+
+    def warp(abandon):
+        return dtw_op.weighted_dtw_min_unchecked(queries, targets, offset, index, groups, abandon, "cuda")[:2]
+
+    def blocks():
+        return dtw_op._weighted_dtw_min_cuda_blocks(queries, targets, offset, index, groups)
+
+    for name, fn in (("warp", lambda: warp(False)), ("warp+abandon", lambda: warp(True)), ("blocks", blocks)):
+        got = fn()
+        assert torch.allclose(got[0].cpu(), want[0], rtol=1e-6, atol=1e-9), name
+        assert torch.equal(got[1].cpu(), want[1]), name
+    times = {name: triton.testing.do_bench(fn, return_mode="median", rep=2000)
+             for name, fn in (("warp", lambda: warp(False)), ("warp+abandon", lambda: warp(True)), ("blocks", blocks))}
+    pairs = index.numel()
+    cells = pairs * T * T
+    for name in ("warp", "warp+abandon"):
+        gpu_result(f"FRDist min over candidates ({name}), {pairs} pairs T={T}", times[name], "block kernel",
+                   times["blocks"], note=f"{cells / times[name] / 1e6:.1f} G cells/s (3 groups a cell)")
+    bench_report(f"FRDist on {torch.cuda.get_device_name()}: " +
+                 ", ".join(f"{k} {v:.2f} ms" for k, v in times.items()) + f" for {pairs} pairs")

@@ -168,6 +168,44 @@ PYBIND11_MODULE(_C, m) {
     return cells;
   }, "min over candidates of the weighted group DTW; returns the number of DP cells computed");
 
+  m.def("weighted_dtw_min_warp_emulated_cpu", [](Buf x, Buf y, Buf cand_offset, Buf cand_index, index_t M, index_t Tx,
+                                                 index_t Ty, index_t D, const py::list& groups, bool abandon,
+                                                 int warps, Buf out_min, Buf out_arg) {
+    const auto g = make_groups(groups);
+    if (D > 32 || warps < 1 || warps > 8) throw std::invalid_argument("D must be <= 32 and warps in [1, 8]");
+    auto px = ptr<const float>(x);
+    auto py_ = ptr<const float>(y);
+    auto po = ptr<const index_t>(cand_offset);
+    auto pi = ptr<const index_t>(cand_index);
+    auto pmin = ptr<double>(out_min);
+    auto parg = ptr<index_t>(out_arg);
+    py::gil_scoped_release release;
+    return reactfast::weighted_dtw_min_warp_emulated(px, py_, po, pi, M, Tx, Ty, D, g, abandon, warps, pmin, parg);
+  }, "the CUDA warp-wavefront DTW's schedule emulated on the CPU (for tests); returns the pairs abandoned");
+
+  m.def("weighted_dtw_min_cuda", [](Buf x, Buf y, Buf cand_offset, Buf cand_index, index_t M, index_t Tx, index_t Ty,
+                                    index_t D, const py::list& groups, bool abandon, int warps, Buf out_min,
+                                    Buf out_arg, std::uintptr_t stream) {
+#if defined(REACTFAST_WITH_CUDA)
+    const auto g = make_groups(groups);
+    auto px = ptr<const float>(x);
+    auto py_ = ptr<const float>(y);
+    auto po = ptr<const index_t>(cand_offset);
+    auto pi = ptr<const index_t>(cand_index);
+    auto pmin = ptr<double>(out_min);
+    auto parg = ptr<index_t>(out_arg);
+    const char* err;
+    {
+      py::gil_scoped_release release;
+      err = reactfast::weighted_dtw_min_cuda(px, py_, po, pi, M, Tx, Ty, D, g, abandon, warps, pmin, parg,
+                                             stream_of(stream));
+    }
+    check(err, "weighted_dtw_min_cuda");
+#else
+    no_cuda("weighted_dtw_min_cuda");
+#endif
+  }, "min over candidates of the weighted group DTW on the GPU (warp wavefront, D <= 32)");
+
   m.def("group_dtw_pairs_cuda", [](Buf x, Buf y, Buf qi, Buf ci, index_t P, index_t Tx, index_t Ty, index_t D,
                                    const py::list& groups, Buf out, std::uintptr_t stream) {
 #if defined(REACTFAST_WITH_CUDA)

@@ -1,10 +1,12 @@
-// Group DTW on the GPU: one block per (pair, group), anti-diagonal wavefront over the DP with
-// three rotating diagonals in shared memory; many pairs per launch.
+// Group DTW on the GPU. The FRDist path (D <= 32) is the warp-wavefront kernel of
+// reactfast/dtw_warp.h, further down; for wider features, one block per (pair, group), an
+// anti-diagonal wavefront over the DP with three rotating diagonals in shared memory.
 #include <cuda_runtime.h>
 
 #include <cmath>
 
 #include "reactfast/dtw.h"
+#include "reactfast/dtw_warp.h"
 
 namespace reactfast {
 namespace {
@@ -63,6 +65,128 @@ const char* group_dtw_pairs_cuda(const float* x, const float* y, const index_t* 
                                                                                    out);
   cudaError_t err = cudaGetLastError();
   return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
+}
+
+}  // namespace reactfast
+
+// The warp-wavefront kernel (reactfast/dtw_warp.h): one block per query, each warp taking the
+// query's candidates in turn; the query's best value in shared memory for abandoning; the block's
+// least (value, list position) written once.
+namespace reactfast {
+namespace {
+
+constexpr unsigned kFullMask = 0xffffffffu;
+constexpr int kMaxWarps = 8;
+
+template <class L>
+struct CudaWarp {
+  warp_dtw::Lane<L> s;
+  int id;
+  const volatile double* best_value;
+
+  __device__ int lo() const { return id; }
+  __device__ int hi() const { return id + 1; }
+  __device__ warp_dtw::Lane<L>& lane(int) { return s; }
+  __device__ void shift_up() {
+#pragma unroll
+    for (int g = 0; g < warp_dtw::kGroups; ++g) s.up[g] = __shfl_up_sync(kFullMask, s.bot[g], 1);
+  }
+  __device__ void sync() { __syncwarp(); }
+  __device__ double from_lane(double v, int l) const { return __shfl_sync(kFullMask, v, l); }
+  // Lane 0's reading for every lane, so that the warp decides as one.
+  __device__ double best() const { return __shfl_sync(kFullMask, *best_value, 0); }
+};
+
+// Non-negative doubles order as their bit patterns, so atomicMin on the bits is a min on values.
+__device__ void atomic_min_nonneg(double* address, double v) {
+  atomicMin(reinterpret_cast<unsigned long long*>(address), static_cast<unsigned long long>(__double_as_longlong(v)));
+}
+
+template <class L>
+__global__ void __launch_bounds__(warp_dtw::kWarp* kMaxWarps)
+    weighted_dtw_min_warp_kernel(const float* __restrict__ x, const float* __restrict__ y,
+                                 const index_t* __restrict__ offset, const index_t* __restrict__ index, index_t Tx,
+                                 index_t Ty, index_t D, DtwGroups groups, bool abandon, double* __restrict__ out_min,
+                                 index_t* __restrict__ out_arg) {
+  extern __shared__ double border[];  // warps x kGroups x Ty, when the query takes several passes
+  __shared__ double best;
+  __shared__ double warp_best[kMaxWarps];
+  __shared__ index_t warp_pos[kMaxWarps];
+  const index_t m = blockIdx.x;
+  const int warps = blockDim.x / warp_dtw::kWarp;
+  const int k = threadIdx.x / warp_dtw::kWarp;
+  const int lane = threadIdx.x % warp_dtw::kWarp;
+  if (threadIdx.x == 0) best = INFINITY;
+  __syncthreads();
+  CudaWarp<L> w;
+  w.id = lane;
+  w.best_value = &best;
+  double* my_border = border + static_cast<size_t>(k) * warp_dtw::kGroups * Ty;
+  double mine = INFINITY;
+  index_t pos = -1;
+  const index_t c1 = offset[m + 1];
+  for (index_t c = offset[m] + k; c < c1; c += warps) {
+    const double v = warp_dtw::pair_value<L>(w, x + m * Tx * D, y + index[c] * Ty * D, Tx, Ty, D, groups,
+                                             my_border, abandon);
+    if (v < mine) {  // a warp's candidates come in list order: the first of equal values stays
+      mine = v;
+      pos = c;
+    }
+    if (lane == 0 && v < INFINITY) atomic_min_nonneg(&best, v);
+  }
+  if (lane == 0) {
+    warp_best[k] = mine;
+    warp_pos[k] = pos;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double value = INFINITY;
+    index_t at = -1;
+    for (int i = 0; i < warps; ++i)
+      if (warp_pos[i] >= 0 && (at < 0 || warp_best[i] < value || (warp_best[i] == value && warp_pos[i] < at))) {
+        value = warp_best[i];
+        at = warp_pos[i];
+      }
+    out_min[m] = value;
+    out_arg[m] = at < 0 ? -1 : index[at];
+  }
+}
+
+template <class L>
+const char* launch_warp_kernel(const float* x, const float* y, const index_t* offset, const index_t* index, index_t M,
+                               index_t Tx, index_t Ty, index_t D, const DtwGroups& groups, bool abandon, int warps,
+                               double* out_min, index_t* out_arg, cudaStream_t stream) {
+  // As many warps as the shared memory allows (the border rows take 24 bytes a candidate frame).
+  constexpr size_t kSharedLimit = 200 * 1024;
+  while (warps > 1 && warp_dtw::border_bytes<L>(Tx, Ty, warps) > kSharedLimit) --warps;
+  const size_t shared = warp_dtw::border_bytes<L>(Tx, Ty, warps);
+  if (shared > kSharedLimit) return "weighted_dtw_min_cuda: candidates longer than 8,533 frames are not supported";
+  auto kernel = weighted_dtw_min_warp_kernel<L>;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(shared));
+  if (err != cudaSuccess) return cudaGetErrorString(err);
+  kernel<<<static_cast<unsigned>(M), warp_dtw::kWarp * warps, shared, stream>>>(x, y, offset, index, Tx, Ty, D,
+                                                                               groups, abandon, out_min, out_arg);
+  err = cudaGetLastError();
+  return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
+}
+
+}  // namespace
+
+const char* weighted_dtw_min_cuda(const float* x, const float* y, const index_t* cand_offset,
+                                  const index_t* cand_index, index_t M, index_t Tx, index_t Ty, index_t D,
+                                  const DtwGroups& groups, bool abandon, int warps, double* out_min,
+                                  index_t* out_arg, void* stream) {
+  if (M == 0) return nullptr;
+  if (D > warp_dtw::AnyLayout::kDims) return "weighted_dtw_min_cuda: at most 32 feature dims";
+  if (warps < 1 || warps > kMaxWarps) return "weighted_dtw_min_cuda: warps must be in [1, 8]";
+  if (M > 0x7fffffff) return "weighted_dtw_min_cuda: at most 2^31 - 1 queries per launch";
+  auto s = static_cast<cudaStream_t>(stream);
+  if (warp_dtw::is_react_layout(groups, D))
+    return launch_warp_kernel<warp_dtw::ReactLayout>(x, y, cand_offset, cand_index, M, Tx, Ty, D, groups, abandon,
+                                                     warps, out_min, out_arg, s);
+  return launch_warp_kernel<warp_dtw::AnyLayout>(x, y, cand_offset, cand_index, M, Tx, Ty, D, groups, abandon, warps,
+                                                 out_min, out_arg, s);
 }
 
 }  // namespace reactfast

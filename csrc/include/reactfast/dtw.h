@@ -38,7 +38,24 @@ void weighted_dtw_min_cpu(const float* x, const float* y, const index_t* cand_of
                           index_t M, index_t G, index_t Tx, index_t Ty, index_t D, const DtwGroups& groups,
                           bool abandon, double* out_min, index_t* out_arg, index_t* cells);
 
-// CUDA: out[p * groups.count + g] = DTW_g(x[qi[p]], y[ci[p]]) (unweighted, sqrt applied) for P pairs.
+// The CUDA kernel's schedule (reactfast/dtw_warp.h) emulated on the CPU, `warps` warps per query,
+// for D <= 32: the same results as weighted_dtw_min_cuda; for the tests. Returns the number of pairs
+// abandoned.
+index_t weighted_dtw_min_warp_emulated(const float* x, const float* y, const index_t* cand_offset,
+                                    const index_t* cand_index, index_t M, index_t Tx, index_t Ty, index_t D,
+                                    const DtwGroups& groups, bool abandon, int warps, double* out_min,
+                                    index_t* out_arg);
+
+// CUDA, D <= 32: weighted_dtw_min_cpu's results (without the cell count) by the warp-wavefront
+// kernel, one block of `warps` warps per query, the query's best value shared by its warps for
+// abandoning. Returns an error message or null.
+const char* weighted_dtw_min_cuda(const float* x, const float* y, const index_t* cand_offset,
+                                  const index_t* cand_index, index_t M, index_t Tx, index_t Ty, index_t D,
+                                  const DtwGroups& groups, bool abandon, int warps, double* out_min,
+                                  index_t* out_arg, void* stream);
+
+// CUDA, any D (the path for D > 32), one block per pair and group:
+// out[p * groups.count + g] = DTW_g(x[qi[p]], y[ci[p]]) (unweighted, sqrt applied) for P pairs.
 const char* group_dtw_pairs_cuda(const float* x, const float* y, const index_t* qi, const index_t* ci, index_t P,
                                  index_t Tx, index_t Ty, index_t D, const DtwGroups& groups, double* out,
                                  void* stream);

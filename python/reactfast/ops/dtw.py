@@ -4,8 +4,11 @@ refilled as its pair finishes; for the minimum, the UCR Suite's exact pruning ca
 LB_Keogh on block envelopes of rows and columns, candidates in bound order, abandoning inside the
 DP against the best so far; csrc/include/reactfast/dtw_bounds.h) with banded DPs (PrunedDTW: each
 row swept only where some lane's value can still matter, under per-group limits from the diagonal
-path and the best so far; csrc/cpu/dtw_band.cpp). CUDA on CUDA tensors, the reference
-(``reactfast.reference.dtw``) anywhere."""
+path and the best so far; csrc/cpu/dtw_band.cpp). CUDA on CUDA tensors: for up to 32 feature dims
+a warp-level wavefront after cuDTW++ (csrc/include/reactfast/dtw_warp.h: one warp per pair, a strip
+of query rows per lane in registers, neighbours passed by shuffles, the three groups in one pass,
+one block per query whose warps share its best value for exact abandoning, min and argmin fused);
+wider features one block per (pair, group). The reference (``reactfast.reference.dtw``) anywhere."""
 
 from __future__ import annotations
 
@@ -22,6 +25,8 @@ REACT_GROUPS = _ref.REACT_GROUPS
 IMPLEMENTED = ("cuda", "cpp", "reference")
 _backend.register_op("dtw", IMPLEMENTED)
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+WARP_MAX_DIMS = 32  # the warp kernel's feature registers
+WARPS_PER_QUERY = 4  # warps of one query's block on CUDA
 
 
 def check_groups(groups, D: int) -> list:
@@ -69,6 +74,12 @@ def dtw(x: torch.Tensor, y: torch.Tensor, backend: Optional[str] = None) -> torc
         _backend.native().dtw_pairs_cpu(x, y, out, P, Tx, y.shape[1], D)
         return out
     pairs = torch.arange(P, device=x.device)
+    if D <= WARP_MAX_DIMS:  # each pair a query with one candidate, one warp a block
+        offset = torch.arange(P + 1, device=x.device)
+        arg = _backend.empty((P,), torch.int64, x.device)
+        _backend.native().weighted_dtw_min_cuda(x, y, offset, pairs, P, Tx, y.shape[1], D, [(0, D, 1.0)], False, 1,
+                                                out, arg, _backend.cuda_stream(x))
+        return out
     _backend.native().group_dtw_pairs_cuda(x, y, pairs, pairs, P, Tx, y.shape[1], D, [(0, D, 1.0)], out,
                                            _backend.cuda_stream(x))
     return out
@@ -86,9 +97,11 @@ def weighted_dtw_min(pred: torch.Tensor, gt: torch.Tensor, candidates: Tuple[tor
         candidates: CSR pair (offset (M + 1,), index (K,)) of int64 tensors: query m's candidates are
             index[offset[m]:offset[m + 1]] (``reactfast.metrics.candidates`` builds them).
         groups: (start, end, weight) triples; default REACT's (0, 15, 1/15), (15, 17, 1), (17, 25, 1/8).
-        abandon: exact pruning on CPU: lower bounds skip or abandon candidates that cannot beat the
+        abandon: exact pruning: on CPU lower bounds skip or abandon candidates that cannot beat the
             best so far, and each DP row is computed only over the columns where a path that can
-            still matter passes (the result is unchanged, bit for bit, only faster).
+            still matter passes; on CUDA (D <= 32) a pair is abandoned at a border row between two
+            of its warp's passes (every 128 rows in REACT's layout) whose bound exceeds the query's
+            best so far. The result is unchanged, bit for bit, only faster.
         backend: ``"cuda"``, ``"cpp"`` or ``"reference"`` (default automatic).
         return_cells: also return how many DP cells the C++ backend computed (for measuring the
             pruning; the full count is K x Tx x Ty x groups).
@@ -122,10 +135,31 @@ def weighted_dtw_min_unchecked(pred, gt, offset, index, groups, abandon=True, ba
         cells = _backend.native().weighted_dtw_min_cpu(pred, gt, offset.cpu(), index.cpu(), M, G, Tx, Ty, D, groups,
                                                       bool(abandon), out_min, out_arg)
         return out_min, out_arg, cells
-    return (*_weighted_dtw_min_cuda(pred, gt, offset.to(pred.device), index.to(pred.device), groups), None)
+    offset, index = offset.to(pred.device), index.to(pred.device)
+    if D > WARP_MAX_DIMS:
+        return (*_weighted_dtw_min_cuda_blocks(pred, gt, offset, index, groups), None)
+    out_min = _backend.empty((M,), torch.float64, pred.device)
+    out_arg = _backend.empty((M,), torch.int64, pred.device)
+    _backend.native().weighted_dtw_min_cuda(pred, gt, offset, index, M, Tx, Ty, D, groups, bool(abandon),
+                                            WARPS_PER_QUERY, out_min, out_arg, _backend.cuda_stream(pred))
+    return out_min, out_arg, None
 
 
-def _weighted_dtw_min_cuda(pred, gt, offset, index, groups, chunk: int = 1 << 16):
+def weighted_dtw_min_warp_emulated(pred, gt, offset, index, groups, abandon=True, warps=WARPS_PER_QUERY):
+    """The CUDA warp kernel's schedule run on the CPU (all 32 lanes of a warp in lockstep, a query's
+    warps taking its candidates in list order), for testing the kernel where no GPU is at hand: inputs
+    as :func:`weighted_dtw_min_unchecked` on CPU tensors, D <= 32. Returns (min, argmin, pairs
+    abandoned)."""
+    M, Tx, D = pred.shape
+    out_min = _backend.empty((M,), torch.float64, pred.device)
+    out_arg = _backend.empty((M,), torch.int64, pred.device)
+    abandoned = _backend.native().weighted_dtw_min_warp_emulated_cpu(pred, gt, offset, index, M, Tx, gt.shape[1], D,
+                                                                     groups, bool(abandon), int(warps), out_min,
+                                                                     out_arg)
+    return out_min, out_arg, abandoned
+
+
+def _weighted_dtw_min_cuda_blocks(pred, gt, offset, index, groups, chunk: int = 1 << 16):
     M, Tx, D = pred.shape
     query = torch.repeat_interleave(torch.arange(M, device=pred.device), offset[1:] - offset[:-1])
     weights = torch.tensor([w for _, _, w in groups], dtype=torch.float64, device=pred.device)
