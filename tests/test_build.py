@@ -31,6 +31,24 @@ def test_cuda_sources_compile(tmp_path):
     assert "cudaGetDeviceCount" not in out, "the CUDA runtime must be linked statically"
 
 
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not found: CUDA sources cannot be compiled here")
+def test_warp_dtw_kernel_fits_in_registers(tmp_path):
+    """The warp-wavefront DTW keeps each lane's query strip and DP column in registers: ptxas for
+    sm_90 reports no stack frame and no spills for either layout (a spill would put the hot loop
+    in local memory)."""
+    proc = _run(["nvcc", "-std=c++17", "-O3", "-arch=sm_90", "--expt-relaxed-constexpr", "-Xptxas", "-v",
+                 "-I", os.path.join(ROOT, "csrc", "include"), "-cubin", "-o", str(tmp_path / "dtw.cubin"),
+                 os.path.join(ROOT, "csrc", "cuda", "dtw.cu")])
+    lines = proc.stderr.splitlines()
+    seen = 0
+    for i, line in enumerate(lines):
+        if "Compiling entry function" in line and "weighted_dtw_min_warp_kernel" in line:
+            props = next(x for x in lines[i + 1:] if "stack frame" in x)
+            assert props.split()[0] == "0" and "0 bytes spill stores, 0 bytes spill loads" in props, (line, props)
+            seen += 1
+    assert seen == 2, proc.stderr[-2000:]
+
+
 # pip's words when it cannot obtain the build requirements (no network, no index).
 _OFFLINE = ("No matching distribution found", "Could not find a version that satisfies", "NewConnectionError",
             "Failed to establish a new connection", "Network is unreachable", "Temporary failure in name resolution")

@@ -41,6 +41,7 @@ index_t emulate(const float* x, const float* y, const index_t* offset, const ind
   {
     auto w = std::make_unique<EmulatedWarp<L>>();
     std::vector<double> border(static_cast<size_t>(kGroups) * Ty);
+    std::vector<float> ring(warp_dtw::ring_bytes(D) / sizeof(float));
     std::vector<double> warp_best(warps);
     std::vector<index_t> warp_pos(warps);
 #pragma omp for schedule(dynamic, 1)
@@ -53,7 +54,7 @@ index_t emulate(const float* x, const float* y, const index_t* offset, const ind
       for (index_t c = offset[m]; c < offset[m + 1]; ++c) {
         const int k = static_cast<int>((c - offset[m]) % warps);
         const double v = warp_dtw::pair_value<L>(*w, x + m * Tx * D, y + index[c] * Ty * D, Tx, Ty, D, groups,
-                                                 border.data(), abandon);
+                                                 border.data(), ring.data(), abandon);
         abandoned += v == INFINITY;
         if (v < warp_best[k]) {
           warp_best[k] = v;

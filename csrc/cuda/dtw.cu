@@ -108,7 +108,9 @@ __global__ void __launch_bounds__(warp_dtw::kWarp* kMaxWarps)
                                  const index_t* __restrict__ offset, const index_t* __restrict__ index, index_t Tx,
                                  index_t Ty, index_t D, DtwGroups groups, bool abandon, double* __restrict__ out_min,
                                  index_t* __restrict__ out_arg) {
-  extern __shared__ double border[];  // warps x kGroups x Ty, when the query takes several passes
+  // Each warp's border rows (kGroups x Ty doubles, when the query takes several passes), then each
+  // warp's candidate ring.
+  extern __shared__ double shared[];
   __shared__ double best;
   __shared__ double warp_best[kMaxWarps];
   __shared__ index_t warp_pos[kMaxWarps];
@@ -121,13 +123,15 @@ __global__ void __launch_bounds__(warp_dtw::kWarp* kMaxWarps)
   CudaWarp<L> w;
   w.id = lane;
   w.best_value = &best;
-  double* my_border = border + static_cast<size_t>(k) * warp_dtw::kGroups * Ty;
+  double* border = shared + k * (warp_dtw::border_bytes<L>(Tx, Ty) / sizeof(double));
+  float* ring = reinterpret_cast<float*>(shared + warps * (warp_dtw::border_bytes<L>(Tx, Ty) / sizeof(double))) +
+                k * (warp_dtw::ring_bytes(D) / sizeof(float));
   double mine = INFINITY;
   index_t pos = -1;
   const index_t c1 = offset[m + 1];
   for (index_t c = offset[m] + k; c < c1; c += warps) {
     const double v = warp_dtw::pair_value<L>(w, x + m * Tx * D, y + index[c] * Ty * D, Tx, Ty, D, groups,
-                                             my_border, abandon);
+                                             border, ring, abandon);
     if (v < mine) {  // a warp's candidates come in list order: the first of equal values stays
       mine = v;
       pos = c;
@@ -158,9 +162,10 @@ const char* launch_warp_kernel(const float* x, const float* y, const index_t* of
                                double* out_min, index_t* out_arg, cudaStream_t stream) {
   // As many warps as the shared memory allows (the border rows take 24 bytes a candidate frame).
   constexpr size_t kSharedLimit = 200 * 1024;
-  while (warps > 1 && warp_dtw::border_bytes<L>(Tx, Ty, warps) > kSharedLimit) --warps;
-  const size_t shared = warp_dtw::border_bytes<L>(Tx, Ty, warps);
-  if (shared > kSharedLimit) return "weighted_dtw_min_cuda: candidates longer than 8,533 frames are not supported";
+  const size_t per_warp = warp_dtw::border_bytes<L>(Tx, Ty) + warp_dtw::ring_bytes(D);
+  while (warps > 1 && warps * per_warp > kSharedLimit) --warps;
+  const size_t shared = warps * per_warp;
+  if (shared > kSharedLimit) return "weighted_dtw_min_cuda: candidates longer than about 8,000 frames are not supported";
   auto kernel = weighted_dtw_min_warp_kernel<L>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(shared));

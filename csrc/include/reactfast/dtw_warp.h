@@ -5,7 +5,9 @@
 // values of the current column (all groups at once, float64). At step t, lane l computes column
 // j = t - l of its rows: the row above its strip comes from lane l - 1, which computed column j at
 // step t - 1, by a warp shuffle; the corner (the row above, column j - 1) is what lane l received
-// at the step before. A warp covers 32 S rows per pass; a longer query takes several passes, the
+// at the step before. The candidate's rows reach the lanes through a ring of 64 rows in shared
+// memory that the warp refills every 32 steps with coalesced loads (the lanes read 32 consecutive
+// rows at once, at an odd stride: no bank conflicts). A warp covers 32 S rows per pass; a longer query takes several passes, the
 // last row of one pass kept in a border row (shared memory) that lane 0 of the next pass reads.
 // Every path from (0, 0) to (Tx - 1, Ty - 1) crosses each border row, and DP values only grow
 // along a path, so sum_g w_g sqrt(min_j border_g[j]) bounds the pair's value from below: a pair
@@ -26,6 +28,14 @@ namespace warp_dtw {
 
 constexpr int kWarp = 32;
 constexpr int kGroups = kMaxDtwGroups;
+constexpr int kRingRows = 2 * kWarp;  // the candidate rows a warp's lanes read: the last two batches
+
+// The ring's row stride in floats: D made odd, so that 32 lanes reading 32 consecutive rows hit 32
+// different banks.
+RF_HOST_DEVICE inline int ring_stride(index_t D) { return static_cast<int>(D | 1); }
+
+// Paths only grow: min without fmin's NaN handling (the inputs are finite).
+RF_HOST_DEVICE inline double min2(double a, double b) { return a < b ? a : b; }
 
 // REACT's layout, fixed at compile time: dims [0, 15), [15, 17), [17, 25), four rows per lane
 // (100 registers of query features).
@@ -131,7 +141,7 @@ RF_HOST_DEVICE inline void step_column(Lane<L>& s, const float* y, index_t D, co
 #pragma unroll
     for (int g = 0; g < kGroups; ++g) {
       const double left = s.col[g][r];
-      const double v = static_cast<double>(c[g]) + fmin(fmin(left, up[g]), diag[g]);
+      const double v = static_cast<double>(c[g]) + min2(min2(left, up[g]), diag[g]);
       s.col[g][r] = v;
       up[g] = v;
       diag[g] = left;
@@ -154,15 +164,17 @@ RF_HOST_DEVICE inline double weighted(const double v[kGroups], const DtwGroups& 
 }
 
 // The weighted group DTW of one (query, candidate) pair on warp w, or +inf when abandoned because a
-// border row's bound exceeds w.best(). border: kGroups * Ty doubles the warp owns.
+// border row's bound exceeds w.best(). border: kGroups * Ty doubles the warp owns; ring:
+// kRingRows * ring_stride(D) floats it owns.
 //
 // The warp policy W provides: lo(), hi() (the lanes this thread runs), lane(l) (their state),
 // shift_up() (lanes 1..31: up <- bot of the lane before, as computed at the previous step), sync(),
 // from_lane(v, l) (lane l's v to every lane) and best() (the query's best value so far).
 template <class L, class W>
 RF_HOST_DEVICE double pair_value(W& w, const float* xq, const float* yc, index_t Tx, index_t Ty, index_t D,
-                                 const DtwGroups& groups, double* border, bool abandon) {
+                                 const DtwGroups& groups, double* border, float* ring, bool abandon) {
   constexpr index_t rows = static_cast<index_t>(kWarp) * L::kStrip;
+  const int stride = ring_stride(D);
   const index_t passes = (Tx + rows - 1) / rows;
   for (index_t p = 0; p < passes; ++p) {
     const index_t r0 = p * rows;
@@ -170,6 +182,14 @@ RF_HOST_DEVICE double pair_value(W& w, const float* xq, const float* yc, index_t
     for (int l = w.lo(); l < w.hi(); ++l) begin_pass<L>(w.lane(l), xq, Tx, D, r0, l, p == 0);
     w.sync();
     for (index_t t = 0; t < Ty + kWarp - 1; ++t) {
+      if (t % kWarp == 0 && t < Ty) {  // rows [t, t + 32) into the ring, over rows [t - 64, t - 32)
+        const index_t n = Ty - t < kWarp ? Ty - t : kWarp;
+        float* slot = ring + (t % kRingRows) * stride;
+        for (int l = w.lo(); l < w.hi(); ++l)  // lane d copies dim d of each row: one row a load
+          if (l < D)
+            for (index_t r = 0; r < n; ++r) slot[r * stride + l] = yc[(t + r) * D + l];
+        w.sync();
+      }
       w.shift_up();
       for (int l = w.lo(); l < w.hi(); ++l) {
         Lane<L>& s = w.lane(l);
@@ -180,11 +200,11 @@ RF_HOST_DEVICE double pair_value(W& w, const float* xq, const float* yc, index_t
         }
         if (l == 0)
           for (int g = 0; g < kGroups; ++g) s.up[g] = p == 0 ? static_cast<double>(INFINITY) : border[g * Ty + j];
-        step_column<L>(s, yc + j * D, D, groups);
+        step_column<L>(s, ring + (j % kRingRows) * stride, D, groups);
         if (l == kWarp - 1 && !last) {
           for (int g = 0; g < kGroups; ++g) {
             border[g * Ty + j] = s.bot[g];
-            s.border_min[g] = fmin(s.border_min[g], s.bot[g]);
+            s.border_min[g] = min2(s.border_min[g], s.bot[g]);
           }
         }
       }
@@ -218,13 +238,14 @@ RF_HOST_DEVICE double pair_value(W& w, const float* xq, const float* yc, index_t
   return w.from_lane(value, owner);
 }
 
-// Shared memory (bytes) of a block of `warps` warps: the border rows (only for queries longer than
-// one pass).
+// Shared memory (bytes) of one warp: its border rows (only for queries longer than one pass), then
+// its candidate ring.
 template <class L>
-inline size_t border_bytes(index_t Tx, index_t Ty, int warps) {
+RF_HOST_DEVICE inline size_t border_bytes(index_t Tx, index_t Ty) {
   const index_t rows = static_cast<index_t>(kWarp) * L::kStrip;
-  return Tx > rows ? static_cast<size_t>(warps) * kGroups * static_cast<size_t>(Ty) * sizeof(double) : 0;
+  return Tx > rows ? kGroups * static_cast<size_t>(Ty) * sizeof(double) : 0;
 }
+RF_HOST_DEVICE inline size_t ring_bytes(index_t D) { return static_cast<size_t>(kRingRows) * ring_stride(D) * sizeof(float); }
 
 }  // namespace warp_dtw
 }  // namespace reactfast
