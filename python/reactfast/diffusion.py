@@ -8,6 +8,7 @@ guidance 7.5. ReactDiff: ``DDIMScheduler(20, "cosine", prediction="eps", clip=1.
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Callable, Optional, Sequence, Union
 
 import torch
@@ -84,6 +85,11 @@ class DDIMScheduler:
         ab = self.alphas_cumprod.to(x0.device)[t].reshape((-1,) + (1,) * (x0.dim() - 1))
         return (ab.sqrt() * x0.double() + (1 - ab).sqrt() * noise.double()).to(x0.dtype)
 
+    def config_key(self) -> tuple:
+        """What determines the sampling loop, hashable (the key of a captured loop)."""
+        return (self.num_train_steps, self.schedule, self.prediction, self.spacing, self.eta, self.clip,
+                self.final_alpha_one, self.eps_from_clipped, tuple(self.betas.tolist()))
+
     def timesteps(self, steps: int) -> torch.Tensor:
         """The sampling timesteps, descending (leading, 1000 train steps, 50 steps: 980, 960, ..., 0)."""
         if not isinstance(steps, int) or not 1 <= steps <= self.num_train_steps:
@@ -128,6 +134,171 @@ class DDIMScheduler:
 Denoiser = Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
 
 
+def _check_shape(shape) -> tuple:
+    if not shape or any(int(s) < 1 for s in shape):
+        raise ValueError(f"shape must be non-empty with positive sizes, got {tuple(shape)}")
+    return tuple(int(s) for s in shape)
+
+
+def _draw_noise(shape, steps: int, scheduler: "DDIMScheduler", generator, device, dtype, noise=None):
+    """(x_T, per-step eta noises or None), drawn as every sampling path draws them."""
+    noise_device = generator.device if generator is not None else device
+    if noise is not None:
+        if tuple(noise.shape) != tuple(shape):
+            raise ValueError(f"noise must have shape {tuple(shape)}, got {tuple(noise.shape)}")
+        x = noise.to(device=device, dtype=dtype)
+    else:
+        x = torch.randn(tuple(shape), generator=generator, dtype=dtype, device=noise_device).to(device)
+    noises = None
+    if scheduler.eta > 0:
+        noises = torch.randn((steps,) + tuple(shape), generator=generator, dtype=dtype,
+                             device=noise_device).to(device)
+    return x, noises
+
+
+def _loop(denoiser: Denoiser, scheduler: "DDIMScheduler", steps: int, B: int, guided: bool, scale: float,
+          backend: Optional[str], device):
+    """run(x_T, cond (B, ...) or [cond, null_cond] (2B, ...) when guided, eta noises) -> x0.
+
+    Every step's timesteps and coefficients are validated and computed here, once: ``run`` does no
+    host synchronisation and allocates nothing that depends on values, so it can be captured in a
+    CUDA graph."""
+    ts = scheduler.timesteps(steps)
+    t_prev = scheduler.previous(ts, steps)
+    coefs = scheduler.step_coefficients(ts, t_prev)[:, None].expand(len(ts), B, 5).contiguous().to(device)
+    t_rows = ts[:, None].expand(len(ts), B).contiguous().to(device)
+    t_both = torch.cat([t_rows, t_rows], 1) if guided else t_rows
+    eps_noise = scheduler.eta > 0
+
+    def one_step(i: int, x: torch.Tensor, cond, noises) -> torch.Tensor:
+        if guided:
+            out = denoiser(torch.cat([x, x]), t_both[i], cond)
+            out_c, out_u = out[:B], out[B:]
+        else:
+            out_c, out_u = denoiser(x, t_rows[i], cond), None
+        return ddim_step(x, out_c, coefs[i], scheduler.prediction, out_u, scale,
+                         noises[i] if eps_noise else None, scheduler.clip, scheduler.eps_from_clipped, backend)[0]
+
+    def run(x: torch.Tensor, cond, noises, order=None) -> torch.Tensor:
+        for i in (range(len(ts)) if order is None else order):
+            x = one_step(i, x, cond, noises)
+        return x
+
+    run.steps = len(ts)
+    return run
+
+
+def capture_cuda_graph(fn: Callable[[], torch.Tensor], device) -> tuple:
+    """(replay, out): ``fn`` run once on a side stream (allocations, Triton autotuning), then
+    captured on a CUDA graph whose replay rewrites ``out`` from the same input buffers."""
+    device = torch.device(device)
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph.replay, out
+
+
+class SamplerGraph:
+    """A DDIM sampling loop (every step of a batch, guidance, eta noise) captured once on a CUDA
+    graph and replayed for new initial noise and conditions: one launch per call instead of several
+    per step, and no Python in the loop.
+
+    Args:
+        denoiser: ``denoiser(x_t, t, cond) -> output``, graph-capturable (no host synchronisation,
+            no shapes that depend on values). Its parameters are read where they are at capture:
+            update them in place (an optimiser does), never replace them.
+        shape: (B, ...) of the samples.
+        cond: an example condition (B, ...) fixing its shape and dtype, or None for none.
+        scheduler, steps, guidance_scale, dtype, backend: as :func:`sample`.
+        device: a CUDA device.
+        capture: how the loop is recorded (default :func:`capture_cuda_graph`): a function
+            ``capture(fn, device) -> (replay, out)``. The tests pass one that re-runs ``fn`` on
+            replay, to check on a CPU that the loop reads only the graph's input buffers.
+
+    ``graph(cond, noise=None, generator=None, null_cond=None)`` returns x0 like :func:`sample`
+    with the same arguments (a new tensor each call).
+    """
+
+    def __init__(self, denoiser: Denoiser, shape: Sequence[int], cond: Optional[torch.Tensor] = None,
+                 scheduler: Optional[DDIMScheduler] = None, steps: int = 50, guidance_scale: Optional[float] = None,
+                 device: Union[str, torch.device] = "cuda", dtype: torch.dtype = torch.float32,
+                 backend: Optional[str] = None, capture: Optional[Callable] = None):
+        self.shape = _check_shape(shape)
+        self.scheduler = scheduler or DDIMScheduler()
+        self.device = torch.device(device)
+        if capture is None and self.device.type != "cuda":
+            raise ValueError(f"device: a CUDA graph needs a CUDA device, got {self.device}")
+        if guidance_scale is not None and cond is None:
+            raise ValueError("classifier-free guidance needs a cond")
+        if cond is not None and cond.shape[0] != self.shape[0]:
+            raise ValueError(f"cond must have batch size {self.shape[0]}, got shape {tuple(cond.shape)}")
+        self.steps, self.guidance_scale, self.dtype = steps, guidance_scale, dtype
+        self.cond_shape = None if cond is None else tuple(cond.shape)
+        self.cond_dtype = None if cond is None else cond.dtype
+        B = self.shape[0]
+        guided = guidance_scale is not None
+        run = _loop(denoiser, self.scheduler, steps, B, guided, guidance_scale or 1.0, backend, self.device)
+        # The graph's input buffers: x_T, the condition (with the null condition behind it when
+        # guided) and the eta noises.
+        self._x = torch.zeros(self.shape, dtype=dtype, device=self.device)
+        self._cond = None
+        if cond is not None:
+            rows = (2 * B if guided else B,) + self.cond_shape[1:]
+            self._cond = torch.zeros(rows, dtype=cond.dtype, device=self.device)
+        self._noises = None
+        if self.scheduler.eta > 0:
+            self._noises = torch.zeros((run.steps,) + self.shape, dtype=dtype, device=self.device)
+        self._replay, self._out = (capture or capture_cuda_graph)(
+            lambda: run(self._x, self._cond, self._noises), self.device)
+
+    @torch.no_grad()
+    def __call__(self, cond: Optional[torch.Tensor] = None, noise: Optional[torch.Tensor] = None,
+                 generator: Optional[torch.Generator] = None,
+                 null_cond: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if (cond is None) != (self.cond_shape is None) or (cond is not None and tuple(cond.shape) != self.cond_shape):
+            raise ValueError(f"cond must have the captured shape {self.cond_shape}, got "
+                             f"{None if cond is None else tuple(cond.shape)}")
+        x, noises = _draw_noise(self.shape, self.steps, self.scheduler, generator, self.device, self.dtype, noise)
+        self._x.copy_(x)
+        if cond is not None:
+            B = self.shape[0]
+            self._cond[:B].copy_(cond)
+            if self.guidance_scale is not None:
+                if null_cond is None:
+                    self._cond[B:].zero_()
+                else:
+                    self._cond[B:].copy_(null_cond.expand_as(cond))
+        if noises is not None:
+            self._noises.copy_(noises)
+        self._replay()
+        return self._out.clone()
+
+
+# Captured sampling loops of sample(cuda_graph=True), per denoiser (dropped with it) and per
+# shape and settings.
+_GRAPHS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def clear_graphs() -> None:
+    """Free every sampling loop that ``sample(..., cuda_graph=True)`` captured and kept."""
+    _GRAPHS.clear()
+
+
+def _cached_graph(denoiser, key, make) -> SamplerGraph:
+    try:
+        graphs = _GRAPHS.setdefault(denoiser, {})
+    except TypeError:  # a denoiser that cannot be weakly referenced: captured for this call only
+        return make()
+    if key not in graphs:
+        graphs[key] = make()
+    return graphs[key]
+
+
 @torch.no_grad()
 def sample(denoiser: Denoiser, shape: Sequence[int], cond: Optional[torch.Tensor] = None,
            scheduler: Optional[DDIMScheduler] = None, steps: int = 50, guidance_scale: Optional[float] = None,
@@ -147,81 +318,38 @@ def sample(denoiser: Denoiser, shape: Sequence[int], cond: Optional[torch.Tensor
             concatenated [cond, null_cond] batch per step. ``null_cond`` defaults to zeros.
         generator: makes the initial noise (and eta noise) deterministic.
         progress: tqdm progress bar.
-        cuda_graph: capture the denoising loop in a CUDA graph and replay it (CUDA only; the
-            denoiser must be graph-capturable).
+        cuda_graph: run the loop on a CUDA graph (CUDA only; the denoiser must be graph-capturable).
+            The first call for a denoiser object, shape and settings captures a
+            :class:`SamplerGraph` and keeps it; later calls with the same denoiser object replay
+            it (pass the same object, not a new closure each call; ``clear_graphs()`` frees them).
         noise: the initial x_T of shape ``shape`` (default: drawn from ``generator``).
 
     Returns:
         x0 of shape ``shape``.
     """
     scheduler = scheduler or DDIMScheduler()
-    if not shape or any(int(s) < 1 for s in shape):
-        raise ValueError(f"shape must be non-empty with positive sizes, got {tuple(shape)}")
+    shape = _check_shape(shape)
     device = torch.device(device) if device is not None else (cond.device if cond is not None else torch.device("cpu"))
     if cond is not None and cond.shape[0] != shape[0]:
         raise ValueError(f"cond must have batch size {shape[0]}, got shape {tuple(cond.shape)}")
     guided = guidance_scale is not None
     if guided and cond is None:
         raise ValueError("classifier-free guidance needs a cond")
-    if guided:
-        null_cond = torch.zeros_like(cond) if null_cond is None else null_cond.expand_as(cond)
-    ts = scheduler.timesteps(steps)
-    B = shape[0]
-    noise_device = generator.device if generator is not None else device
-    if noise is not None:
-        if tuple(noise.shape) != tuple(shape):
-            raise ValueError(f"noise must have shape {tuple(shape)}, got {tuple(noise.shape)}")
-        x = noise.to(device=device, dtype=dtype)
-    else:
-        x = torch.randn(tuple(shape), generator=generator, dtype=dtype, device=noise_device).to(device)
-    noises = None
-    if scheduler.eta > 0:
-        noises = torch.randn((steps,) + tuple(shape), generator=generator, dtype=dtype,
-                             device=noise_device).to(device)
-    both = torch.cat([cond, null_cond]) if guided else cond
-    # Every step's timesteps and coefficients, validated and computed once up front: the loop below
-    # does no host synchronisation, so it can be captured in a CUDA graph.
-    t_prev = scheduler.previous(ts, steps)
-    coefs = scheduler.step_coefficients(ts, t_prev)[:, None].expand(len(ts), B, 5).contiguous().to(device)
-    t_rows = ts[:, None].expand(len(ts), B).contiguous().to(device)
-    t_both = torch.cat([t_rows, t_rows], 1) if guided else t_rows
-    scale = guidance_scale or 1.0
-    eps_noise = scheduler.eta > 0
-
-    def one_step(i: int, x: torch.Tensor) -> torch.Tensor:
-        if guided:
-            out = denoiser(torch.cat([x, x]), t_both[i], both)
-            out_c, out_u = out[:B], out[B:]
-        else:
-            out_c, out_u = denoiser(x, t_rows[i], cond), None
-        return ddim_step(x, out_c, coefs[i], scheduler.prediction, out_u, scale,
-                         noises[i] if eps_noise else None, scheduler.clip, scheduler.eps_from_clipped, backend)[0]
-
     if cuda_graph:
         if device.type != "cuda":
             raise ValueError("cuda_graph=True needs CUDA tensors")
-        static_x = x.clone()
-        stream = torch.cuda.Stream(device)
-        stream.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(stream):
-            y = static_x
-            for i in range(len(ts)):  # warm-up outside the graph (allocations, autotuning)
-                y = one_step(i, y)
-        torch.cuda.current_stream(device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            y = static_x
-            for i in range(len(ts)):
-                y = one_step(i, y)
-        static_x.copy_(x)
-        graph.replay()
-        return y.clone()
-
-    order = range(len(ts))
+        key = (shape, None if cond is None else (tuple(cond.shape), cond.dtype), scheduler.config_key(), steps,
+               guidance_scale, str(device), dtype, backend)
+        graph = _cached_graph(denoiser, key, lambda: SamplerGraph(denoiser, shape, cond, scheduler, steps,
+                                                                  guidance_scale, device, dtype, backend))
+        return graph(cond, noise, generator, null_cond)
+    if guided:
+        null_cond = torch.zeros_like(cond) if null_cond is None else null_cond.expand_as(cond)
+    x, noises = _draw_noise(shape, steps, scheduler, generator, device, dtype, noise)
+    run = _loop(denoiser, scheduler, steps, shape[0], guided, guidance_scale or 1.0, backend, device)
+    order = None
     if progress:
         from tqdm.auto import tqdm
 
-        order = tqdm(order, desc="DDIM", leave=False, disable=None)
-    for i in order:
-        x = one_step(i, x)
-    return x
+        order = tqdm(range(run.steps), desc="DDIM", leave=False, disable=None)
+    return run(x, torch.cat([cond, null_cond]) if guided else cond, noises, order)

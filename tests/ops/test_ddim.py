@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from reactfast.diffusion import DDIMScheduler, betas_for, sample
+from reactfast import diffusion
+from reactfast.diffusion import DDIMScheduler, SamplerGraph, betas_for, sample
 from reactfast.ops.ddim import IMPLEMENTED, ddim_step
 from reactfast.reference.ddim import ddim_step as ddim_ref
 from reactfast.testing import assert_close, assert_rel_close
@@ -133,6 +134,67 @@ def test_sample_on_a_cuda_graph_equals_eager(eta, guided):
     graphed = sample(denoiser, (16, 50, 25), cond, sched, generator=torch.Generator("cuda").manual_seed(0),
                      cuda_graph=True, **kw)
     assert_rel_close("cuda graph", eager.double(), graphed, 1e-6)
+
+
+def _rerun_on_replay(fn, device):
+    """A stand-in for a CUDA graph: replay re-runs the loop into the first run's output tensor, so a
+    loop that read anything but the graph's input buffers would replay stale data."""
+    out = fn()
+    return (lambda: out.copy_(fn())), out
+
+
+@pytest.mark.parametrize("eta,guided,prediction", [(0.0, True, "x0"), (0.5, False, "eps"), (0.3, True, "eps")])
+def test_sampler_graph_replays_new_inputs_like_eager(eta, guided, prediction):
+    """SamplerGraph's buffers and replay (the capture replaced by a re-run): successive calls with
+    new conditions, noise and null conditions equal eager sample() with the same arguments."""
+    sched = DDIMScheduler(100, "cosine", prediction=prediction, eta=eta)
+    weight = torch.randn(25, 25, generator=torch.Generator().manual_seed(0)) * 0.2
+
+    def denoiser(x, t, cond):
+        return torch.tanh(x @ weight + cond) * (1.0 + t[:, None, None].float() / 1000)
+
+    kw = dict(steps=12, guidance_scale=2.5 if guided else None)
+    g = torch.Generator().manual_seed(1)
+    example = torch.randn(6, 10, 25, generator=g)
+    graph = SamplerGraph(denoiser, (6, 10, 25), example, sched, device="cpu", capture=_rerun_on_replay, **kw)
+    for seed in (2, 3):
+        cond = torch.randn(6, 10, 25, generator=g) * 0.3
+        null = torch.randn(1, 10, 25, generator=g) * 0.1 if guided and seed == 3 else None
+        want = sample(denoiser, (6, 10, 25), cond, sched, null_cond=null, generator=torch.Generator().manual_seed(seed),
+                      **kw)
+        got = graph(cond, null_cond=null, generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(want, got), seed
+    noise = torch.randn(6, 10, 25, generator=g)
+    if eta == 0:
+        assert torch.equal(graph(cond, noise=noise), sample(denoiser, (6, 10, 25), cond, sched, noise=noise, **kw))
+    with pytest.raises(ValueError, match="captured shape"):
+        graph(torch.randn(6, 11, 25))
+    with pytest.raises(ValueError, match="a CUDA graph needs a CUDA device"):
+        SamplerGraph(denoiser, (6, 10, 25), example, sched, device="cpu", **kw)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="CUDA graphs need a GPU")
+def test_sample_cuda_graph_is_captured_once_per_denoiser_and_shape():
+    """sample(cuda_graph=True) keeps one captured loop per denoiser object and shape; each replay
+    equals the eager loop for its own noise."""
+    sched = DDIMScheduler(100, "cosine", prediction="eps")
+    net = torch.nn.Sequential(torch.nn.Linear(25, 64), torch.nn.GELU(), torch.nn.Linear(64, 25)).cuda()
+
+    def denoiser(x, t, c):
+        return net(x + c)
+
+    diffusion.clear_graphs()
+    for seed in range(3):
+        cond = torch.randn(8, 50, 25, device="cuda")
+        eager = sample(denoiser, (8, 50, 25), cond, sched, steps=10, guidance_scale=2.0,
+                       generator=torch.Generator("cuda").manual_seed(seed))
+        graphed = sample(denoiser, (8, 50, 25), cond, sched, steps=10, guidance_scale=2.0, cuda_graph=True,
+                         generator=torch.Generator("cuda").manual_seed(seed))
+        assert_rel_close("cuda graph", eager.double(), graphed, 1e-6)
+    assert len(diffusion._GRAPHS[denoiser]) == 1
+    sample(denoiser, (4, 50, 25), cond[:4], sched, steps=10, guidance_scale=2.0, cuda_graph=True)
+    assert len(diffusion._GRAPHS[denoiser]) == 2
+    diffusion.clear_graphs()
 
 
 def test_sample_with_eta_is_deterministic(device):
