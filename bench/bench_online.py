@@ -85,3 +85,44 @@ def test_runner_throughput(model, streams, bench_report):
     elapsed = time.perf_counter() - start
     fps = steps * model.config.window * streams / elapsed
     bench_report(f"StreamRunner, {streams} streams: {fps:.0f} frames/s ({fps / FPS:.0f} real-time streams' worth)")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("streams", [1, 64, 512, 1024])
+def test_runner_cuda_graph_gpu(streams, gpu_result):
+    """The authors' ReactFace on the GPU, one sample per stream: the batched step eager and on a
+    CUDA graph (captured on the first step of the layout, timed apart), per-step latency and
+    frames/s. Targets: batch-1 step <= 2 ms p50; >= 1,000 real-time streams at 25 fps."""
+    torch.manual_seed(0)
+    model = ReactFace(ReactFaceConfig(speaker_dim=58, audio_dim=768)).cuda().eval()
+    W, k = model.config.window, model.config.audio_per_frame
+    g = torch.Generator(device="cuda").manual_seed(4)
+    inputs = [(torch.randn(W, 58, generator=g, device="cuda"), torch.randn(k * W, 768, generator=g, device="cuda"))
+              for _ in range(8)]
+    times = {}
+    for graph in (False, True):
+        runner = StreamRunner(model, graph=graph)
+        group = [ReactionStream(model, 1, torch.Generator(device="cuda").manual_seed(i)) for i in range(streams)]
+        for i in range(3):  # warm-up (autotuning; the capture)
+            for s in group:
+                s.feed(*inputs[i % 8])
+            runner.step(group)
+        torch.cuda.synchronize()
+        steps = []
+        for i in range(30):
+            for s in group:
+                s.feed(*inputs[i % 8])
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            runner.step(group)
+            torch.cuda.synchronize()
+            steps.append((time.perf_counter() - start) * 1e3)
+        times[graph] = float(np.median(steps))
+    fps = streams * W / (times[True] / 1e3)
+    note = (f"{fps:.0f} frames/s on the graph = {fps / FPS:.0f} real-time streams' worth; "
+            f"eager {streams * W / (times[False] / 1e3):.0f} frames/s")
+    if streams == 1:
+        note += "; target: batch-1 step <= 2 ms p50"
+    gpu_result(f"StreamRunner step, {streams} streams (W={W}), CUDA graph", times[True], "eager step",
+               times[False], note=note)

@@ -20,6 +20,7 @@ a forced backend that the op lacks or that cannot run here raises ``RuntimeError
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import logging
@@ -115,6 +116,29 @@ def cuda_stream(t: torch.Tensor) -> int:
 
 
 _poison = os.environ.get("REACTFAST_POISON", "0") not in ("", "0")
+
+
+_graph_safe = 0
+
+
+@contextlib.contextmanager
+def graph_safe():
+    """Run ops as inside a CUDA graph capture, on any device: checks that would read tensor values
+    on the host (a synchronisation, which a capture forbids) are skipped; out-of-range offsets are
+    clamped on the device instead, as they always are for CUDA tensors. ``StreamRunner(graph=True)``
+    captures under it; the tests run CPU steps under it to prove a step never reads back a value."""
+    global _graph_safe
+    _graph_safe += 1
+    try:
+        yield
+    finally:
+        _graph_safe -= 1
+
+
+def host_checks_allowed(t: Optional[torch.Tensor] = None) -> bool:
+    """Whether a check may read values of ``t`` on the host now: not for CUDA tensors, not while
+    compiling, not under :func:`graph_safe`."""
+    return not (_graph_safe or torch.compiler.is_compiling() or (t is not None and t.is_cuda))
 
 
 def poison_outputs(enabled: bool) -> bool:

@@ -68,3 +68,45 @@ def assert_rel_close(name: str, ref, out, precision) -> float:
         raise AssertionError(f"{name}: relative error {err:.3e} > {tol:.1e} (||ref|| {denom:.3e}, max abs err "
                              f"{float(diff.abs().max()) if diff.numel() else 0.0:.3e} at flat index {worst})")
     return err
+
+
+class HostReadError(AssertionError):
+    """An op read tensor values back to the host, or made a tensor from host data, where a CUDA
+    graph capture forbids it."""
+
+
+# Ops that read a tensor's values on the host (item, bool, int, tolist: _local_scalar_dense; shapes
+# that depend on values) or make a tensor from Python data (torch.tensor: lift_fresh), which a
+# captured graph would replay from freed host memory.
+_HOST_READS = ("_local_scalar_dense.default", "lift_fresh.default", "lift_fresh_copy.default", "nonzero.default",
+               "masked_select.default", "_unique2.default", "unique_consecutive.default")
+
+
+def forbid_host_reads():
+    """A context manager that raises :class:`HostReadError` at the first op that reads a tensor's
+    values on the host or builds a tensor from host data, naming the op and the reactfast line that
+    called it. It checks on any device, so a CPU run proves a step capturable on a GPU (with the
+    GPU tiers' code paths: Triton through the interpreter, under ``_backend.graph_safe()``)."""
+    import os
+    import traceback
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    forbidden = set()
+    for name in _HOST_READS:
+        packet, overload = name.split(".")
+        op = getattr(torch.ops.aten, packet, None)
+        if op is not None and hasattr(op, overload):
+            forbidden.add(getattr(op, overload))
+
+    class _Forbid(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in forbidden:
+                frames = [f for f in traceback.extract_stack()
+                          if "reactfast" in f.filename and os.sep + "torch" + os.sep not in f.filename
+                          and not f.filename.endswith("testing.py")]
+                where = "; ".join(f"{os.path.basename(f.filename)}:{f.lineno} {f.line}" for f in frames[-3:])
+                raise HostReadError(f"{func} reads tensor values on the host (called from {where or 'outside'})")
+            return func(*args, **(kwargs or {}))
+
+    return _Forbid()

@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from reactfast import _backend
+
 
 def check_speaker_audio(speaker, audio, speaker_dim: int, audio_dim: int, audio_per_frame: int,
                         what: str = "speaker features", name: str = "speaker") -> None:
@@ -24,7 +26,7 @@ def check_speaker_audio(speaker, audio, speaker_dim: int, audio_dim: int, audio_
                          f"{k * speaker.shape[1]} rows, got {audio.shape[1]}")
     if speaker.shape[1] == 0:
         raise ValueError(f"{name} must hold at least one frame")
-    if not torch.compiler.is_compiling():
+    if _backend.host_checks_allowed():  # a value check reads back: not while compiling or capturing
         if not bool(torch.isfinite(speaker).all()):
             raise ValueError(f"{name} contains NaN or Inf")
         if not bool(torch.isfinite(audio).all()):

@@ -92,6 +92,9 @@ class Generator(nn.Module, metaclass=abc.ABCMeta):
     config_class: ClassVar[Type[GeneratorConfig]]
     stages: ClassVar[Tuple[int, ...]] = (1,)
     stage_names: ClassVar[Dict[int, str]] = {1: "the whole generator"}
+    # Whether ``step`` can be captured in a CUDA graph (no host reads, no tensors from host data,
+    # shapes fixed by the batch layout): ``StreamRunner(graph=True)`` runs only such models.
+    graph_capturable: ClassVar[bool] = False
 
     def __init__(self, config: Optional[GeneratorConfig] = None, backend: Optional[str] = None, **overrides):
         super().__init__()

@@ -283,6 +283,7 @@ class ReactFace(Generator):
     name = "reactface"
     summary = "online ReactFace (Luo et al.): biased speaker-listener attention, momentum latent sampling"
     config_class = ReactFaceConfig
+    graph_capturable = True  # tests/online/test_graph.py: no host reads in a step on the GPU path
 
     def __init__(self, config: Optional[ReactFaceConfig] = None, backend: Optional[str] = None, **overrides):
         super().__init__(config, backend, **overrides)
@@ -460,8 +461,16 @@ class ReactFace(Generator):
         if x.shape[0] != state.batch:
             raise ValueError(f"speaker inputs must have one row per conversation ({G}) or per sample "
                              f"({state.batch}), got {x.shape[0]}")
-        starts = torch.tensor([sum(state.rows[:g]) for g in range(G)], device=x.device)
-        return x.index_select(0, starts)
+        return x.index_select(0, self._first_rows(state.rows, x.device))
+
+    def _first_rows(self, rows: Tuple[int, ...], device) -> torch.Tensor:
+        """Each conversation's first sample row, made once per batch layout and device (a tensor
+        from host data inside a CUDA graph capture would be read from freed memory on replay)."""
+        cache = self.__dict__.setdefault("_first_rows_cache", {})
+        key = (rows, str(device))
+        if key not in cache:
+            cache[key] = torch.tensor([sum(rows[:g]) for g in range(len(rows))], device=device)
+        return cache[key]
 
     def step(self, state: ReactFaceState, speaker: torch.Tensor, audio: torch.Tensor, noise: torch.Tensor):
         """Advance every conversation by one window.

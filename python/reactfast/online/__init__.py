@@ -11,6 +11,7 @@ Every ``reactfast.models.base.Generator`` streams: a stream calls its ``init_sta
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from typing import Dict, List, Optional, Sequence
 
@@ -18,6 +19,8 @@ import numpy as np
 import torch
 
 from torch import nn
+
+from reactfast import _backend
 
 
 class StreamClosed(RuntimeError):
@@ -167,6 +170,33 @@ def _concat(outs: List[Dict[str, torch.Tensor]], samples: int, model: nn.Module)
     return {key: torch.zeros(samples, 0, width, device=device) for key, width in model.output_widths().items()}
 
 
+class _GraphedStep:
+    """One ``model.step`` captured for one batch layout: input buffers (the state's tensors, the
+    window's speaker, audio and noise) copied into before each replay, outputs copied out after."""
+
+    def __init__(self, model: nn.Module, state, speaker, audio, noise, capture):
+        self.names = [f.name for f in dataclasses.fields(state) if isinstance(getattr(state, f.name), torch.Tensor)]
+        self.state = dataclasses.replace(state, **{n: getattr(state, n).clone() for n in self.names})
+        self.inputs = (speaker.clone(), audio.clone(), noise.clone())
+
+        def fn():
+            with _backend.graph_safe():
+                return model.step(self.state, *self.inputs)
+
+        self.replay, (self.out, self.new_state) = capture(fn, speaker.device)
+
+    def __call__(self, state, speaker, audio, noise):
+        for name in self.names:
+            getattr(self.state, name).copy_(getattr(state, name))
+        for buffer, value in zip(self.inputs, (speaker, audio, noise)):
+            buffer.copy_(value)
+        self.replay()
+        new = self.new_state
+        fresh = {f.name: getattr(new, f.name).clone() for f in dataclasses.fields(new)
+                 if isinstance(getattr(new, f.name), torch.Tensor)}
+        return {key: value.clone() for key, value in self.out.items()}, dataclasses.replace(new, **fresh)
+
+
 class StreamRunner:
     """Advances many streams of one model in a single batched forward per call.
 
@@ -174,10 +204,47 @@ class StreamRunner:
     (each of batch S_i) and inputs, runs one ``model.step``, and hands each stream its frames and
     new state. Each stream's noise still comes from its own generator, so a stream's output does
     not depend on which others share its batch.
+
+    With ``graph=True`` (a model on a CUDA device whose step can be captured: ReactFace) the step
+    runs on a CUDA graph, captured the first time each batch layout (the streams' sample counts, in
+    order) is stepped and replayed after: one launch per window instead of hundreds, the same
+    outputs as the eager step. A capture holds its own buffers (about two states of the batch);
+    ``clear_graphs()`` frees them. ``capture`` replaces the CUDA capture (the tests pass one that
+    re-runs the step on replay, to check on a CPU that the step reads only its input buffers).
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, graph: bool = False, capture=None):
         self.model = model
+        self.graph = bool(graph)
+        self._graphs: Dict[tuple, _GraphedStep] = {}
+        self._capture = capture
+        if self.graph:
+            if not getattr(model, "graph_capturable", False):
+                raise ValueError(f"graph=True: {type(model).__name__}'s step is not known to be capturable in a CUDA "
+                                 "graph (ReactFace's is); run it with graph=False")
+            device = next(model.parameters()).device
+            if capture is None and device.type != "cuda":
+                raise ValueError(f"graph=True needs the model on a CUDA device, it is on {device}")
+            if model.training:
+                raise ValueError("graph=True needs the model in eval mode (a captured step replays the same "
+                                 "dropout masks)")
+
+    def clear_graphs(self) -> None:
+        """Free the captured steps."""
+        self._graphs.clear()
+
+    def _run(self, state, speaker, audio, noise):
+        if not self.graph:
+            return self.model.step(state, speaker, audio, noise)
+        key = (getattr(state, "rows", None), tuple(speaker.shape), tuple(audio.shape), tuple(noise.shape),
+               speaker.dtype, str(speaker.device))
+        step = self._graphs.get(key)
+        if step is None:
+            from reactfast.diffusion import capture_cuda_graph
+
+            step = self._graphs[key] = _GraphedStep(self.model, state, speaker, audio, noise,
+                                                    self._capture or capture_cuda_graph)
+        return step(state, speaker, audio, noise)
 
     @torch.no_grad()
     def step(self, streams: Sequence[ReactionStream]) -> List[Optional[Dict[str, torch.Tensor]]]:
@@ -200,7 +267,7 @@ class StreamRunner:
             audio = torch.cat([au[None].expand(s.samples, -1, -1) for s, (_, au) in zip(ready, inputs)])
             noise = torch.cat([s.noise() for s in ready])
             state = type(ready[0].state).cat([s.state for s in ready])
-            out, state = self.model.step(state, speaker, audio, noise)
+            out, state = self._run(state, speaker, audio, noise)
             for i, (s, new_state) in enumerate(zip(ready, state.split(sizes))):
                 s.state = new_state
                 s.frames_out += s.window

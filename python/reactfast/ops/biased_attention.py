@@ -183,7 +183,7 @@ def _per_sample(name: str, value, B: int, device, low: int, high: Optional[int] 
         t = torch.full((B,), value, dtype=torch.int32, device=device)
     else:
         raise TypeError(f"{name} must be an int or an integer tensor, got {type(value).__name__}")
-    if t.is_cuda or torch.compiler.is_compiling():
+    if not _backend.host_checks_allowed(t):
         # No host synchronisation on a GPU (a step stays capturable in a CUDA graph): out-of-range
         # values are clamped into range on the device instead of raising.
         return t.clamp(low, high)

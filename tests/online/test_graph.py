@@ -1,0 +1,97 @@
+"""Streaming on a CUDA graph: ReactFace's step never reads a value back to the host on the GPU
+path (checked on any device: Triton through the interpreter where there is no GPU), and
+StreamRunner(graph=True) gives what the eager runner gives. Without a GPU the capture is replaced
+by a re-run that replays into the first run's buffers, which catches a step reading anything but
+its input buffers; with one, the real CUDA graph runs."""
+
+import pytest
+import torch
+
+from reactfast import _backend
+from reactfast.online import ReactionStream, StreamRunner
+from reactfast.testing import HostReadError, assert_close, forbid_host_reads
+from tests.conftest import TRITON_DEVICE
+from tests.models.test_perfrdiff import tiny as tiny_perfrdiff
+from tests.models.test_reactface import inputs, tiny
+
+
+def _rerun_on_replay(fn, device):
+    first = fn()
+    out, state = first
+
+    def replay():
+        new_out, new_state = fn()
+        for key, value in new_out.items():
+            out[key].copy_(value)
+        for name in state.__dataclass_fields__:
+            value = getattr(state, name)
+            if isinstance(value, torch.Tensor):
+                value.copy_(getattr(new_state, name))
+
+    return replay, first
+
+
+def test_reactface_step_reads_nothing_back():
+    device = torch.device(TRITON_DEVICE)
+    model = tiny(device).eval()
+    model.set_backend("biased_attention:triton")
+    speaker, audio = inputs(B=1, T=24, device=device)
+    stream = ReactionStream(model, 3, torch.Generator().manual_seed(0))
+    S = 3
+    with torch.no_grad():
+        state = stream.state
+        for t in range(3):
+            sp, au = speaker[0, 8 * t:8 * t + 8][None].expand(S, -1, -1), audio[0, 16 * t:16 * t + 16][None].expand(
+                S, -1, -1)
+            if t == 0:  # the first step fills the per-layout caches, as a capture's warm-up does
+                _, state = model.step(state, sp, au, stream.noise())
+                continue
+            with _backend.graph_safe(), forbid_host_reads():
+                _, state = model.step(state, sp, au, stream.noise())
+    # The check itself: a host read inside the guarded region raises.
+    with pytest.raises(HostReadError, match="_local_scalar_dense"):
+        with forbid_host_reads():
+            bool(state.count.sum() > 0)
+
+
+def _staggered(model, runner, speaker, audio, device):
+    streams = [ReactionStream(model, s, torch.Generator().manual_seed(10 + i)) for i, s in enumerate((2, 1, 2))]
+    outs = {i: [] for i in range(3)}
+    for step in range(6):
+        for i, stream in enumerate(streams):
+            t = step - i
+            if 0 <= t < 4:
+                stream.feed(speaker[i, 8 * t:8 * t + 8], audio[i, 16 * t:16 * t + 16])
+        for i, res in enumerate(runner.step(streams)):
+            if res is not None:
+                outs[i].append(res["3dmm"])
+    return {i: torch.cat(o, 1) for i, o in outs.items()}
+
+
+def test_graphed_runner_equals_eager(device):
+    model = tiny(device).eval()
+    speaker, audio = inputs(B=3, T=32, device=device)
+    eager = _staggered(model, StreamRunner(model), speaker, audio, device)
+    capture = None if device.type == "cuda" else _rerun_on_replay
+    runner = StreamRunner(model, graph=True, capture=capture)
+    graphed = _staggered(model, runner, speaker, audio, device)
+    for i in range(3):
+        assert eager[i].shape == graphed[i].shape == (eager[i].shape[0], 32, 58)
+        if device.type == "cpu":
+            assert torch.equal(eager[i], graphed[i]), i
+        else:
+            assert_close(f"stream {i}", eager[i], graphed[i], atol=1e-5, rtol=1e-5)
+    # Batch layouts seen: (2), (2, 1), (2, 1, 2), (1, 2), (2): one capture each, reused.
+    assert len(runner._graphs) == 4
+    runner.clear_graphs()
+    assert not runner._graphs
+
+
+def test_graph_option_errors():
+    model = tiny().eval()
+    with pytest.raises(ValueError, match="needs the model on a CUDA device"):
+        StreamRunner(model, graph=True)
+    with pytest.raises(ValueError, match="eval mode"):
+        StreamRunner(tiny().train(), graph=True, capture=_rerun_on_replay)
+    with pytest.raises(ValueError, match="not known to be capturable"):
+        StreamRunner(tiny_perfrdiff().eval(), graph=True, capture=_rerun_on_replay)
