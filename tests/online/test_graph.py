@@ -1,4 +1,4 @@
-"""Streaming on a CUDA graph: ReactFace's step never reads a value back to the host on the GPU
+"""Streaming on a CUDA graph: ReactFace's and PFLPosNet's steps never read a value back to the host on the GPU
 path (checked on any device: Triton through the interpreter where there is no GPU), and
 StreamRunner(graph=True) gives what the eager runner gives. Without a GPU the capture is replaced
 by a re-run that replays into the first run's buffers, which catches a step reading anything but
@@ -12,7 +12,10 @@ from reactfast.online import ReactionStream, StreamRunner
 from reactfast.testing import HostReadError, assert_close, forbid_host_reads
 from tests.conftest import TRITON_DEVICE
 from tests.models.test_perfrdiff import tiny as tiny_perfrdiff
+from tests.models.test_pflposnet import _tiny_pfl
 from tests.models.test_reactface import inputs, tiny
+
+MODELS = {"reactface": tiny, "pflposnet": lambda device="cpu": _tiny_pfl().to(device)}
 
 
 def _rerun_on_replay(fn, device):
@@ -31,9 +34,11 @@ def _rerun_on_replay(fn, device):
     return replay, first
 
 
-def test_reactface_step_reads_nothing_back():
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_step_reads_nothing_back(name):
     device = torch.device(TRITON_DEVICE)
-    model = tiny(device).eval()
+    model = MODELS[name](device).eval()
+    assert model.graph_capturable
     model.set_backend("biased_attention:triton")
     speaker, audio = inputs(B=1, T=24, device=device)
     stream = ReactionStream(model, 3, torch.Generator().manual_seed(0))
@@ -68,8 +73,9 @@ def _staggered(model, runner, speaker, audio, device):
     return {i: torch.cat(o, 1) for i, o in outs.items()}
 
 
-def test_graphed_runner_equals_eager(device):
-    model = tiny(device).eval()
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_graphed_runner_equals_eager(device, name):
+    model = MODELS[name](device).eval()
     speaker, audio = inputs(B=3, T=32, device=device)
     eager = _staggered(model, StreamRunner(model), speaker, audio, device)
     capture = None if device.type == "cuda" else _rerun_on_replay

@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from reactfast import _backend
 from reactfast.data import layout
 from reactfast.models.base import Generator, TrainStage, register
 from reactfast.models.posnet import PosNet, PosNetConfig, seam_jump
@@ -63,6 +64,7 @@ class PFLPosNet(Generator):
     name = "pflposnet"
     summary = "PFLPosNet: ReactFace with PosNet smoothing the head pose across windows"
     config_class = PFLPosNetConfig
+    graph_capturable = True  # tests/online/test_graph.py
     stages = (1, 2)
     stage_names = {1: "the ReactFace generator", 2: "PosNet on the frozen generator's output"}
 
@@ -110,7 +112,8 @@ class PFLPosNet(Generator):
         """PosNet over (B, W, 58) frames window by window, each from the previous adjusted pose; rows
         without a previous window (``has_prev`` False) start unadjusted."""
         continued, _ = self.posnet.adjust_sequence(frames, pose_last)
-        if bool(has_prev.all()):
+        # The shortcut reads has_prev back: only where the host may (never inside a graph capture).
+        if _backend.host_checks_allowed(has_prev) and bool(has_prev.all()):
             return continued
         fresh, _ = self.posnet.adjust_sequence(frames, None)
         return torch.where(has_prev[:, None, None], continued, fresh)

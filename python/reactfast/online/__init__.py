@@ -205,8 +205,8 @@ class StreamRunner:
     new state. Each stream's noise still comes from its own generator, so a stream's output does
     not depend on which others share its batch.
 
-    With ``graph=True`` (a model on a CUDA device whose step can be captured: ReactFace) the step
-    runs on a CUDA graph, captured the first time each batch layout (the streams' sample counts, in
+    With ``graph=True`` (a model on a CUDA device whose step can be captured: ReactFace, PFLPosNet)
+    the step runs on a CUDA graph, captured the first time each batch layout (the streams' sample counts, in
     order) is stepped and replayed after: one launch per window instead of hundreds, the same
     outputs as the eager step. A capture holds its own buffers (about two states of the batch);
     ``clear_graphs()`` frees them. ``capture`` replaces the CUDA capture (the tests pass one that
@@ -221,7 +221,7 @@ class StreamRunner:
         if self.graph:
             if not getattr(model, "graph_capturable", False):
                 raise ValueError(f"graph=True: {type(model).__name__}'s step is not known to be capturable in a CUDA "
-                                 "graph (ReactFace's is); run it with graph=False")
+                                 "graph (ReactFace's and PFLPosNet's are); run it with graph=False")
             device = next(model.parameters()).device
             if capture is None and device.type != "cuda":
                 raise ValueError(f"graph=True needs the model on a CUDA device, it is on {device}")
