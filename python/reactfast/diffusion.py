@@ -133,6 +133,36 @@ class DDIMScheduler:
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
 
+# The denoiser's precision while sampling: "auto" is bf16 autocast on CUDA (tensor cores) and none
+# elsewhere; "off" none; "bfloat16" / "float16" autocast on any device. The DDIM steps stay in the
+# sampler's dtype.
+SAMPLE_AUTOCAST = ("auto", "off", "bfloat16", "float16")
+
+
+def autocast_dtype(mode: str, device) -> Optional[torch.dtype]:
+    """The autocast dtype that ``mode`` (one of SAMPLE_AUTOCAST) gives on ``device``, or None."""
+    if mode not in SAMPLE_AUTOCAST:
+        raise ValueError(f"sample_autocast must be one of {SAMPLE_AUTOCAST}, got {mode!r}")
+    if mode == "auto":
+        return torch.bfloat16 if torch.device(device).type == "cuda" else None
+    return None if mode == "off" else getattr(torch, mode)
+
+
+def autocast_denoiser(denoiser: Denoiser, mode: str, device) -> Denoiser:
+    """``denoiser`` run under autocast as ``mode`` says on ``device``, its output returned in the
+    dtype of x_t (the DDIM arithmetic stays in the sampler's precision)."""
+    dtype = autocast_dtype(mode, device)
+    if dtype is None:
+        return denoiser
+    device_type = torch.device(device).type
+
+    def run(x, t, cond):
+        with torch.autocast(device_type, dtype=dtype):
+            out = denoiser(x, t, cond)
+        return out.to(x.dtype)
+
+    return run
+
 
 def _check_shape(shape) -> tuple:
     if not shape or any(int(s) < 1 for s in shape):

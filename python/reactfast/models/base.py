@@ -49,6 +49,14 @@ def check_window_noise(config) -> None:
         raise ValueError(f"noise_scale must be > 0, got {config.noise_scale}")
 
 
+def check_sample_autocast(config) -> None:
+    """Raise ValueError unless ``config.sample_autocast`` is one of diffusion.SAMPLE_AUTOCAST."""
+    from reactfast.diffusion import SAMPLE_AUTOCAST
+
+    if config.sample_autocast not in SAMPLE_AUTOCAST:
+        raise ValueError(f"sample_autocast must be one of {SAMPLE_AUTOCAST}, got {config.sample_autocast!r}")
+
+
 @dataclass
 class GeneratorConfig:
     """Fields every generator's configuration has; subclasses add theirs (all with defaults)."""
