@@ -150,7 +150,7 @@ def autocast_dtype(mode: str, device) -> Optional[torch.dtype]:
 
 def autocast_denoiser(denoiser: Denoiser, mode: str, device) -> Denoiser:
     """``denoiser`` run under autocast as ``mode`` says on ``device``, its output returned in the
-    dtype of x_t (the DDIM arithmetic stays in the sampler's precision)."""
+    dtype of x_t (the DDIM arithmetic stays in the sampler's precision); its ``reset`` kept."""
     dtype = autocast_dtype(mode, device)
     if dtype is None:
         return denoiser
@@ -161,6 +161,8 @@ def autocast_denoiser(denoiser: Denoiser, mode: str, device) -> Denoiser:
             out = denoiser(x, t, cond)
         return out.to(x.dtype)
 
+    if hasattr(denoiser, "reset"):
+        run.reset = denoiser.reset
     return run
 
 
@@ -241,7 +243,9 @@ class SamplerGraph:
     Args:
         denoiser: ``denoiser(x_t, t, cond) -> output``, graph-capturable (no host synchronisation,
             no shapes that depend on values). Its parameters are read where they are at capture:
-            update them in place (an optimiser does), never replace them.
+            update them in place (an optimiser does), never replace them. A denoiser that keeps
+            values across the steps of one run (a condition cache) has a ``reset()`` method,
+            called at the start of each recorded run so the graph recomputes them.
         shape: (B, ...) of the samples.
         cond: an example condition (B, ...) fixing its shape and dtype, or None for none.
         scheduler, steps, guidance_scale, dtype, backend: as :func:`sample`.
@@ -283,8 +287,14 @@ class SamplerGraph:
         self._noises = None
         if self.scheduler.eta > 0:
             self._noises = torch.zeros((run.steps,) + self.shape, dtype=dtype, device=self.device)
-        self._replay, self._out = (capture or capture_cuda_graph)(
-            lambda: run(self._x, self._cond, self._noises), self.device)
+        reset = getattr(denoiser, "reset", None)
+
+        def record():
+            if reset is not None:  # per-run values (a condition cache) recomputed inside the run
+                reset()
+            return run(self._x, self._cond, self._noises)
+
+        self._replay, self._out = (capture or capture_cuda_graph)(record, self.device)
 
     @torch.no_grad()
     def __call__(self, cond: Optional[torch.Tensor] = None, noise: Optional[torch.Tensor] = None,
@@ -307,6 +317,72 @@ class SamplerGraph:
             self._noises.copy_(noises)
         self._replay()
         return self._out.clone()
+
+
+def _clone_tree(value):
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, dict):
+        return {k: _clone_tree(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_clone_tree(v) for v in value)
+    return value
+
+
+def _copy_tree(dst, src) -> None:
+    if isinstance(dst, torch.Tensor):
+        dst.copy_(src)
+    elif isinstance(dst, dict):
+        for k in dst:
+            _copy_tree(dst[k], src[k])
+    elif isinstance(dst, (tuple, list)):
+        for d, v in zip(dst, src):
+            _copy_tree(d, v)
+
+
+def tree_signature(value):
+    """The shapes, dtypes and devices of the tensors in a nest of dicts and tuples (a cache key)."""
+    if isinstance(value, torch.Tensor):
+        return (tuple(value.shape), value.dtype, str(value.device))
+    if isinstance(value, dict):
+        return tuple((k, tree_signature(v)) for k, v in sorted(value.items()))
+    if isinstance(value, (tuple, list)):
+        return tuple(tree_signature(v) for v in value)
+    return value
+
+
+class SamplerGraphs:
+    """A generator's captured sampling loops, one per shape and settings (the key its caller
+    builds), each with buffers for the extra tensors its denoiser reads (PerFRDiff's per-listener
+    shifts), copied in before every replay. Dropped, not copied, when the model is copied or
+    pickled (a CUDA graph belongs to its process and its parameters' memory)."""
+
+    def __init__(self):
+        self._graphs = {}
+
+    def __reduce__(self):
+        return (SamplerGraphs, ())
+
+    def __len__(self) -> int:
+        return len(self._graphs)
+
+    def clear(self) -> None:
+        self._graphs.clear()
+
+    def sample(self, key, make_denoiser: Callable[[object], Denoiser], extra, shape, cond, scheduler, steps: int,
+               noise: torch.Tensor, dtype: torch.dtype, backend: Optional[str], capture=None) -> torch.Tensor:
+        """x0 for ``noise`` and ``cond`` from the loop captured for ``key`` (captured now when new,
+        with ``make_denoiser(buffers of extra)``)."""
+        key = (key, tree_signature(extra))
+        entry = self._graphs.get(key)
+        if entry is None:
+            buffers = _clone_tree(extra)
+            graph = SamplerGraph(make_denoiser(buffers), shape, cond, scheduler, steps, None, noise.device, dtype,
+                                 backend, capture)
+            entry = self._graphs[key] = (graph, buffers)
+        graph, buffers = entry
+        _copy_tree(buffers, extra)
+        return graph(cond, noise=noise)
 
 
 # Captured sampling loops of sample(cuda_graph=True), per denoiser (dropped with it) and per

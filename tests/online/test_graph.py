@@ -101,3 +101,58 @@ def test_graph_option_errors():
         StreamRunner(tiny().train(), graph=True, capture=_rerun_on_replay)
     with pytest.raises(ValueError, match="not known to be capturable"):
         StreamRunner(tiny_perfrdiff().eval(), graph=True, capture=_rerun_on_replay)
+
+
+def _rerun_loop(fn, device):
+    out = fn()
+    return (lambda: out.copy_(fn())), out
+
+
+@pytest.mark.parametrize("guidance", [None, 2.0])
+def test_perfrdiff_sampling_on_captured_loops_equals_eager(device, monkeypatch, guidance):
+    """PerFRDiff with sample_cuda_graph: the loop captured once per shape and replayed with new
+    conditions, noise and listeners' shifts (copied into the capture's buffers) equals the eager
+    loop; the condition cache is recomputed inside every recorded run (its reset)."""
+    model = tiny_perfrdiff(sample_cuda_graph=True).eval().to(device)
+    if device.type == "cpu":
+        monkeypatch.setattr(type(model), "graph_capture", staticmethod(_rerun_loop))
+    eager = tiny_perfrdiff().eval().to(device)
+    g = torch.Generator().manual_seed(0)
+    cfg = model.config
+    for trial in range(3):
+        history = torch.randn(2, 12, 58, generator=g).to(device)
+        with torch.no_grad():
+            shifts = model.shifts_for(history)
+        cond = torch.randn(6, cfg.window, cfg.cond_dim, generator=g).to(device)
+        noise = torch.randn(6, cfg.window, cfg.out_dim, generator=g).to(device)
+        want = eager.sample_windows(cond, noise, shifts, guidance)
+        got = model.sample_windows(cond, noise, shifts, guidance)
+        if device.type == "cpu":
+            assert torch.equal(want, got), trial
+        else:
+            assert_close(f"trial {trial}", want, got, atol=1e-5, rtol=1e-5)
+    assert len(model.sampler_graphs()) == 1
+    model.sampler_graphs().clear()
+
+
+def test_reactdiff_sampling_on_captured_loops_equals_eager(device, monkeypatch):
+    from tests.models.test_reactdiff import tiny as tiny_reactdiff
+
+    model = tiny_reactdiff(sample_cuda_graph=True).eval().to(device)
+    if device.type == "cpu":
+        monkeypatch.setattr(type(model), "graph_capture", staticmethod(_rerun_loop))
+    eager = tiny_reactdiff().eval().to(device)
+    for seed in (1, 2):
+        speaker = torch.rand(2, 20, 25, generator=torch.Generator().manual_seed(seed)).to(device)
+        audio = torch.randn(2, 40, 4, generator=torch.Generator().manual_seed(seed)).to(device)
+        want = eager.generate(speaker, audio, 2, torch.Generator().manual_seed(seed))
+        got = model.generate(speaker, audio, 2, torch.Generator().manual_seed(seed))
+        for key in want:
+            if device.type == "cpu":
+                assert torch.equal(want[key], got[key]), key
+            else:
+                assert_close(key, want[key], got[key], atol=1e-5, rtol=1e-5)
+    assert len(model.sampler_graphs()) == 1
+    import copy
+
+    assert len(copy.deepcopy(model).sampler_graphs()) == 0  # captures are not copied

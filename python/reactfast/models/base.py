@@ -18,7 +18,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
 
 import torch
 from torch import nn
@@ -103,6 +103,23 @@ class Generator(nn.Module, metaclass=abc.ABCMeta):
     # Whether ``step`` can be captured in a CUDA graph (no host reads, no tensors from host data,
     # shapes fixed by the batch layout): ``StreamRunner(graph=True)`` runs only such models.
     graph_capturable: ClassVar[bool] = False
+    # How a diffusion generator's sampling loop is recorded when its config asks for CUDA graphs
+    # (None: a CUDA graph, on CUDA devices only). The tests set a re-run to check the loop's buffers
+    # on a CPU.
+    graph_capture: ClassVar[Optional[Callable]] = None
+
+    def sampler_graphs(self):
+        """This generator's captured sampling loops (``diffusion.SamplerGraphs``; ``.clear()``
+        frees them, as moving the model to another device should)."""
+        from reactfast.diffusion import SamplerGraphs
+
+        return self.__dict__.setdefault("_sampler_graphs", SamplerGraphs())
+
+    def _graph_sampling(self, device) -> bool:
+        """Whether sampling on ``device`` runs on captured loops (config.sample_cuda_graph)."""
+        if not getattr(self.config, "sample_cuda_graph", False):
+            return False
+        return torch.device(device).type == "cuda" or self.graph_capture is not None
 
     def __init__(self, config: Optional[GeneratorConfig] = None, backend: Optional[str] = None, **overrides):
         super().__init__()

@@ -84,6 +84,9 @@ class PerFRDiffConfig(GeneratorConfig):
     # The denoiser's precision when sampling (diffusion.SAMPLE_AUTOCAST): "auto" is bf16 autocast on
     # CUDA (x0 prediction, clamped: the test model's samples within 9e-3 relative of float64).
     sample_autocast: str = "auto"
+    # Sampling on CUDA graphs: each (rows, shapes, guidance, steps) loop captured once per model and
+    # replayed (diffusion.SamplerGraphs); CUDA devices only, the eager loop elsewhere.
+    sample_cuda_graph: bool = False
     style_dim: int = 512
     style_layers: int = 4
     style_heads: int = 4
@@ -538,6 +541,7 @@ class PerFRDiff(Generator):
         if guidance is None:
             def plain(x, t, cond):
                 return self.gafrg.activate(self.logits(x, t, cond, shifts, cached(cond, lambda: cond)).to(x.dtype))
+            plain.reset = memo.clear
             return plain
 
         def denoise(x, t, cond):
@@ -552,6 +556,7 @@ class PerFRDiff(Generator):
             out = out.reshape(groups, 2, -1, *out.shape[1:])
             cond_out, null_out = (out[:, k].reshape(rows, *out.shape[3:]) for k in (0, 1))
             return self.gafrg.activate(null_out + guidance * (cond_out - null_out))
+        denoise.reset = memo.clear  # a captured run recomputes the cache from its condition buffer
         return denoise
 
     @torch.no_grad()
@@ -592,10 +597,20 @@ class PerFRDiff(Generator):
         for lo in range(0, R, per_call):
             hi = min(R, lo + per_call)
             sh = None if shifts is None else _rows_of(shifts, lo // group, hi // group)
-            denoiser = autocast_denoiser(self._denoiser(sh, guidance, cache_condition), self.config.sample_autocast,
-                                         cond.device)
-            outs.append(sample(denoiser, (hi - lo,) + tuple(noise.shape[1:]),
-                               cond[lo:hi], self.scheduler, steps, noise=noise[lo:hi],
+            shape = (hi - lo,) + tuple(noise.shape[1:])
+
+            def denoiser_for(shift_rows):
+                return autocast_denoiser(self._denoiser(shift_rows, guidance, cache_condition),
+                                         self.config.sample_autocast, cond.device)
+
+            if self._graph_sampling(cond.device):
+                key = (shape, tuple(cond.shape[1:]), cond.dtype, guidance, steps, cache_condition,
+                       self.config.sample_autocast, self.backend_for("ddim"))
+                outs.append(self.sampler_graphs().sample(key, denoiser_for, sh, shape, cond[lo:hi], self.scheduler,
+                                                         steps, noise[lo:hi], noise.dtype, self.backend_for("ddim"),
+                                                         self.graph_capture))
+                continue
+            outs.append(sample(denoiser_for(sh), shape, cond[lo:hi], self.scheduler, steps, noise=noise[lo:hi],
                                device=cond.device, dtype=noise.dtype, backend=self.backend_for("ddim")))
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 

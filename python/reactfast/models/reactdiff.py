@@ -99,6 +99,9 @@ class ReactDiffConfig(GeneratorConfig):
     # prediction a bf16 denoiser's rounding is amplified by 1 / sqrt(alpha_bar) at the noisy steps
     # (the test model's samples moved 0.43 relative to float64, float32's 1.6e-3).
     sample_autocast: str = "off"
+    # Sampling on CUDA graphs: each shape's loop captured once per model and replayed
+    # (diffusion.SamplerGraphs); CUDA devices only, the eager loop elsewhere.
+    sample_cuda_graph: bool = False
     emotion_weight: float = 10.0
     tdmm_weight: float = 10.0
     lr: float = 1e-4
@@ -435,9 +438,18 @@ class ReactDiff(Generator):
                 return self(x, t, c, ema=True)
         if cfg.noise_scale != 1.0:
             noise = noise * cfg.noise_scale
-        z = sample(autocast_denoiser(denoiser, cfg.sample_autocast, noise.device), tuple(noise.shape), cond,
-                   self.scheduler, self.config.train_steps, noise=noise, device=noise.device, dtype=noise.dtype,
-                   backend=self.backend_for("ddim"))
+        backend = self.backend_for("ddim")
+        if self._graph_sampling(noise.device):
+            key = (tuple(noise.shape), tuple(cond.shape), cond.dtype, noise.dtype, cfg.sample_autocast,
+                   cfg.cond_frames, backend)
+            z = self.sampler_graphs().sample(key, lambda _: autocast_denoiser(denoiser, cfg.sample_autocast,
+                                                                              noise.device),
+                                             None, tuple(noise.shape), cond, self.scheduler, cfg.train_steps, noise,
+                                             noise.dtype, backend, self.graph_capture)
+        else:
+            z = sample(autocast_denoiser(denoiser, cfg.sample_autocast, noise.device), tuple(noise.shape), cond,
+                       self.scheduler, cfg.train_steps, noise=noise, device=noise.device, dtype=noise.dtype,
+                       backend=backend)
         return self.mmt.decode(self.denormalize(z))
 
     @torch.no_grad()
