@@ -13,6 +13,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
+from reactfast import _backend
 from reactfast.ops.ddim import ddim_step
 from reactfast.reference.ddim import PREDICTIONS
 
@@ -71,7 +72,9 @@ class DDIMScheduler:
             t = torch.as_tensor(t)
         if t.is_floating_point():
             raise TypeError(f"{name} must hold integer timesteps, got dtype {t.dtype}")
-        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.num_train_steps):
+        # The range is read back only where the host may (not for CUDA tensors: a training step
+        # stays free of synchronisations; a bad timestep there fails the device's index check).
+        if t.numel() and _backend.host_checks_allowed(t) and (int(t.min()) < 0 or int(t.max()) >= self.num_train_steps):
             raise ValueError(f"{name} must lie in [0, {self.num_train_steps}), got [{int(t.min())}, {int(t.max())}]")
         return t.long()
 

@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reactfast import _backend
 from reactfast.data import layout
 from reactfast.diffusion import DDIMScheduler, autocast_denoiser, sample
 from reactfast.models._inputs import check_speaker_audio, pad_to_windows
@@ -236,9 +237,15 @@ class PSSL(nn.Module):
             got = tuple(history.shape) if isinstance(history, torch.Tensor) else type(history).__name__
             raise ValueError(f"listener history must be (B, L, {layout.TDMM_DIM}) 3DMM frames, got {got}")
         B, L, _ = history.shape
-        lengths = torch.full((B,), L, device=history.device) if lengths is None else lengths.to(history.device)
-        if int(lengths.min()) < self.cfg.min_history:
-            raise ValueError(f"listener history too short: {int(lengths.min())} frames, at least "
+        shortest = L
+        if lengths is None:
+            lengths = torch.full((B,), L, device=history.device)
+        else:
+            lengths = lengths.to(history.device)
+            if _backend.host_checks_allowed(lengths):  # given lengths read back only where the host may
+                shortest = int(lengths.min())
+        if shortest < self.cfg.min_history:
+            raise ValueError(f"listener history too short: {shortest} frames, at least "
                              f"{self.cfg.min_history} are needed")
         x = self.proj_in(history) + sinusoid(torch.arange(L, device=history.device), self.cfg.style_dim)[None]
         x = torch.cat([self.cls.expand(B, -1, -1), x], 1)
@@ -257,10 +264,10 @@ def supervised_contrastive(p: torch.Tensor, labels: torch.Tensor, temperature: f
     log_prob = sim - torch.logsumexp(sim.masked_fill(eye, float("-inf")), 1, keepdim=True)
     counts = positive.sum(1)
     has = counts > 0
-    if not bool(has.any()):
-        return p.sum() * 0.0
-    per_anchor = -(log_prob * positive).sum(1)[has] / counts[has]
-    return per_anchor.mean()
+    # The mean over anchors with a positive, written without reading `has` back (no host
+    # synchronisation in a GPU training step); 0 when none has one.
+    per_anchor = -(log_prob * positive).sum(1) / counts.clamp_min(1)
+    return (per_anchor * has).sum() / has.sum().clamp_min(1) + p.sum() * 0.0
 
 
 def _layer_shape(module: nn.Module) -> Tuple[int, int]:
