@@ -115,7 +115,7 @@ def test_perfrdiff_sampling_on_captured_loops_equals_eager(device, monkeypatch, 
     loop; the condition cache is recomputed inside every recorded run (its reset)."""
     model = tiny_perfrdiff(sample_cuda_graph=True).eval().to(device)
     if device.type == "cpu":
-        monkeypatch.setattr(type(model), "graph_capture", staticmethod(_rerun_loop))
+        model.graph_capture = _rerun_loop  # on the instance: this model only
     eager = tiny_perfrdiff().eval().to(device)
     g = torch.Generator().manual_seed(0)
     cfg = model.config
@@ -140,7 +140,7 @@ def test_reactdiff_sampling_on_captured_loops_equals_eager(device, monkeypatch):
 
     model = tiny_reactdiff(sample_cuda_graph=True).eval().to(device)
     if device.type == "cpu":
-        monkeypatch.setattr(type(model), "graph_capture", staticmethod(_rerun_loop))
+        monkeypatch.setattr(type(model), "graph_capture", _rerun_loop)  # on the class: a plain function
     eager = tiny_reactdiff().eval().to(device)
     for seed in (1, 2):
         speaker = torch.rand(2, 20, 25, generator=torch.Generator().manual_seed(seed)).to(device)

@@ -103,9 +103,9 @@ class Generator(nn.Module, metaclass=abc.ABCMeta):
     # Whether ``step`` can be captured in a CUDA graph (no host reads, no tensors from host data,
     # shapes fixed by the batch layout): ``StreamRunner(graph=True)`` runs only such models.
     graph_capturable: ClassVar[bool] = False
-    # How a diffusion generator's sampling loop is recorded when its config asks for CUDA graphs
-    # (None: a CUDA graph, on CUDA devices only). The tests set a re-run to check the loop's buffers
-    # on a CPU.
+    # How a diffusion generator's sampling loop is recorded when its config asks for CUDA graphs:
+    # None for a CUDA graph (CUDA devices only), else capture(fn, device) -> (replay, out), set on
+    # the instance or the class. The tests set a re-run to check the loop's buffers on a CPU.
     graph_capture: ClassVar[Optional[Callable]] = None
 
     def sampler_graphs(self):
@@ -115,11 +115,17 @@ class Generator(nn.Module, metaclass=abc.ABCMeta):
 
         return self.__dict__.setdefault("_sampler_graphs", SamplerGraphs())
 
+    def _capture_fn(self) -> Optional[Callable]:
+        """graph_capture as set on the instance or the class (a plain function either way, never
+        bound to the model)."""
+        fn = self.__dict__.get("graph_capture")
+        return fn if fn is not None else getattr(type(self), "graph_capture", None)
+
     def _graph_sampling(self, device) -> bool:
         """Whether sampling on ``device`` runs on captured loops (config.sample_cuda_graph)."""
         if not getattr(self.config, "sample_cuda_graph", False):
             return False
-        return torch.device(device).type == "cuda" or self.graph_capture is not None
+        return torch.device(device).type == "cuda" or self._capture_fn() is not None
 
     def __init__(self, config: Optional[GeneratorConfig] = None, backend: Optional[str] = None, **overrides):
         super().__init__()

@@ -615,7 +615,7 @@ class PerFRDiff(Generator):
                        self.config.sample_autocast, self.backend_for("ddim"))
                 outs.append(self.sampler_graphs().sample(key, denoiser_for, sh, shape, cond[lo:hi], self.scheduler,
                                                          steps, noise[lo:hi], noise.dtype, self.backend_for("ddim"),
-                                                         self.graph_capture))
+                                                         self._capture_fn()))
                 continue
             outs.append(sample(denoiser_for(sh), shape, cond[lo:hi], self.scheduler, steps, noise=noise[lo:hi],
                                device=cond.device, dtype=noise.dtype, backend=self.backend_for("ddim")))

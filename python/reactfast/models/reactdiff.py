@@ -445,7 +445,7 @@ class ReactDiff(Generator):
             z = self.sampler_graphs().sample(key, lambda _: autocast_denoiser(denoiser, cfg.sample_autocast,
                                                                               noise.device),
                                              None, tuple(noise.shape), cond, self.scheduler, cfg.train_steps, noise,
-                                             noise.dtype, backend, self.graph_capture)
+                                             noise.dtype, backend, self._capture_fn())
         else:
             z = sample(autocast_denoiser(denoiser, cfg.sample_autocast, noise.device), tuple(noise.shape), cond,
                        self.scheduler, cfg.train_steps, noise=noise, device=noise.device, dtype=noise.dtype,
