@@ -165,7 +165,8 @@ const char* launch_warp_kernel(const float* x, const float* y, const index_t* of
   const size_t per_warp = warp_dtw::border_bytes<L>(Tx, Ty) + warp_dtw::ring_bytes(D);
   while (warps > 1 && warps * per_warp > kSharedLimit) --warps;
   const size_t shared = warps * per_warp;
-  if (shared > kSharedLimit) return "weighted_dtw_min_cuda: candidates longer than about 8,000 frames are not supported";
+  if (shared > kSharedLimit)
+    return "weighted_dtw_min_cuda: candidates longer than about 8,000 frames are not supported";
   auto kernel = weighted_dtw_min_warp_kernel<L>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(shared));

@@ -7,8 +7,9 @@
 // step t - 1, by a warp shuffle; the corner (the row above, column j - 1) is what lane l received
 // at the step before. The candidate's rows reach the lanes through a ring of 64 rows in shared
 // memory that the warp refills every 32 steps with coalesced loads (the lanes read 32 consecutive
-// rows at once, at an odd stride: no bank conflicts). A warp covers 32 S rows per pass; a longer query takes several passes, the
-// last row of one pass kept in a border row (shared memory) that lane 0 of the next pass reads.
+// rows at once, at an odd stride: no bank conflicts). A warp covers 32 S rows per pass; a longer
+// query takes several passes, the last row of one pass kept in a border row (shared memory) that
+// lane 0 of the next pass reads.
 // Every path from (0, 0) to (Tx - 1, Ty - 1) crosses each border row, and DP values only grow
 // along a path, so sum_g w_g sqrt(min_j border_g[j]) bounds the pair's value from below: a pair
 // whose bound exceeds the best value its query already has is abandoned (exact: the minimum and
@@ -245,7 +246,9 @@ RF_HOST_DEVICE inline size_t border_bytes(index_t Tx, index_t Ty) {
   const index_t rows = static_cast<index_t>(kWarp) * L::kStrip;
   return Tx > rows ? kGroups * static_cast<size_t>(Ty) * sizeof(double) : 0;
 }
-RF_HOST_DEVICE inline size_t ring_bytes(index_t D) { return static_cast<size_t>(kRingRows) * ring_stride(D) * sizeof(float); }
+RF_HOST_DEVICE inline size_t ring_bytes(index_t D) {
+  return static_cast<size_t>(kRingRows) * ring_stride(D) * sizeof(float);
+}
 
 }  // namespace warp_dtw
 }  // namespace reactfast
