@@ -62,6 +62,20 @@ reactfast::DtwGroups make_groups(const py::list& spec) {
 
 using Buf = const py::object&;
 
+// The buffers of a search over each query's candidates (CSR lists): queries x, targets y, and per
+// query its best value and the candidate attaining it.
+struct CandidateSearch {
+  const float* x;
+  const float* y;
+  const index_t* offset;
+  const index_t* index;
+  double* best;
+  index_t* arg;
+  CandidateSearch(Buf x_, Buf y_, Buf offset_, Buf index_, Buf best_, Buf arg_)
+      : x(ptr<const float>(x_)), y(ptr<const float>(y_)), offset(ptr<const index_t>(offset_)),
+        index(ptr<const index_t>(index_)), best(ptr<double>(best_)), arg(ptr<index_t>(arg_)) {}
+};
+
 }  // namespace
 
 #if !defined(REACTFAST_WITH_CUDA)
@@ -154,16 +168,12 @@ PYBIND11_MODULE(_C, m) {
                                    index_t Ty, index_t D, const py::list& groups, bool abandon, Buf out_min,
                                    Buf out_arg) {
     const auto g = make_groups(groups);
-    auto px = ptr<const float>(x);
-    auto py_ = ptr<const float>(y);
-    auto po = ptr<const index_t>(cand_offset);
-    auto pi = ptr<const index_t>(cand_index);
-    auto pmin = ptr<double>(out_min);
-    auto parg = ptr<index_t>(out_arg);
+    const CandidateSearch c(x, y, cand_offset, cand_index, out_min, out_arg);
     index_t cells = 0;
     {
       py::gil_scoped_release release;
-      reactfast::weighted_dtw_min_cpu(px, py_, po, pi, M, G, Tx, Ty, D, g, abandon, pmin, parg, &cells);
+      reactfast::weighted_dtw_min_cpu(c.x, c.y, c.offset, c.index, M, G, Tx, Ty, D, g, abandon, c.best, c.arg,
+                                      &cells);
     }
     return cells;
   }, "min over candidates of the weighted group DTW; returns the number of DP cells computed");
@@ -173,14 +183,10 @@ PYBIND11_MODULE(_C, m) {
                                                  int warps, Buf out_min, Buf out_arg) {
     const auto g = make_groups(groups);
     if (D > 32 || warps < 1 || warps > 8) throw std::invalid_argument("D must be <= 32 and warps in [1, 8]");
-    auto px = ptr<const float>(x);
-    auto py_ = ptr<const float>(y);
-    auto po = ptr<const index_t>(cand_offset);
-    auto pi = ptr<const index_t>(cand_index);
-    auto pmin = ptr<double>(out_min);
-    auto parg = ptr<index_t>(out_arg);
+    const CandidateSearch c(x, y, cand_offset, cand_index, out_min, out_arg);
     py::gil_scoped_release release;
-    return reactfast::weighted_dtw_min_warp_emulated(px, py_, po, pi, M, Tx, Ty, D, g, abandon, warps, pmin, parg);
+    return reactfast::weighted_dtw_min_warp_emulated(c.x, c.y, c.offset, c.index, M, Tx, Ty, D, g, abandon, warps,
+                                                     c.best, c.arg);
   }, "the CUDA warp-wavefront DTW's schedule emulated on the CPU (for tests); returns the pairs abandoned");
 
   m.def("weighted_dtw_min_cuda", [](Buf x, Buf y, Buf cand_offset, Buf cand_index, index_t M, index_t Tx, index_t Ty,
@@ -188,17 +194,12 @@ PYBIND11_MODULE(_C, m) {
                                     Buf out_arg, std::uintptr_t stream) {
 #if defined(REACTFAST_WITH_CUDA)
     const auto g = make_groups(groups);
-    auto px = ptr<const float>(x);
-    auto py_ = ptr<const float>(y);
-    auto po = ptr<const index_t>(cand_offset);
-    auto pi = ptr<const index_t>(cand_index);
-    auto pmin = ptr<double>(out_min);
-    auto parg = ptr<index_t>(out_arg);
+    const CandidateSearch c(x, y, cand_offset, cand_index, out_min, out_arg);
     const char* err;
     {
       py::gil_scoped_release release;
-      err = reactfast::weighted_dtw_min_cuda(px, py_, po, pi, M, Tx, Ty, D, g, abandon, warps, pmin, parg,
-                                             stream_of(stream));
+      err = reactfast::weighted_dtw_min_cuda(c.x, c.y, c.offset, c.index, M, Tx, Ty, D, g, abandon, warps, c.best,
+                                             c.arg, stream_of(stream));
     }
     check(err, "weighted_dtw_min_cuda");
 #else
@@ -236,14 +237,9 @@ PYBIND11_MODULE(_C, m) {
 
   m.def("ccc_max_cpu", [](Buf x, Buf y, Buf cand_offset, Buf cand_index, index_t M, index_t G, index_t T, index_t D,
                           Buf out_max, Buf out_arg) {
-    auto px = ptr<const float>(x);
-    auto py_ = ptr<const float>(y);
-    auto po = ptr<const index_t>(cand_offset);
-    auto pi = ptr<const index_t>(cand_index);
-    auto pmax = ptr<double>(out_max);
-    auto parg = ptr<index_t>(out_arg);
+    const CandidateSearch c(x, y, cand_offset, cand_index, out_max, out_arg);
     py::gil_scoped_release release;
-    reactfast::ccc_max_cpu(px, py_, po, pi, M, G, T, D, pmax, parg);
+    reactfast::ccc_max_cpu(c.x, c.y, c.offset, c.index, M, G, T, D, c.best, c.arg);
   }, "max over candidates of the mean-over-dims CCC");
 
   m.def("tlcc_cpu", [](Buf x, Buf y, Buf rs, index_t M, index_t T, index_t D, index_t L) {

@@ -62,15 +62,8 @@ index_t emulate(const float* x, const float* y, const index_t* offset, const ind
         }
         if (v < w->best_value) w->best_value = v;
       }
-      // The block's reduction: the least value, ties to the candidate listed first.
-      double best = INFINITY;
-      index_t pos = -1;
-      for (int k = 0; k < warps; ++k)
-        if (warp_pos[k] >= 0 && (pos < 0 || warp_best[k] < best || (warp_best[k] == best && warp_pos[k] < pos))) {
-          best = warp_best[k];
-          pos = warp_pos[k];
-        }
-      out_min[m] = best;
+      // The block's reduction, as the kernel's.
+      const index_t pos = warp_dtw::least_first(warp_best.data(), warp_pos.data(), warps, &out_min[m]);
       out_arg[m] = pos < 0 ? -1 : index[pos];
     }
   }

@@ -144,14 +144,7 @@ __global__ void __launch_bounds__(warp_dtw::kWarp* kMaxWarps)
   }
   __syncthreads();
   if (threadIdx.x == 0) {
-    double value = INFINITY;
-    index_t at = -1;
-    for (int i = 0; i < warps; ++i)
-      if (warp_pos[i] >= 0 && (at < 0 || warp_best[i] < value || (warp_best[i] == value && warp_pos[i] < at))) {
-        value = warp_best[i];
-        at = warp_pos[i];
-      }
-    out_min[m] = value;
+    const index_t at = warp_dtw::least_first(warp_best, warp_pos, warps, &out_min[m]);
     out_arg[m] = at < 0 ? -1 : index[at];
   }
 }

@@ -239,6 +239,19 @@ RF_HOST_DEVICE double pair_value(W& w, const float* xq, const float* yc, index_t
   return w.from_lane(value, owner);
 }
 
+// A query's block result from its warps' bests: the least value, ties to the candidate listed
+// first (position -1: a warp that had no candidate). Returns the position, -1 when none.
+RF_HOST_DEVICE inline index_t least_first(const double* value, const index_t* pos, int warps, double* best) {
+  index_t at = -1;
+  *best = INFINITY;
+  for (int k = 0; k < warps; ++k)
+    if (pos[k] >= 0 && (at < 0 || value[k] < *best || (value[k] == *best && pos[k] < at))) {
+      *best = value[k];
+      at = pos[k];
+    }
+  return at;
+}
+
 // Shared memory (bytes) of one warp: its border rows (only for queries longer than one pass), then
 // its candidate ring.
 template <class L>
