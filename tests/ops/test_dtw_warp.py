@@ -47,7 +47,7 @@ def _run(pred, gt, cand, groups, abandon, warps, device):
         out = weighted_dtw_min(pred.to(device), gt.to(device), tuple(c.to(device) for c in cand), groups=groups,
                                abandon=abandon, backend="cuda")
         return out[0].cpu(), out[1].cpu()
-    return weighted_dtw_min_warp_emulated(pred, gt, *cand, groups, abandon=abandon, warps=warps)[:2]
+    return weighted_dtw_min_warp_emulated(pred, gt, cand, groups, abandon=abandon, warps=warps)[:2]
 
 
 @pytest.mark.parametrize("Tx,Ty,D,groups", SHAPES)
@@ -72,8 +72,8 @@ def test_emulated_abandoning_is_exact_and_prunes():
     pred = (gt[[3, 10, 17, 20]] + 0.02 * torch.randn(4, Tx, 25, generator=g)).contiguous()
     cand = from_lists([list(range(24))] * 4)
     groups = [tuple(x) for x in REACT_GROUPS]
-    full = weighted_dtw_min_warp_emulated(pred, gt, *cand, groups, abandon=False)
-    fast = weighted_dtw_min_warp_emulated(pred, gt, *cand, groups, abandon=True)
+    full = weighted_dtw_min_warp_emulated(pred, gt, cand, groups, abandon=False)
+    fast = weighted_dtw_min_warp_emulated(pred, gt, cand, groups, abandon=True)
     assert full[2] == 0
     assert torch.equal(full[0], fast[0]) and torch.equal(full[1], fast[1])
     assert fast[1].tolist() == [3, 10, 17, 20]
@@ -88,7 +88,20 @@ def test_emulation_agrees_with_the_cpu_backend():
     pred, gt, cand = _inputs(750, 750, 25, M=2, G=4, seed=3)
     pred = pred[:3].contiguous()
     cand = from_lists([[0, 1, 3], [2], [1, 3]])
-    emu = weighted_dtw_min_warp_emulated(pred, gt, *cand, [tuple(x) for x in REACT_GROUPS])
+    emu = weighted_dtw_min_warp_emulated(pred, gt, cand, [tuple(x) for x in REACT_GROUPS])
     cpp = weighted_dtw_min(pred, gt, cand, backend="cpp")
     assert_close("warp emulated vs cpp", cpp[0], emu[0], atol=1e-9, rtol=1e-6)
     assert torch.equal(cpp[1], emu[1])
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(D=33), "at most 32 feature dims"),
+    (dict(warps=0), r"warps must be an int in \[1, 8\]"),
+    (dict(warps=9), r"warps must be an int in \[1, 8\]"),
+    (dict(groups=((0, 40, 1.0),)), "groups: each"),
+])
+def test_emulation_bad_input(kw, match):
+    D = kw.pop("D", 25)
+    pred, gt = torch.rand(2, 5, D), torch.rand(3, 6, D)
+    with pytest.raises(ValueError, match=match):
+        weighted_dtw_min_warp_emulated(pred, gt, from_lists([[0], [1, 2]]), **kw)

@@ -145,17 +145,33 @@ def weighted_dtw_min_unchecked(pred, gt, offset, index, groups, abandon=True, ba
     return out_min, out_arg, None
 
 
-def weighted_dtw_min_warp_emulated(pred, gt, offset, index, groups, abandon=True, warps=WARPS_PER_QUERY):
+def weighted_dtw_min_warp_emulated(pred: torch.Tensor, gt: torch.Tensor, candidates: Tuple[torch.Tensor, torch.Tensor],
+                                   groups: Sequence = REACT_GROUPS, abandon: bool = True,
+                                   warps: int = WARPS_PER_QUERY):
     """The CUDA warp kernel's schedule run on the CPU (all 32 lanes of a warp in lockstep, a query's
-    warps taking its candidates in list order), for testing the kernel where no GPU is at hand: inputs
-    as :func:`weighted_dtw_min_unchecked` on CPU tensors, D <= 32. Returns (min, argmin, pairs
-    abandoned)."""
+    ``warps`` warps taking its candidates in list order), for testing the kernel where no GPU is at
+    hand. Arguments as :func:`weighted_dtw_min`, on CPU tensors with at most 32 feature dims.
+
+    Returns:
+        (min (M,) float64, argmin (M,) int64, number of pairs abandoned).
+    """
+    pred, gt = _sequences("pred", pred), _sequences("gt", gt)
+    check_same_device(pred=pred, gt=gt)
+    if pred.device.type != "cpu":
+        raise ValueError(f"pred and gt must be CPU tensors (the emulation runs on the CPU), got {pred.device}")
     M, Tx, D = pred.shape
+    if gt.shape[2] != D:
+        raise ValueError(f"pred and gt must have the same last dim, got {D} and {gt.shape[2]}")
+    if D > WARP_MAX_DIMS:
+        raise ValueError(f"the warp kernel takes at most {WARP_MAX_DIMS} feature dims, got {D}")
+    if isinstance(warps, bool) or not isinstance(warps, int) or not 1 <= warps <= 8:
+        raise ValueError(f"warps must be an int in [1, 8], got {warps!r}")
+    groups = check_groups(groups, D)
+    offset, index = check_candidates("candidates", candidates, M, gt.shape[0])
     out_min = _backend.empty((M,), torch.float64, pred.device)
     out_arg = _backend.empty((M,), torch.int64, pred.device)
     abandoned = _backend.native().weighted_dtw_min_warp_emulated_cpu(pred, gt, offset, index, M, Tx, gt.shape[1], D,
-                                                                     groups, bool(abandon), int(warps), out_min,
-                                                                     out_arg)
+                                                                     groups, bool(abandon), warps, out_min, out_arg)
     return out_min, out_arg, abandoned
 
 
