@@ -7,6 +7,7 @@ guidance 7.5. ReactDiff: ``DDIMScheduler(20, "cosine", prediction="eps", clip=1.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import weakref
 from typing import Callable, Optional, Sequence, Union
@@ -322,25 +323,34 @@ class SamplerGraph:
         return self._out.clone()
 
 
-def _clone_tree(value):
+def clone_tree(value):
+    """A copy of a nest of tensors in dicts, tuples, lists and dataclasses (other leaves shared):
+    the input or output buffers of a captured graph."""
     if isinstance(value, torch.Tensor):
         return value.clone()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(value, **{f.name: clone_tree(getattr(value, f.name))
+                                             for f in dataclasses.fields(value) if f.init})
     if isinstance(value, dict):
-        return {k: _clone_tree(v) for k, v in value.items()}
+        return {k: clone_tree(v) for k, v in value.items()}
     if isinstance(value, (tuple, list)):
-        return type(value)(_clone_tree(v) for v in value)
+        return type(value)(clone_tree(v) for v in value)
     return value
 
 
-def _copy_tree(dst, src) -> None:
+def copy_tree(dst, src) -> None:
+    """Copy the tensors of ``src`` into the same-shaped nest ``dst`` (see :func:`clone_tree`)."""
     if isinstance(dst, torch.Tensor):
         dst.copy_(src)
+    elif dataclasses.is_dataclass(dst) and not isinstance(dst, type):
+        for f in dataclasses.fields(dst):
+            copy_tree(getattr(dst, f.name), getattr(src, f.name))
     elif isinstance(dst, dict):
         for k in dst:
-            _copy_tree(dst[k], src[k])
+            copy_tree(dst[k], src[k])
     elif isinstance(dst, (tuple, list)):
         for d, v in zip(dst, src):
-            _copy_tree(d, v)
+            copy_tree(d, v)
 
 
 def tree_signature(value):
@@ -379,12 +389,12 @@ class SamplerGraphs:
         key = (key, tree_signature(extra))
         entry = self._graphs.get(key)
         if entry is None:
-            buffers = _clone_tree(extra)
+            buffers = clone_tree(extra)
             graph = SamplerGraph(make_denoiser(buffers), shape, cond, scheduler, steps, None, noise.device, dtype,
                                  backend, capture)
             entry = self._graphs[key] = (graph, buffers)
         graph, buffers = entry
-        _copy_tree(buffers, extra)
+        copy_tree(buffers, extra)
         return graph(cond, noise=noise)
 
 

@@ -267,7 +267,7 @@ def supervised_contrastive(p: torch.Tensor, labels: torch.Tensor, temperature: f
     # The mean over anchors with a positive, written without reading `has` back (no host
     # synchronisation in a GPU training step); 0 when none has one.
     per_anchor = -(log_prob * positive).sum(1) / counts.clamp_min(1)
-    return (per_anchor * has).sum() / has.sum().clamp_min(1) + p.sum() * 0.0
+    return (per_anchor * has).sum() / has.sum().clamp_min(1)
 
 
 def _layer_shape(module: nn.Module) -> Tuple[int, int]:

@@ -461,16 +461,10 @@ class ReactFace(Generator):
         if x.shape[0] != state.batch:
             raise ValueError(f"speaker inputs must have one row per conversation ({G}) or per sample "
                              f"({state.batch}), got {x.shape[0]}")
-        return x.index_select(0, self._first_rows(state.rows, x.device))
-
-    def _first_rows(self, rows: Tuple[int, ...], device) -> torch.Tensor:
-        """Each conversation's first sample row, made once per batch layout and device (a tensor
-        from host data inside a CUDA graph capture would be read from freed memory on replay)."""
-        cache = self.__dict__.setdefault("_first_rows_cache", {})
-        key = (rows, str(device))
-        if key not in cache:
-            cache[key] = torch.tensor([sum(rows[:g]) for g in range(len(rows))], device=device)
-        return cache[key]
+        # Each conversation's first sample row, found on the device from the sorted ``group`` (no
+        # tensor from host data: a CUDA graph replay would read it from freed memory).
+        firsts = torch.searchsorted(state.group, torch.arange(G, device=state.group.device))
+        return x.index_select(0, firsts.to(x.device))
 
     def step(self, state: ReactFaceState, speaker: torch.Tensor, audio: torch.Tensor, noise: torch.Tensor):
         """Advance every conversation by one window.

@@ -11,7 +11,6 @@ Every ``reactfast.models.base.Generator`` streams: a stream calls its ``init_sta
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 from typing import Dict, List, Optional, Sequence
 
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from reactfast import _backend
+from reactfast.diffusion import capture_cuda_graph, clone_tree, copy_tree
 
 
 class StreamClosed(RuntimeError):
@@ -175,26 +175,18 @@ class _GraphedStep:
     window's speaker, audio and noise) copied into before each replay, outputs copied out after."""
 
     def __init__(self, model: nn.Module, state, speaker, audio, noise, capture):
-        self.names = [f.name for f in dataclasses.fields(state) if isinstance(getattr(state, f.name), torch.Tensor)]
-        self.state = dataclasses.replace(state, **{n: getattr(state, n).clone() for n in self.names})
-        self.inputs = (speaker.clone(), audio.clone(), noise.clone())
+        self.inputs = clone_tree((state, speaker, audio, noise))
 
         def fn():
             with _backend.graph_safe():
-                return model.step(self.state, *self.inputs)
+                return model.step(*self.inputs)
 
-        self.replay, (self.out, self.new_state) = capture(fn, speaker.device)
+        self.replay, self.outputs = capture(fn, speaker.device)
 
     def __call__(self, state, speaker, audio, noise):
-        for name in self.names:
-            getattr(self.state, name).copy_(getattr(state, name))
-        for buffer, value in zip(self.inputs, (speaker, audio, noise)):
-            buffer.copy_(value)
+        copy_tree(self.inputs, (state, speaker, audio, noise))
         self.replay()
-        new = self.new_state
-        fresh = {f.name: getattr(new, f.name).clone() for f in dataclasses.fields(new)
-                 if isinstance(getattr(new, f.name), torch.Tensor)}
-        return {key: value.clone() for key, value in self.out.items()}, dataclasses.replace(new, **fresh)
+        return clone_tree(self.outputs)
 
 
 class StreamRunner:
@@ -240,8 +232,6 @@ class StreamRunner:
                speaker.dtype, str(speaker.device))
         step = self._graphs.get(key)
         if step is None:
-            from reactfast.diffusion import capture_cuda_graph
-
             step = self._graphs[key] = _GraphedStep(self.model, state, speaker, audio, noise,
                                                     self._capture or capture_cuda_graph)
         return step(state, speaker, audio, noise)
