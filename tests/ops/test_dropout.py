@@ -22,6 +22,30 @@ def test_cpp_equals_reference_bit_for_bit(n, p):
     assert torch.equal(out != 0, ref.keep_mask(x.shape, p, seed))
 
 
+@pytest.mark.parametrize("n", [63, 4097, 70001])
+def test_cpp_non_finite_inputs_equal_reference(n):
+    """Dropped NaNs and infinities give +0 and kept ones pass, forward and backward, as in the
+    reference (the kernel selects bits; a product with a 0/1 mask would give NaN)."""
+    seed = int(torch.randint(0, 2 ** 62, ()))
+    x = torch.randn(n)
+    x[torch.randperm(n)[: n // 3]] = float("nan")
+    x[torch.randperm(n)[: n // 5]] = float("inf")
+    x[torch.randperm(n)[: n // 7]] = -0.0
+    x.requires_grad_(True)
+    g = x.detach().flip(0).clone()
+    outs, grads = [], []
+    for backend in ("cpp", "reference"):
+        out = dropout(x, 0.4, seed=seed, backend=backend)
+        (gx,) = torch.autograd.grad(out, x, g)
+        outs.append(out.detach())
+        grads.append(gx)
+    for a, b in (outs, grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+        assert torch.equal(torch.signbit(a), torch.signbit(b))
+    dropped = ~ref.keep_mask(x.shape, 0.4, seed)
+    assert bool((outs[0][dropped] == 0).all()) and not bool(torch.signbit(outs[0][dropped]).any())
+
+
 def test_reference_hash_matches_32bit_arithmetic():
     """The int64 emulation of the 32-bit mixer against plain Python integers."""
     def mix(x):
