@@ -90,9 +90,10 @@ class Toy(base.Generator):
         B, T, _ = speaker.shape
         W, k = self.config.window, self.config.audio_per_frame
         out = []
-        for lo in range(0, T, W):
+        draws = self.draw_windows(B, num_samples, -(-T // W), generator).to(speaker.device)
+        for i, lo in enumerate(range(0, T, W)):
             hi = min(T, lo + W)
-            noise = self.draw_noise(B * num_samples, generator).to(speaker.device)[:, : hi - lo]
+            noise = draws[i][:, : hi - lo]
             out.append(self._emotion(speaker[:, lo:hi].repeat_interleave(num_samples, 0),
                                      audio[:, k * lo:k * hi].repeat_interleave(num_samples, 0), noise))
         return {"emotion": torch.cat(out, 1).reshape(B, num_samples, T, 25)}

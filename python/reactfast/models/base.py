@@ -176,7 +176,8 @@ class Generator(nn.Module, metaclass=abc.ABCMeta):
     @abc.abstractmethod
     def generate(self, speaker: torch.Tensor, audio: torch.Tensor, num_samples: int = 10,
                  generator: Optional[torch.Generator] = None, **kwargs) -> Dict[str, torch.Tensor]:
-        """``num_samples`` reactions per speaker: {output: (B, S, T, width)}."""
+        """``num_samples`` reactions per speaker: {output: (B, S, T, width)}. ``generator``: one
+        torch.Generator for all the noise, or a sequence of B, one per speaker (``draw_windows``)."""
 
     @abc.abstractmethod
     def init_state(self, batch: int, window: Optional[int] = None, device=None, **kwargs):
@@ -189,6 +190,18 @@ class Generator(nn.Module, metaclass=abc.ABCMeta):
     @abc.abstractmethod
     def draw_noise(self, batch: int, generator: Optional[torch.Generator] = None, window: int = 0) -> torch.Tensor:
         """The random draws one window of ``batch`` streams needs (on the CPU, from ``generator``)."""
+
+    def draw_windows(self, items: int, samples: int, windows: int, generator=None) -> torch.Tensor:
+        """The draws of ``windows`` windows for ``samples`` samples of each of ``items`` speakers:
+        (windows, items * samples, ...), rows b * samples + s, window by window as a stream draws
+        them. ``generator``: None, one torch.Generator for all rows, or a sequence of ``items``
+        generators, one per speaker: each speaker's rows come from its own generator in the order
+        it would draw them alone, so a batch of speakers gets the noise each gets in a call of its
+        own (``reactfast.train.generate_dataset`` batches speakers this way)."""
+        gens = item_generators(generator, items)
+        if gens is None:
+            return torch.stack([self.draw_noise(items * samples, generator) for _ in range(windows)])
+        return torch.stack([torch.cat([self.draw_noise(samples, g) for g in gens]) for _ in range(windows)])
 
     @property
     def window(self) -> int:
@@ -243,6 +256,22 @@ def randn(*shape: int, generator: Optional[torch.Generator] = None) -> torch.Ten
     """Standard normal draws on ``generator``'s device (the CPU without one): any torch.Generator,
     CPU or CUDA, drives the generators' noise."""
     return torch.randn(*shape, generator=generator, device=generator.device if generator is not None else "cpu")
+
+
+def item_generators(generator, items: int, name: str = "generator") -> Optional[List[torch.Generator]]:
+    """``generator`` as a list of ``items`` per-speaker generators, or None when it is None or one
+    torch.Generator (shared by all rows); raises a clear error for anything else."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return None
+    if not isinstance(generator, (list, tuple)) or not all(isinstance(g, torch.Generator) for g in generator):
+        raise TypeError(f"{name} must be a torch.Generator, a sequence of them (one per speaker) or None, got "
+                        f"{type(generator).__name__}")
+    if len(generator) != items:
+        raise ValueError(f"{name} must hold one generator per speaker ({items}), got {len(generator)}")
+    if len({g.device.type for g in generator}) > 1:
+        raise ValueError(f"the generators in {name} must all be on one device type, got "
+                         f"{sorted({str(g.device) for g in generator})}")
+    return list(generator)
 
 
 def set_trainable(module: nn.Module, trainable: bool) -> None:

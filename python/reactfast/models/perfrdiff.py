@@ -641,7 +641,7 @@ class PerFRDiff(Generator):
         cond = self.condition(speaker, audio).reshape(B, n, W, -1)
         if cfg.condition_window == "previous":
             cond = torch.cat([torch.zeros_like(cond[:, :1]), cond[:, :-1]], 1)      # window i sees speaker i - 1
-        noise = torch.stack([self.draw_noise(B * num_samples, generator) for _ in range(n)])   # (n, B S, W, out)
+        noise = self.draw_windows(B, num_samples, n, generator)   # (n, B S, W, out)
         if cfg.window_noise == "shared":
             noise = noise[:1].expand_as(noise)  # drawn per window as a stream draws it; the first one used
         noise = noise.reshape(n, B, num_samples, W, -1).permute(1, 2, 0, 3, 4).to(speaker.device)

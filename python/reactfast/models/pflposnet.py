@@ -152,8 +152,9 @@ class PFLPosNet(Generator):
                              f"{speaker.shape[1]}")
         was_training = self.generator.training
         self.generator.eval()
-        frames = torch.cat([self.generator.generate(speaker[b:b + 1, : n * W], audio[b:b + 1, : 2 * n * W], S,
-                                                    generators[b])["3dmm"][0] for b in range(speaker.shape[0])])
+        k = self.generator.config.audio_per_frame
+        # All speakers in one call, each drawing from its own generator (as a call of its own would).
+        frames = self.generator.generate(speaker[:, : n * W], audio[:, : k * n * W], S, list(generators))["3dmm"]
         self.generator.train(was_training)
         return frames.reshape(-1, n, W, layout.TDMM_DIM)
 

@@ -465,7 +465,7 @@ class ReactDiff(Generator):
         W, k = cfg.window, cfg.audio_per_frame
         speaker, audio, n = pad_to_windows(speaker, audio, W, k)
         z_s = self.encode(speaker.reshape(B * n, W, -1), audio.reshape(B * n, k * W, -1)).reshape(B, n, W, -1)
-        noise = torch.stack([self.draw_noise(B * num_samples, generator) for _ in range(n)])
+        noise = self.draw_windows(B, num_samples, n, generator)
         if cfg.window_noise == "shared":
             noise = noise[:1].expand_as(noise)  # drawn per window as a stream draws it; the first one used
         noise = noise.reshape(n, B, num_samples, W, -1).permute(1, 2, 0, 3, 4).reshape(-1, W, cfg.latent)

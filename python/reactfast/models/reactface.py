@@ -340,13 +340,6 @@ class ReactFace(Generator):
         """The latent draws of one window for ``batch`` streams: (batch, D)."""
         return randn(batch, self.config.dim, generator=generator)
 
-    def window_noise(self, rows: int, frames: int, window: int, generator: Optional[torch.Generator] = None,
-                     device=None) -> torch.Tensor:
-        """The latent draws of ``rows`` streams over ``frames`` frames in windows of ``window``:
-        (n_windows, rows, D), one ``draw_noise(rows)`` per window in order, as a stream draws them."""
-        n = math.ceil(frames / window)
-        return torch.stack([self.draw_noise(rows, generator) for _ in range(n)]).to(device)
-
     def init_state(self, batch: int, window: Optional[int] = None, device=None,
                    conversations: Optional[int] = None) -> ReactFaceState:
         """The state of ``batch`` samples of ``conversations`` conversations (default ``batch``: each
@@ -615,7 +608,7 @@ class ReactFace(Generator):
             raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
         B, T, _ = speaker.shape
         W = window or self.config.window
-        noise = self.window_noise(B * num_samples, T, W, generator, speaker.device)
+        noise = self.draw_windows(B, num_samples, math.ceil(T / W), generator).to(speaker.device)
         out = self.run(speaker, audio, W, noise, rows=num_samples, post=post, state=state)
         return {key: value.reshape(B, num_samples, *value.shape[1:]) for key, value in out.items()
                 if key in self.output_widths()}

@@ -16,7 +16,8 @@ def generate_dataset(model, dataset, samples: int = 10, seed: int = 0, rows: Opt
                      ) -> Dict[str, np.ndarray]:
     """{"3dmm": (n, S, T, 58), "emotion": (n, S, T, 25)} (the model's outputs) for the dyads ``rows`` (default all) of a
     whole-clip dataset; each dyad's noise comes from a generator seeded by (seed, dyad), so the
-    result does not depend on batching or on how rows are split over processes. ``window``: the
+    result does not depend on batching or on how rows are split over processes (up to float
+    rounding: the dyads of a batch run through one call). ``window``: the
     online step of generators that take one (default: the model's)."""
     if dataset.window is not None:
         raise ValueError("generate_dataset needs a whole-clip dataset (window=None)")
@@ -36,11 +37,11 @@ def generate_dataset(model, dataset, samples: int = 10, seed: int = 0, rows: Opt
         for key in items[0]:
             batch[key] = torch.stack([it[key] for it in items]).to(device)
         speaker, audio = model.inputs_from_batch(batch)
-        results = [model.generate(speaker[b:b + 1], audio[b:b + 1], samples,
-                                  torch.Generator().manual_seed(seed * 1_000_003 + part[b]), **extra)
-                   for b in range(len(part))]
-        for key in results[0]:
-            outs.setdefault(key, []).extend(r[key][0].cpu().numpy() for r in results)
+        # One call for the batch, each dyad's noise from its own generator (``Generator.draw_windows``).
+        gens = [torch.Generator().manual_seed(seed * 1_000_003 + i) for i in part]
+        result = model.generate(speaker, audio, samples, gens, **extra)
+        for key, value in result.items():
+            outs.setdefault(key, []).extend(value.cpu().numpy())
         bar.update(len(part))
     bar.close()
     return {key: np.stack(values) for key, values in outs.items()}
