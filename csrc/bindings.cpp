@@ -9,6 +9,7 @@
 #include <string>
 
 #include "reactfast/ccc.h"
+#include "cpu/isa.h"
 #include "reactfast/cuda_runtime_status.h"
 #include "reactfast/dropout.h"
 #include "reactfast/dtw.h"
@@ -115,6 +116,11 @@ PYBIND11_MODULE(_C, m) {
     return 1;
 #endif
   });
+
+  m.def("cpu_isa", []() {
+    const int isa = reactfast::lane_isa();
+    return std::string(isa == 4 ? "x86-64-v4" : isa == 3 ? "x86-64-v3" : "baseline");
+  }, "the instruction set of the CPU lane kernels in use (REACTFAST_CPU_ISA caps it)");
 
   m.def("dropout_fwd_cpu", [](Buf x, Buf out, Buf keep, index_t n, std::uint32_t threshold, std::uint32_t key0,
                               std::uint32_t key1, float scale) {

@@ -14,23 +14,30 @@ namespace {
 // lane's final D_g from its current row t on (rows: its row tail after t; cols[s]: its column tail
 // after s, float, interleaved [s][g][lane]), over columns [s_begin, s_end); low[g][lane], if given:
 // min_s D_g[t][s] alone.
-RF_CLONES void lane_bounds(const double* row, const double* rows, const float* cols, index_t Ty, double* lb,
-                           index_t s_begin = 0, index_t s_end = -1, double* low = nullptr) {
+template <bool Split>
+__attribute__((always_inline)) inline void lane_bounds_body(const double* row, const double* rows, const float* cols,
+                                                            index_t Ty, double* lb, index_t s_begin, index_t s_end,
+                                                            double* low) {
   const index_t stride = Ty * kLanes;
   if (s_end < 0) s_end = Ty;
+  using L = Lanes8d<Split>;
   for (int g = 0; g < 3; ++g) {
-    const v8d r = load8d(rows + g * kLanes);
-    v8d m = kInf - v8d{}, n = m;
+    const L r = L::load(rows + g * kLanes);
+    L m = L::inf(), n = m;
     for (index_t s = s_begin; s < s_end; ++s) {
-      const v8d c = __builtin_convertvector(load8f(cols + (s * 3 + g) * kLanes), v8d);
-      const v8d d = load8d(row + g * stride + s * kLanes);
-      m = vmin(m, d + (r > c ? r : c));
-      n = vmin(n, d);
+      const L c = L::widen(load8f(cols + (s * 3 + g) * kLanes));
+      const L d = L::load(row + g * stride + s * kLanes);
+      m = lane_min(m, d + lane_max(r, c));
+      n = lane_min(n, d);
     }
-    store8d(lb + g * kLanes, m);
-    if (low != nullptr) store8d(low + g * kLanes, n);
+    m.store(lb + g * kLanes);
+    if (low != nullptr) n.store(low + g * kLanes);
   }
 }
+RF_LANE_FUNCTION(void, lane_bounds,
+                 (const double* row, const double* rows, const float* cols, index_t Ty, double* lb,
+                  index_t s_begin = 0, index_t s_end = -1, double* low = nullptr),
+                 (row, rows, cols, Ty, lb, s_begin, s_end, low))
 
 // Each group's cost along the diagonal path (Tx == Ty): an upper bound of that group's DTW.
 inline void diagonal_costs(const float* x, const float* y, index_t T, index_t D, const DtwGroups& groups, double* out) {

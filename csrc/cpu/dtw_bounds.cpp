@@ -4,7 +4,10 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
+
+#include "isa.h"
 
 namespace reactfast {
 namespace {
@@ -21,35 +24,41 @@ inline double cell_cost(const float* a, const float* b, int start, int end) {
 }
 
 typedef float v16f __attribute__((vector_size(64)));
+typedef float v8f __attribute__((vector_size(32)));
 
-inline v16f load16f(const float* p) {
-  v16f v;
+template <typename V>
+inline V load_vec(const float* p) {
+  V v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
 
 // out[r * 3 + g] = min over blocks b of sum_{d in g} dist(a[r][d], [lo[d][b], hi[d][b]])^2 for R
-// rows of a (row stride D) and the groups, sixteen blocks per vector (stride is a multiple of 16;
-// padding blocks are empty and infinitely far). R rows at once give R independent accumulation
-// chains and reuse each envelope load. The differences are rounded to float32 as the DP rounds
-// x - y (rounding is monotone, so each is at most |x[d] - y[d]| as the DP computes it).
-template <int R>
+// rows of a (row stride D) and the groups, sixteen blocks per vector with AVX-512 and eight
+// otherwise (Split; stride is a multiple of 16; padding blocks are empty and infinitely far): GCC
+// lowers selects on 64-byte vectors to scalar code without AVX-512 (isa.h). R rows at once give R
+// independent accumulation chains and reuse each envelope load. The differences are rounded to
+// float32 as the DP rounds x - y (rounding is monotone, so each is at most |x[d] - y[d]| as the DP
+// computes it). Every lane width gives the same result: sums run over d in order, and minima are exact.
+template <int R, bool Split>
 __attribute__((always_inline)) inline void envelope_costs_impl(const float* a, index_t D, const float* lo,
                                                                const float* hi, index_t stride,
                                                                const DtwGroups& groups, double* out) {
-  const v16f zero = v16f{};
+  using V = typename std::conditional<Split, v8f, v16f>::type;
+  constexpr int N = sizeof(V) / sizeof(float);
+  const V zero = V{};
   for (int g = 0; g < groups.count; ++g) {
-    v16f best[R];
+    V best[R];
     for (int r = 0; r < R; ++r) best[r] = kFInf - zero;
-    for (index_t b = 0; b < stride; b += 16) {
-      v16f acc[R];
+    for (index_t b = 0; b < stride; b += N) {
+      V acc[R];
       for (int r = 0; r < R; ++r) acc[r] = zero;
       for (int d = groups.start[g]; d < groups.end[g]; ++d) {
-        const v16f h = load16f(hi + d * stride + b), l = load16f(lo + d * stride + b);
+        const V h = load_vec<V>(hi + d * stride + b), l = load_vec<V>(lo + d * stride + b);
         for (int r = 0; r < R; ++r) {
-          const v16f v = a[r * D + d] - zero;
-          const v16f over = v - h, under = l - v;
-          v16f e = over > under ? over : under;
+          const V v = a[r * D + d] - zero;
+          const V over = v - h, under = l - v;
+          V e = over > under ? over : under;
           e = e > zero ? e : zero;
           acc[r] += e * e;
         }
@@ -58,21 +67,33 @@ __attribute__((always_inline)) inline void envelope_costs_impl(const float* a, i
     }
     for (int r = 0; r < R; ++r) {
       float m = best[r][0];
-      for (int i = 1; i < 16; ++i) m = std::min(m, best[r][i]);
+      for (int i = 1; i < N; ++i) m = std::min(m, best[r][i]);
       out[r * kMaxDtwGroups + g] = m;
     }
   }
 }
 
-RF_CLONES void envelope_costs4(const float* a, index_t D, const float* lo, const float* hi, index_t stride,
-                               const DtwGroups& groups, double* out) {
-  envelope_costs_impl<4>(a, D, lo, hi, stride, groups, out);
+template <bool Split>
+__attribute__((always_inline)) inline void envelope_costs4_body(const float* a, index_t D, const float* lo,
+                                                                const float* hi, index_t stride,
+                                                                const DtwGroups& groups, double* out) {
+  envelope_costs_impl<4, Split>(a, D, lo, hi, stride, groups, out);
 }
+RF_LANE_FUNCTION(void, envelope_costs4,
+                 (const float* a, index_t D, const float* lo, const float* hi, index_t stride,
+                  const DtwGroups& groups, double* out),
+                 (a, D, lo, hi, stride, groups, out))
 
-RF_CLONES void envelope_costs1(const float* a, index_t D, const float* lo, const float* hi, index_t stride,
-                               const DtwGroups& groups, double* out) {
-  envelope_costs_impl<1>(a, D, lo, hi, stride, groups, out);
+template <bool Split>
+__attribute__((always_inline)) inline void envelope_costs1_body(const float* a, index_t D, const float* lo,
+                                                                const float* hi, index_t stride,
+                                                                const DtwGroups& groups, double* out) {
+  envelope_costs_impl<1, Split>(a, D, lo, hi, stride, groups, out);
 }
+RF_LANE_FUNCTION(void, envelope_costs1,
+                 (const float* a, index_t D, const float* lo, const float* hi, index_t stride,
+                  const DtwGroups& groups, double* out),
+                 (a, D, lo, hi, stride, groups, out))
 
 }  // namespace
 

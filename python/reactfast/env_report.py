@@ -33,7 +33,8 @@ def report() -> str:
     if ok:
         native = _backend.native()
         lines.append(f"reactfast._C     built (OpenMP: {native.compiled_with_openmp}, "
-                     f"threads: {native.openmp_max_threads()}, CUDA kernels: {native.compiled_with_cuda})")
+                     f"threads: {native.openmp_max_threads()}, CPU lane kernels: {native.cpu_isa()}, "
+                     f"CUDA kernels: {native.compiled_with_cuda})")
     else:
         lines.append(f"reactfast._C     unavailable: {reason}")
     lines.append("torch devices    cpu" + (f", {torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"

@@ -207,3 +207,65 @@ def _csr(lists):
 def test_bad_input(call, err, match):
     with pytest.raises(err, match=match):
         call()
+
+
+_ISA_SCRIPT = """
+import sys, torch
+from reactfast import _backend
+from reactfast.metrics.candidates import from_lists
+from reactfast.ops.dtw import weighted_dtw_min
+data = torch.load(sys.argv[1])
+out = {"isa": _backend.native().cpu_isa()}
+for name, groups in (("react", ((0, 15, 1 / 15), (15, 17, 1.0), (17, 25, 1 / 8))), ("generic", ((0, 5, 1.0), (5, 25, 0.25)))):
+    for abandon in (False, True):
+        out[name, abandon] = weighted_dtw_min(data["pred"], data["gt"], from_lists(data["lists"]), groups=groups,
+                                              abandon=abandon, backend="cpp", return_cells=True)
+torch.save(out, sys.argv[2])
+"""
+
+
+def test_every_cpu_build_is_exact(tmp_path):
+    """The DTW lanes' AVX-512, AVX2 and baseline builds (whole 64-byte vectors or 32-byte halves,
+    picked at run time; REACTFAST_CPU_ISA caps the pick), each run in a process of its own as far as
+    this machine can: each equals the float64 reference within 1e-6 relative with the same argmins,
+    with and without abandoning (which agree bit for bit), in REACT's layout and a generic one.
+    The AVX-512 and AVX2 builds (both contract the costs into FMAs) give the same bits; the baseline
+    build, without FMA, may differ from them in the last bits."""
+    import os
+    import subprocess
+    import sys
+
+    from reactfast import _backend
+
+    if not _backend.cpp_status()[0]:
+        pytest.skip("needs the C++ extension")
+    g = torch.Generator().manual_seed(7)
+    gt = torch.cumsum(0.1 * torch.randn(10, 70, 25, generator=g), dim=1)
+    pred = torch.cat([gt[:4] + 0.05 * torch.randn(4, 70, 25, generator=g), torch.rand(3, 70, 25, generator=g)])
+    lists = [list(range(m, 10)) + list(range(m)) for m in range(7)]
+    torch.save({"pred": pred, "gt": gt, "lists": lists}, tmp_path / "in.pt")
+    script = tmp_path / "run.py"
+    script.write_text(_ISA_SCRIPT)
+    results = {}
+    for cap in ("", "x86-64-v3", "x86-64"):
+        env = {k: v for k, v in os.environ.items() if k != "REACTFAST_CPU_ISA"}
+        if cap:
+            env["REACTFAST_CPU_ISA"] = cap
+        out = tmp_path / f"out{cap}.pt"
+        subprocess.run([sys.executable, str(script), str(tmp_path / "in.pt"), str(out)], env=env, check=True,
+                       cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+        got = torch.load(out)
+        results[got.pop("isa")] = got
+    assert "baseline" in results, results.keys()
+    groups = {"react": ((0, 15, 1 / 15), (15, 17, 1.0), (17, 25, 1 / 8)), "generic": ((0, 5, 1.0), (5, 25, 0.25))}
+    for name, grp in groups.items():
+        want = ref.weighted_dtw_min(pred.double(), gt.double(), from_lists(lists), grp)
+        for isa, got in results.items():
+            full, fast = got[name, False], got[name, True]
+            assert torch.equal(full[0], fast[0]) and torch.equal(full[1], fast[1]), (isa, name)
+            assert_close("cpp", want[0], fast[0], atol=1e-9, rtol=1e-6)
+            assert torch.equal(want[1], fast[1]), (isa, name)
+    if "x86-64-v4" in results and "x86-64-v3" in results:
+        for key, (value, arg, cells) in results["x86-64-v4"].items():
+            other = results["x86-64-v3"][key]
+            assert torch.equal(value, other[0]) and torch.equal(arg, other[1]) and cells == other[2], key
