@@ -14,13 +14,13 @@ namespace {
 // lane's final D_g from its current row t on (rows: its row tail after t; cols[s]: its column tail
 // after s, float, interleaved [s][g][lane]), over columns [s_begin, s_end); low[g][lane], if given:
 // min_s D_g[t][s] alone.
-template <bool Split>
+template <int Isa>
 __attribute__((always_inline)) inline void lane_bounds_body(const double* row, const double* rows, const float* cols,
                                                             index_t Ty, double* lb, index_t s_begin, index_t s_end,
                                                             double* low) {
   const index_t stride = Ty * kLanes;
   if (s_end < 0) s_end = Ty;
-  using L = Lanes8d<Split>;
+  using L = Lanes8d<Isa>;
   for (int g = 0; g < 3; ++g) {
     const L r = L::load(rows + g * kLanes);
     L m = L::inf(), n = m;

@@ -35,16 +35,16 @@ inline V load_vec(const float* p) {
 
 // out[r * 3 + g] = min over blocks b of sum_{d in g} dist(a[r][d], [lo[d][b], hi[d][b]])^2 for R
 // rows of a (row stride D) and the groups, sixteen blocks per vector with AVX-512 and eight
-// otherwise (Split; stride is a multiple of 16; padding blocks are empty and infinitely far): GCC
+// otherwise (Isa; stride is a multiple of 16; padding blocks are empty and infinitely far): GCC
 // lowers selects on 64-byte vectors to scalar code without AVX-512 (isa.h). R rows at once give R
 // independent accumulation chains and reuse each envelope load. The differences are rounded to
 // float32 as the DP rounds x - y (rounding is monotone, so each is at most |x[d] - y[d]| as the DP
 // computes it). Every lane width gives the same result: sums run over d in order, and minima are exact.
-template <int R, bool Split>
+template <int R, int Isa>
 __attribute__((always_inline)) inline void envelope_costs_impl(const float* a, index_t D, const float* lo,
                                                                const float* hi, index_t stride,
                                                                const DtwGroups& groups, double* out) {
-  using V = typename std::conditional<Split, v8f, v16f>::type;
+  using V = typename std::conditional<Isa == 4, v16f, v8f>::type;
   constexpr int N = sizeof(V) / sizeof(float);
   const V zero = V{};
   for (int g = 0; g < groups.count; ++g) {
@@ -73,22 +73,22 @@ __attribute__((always_inline)) inline void envelope_costs_impl(const float* a, i
   }
 }
 
-template <bool Split>
+template <int Isa>
 __attribute__((always_inline)) inline void envelope_costs4_body(const float* a, index_t D, const float* lo,
                                                                 const float* hi, index_t stride,
                                                                 const DtwGroups& groups, double* out) {
-  envelope_costs_impl<4, Split>(a, D, lo, hi, stride, groups, out);
+  envelope_costs_impl<4, Isa>(a, D, lo, hi, stride, groups, out);
 }
 RF_LANE_FUNCTION(void, envelope_costs4,
                  (const float* a, index_t D, const float* lo, const float* hi, index_t stride,
                   const DtwGroups& groups, double* out),
                  (a, D, lo, hi, stride, groups, out))
 
-template <bool Split>
+template <int Isa>
 __attribute__((always_inline)) inline void envelope_costs1_body(const float* a, index_t D, const float* lo,
                                                                 const float* hi, index_t stride,
                                                                 const DtwGroups& groups, double* out) {
-  envelope_costs_impl<1, Split>(a, D, lo, hi, stride, groups, out);
+  envelope_costs_impl<1, Isa>(a, D, lo, hi, stride, groups, out);
 }
 RF_LANE_FUNCTION(void, envelope_costs1,
                  (const float* a, index_t D, const float* lo, const float* hi, index_t stride,

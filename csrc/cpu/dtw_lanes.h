@@ -35,29 +35,14 @@ inline v8d load8d(const double* p) {
 inline void store8d(double* p, v8d v) { std::memcpy(p, &v, sizeof v); }
 typedef double v4d __attribute__((vector_size(32)));
 
-// Eight float64 lanes, as one 64-byte vector (Split false: AVX-512, a zmm register, its selects
-// through mask registers) or as two 32-byte halves (Split true: AVX2 and baseline). GCC lowers
-// 64-byte vectors without AVX-512 poorly: selects became scalar compares and blends, and values
-// went through the stack in 16-byte pieces and general registers, so the AVX2 build's DP rows ran
-// at a fraction of their speed. The halves map to one ymm register each. Both forms do the same
-// IEEE operations lane by lane, so they give the same bits.
-template <bool Split>
-struct Lanes8d;
-
-template <>
-struct Lanes8d<false> {
-  v8d v;
-  static Lanes8d load(const double* p) { return {load8d(p)}; }
-  void store(double* p) const { store8d(p, v); }
-  static Lanes8d inf() { return {kInf - v8d{}}; }
-  static Lanes8d widen(v8f a) { return {__builtin_convertvector(a, v8d)}; }
-  friend Lanes8d operator+(Lanes8d a, Lanes8d b) { return {a.v + b.v}; }
-  friend Lanes8d lane_min(Lanes8d a, Lanes8d b) { return {a.v < b.v ? a.v : b.v}; }
-  friend Lanes8d lane_max(Lanes8d a, Lanes8d b) { return {a.v > b.v ? a.v : b.v}; }
-};
-
-template <>
-struct Lanes8d<true> {
+// Eight float64 lanes, for the build of instruction set Isa (4: AVX-512, 3: AVX2, 0: baseline;
+// isa.h). With AVX-512, one 64-byte vector: a zmm register, its selects through mask registers.
+// Otherwise two 32-byte halves: GCC lowers 64-byte vectors without AVX-512 poorly (selects became
+// scalar compares and blends, values went through the stack in 16-byte pieces), so the AVX2 build's
+// DP rows ran at a fraction of their speed; the halves map to one ymm register each. Both forms do
+// the same IEEE operations lane by lane and give the same bits.
+template <int Isa>
+struct Lanes8d {
   v4d lo, hi;
   static Lanes8d load(const double* p) {
     Lanes8d r;
@@ -71,12 +56,26 @@ struct Lanes8d<true> {
   }
   static Lanes8d inf() { return {kInf - v4d{}, kInf - v4d{}}; }
   static Lanes8d widen(v8f a) {
-    return {__builtin_convertvector(__builtin_shufflevector(a, a, 0, 1, 2, 3), v4d),
-            __builtin_convertvector(__builtin_shufflevector(a, a, 4, 5, 6, 7), v4d)};
+    // Whole, then halved: GCC 12 converts each 4-float half on its own in two 2-wide steps and a
+    // shuffle, but the whole 8-float conversion in two 4-wide ones (AVX2: vcvtps2pd x2, vextractf128).
+    const v8d w = __builtin_convertvector(a, v8d);
+    return {__builtin_shufflevector(w, w, 0, 1, 2, 3), __builtin_shufflevector(w, w, 4, 5, 6, 7)};
   }
   friend Lanes8d operator+(Lanes8d a, Lanes8d b) { return {a.lo + b.lo, a.hi + b.hi}; }
   friend Lanes8d lane_min(Lanes8d a, Lanes8d b) { return {a.lo < b.lo ? a.lo : b.lo, a.hi < b.hi ? a.hi : b.hi}; }
   friend Lanes8d lane_max(Lanes8d a, Lanes8d b) { return {a.lo > b.lo ? a.lo : b.lo, a.hi > b.hi ? a.hi : b.hi}; }
+};
+
+template <>
+struct Lanes8d<4> {
+  v8d v;
+  static Lanes8d load(const double* p) { return {load8d(p)}; }
+  void store(double* p) const { store8d(p, v); }
+  static Lanes8d inf() { return {kInf - v8d{}}; }
+  static Lanes8d widen(v8f a) { return {__builtin_convertvector(a, v8d)}; }
+  friend Lanes8d operator+(Lanes8d a, Lanes8d b) { return {a.v + b.v}; }
+  friend Lanes8d lane_min(Lanes8d a, Lanes8d b) { return {a.v < b.v ? a.v : b.v}; }
+  friend Lanes8d lane_max(Lanes8d a, Lanes8d b) { return {a.v > b.v ? a.v : b.v}; }
 };
 
 // The lane functions below are built per instruction set: RF_LANE_FUNCTION (isa.h).
@@ -127,10 +126,10 @@ inline bool column_live(const double* row, index_t stride, index_t s, const doub
 // One DP cell (t, s) of the three groups, in place: r[g] holds D_g[t][s-1] on entry and D_g[t][s]
 // on return, pp[g] holds D_g[t-1][s-1] on entry and D_g[t-1][s] on return (the next cell's
 // diagonal); the row holds D_g[t-1][s] (Above) or counts as +inf there (min with +inf is exact).
-template <bool Above, bool Split>
-__attribute__((always_inline)) inline void dp_cell(const v8f* a, Lanes8d<Split>* r, Lanes8d<Split>* pp, double* row,
+template <bool Above, int Isa>
+__attribute__((always_inline)) inline void dp_cell(const v8f* a, Lanes8d<Isa>* r, Lanes8d<Isa>* pp, double* row,
                                                    index_t stride, index_t o) {
-  using L = Lanes8d<Split>;
+  using L = Lanes8d<Isa>;
 #pragma GCC unroll 3
   for (int g = 0; g < 3; ++g) {  // unrolled, so r and pp stay in registers
     const L p = Above ? L::load(row + g * stride + o) : L::inf();
@@ -161,29 +160,29 @@ __attribute__((always_inline)) inline void dp_cell(const v8f* a, Lanes8d<Split>*
 // Vectors cross function boundaries only through memory (the target clones differ in vector ABI).
 // Cost is a functor giving the three group costs at one s; the REACT layout gets a variant with
 // compile-time group bounds (fully unrolled), any other layout the generic one.
-template <bool Band, bool Split, typename Cost>
+template <bool Band, int Isa, typename Cost>
 __attribute__((always_inline)) inline index_t dp_row_impl(Cost cost, const float* yB, index_t Ty, index_t D,
                                                           double* row, const double* start, const double* limit,
                                                           index_t s0, index_t e0, index_t* first, index_t* last) {
   const index_t stride = Ty * kLanes;
-  Lanes8d<Split> r[3], pp[3];
+  Lanes8d<Isa> r[3], pp[3];
 #pragma GCC unroll 3
   for (int g = 0; g < 3; ++g) {
-    r[g] = Lanes8d<Split>::load(start);
-    pp[g] = Lanes8d<Split>::inf();
+    r[g] = Lanes8d<Isa>::load(start);
+    pp[g] = Lanes8d<Isa>::inf();
   }
   index_t s = s0;
   const index_t above = std::min(e0 + 1, Ty);  // columns whose upper neighbour may be live
   for (; s < above; ++s) {
     v8f a[3];
     cost(yB + s * D * kLanes, a);
-    dp_cell<true, Split>(a, r, pp, row, stride, s * kLanes);
+    dp_cell<true, Isa>(a, r, pp, row, stride, s * kLanes);
   }
   if (!Band) return s;
   for (; s < Ty; ++s) {
     v8f a[3];
     cost(yB + s * D * kLanes, a);
-    dp_cell<false, Split>(a, r, pp, row, stride, s * kLanes);
+    dp_cell<false, Isa>(a, r, pp, row, stride, s * kLanes);
     if (!column_live(row, stride, s, limit)) {
       ++s;
       break;
@@ -200,7 +199,7 @@ __attribute__((always_inline)) inline index_t dp_row_impl(Cost cost, const float
 
 // REACT's emotion layout: D = 25, groups [0, 15), [15, 17), [17, 25). xB: the lanes' x rows,
 // xB[d][lane]. limit null: the whole row (first, last, s0 and e0 unused).
-template <bool Split>
+template <int Isa>
 __attribute__((always_inline)) inline index_t dp_row_react_body(const float* xB, const float* yB, index_t Ty,
                                                                 double* row, const double* start, const double* limit,
                                                                 index_t s0, index_t e0, index_t* first, index_t* last) {
@@ -211,8 +210,8 @@ __attribute__((always_inline)) inline index_t dp_row_react_body(const float* xB,
     a[1] = fixed_group_cost<15, 17>(xr, ys);
     a[2] = fixed_group_cost<17, 25>(xr, ys);
   };
-  if (limit == nullptr) return dp_row_impl<false, Split>(cost, yB, Ty, 25, row, start, limit, 0, Ty - 1, first, last);
-  return dp_row_impl<true, Split>(cost, yB, Ty, 25, row, start, limit, s0, e0, first, last);
+  if (limit == nullptr) return dp_row_impl<false, Isa>(cost, yB, Ty, 25, row, start, limit, 0, Ty - 1, first, last);
+  return dp_row_impl<true, Isa>(cost, yB, Ty, 25, row, start, limit, s0, e0, first, last);
 }
 RF_LANE_FUNCTION(index_t, dp_row_react,
                  (const float* xB, const float* yB, index_t Ty, double* row, const double* start,
@@ -221,7 +220,7 @@ RF_LANE_FUNCTION(index_t, dp_row_react,
                  (xB, yB, Ty, row, start, limit, s0, e0, first, last))
 
 // Any layout of up to three groups [gs[g], ge[g]).
-template <bool Split>
+template <int Isa>
 __attribute__((always_inline)) inline index_t dp_row_body(const float* xB, const float* yB, index_t Ty, index_t D,
                                                           const int* gs, const int* ge, double* row, const double* start,
                                                           const double* limit, index_t s0, index_t e0, index_t* first,
@@ -229,8 +228,8 @@ __attribute__((always_inline)) inline index_t dp_row_body(const float* xB, const
   const auto cost = [&](const float* ys, v8f* a) {
     for (int g = 0; g < 3; ++g) a[g] = group_cost(xB, ys, gs[g], ge[g]);
   };
-  if (limit == nullptr) return dp_row_impl<false, Split>(cost, yB, Ty, D, row, start, limit, 0, Ty - 1, first, last);
-  return dp_row_impl<true, Split>(cost, yB, Ty, D, row, start, limit, s0, e0, first, last);
+  if (limit == nullptr) return dp_row_impl<false, Isa>(cost, yB, Ty, D, row, start, limit, 0, Ty - 1, first, last);
+  return dp_row_impl<true, Isa>(cost, yB, Ty, D, row, start, limit, s0, e0, first, last);
 }
 RF_LANE_FUNCTION(index_t, dp_row,
                  (const float* xB, const float* yB, index_t Ty, index_t D, const int* gs, const int* ge, double* row,

@@ -30,21 +30,20 @@ inline int lane_isa() {
 }  // namespace reactfast
 
 // RF_LANE_FUNCTION(ret, name, params, args) defines name(params), which calls, picked once at run
-// time, an AVX-512 build (x86-64-v4) of name_body<false>(args) (Split false: whole 64-byte vectors)
-// or an AVX2 (x86-64-v3) or baseline build of name_body<true>(args) (Split true: 32-byte halves).
-// Elsewhere (no GCC on x86-64) one portable build of name_body<true>.
+// time, a build of name_body<Isa>(args) for Isa 4 (x86-64-v4, AVX-512), 3 (x86-64-v3, AVX2) or 0
+// (baseline x86-64). Elsewhere (no GCC on x86-64) one portable build of name_body<0>.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define RF_LANE_FUNCTION(ret, name, params, args)                                         \
-  __attribute__((target("arch=x86-64-v4"))) ret name##_v4 params { return name##_body<false> args; } \
-  __attribute__((target("arch=x86-64-v3"))) ret name##_v3 params { return name##_body<true> args; }  \
-  ret name##_base params { return name##_body<true> args; }                               \
-  inline ret name params {                                                                \
-    const int isa = lane_isa();                                                           \
-    if (isa == 4) return name##_v4 args;                                                  \
-    if (isa == 3) return name##_v3 args;                                                  \
-    return name##_base args;                                                              \
+#define RF_LANE_FUNCTION(ret, name, params, args)                                                   \
+  __attribute__((target("arch=x86-64-v4"))) ret name##_v4 params { return name##_body<4> args; } \
+  __attribute__((target("arch=x86-64-v3"))) ret name##_v3 params { return name##_body<3> args; } \
+  ret name##_base params { return name##_body<0> args; }                                          \
+  inline ret name params {                                                                          \
+    const int isa = lane_isa();                                                                     \
+    if (isa == 4) return name##_v4 args;                                                            \
+    if (isa == 3) return name##_v3 args;                                                            \
+    return name##_base args;                                                                        \
   }
 #else
 #define RF_LANE_FUNCTION(ret, name, params, args) \
-  inline ret name params { return name##_body<true> args; }
+  inline ret name params { return name##_body<0> args; }
 #endif
