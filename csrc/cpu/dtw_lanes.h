@@ -80,7 +80,6 @@ struct Lanes8d<4> {
 
 // The lane functions below are built per instruction set: RF_LANE_FUNCTION (isa.h).
 
-
 // sum_{d in [start, end)} (xB[d] - ys[d])^2 for eight lanes (xB[d][lane]: each lane's own x value),
 // with four partial sums so the additions do not form one long dependency chain.
 __attribute__((always_inline)) inline v8f group_cost(const float* xB, const float* ys, int start, int end) {

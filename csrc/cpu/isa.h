@@ -11,7 +11,7 @@ namespace reactfast {
 
 // The build RF_LANE_FUNCTION picks: 4 (x86-64-v4, AVX-512), 3 (x86-64-v3, AVX2) or 0 (baseline or
 // not x86-64), read once per process. REACTFAST_CPU_ISA=x86-64 or x86-64-v3 caps it (tests run the
-// narrower builds on a wider machine and compare their results).
+// narrower builds on a wider machine and compare their results); other values leave it as found.
 inline int lane_isa() {
   static const int level = [] {
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
