@@ -59,7 +59,7 @@ struct Lanes8d {
     // Whole, then halved: GCC 12 converts each 4-float half on its own in two 2-wide steps and a
     // shuffle, but the whole 8-float conversion in two 4-wide ones (AVX2: vcvtps2pd x2, vextractf128).
     const v8d w = __builtin_convertvector(a, v8d);
-    return {__builtin_shufflevector(w, w, 0, 1, 2, 3), __builtin_shufflevector(w, w, 4, 5, 6, 7)};
+    return {v4d{w[0], w[1], w[2], w[3]}, v4d{w[4], w[5], w[6], w[7]}};
   }
   friend Lanes8d operator+(Lanes8d a, Lanes8d b) { return {a.lo + b.lo, a.hi + b.hi}; }
   friend Lanes8d lane_min(Lanes8d a, Lanes8d b) { return {a.lo < b.lo ? a.lo : b.lo, a.hi < b.hi ? a.hi : b.hi}; }
