@@ -73,27 +73,18 @@ __attribute__((always_inline)) inline void envelope_costs_impl(const float* a, i
   }
 }
 
+// Rows [0, n) of a (n <= 4): four at once when there are four, else one by one.
 template <int Isa>
-__attribute__((always_inline)) inline void envelope_costs4_body(const float* a, index_t D, const float* lo,
-                                                                const float* hi, index_t stride,
-                                                                const DtwGroups& groups, double* out) {
-  envelope_costs_impl<4, Isa>(a, D, lo, hi, stride, groups, out);
+__attribute__((always_inline)) inline void envelope_costs_body(const float* a, index_t D, int n, const float* lo,
+                                                               const float* hi, index_t stride,
+                                                               const DtwGroups& groups, double* out) {
+  if (n == 4) return envelope_costs_impl<4, Isa>(a, D, lo, hi, stride, groups, out);
+  for (int r = 0; r < n; ++r) envelope_costs_impl<1, Isa>(a + r * D, D, lo, hi, stride, groups, out + r * kMaxDtwGroups);
 }
-RF_LANE_FUNCTION(void, envelope_costs4,
-                 (const float* a, index_t D, const float* lo, const float* hi, index_t stride,
+RF_LANE_FUNCTION(void, envelope_costs,
+                 (const float* a, index_t D, int n, const float* lo, const float* hi, index_t stride,
                   const DtwGroups& groups, double* out),
-                 (a, D, lo, hi, stride, groups, out))
-
-template <int Isa>
-__attribute__((always_inline)) inline void envelope_costs1_body(const float* a, index_t D, const float* lo,
-                                                                const float* hi, index_t stride,
-                                                                const DtwGroups& groups, double* out) {
-  envelope_costs_impl<1, Isa>(a, D, lo, hi, stride, groups, out);
-}
-RF_LANE_FUNCTION(void, envelope_costs1,
-                 (const float* a, index_t D, const float* lo, const float* hi, index_t stride,
-                  const DtwGroups& groups, double* out),
-                 (a, D, lo, hi, stride, groups, out))
+                 (a, D, n, lo, hi, stride, groups, out))
 
 }  // namespace
 
@@ -121,10 +112,7 @@ void dtw_tail_bounds(const float* a, const float* b, index_t Ta, index_t Tb, ind
     const index_t t0 = std::max<index_t>(0, t1 - 4);
     const int n = static_cast<int>(t1 - t0);
     for (int i = 0; i < 4 * kMaxDtwGroups; ++i) c[i] = 0.0;
-    if (n == 4)
-      envelope_costs4(a + t0 * D, D, b_lo, b_hi, stride, groups, c);
-    else
-      for (int r = 0; r < n; ++r) envelope_costs1(a + (t0 + r) * D, D, b_lo, b_hi, stride, groups, c + r * kMaxDtwGroups);
+    envelope_costs(a + t0 * D, D, n, b_lo, b_hi, stride, groups, c);
     for (int r = n - 1; r >= 0; --r) {
       const index_t t = t0 + r;
       const float* at = a + t * D;
