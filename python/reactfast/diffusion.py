@@ -354,9 +354,13 @@ def copy_tree(dst, src) -> None:
 
 
 def tree_signature(value):
-    """The shapes, dtypes and devices of the tensors in a nest of dicts and tuples (a cache key)."""
+    """The shapes, dtypes and devices of the tensors in a nest of dicts, tuples, lists and
+    dataclasses, as :func:`clone_tree` walks it (a hashable cache key)."""
     if isinstance(value, torch.Tensor):
         return (tuple(value.shape), value.dtype, str(value.device))
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return (type(value).__qualname__,) + tuple((f.name, tree_signature(getattr(value, f.name)))
+                                                   for f in dataclasses.fields(value))
     if isinstance(value, dict):
         return tuple((k, tree_signature(v)) for k, v in sorted(value.items()))
     if isinstance(value, (tuple, list)):

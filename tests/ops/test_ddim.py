@@ -224,3 +224,31 @@ def test_sample_with_eta_is_deterministic(device):
 def test_bad_input(call, err, match):
     with pytest.raises(err, match=match):
         call(DDIMScheduler(1000))
+
+
+def test_tree_helpers_walk_the_same_nests():
+    """clone_tree, copy_tree and tree_signature over tensors in dicts, tuples, lists and dataclasses:
+    the clone is a copy, the copy writes in place, and the signature (a cache key) is hashable and
+    tells shapes and dtypes apart."""
+    import dataclasses
+
+    from reactfast.diffusion import clone_tree, copy_tree, tree_signature
+
+    @dataclasses.dataclass
+    class Box:
+        a: torch.Tensor
+        rows: tuple = ()
+
+    tree = {"x": torch.randn(3, 2), "y": (torch.randn(4), [Box(torch.randn(2, 2), (1, 2))])}
+    clone = clone_tree(tree)
+    assert clone["y"][1][0].a is not tree["y"][1][0].a and torch.equal(clone["y"][1][0].a, tree["y"][1][0].a)
+    other = clone_tree(tree)
+    other["y"][1][0].a.normal_()
+    copy_tree(clone, other)
+    assert torch.equal(clone["y"][1][0].a, other["y"][1][0].a)
+    key = tree_signature(tree)
+    assert hash(key) == hash(tree_signature(clone))
+    changed = clone_tree(tree)
+    changed["y"][1][0].a = torch.randn(2, 3)
+    assert tree_signature(changed) != key
+    assert tree_signature({"x": torch.randn(3, 2, dtype=torch.float64)}) != tree_signature({"x": tree["x"]})
