@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "reactfast/biased_attention.h"
 #include "reactfast/ccc.h"
 #include "cpu/isa.h"
 #include "reactfast/cuda_runtime_status.h"
@@ -46,6 +47,22 @@ void check(const char* err, const char* what) {
                            ": reactfast._C was built without CUDA (REACTFAST_CUDA=OFF or no nvcc)");
 }
 #endif
+
+reactfast::AttnStrides strides_of(const py::handle& t) {
+  auto s = t.cast<py::tuple>();
+  if (s.size() != 3) throw std::invalid_argument("strides: (batch, head, time) element strides are needed");
+  return reactfast::AttnStrides{s[0].cast<index_t>(), s[1].cast<index_t>(), s[2].cast<index_t>()};
+}
+
+reactfast::BiasedAttentionArgs attention_args(const py::tuple& shape, const py::handle& slopes, const py::handle& q0,
+                                              const py::handle& start, const py::handle& length,
+                                              int period, int ratio, int extra, int qperiod, float scale) {
+  if (shape.size() != 5) throw std::invalid_argument("shape: (B, H, Tq, Tk, d) is needed");
+  return reactfast::BiasedAttentionArgs{shape[0].cast<index_t>(), shape[1].cast<index_t>(), shape[2].cast<index_t>(),
+                                        shape[3].cast<index_t>(), shape[4].cast<index_t>(), period, ratio, extra,
+                                        qperiod, scale, ptr<const float>(slopes), ptr<const std::int32_t>(q0),
+                                        ptr<const std::int32_t>(start), ptr<const std::int32_t>(length)};
+}
 
 reactfast::DtwGroups make_groups(const py::list& spec) {
   reactfast::DtwGroups g{};
@@ -121,6 +138,40 @@ PYBIND11_MODULE(_C, m) {
     const int isa = reactfast::lane_isa();
     return std::string(isa == 4 ? "x86-64-v4" : isa == 3 ? "x86-64-v3" : "baseline");
   }, "the instruction set of the CPU lane kernels in use (REACTFAST_CPU_ISA caps it)");
+
+  m.def("biased_attention_fwd_cpu", [](Buf q, Buf k, Buf v, Buf out, Buf lse, Buf slopes, Buf q0, Buf start,
+                                       Buf length, const py::tuple& shape, const py::tuple& strides, int period,
+                                       int ratio, int extra, int qperiod, float scale) {
+    const auto a = attention_args(shape, slopes, q0, start, length, period, ratio, extra, qperiod, scale);
+    if (strides.size() != 4) throw std::invalid_argument("strides: one triple for each of q, k, v, out");
+    const auto qs = strides_of(strides[0]), ks = strides_of(strides[1]), vs = strides_of(strides[2]),
+               os = strides_of(strides[3]);
+    auto pq = ptr<const float>(q), pk = ptr<const float>(k), pv = ptr<const float>(v);
+    auto po = ptr<float>(out), pl = ptr<float>(lse);
+    py::gil_scoped_release release;
+    reactfast::biased_attention_fwd_cpu(a, pq, qs, pk, ks, pv, vs, po, os, pl);
+  }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("lse"), py::arg("slopes"), py::arg("q0"),
+     py::arg("start"), py::arg("length"), py::arg("shape"), py::arg("strides"), py::arg("period"), py::arg("ratio"),
+     py::arg("extra"), py::arg("qperiod"), py::arg("scale"));
+
+  m.def("biased_attention_bwd_cpu", [](Buf dout, Buf q, Buf k, Buf v, Buf out, Buf lse, Buf dq, Buf dk, Buf dv,
+                                       Buf slopes, Buf q0, Buf start, Buf length, const py::tuple& shape,
+                                       const py::tuple& strides, int period, int ratio, int extra, int qperiod,
+                                       float scale) {
+    const auto a = attention_args(shape, slopes, q0, start, length, period, ratio, extra, qperiod, scale);
+    if (strides.size() != 8) throw std::invalid_argument("strides: one triple for each of dout, q, k, v, out, dq, dk, dv");
+    reactfast::AttnStrides st[8];
+    for (int i = 0; i < 8; ++i) st[i] = strides_of(strides[i]);
+    auto pd = ptr<const float>(dout), pq = ptr<const float>(q), pk = ptr<const float>(k), pv = ptr<const float>(v);
+    auto po = ptr<const float>(out), pl = ptr<const float>(lse);
+    auto pdq = ptr<float>(dq), pdk = ptr<float>(dk), pdv = ptr<float>(dv);
+    py::gil_scoped_release release;
+    reactfast::biased_attention_bwd_cpu(a, pd, st[0], pq, st[1], pk, st[2], pv, st[3], po, st[4], pl, pdq, st[5], pdk,
+                                        st[6], pdv, st[7]);
+  }, py::arg("dout"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("lse"), py::arg("dq"),
+     py::arg("dk"), py::arg("dv"), py::arg("slopes"), py::arg("q0"), py::arg("start"), py::arg("length"),
+     py::arg("shape"), py::arg("strides"), py::arg("period"), py::arg("ratio"), py::arg("extra"), py::arg("qperiod"),
+     py::arg("scale"));
 
   m.def("dropout_fwd_cpu", [](Buf x, Buf out, Buf keep, index_t n, std::uint32_t threshold, std::uint32_t key0,
                               std::uint32_t key1, float scale) {

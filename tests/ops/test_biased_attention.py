@@ -25,7 +25,9 @@ def _precision(dtype, device):
 
 
 # Each fast backend on the device it runs on here (Triton: CUDA tensors, or the interpreter's CPU ones).
-FAST = [("triton", TRITON_DEVICE), ("sdpa", "cpu")] + ([("sdpa", "cuda")] if HAS_CUDA else [])
+# The C++ kernels take float32 only (FAST_LOW: the backends for float16/bfloat16).
+FAST_LOW = [("triton", TRITON_DEVICE), ("sdpa", "cpu")] + ([("sdpa", "cuda")] if HAS_CUDA else [])
+FAST = FAST_LOW + [("cpp", "cpu")]
 
 
 def _check(B, H, Tq, Tk, d, dtype=torch.float32, backends=FAST, **kw):
@@ -92,8 +94,9 @@ def test_key_start_masks_empty_buffer_slots():
 def test_fully_masked_rows_give_zeros():
     q, k, v = _inputs(2, 2, 9, 20, 16)
     lengths = torch.tensor([0, 20], device=DEVICE)
-    for backend in ("triton", "sdpa", "reference"):
-        out = biased_attention(q, k, v, key_lengths=lengths, backend=backend)
+    for backend in ("triton", "cpp", "sdpa", "reference"):
+        q, k, v = (t.to("cpu" if backend == "cpp" else DEVICE) for t in (q, k, v))
+        out = biased_attention(q, k, v, key_lengths=lengths.to(q.device), backend=backend)
         assert torch.isfinite(out).all()
         assert float(out[0].detach().abs().max()) == 0.0
         grads = torch.autograd.grad(out.sum(), (q, k, v))
@@ -105,9 +108,57 @@ def test_fully_masked_rows_give_zeros():
 def test_low_precision(dtype):
     # Under the interpreter bf16/fp16 are upcast after loading; on a GPU they feed the matrix units.
     if HAS_CUDA:
-        _check(2, 4, 97, 751, 64, dtype=dtype, q_offset=0)
+        _check(2, 4, 97, 751, 64, dtype=dtype, q_offset=0, backends=FAST_LOW)
     else:
-        _check(1, 2, 17, 33, 16, dtype=dtype, q_offset=16)
+        _check(1, 2, 17, 33, 16, dtype=dtype, q_offset=16, backends=FAST_LOW)
+
+
+def test_cpp_takes_float32_and_the_cpu_default_routes_the_rest():
+    q, k, v = (t.detach() for t in _inputs(1, 2, 5, 9, 16, dtype=torch.bfloat16, device="cpu"))
+    with pytest.raises(ValueError, match="backend 'cpp' was asked for but they take float32 only"):
+        biased_attention(q, k, v, q_offset=4, backend="cpp")
+    out = biased_attention(q, k, v, q_offset=4)          # the CPU default: SDPA for bfloat16
+    want = ref.biased_attention(q.double(), k.double(), v.double(), q_offset=4)
+    assert_rel_close("bf16 default", want, out, torch.bfloat16)
+
+
+def test_cpp_reads_strided_operands_and_returns_projection_layout():
+    """q, k, v as views of projections (B, T, H, d) -> (B, H, T, d), k and v narrowed out of a longer
+    buffer, and one with a non-unit last stride (copied): the same values as contiguous inputs, and
+    out and every gradient laid out as (B, T, H, d), so merging the heads back is a view."""
+    g = torch.Generator().manual_seed(3)
+    B, H, Tq, Tk, d = 3, 4, 12, 50, 16
+    qp = torch.randn(B, Tq, H, d, generator=g).requires_grad_()
+    buf = torch.randn(B, Tk + 9, H, d, generator=g).requires_grad_()
+    vt = torch.randn(B, H, d, Tk, generator=g).requires_grad_()
+    q, k, v = qp.transpose(1, 2), buf[:, 5:5 + Tk].transpose(1, 2), vt.transpose(2, 3)
+    kw = dict(q_offset=torch.tensor([38, 20, 45]), key_start=torch.tensor([0, 4, 30]), audio_ratio=1, period=8)
+    out = biased_attention(q, k, v, backend="cpp", **kw)
+    assert out.transpose(1, 2).is_contiguous()
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    want = ref.biased_attention(q64, k64, v64, **kw)
+    assert_rel_close("strided out", want, out, torch.float32)
+    grad = torch.randn(want.shape, generator=g, dtype=torch.float64)
+    got = torch.autograd.grad(out, (q, k, v), grad.float())
+    for name, a, b in zip(("dq", "dk", "dv"), torch.autograd.grad(want, (q64, k64, v64), grad), got):
+        assert_rel_close(f"strided {name}", a, b, torch.float32)
+
+
+def test_cpp_results_do_not_depend_on_the_thread_count():
+    q, k, v = (t.detach() for t in _inputs(4, 4, 40, 200, 16, device="cpu"))
+    grad = torch.randn(4, 4, 40, 16)
+    runs = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, max(2, threads)):
+            torch.set_num_threads(n)
+            qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
+            out = biased_attention(qg, kg, vg, q_offset=160, audio_ratio=1, backend="cpp")
+            runs.append((out.detach(), *torch.autograd.grad(out, (qg, kg, vg), grad)))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
 
 
 def test_sdpa_shares_one_bias_and_groups_distinct_patterns():
@@ -366,7 +417,7 @@ def test_deterministic_mode_uses_a_fixed_configuration(monkeypatch):
     assert sorted(seen) == sorted(expect), seen
 
 
-@pytest.mark.parametrize("backend,device", FAST)
+@pytest.mark.parametrize("backend,device", FAST_LOW)
 def test_autocast_casts_mixed_inputs(backend, device):
     """Under autocast, bf16 queries over float32 keys (a bf16 projection beside a float32 buffer) are
     cast to the autocast dtype, as a matmul's inputs are, and match float64 at bf16's tolerance."""
@@ -377,3 +428,49 @@ def test_autocast_casts_mixed_inputs(backend, device):
     assert out.dtype == torch.bfloat16
     want = ref.biased_attention(q.double(), k.to(torch.bfloat16).double(), v.to(torch.bfloat16).double(), q_offset=31)
     assert_rel_close(f"{backend} autocast", want, out, torch.bfloat16)
+
+
+_ISA_SCRIPT = """
+import sys, torch
+from reactfast import _C
+from reactfast.ops import biased_attention
+from reactfast.reference import biased_attention as ref
+from reactfast.testing import assert_rel_close
+g = torch.Generator().manual_seed(5)
+q, k, v = (torch.randn(3, 2, T, 24, generator=g, dtype=torch.float64) for T in (20, 45, 45))
+kw = dict(q_offset=torch.tensor([0, 12, 40]), key_start=torch.tensor([0, 3, 44]), audio_ratio=2, extra=1, period=4)
+q32, k32, v32 = (t.float().requires_grad_() for t in (q, k, v))
+out = biased_attention(q32, k32, v32, backend="cpp", **kw)
+q64, k64, v64 = (t.clone().requires_grad_() for t in (q, k, v))
+want = ref.biased_attention(q64, k64, v64, **kw)
+grad = torch.randn(want.shape, generator=g, dtype=torch.float64)
+assert_rel_close("out", want, out, torch.float32)
+for name, a, b in zip("qkv", torch.autograd.grad(want, (q64, k64, v64), grad),
+                      torch.autograd.grad(out, (q32, k32, v32), grad.float())):
+    assert_rel_close("d" + name, a, b, torch.float32)
+print(_C.cpu_isa())
+"""
+
+
+def test_cpp_every_cpu_build_matches_reference(tmp_path):
+    """The kernels' AVX-512, AVX2 and baseline builds (REACTFAST_CPU_ISA caps the pick), each in a
+    process of its own as far as this machine goes, against the float64 reference."""
+    import os
+    import subprocess
+
+    from reactfast import _backend
+
+    if not _backend.cpp_status()[0]:
+        pytest.skip("needs the C++ extension")
+    script = tmp_path / "run.py"
+    script.write_text(_ISA_SCRIPT)
+    seen = set()
+    for cap in ("", "x86-64-v3", "x86-64"):
+        env = {key: value for key, value in os.environ.items() if key != "REACTFAST_CPU_ISA"}
+        if cap:
+            env["REACTFAST_CPU_ISA"] = cap
+        done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+        assert done.returncode == 0, done.stderr[-2000:]
+        seen.add(done.stdout.strip())
+    assert "baseline" in seen, seen

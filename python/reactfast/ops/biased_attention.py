@@ -3,9 +3,16 @@
 - ``triton``: flash kernels on CUDA tensors (forward and backward, no (B, H, Tq, Tk) tensor),
   registered as ``torch.ops.reactfast.biased_attention_fwd`` / ``_bwd`` custom ops with fake and
   autograd implementations, so ``torch.compile(fullgraph=True)`` and autograd work through them.
-- ``sdpa`` (the CPU path): torch's fused ``scaled_dot_product_attention`` with the bias built once
-  per distinct (q_offset, key_start, key_lengths) and broadcast over the samples that share it (in
-  ReactFace every sample of a batch does), its own backward.
+- ``cpp`` (the CPU path for float32): C++ kernels, forward and backward, that read only each query's
+  visible keys (one contiguous range: the causal bound and empty buffer slots cost nothing) and
+  compute the bias from integer step counts; no bias, mask or copy of q, k, v is made, and the
+  output and gradients come in the (B, T, H, d) layout of a projection, so splitting heads and
+  merging them back are views. A plain autograd.Function (its dispatch is a fraction of a custom
+  op's); under ``torch.compile`` the SDPA path is traced instead.
+- ``sdpa`` (CPU float16/bfloat16, and under ``torch.compile``): torch's fused
+  ``scaled_dot_product_attention`` with the bias built once per distinct (q_offset, key_start,
+  key_lengths) and broadcast over the samples that share it (in ReactFace every sample of a batch
+  does), its own backward.
 - ``reference``: the pure-PyTorch oracle, any device.
 """
 
@@ -25,7 +32,7 @@ from reactfast.reference import biased_attention as _ref
 if kernels.AVAILABLE:
     from reactfast.kernels import biased_attention as _triton
 
-IMPLEMENTED = ("triton", "sdpa", "reference")
+IMPLEMENTED = ("triton", "cpp", "sdpa", "reference")
 _backend.register_op("biased_attention", IMPLEMENTED)
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Largest q_offset: the Triton kernels' bias floor is exact for key positions below 2^22.
@@ -172,6 +179,59 @@ def _sdpa(q, k, v, slopes, q0, starts, lengths, period, ratio, extra, scale, qpe
     return torch.cat(outs)[torch.argsort(torch.cat(order))]
 
 
+def _strides(t: torch.Tensor):
+    return tuple(t.stride()[:3])
+
+
+def _last_dim_dense(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _heads_layout(B: int, H: int, T: int, d: int, device) -> torch.Tensor:
+    """An output buffer (B, H, T, d) laid out as (B, T, H, d): heads merge back into a row by a view."""
+    return _backend.empty((B, T, H, d), torch.float32, device).permute(0, 2, 1, 3)
+
+
+class _CppAttention(torch.autograd.Function):
+    """The C++ kernels; ``args`` = (period, audio_ratio, extra, scale, qperiod)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, slopes, q0, starts, lengths, args):
+        period, ratio, extra, scale, qperiod = args
+        q, k, v = _last_dim_dense(q), _last_dim_dense(k), _last_dim_dense(v)
+        B, H, Tq, d = q.shape
+        out = _heads_layout(B, H, Tq, d, q.device)
+        lse = _backend.empty((B, H, Tq), torch.float32, q.device)
+        _backend.native().biased_attention_fwd_cpu(
+            q, k, v, out, lse, slopes, q0, starts, lengths, (B, H, Tq, k.shape[2], d),
+            (_strides(q), _strides(k), _strides(v), _strides(out)), period, ratio, extra, qperiod, scale)
+        ctx.save_for_backward(q, k, v, out, lse, slopes, q0, starts, lengths)
+        ctx.args = args
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout):
+        q, k, v, out, lse, slopes, q0, starts, lengths = ctx.saved_tensors
+        period, ratio, extra, scale, qperiod = ctx.args
+        dout = _last_dim_dense(dout.float())
+        B, H, Tq, d = q.shape
+        Tk = k.shape[2]
+        dq, dk, dv = (_heads_layout(B, H, Tq, d, q.device), _heads_layout(B, H, Tk, d, q.device),
+                      _heads_layout(B, H, Tk, d, q.device))
+        _backend.native().biased_attention_bwd_cpu(
+            dout, q, k, v, out, lse, dq, dk, dv, slopes, q0, starts, lengths, (B, H, Tq, Tk, d),
+            tuple(_strides(t) for t in (dout, q, k, v, out, dq, dk, dv)), period, ratio, extra, qperiod, scale)
+        return dq, dk, dv, None, None, None, None, None
+
+
+def _cpp_usable(q: torch.Tensor) -> Optional[str]:
+    """Why the C++ kernels cannot take this call (None when they can)."""
+    if q.dtype != torch.float32:
+        return f"they take float32 only, got {q.dtype}"
+    return None
+
+
 def _per_sample(name: str, value, B: int, device, low: int, high: Optional[int] = None) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         if value.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.bool):
@@ -180,7 +240,10 @@ def _per_sample(name: str, value, B: int, device, low: int, high: Optional[int] 
             raise ValueError(f"{name} must hold one value per sample ({B}), got shape {tuple(value.shape)}")
         t = value.reshape(B).to(device=device, dtype=torch.int32)
     elif isinstance(value, int) and not isinstance(value, bool):
-        t = torch.full((B,), value, dtype=torch.int32, device=device)
+        if value < low or (high is not None and value > high):   # checked on the host: no tensor read
+            bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+            raise ValueError(f"{name} must be {bound}, got {value}")
+        return torch.full((B,), value, dtype=torch.int32, device=device)
     else:
         raise TypeError(f"{name} must be an int or an integer tensor, got {type(value).__name__}")
     if not _backend.host_checks_allowed(t):
@@ -223,7 +286,8 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: 
         query_period: P dividing Tq: query row i stands at frame q_offset + (i mod P), i.e. the rows
             hold Tq / P windows of P frames over the same keys (several samples of one speaker folded
             into one batch row: their keys are read once, and no copies are made). Default Tq.
-        backend: ``"triton"``, ``"sdpa"`` or ``"reference"`` (default: Triton on CUDA, SDPA on CPU).
+        backend: ``"triton"``, ``"cpp"``, ``"sdpa"`` or ``"reference"`` (default: Triton on CUDA; on
+            CPU the C++ kernels for float32, SDPA for float16/bfloat16 and inside ``torch.compile``).
         precision: float32 inputs on the Triton path: ``"tf32"`` (default; TF32 matrix products,
             float32 accumulation, about 1e-3 relative error) or ``"ieee"`` (exact float32 products
             on FMA units, no tensor cores: the earlier ieee-only kernels took 62 ms against 1.8 ms in
@@ -272,7 +336,19 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: 
     qperiod = Tq if query_period is None else query_period
     if not isinstance(qperiod, int) or isinstance(qperiod, bool) or qperiod < 1 or Tq % qperiod:
         raise ValueError(f"query_period must be an int >= 1 dividing Tq ({Tq}), got {query_period!r}")
-    if _backend.select("biased_attention", q.device, IMPLEMENTED, backend) == "sdpa":
+    if q.device.type == "cpu" and backend in (None, "cpp") and torch.compiler.is_compiling():
+        name = "sdpa"   # a compiled graph traces torch ops (and cannot trace the extension's import)
+    else:
+        name = _backend.select("biased_attention", q.device, IMPLEMENTED, backend)
+    if name == "cpp":
+        why = _cpp_usable(q)
+        if why is None:
+            return _CppAttention.apply(q, k, v, slopes.float().contiguous(), q0, starts, lengths,
+                                       (period, audio_ratio, extra, scale, qperiod))
+        if backend == "cpp":
+            raise ValueError(f"biased_attention: backend 'cpp' was asked for but {why}")
+        name = "sdpa"   # float16/bfloat16 on a CPU
+    if name == "sdpa":
         return _sdpa(q, k, v, slopes.float(), q0, starts, lengths, period, audio_ratio, extra, scale, qperiod)
     out, _ = _fwd(q.contiguous(), k.contiguous(), v.contiguous(), slopes.float().contiguous(), q0, starts, lengths,
                   period, audio_ratio, extra, scale, qperiod, backend or "", precision)
