@@ -1,16 +1,19 @@
 # Set-up is part of every target: a virtual environment in .venv, torch==2.13.0 first (the
-# local CPU wheel; never plain `torch`), then the build tools, then reactfast itself.
+# local CPU wheel; never plain `torch`), then the build tools, then reactfast itself; the targets
+# that run tests or benchmarks add the test extra (pytest, hypothesis, triton for the interpreter,
+# ...), which the demo does not need (about 20 s of a fresh clone's set-up on 2 cores).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.reactfast-deps
+TEST_STAMP := $(VENV)/.reactfast-test-deps
 
 .PHONY: demo test test-gpu bench install env clean
 
 demo: install
 	$(VENV)/bin/reactfast demo
 
-test: install
+test: install $(TEST_STAMP)
 	$(PY) -m pytest tests -q
 
 # On a GPU machine with no network: builds with the CUDA kernels for the local GPU (system python3,
@@ -18,7 +21,7 @@ test: install
 test-gpu:
 	bash tools/test_gpu.sh
 
-bench: install
+bench: install $(TEST_STAMP)
 	$(PY) -m pytest bench -q
 
 env: install
@@ -31,8 +34,12 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet "scikit-build-core>=0.10" "pybind11>=2.12" ninja
-	$(PY) -m pip install --quiet --no-build-isolation ".[test]"
+	$(PY) -m pip install --quiet --no-build-isolation .
 	touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --no-build-isolation ".[test]"
+	touch $(TEST_STAMP)
 
 clean:
 	rm -rf build dist $(VENV)
