@@ -490,14 +490,3 @@ def test_cpu_default_takes_cpp_where_it_pays():
     assert not run(16, 63, 0)     # every key visible
     assert not run(64, 0, 0)      # wider heads
     assert run(16, 40, 30)        # an empty buffer's first slots hidden as well
-
-
-def test_cpu_backend_forced_by_environment_is_kept(monkeypatch):
-    """REACTFAST_BACKEND=biased_attention:cpp keeps the C++ kernels even where the automatic choice
-    would take SDPA (every key visible)."""
-    monkeypatch.setenv("REACTFAST_BACKEND", "biased_attention:cpp")
-    q, k, v = (t.detach() for t in _inputs(2, 2, 8, 16, 16, device="cpu"))
-    out = biased_attention(q, k, v, q_offset=15)
-    assert out.transpose(1, 2).is_contiguous() and not out.is_contiguous()
-    assert_rel_close("forced", ref.biased_attention(q.double(), k.double(), v.double(), q_offset=15), out,
-                     torch.float32)

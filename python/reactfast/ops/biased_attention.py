@@ -4,8 +4,8 @@
   registered as ``torch.ops.reactfast.biased_attention_fwd`` / ``_bwd`` custom ops with fake and
   autograd implementations, so ``torch.compile(fullgraph=True)`` and autograd work through them.
 - ``cpp`` (CPU float32; chosen automatically for head dims <= 16 with at most 60 % of the pairs
-  visible, where it measured faster than SDPA): C++ kernels, forward and backward, that read only
-  each query's visible keys (one contiguous range: the causal bound and empty buffer slots cost nothing) and
+  visible, where it measured faster than SDPA): C++ kernels, forward and backward, that read only each query's
+  visible keys (one contiguous range: the causal bound and empty buffer slots cost nothing) and
   compute the bias from integer step counts; no bias, mask or copy of q, k, v is made, and the
   output and gradients come in the (B, T, H, d) layout of a projection, so splitting heads and
   merging them back are views. A plain autograd.Function (its dispatch is a fraction of a custom
@@ -362,8 +362,7 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: 
         name = "sdpa"   # a compiled graph traces torch ops (and cannot trace the extension's import)
     else:
         name = _backend.select("biased_attention", q.device, IMPLEMENTED, backend)
-    forced = backend if backend is not None else _backend.forced_backend("biased_attention")
-    if name == "cpp" and forced is None and (d > _CPP_AUTO_MAX_HEAD_DIM or _visible_fraction(
+    if name == "cpp" and backend is None and (d > _CPP_AUTO_MAX_HEAD_DIM or _visible_fraction(
             q0, starts, lengths, Tq, Tk, qperiod, audio_ratio, extra) > _CPP_AUTO_MAX_VISIBLE):
         name = "sdpa"   # faster there (see _CPP_AUTO_MAX_VISIBLE)
     if name == "cpp":
@@ -371,7 +370,7 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: 
         if why is None:
             return _CppAttention.apply(q, k, v, slopes.float().contiguous(), q0, starts, lengths,
                                        (period, audio_ratio, extra, scale, qperiod))
-        if forced == "cpp":
+        if backend == "cpp":
             raise ValueError(f"biased_attention: backend 'cpp' was asked for but {why}")
         name = "sdpa"   # float16/bfloat16 on a CPU
     if name == "sdpa":
