@@ -474,19 +474,3 @@ def test_cpp_every_cpu_build_matches_reference(tmp_path):
         assert done.returncode == 0, done.stderr[-2000:]
         seen.add(done.stdout.strip())
     assert "baseline" in seen, seen
-
-
-def test_cpu_default_takes_cpp_where_it_pays():
-    """The automatic CPU choice: the C++ kernels for head dims <= 16 with at most 60 % of the pairs
-    visible, SDPA otherwise (told apart by the output's layout: the C++ kernels return the
-    projection layout (B, T, H, d), SDPA a contiguous (B, H, T, d)); both equal the reference."""
-    def run(d, q_offset, key_start):
-        q, k, v = (t.detach() for t in _inputs(2, 2, 32, 64, d, device="cpu"))
-        kw = dict(q_offset=q_offset, key_start=torch.full((2,), key_start))
-        out = biased_attention(q, k, v, **kw)
-        assert_rel_close(f"d{d}", ref.biased_attention(q.double(), k.double(), v.double(), **kw), out, torch.float32)
-        return out.transpose(1, 2).is_contiguous() and not out.is_contiguous()
-    assert run(16, 0, 0)          # causal from key 0: 26 % of the pairs visible
-    assert not run(16, 63, 0)     # every key visible
-    assert not run(64, 0, 0)      # wider heads
-    assert run(16, 40, 30)        # an empty buffer's first slots hidden as well

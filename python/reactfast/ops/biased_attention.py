@@ -3,14 +3,13 @@
 - ``triton``: flash kernels on CUDA tensors (forward and backward, no (B, H, Tq, Tk) tensor),
   registered as ``torch.ops.reactfast.biased_attention_fwd`` / ``_bwd`` custom ops with fake and
   autograd implementations, so ``torch.compile(fullgraph=True)`` and autograd work through them.
-- ``cpp`` (CPU float32; chosen automatically for head dims <= 16 with at most 60 % of the pairs
-  visible, where it measured faster than SDPA): C++ kernels, forward and backward, that read only each query's
+- ``cpp`` (the CPU path for float32): C++ kernels, forward and backward, that read only each query's
   visible keys (one contiguous range: the causal bound and empty buffer slots cost nothing) and
   compute the bias from integer step counts; no bias, mask or copy of q, k, v is made, and the
   output and gradients come in the (B, T, H, d) layout of a projection, so splitting heads and
   merging them back are views. A plain autograd.Function (its dispatch is a fraction of a custom
   op's); under ``torch.compile`` the SDPA path is traced instead.
-- ``sdpa`` (the other CPU calls, float16/bfloat16, and under ``torch.compile``): torch's fused
+- ``sdpa`` (CPU float16/bfloat16, and under ``torch.compile``): torch's fused
   ``scaled_dot_product_attention`` with the bias built once per distinct (q_offset, key_start,
   key_lengths) and broadcast over the samples that share it (in ReactFace every sample of a batch
   does), its own backward.
@@ -226,26 +225,6 @@ class _CppAttention(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None, None
 
 
-# The automatic choice on a CPU takes the C++ kernels where they measured faster than SDPA
-# (bench_biased_attention_cpu.py, 2 cores, AVX2): head dims up to 16 with at most 60 % of the
-# (query, key) pairs visible, where skipping the hidden keys outweighs their lower throughput per
-# visible pair (about 0.7x SDPA's flash kernel with every key visible, 0.4-0.8x at d 64). ReactFace's
-# demo calls: 1.0-2.3x; its streaming fusion over a full rolling buffer stays on SDPA.
-_CPP_AUTO_MAX_HEAD_DIM = 16
-_CPP_AUTO_MAX_VISIBLE = 0.6
-
-
-def _visible_fraction(q0, starts, lengths, Tq: int, Tk: int, qperiod: int, ratio: int, extra: int) -> float:
-    """The fraction of (query, key) pairs the mask leaves visible (read on the host: CPU tensors)."""
-    rows = set(map(tuple, torch.stack([q0, starts, lengths], 1).tolist()))
-    P = min(qperiod, Tq)
-    visible = 0
-    for first, start, length in rows:
-        lo, end = max(start, 0), min(length, Tk)
-        visible += sum(max(0, min(end, ratio * (first + i) + extra + 1) - lo) for i in range(P))
-    return visible / (len(rows) * P * Tk)
-
-
 def _cpp_usable(q: torch.Tensor) -> Optional[str]:
     """Why the C++ kernels cannot take this call (None when they can)."""
     if q.dtype != torch.float32:
@@ -308,8 +287,7 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: 
             hold Tq / P windows of P frames over the same keys (several samples of one speaker folded
             into one batch row: their keys are read once, and no copies are made). Default Tq.
         backend: ``"triton"``, ``"cpp"``, ``"sdpa"`` or ``"reference"`` (default: Triton on CUDA; on
-            CPU the C++ kernels for float32 calls with head dim <= 16 and at most 60 % of the pairs
-            visible, SDPA otherwise, for float16/bfloat16 and inside ``torch.compile``).
+            CPU the C++ kernels for float32, SDPA for float16/bfloat16 and inside ``torch.compile``).
         precision: float32 inputs on the Triton path: ``"tf32"`` (default; TF32 matrix products,
             float32 accumulation, about 1e-3 relative error) or ``"ieee"`` (exact float32 products
             on FMA units, no tensor cores: the earlier ieee-only kernels took 62 ms against 1.8 ms in
@@ -362,9 +340,6 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: 
         name = "sdpa"   # a compiled graph traces torch ops (and cannot trace the extension's import)
     else:
         name = _backend.select("biased_attention", q.device, IMPLEMENTED, backend)
-    if name == "cpp" and backend is None and (d > _CPP_AUTO_MAX_HEAD_DIM or _visible_fraction(
-            q0, starts, lengths, Tq, Tk, qperiod, audio_ratio, extra) > _CPP_AUTO_MAX_VISIBLE):
-        name = "sdpa"   # faster there (see _CPP_AUTO_MAX_VISIBLE)
     if name == "cpp":
         why = _cpp_usable(q)
         if why is None:
