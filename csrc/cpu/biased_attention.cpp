@@ -26,7 +26,14 @@ constexpr int kTile = 4;  // query rows per tile
 
 #define RF_INLINE __attribute__((always_inline)) inline
 
-RF_INLINE v8f splat(float x) { return v8f{x, x, x, x, x, x, x, x}; }
+// Every lane x. A macro, not a function: GCC 12 builds a vector from a scalar argument of an
+// always_inline helper without the caller's target lane by lane (9 inserts) rather than with one
+// broadcast.
+#define splat(x) (__extension__({                  \
+  const float splat_x_ = (x);                      \
+  v8f{splat_x_, splat_x_, splat_x_, splat_x_,      \
+      splat_x_, splat_x_, splat_x_, splat_x_};     \
+}))
 RF_INLINE v8f load(const float* p) {
   v8f r;
   std::memcpy(&r, p, sizeof r);
