@@ -3,8 +3,8 @@
 reference, at the demo ReactFace's attention calls (4 heads of 16; three samples of a conversation
 folded over its keys), long causal calls, every key visible and an online window, at head dims 16,
 32 and 64 (these figures set ``CPP_MAX_HEAD_DIM``, the widest head the CPU default gives the C++
-kernels). Each provider is checked against a
-float64 reference before timing; times are interleaved best-of rounds in one run."""
+kernels). Each provider is checked against a float64 reference before timing; times are
+interleaved best-of rounds in one run."""
 
 import pytest
 import torch

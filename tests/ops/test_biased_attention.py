@@ -10,6 +10,8 @@ from reactfast.reference import biased_attention as ref
 from reactfast.testing import assert_close, assert_rel_close
 from tests.conftest import HAS_CUDA, TRITON_DEVICE
 
+bao = sys.modules["reactfast.ops.biased_attention"]   # the module (the package exports the function)
+
 DEVICE = TRITON_DEVICE
 
 
@@ -113,13 +115,45 @@ def test_low_precision(dtype):
         _check(1, 2, 17, 33, 16, dtype=dtype, q_offset=16, backends=FAST_LOW)
 
 
-def test_cpp_takes_float32_and_the_cpu_default_routes_the_rest():
+def test_cpp_takes_float32_and_the_cpu_default_routes_the_rest(monkeypatch):
     q, k, v = (t.detach() for t in _inputs(1, 2, 5, 9, 16, dtype=torch.bfloat16, device="cpu"))
-    with pytest.raises(ValueError, match="backend 'cpp' was asked for but they take float32 only"):
+    with pytest.raises(ValueError, match=r"forced \(backend='cpp'\) but they take float32 only"):
         biased_attention(q, k, v, q_offset=4, backend="cpp")
     out = biased_attention(q, k, v, q_offset=4)          # the CPU default: SDPA for bfloat16
     want = ref.biased_attention(q.double(), k.double(), v.double(), q_offset=4)
     assert_rel_close("bf16 default", want, out, torch.bfloat16)
+    # Forced through the environment, the C++ kernels raise just as loudly for bfloat16.
+    monkeypatch.setenv("REACTFAST_BACKEND", "biased_attention:cpp")
+    with pytest.raises(ValueError, match=r"forced \(REACTFAST_BACKEND\) but they take float32 only"):
+        biased_attention(q, k, v, q_offset=4)
+
+
+def _route(d, **kw):
+    """The path one float32 CPU call takes ("cpp" or "sdpa"), and its output checked against float64."""
+    taken = []
+    real_sdpa, real_cpp = bao._sdpa, bao._CppAttention.apply
+    q, k, v = (t.detach() for t in _inputs(2, 2, 6, 11, d, device="cpu"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bao, "_sdpa", lambda *a: taken.append("sdpa") or real_sdpa(*a))
+        mp.setattr(bao._CppAttention, "apply", lambda *a: taken.append("cpp") or real_cpp(*a))
+        out = biased_attention(q, k, v, q_offset=5, **kw)
+    assert_rel_close(f"d {d} {kw}", ref.biased_attention(q.double(), k.double(), v.double(), q_offset=5), out,
+                     torch.float32)
+    assert len(taken) == 1, taken
+    return taken[0]
+
+
+def test_cpu_default_takes_cpp_up_to_its_head_dim_and_sdpa_above(monkeypatch):
+    """The choice depends on the head dim alone (one model's calls, offline and streaming, take one
+    path); a forced cpp takes any float32 head dim."""
+    limit = bao.CPP_MAX_HEAD_DIM
+    assert _route(limit) == "cpp"
+    assert _route(8) == "cpp"
+    assert _route(limit + 8) == "sdpa"
+    assert _route(64) == "sdpa"
+    assert _route(64, backend="cpp") == "cpp"
+    monkeypatch.setenv("REACTFAST_BACKEND", "biased_attention:cpp")
+    assert _route(64) == "cpp"
 
 
 def test_cpp_reads_strided_operands_and_returns_projection_layout():

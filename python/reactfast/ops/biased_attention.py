@@ -3,13 +3,13 @@
 - ``triton``: flash kernels on CUDA tensors (forward and backward, no (B, H, Tq, Tk) tensor),
   registered as ``torch.ops.reactfast.biased_attention_fwd`` / ``_bwd`` custom ops with fake and
   autograd implementations, so ``torch.compile(fullgraph=True)`` and autograd work through them.
-- ``cpp`` (the CPU path for float32): C++ kernels, forward and backward, that read only each query's
-  visible keys (one contiguous range: the causal bound and empty buffer slots cost nothing) and
-  compute the bias from integer step counts; no bias, mask or copy of q, k, v is made, and the
-  output and gradients come in the (B, T, H, d) layout of a projection, so splitting heads and
-  merging them back are views. A plain autograd.Function (its dispatch is a fraction of a custom
-  op's); under ``torch.compile`` the SDPA path is traced instead.
-- ``sdpa`` (CPU float16/bfloat16, and under ``torch.compile``): torch's fused
+- ``cpp`` (the CPU path for float32 heads up to ``CPP_MAX_HEAD_DIM``): C++ kernels, forward and
+  backward, that read only each query's visible keys (one contiguous range: the causal bound and
+  empty buffer slots cost nothing) and compute the bias from integer step counts; no bias, mask or
+  copy of q, k, v is made, and the output and gradients come in the (B, T, H, d) layout of a
+  projection, so splitting heads and merging them back are views. A plain autograd.Function (its
+  dispatch is a fraction of a custom op's); under ``torch.compile`` the SDPA path is traced instead.
+- ``sdpa`` (CPU float16/bfloat16, wider heads, and under ``torch.compile``): torch's fused
   ``scaled_dot_product_attention`` with the bias built once per distinct (q_offset, key_start,
   key_lengths) and broadcast over the samples that share it (in ReactFace every sample of a batch
   does), its own backward.
@@ -35,6 +35,13 @@ if kernels.AVAILABLE:
 IMPLEMENTED = ("triton", "cpp", "sdpa", "reference")
 _backend.register_op("biased_attention", IMPLEMENTED)
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# The CPU default takes the C++ kernels for float32 heads up to this width and SDPA above it (a
+# property of the model's configuration, so one model's calls all take one path, offline and
+# streaming). Forward + backward against SDPA, 2-core AVX2 machine, bench_biased_attention_cpu.py,
+# one run: at head dim 16 (ReactFace's, at the authors' D 128 / 8 heads and the demo's 64 / 4) the
+# demo's calls 1.4-3.1x, causal T 750 2.3x, every key visible 1.15x, an online window (Tq 8) 0.97x;
+# at 32 causal 1.8x but every key visible 0.89x and online 0.66x; at 64 1.4x, 0.76x and 0.75x.
+CPP_MAX_HEAD_DIM = 16
 # Largest q_offset: the Triton kernels' bias floor is exact for key positions below 2^22.
 MAX_Q_OFFSET = 2 ** 21
 
@@ -287,7 +294,9 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: 
             hold Tq / P windows of P frames over the same keys (several samples of one speaker folded
             into one batch row: their keys are read once, and no copies are made). Default Tq.
         backend: ``"triton"``, ``"cpp"``, ``"sdpa"`` or ``"reference"`` (default: Triton on CUDA; on
-            CPU the C++ kernels for float32, SDPA for float16/bfloat16 and inside ``torch.compile``).
+            CPU the C++ kernels for float32 with head dims up to ``CPP_MAX_HEAD_DIM`` (16), SDPA for
+            wider heads, float16/bfloat16 and inside ``torch.compile``). Forcing ``"cpp"`` (here or
+            by ``REACTFAST_BACKEND``) takes any float32 head dim and raises for other dtypes.
         precision: float32 inputs on the Triton path: ``"tf32"`` (default; TF32 matrix products,
             float32 accumulation, about 1e-3 relative error) or ``"ieee"`` (exact float32 products
             on FMA units, no tensor cores: the earlier ieee-only kernels took 62 ms against 1.8 ms in
@@ -336,18 +345,22 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: 
     qperiod = Tq if query_period is None else query_period
     if not isinstance(qperiod, int) or isinstance(qperiod, bool) or qperiod < 1 or Tq % qperiod:
         raise ValueError(f"query_period must be an int >= 1 dividing Tq ({Tq}), got {query_period!r}")
-    if q.device.type == "cpu" and backend in (None, "cpp") and torch.compiler.is_compiling():
+    forced = backend if backend is not None else _backend.forced_backend("biased_attention")
+    if q.device.type == "cpu" and forced in (None, "cpp") and torch.compiler.is_compiling():
         name = "sdpa"   # a compiled graph traces torch ops (and cannot trace the extension's import)
     else:
         name = _backend.select("biased_attention", q.device, IMPLEMENTED, backend)
     if name == "cpp":
         why = _cpp_usable(q)
+        if why is None and forced is None and d > CPP_MAX_HEAD_DIM:
+            why = f"the head dim {d} is above {CPP_MAX_HEAD_DIM}"
         if why is None:
             return _CppAttention.apply(q, k, v, slopes.float().contiguous(), q0, starts, lengths,
                                        (period, audio_ratio, extra, scale, qperiod))
-        if backend == "cpp":
-            raise ValueError(f"biased_attention: backend 'cpp' was asked for but {why}")
-        name = "sdpa"   # float16/bfloat16 on a CPU
+        if forced == "cpp":
+            how = "backend='cpp'" if backend is not None else "REACTFAST_BACKEND"
+            raise ValueError(f"biased_attention: the C++ kernels were forced ({how}) but {why}")
+        name = "sdpa"   # float16/bfloat16 on a CPU, or wide heads
     if name == "sdpa":
         return _sdpa(q, k, v, slopes.float(), q0, starts, lengths, period, audio_ratio, extra, scale, qperiod)
     out, _ = _fwd(q.contiguous(), k.contiguous(), v.contiguous(), slopes.float().contiguous(), q0, starts, lengths,
