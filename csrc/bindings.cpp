@@ -307,8 +307,8 @@ PYBIND11_MODULE(_C, m) {
     reactfast::tlcc_cpu(px, py_, pr, M, T, D, L);
   }, "lagged correlation curves rs (M, 2L + 1)");
 
-  m.def("weight_shift_cpu_supported", &reactfast::weight_shift_cpu_supported,
-        "whether the AVX-512 weight-shift kernels can run on this processor");
+  m.def("weight_shift_cpu_build", &reactfast::weight_shift_cpu_build,
+        "the build the weight-shift kernels run here: avx512, avx2 or baseline");
 
   m.def("weight_shift_fwd_cpu", [](Buf x, Buf w, Buf dw, Buf bias, Buf y, index_t B, index_t L, index_t K,
                                    index_t N) {

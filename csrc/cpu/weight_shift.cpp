@@ -1,4 +1,6 @@
-// Per-listener weight-shift linear on the CPU (SPEC 3.2), AVX-512F.
+// Per-listener weight-shift linear on the CPU (SPEC 3.2): AVX-512F intrinsics on x86-64-v4 (below),
+// else the 8-float vector kernels of weight_shift_lanes.cpp (AVX2 or baseline builds); the
+// pick follows the CPU lane build (isa.h: REACTFAST_CPU_ISA caps it).
 //
 // Forward, y[b] = x[b] (W + dW[b])^T + bias, is computed transposed: y[b]^T = (W + dW[b]) x[b]^T.
 // A chunk of up to 112 rows of x[b] is packed once as x^T (K x 16 NV, zero-padded); the
@@ -11,8 +13,7 @@
 // gradient d(dW)[b] = dy[b]^T x[b] runs on the same tile: 6 rows of dW x 64 columns of x[b].
 //
 // OpenMP tasks: forward (sample, token chunk, row range), dx (sample, 64-column block), d(dW)
-// (sample, 96-row slab). Outside x86-64 with GCC the kernels are not built and
-// weight_shift_cpu_supported() is false (the op then uses the reference).
+// (sample, 96-row slab). Outside x86-64 with GCC only the portable kernels are built.
 #include "reactfast/weight_shift.h"
 
 #include <cstdlib>
@@ -21,6 +22,9 @@
 #if defined(REACTFAST_OPENMP)
 #include <omp.h>
 #endif
+
+#include "isa.h"
+#include "weight_shift_lanes.h"
 
 // GCC's target pragma scopes the AVX-512 code; other compilers build without these kernels.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -40,9 +44,6 @@ inline int max_threads() {
   return 1;
 #endif
 }
-
-constexpr const char* kUnsupported =
-    "weight_shift_cpu: this processor lacks AVX-512F (or reactfast._C was built without it)";
 
 }  // namespace
 }  // namespace reactfast
@@ -271,18 +272,32 @@ void backward_dshift(const float* dy, const float* x, float* ddw, index_t B, ind
 #endif  // RF_WS_AVX512
 
 namespace reactfast {
+namespace {
 
-bool weight_shift_cpu_supported() {
+// The AVX-512 kernels where they are built and the lane build in use is x86-64-v4.
+bool use_avx512() {
 #if defined(RF_WS_AVX512)
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+  return lane_isa() == 4;
 #else
   return false;
 #endif
 }
 
+ws_lanes::Problem problem(index_t B, index_t L, index_t K, index_t N) {
+  ws_lanes::Problem p;
+  p.B = B;
+  p.L = L;
+  p.K = K;
+  p.N = N;
+  return p;
+}
+
+}  // namespace
+
+const char* weight_shift_cpu_build() { return use_avx512() ? "avx512" : lane_isa() == 3 ? "avx2" : "baseline"; }
+
 const char* weight_shift_fwd_cpu(const float* x, const float* w, const float* dw, const float* bias, float* y,
                                  index_t B, index_t L, index_t K, index_t N) {
-  if (!weight_shift_cpu_supported()) return kUnsupported;
   if (B <= 0 || L <= 0 || N <= 0) return nullptr;
   if (K <= 0) {
     for (index_t i = 0; i < B * L; ++i)
@@ -290,36 +305,62 @@ const char* weight_shift_fwd_cpu(const float* x, const float* w, const float* dw
     return nullptr;
   }
 #if defined(RF_WS_AVX512)
-  if (!ws512::forward(x, w, dw, bias, y, B, L, K, N)) return "weight_shift_fwd_cpu: out of memory for the packing buffers";
+  if (use_avx512()) {
+    if (!ws512::forward(x, w, dw, bias, y, B, L, K, N))
+      return "weight_shift_fwd_cpu: out of memory for the packing buffers";
+    return nullptr;
+  }
 #endif
+  ws_lanes::Problem p = problem(B, L, K, N);
+  p.x = x;
+  p.w = w;
+  p.dw = dw;
+  p.bias = bias;
+  p.y = y;
+  ws_lanes::forward(p);
   return nullptr;
 }
 
 const char* weight_shift_bwd_dshift_cpu(const float* dy, const float* x, float* ddw, index_t B, index_t L, index_t K,
                                         index_t N) {
-  if (!weight_shift_cpu_supported()) return kUnsupported;
   if (B <= 0 || N <= 0 || K <= 0) return nullptr;
   if (L <= 0) {
     for (index_t i = 0; i < B * N * K; ++i) ddw[i] = 0.0f;
     return nullptr;
   }
 #if defined(RF_WS_AVX512)
-  ws512::backward_dshift(dy, x, ddw, B, L, K, N);
+  if (use_avx512()) {
+    ws512::backward_dshift(dy, x, ddw, B, L, K, N);
+    return nullptr;
+  }
 #endif
+  ws_lanes::Problem p = problem(B, L, K, N);
+  p.dy = dy;
+  p.x = x;
+  p.ddw = ddw;
+  ws_lanes::backward_dshift(p);
   return nullptr;
 }
 
 const char* weight_shift_bwd_dx_cpu(const float* dy, const float* w, const float* dw, float* dx, index_t B,
                                     index_t L, index_t K, index_t N) {
-  if (!weight_shift_cpu_supported()) return kUnsupported;
   if (B <= 0 || L <= 0 || K <= 0) return nullptr;
   if (N <= 0) {
     for (index_t i = 0; i < B * L * K; ++i) dx[i] = 0.0f;
     return nullptr;
   }
 #if defined(RF_WS_AVX512)
-  ws512::backward_dx(dy, w, dw, dx, B, L, K, N);
+  if (use_avx512()) {
+    ws512::backward_dx(dy, w, dw, dx, B, L, K, N);
+    return nullptr;
+  }
 #endif
+  ws_lanes::Problem p = problem(B, L, K, N);
+  p.dy = dy;
+  p.w = w;
+  p.dw = dw;
+  p.dx = dx;
+  ws_lanes::backward_dx(p);
   return nullptr;
 }
 

@@ -34,6 +34,7 @@ def report() -> str:
         native = _backend.native()
         lines.append(f"reactfast._C     built (OpenMP: {native.compiled_with_openmp}, "
                      f"threads: {native.openmp_max_threads()}, CPU lane kernels: {native.cpu_isa()}, "
+                     f"weight shift: {native.weight_shift_cpu_build()}, "
                      f"CUDA kernels: {native.compiled_with_cuda})")
     else:
         lines.append(f"reactfast._C     unavailable: {reason}")

@@ -79,6 +79,55 @@ def test_cpp_blocking_paths(B, L, d_in, d_out):
         assert_close(name, a, c.double(), atol=5e-4, rtol=1e-4)
 
 
+_ISA_SCRIPT = """
+import torch
+from reactfast import _C
+from reactfast.ops.weight_shift import weight_shift_linear
+from reactfast.reference import weight_shift as ref
+from reactfast.testing import assert_rel_close
+g = torch.Generator().manual_seed(7)
+# Tokens, outputs and inputs off the 6 x 16 tiles, and a case wide enough for many tasks.
+for B, L, d_in, d_out in ((3, 13, 37, 21), (2, 6, 16, 16), (4, 50, 130, 97), (1, 1, 1, 1)):
+    x, w, b = torch.randn(B, L, d_in, generator=g), torch.randn(d_out, d_in, generator=g), torch.randn(d_out)
+    shift = torch.randn(B, d_out, d_in, generator=g) * 0.3
+    leaves32 = [t.clone().requires_grad_() for t in (x, w, shift, b)]
+    leaves64 = [t.double().requires_grad_() for t in (x, w, shift, b)]
+    got = weight_shift_linear(*leaves32, backend="cpp")
+    want = ref.weight_shift_linear(*leaves64)
+    assert_rel_close("y", want, got, torch.float32)
+    grad = torch.randn(want.shape, generator=g, dtype=torch.float64)
+    for name, a, c in zip(("dx", "dW", "dshift", "dbias"), torch.autograd.grad(want, leaves64, grad),
+                          torch.autograd.grad(got, leaves32, grad.float())):
+        assert_rel_close(name, a, c, torch.float32)
+print(_C.weight_shift_cpu_build())
+"""
+
+
+@needs_cpp
+def test_cpp_every_cpu_build_matches_reference(tmp_path):
+    """The AVX-512, AVX2 and baseline builds (REACTFAST_CPU_ISA caps the pick), each in a process of
+    its own as far as this machine goes, forward and backward against the float64 reference."""
+    import os
+    import subprocess
+    import sys
+
+    from reactfast import _C
+
+    script = tmp_path / "run.py"
+    script.write_text(_ISA_SCRIPT)
+    seen = set()
+    # The machine's own build, then each narrower one (AVX2 apart only above it).
+    for cap in ("",) + (("x86-64-v3",) if _C.cpu_isa() == "x86-64-v4" else ()) + ("x86-64",):
+        env = {key: value for key, value in os.environ.items() if key != "REACTFAST_CPU_ISA"}
+        if cap:
+            env["REACTFAST_CPU_ISA"] = cap
+        done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+        assert done.returncode == 0, done.stderr[-2000:]
+        seen.add(done.stdout.strip())
+    assert "baseline" in seen, seen
+
+
 @needs_cpp
 def test_cpp_is_the_cpu_default_for_float32_only():
     x, w, shift, b = (t.detach() for t in _leaves(*_inputs(2, 3, 4, 5)))

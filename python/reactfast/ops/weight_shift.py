@@ -1,7 +1,8 @@
 """Per-listener weight-shift linear: y[b] = x[b] (W + dW[b])^T + bias without forming W + dW
-(SPEC 3.2). Triton on CUDA tensors; on CPU the C++ AVX-512 kernels (float32; W and
-dW[b] summed in registers) where the processor has AVX-512F, else the reference
-(x W^T + bmm(x, dW^T)), logged once; the C++ backward computes dx and d(dW)[b] = dy[b]^T x[b].
+(SPEC 3.2). Triton on CUDA tensors; on CPU the C++ kernels for float32 (AVX-512 intrinsics with
+W and dW[b] summed in registers, or AVX2 / baseline builds with the sum formed in a per-thread panel
+of 16 rows; ``reactfast env`` names the build), the reference (x W^T + bmm(x, dW^T)) for other
+dtypes, logged once; the C++ backward computes dx and d(dW)[b] = dy[b]^T x[b].
 Low-rank shifts dW[b] = U[b] V[b]^T use the factored products (x V) U^T, cheaper than any
 full-rank kernel: on CUDA one Triton kernel (x V beside x W^T in the same pass), elsewhere the
 composite; their backward is the factored products in torch."""
@@ -23,16 +24,6 @@ IMPLEMENTED = ("triton", "cpp", "reference")
 _backend.register_op("weight_shift", IMPLEMENTED)
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 Shift = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
-
-
-def _cpp_status():
-    ok, reason = _backend.cpp_status()
-    if ok and not _backend.native().weight_shift_cpu_supported():
-        return False, "the C++ weight-shift kernels need a processor with AVX-512F"
-    return ok, reason
-
-
-_backend.register_requirement("weight_shift", "cpp", _cpp_status)
 
 
 def _select(x: torch.Tensor, backend: str) -> str:
@@ -189,7 +180,7 @@ def weight_shift_linear(x: torch.Tensor, weight: torch.Tensor, shift: Shift, bia
             dW[b] = U[b] V[b]^T.
         bias: (d_out,) or None.
         backend: ``"triton"``, ``"cpp"`` or ``"reference"`` (default: Triton on CUDA; on CPU the C++
-            kernels for float32 on AVX-512 processors, else the reference). Low-rank shifts take
+            kernels for float32, the reference for other dtypes). Low-rank shifts take
             the Triton kernel on CUDA (or when forced) and the composite elsewhere.
         precision: float32 on the Triton kernels: ``"tf32"`` (default; TF32 products, about 1e-3
             relative error) or ``"ieee"`` (exact float32 products on FMA units: the earlier
