@@ -15,49 +15,30 @@
 #include <vector>
 
 #include "isa.h"
+#include "vec8.h"
 
 namespace reactfast {
 namespace {
 
-typedef float v8f __attribute__((vector_size(32)));
-typedef std::int32_t v8i __attribute__((vector_size(32)));
-
 constexpr int kTile = 4;  // query rows per tile
-
-#define RF_INLINE __attribute__((always_inline)) inline
-
-// Every lane x. A macro, not a function: GCC 12 builds a vector from a scalar argument of an
-// always_inline helper without the caller's target lane by lane (9 inserts) rather than with one
-// broadcast.
-#define splat(x) (__extension__({                  \
-  const float splat_x_ = (x);                      \
-  v8f{splat_x_, splat_x_, splat_x_, splat_x_,      \
-      splat_x_, splat_x_, splat_x_, splat_x_};     \
-}))
-RF_INLINE v8f load(const float* p) {
-  v8f r;
-  std::memcpy(&r, p, sizeof r);
-  return r;
-}
-RF_INLINE void store(float* p, v8f x) { std::memcpy(p, &x, sizeof x); }
 
 // exp(x) for x <= 0 (-inf gives 0): 2^n e^r with n = round(x log2 e) and Cephes' expf polynomial
 // for e^r (about 1 ulp); below -87 the result is 0 (e^-87 is 1.6e-38).
 RF_INLINE v8f vexp(v8f x) {
-  const v8i tiny = x < splat(-87.0f);
-  x = tiny ? splat(-87.0f) : x;
-  const v8f magic = splat(12582912.0f);  // 1.5 2^23: adding and subtracting it rounds to an integer
-  const v8f n = (x * splat(1.44269504088896341f) + magic) - magic;
-  const v8f r = x - n * splat(0.693359375f) + n * splat(2.12194440e-4f);
-  v8f y = splat(1.9875691500e-4f);
-  y = y * r + splat(1.3981999507e-3f);
-  y = y * r + splat(8.3334519073e-3f);
-  y = y * r + splat(4.1665795894e-2f);
-  y = y * r + splat(1.6666665459e-1f);
-  y = y * r + splat(5.0000001201e-1f);
-  y = y * (r * r) + r + splat(1.0f);
+  const v8i tiny = x < RF_SPLAT8(-87.0f);
+  x = tiny ? RF_SPLAT8(-87.0f) : x;
+  const v8f magic = RF_SPLAT8(12582912.0f);  // 1.5 2^23: adding and subtracting it rounds to an integer
+  const v8f n = (x * RF_SPLAT8(1.44269504088896341f) + magic) - magic;
+  const v8f r = x - n * RF_SPLAT8(0.693359375f) + n * RF_SPLAT8(2.12194440e-4f);
+  v8f y = RF_SPLAT8(1.9875691500e-4f);
+  y = y * r + RF_SPLAT8(1.3981999507e-3f);
+  y = y * r + RF_SPLAT8(8.3334519073e-3f);
+  y = y * r + RF_SPLAT8(4.1665795894e-2f);
+  y = y * r + RF_SPLAT8(1.6666665459e-1f);
+  y = y * r + RF_SPLAT8(5.0000001201e-1f);
+  y = y * (r * r) + r + RF_SPLAT8(1.0f);
   const v8i bits = (__builtin_convertvector(n, v8i) + 127) << 23;
-  return tiny ? splat(0.0f) : y * (v8f)bits;
+  return tiny ? RF_SPLAT8(0.0f) : y * (v8f)bits;
 }
 
 RF_INLINE float hmax(v8f x) {
@@ -142,8 +123,8 @@ RF_INLINE void tile_dots(const float* const* rows, const float* t, index_t npad,
   for (index_t u = u0; u < npad; u += 16) {
     v8f a00{}, a01{}, a10{}, a11{}, a20{}, a21{}, a30{}, a31{};
     for (index_t c = 0; c < d; ++c) {
-      const v8f k0 = load(t + c * npad + u), k1 = load(t + c * npad + u + 8);
-      const v8f x0 = splat(rows[0][c]), x1 = splat(rows[1][c]), x2 = splat(rows[2][c]), x3 = splat(rows[3][c]);
+      const v8f k0 = load8(t + c * npad + u), k1 = load8(t + c * npad + u + 8);
+      const v8f x0 = RF_SPLAT8(rows[0][c]), x1 = RF_SPLAT8(rows[1][c]), x2 = RF_SPLAT8(rows[2][c]), x3 = RF_SPLAT8(rows[3][c]);
       a00 += x0 * k0;
       a01 += x0 * k1;
       a10 += x1 * k0;
@@ -153,14 +134,14 @@ RF_INLINE void tile_dots(const float* const* rows, const float* t, index_t npad,
       a30 += x3 * k0;
       a31 += x3 * k1;
     }
-    store(S + u, a00);
-    store(S + u + 8, a01);
-    store(S + npad + u, a10);
-    store(S + npad + u + 8, a11);
-    store(S + 2 * npad + u, a20);
-    store(S + 2 * npad + u + 8, a21);
-    store(S + 3 * npad + u, a30);
-    store(S + 3 * npad + u + 8, a31);
+    store8(S + u, a00);
+    store8(S + u + 8, a01);
+    store8(S + npad + u, a10);
+    store8(S + npad + u + 8, a11);
+    store8(S + 2 * npad + u, a20);
+    store8(S + 2 * npad + u + 8, a21);
+    store8(S + 3 * npad + u, a30);
+    store8(S + 3 * npad + u + 8, a31);
   }
 }
 
@@ -169,14 +150,14 @@ RF_INLINE void tile_dots(const float* const* rows, const float* t, index_t npad,
 RF_INLINE float bias_row(float* s, const float* steps, float scale, float nslope, index_t u0, index_t u_lo,
                          index_t n, index_t npad) {
   const v8i iota{0, 1, 2, 3, 4, 5, 6, 7};
-  const v8f ninf = splat(-std::numeric_limits<float>::infinity());
+  const v8f ninf = RF_SPLAT8(-std::numeric_limits<float>::infinity());
   v8f m = ninf;
   for (index_t u = u0; u < npad; u += 8) {
     const v8i col = iota + static_cast<std::int32_t>(u);
     const v8i visible = (col >= static_cast<std::int32_t>(u_lo)) & (col < static_cast<std::int32_t>(n));
-    v8f x = load(s + u) * splat(scale) + splat(nslope) * load(steps + u);
+    v8f x = load8(s + u) * RF_SPLAT8(scale) + RF_SPLAT8(nslope) * load8(steps + u);
     x = visible ? x : ninf;
-    store(s + u, x);
+    store8(s + u, x);
     m = x > m ? x : m;
   }
   return hmax(m);
@@ -190,8 +171,8 @@ RF_INLINE void combine(const float* w, index_t npad, const float* x, index_t st,
     v8f a0{}, a1{}, a2{}, a3{}, b0{}, b1{}, b2{}, b3{};
     for (index_t u = u0; u < u1; ++u) {
       const float* row = x + (hi_max - 1 - u) * st + c;
-      const v8f r0 = load(row), r1 = load(row + 8);
-      const v8f w0 = splat(w[u]), w1 = splat(w[npad + u]), w2 = splat(w[2 * npad + u]), w3 = splat(w[3 * npad + u]);
+      const v8f r0 = load8(row), r1 = load8(row + 8);
+      const v8f w0 = RF_SPLAT8(w[u]), w1 = RF_SPLAT8(w[npad + u]), w2 = RF_SPLAT8(w[2 * npad + u]), w3 = RF_SPLAT8(w[3 * npad + u]);
       a0 += w0 * r0;
       b0 += w0 * r1;
       a1 += w1 * r0;
@@ -201,28 +182,28 @@ RF_INLINE void combine(const float* w, index_t npad, const float* x, index_t st,
       a3 += w3 * r0;
       b3 += w3 * r1;
     }
-    store(out + c, a0);
-    store(out + c + 8, b0);
-    store(out + d + c, a1);
-    store(out + d + c + 8, b1);
-    store(out + 2 * d + c, a2);
-    store(out + 2 * d + c + 8, b2);
-    store(out + 3 * d + c, a3);
-    store(out + 3 * d + c + 8, b3);
+    store8(out + c, a0);
+    store8(out + c + 8, b0);
+    store8(out + d + c, a1);
+    store8(out + d + c + 8, b1);
+    store8(out + 2 * d + c, a2);
+    store8(out + 2 * d + c + 8, b2);
+    store8(out + 3 * d + c, a3);
+    store8(out + 3 * d + c + 8, b3);
   }
   for (; c + 8 <= d; c += 8) {
     v8f a0{}, a1{}, a2{}, a3{};
     for (index_t u = u0; u < u1; ++u) {
-      const v8f r0 = load(x + (hi_max - 1 - u) * st + c);
-      a0 += splat(w[u]) * r0;
-      a1 += splat(w[npad + u]) * r0;
-      a2 += splat(w[2 * npad + u]) * r0;
-      a3 += splat(w[3 * npad + u]) * r0;
+      const v8f r0 = load8(x + (hi_max - 1 - u) * st + c);
+      a0 += RF_SPLAT8(w[u]) * r0;
+      a1 += RF_SPLAT8(w[npad + u]) * r0;
+      a2 += RF_SPLAT8(w[2 * npad + u]) * r0;
+      a3 += RF_SPLAT8(w[3 * npad + u]) * r0;
     }
-    store(out + c, a0);
-    store(out + d + c, a1);
-    store(out + 2 * d + c, a2);
-    store(out + 3 * d + c, a3);
+    store8(out + c, a0);
+    store8(out + d + c, a1);
+    store8(out + 2 * d + c, a2);
+    store8(out + 3 * d + c, a3);
   }
   for (; c < d; ++c) {
     for (int r = 0; r < kTile; ++r) {
@@ -239,11 +220,11 @@ RF_INLINE void scatter(const float* w, index_t npad, const float* const* rows, i
                        float* __restrict acc) {
   index_t c = 0;
   for (; c + 8 <= d; c += 8) {
-    const v8f x0 = load(rows[0] + c), x1 = load(rows[1] + c), x2 = load(rows[2] + c), x3 = load(rows[3] + c);
+    const v8f x0 = load8(rows[0] + c), x1 = load8(rows[1] + c), x2 = load8(rows[2] + c), x3 = load8(rows[3] + c);
     for (index_t u = u0; u < u1; ++u) {
       float* out = acc + u * d + c;
-      store(out, load(out) + splat(w[u]) * x0 + splat(w[npad + u]) * x1 + splat(w[2 * npad + u]) * x2 +
-                     splat(w[3 * npad + u]) * x3);
+      store8(out, load8(out) + RF_SPLAT8(w[u]) * x0 + RF_SPLAT8(w[npad + u]) * x1 + RF_SPLAT8(w[2 * npad + u]) * x2 +
+                     RF_SPLAT8(w[3 * npad + u]) * x3);
     }
   }
   for (; c < d; ++c) {
@@ -343,8 +324,8 @@ RF_INLINE void fwd_head_body(const FwdJob& job, index_t b, index_t h) {
       const float mx = bias_row(s, steps + (t.pos[r] - g.pos_min), a.scale, nslope, u0, t.u_lo[r], g.n, g.npad);
       v8f sum{};
       for (index_t u = u0; u < g.npad; u += 8) {
-        const v8f p = vexp(load(s + u) - splat(mx));
-        store(s + u, p);
+        const v8f p = vexp(load8(s + u) - RF_SPLAT8(mx));
+        store8(s + u, p);
         sum += p;
       }
       const float l = hsum(sum);
@@ -426,11 +407,11 @@ RF_INLINE void bwd_head_body(const BwdJob& job, index_t b, index_t h) {
       const index_t i = i0 + r;
       const float D = dot(dout + i * job.dos.t, out + i * job.os.t, d);
       bias_row(p, steps + (t.pos[r] - g.pos_min), a.scale, nslope, u0, t.u_lo[r], g.n, g.npad);
-      const v8f m = splat(lse[i]), Dv = splat(D), sc = splat(a.scale);
+      const v8f m = RF_SPLAT8(lse[i]), Dv = RF_SPLAT8(D), sc = RF_SPLAT8(a.scale);
       for (index_t u = u0; u < g.npad; u += 8) {
-        const v8f pu = vexp(load(p + u) - m);
-        store(p + u, pu);
-        store(ds + u, pu * (load(ds + u) - Dv) * sc);  // scale folded in: dq and dk both carry it
+        const v8f pu = vexp(load8(p + u) - m);
+        store8(p + u, pu);
+        store8(ds + u, pu * (load8(ds + u) - Dv) * sc);  // scale folded in: dq and dk both carry it
       }
     }
     combine(DS, g.npad, k, job.ks.t, g.hi_max, t.u_min, g.n, d, dqt);

@@ -19,32 +19,14 @@
 #include <vector>
 
 #include "isa.h"
+#include "vec8.h"
 
 namespace reactfast {
 namespace ws_lanes {
 namespace {
 
-typedef float v8f __attribute__((vector_size(32)));
-
 constexpr int kRows = 6;    // rows of the micro-kernel
 constexpr int kCols = 16;   // columns: two vectors
-
-#define RF_INLINE __attribute__((always_inline)) inline
-
-// Every lane x. A macro, not a function: GCC 12 builds a vector from a scalar argument of an
-// always_inline helper without the caller's target lane by lane (9 inserts) rather than with one
-// broadcast.
-#define splat(x) (__extension__({                  \
-  const float splat_x_ = (x);                      \
-  v8f{splat_x_, splat_x_, splat_x_, splat_x_,      \
-      splat_x_, splat_x_, splat_x_, splat_x_};     \
-}))
-RF_INLINE v8f load(const float* p) {
-  v8f r;
-  std::memcpy(&r, p, sizeof r);
-  return r;
-}
-RF_INLINE void store(float* p, v8f x) { std::memcpy(p, &x, sizeof x); }
 
 float* scratch(std::size_t n) {
   static thread_local std::vector<float> buffer;
@@ -58,23 +40,23 @@ RF_INLINE void tile(const float* const* a, index_t step, const float* panel, ind
                     int rows, index_t cols, const float* bias) {
   v8f acc0[kRows] = {}, acc1[kRows] = {};
   for (index_t t = 0; t < depth; ++t) {
-    const v8f p0 = load(panel + t * kCols), p1 = load(panel + t * kCols + 8);
+    const v8f p0 = load8(panel + t * kCols), p1 = load8(panel + t * kCols + 8);
 #pragma GCC unroll 6
     for (int r = 0; r < kRows; ++r) {
-      const v8f s = splat(a[r][t * step]);
+      const v8f s = RF_SPLAT8(a[r][t * step]);
       acc0[r] += s * p0;
       acc1[r] += s * p1;
     }
   }
-  const v8f b0 = bias ? load(bias) : v8f{}, b1 = bias ? load(bias + 8) : v8f{};
+  const v8f b0 = bias ? load8(bias) : v8f{}, b1 = bias ? load8(bias + 8) : v8f{};
   for (int r = 0; r < rows; ++r) {
     if (cols == kCols) {
-      store(out + r * ldo, acc0[r] + b0);
-      store(out + r * ldo + 8, acc1[r] + b1);
+      store8(out + r * ldo, acc0[r] + b0);
+      store8(out + r * ldo + 8, acc1[r] + b1);
     } else {
       float tmp[kCols];
-      store(tmp, acc0[r] + b0);
-      store(tmp + 8, acc1[r] + b1);
+      store8(tmp, acc0[r] + b0);
+      store8(tmp + 8, acc1[r] + b1);
       std::memcpy(out + r * ldo, tmp, sizeof(float) * cols);
     }
   }
@@ -119,8 +101,8 @@ RF_INLINE void dx_task_body(const Problem& p, index_t b, index_t k0) {
     const float* dw = p.dw + (b * N + n) * K + k0;
     float* row = panel + n * kCols;
     if (cols == kCols) {
-      store(row, load(w) + load(dw));
-      store(row + 8, load(w + 8) + load(dw + 8));
+      store8(row, load8(w) + load8(dw));
+      store8(row + 8, load8(w + 8) + load8(dw + 8));
     } else {
       for (index_t c = 0; c < kCols; ++c) row[c] = c < cols ? w[c] + dw[c] : 0.0f;
     }
