@@ -25,6 +25,29 @@ DEVICES = ["cpu", "cuda"] if HAS_CUDA else ["cpu"]
 TRITON_DEVICE = "cuda" if HAS_CUDA else "cpu"
 
 
+def run_each_cpu_build(script, args=()):
+    """Run the Python file ``script`` once per CPU lane build this machine can run, each in a process
+    of its own (REACTFAST_CPU_ISA caps the pick): the machine's own build, AVX2 apart only where the
+    machine's is wider, and baseline x86-64. ``{cap}`` in ``args`` becomes the cap ("" for the
+    machine's own). Returns each run's stdout; a failing run fails the test with its stderr."""
+    import subprocess
+    import sys
+
+    from reactfast import _C
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    outputs = []
+    for cap in ("",) + (("x86-64-v3",) if _C.cpu_isa() == "x86-64-v4" else ()) + ("x86-64",):
+        env = {key: value for key, value in os.environ.items() if key != "REACTFAST_CPU_ISA"}
+        if cap:
+            env["REACTFAST_CPU_ISA"] = cap
+        done = subprocess.run([sys.executable, str(script)] + [a.format(cap=cap) for a in args], env=env,
+                              capture_output=True, text=True, cwd=root)
+        assert done.returncode == 0, f"REACTFAST_CPU_ISA={cap!r}:\n{done.stderr[-2000:]}"
+        outputs.append(done.stdout)
+    return outputs
+
+
 def devices():
     return list(DEVICES)
 

@@ -8,7 +8,7 @@ from reactfast.nn import BiasedCrossAttention
 from reactfast.ops import biased_attention
 from reactfast.reference import biased_attention as ref
 from reactfast.testing import assert_close, assert_rel_close
-from tests.conftest import HAS_CUDA, TRITON_DEVICE
+from tests.conftest import HAS_CUDA, TRITON_DEVICE, run_each_cpu_build
 
 bao = sys.modules["reactfast.ops.biased_attention"]   # the module (the package exports the function)
 
@@ -489,22 +489,11 @@ print(_C.cpu_isa())
 def test_cpp_every_cpu_build_matches_reference(tmp_path):
     """The kernels' AVX-512, AVX2 and baseline builds (REACTFAST_CPU_ISA caps the pick), each in a
     process of its own as far as this machine goes, against the float64 reference."""
-    import os
-    import subprocess
-
     from reactfast import _backend
 
     if not _backend.cpp_status()[0]:
         pytest.skip("needs the C++ extension")
     script = tmp_path / "run.py"
     script.write_text(_ISA_SCRIPT)
-    seen = set()
-    for cap in ("", "x86-64-v3", "x86-64"):
-        env = {key: value for key, value in os.environ.items() if key != "REACTFAST_CPU_ISA"}
-        if cap:
-            env["REACTFAST_CPU_ISA"] = cap
-        done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
-                              cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
-        assert done.returncode == 0, done.stderr[-2000:]
-        seen.add(done.stdout.strip())
+    seen = {out.strip() for out in run_each_cpu_build(script)}
     assert "baseline" in seen, seen

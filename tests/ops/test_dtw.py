@@ -11,7 +11,7 @@ from reactfast.metrics.candidates import from_lists
 from reactfast.ops.dtw import IMPLEMENTED, dtw, weighted_dtw_min
 from reactfast.reference import dtw as ref
 from reactfast.testing import assert_close
-from tests.conftest import usable_backends
+from tests.conftest import run_each_cpu_build, usable_backends
 from tests.ops._metric_cases import cases
 
 
@@ -231,10 +231,6 @@ def test_every_cpu_build_is_exact(tmp_path):
     with and without abandoning (which agree bit for bit), in REACT's layout and a generic one.
     The AVX-512 and AVX2 builds (both contract the costs into FMAs) give the same bits; the baseline
     build, without FMA, may differ from them in the last bits."""
-    import os
-    import subprocess
-    import sys
-
     from reactfast import _backend
 
     if not _backend.cpp_status()[0]:
@@ -247,13 +243,8 @@ def test_every_cpu_build_is_exact(tmp_path):
     script = tmp_path / "run.py"
     script.write_text(_ISA_SCRIPT)
     results = {}
-    for cap in ("", "x86-64-v3", "x86-64"):
-        env = {k: v for k, v in os.environ.items() if k != "REACTFAST_CPU_ISA"}
-        if cap:
-            env["REACTFAST_CPU_ISA"] = cap
-        out = tmp_path / f"out{cap}.pt"
-        subprocess.run([sys.executable, str(script), str(tmp_path / "in.pt"), str(out)], env=env, check=True,
-                       cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    run_each_cpu_build(script, (str(tmp_path / "in.pt"), str(tmp_path / "out{cap}.pt")))
+    for out in tmp_path.glob("out*.pt"):
         got = torch.load(out)
         results[got.pop("isa")] = got
     assert "baseline" in results, results.keys()

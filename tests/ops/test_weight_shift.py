@@ -10,7 +10,7 @@ from reactfast.nn.personalize import WeightShiftMultiheadAttention
 from reactfast.ops.weight_shift import weight_shift_linear
 from reactfast.reference import weight_shift as ref
 from reactfast.testing import assert_close, assert_rel_close
-from tests.conftest import TRITON_DEVICE
+from tests.conftest import TRITON_DEVICE, run_each_cpu_build
 
 
 def _inputs(B, L, d_in, d_out, bias=True, rank=None, seed=0, dtype=torch.float32, device="cpu"):
@@ -107,24 +107,9 @@ print(_C.weight_shift_cpu_build())
 def test_cpp_every_cpu_build_matches_reference(tmp_path):
     """The AVX-512, AVX2 and baseline builds (REACTFAST_CPU_ISA caps the pick), each in a process of
     its own as far as this machine goes, forward and backward against the float64 reference."""
-    import os
-    import subprocess
-    import sys
-
-    from reactfast import _C
-
     script = tmp_path / "run.py"
     script.write_text(_ISA_SCRIPT)
-    seen = set()
-    # The machine's own build, then each narrower one (AVX2 apart only above it).
-    for cap in ("",) + (("x86-64-v3",) if _C.cpu_isa() == "x86-64-v4" else ()) + ("x86-64",):
-        env = {key: value for key, value in os.environ.items() if key != "REACTFAST_CPU_ISA"}
-        if cap:
-            env["REACTFAST_CPU_ISA"] = cap
-        done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
-                              cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
-        assert done.returncode == 0, done.stderr[-2000:]
-        seen.add(done.stdout.strip())
+    seen = {out.strip() for out in run_each_cpu_build(script)}
     assert "baseline" in seen, seen
 
 
