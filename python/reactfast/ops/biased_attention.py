@@ -349,7 +349,7 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: 
     if q.device.type == "cpu" and forced in (None, "cpp") and torch.compiler.is_compiling():
         name = "sdpa"   # a compiled graph traces torch ops (and cannot trace the extension's import)
     else:
-        name = _backend.select("biased_attention", q.device, IMPLEMENTED, backend)
+        name = _backend.select("biased_attention", q.device, IMPLEMENTED, forced)
     if name == "cpp":
         why = _cpp_usable(q)
         if why is None and forced is None and d > CPP_MAX_HEAD_DIM:
