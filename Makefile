@@ -1,7 +1,9 @@
-# Set-up is part of every target: a virtual environment in .venv, torch==2.13.0 first (the
-# local CPU wheel; never plain `torch`), then the build tools, then reactfast itself; the targets
-# that run tests or benchmarks add the test extra (pytest, hypothesis, triton for the interpreter,
-# ...), which the demo does not need (about 20 s of a fresh clone's set-up on 2 cores).
+# Set-up is part of every target: a virtual environment in .venv, torch==2.13.0 (the local CPU
+# wheel; never plain `torch`) with the build tools, then reactfast itself; the targets that run
+# tests or benchmarks add the test extra (pytest, hypothesis, triton for the interpreter, ...),
+# which the demo does not need (about 20 s of a fresh clone's set-up on 2 cores). pip installs with
+# --no-compile and tools/precompile.py byte-compiles only the modules that are imported: pip
+# compiles every file of torch and its dependencies, most never imported (about 25 s on 2 cores).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -38,13 +40,15 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet "scikit-build-core>=0.10" "pybind11>=2.12" ninja
-	$(PY) -m pip install --quiet --no-build-isolation .
+	$(PY) -m pip install --quiet --no-compile torch==2.13.0 "scikit-build-core>=0.10" "pybind11>=2.12" ninja
+	$(PY) -m pip install --quiet --no-compile --no-build-isolation .
+	$(PY) tools/precompile.py --walk reactfast --skip reactfast.bench matplotlib.pyplot tqdm.auto
 	touch $(STAMP)
 
 $(TEST_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet --no-build-isolation ".[test]"
+	$(PY) -m pip install --quiet --no-compile --no-build-isolation ".[test]"
+	$(PY) tools/precompile.py --walk reactfast --skip reactfast.bench pytest hypothesis triton torch._dynamo torch._inductor.compile_fx \
+		torch.distributed torch.distributed.run
 	touch $(TEST_STAMP)
 
 clean:
