@@ -546,5 +546,18 @@ def main(argv=None) -> int:
         return 2
 
 
+def entry() -> int:
+    """The ``reactfast`` program: ``main`` with freed heap memory kept for reuse (``reactfast._malloc``:
+    the CPU training step's page faults; process-wide, so not done by ``main``, which tests call)."""
+    from reactfast import _malloc
+
+    try:
+        _malloc.retain_freed_memory()
+    except ValueError as exc:
+        print(f"reactfast: error: {exc}", file=sys.stderr)
+        return 2
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())
