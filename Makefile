@@ -1,5 +1,5 @@
-# Set-up is part of every target: a virtual environment in .venv, torch==2.13.0 (the local CPU
-# wheel; never plain `torch`) with the build tools, then reactfast itself; the targets that run
+# Set-up is part of every target: a virtual environment in .venv, the build tools, torch==2.13.0
+# (the local CPU wheel; never plain `torch`), then reactfast itself; the targets that run
 # tests or benchmarks add the test extra (pytest, hypothesis, triton for the interpreter, ...),
 # which the demo does not need (about 20 s of a fresh clone's set-up on 2 cores). pip installs with
 # --no-compile and tools/precompile.py byte-compiles only the modules that are imported: pip
@@ -38,10 +38,17 @@ env: install
 install: $(STAMP)
 	$(PY) -m pip install --no-build-isolation --no-deps --quiet .
 
+# The extension (torch-free C++) builds into a wheel while torch installs: the build keeps both
+# cores busy, pip's unpacking of torch mostly one. Then the wheel installs with its dependencies,
+# torch already there.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --no-compile torch==2.13.0 "scikit-build-core>=0.10" "pybind11>=2.12" ninja
-	$(PY) -m pip install --quiet --no-compile --no-build-isolation .
+	$(PY) -m pip install --quiet --no-compile "scikit-build-core>=0.10" "pybind11>=2.12" ninja
+	rm -rf build/wheel
+	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir build/wheel . & \
+	  $(PY) -m pip install --quiet --no-compile torch==2.13.0; torch=$$?; wait $$!; wheel=$$?; \
+	  test $$torch -eq 0 -a $$wheel -eq 0
+	$(PY) -m pip install --quiet --no-compile build/wheel/reactfast-*.whl
 	$(PY) tools/precompile.py --walk reactfast --skip reactfast.bench matplotlib.pyplot tqdm.auto
 	touch $(STAMP)
 
