@@ -17,6 +17,12 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
+from reactfast import _malloc  # noqa: E402
+
+# The benchmarks run with the allocator setting of the ``reactfast`` program: freed heap memory kept
+# for reuse (bench_train.py measures it against glibc's defaults, in processes of their own).
+_malloc.retain_freed_memory()
+
 _REPORT = []
 
 
