@@ -5,11 +5,13 @@ step. glibc returns the freed top of the heap to the OS once it exceeds its trim
 MB by default) and serves mid-sized blocks with fresh ``mmap``s until its threshold adapts, so the
 next step faults the same pages in again: about 2,800 page faults and 12-15 ms of system time a
 step in the demo's ReactFace training on a 2-core VM (about 110 and 3 ms with this setting;
-``bench/bench_train.py``). ``retain_freed_memory`` sets the trim threshold to
-1 GiB (freed memory up to that is kept for reuse), a top pad of 64 MiB and a fixed mmap threshold
-of 32 MiB (the largest glibc accepts). Results are unchanged; the process's resident size stays at
-its peak. The ``reactfast`` command calls it at start; library code never does (the setting is
-process-wide). ``REACTFAST_MALLOC=default`` leaves glibc's settings alone.
+``bench/bench_train.py``). ``retain_freed_memory`` sets the trim
+threshold to 1 GiB (up to that much freed memory is kept for reuse), a top pad of 64 MiB and a
+fixed mmap threshold of 32 MiB (the most glibc's own dynamic threshold reaches on 64-bit: larger
+blocks keep mappings of their own and go back to the OS when freed). Results are unchanged; the
+process keeps its peak heap (up to 1 GiB of it free) instead of returning it. The ``reactfast``
+command calls it at start; library code never does (the setting is process-wide).
+``REACTFAST_MALLOC=default`` leaves glibc's settings alone.
 """
 
 from __future__ import annotations
