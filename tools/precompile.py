@@ -85,8 +85,8 @@ def main(argv=None) -> int:
     paths = sysconfig.get_paths()
     written = compile_loaded({paths["purelib"], paths["platlib"]})
     print(f"precompile: {len(set(sys.modules) - before)} modules imported, {written} compiled after import, in "
-          f"{time.perf_counter() - start:.1f} s" + (f"; {len(failed)} not importable here (their dependencies are "
-                                                     f"not installed): {', '.join(failed)}" if failed else ""))
+          f"{time.perf_counter() - start:.1f} s" + (f"; {len(failed)} failed to import (an optional dependency "
+                                                     f"missing, as a rule): {', '.join(failed)}" if failed else ""))
     return 0
 
 
