@@ -118,30 +118,28 @@ void transpose_keys(const float* x, index_t st, const Geometry& g, index_t d, fl
   }
 }
 
+// Rows r < kTile of a kTile x 16 register tile (columns 0-7 in lo[r], 8-15 in hi[r]) to p + r stride.
+RF_INLINE void store_tile(float* p, index_t stride, const v8f* lo, const v8f* hi) {
+  for (int r = 0; r < kTile; ++r) {
+    store8(p + r * stride, lo[r]);
+    store8(p + r * stride + 8, hi[r]);
+  }
+}
+
 // S[r npad + u] = rows[r] . column u of the transposed keys, for u in [u0, npad) (u0 a multiple of 16).
 RF_INLINE void tile_dots(const float* const* rows, const float* t, index_t npad, index_t d, index_t u0, float* S) {
   for (index_t u = u0; u < npad; u += 16) {
-    v8f a00{}, a01{}, a10{}, a11{}, a20{}, a21{}, a30{}, a31{};
+    v8f lo[kTile] = {}, hi[kTile] = {};
     for (index_t c = 0; c < d; ++c) {
       const v8f k0 = load8(t + c * npad + u), k1 = load8(t + c * npad + u + 8);
-      const v8f x0 = RF_SPLAT8(rows[0][c]), x1 = RF_SPLAT8(rows[1][c]), x2 = RF_SPLAT8(rows[2][c]), x3 = RF_SPLAT8(rows[3][c]);
-      a00 += x0 * k0;
-      a01 += x0 * k1;
-      a10 += x1 * k0;
-      a11 += x1 * k1;
-      a20 += x2 * k0;
-      a21 += x2 * k1;
-      a30 += x3 * k0;
-      a31 += x3 * k1;
+#pragma GCC unroll 4
+      for (int r = 0; r < kTile; ++r) {
+        const v8f x = RF_SPLAT8(rows[r][c]);
+        lo[r] += x * k0;
+        hi[r] += x * k1;
+      }
     }
-    store8(S + u, a00);
-    store8(S + u + 8, a01);
-    store8(S + npad + u, a10);
-    store8(S + npad + u + 8, a11);
-    store8(S + 2 * npad + u, a20);
-    store8(S + 2 * npad + u + 8, a21);
-    store8(S + 3 * npad + u, a30);
-    store8(S + 3 * npad + u + 8, a31);
+    store_tile(S + u, npad, lo, hi);
   }
 }
 
@@ -168,28 +166,18 @@ RF_INLINE void combine(const float* w, index_t npad, const float* x, index_t st,
                        index_t u1, index_t d, float* out) {
   index_t c = 0;
   for (; c + 16 <= d; c += 16) {
-    v8f a0{}, a1{}, a2{}, a3{}, b0{}, b1{}, b2{}, b3{};
+    v8f lo[kTile] = {}, hi[kTile] = {};
     for (index_t u = u0; u < u1; ++u) {
       const float* row = x + (hi_max - 1 - u) * st + c;
       const v8f r0 = load8(row), r1 = load8(row + 8);
-      const v8f w0 = RF_SPLAT8(w[u]), w1 = RF_SPLAT8(w[npad + u]), w2 = RF_SPLAT8(w[2 * npad + u]), w3 = RF_SPLAT8(w[3 * npad + u]);
-      a0 += w0 * r0;
-      b0 += w0 * r1;
-      a1 += w1 * r0;
-      b1 += w1 * r1;
-      a2 += w2 * r0;
-      b2 += w2 * r1;
-      a3 += w3 * r0;
-      b3 += w3 * r1;
+#pragma GCC unroll 4
+      for (int r = 0; r < kTile; ++r) {
+        const v8f wr = RF_SPLAT8(w[r * npad + u]);
+        lo[r] += wr * r0;
+        hi[r] += wr * r1;
+      }
     }
-    store8(out + c, a0);
-    store8(out + c + 8, b0);
-    store8(out + d + c, a1);
-    store8(out + d + c + 8, b1);
-    store8(out + 2 * d + c, a2);
-    store8(out + 2 * d + c + 8, b2);
-    store8(out + 3 * d + c, a3);
-    store8(out + 3 * d + c + 8, b3);
+    store_tile(out + c, d, lo, hi);
   }
   for (; c + 8 <= d; c += 8) {
     v8f a0{}, a1{}, a2{}, a3{};
