@@ -25,6 +25,15 @@ DEVICES = ["cpu", "cuda"] if HAS_CUDA else ["cpu"]
 TRITON_DEVICE = "cuda" if HAS_CUDA else "cpu"
 
 
+def pytest_terminal_summary(terminalreporter):
+    """Where the Triton kernels cannot run in this session, why, once at the end (every test that
+    forces the Triton backend fails with the same reason)."""
+    ok, reason = _backend.triton_status(TRITON_DEVICE)
+    if not ok:
+        terminalreporter.section("reactfast Triton kernels")
+        terminalreporter.write_line(f"the Triton kernels cannot run on {TRITON_DEVICE} here: {reason}")
+
+
 def run_each_cpu_build(script, args=()):
     """Run the Python file ``script`` once per CPU lane build this machine can run, each in a process
     of its own (REACTFAST_CPU_ISA caps the pick): the machine's own build, AVX2 apart only where the

@@ -36,6 +36,20 @@ def test_compiled_tiers_run_here():
         assert_close("cuda", frame_diff_ref(x), frame_diff(x.cuda(), backend="cuda"), atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("triton_version, numpy_version, fails", [
+    ("3.6.0", "2.4.6", True), ("3.6.0", "2.4.0rc1", True), ("3.5.1", "3.0.0", True), ("3.6.0", "2.3.5", False),
+    ("3.6.0", "1.26.4", False), ("3.7.1", "2.4.6", False), ("3.10.0", "2.4.6", False), ("4.0.0+git1a2b", "2.4", False)])
+def test_interpreter_version_problem_named(triton_version, numpy_version, fails):
+    """Triton 3.6's interpreter with numpy 2.4 (every kernel with a loop fails inside the
+    interpreter): the kernels are reported unavailable with both versions and the fix named."""
+    from reactfast.kernels import _interpreter_problem
+
+    problem = _interpreter_problem(triton_version, numpy_version)
+    assert (problem is not None) == fails
+    if fails:
+        assert triton_version in problem and numpy_version in problem and "triton>=3.7" in problem
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_triton(dtype):
     x = torch.randn(2, 33, 25, device=TRITON_DEVICE).to(dtype)

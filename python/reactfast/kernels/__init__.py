@@ -19,6 +19,29 @@ try:
 except ImportError as exc:  # CPU-only torch without triton
     AVAILABLE, REASON = False, f"triton is not installed ({exc}); pip install triton"
 
+
+def _interpreter_problem(triton_version: str, numpy_version: str):
+    """Why Triton's interpreter cannot run the kernels with these versions, or None. Triton 3.6's
+    interpreter turns loop bounds into ints with ``int()`` of a one-element array, which numpy 2.4
+    rejects (a TypeError inside every kernel with a loop); Triton 3.7 reads the element instead."""
+    def major_minor(version):
+        parts = [int("".join(ch for ch in p if ch.isdigit()) or 0) for p in version.split(".")[:2]]
+        return tuple(parts + [0] * (2 - len(parts)))
+
+    if major_minor(triton_version) < (3, 7) and major_minor(numpy_version) >= (2, 4):
+        return (f"Triton {triton_version}'s interpreter fails under numpy {numpy_version} (int() of a "
+                "one-element array, an error since numpy 2.4): install triton>=3.7 (the test pin is "
+                "triton==3.7.1) or numpy<2.4")
+    return None
+
+
+if AVAILABLE and INTERPRET:
+    import numpy
+
+    _problem = _interpreter_problem(triton.__version__, numpy.__version__)
+    if _problem is not None:
+        AVAILABLE, REASON = False, _problem
+
 PRECISIONS = ("tf32", "ieee")
 
 
