@@ -232,6 +232,54 @@ def test_torch_compile_fullgraph():
     assert_close("compiled", module(x, mem, mem, q_offset=4), compiled(x, mem, mem, q_offset=4), atol=1e-6, rtol=0)
 
 
+def test_compiled_graph_calls_the_cpp_kernels():
+    """Inside torch.compile (CPU float32, head dim 16) the C++ kernels run as custom ops: the graph
+    holds reactfast::biased_attention_cpu_fwd (no SDPA, no bias built), and the output and gradients
+    equal eager mode's to the bit, with per-sample offsets, empty buffer slots and a split-head
+    (non-contiguous) query as ReactFace's projections give them; checked against float64."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    g = torch.Generator().manual_seed(5)
+    B, H, Tq, Tk, d = 3, 4, 8, 40, 16
+    q = torch.randn(B, Tq, H, d, generator=g).permute(0, 2, 1, 3).requires_grad_()
+    k, v = (torch.randn(B, H, Tk, d, generator=g).requires_grad_() for _ in range(2))
+    q0, starts = torch.tensor([30, 30, 32]), torch.tensor([0, 2, 0])
+
+    def attend(q, k, v):
+        return biased_attention(q, k, v, q_offset=q0, key_start=starts, period=8, audio_ratio=1)
+
+    seen = []
+
+    def record(gm, inputs):
+        seen.extend(str(node.target) for node in gm.graph.nodes if node.op == "call_function")
+        return gm
+
+    counter = CompileCounterWithBackend(record)
+    out = torch.compile(attend, fullgraph=True, backend=counter)(q, k, v)
+    assert counter.frame_count == 1
+    assert any("biased_attention_cpu_fwd" in t for t in seen), seen
+    assert not any("scaled_dot_product" in t for t in seen), seen
+    w = torch.randn(out.shape, generator=g)
+    grads = torch.autograd.grad((out * w).sum(), (q, k, v))
+    eager = attend(q, k, v)
+    eager_grads = torch.autograd.grad((eager * w).sum(), (q, k, v))
+    assert torch.equal(out, eager) and all(torch.equal(a, b) for a, b in zip(grads, eager_grads))
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    want = ref.biased_attention(q64, k64, v64, q_offset=q0, key_start=starts, period=8, audio_ratio=1)
+    want_grads = torch.autograd.grad((want * w.double()).sum(), (q64, k64, v64))
+    assert_rel_close("compiled cpp", want, out, torch.float32)
+    for name, a, b in zip("qkv", want_grads, grads):
+        assert_rel_close(f"compiled cpp d{name}", a, b, torch.float32)
+
+
+def test_cpp_custom_op_opcheck():
+    q, k, v = _inputs(2, 2, 5, 9, 16, device="cpu")
+    q = q.detach().transpose(1, 2).contiguous().transpose(1, 2)     # the heads layout of a projection
+    i32 = lambda *x: torch.tensor(x, dtype=torch.int32)  # noqa: E731
+    args = (q, k.detach(), v.detach(), ref.alibi_slopes(2), i32(4, 6), i32(2, 0), i32(9, 7), 8, 1, 0, 0.25, 5)
+    torch.library.opcheck(torch.ops.reactfast.biased_attention_cpu_fwd.default, args)
+
+
 def test_module_matches_reference_attention(device):
     torch.manual_seed(0)
     module = BiasedCrossAttention(32, 4, kdim=12, vdim=12, period=8).eval().to(device)

@@ -8,8 +8,9 @@
   empty buffer slots cost nothing) and compute the bias from integer step counts; no bias, mask or
   copy of q, k, v is made, and the output and gradients come in the (B, T, H, d) layout of a
   projection, so splitting heads and merging them back are views. A plain autograd.Function (its
-  dispatch is a fraction of a custom op's); under ``torch.compile`` the SDPA path is traced instead.
-- ``sdpa`` (CPU float16/bfloat16, wider heads, and under ``torch.compile``): torch's fused
+  dispatch is a fraction of a custom op's); under ``torch.compile`` the same kernels as the custom
+  ops ``reactfast::biased_attention_cpu_fwd`` / ``_bwd``.
+- ``sdpa`` (CPU float16/bfloat16 and wider heads): torch's fused
   ``scaled_dot_product_attention`` with the bias built once per distinct (q_offset, key_start,
   key_lengths) and broadcast over the samples that share it (in ReactFace every sample of a batch
   does), its own backward.
@@ -199,19 +200,42 @@ def _heads_layout(B: int, H: int, T: int, d: int, device) -> torch.Tensor:
     return _backend.empty((B, T, H, d), torch.float32, device).permute(0, 2, 1, 3)
 
 
+def _cpp_forward(q, k, v, slopes, q0, starts, lengths, args):
+    """The C++ forward kernel: (out, lse) with out in the heads layout; ``args`` = (period,
+    audio_ratio, extra, scale, qperiod)."""
+    period, ratio, extra, scale, qperiod = args
+    q, k, v = _last_dim_dense(q), _last_dim_dense(k), _last_dim_dense(v)
+    B, H, Tq, d = q.shape
+    out = _heads_layout(B, H, Tq, d, q.device)
+    lse = _backend.empty((B, H, Tq), torch.float32, q.device)
+    _backend.native().biased_attention_fwd_cpu(
+        q, k, v, out, lse, slopes, q0, starts, lengths, (B, H, Tq, k.shape[2], d),
+        (_strides(q), _strides(k), _strides(v), _strides(out)), period, ratio, extra, qperiod, scale)
+    return out, lse
+
+
+def _cpp_backward(dout, q, k, v, out, lse, slopes, q0, starts, lengths, args):
+    """The C++ backward kernel: (dq, dk, dv) in the heads layout."""
+    period, ratio, extra, scale, qperiod = args
+    dout = _last_dim_dense(dout.float())
+    q, k, v = _last_dim_dense(q), _last_dim_dense(k), _last_dim_dense(v)
+    B, H, Tq, d = q.shape
+    Tk = k.shape[2]
+    dq, dk, dv = (_heads_layout(B, H, Tq, d, q.device), _heads_layout(B, H, Tk, d, q.device),
+                  _heads_layout(B, H, Tk, d, q.device))
+    _backend.native().biased_attention_bwd_cpu(
+        dout, q, k, v, out, lse, dq, dk, dv, slopes, q0, starts, lengths, (B, H, Tq, Tk, d),
+        tuple(_strides(t) for t in (dout, q, k, v, out, dq, dk, dv)), period, ratio, extra, qperiod, scale)
+    return dq, dk, dv
+
+
 class _CppAttention(torch.autograd.Function):
-    """The C++ kernels; ``args`` = (period, audio_ratio, extra, scale, qperiod)."""
+    """The C++ kernels in eager mode; ``args`` = (period, audio_ratio, extra, scale, qperiod)."""
 
     @staticmethod
     def forward(ctx, q, k, v, slopes, q0, starts, lengths, args):
-        period, ratio, extra, scale, qperiod = args
         q, k, v = _last_dim_dense(q), _last_dim_dense(k), _last_dim_dense(v)
-        B, H, Tq, d = q.shape
-        out = _heads_layout(B, H, Tq, d, q.device)
-        lse = _backend.empty((B, H, Tq), torch.float32, q.device)
-        _backend.native().biased_attention_fwd_cpu(
-            q, k, v, out, lse, slopes, q0, starts, lengths, (B, H, Tq, k.shape[2], d),
-            (_strides(q), _strides(k), _strides(v), _strides(out)), period, ratio, extra, qperiod, scale)
+        out, lse = _cpp_forward(q, k, v, slopes, q0, starts, lengths, args)
         ctx.save_for_backward(q, k, v, out, lse, slopes, q0, starts, lengths)
         ctx.args = args
         return out
@@ -219,17 +243,60 @@ class _CppAttention(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout):
-        q, k, v, out, lse, slopes, q0, starts, lengths = ctx.saved_tensors
-        period, ratio, extra, scale, qperiod = ctx.args
-        dout = _last_dim_dense(dout.float())
-        B, H, Tq, d = q.shape
-        Tk = k.shape[2]
-        dq, dk, dv = (_heads_layout(B, H, Tq, d, q.device), _heads_layout(B, H, Tk, d, q.device),
-                      _heads_layout(B, H, Tk, d, q.device))
-        _backend.native().biased_attention_bwd_cpu(
-            dout, q, k, v, out, lse, dq, dk, dv, slopes, q0, starts, lengths, (B, H, Tq, Tk, d),
-            tuple(_strides(t) for t in (dout, q, k, v, out, dq, dk, dv)), period, ratio, extra, qperiod, scale)
+        dq, dk, dv = _cpp_backward(dout, *ctx.saved_tensors, ctx.args)
         return dq, dk, dv, None, None, None, None, None
+
+
+# Inside torch.compile the same C++ kernels as opaque custom ops (a compiled graph cannot trace the
+# extension call): their fake outputs take the kernels' heads layout, stride for stride.
+@torch.library.custom_op("reactfast::biased_attention_cpu_fwd", mutates_args=())
+def _cpp_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor, q_offset: torch.Tensor,
+                key_start: torch.Tensor, key_lengths: torch.Tensor, period: int, audio_ratio: int, extra: int,
+                scale: float, qperiod: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    return _cpp_forward(q, k, v, slopes, q_offset, key_start, key_lengths, (period, audio_ratio, extra, scale, qperiod))
+
+
+@_cpp_fwd_op.register_fake
+def _(q, k, v, slopes, q_offset, key_start, key_lengths, period, audio_ratio, extra, scale, qperiod):
+    B, H, Tq, d = q.shape
+    return (q.new_empty((B, Tq, H, d), dtype=torch.float32).permute(0, 2, 1, 3),
+            q.new_empty((B, H, Tq), dtype=torch.float32))
+
+
+@torch.library.custom_op("reactfast::biased_attention_cpu_bwd", mutates_args=())
+def _cpp_bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                lse: torch.Tensor, slopes: torch.Tensor, q_offset: torch.Tensor, key_start: torch.Tensor,
+                key_lengths: torch.Tensor, period: int, audio_ratio: int, extra: int, scale: float,
+                qperiod: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _cpp_backward(dout, q, k, v, out, lse, slopes, q_offset, key_start, key_lengths,
+                         (period, audio_ratio, extra, scale, qperiod))
+
+
+@_cpp_bwd_op.register_fake
+def _(dout, q, k, v, out, lse, slopes, q_offset, key_start, key_lengths, period, audio_ratio, extra, scale, qperiod):
+    B, H, Tq, d = q.shape
+    Tk = k.shape[2]
+
+    def heads(T):
+        return q.new_empty((B, T, H, d), dtype=torch.float32).permute(0, 2, 1, 3)
+
+    return heads(Tq), heads(Tk), heads(Tk)
+
+
+def _cpp_setup_context(ctx, inputs, output):
+    q, k, v, slopes, q_offset, key_start, key_lengths = inputs[:7]
+    ctx.save_for_backward(q, k, v, output[0], output[1], slopes, q_offset, key_start, key_lengths)
+    ctx.args = inputs[7:]
+
+
+def _cpp_op_backward(ctx, grad_out, grad_lse):
+    dq, dk, dv = _cpp_bwd_op(grad_out, *ctx.saved_tensors, *ctx.args)
+    return dq, dk, dv, None, None, None, None, None, None, None, None, None
+
+
+_cpp_fwd_op.register_autograd(_cpp_op_backward, setup_context=_cpp_setup_context)
+# Read once, outside any graph: whether the C++ kernels can run here.
+_CPP_OK = _backend.backend_status("cpp", "cpu", "biased_attention")[0]
 
 
 def _cpp_usable(q: torch.Tensor) -> Optional[str]:
@@ -294,8 +361,8 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: 
             hold Tq / P windows of P frames over the same keys (several samples of one speaker folded
             into one batch row: their keys are read once, and no copies are made). Default Tq.
         backend: ``"triton"``, ``"cpp"``, ``"sdpa"`` or ``"reference"`` (default: Triton on CUDA; on
-            CPU the C++ kernels for float32 with head dims up to ``CPP_MAX_HEAD_DIM`` (16), SDPA for
-            wider heads, float16/bfloat16 and inside ``torch.compile``). Forcing ``"cpp"`` (here or
+            CPU the C++ kernels for float32 with head dims up to ``CPP_MAX_HEAD_DIM`` (16), as custom
+            ops inside ``torch.compile``, SDPA for wider heads and float16/bfloat16). Forcing ``"cpp"`` (here or
             by ``REACTFAST_BACKEND``) takes any float32 head dim and raises for other dtypes.
         precision: float32 inputs on the Triton path: ``"tf32"`` (default; TF32 matrix products,
             float32 accumulation, about 1e-3 relative error) or ``"ieee"`` (exact float32 products
@@ -347,7 +414,16 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: 
         raise ValueError(f"query_period must be an int >= 1 dividing Tq ({Tq}), got {query_period!r}")
     forced = backend if backend is not None else _backend.forced_backend("biased_attention")
     if q.device.type == "cpu" and forced in (None, "cpp") and torch.compiler.is_compiling():
-        name = "sdpa"   # a compiled graph traces torch ops (and cannot trace the extension's import)
+        # A compiled graph calls the C++ kernels as custom ops where they would run in eager mode,
+        # and traces the SDPA path otherwise.
+        eager_cpp = _CPP_OK and _cpp_usable(q) is None and (forced == "cpp" or d <= CPP_MAX_HEAD_DIM)
+        if eager_cpp:
+            return _cpp_fwd_op(q, k, v, slopes.float().contiguous(), q0, starts, lengths, period, audio_ratio, extra,
+                               scale, qperiod)[0]
+        if forced == "cpp":
+            raise ValueError(f"biased_attention: the C++ kernels were forced but "
+                             f"{_cpp_usable(q) or 'they are not available here'}")
+        name = "sdpa"
     else:
         name = _backend.select("biased_attention", q.device, IMPLEMENTED, forced)
     if name == "cpp":
