@@ -21,9 +21,10 @@ except ImportError as exc:  # CPU-only torch without triton
 
 
 def _interpreter_problem(triton_version: str, numpy_version: str):
-    """Why Triton's interpreter cannot run the kernels with these versions, or None. Triton 3.6's
+    """Why Triton's interpreter cannot run the kernels with these versions, or None. Triton 3.6.0's
     interpreter turns loop bounds into ints with ``int()`` of a one-element array, which numpy 2.4
-    rejects (a TypeError inside every kernel with a loop); Triton 3.7 reads the element instead."""
+    rejects (a TypeError inside the kernels' loops; numpy 2.2 and 2.3 only warn). Triton 3.7.1 runs
+    them under numpy 2.4. Versions before 3.6 are taken to behave as 3.6 (not checked)."""
     def major_minor(version):
         parts = [int("".join(ch for ch in p if ch.isdigit()) or 0) for p in version.split(".")[:2]]
         return tuple(parts + [0] * (2 - len(parts)))
