@@ -278,6 +278,9 @@ def test_cpp_custom_op_opcheck():
     i32 = lambda *x: torch.tensor(x, dtype=torch.int32)  # noqa: E731
     args = (q, k.detach(), v.detach(), ref.alibi_slopes(2), i32(4, 6), i32(2, 0), i32(9, 7), 8, 1, 0, 0.25, 5)
     torch.library.opcheck(torch.ops.reactfast.biased_attention_cpu_fwd.default, args)
+    out, lse = torch.ops.reactfast.biased_attention_cpu_fwd(*args)
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(3))
+    torch.library.opcheck(torch.ops.reactfast.biased_attention_cpu_bwd.default, (dout, *args[:3], out, lse, *args[3:]))
 
 
 def test_module_matches_reference_attention(device):

@@ -259,8 +259,7 @@ def _cpp_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch
 @_cpp_fwd_op.register_fake
 def _(q, k, v, slopes, q_offset, key_start, key_lengths, period, audio_ratio, extra, scale, qperiod):
     B, H, Tq, d = q.shape
-    return (q.new_empty((B, Tq, H, d), dtype=torch.float32).permute(0, 2, 1, 3),
-            q.new_empty((B, H, Tq), dtype=torch.float32))
+    return _heads_layout(B, H, Tq, d, q.device), q.new_empty((B, H, Tq), dtype=torch.float32)
 
 
 @torch.library.custom_op("reactfast::biased_attention_cpu_bwd", mutates_args=())
@@ -276,11 +275,8 @@ def _cpp_bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.T
 def _(dout, q, k, v, out, lse, slopes, q_offset, key_start, key_lengths, period, audio_ratio, extra, scale, qperiod):
     B, H, Tq, d = q.shape
     Tk = k.shape[2]
-
-    def heads(T):
-        return q.new_empty((B, T, H, d), dtype=torch.float32).permute(0, 2, 1, 3)
-
-    return heads(Tq), heads(Tk), heads(Tk)
+    return (_heads_layout(B, H, Tq, d, q.device), _heads_layout(B, H, Tk, d, q.device),
+            _heads_layout(B, H, Tk, d, q.device))
 
 
 def _cpp_setup_context(ctx, inputs, output):
