@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "reactfast/add_layer_norm.h"
 #include "reactfast/biased_attention.h"
 #include "reactfast/ccc.h"
 #include "cpu/isa.h"
@@ -190,6 +191,35 @@ PYBIND11_MODULE(_C, m) {
     py::gil_scoped_release release;
     reactfast::dropout_bwd_cpu(pd, pk, po, n, scale);
   }, py::arg("dy"), py::arg("keep"), py::arg("dx"), py::arg("n"), py::arg("scale"));
+
+  m.def("add_layer_norm_fwd_cpu", [](Buf x, Buf h, Buf w, Buf b, Buf out, Buf sum, Buf mean, Buf rstd, Buf keep,
+                                     index_t rows, index_t D, bool drop, std::uint32_t threshold, std::uint32_t key0,
+                                     std::uint32_t key1, float scale, float eps) {
+    reactfast::AddNormArgs a;
+    a.rows = rows, a.D = D, a.drop = drop, a.threshold = threshold, a.key0 = key0, a.key1 = key1, a.scale = scale;
+    a.eps = eps;
+    auto px = ptr<const float>(x), ph = ptr<const float>(h), pw = ptr<const float>(w), pb = ptr<const float>(b);
+    auto po = ptr<float>(out), ps = ptr<float>(sum), pm = ptr<float>(mean), pr = ptr<float>(rstd);
+    auto pk = ptr<std::uint8_t>(keep);
+    py::gil_scoped_release release;
+    reactfast::add_layer_norm_fwd_cpu(a, px, ph, pw, pb, po, ps, pm, pr, pk);
+  }, py::arg("x"), py::arg("h"), py::arg("weight"), py::arg("bias"), py::arg("out"), py::arg("sum"), py::arg("mean"),
+     py::arg("rstd"), py::arg("keep"), py::arg("rows"), py::arg("D"), py::arg("drop"), py::arg("threshold"),
+     py::arg("key0"), py::arg("key1"), py::arg("scale"), py::arg("eps"));
+
+  m.def("add_layer_norm_bwd_cpu", [](Buf dy, Buf sum, Buf mean, Buf rstd, Buf w, Buf keep, Buf dx, Buf dh, Buf dw,
+                                     Buf db, index_t rows, index_t D, bool drop, float scale) {
+    reactfast::AddNormArgs a;
+    a.rows = rows, a.D = D, a.drop = drop, a.scale = scale;
+    auto pd = ptr<const float>(dy), ps = ptr<const float>(sum), pm = ptr<const float>(mean);
+    auto pr = ptr<const float>(rstd), pw = ptr<const float>(w);
+    auto pk = ptr<const std::uint8_t>(keep);
+    auto pdx = ptr<float>(dx), pdh = ptr<float>(dh), pdw = ptr<float>(dw), pdb = ptr<float>(db);
+    py::gil_scoped_release release;
+    reactfast::add_layer_norm_bwd_cpu(a, pd, ps, pm, pr, pw, pk, pdx, pdh, pdw, pdb);
+  }, py::arg("dy"), py::arg("sum"), py::arg("mean"), py::arg("rstd"), py::arg("weight"), py::arg("keep"),
+     py::arg("dx"), py::arg("dh"), py::arg("dweight"), py::arg("dbias"), py::arg("rows"), py::arg("D"),
+     py::arg("drop"), py::arg("scale"));
 
   m.def("frame_diff_cpu", [](Buf x, Buf out, index_t B, index_t T, index_t D) {
     auto px = ptr<const float>(x);

@@ -48,7 +48,7 @@ from reactfast.models.heads import EmotionHead, emotion_loss
 from reactfast.nn.attention import BiasedCrossAttention
 from reactfast.nn.dropout import Dropout
 from reactfast.nn.positional import sinusoid
-from reactfast.nn.transformer import encoder, multi_head_attention
+from reactfast.nn.transformer import add_norm, encoder, multi_head_attention
 
 
 @dataclass
@@ -140,7 +140,7 @@ class _FFN(nn.Module):
         self.drop = Dropout(dropout)
 
     def forward(self, x):
-        return self.norm(x + self.drop(self.net(x)))
+        return add_norm(self.norm, x, self.net(x), self.drop)
 
 
 class _BiasedBlock(nn.Module):
@@ -160,7 +160,8 @@ class _BiasedBlock(nn.Module):
     def forward(self, x, k, v, q_offset=0, key_start=None, share=None):
         """``share``: how query rows map to key rows, (None | ("repeat", r) | ("index", group))."""
         kw = {} if share is None else ({"kv_repeat": share[1]} if share[0] == "repeat" else {"kv_index": share[1]})
-        return self.ffn(self.norm(x + self.attn.attend(x, k, v, q_offset, key_start=key_start, **kw)))
+        h = self.attn.attend(x, k, v, q_offset, key_start=key_start, dropout=False, **kw)
+        return self.ffn(add_norm(self.norm, x, h, self.attn.dropout))
 
 
 class _CrossBlock(nn.Module):
@@ -173,7 +174,7 @@ class _CrossBlock(nn.Module):
         self.ffn = _FFN(dim, hidden, dropout)
 
     def forward(self, x, mem):
-        return self.ffn(self.norm(x + multi_head_attention(self.attn, x, mem, mem)))
+        return self.ffn(add_norm(self.norm, x, multi_head_attention(self.attn, x, mem, mem)))
 
 
 # Fields of the state with one row per conversation; the others have one row per sample.
@@ -369,9 +370,10 @@ class ReactFace(Generator):
                             name)
 
     def _encode(self, x: torch.Tensor, h_attn: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        """The speaker self-attention block's rest and the point-to-point audio blocks: frames (G, T, D)."""
+        """The speaker self-attention block's rest (``h_attn``: its attention output before the
+        output dropout) and the point-to-point audio blocks: frames (G, T, D)."""
         block = self.speaker_self
-        h = block.ffn(block.norm(x + h_attn))
+        h = block.ffn(add_norm(block.norm, x, h_attn, block.attn.dropout))
         G, T, D = h.shape
         hq = h.reshape(G * T, 1, D)
         a_frames = a.reshape(G * T, self.config.audio_per_frame, D)
@@ -387,7 +389,8 @@ class ReactFace(Generator):
         count = torch.clamp(state.count + W, max=C)
         sk, sv = self.speaker_self.kv(x)
         speaker_k, speaker_v = _roll(state.speaker_k, sk, 2), _roll(state.speaker_v, sv, 2)
-        h_attn = self.speaker_self.attn.attend(x, speaker_k, speaker_v, q_offset=C - W, key_start=C - count)
+        h_attn = self.speaker_self.attn.attend(x, speaker_k, speaker_v, q_offset=C - W, key_start=C - count,
+                                              dropout=False)
         enc = self._encode(x, h_attn, a)
         ek, ev = self.fuse_speaker.kv(enc)
         ak, av = self.fuse_audio.kv(a)
@@ -508,13 +511,13 @@ class ReactFace(Generator):
         sk, sv = self.speaker_self.kv(x)
         if n * W <= C and fresh:
             # The whole clip fits the empty buffer: one causal call equals the window-by-window calls.
-            h_attn = self.speaker_self.attn.attend(x, sk, sv, q_offset=0)
+            h_attn = self.speaker_self.attn.attend(x, sk, sv, q_offset=0, dropout=False)
         else:
             keys = (torch.cat([state.speaker_k, sk], 2), torch.cat([state.speaker_v, sv], 2))
             h_attn = torch.cat([self.speaker_self.attn.attend(
                 x[:, i * W:(i + 1) * W], keys[0][:, :, (i + 1) * W:(i + 1) * W + C].contiguous(),
                 keys[1][:, :, (i + 1) * W:(i + 1) * W + C].contiguous(), q_offset=C - W,
-                key_start=C - torch.clamp(state.count + (i + 1) * W, max=C)) for i in range(n)], 1)
+                key_start=C - torch.clamp(state.count + (i + 1) * W, max=C), dropout=False) for i in range(n)], 1)
         enc = self._encode(x, h_attn, a)
         ek, ev = self.fuse_speaker.kv(enc)
         ak, av = self.fuse_audio.kv(a)

@@ -78,7 +78,8 @@ class BiasedCrossAttention(nn.Module):
         B, T, _ = x.shape
         return x.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def _attend(self, q, k, v, q_offset, key_lengths, key_start=None, repeat: int = 1) -> torch.Tensor:
+    def _attend(self, q, k, v, q_offset, key_lengths, key_start=None, repeat: int = 1,
+                drop: bool = True) -> torch.Tensor:
         R, H, Tq, d = q.shape
         if repeat > 1:
             # The repeat rows of a key row fold into one row of repeat x Tq queries at period Tq.
@@ -88,7 +89,8 @@ class BiasedCrossAttention(nn.Module):
                                key_start=key_start, query_period=Tq, backend=self.backend)
         if repeat > 1:
             out = out.reshape(R // repeat, H, repeat, Tq, d).transpose(1, 2).reshape(R, H, Tq, d)
-        return self.dropout(self.out_proj(out.transpose(1, 2).reshape(R, Tq, H * d)))
+        out = self.out_proj(out.transpose(1, 2).reshape(R, Tq, H * d))
+        return self.dropout(out) if drop else out
 
     def project_kv(self, key: torch.Tensor, value: torch.Tensor):
         """Keys and values (B, T, kdim / vdim) projected and split into heads: two (B, H, T, d)
@@ -99,19 +101,22 @@ class BiasedCrossAttention(nn.Module):
 
     def attend(self, query: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_offset: Union[int, torch.Tensor] = 0,
                key_lengths: Optional[torch.Tensor] = None, key_start: Optional[torch.Tensor] = None,
-               kv_index: Optional[torch.Tensor] = None, kv_repeat: int = 1) -> torch.Tensor:
+               kv_index: Optional[torch.Tensor] = None, kv_repeat: int = 1, dropout: bool = True) -> torch.Tensor:
         """Attention of ``query`` (B, Tq, E) over projected keys and values (G, H, Tk, d) from
         :meth:`project_kv`, when several query rows share one key row (the samples of one
         conversation, one speaker): ``kv_repeat`` r, rows g r .. g r + r - 1 read key row g (the
         keys are read once, no copies; ``q_offset``, ``key_start``, ``key_lengths`` per key row); or
-        ``kv_index`` (B,), the key row of each query row (copied per row; per-row arguments)."""
+        ``kv_index`` (B,), the key row of each query row (copied per row; per-row arguments).
+        ``dropout=False`` leaves out the output dropout, for a caller that applies ``self.dropout``
+        fused with what follows (``reactfast.nn.transformer.add_norm``)."""
         self._check("query", query, self.q_proj.in_features)
         if kv_index is not None:
             k, v = k.index_select(0, kv_index), v.index_select(0, kv_index)
         if k.shape[0] * kv_repeat != query.shape[0]:
             raise ValueError(f"{query.shape[0]} query rows do not match {k.shape[0]} key rows x kv_repeat "
                              f"{kv_repeat} (or give kv_index)")
-        return self._attend(self._heads(self.q_proj(query)), k, v, q_offset, key_lengths, key_start, kv_repeat)
+        return self._attend(self._heads(self.q_proj(query)), k, v, q_offset, key_lengths, key_start, kv_repeat,
+                            dropout)
 
     def _check(self, name, x, width):
         if not isinstance(x, torch.Tensor) or x.dim() != 3:

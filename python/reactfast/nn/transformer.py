@@ -4,7 +4,8 @@ modules (the same parameters, so checkpoints and state dicts do not change).
 At the generators' sizes (tens of tokens, widths of 64-128) torch's own forwards cost more in
 Python argument checks and dispatch than in arithmetic, and their attention-probability dropout
 draws a Bernoulli per element; these take the shortest path (one packed projection, SDPA when no
-dropout applies, :func:`reactfast.ops.dropout` on the probabilities when one does).
+dropout applies, :func:`reactfast.ops.dropout` on the probabilities when one does), and end a
+post-norm sublayer with :func:`add_norm` (``norm(x + dropout(h))`` in one fused call).
 """
 
 from __future__ import annotations
@@ -15,7 +16,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reactfast.nn.dropout import Dropout
+from reactfast.ops.add_layer_norm import add_layer_norm
 from reactfast.ops.dropout import dropout
+
+
+def add_norm(norm: nn.Module, x: torch.Tensor, h: torch.Tensor, drop: Optional[nn.Module] = None) -> torch.Tensor:
+    """``norm(x + drop(h))``, the end of a post-norm sublayer: one :func:`reactfast.ops.add_layer_norm`
+    call when ``norm`` is an ``nn.LayerNorm`` over the last dimension, ``drop`` is None or a
+    :class:`reactfast.nn.dropout.Dropout` (whose mask the fused call draws alike), x and h share a
+    dtype and no autocast is on; else as written (under autocast, torch's type promotion and its
+    float32 layer norm)."""
+    fusable = (type(norm) is nn.LayerNorm and len(norm.normalized_shape) == 1 and x.dtype == h.dtype
+               and (drop is None or isinstance(drop, Dropout) or not drop.training or drop.p == 0.0)
+               and not torch.is_autocast_enabled(x.device.type))
+    if not fusable:
+        return norm(x + (h if drop is None else drop(h)))
+    p, training = (0.0, False) if drop is None else (drop.p, drop.training)
+    return add_layer_norm(x, h, norm.weight, norm.bias, norm.eps, p, training)
 
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -65,16 +83,16 @@ def encoder_layer(layer: nn.TransformerEncoderLayer, x: torch.Tensor,
     """``layer(x, src_key_padding_mask=key_padding_mask)`` for a batch-first layer (post- or
     pre-norm), its dropouts as the layer holds them."""
     def attend(h):
-        return layer.dropout1(multi_head_attention(layer.self_attn, h, h, h, key_padding_mask))
+        return multi_head_attention(layer.self_attn, h, h, h, key_padding_mask)
 
     def feed_forward(h):
-        return layer.dropout2(layer.linear2(layer.dropout(layer.activation(layer.linear1(h)))))
+        return layer.linear2(layer.dropout(layer.activation(layer.linear1(h))))
 
     if layer.norm_first:
-        x = x + attend(layer.norm1(x))
-        return x + feed_forward(layer.norm2(x))
-    x = layer.norm1(x + attend(x))
-    return layer.norm2(x + feed_forward(x))
+        x = x + layer.dropout1(attend(layer.norm1(x)))
+        return x + layer.dropout2(feed_forward(layer.norm2(x)))
+    x = add_norm(layer.norm1, x, attend(x), layer.dropout1)
+    return add_norm(layer.norm2, x, feed_forward(x), layer.dropout2)
 
 
 def encoder(module: nn.TransformerEncoder, x: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None

@@ -4,6 +4,7 @@ Each op has a pure-PyTorch reference of the same stem in ``reactfast.reference``
 in ``reactfast.kernels`` and/or native kernels in ``reactfast._C`` (see ARCHITECTURE.md).
 """
 
+from reactfast.ops.add_layer_norm import add_layer_norm
 from reactfast.ops.biased_attention import biased_attention
 from reactfast.ops.ccc import ccc, ccc_max
 from reactfast.ops.ddim import ddim_step
@@ -13,5 +14,5 @@ from reactfast.ops.frame_diff import frame_diff
 from reactfast.ops.tlcc import tlcc
 from reactfast.ops.weight_shift import weight_shift_linear
 
-__all__ = ["REACT_GROUPS", "biased_attention", "ccc", "ccc_max", "ddim_step", "dropout", "dtw", "frame_diff", "tlcc",
+__all__ = ["REACT_GROUPS", "add_layer_norm", "biased_attention", "ccc", "ccc_max", "ddim_step", "dropout", "dtw", "frame_diff", "tlcc",
            "weighted_dtw_min", "weight_shift_linear"]
