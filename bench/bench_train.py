@@ -98,9 +98,13 @@ def _stock_torch_path():
 
 def test_reactface_training_against_stock_torch(best_times, bench_report):
     """The step with the package's CPU paths (hashed-mask dropout kernel, lean attention forwards,
-    cached attention biases) against torch's stock modules with the attention's reference backend,
+    cached attention biases, fused residual ends, fused AdamW) against torch's stock
+    modules with the attention's reference backend and the multi-tensor AdamW,
     interleaved in one run; the two draw different dropout masks, so only the speed is compared."""
     new, old = _trainer("reactface", "cpu"), _trainer("reactface", "cpu", backend="biased_attention:reference")
+    group = old.optimizer.param_groups[0]          # the multi-tensor AdamW the trainer used before
+    old.optimizer = torch.optim.AdamW(group["params"], lr=group["lr"], weight_decay=group["weight_decay"],
+                                      foreach=True)
 
     def stock():
         with _stock_torch_path():

@@ -8,10 +8,9 @@
 #include <cmath>
 #include <vector>
 
-
 #include "isa.h"
+#include "mask8.h"
 #include "vec8.h"
-#include "reactfast/dropout.h"
 
 namespace reactfast {
 namespace {
@@ -19,58 +18,19 @@ namespace {
 constexpr index_t kChunk = 32;              // rows per work item (and per partial sum of dw, db)
 constexpr index_t kParallel = 1 << 15;      // elements below which one thread does it all
 
-typedef std::uint32_t v8u __attribute__((vector_size(32)));
-
-#define RF_SPLAT8U(x) (__extension__({                                                      \
-  const std::uint32_t rf_splat_u_ = (x);                                                    \
-  v8u{rf_splat_u_, rf_splat_u_, rf_splat_u_, rf_splat_u_, rf_splat_u_, rf_splat_u_,         \
-      rf_splat_u_, rf_splat_u_};                                                            \
-}))
-
-RF_INLINE v8u lowbias32x8(v8u x) {
-  x ^= x >> 16;
-  x *= 0x7feb352du;
-  x ^= x >> 15;
-  x *= 0x846ca68bu;
-  x ^= x >> 16;
-  return x;
-}
-
 RF_INLINE float hsum8(v8f v) {
   const float a = (v[0] + v[4]) + (v[2] + v[6]);
   const float b = (v[1] + v[5]) + (v[3] + v[7]);
   return a + b;
 }
 
-// v where mask is all ones, +0 where it is zero (a select without a branch; dropped NaNs give 0).
-RF_INLINE v8f select8(v8f v, v8i mask) { return reinterpret_cast<v8f>(reinterpret_cast<v8i>(v) & mask); }
-
-inline float keep_bits(float v, std::uint32_t mask) {
-  std::uint32_t u;
-  std::memcpy(&u, &v, sizeof u);
-  u &= mask;
-  std::memcpy(&v, &u, sizeof u);
-  return v;
-}
-
-// Lane l of the mask (all ones or zero) as bit l of a byte, by shuffles (no instruction-set
-// intrinsics: the bodies are built for every instruction set).
-RF_INLINE std::uint8_t mask_byte(v8i k) {
-  const v8i bit = {1, 2, 4, 8, 16, 32, 64, 128};
-  v8i u = k & bit;
-  u |= __builtin_shufflevector(u, u, 4, 5, 6, 7, 0, 1, 2, 3);
-  u |= __builtin_shufflevector(u, u, 2, 3, 0, 1, 6, 7, 4, 5);
-  u |= __builtin_shufflevector(u, u, 1, 0, 3, 2, 5, 4, 7, 6);
-  return static_cast<std::uint8_t>(u[0]);
-}
-
 template <int Isa>
-RF_INLINE void fwd_rows_body(const AddNormArgs& a, const float* x, const float* h, const float* w, const float* b, float* out,
-                   float* sum, float* mean, float* rstd, std::uint8_t* keep, index_t r0, index_t r1) {
+RF_INLINE void fwd_rows_body(const AddNormArgs& a, const float* x, const float* h, const float* w, const float* b,
+                             float* out, float* sum, float* mean, float* rstd, std::uint8_t* keep, index_t r0,
+                             index_t r1) {
   const index_t D = a.D, full = D & ~index_t{7};
   const v8f scale = RF_SPLAT8(a.scale);
   const v8u k0 = RF_SPLAT8U(a.key0), k1 = RF_SPLAT8U(a.key1), thr = RF_SPLAT8U(a.threshold);
-  const v8u iota = {0, 1, 2, 3, 4, 5, 6, 7};
   const float inv_d = 1.0f / static_cast<float>(D);
   for (index_t r = r0; r < r1; ++r) {
     const float* xr = x + r * D;
@@ -84,8 +44,7 @@ RF_INLINE void fwd_rows_body(const AddNormArgs& a, const float* x, const float* 
     for (index_t j = 0; j < full; j += 8) {
       v8f hv = load8(hr + j);
       if (a.drop) {
-        const v8u idx = RF_SPLAT8U(base + static_cast<std::uint32_t>(j)) + iota;
-        const v8i k = reinterpret_cast<v8i>(lowbias32x8(lowbias32x8(idx ^ k0) ^ k1) >= thr);
+        const v8i k = keep_lanes(base + static_cast<std::uint32_t>(j), k0, k1, thr);
         hv = select8(hv * scale, k);
         if (kr != nullptr) kr[j / 8] = mask_byte(k);
       }
@@ -139,9 +98,9 @@ RF_LANE_FUNCTION(void, fwd_rows,
 
 // Rows [r0, r1): dx, dh, and this chunk's sums of dy * xhat and dy added into pw, pb (when not null).
 template <int Isa>
-RF_INLINE void bwd_rows_body(const AddNormArgs& a, const float* dy, const float* sum, const float* mean, const float* rstd,
-                   const float* w, const std::uint8_t* keep, float* dx, float* dh, float* pw, float* pb, index_t r0,
-                   index_t r1) {
+RF_INLINE void bwd_rows_body(const AddNormArgs& a, const float* dy, const float* sum, const float* mean,
+                             const float* rstd, const float* w, const std::uint8_t* keep, float* dx, float* dh,
+                             float* pw, float* pb, index_t r0, index_t r1) {
   const index_t D = a.D, full = D & ~index_t{7};
   const float inv_d = 1.0f / static_cast<float>(D);
   const v8f scale = RF_SPLAT8(a.scale);
@@ -167,7 +126,6 @@ RF_INLINE void bwd_rows_body(const AddNormArgs& a, const float* dy, const float*
     const v8f c1v = RF_SPLAT8(c1), c2v = RF_SPLAT8(c2);
     float* oh = dh != nullptr ? dh + r * D : nullptr;
     const std::uint8_t* kr = keep != nullptr ? keep + r * keep_row_bytes(D) : nullptr;
-    const v8i bit = {1, 2, 4, 8, 16, 32, 64, 128};
     for (index_t j = 0; j < full; j += 8) {
       const v8f gv = load8(g + j);
       const v8f xhat = (load8(s + j) - muv) * rsv;
@@ -176,9 +134,7 @@ RF_INLINE void bwd_rows_body(const AddNormArgs& a, const float* dy, const float*
       store8(o + j, d);
       if (oh != nullptr) {
         if (a.drop) {
-          const std::int32_t byte = kr[j / 8];
-          const v8i k = (v8i{byte, byte, byte, byte, byte, byte, byte, byte} & bit) != 0;
-          store8(oh + j, select8(d * scale, k));
+          store8(oh + j, select8(d * scale, byte_lanes(kr[j / 8])));
         } else {
           store8(oh + j, d);
         }
