@@ -11,7 +11,10 @@
 
 namespace reactfast {
 
-RF_HOST_DEVICE inline std::uint32_t lowbias32(std::uint32_t x) {
+// Word: std::uint32_t, or a GCC vector of them (the CPU kernels' 8 lanes): the same arithmetic,
+// lane by lane.
+template <typename Word>
+RF_HOST_DEVICE inline Word lowbias32(Word x) {
   x ^= x >> 16;
   x *= 0x7feb352du;
   x ^= x >> 15;
@@ -20,7 +23,8 @@ RF_HOST_DEVICE inline std::uint32_t lowbias32(std::uint32_t x) {
   return x;
 }
 
-RF_HOST_DEVICE inline std::uint32_t dropout_bits(std::uint32_t i, std::uint32_t key0, std::uint32_t key1) {
+template <typename Word>
+RF_HOST_DEVICE inline Word dropout_bits(Word i, Word key0, Word key1) {
   return lowbias32(lowbias32(i ^ key0) ^ key1);
 }
 
