@@ -155,6 +155,12 @@ def test_reference_backend_forced():
     torch.testing.assert_close(out, ref(x, h, p=0.2, seed=3))
 
 
+def test_reference_forced_by_environment(monkeypatch):
+    x, h = torch.randn(4, 64), torch.randn(4, 64)
+    monkeypatch.setenv("REACTFAST_BACKEND", "add_layer_norm:reference")
+    torch.testing.assert_close(add_layer_norm(x, h, p=0.2, seed=3), ref(x, h, p=0.2, seed=3), atol=0, rtol=0)
+
+
 def test_compiled_graph_equals_eager():
     """Under torch.compile the composition is traced (the compiler fuses it): equal to the eager
     fused call where no dropout applies, and the hashed mask where a seed is given."""

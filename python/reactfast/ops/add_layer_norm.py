@@ -36,17 +36,27 @@ _CPP_OK = _backend.backend_status("cpp", "cpu", "add_layer_norm")[0]
 
 
 def _keys(p: float, seed: int):
+    if p == 0.0:
+        return 0, 0, 0, 1.0
     key0, key1 = _ref_dropout.split_seed(seed)
     return _ref_dropout.threshold(p), key0, key1, 1.0 / (1.0 - p)
 
 
-def _forward_no_grad(x, h, weight, bias, eps, p, seed):
+def _cpp_forward(x, h, weight, bias, eps: float, p: float, seed: int, save: bool):
+    """The kernel's output and, with ``save``, what its backward reads: (out, (sum, mean, rstd,
+    keep bitmask or None), scale)."""
     rows, D = x.numel() // x.shape[-1], x.shape[-1]
+    drop = p > 0.0
     out = _backend.empty(x.shape, torch.float32, x.device)
-    threshold, key0, key1, scale = _keys(p, seed) if p > 0.0 else (0, 0, 0, 1.0)
-    _backend.native().add_layer_norm_fwd_cpu(x, h, weight, bias, out, None, None, None, None, rows, D, p > 0.0,
-                                             threshold, key0, key1, scale, eps)
-    return out
+    saved = (None, None, None, None)
+    if save:
+        saved = (_backend.empty(x.shape, torch.float32, x.device), _backend.empty((rows,), torch.float32, x.device),
+                 _backend.empty((rows,), torch.float32, x.device),
+                 _backend.empty((rows, (D + 7) // 8), torch.uint8, x.device) if drop else None)
+    threshold, key0, key1, scale = _keys(p, seed)
+    _backend.native().add_layer_norm_fwd_cpu(x, h, weight, bias, out, *saved, rows, D, drop, threshold, key0, key1,
+                                             scale, eps)
+    return out, saved, scale
 
 
 class _AddLayerNorm(torch.autograd.Function):
@@ -55,18 +65,9 @@ class _AddLayerNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, h, weight, bias, eps: float, p: float, seed: int):
-        rows, D = x.numel() // x.shape[-1], x.shape[-1]
-        drop = p > 0.0
-        out = _backend.empty(x.shape, torch.float32, x.device)
-        total = _backend.empty(x.shape, torch.float32, x.device)
-        mean = _backend.empty((rows,), torch.float32, x.device)
-        rstd = _backend.empty((rows,), torch.float32, x.device)
-        keep = _backend.empty((rows, (D + 7) // 8), torch.uint8, x.device) if drop else None     # bitmask
-        threshold, key0, key1, scale = _keys(p, seed) if drop else (0, 0, 0, 1.0)
-        _backend.native().add_layer_norm_fwd_cpu(x, h, weight, bias, out, total, mean, rstd, keep, rows, D, drop,
-                                                 threshold, key0, key1, scale, eps)
+        out, (total, mean, rstd, keep), scale = _cpp_forward(x, h, weight, bias, eps, p, seed, save=True)
         ctx.save_for_backward(total, mean, rstd, weight, keep)
-        ctx.drop, ctx.scale, ctx.has_bias = drop, scale, bias is not None
+        ctx.drop, ctx.scale, ctx.has_bias = p > 0.0, scale, bias is not None
         return out
 
     @staticmethod
@@ -148,10 +149,11 @@ def add_layer_norm(x: torch.Tensor, h: torch.Tensor, weight: Optional[torch.Tens
         _backend.select("add_layer_norm", x.device, IMPLEMENTED, backend)      # raises when cpp cannot run
         raise ValueError("backend 'cpp' takes float32 CPU tensors (x, h, weight, bias) outside torch.compile "
                          f"and p < 1, got x {x.dtype} on {x.device}, p {p}")
-    if backend is None and fast:
-        fast = _backend.forced_backend("add_layer_norm") in (None, "cpp")
+    forced = _backend.forced_backend("add_layer_norm") if backend is None else None
+    if forced is not None and forced != "cpp":
+        fast = False
     if not fast:
-        if backend == "reference" or _backend.forced_backend("add_layer_norm") == "reference":
+        if backend == "reference" or forced == "reference":
             if p > 0.0 and seed is None:
                 seed = draw_seed(generator)
             return _ref.add_layer_norm(x, h, weight, bias, eps, p, seed)
@@ -168,4 +170,4 @@ def add_layer_norm(x: torch.Tensor, h: torch.Tensor, weight: Optional[torch.Tens
     bias = None if bias is None else bias.contiguous()
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, h, weight, bias)):
         return _AddLayerNorm.apply(x, h, weight, bias, float(eps), p, seed)
-    return _forward_no_grad(x, h, weight, bias, float(eps), p, seed)
+    return _cpp_forward(x, h, weight, bias, float(eps), p, seed, save=False)[0]
