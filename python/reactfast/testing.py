@@ -80,6 +80,20 @@ class HostReadError(AssertionError):
 # captured graph would replay from freed host memory.
 _HOST_READS = ("_local_scalar_dense.default", "lift_fresh.default", "lift_fresh_copy.default", "nonzero.default",
                "masked_select.default", "_unique2.default", "unique_consecutive.default")
+# Ops that read values on the host only for some arguments: indexing by a boolean mask (x[mask] finds
+# the mask's nonzero elements inside the op, below the dispatcher a mode sees) and repeat_interleave
+# by a tensor of counts without output_size (the result's length).
+_MASK_INDEXING = ("index.Tensor", "index_put.default", "index_put_.default", "_index_put_impl_.default")
+_REPEAT_COUNTS = ("repeat_interleave.Tensor", "repeat_interleave.self_Tensor")
+
+
+def _reads_on_host(func, args, kwargs, mask_indexing, repeat_counts) -> bool:
+    if func in mask_indexing:
+        indices = args[1] if len(args) > 1 else kwargs.get("indices", ())
+        return any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in indices)
+    if func in repeat_counts:
+        return kwargs.get("output_size") is None and (len(args) < 4 or args[-1] is None)
+    return False
 
 
 def forbid_host_reads():
@@ -92,16 +106,20 @@ def forbid_host_reads():
 
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    forbidden = set()
-    for name in _HOST_READS:
-        packet, overload = name.split(".")
-        op = getattr(torch.ops.aten, packet, None)
-        if op is not None and hasattr(op, overload):
-            forbidden.add(getattr(op, overload))
+    def ops(names):
+        found = set()
+        for name in names:
+            packet, overload = name.split(".")
+            op = getattr(torch.ops.aten, packet, None)
+            if op is not None and hasattr(op, overload):
+                found.add(getattr(op, overload))
+        return found
+
+    forbidden, mask_indexing, repeat_counts = ops(_HOST_READS), ops(_MASK_INDEXING), ops(_REPEAT_COUNTS)
 
     class _Forbid(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func in forbidden:
+            if func in forbidden or _reads_on_host(func, args, kwargs or {}, mask_indexing, repeat_counts):
                 frames = [f for f in traceback.extract_stack()
                           if "reactfast" in f.filename and os.sep + "torch" + os.sep not in f.filename
                           and not f.filename.endswith("testing.py")]

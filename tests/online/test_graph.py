@@ -59,6 +59,22 @@ def test_step_reads_nothing_back(name):
             bool(state.count.sum() > 0)
 
 
+
+def test_forbid_host_reads_catches_mask_indexing_and_counted_repeats():
+    """Reads that happen inside an op (below the dispatcher): a boolean-mask index finds its
+    elements on the host, repeat_interleave by a tensor of counts sizes its result from them."""
+    x = torch.randn(3, 4)
+    mask, counts = torch.rand(4) > 0.5, torch.tensor([1, 2, 0])
+    for read in (lambda: x[:, mask], lambda: x[mask[:3]], lambda: torch.repeat_interleave(x, counts, 0)):
+        with pytest.raises(HostReadError, match="index|repeat_interleave"):
+            with forbid_host_reads():
+                read()
+    with forbid_host_reads():  # index tensors and counts with the result's size read nothing
+        x[:, torch.arange(2)]
+        x.index_select(1, torch.arange(2))
+        torch.repeat_interleave(x, counts, 0, output_size=3)
+        x.repeat_interleave(2, 0)
+
 def _staggered(model, runner, speaker, audio, device):
     streams = [ReactionStream(model, s, torch.Generator().manual_seed(10 + i)) for i, s in enumerate((2, 1, 2))]
     outs = {i: [] for i in range(3)}

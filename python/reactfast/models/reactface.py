@@ -638,8 +638,12 @@ def _diversity(x: torch.Tensor, scale: float) -> torch.Tensor:
     B, S = x.shape[:2]
     flat = x.reshape(B, S, -1)
     dist = (flat[:, :, None] - flat[:, None]).pow(2).sum(-1)                      # (B, S, S)
-    off = ~torch.eye(S, dtype=torch.bool, device=x.device)
-    return torch.exp(-dist / scale)[:, off].mean()
+    # The off-diagonal pairs (i, j != i) in row-major order, as x[:, ~eye] lists them, by index
+    # arithmetic: a boolean mask would find its elements on the host (a sync on a GPU).
+    k = torch.arange(S * (S - 1), device=x.device)
+    i, j = k // max(S - 1, 1), k % max(S - 1, 1)
+    off = i * S + j + (j >= i).long()
+    return torch.exp(-dist / scale).reshape(B, S * S).index_select(1, off).mean()
 
 
 def reactface_loss(model: ReactFace, out: Dict[str, torch.Tensor], targets: torch.Tensor, valid: torch.Tensor,

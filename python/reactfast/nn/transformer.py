@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reactfast.nn.dropout import Dropout
+from reactfast.ops._checks import autocast_enabled
 from reactfast.ops.add_layer_norm import add_layer_norm
 from reactfast.ops.dropout import dropout
 
@@ -29,7 +30,7 @@ def add_norm(norm: nn.Module, x: torch.Tensor, h: torch.Tensor, drop: Optional[n
     float32 layer norm)."""
     fusable = (type(norm) is nn.LayerNorm and len(norm.normalized_shape) == 1 and x.dtype == h.dtype
                and (drop is None or isinstance(drop, Dropout) or not drop.training or drop.p == 0.0)
-               and not torch.is_autocast_enabled(x.device.type))
+               and not autocast_enabled(x.device.type))
     if not fusable:
         return norm(x + (h if drop is None else drop(h)))
     p, training = (0.0, False) if drop is None else (drop.p, drop.training)

@@ -66,11 +66,17 @@ def check_precision(precision) -> str:
     return precision
 
 
+def autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type``; False for device types autocast does not know (the
+    meta device, on which the tests trace the models for device mismatches), where torch's query raises."""
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
 def autocast_inputs(device_type: str, *tensors):
     """``tensors`` cast to the autocast dtype when autocast is on for ``device_type`` (floating tensors
     only; None and others as given), as autocast casts a matmul's inputs: the custom ops are opaque
     to autocast, so their public wrappers call this."""
-    if not torch.is_autocast_enabled(device_type):
+    if not autocast_enabled(device_type):
         return tensors
     dtype = torch.get_autocast_dtype(device_type)
     return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in tensors)
