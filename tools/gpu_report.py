@@ -6,6 +6,7 @@ ratio against its baseline and its target (from pytest's JUnit XML and the bench
 
 import json
 import os
+import re
 import sys
 import xml.etree.ElementTree as ET
 
@@ -22,17 +23,46 @@ def suite_counts(path):
     return total, failed
 
 
+_PROGRESS = re.compile(r"^([.FEsxX]+)\s+\[\s*(\d+)%\]\s*$")
+
+
+def progress_counts(path):
+    """Counts from the progress lines of a pytest -q log ("..F.s  [ 12%]"), for a run killed before it
+    wrote its JUnit report; None without a log or a progress line."""
+    if not os.path.isfile(path):
+        return None
+    marks, percent = "", None
+    for line in open(path, errors="replace"):
+        m = _PROGRESS.match(line.rstrip("\n"))
+        if m:
+            marks, percent = marks + m.group(1), int(m.group(2))
+    if percent is None:
+        return None
+    count = lambda chars: sum(marks.count(c) for c in chars)  # noqa: E731
+    return {"passed": count(".X"), "failed": count("FE"), "skipped": count("sx"), "percent": percent}
+
+
 def main(report_dir: str) -> int:
     status = 0
     print("\n=== reactfast make test-gpu ===")
-    for label, name in (("tests", "tests.xml"), ("GPU benchmarks", "bench.xml")):
-        counts = suite_counts(os.path.join(report_dir, name))
+    for label, name in (("tests", "tests"), ("GPU benchmarks", "bench")):
+        limit_file = os.path.join(report_dir, name + ".limit")
+        stopped = (f" (STOPPED at its {open(limit_file).read().strip()} s limit: the rest did not run)"
+                   if os.path.isfile(limit_file) else "")
+        status |= bool(stopped)
+        counts = suite_counts(os.path.join(report_dir, name + ".xml"))
         if counts is None:
-            print(f"{label:16s} no result (the run did not finish)")
+            seen = progress_counts(os.path.join(report_dir, name + ".log"))
+            if seen is None:
+                print(f"{label:16s} no result (the run did not finish){stopped}")
+            else:
+                print(f"{label:16s} killed at {seen['percent']}%: {seen['passed']} passed, {seen['failed']} failed, "
+                      f"{seen['skipped']} skipped so far (no report; see {name}.log){stopped}")
             status = 1
             continue
         c, failed = counts
-        print(f"{label:16s} {c['passed']} passed, {c['failures'] + c['errors']} failed, {c['skipped']} skipped")
+        print(f"{label:16s} {c['passed']} passed, {c['failures'] + c['errors']} failed, {c['skipped']} skipped"
+              f"{stopped}")
         for f in failed[:30]:
             print(f"    FAILED {f}")
         status |= bool(failed)

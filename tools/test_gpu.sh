@@ -23,10 +23,23 @@ if ! REACTFAST_CUDA=ON REACTFAST_CUDA_ARCHITECTURES="$arch" \
 fi
 "$PYTHON" -m reactfast.env_report | tee "$REPORT/env.txt"
 
-# Outside the source tree, so that the installed package (with its compiled extension) is tested.
-"$PYTHON" -m pytest tests -q --maxfail=50 -p no:cacheprovider --junitxml="$REPORT/tests.xml" \
-  -o junit_family=xunit1 2>&1 | tail -30
-REACTFAST_BENCH_JSON="$PWD/$REPORT/bench.jsonl" "$PYTHON" -m pytest bench -m gpu -q -p no:cacheprovider \
-  --junitxml="$REPORT/bench.xml" 2>&1 | tail -40
+# Each pytest run has a time limit (seconds; the whole target must fit in 8 minutes on one H100):
+# at the limit it gets SIGINT, stops after the running test and still writes its JUnit report with
+# what ran; one that does not stop (a kernel that never returns) is killed 20 s later and the table
+# counts the progress line of its log instead. faulthandler dumps the stack of any test that runs
+# longer than a minute and a half, so a hang shows where it is.
+TEST_LIMIT=${REACTFAST_GPU_TEST_LIMIT:-300}
+BENCH_LIMIT=${REACTFAST_GPU_BENCH_LIMIT:-150}
+run_pytest() {  # name limit args...
+  local name=$1 limit=$2
+  shift 2
+  timeout --signal=INT --kill-after=20 "$limit" "$PYTHON" -m pytest "$@" -p no:cacheprovider \
+    -o faulthandler_timeout=90 --junitxml="$REPORT/$name.xml" -o junit_family=xunit1 >"$REPORT/$name.log" 2>&1
+  local rc=$?
+  if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then echo "$limit" >"$REPORT/$name.limit"; fi
+  tail -40 "$REPORT/$name.log"
+}
+run_pytest tests "$TEST_LIMIT" tests -q --maxfail=50 --durations=15
+REACTFAST_BENCH_JSON="$PWD/$REPORT/bench.jsonl" run_pytest bench "$BENCH_LIMIT" bench -m gpu -q
 echo "[test-gpu] $(( $(date +%s) - start )) s in all"
 "$PYTHON" tools/gpu_report.py "$REPORT"
