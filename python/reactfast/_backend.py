@@ -115,6 +115,16 @@ def cuda_stream(t: torch.Tensor) -> int:
     return torch.cuda.current_stream(t.device).cuda_stream if t.is_cuda else 0
 
 
+def device_guard(t: torch.Tensor):
+    """A context in which ``t``'s CUDA device is the current one. Triton kernels, the native CUDA
+    kernels and CUDA graph captures run on the current device, which need not be the tensors' (a
+    model on cuda:1; torchrun processes whose device was never set): every launch of the package's
+    own kernels is made under it. Nothing for CPU tensors or when the device is current already."""
+    if t.is_cuda and t.device.index != torch.cuda.current_device():
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
+
+
 _poison = os.environ.get("REACTFAST_POISON", "0") not in ("", "0")
 
 

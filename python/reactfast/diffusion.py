@@ -226,17 +226,25 @@ def _loop(denoiser: Denoiser, scheduler: "DDIMScheduler", steps: int, B: int, gu
 
 def capture_cuda_graph(fn: Callable[[], torch.Tensor], device) -> tuple:
     """(replay, out): ``fn`` run once on a side stream (allocations, Triton autotuning), then
-    captured on a CUDA graph whose replay rewrites ``out`` from the same input buffers."""
+    captured on a CUDA graph whose replay rewrites ``out`` from the same input buffers. ``device``
+    is made the current device for the capture and each replay (a capture records the current
+    device's stream; a model on cuda:1 would otherwise be captured on nothing)."""
     device = torch.device(device)
-    stream = torch.cuda.Stream(device)
-    stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream):
-        fn()
-    torch.cuda.current_stream(device).wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn()
-    return graph.replay, out
+    with torch.cuda.device(device):
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):
+            fn()
+        torch.cuda.current_stream(device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = fn()
+
+    def replay():
+        with torch.cuda.device(device):
+            graph.replay()
+
+    return replay, out
 
 
 class SamplerGraph:

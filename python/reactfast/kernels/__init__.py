@@ -63,6 +63,25 @@ def length_class(n: int) -> int:
     return min(max(1 << max(n - 1, 0).bit_length(), 16), 4096)
 
 
+def on_tensor_device(fn):
+    """Decorates a kernel entry point so that its launches go to the device of its first tensor
+    argument (``_backend.device_guard``): Triton launches on the current device."""
+    import functools
+
+    import torch
+
+    from reactfast import _backend
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        first = next(a for a in args if isinstance(a, torch.Tensor))
+        with _backend.device_guard(first):
+            return fn(*args, **kwargs)
+
+    run.on_tensor_device = True
+    return run
+
+
 def launch(kernel, tuned, grid, args, meta, config=None, fixed=None, interpret_config=None) -> None:
     """Run a Triton kernel: with ``config`` (a dict of block sizes, for tests) that configuration;
     under ``torch.use_deterministic_algorithms(True)`` the ``fixed`` triton.Config (warps and stages

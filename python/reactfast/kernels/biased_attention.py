@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from reactfast import _backend, kernels
+from reactfast.kernels import on_tensor_device
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -398,6 +399,7 @@ def _common(q, precision):
     return BD, dict(BD=BD, EVEN_D=BD == D, UPCAST=upcast, PRECISION=prec)
 
 
+@on_tensor_device
 def biased_attention_fwd(q, k, v, slopes, q_offset, key_start, key_lengths, scale, period, ratio, extra, qperiod,
                          precision="tf32", splits=None, config=None):
     """q (B, H, Tq, D), k/v (B, H, Tk, D) contiguous; slopes (H,) float32; q_offset, key_start,
@@ -431,6 +433,7 @@ def biased_attention_fwd(q, k, v, slopes, q_offset, key_start, key_lengths, scal
     return out, lse
 
 
+@on_tensor_device
 def biased_attention_bwd(do, q, k, v, out, lse, slopes, q_offset, key_start, key_lengths, scale, period, ratio, extra,
                          qperiod, precision="tf32", config=None):
     """Gradients (dq, dk, dv) in the inputs' dtypes; inputs as for the forward, ``do`` contiguous."""

@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 
 from reactfast import _backend, kernels
+from reactfast.kernels import on_tensor_device
 from reactfast.reference import ccc as _ref
 
 
@@ -74,6 +75,7 @@ def series_stats(x: torch.Tensor):
             *(t.contiguous() for t in _ref.stats32(x)))
 
 
+@on_tensor_device
 def ccc_max(pred, gt, offset, index, BT=None):
     """pred (M, T, D), gt (G, T, D) float32 contiguous; CSR (offset (M + 1,), index (K,)) int64 on the
     device, at least one candidate per query. Returns (max (M,) float64, argmax (M,) int64)."""

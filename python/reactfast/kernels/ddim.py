@@ -9,6 +9,7 @@ import triton
 import triton.language as tl
 
 from reactfast import _backend
+from reactfast.kernels import on_tensor_device
 
 
 @triton.jit
@@ -53,6 +54,7 @@ def _ddim_fwd_kernel(p_x, p_c, p_u, p_z, p_coef, p_xprev, p_x0, N, scale, clip,
 _PRED = {"eps": 0, "x0": 1, "v": 2}
 
 
+@on_tensor_device
 def ddim_fwd(x_t, out_cond, coef, prediction, out_uncond, guidance_scale, noise, clip, eps_from_clipped):
     """All tensors contiguous, (B, ...) with the same shape; coef (B, 5) float32."""
     B = x_t.shape[0]

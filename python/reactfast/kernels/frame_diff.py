@@ -5,6 +5,7 @@ import triton
 import triton.language as tl
 
 from reactfast import _backend
+from reactfast.kernels import on_tensor_device
 
 
 @triton.jit
@@ -22,6 +23,7 @@ def _frame_diff_fwd_kernel(p_x, p_out, T, D, BLOCK_T: tl.constexpr, BLOCK_D: tl.
     tl.store(p_o, (b_next - b_cur).to(p_out.dtype.element_ty), mask=m_td)
 
 
+@on_tensor_device
 def frame_diff_fwd(x: torch.Tensor) -> torch.Tensor:
     """x: contiguous (B, T, D) with T >= 2 -> (B, T - 1, D)."""
     B, T, D = x.shape

@@ -12,6 +12,7 @@ import triton
 import triton.language as tl
 
 from reactfast import _backend, kernels
+from reactfast.kernels import on_tensor_device
 
 
 @triton.jit
@@ -61,6 +62,7 @@ def _tlcc_kernel(p_x, p_y, p_r, T, D, L, BT: tl.constexpr, BD: tl.constexpr):
     tl.store(p_r + (m * (2 * L + 1) + li) * D + o_d, r32, mask=m_d)
 
 
+@on_tensor_device
 def tlcc(x, y, max_lag, BT=None):
     """x, y (M, T, D) float32 contiguous on one device -> rs (M, 2 max_lag + 1) float32. The kernel
     writes r per (pair, lag, dim); the mean over dims is then summed in dim order in float32 (D

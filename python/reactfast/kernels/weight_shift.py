@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 from reactfast import _backend, kernels
+from reactfast.kernels import on_tensor_device
 
 
 @triton.jit
@@ -170,6 +171,7 @@ def _launch(kernel, grid, args, meta, config):
                    _CANDIDATES[name][1][0], INTERPRET_CONFIG)
 
 
+@on_tensor_device
 def weight_shift_fwd(x, weight, shift, bias, precision="tf32", config=None):
     B, L, DIN = x.shape
     DOUT = weight.shape[0]
@@ -180,6 +182,7 @@ def weight_shift_fwd(x, weight, shift, bias, precision="tf32", config=None):
     return y
 
 
+@on_tensor_device
 def low_rank_fwd(x, weight, u, v, bias, precision="tf32", config=None):
     """y = x W^T + (x V) U^T + bias; x (B, L, d_in), u (B, d_out, r), v (B, d_in, r), all contiguous."""
     B, L, DIN = x.shape
@@ -191,6 +194,7 @@ def low_rank_fwd(x, weight, u, v, bias, precision="tf32", config=None):
     return y
 
 
+@on_tensor_device
 def weight_shift_bwd_dx(dy, weight, shift, precision="tf32", config=None):
     B, L, DOUT = dy.shape
     DIN = weight.shape[1]
@@ -200,6 +204,7 @@ def weight_shift_bwd_dx(dy, weight, shift, precision="tf32", config=None):
     return dx
 
 
+@on_tensor_device
 def weight_shift_bwd_dshift(dy, x, precision="tf32", config=None):
     B, L, DOUT = dy.shape
     DIN = x.shape[2]

@@ -77,11 +77,13 @@ def dtw(x: torch.Tensor, y: torch.Tensor, backend: Optional[str] = None) -> torc
     if D <= WARP_MAX_DIMS:  # each pair a query with one candidate, one warp a block
         offset = torch.arange(P + 1, device=x.device)
         arg = _backend.empty((P,), torch.int64, x.device)
-        _backend.native().weighted_dtw_min_cuda(x, y, offset, pairs, P, Tx, y.shape[1], D, [(0, D, 1.0)], False, 1,
-                                                out, arg, _backend.cuda_stream(x))
+        with _backend.device_guard(x):
+            _backend.native().weighted_dtw_min_cuda(x, y, offset, pairs, P, Tx, y.shape[1], D, [(0, D, 1.0)], False,
+                                                    1, out, arg, _backend.cuda_stream(x))
         return out
-    _backend.native().group_dtw_pairs_cuda(x, y, pairs, pairs, P, Tx, y.shape[1], D, [(0, D, 1.0)], out,
-                                           _backend.cuda_stream(x))
+    with _backend.device_guard(x):
+        _backend.native().group_dtw_pairs_cuda(x, y, pairs, pairs, P, Tx, y.shape[1], D, [(0, D, 1.0)], out,
+                                               _backend.cuda_stream(x))
     return out
 
 
@@ -140,8 +142,9 @@ def weighted_dtw_min_unchecked(pred, gt, offset, index, groups, abandon=True, ba
         return (*_weighted_dtw_min_cuda_blocks(pred, gt, offset, index, groups), None)
     out_min = _backend.empty((M,), torch.float64, pred.device)
     out_arg = _backend.empty((M,), torch.int64, pred.device)
-    _backend.native().weighted_dtw_min_cuda(pred, gt, offset, index, M, Tx, Ty, D, groups, bool(abandon),
-                                            WARPS_PER_QUERY, out_min, out_arg, _backend.cuda_stream(pred))
+    with _backend.device_guard(pred):
+        _backend.native().weighted_dtw_min_cuda(pred, gt, offset, index, M, Tx, Ty, D, groups, bool(abandon),
+                                                WARPS_PER_QUERY, out_min, out_arg, _backend.cuda_stream(pred))
     return out_min, out_arg, None
 
 
@@ -184,7 +187,8 @@ def _weighted_dtw_min_cuda_blocks(pred, gt, offset, index, groups, chunk: int = 
         qi = query[lo:lo + chunk].contiguous()
         ci = index[lo:lo + chunk].contiguous()
         out = _backend.empty((qi.numel(), len(groups)), torch.float64, pred.device)
-        _backend.native().group_dtw_pairs_cuda(pred, gt, qi, ci, qi.numel(), Tx, gt.shape[1], D, groups, out,
-                                               _backend.cuda_stream(pred))
+        with _backend.device_guard(pred):
+            _backend.native().group_dtw_pairs_cuda(pred, gt, qi, ci, qi.numel(), Tx, gt.shape[1], D, groups, out,
+                                                   _backend.cuda_stream(pred))
         values[lo:lo + chunk] = out @ weights
     return _ref.segment_best(values, query, index, M, largest=False)

@@ -31,7 +31,8 @@ def _frame_diff(x: torch.Tensor, backend: str) -> torch.Tensor:
     if name == "cpp":
         _backend.native().frame_diff_cpu(xf, out, B, T, D)
     else:
-        _backend.native().frame_diff_cuda(xf, out, B, T, D, _backend.cuda_stream(x))
+        with _backend.device_guard(x):
+            _backend.native().frame_diff_cuda(xf, out, B, T, D, _backend.cuda_stream(x))
     return out.to(x.dtype)
 
 

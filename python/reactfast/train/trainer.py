@@ -190,6 +190,10 @@ class Trainer:
                  val_dataset=None, resume: Optional[str] = None, device=None, extra_meta: Optional[dict] = None):
         self.config = cfg = config or TrainConfig()
         self.device = _backend.resolve_device(str(device) if device is not None else "auto")
+        if self.device.type == "cuda":
+            # The current device for NCCL (under torchrun each process's LOCAL_RANK GPU) and for
+            # whatever the caller launches; the package's own kernels follow their tensors anyway.
+            torch.cuda.set_device(self.device)
         self.rank, self.world = distributed_context(self.device.type)
         if cfg.batch_size % self.world:
             raise ValueError(f"batch_size ({cfg.batch_size}) must be divisible by the number of processes "
