@@ -65,10 +65,14 @@ inline void diagonal_costs(const float* x, const float* y, index_t T, index_t D,
 //      optimal path exceeds it) and what g may cost for the candidate to still reach its query's
 //      best so far given the other groups' lower bounds,
 //      ((best - sum_{g' != g} w_g' sqrt(LB_g')) / w_g)^2, each with a relative margin of 1e-5 over
-//      float rounding. A candidate close to its query (a near-diagonal path) keeps a narrow band;
-//      one that cannot win narrows and dies out.
-// Each step only drops what cannot beat the best, and live values are the full DP's bit for bit,
-// so the result is exact. Lanes stand at their own rows. A lane that frees up takes the next
+//      float rounding. In row t a value is live while it is at or below the limit less the lane's
+//      row tail after t (a lower bound of what any path pays after row t), as EAPrunedDTW (Herrmann
+//      & Webb 2021) prunes with its cumulative lower bound. Every cell of an optimal path whose
+//      value is within the limit then stays live, so each is computed from its exact predecessor
+//      and the final value is exact. A candidate close to its query (a near-diagonal path) keeps
+//      a narrow band; one that cannot win narrows and dies out.
+// Each step only drops what cannot beat the best, and the values on an optimal path within the
+// limit are the full DP's bit for bit, so the result is exact. Lanes stand at their own rows. A lane that frees up takes the next
 // candidate only while the union band is wide anyway (at least half the columns) or once every
 // lane is free: a fresh pair's band starts at column 0 and would widen a narrow sweep for all.
 class BandSearch {
@@ -114,12 +118,20 @@ class BandSearch {
         for (index_t d = 0; d < D_; ++d) xB_[d * kLanes + l] = xt[d];
       }
       if (fresh) s0 = 0;  // a pair at its first row starts at column 0
+      // This row's limits: what a value may hold for its path to still end at or below the lane's
+      // limit, given what the rows after each lane's row t must add (their tail bound).
+      double row_limit[3 * kLanes];
+      for (int g = 0; g < 3; ++g)
+        for (int l = 0; l < kLanes; ++l) {
+          const double u = limit_[g * kLanes + l];
+          row_limit[g * kLanes + l] = busy_[l] ? u - row_tail_[(t_[l] * 3 + g) * kLanes + l] : u;
+        }
       index_t first, last;
       const index_t end =
           g3_.react_layout && D_ == 25
-              ? dp_row_react(xB_.data(), yB_.data(), Ty_, row_.data(), start, limit_, s0, e0, &first, &last)
-              : dp_row(xB_.data(), yB_.data(), Ty_, D_, g3_.start, g3_.end, row_.data(), start, limit_, s0, e0,
-                            &first, &last);
+              ? dp_row_react(xB_.data(), yB_.data(), Ty_, row_.data(), start, row_limit, s0, e0, &first, &last)
+              : dp_row(xB_.data(), yB_.data(), Ty_, D_, g3_.start, g3_.end, row_.data(), start, row_limit, s0, e0,
+                       &first, &last);
       cells += (end - s0) * 3 * busy;
       const bool check = steps % kCheckRows == 0 && first >= 0;
       if (check) {
@@ -133,7 +145,7 @@ class BandSearch {
             if (!relevant(g)) continue;
             bound[l] += g3_.weight[g] * std::sqrt(lb[g * kLanes + l]);
             // A group with no live value left in this lane's row: the candidate cannot win.
-            if (low[g * kLanes + l] > limit_[g * kLanes + l]) bound[l] = kInf;
+            if (low[g * kLanes + l] > row_limit[g * kLanes + l]) bound[l] = kInf;
           }
         }
       }

@@ -157,6 +157,50 @@ def test_banded_search_is_exact_on_warped_copies(groups):
     assert single[2] < 0.5 * len(near) * T * T * 3, single[2]   # the band, not the whole matrix
 
 
+
+def test_banded_search_equals_the_full_dp_on_random_configurations():
+    """The pruned search (bounds, abandoning, bands narrowed row by row by the row tails) against
+    the full DP, bit for bit, over random layouts and weights (zero included), lengths (Tx != Ty),
+    candidate lists (repeats included) and query kinds: noisy or time-warped copies of a candidate,
+    uniform noise, and values on a coarse grid (tied paths and tied candidates)."""
+    g = torch.Generator().manual_seed(11)
+
+    def draw(hi, lo=1):
+        return int(torch.randint(lo, hi + 1, (), generator=g))
+
+    for trial in range(120):
+        Tx = draw(70, 2)
+        Ty = Tx if trial % 3 else draw(70, 2)
+        if trial % 2:
+            D, groups = 25, ((0, 15, 1 / 15), (15, 17, 1.0), (17, 25, 1 / 8))
+        else:
+            D = draw(12)
+            cut = sorted({draw(D - 1) for _ in range(2)}) if D > 1 else []
+            bounds = [0] + cut + [D]
+            groups = tuple((bounds[i], bounds[i + 1], (0.0, 0.5, 1.0, 7.0)[draw(3, 0)])
+                           for i in range(len(bounds) - 1))
+        G, M = draw(8), draw(10)
+        walks = torch.cumsum(0.3 * torch.randn(G, Ty, D, generator=g), 1)
+        kind = trial % 4
+        if kind == 0:    # noisy copies, resampled to Tx frames
+            idx = torch.linspace(0, Ty - 1, Tx).round().long()
+            pred = walks[torch.randint(0, G, (M,), generator=g)][:, idx]
+            pred = pred + (0.0, 0.01, 0.1, 1.0)[trial % 7 % 4] * torch.randn(M, Tx, D, generator=g)
+        elif kind == 1:  # warped copies
+            idx = torch.sort(torch.randint(0, Ty, (M, Tx), generator=g), 1).values
+            pred = walks[torch.randint(0, G, (M, 1), generator=g), idx]
+        elif kind == 2:
+            pred = torch.rand(M, Tx, D, generator=g)
+        else:            # a coarse grid: ties
+            pred = torch.round(torch.cumsum(0.3 * torch.randn(M, Tx, D, generator=g), 1))
+            walks = torch.round(walks)
+        lists = [torch.randint(0, G, (draw(G),), generator=g).tolist() for _ in range(M)]
+        cand = from_lists(lists)
+        pred, walks = pred.float().contiguous(), walks.float().contiguous()
+        full = weighted_dtw_min(pred, walks, cand, groups=groups, abandon=False, backend="cpp")
+        fast = weighted_dtw_min(pred, walks, cand, groups=groups, abandon=True, backend="cpp")
+        assert torch.equal(full[0], fast[0]) and torch.equal(full[1], fast[1]), (trial, Tx, Ty, D, groups, kind)
+
 def test_all_weights_zero():
     """Every weighted value is 0: the first listed candidate of each query, with and without
     abandoning (the banded search, which needs a group that weighs, is not used)."""
