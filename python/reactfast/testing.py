@@ -91,8 +91,8 @@ def _reads_on_host(func, args, kwargs, mask_indexing, repeat_counts) -> bool:
     if func in mask_indexing:
         indices = args[1] if len(args) > 1 else kwargs.get("indices", ())
         return any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in indices)
-    if func in repeat_counts:
-        return kwargs.get("output_size") is None and (len(args) < 4 or args[-1] is None)
+    if func in repeat_counts:  # output_size is keyword-only
+        return kwargs.get("output_size") is None
     return False
 
 
