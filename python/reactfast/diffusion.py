@@ -114,7 +114,9 @@ class DDIMScheduler:
         t = self._check_t(t)
         if t_prev.shape != t.shape:
             raise ValueError(f"t_prev must have t's shape {tuple(t.shape)}, got {tuple(t_prev.shape)}")
-        if bool((t_prev >= t).any()):
+        # Read back only where the host may, as _check_t (DDIMScheduler.step on CUDA tensors, or
+        # under a capture, reads nothing).
+        if _backend.host_checks_allowed(t) and bool((t_prev >= t).any()):
             raise ValueError("t_prev must be smaller than t for every sample")
         eta = self.eta if eta is None else eta
         ac = self.alphas_cumprod.to(t.device)

@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from reactfast import diffusion
+from reactfast import _backend, diffusion
 from reactfast.diffusion import DDIMScheduler, SamplerGraph, betas_for, sample
 from reactfast.ops.ddim import IMPLEMENTED, ddim_step
 from reactfast.reference.ddim import ddim_step as ddim_ref
-from reactfast.testing import assert_close, assert_rel_close
+from reactfast.testing import assert_close, assert_rel_close, forbid_host_reads
 from tests.conftest import HAS_CUDA, TRITON_DEVICE, usable_backends
 
 
@@ -204,6 +204,20 @@ def test_sample_with_eta_is_deterministic(device):
     b = sample(den, (4, 8), None, sched, steps=5, generator=torch.Generator(device).manual_seed(0), device=device)
     assert torch.equal(a, b) and a.device.type == device.type
 
+
+
+def test_scheduler_step_reads_nothing_back_where_the_host_may_not():
+    """DDIMScheduler.step (per-sample timesteps, as a user's own loop calls it) checks its timesteps
+    on the host only where it may: on CUDA tensors, or under a capture (graph_safe), it reads
+    nothing, and gives the same result."""
+    sched = DDIMScheduler(50, prediction="eps")
+    g = torch.Generator().manual_seed(0)
+    x, eps = torch.randn(3, 8, generator=g), torch.randn(3, 8, generator=g)
+    t, t_prev = torch.tensor([40, 20, 5]), torch.tensor([30, 10, -1])
+    want = sched.step(eps, t, x, t_prev)
+    with _backend.graph_safe(), forbid_host_reads():
+        got = sched.step(eps, t, x, t_prev)
+    assert all(torch.equal(a, b) for a, b in zip(want, got))
 
 @pytest.mark.parametrize("call,err,match", [
     (lambda s: s.timesteps(2000), ValueError, r"steps must be an int in \[1, 1000\]"),
