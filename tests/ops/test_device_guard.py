@@ -14,6 +14,13 @@ import pytest
 import torch
 
 from reactfast import _backend, kernels, ops
+from reactfast.reference import biased_attention as ref_attention
+from reactfast.reference import ccc as ref_ccc
+from reactfast.reference import ddim as ref_ddim
+from reactfast.reference import dtw as ref_dtw
+from reactfast.reference import frame_diff as ref_frame_diff
+from reactfast.reference import tlcc as ref_tlcc
+from reactfast.reference import weight_shift as ref_weight_shift
 from reactfast.testing import assert_rel_close
 
 TWO_GPUS = torch.cuda.is_available() and torch.cuda.device_count() >= 2
@@ -67,12 +74,16 @@ def test_device_guard_leaves_cpu_tensors_alone():
 
 
 def _cases(device, fast):
-    """(name, fast output, reference output, relative tolerance) for each op family on ``device``;
-    ``fast`` maps an op to the backend to test (None: the device's default)."""
+    """(name, fast output, float64 reference, relative tolerance) for each op family on ``device``;
+    ``fast`` maps an op to the backend to test (None: the device's default). The references are the
+    ``reactfast.reference`` oracles on float64 copies of the same inputs."""
     g = torch.Generator().manual_seed(0)
 
     def rand(*shape, requires_grad=False):
         return torch.randn(*shape, generator=g).to(device).requires_grad_(requires_grad)
+
+    def f64(*inputs):
+        return [t.detach().double().requires_grad_(t.requires_grad) for t in inputs]
 
     def grads(fn, *inputs):
         out = fn(*inputs)
@@ -83,35 +94,28 @@ def _cases(device, fast):
         return torch.cat([r.flatten() for r in result])
 
     x = rand(3, 20, 6)
-    yield "frame_diff", ops.frame_diff(x, backend=fast.get("frame_diff")), ops.frame_diff(x, backend="reference"), 1e-5
+    yield "frame_diff", ops.frame_diff(x, backend=fast.get("frame_diff")), ref_frame_diff.frame_diff(x.double()), 1e-5
 
     q, k, v = (rand(2, 4, 16, 16, requires_grad=True) for _ in range(3))
+    fused = grads(lambda *t: ops.biased_attention(*t, backend=fast.get("biased_attention")), q, k, v)
+    yield "biased_attention", fused, grads(ref_attention.biased_attention, *f64(q, k, v)), 1e-3
 
-    def attention(backend):
-        return lambda q, k, v: ops.biased_attention(q, k, v, backend=backend)
-    yield ("biased_attention", grads(attention(fast.get("biased_attention")), q, k, v),
-           grads(attention("reference"), q, k, v), 1e-3)
-
-    xs, w, dw = rand(4, 7, 16, requires_grad=True), rand(12, 16, requires_grad=True), rand(4, 12, 16, requires_grad=True)
-
-    def shifted(backend):
-        return lambda x, w, dw: ops.weight_shift_linear(x, w, dw, backend=backend)
-    yield ("weight_shift", grads(shifted(fast.get("weight_shift")), xs, w, dw), grads(shifted("reference"), xs, w, dw),
-           1e-3)
+    xs, w, dw = (rand(*shape, requires_grad=True) for shape in ((4, 7, 16), (12, 16), (4, 12, 16)))
+    fused = grads(lambda *t: ops.weight_shift_linear(*t, backend=fast.get("weight_shift")), xs, w, dw)
+    yield "weight_shift", fused, grads(ref_weight_shift.weight_shift_linear, *f64(xs, w, dw)), 1e-3
 
     xt, eps, coef = rand(5, 9, 3), rand(5, 9, 3), torch.rand(5, 5, generator=g).to(device)
     yield ("ddim", torch.cat(ops.ddim_step(xt, eps, coef, backend=fast.get("ddim"))),
-           torch.cat(ops.ddim_step(xt, eps, coef, backend="reference")), 1e-5)
+           torch.cat(ref_ddim.ddim_step(*f64(xt, eps, coef))), 1e-5)
 
     pred, gt = rand(4, 30, 25), rand(3, 30, 25)
     candidates = (torch.tensor([0, 2, 3, 5, 6], device=device), torch.tensor([0, 1, 2, 0, 2, 1], device=device))
     yield ("ccc_max", ops.ccc_max(pred, gt, candidates, backend=fast.get("ccc"))[0],
-           ops.ccc_max(pred, gt, candidates, backend="reference")[0], 1e-5)
-    yield ("tlcc", ops.tlcc(pred[:3], gt, 5, backend=fast.get("tlcc")), ops.tlcc(pred[:3], gt, 5, backend="reference"),
-           1e-5)
-    yield "dtw", ops.dtw(pred[:3], gt, backend=fast.get("dtw")), ops.dtw(pred[:3], gt, backend="reference"), 1e-5
+           ref_ccc.ccc_max(*f64(pred, gt), candidates)[0], 1e-5)
+    yield ("tlcc", ops.tlcc(pred[:3], gt, 5, backend=fast.get("tlcc")), ref_tlcc.tlcc(*f64(pred[:3], gt), 5), 1e-5)
+    yield "dtw", ops.dtw(pred[:3], gt, backend=fast.get("dtw")), ref_dtw.dtw(*f64(pred[:3], gt)), 1e-5
     yield ("weighted_dtw_min", ops.weighted_dtw_min(pred, gt, candidates, backend=fast.get("dtw"))[0],
-           ops.weighted_dtw_min(pred, gt, candidates, backend="reference")[0], 1e-5)
+           ref_dtw.weighted_dtw_min(*f64(pred, gt), candidates)[0], 1e-5)
 
 
 def _check(device, fast):
