@@ -230,7 +230,12 @@ def capture_cuda_graph(fn: Callable[[], torch.Tensor], device) -> tuple:
     """(replay, out): ``fn`` run once on a side stream (allocations, Triton autotuning), then
     captured on a CUDA graph whose replay rewrites ``out`` from the same input buffers. ``device``
     is made the current device for the capture and each replay (a capture records the current
-    device's stream; a model on cuda:1 would otherwise be captured on nothing)."""
+    device's stream; a model on cuda:1 would otherwise be captured on nothing).
+
+    ``replay`` holds ``fn``, and with it every tensor ``fn`` reads that was made before the capture
+    (a sampling loop's timesteps and coefficients): the graph reads their memory at each replay, and
+    freed, that memory goes to the next allocation (on an H100 the replays then returned NaN or wrong
+    samples)."""
     device = torch.device(device)
     with torch.cuda.device(device):
         stream = torch.cuda.Stream(device)
@@ -246,6 +251,7 @@ def capture_cuda_graph(fn: Callable[[], torch.Tensor], device) -> tuple:
         with torch.cuda.device(device):
             graph.replay()
 
+    replay.recorded = fn
     return replay, out
 
 
@@ -308,6 +314,8 @@ class SamplerGraph:
                 reset()
             return run(self._x, self._cond, self._noises)
 
+        # The loop's timestep and coefficient tensors live as long as the graph that reads them.
+        self._record = record
         self._replay, self._out = (capture or capture_cuda_graph)(record, self.device)
 
     @torch.no_grad()

@@ -173,6 +173,61 @@ def test_sampler_graph_replays_new_inputs_like_eager(eta, guided, prediction):
         SamplerGraph(denoiser, (6, 10, 25), example, sched, device="cpu", **kw)
 
 
+def test_sampler_graph_keeps_what_its_graph_reads_alive():
+    """A CUDA graph reads the tensors its loop was recorded with (timesteps, coefficients) at every
+    replay, and holds no reference to them: the SamplerGraph must. A stand-in capture that keeps
+    only a weak reference to the recorded function fails if nothing else does (on an H100 that
+    memory went to later allocations: NaN or wrong samples)."""
+    import gc
+    import weakref
+
+    def weak_capture(fn, device):
+        recorded = weakref.ref(fn)
+        out = fn()
+
+        def replay():
+            fn = recorded()
+            assert fn is not None, "the recorded loop (and the tensors it reads) was freed"
+            out.copy_(fn())
+        return replay, out
+
+    sched = DDIMScheduler(100, "cosine", prediction="eps", eta=0.5)
+    weight = torch.randn(25, 25, generator=torch.Generator().manual_seed(0)) * 0.2
+
+    def denoiser(x, t, cond):
+        return torch.tanh(x @ weight + cond)
+
+    cond = torch.randn(4, 10, 25, generator=torch.Generator().manual_seed(1))
+    graph = SamplerGraph(denoiser, (4, 10, 25), cond, sched, steps=6, guidance_scale=2.0, device="cpu",
+                         capture=weak_capture)
+    gc.collect()
+    got = graph(cond, generator=torch.Generator().manual_seed(2))
+    want = sample(denoiser, (4, 10, 25), cond, sched, steps=6, guidance_scale=2.0,
+                  generator=torch.Generator().manual_seed(2))
+    assert torch.equal(want, got)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="CUDA graphs need a GPU")
+def test_capture_cuda_graph_keeps_the_recorded_tensors_alive():
+    """A tensor only the recorded function refers to is still read correctly after the function is
+    dropped, garbage collected and its memory offered to new allocations."""
+    import gc
+
+    def make():
+        table = torch.arange(4096, dtype=torch.float32, device="cuda")
+        x = torch.zeros(4096, device="cuda")
+        return (lambda: x * 2 + table), x
+
+    fn, x = make()
+    replay, out = diffusion.capture_cuda_graph(fn, "cuda")
+    del fn
+    gc.collect()
+    junk = [torch.full((4096,), float("nan"), device="cuda") for _ in range(8)]
+    x.fill_(1.0)
+    replay()
+    assert torch.equal(out, torch.arange(4096, dtype=torch.float32, device="cuda") + 2), junk[0][0]
+
+
 @pytest.mark.skipif(not HAS_CUDA, reason="CUDA graphs need a GPU")
 def test_sample_cuda_graph_is_captured_once_per_denoiser_and_shape():
     """sample(cuda_graph=True) keeps one captured loop per denoiser object and shape; each replay
