@@ -14,10 +14,15 @@ import torch
 
 
 def pearson(x: torch.Tensor, y: torch.Tensor, dim: int = -2) -> torch.Tensor:
-    """Two-pass float64 Pearson r along ``dim``, clipped to [-1, 1]; NaN where a series is constant."""
+    """Two-pass float64 Pearson r along ``dim``, clipped to [-1, 1]; NaN where a series is constant.
+    The means are sums divided by the length (as numpy's): torch's CUDA mean multiplies the sum by
+    the rounded reciprocal, and n * fl(1/n) != 1 for n = 49, 98, 103, 107, ...: a constant series
+    of ones then sits one rounding off its mean and loses its NaN (FRSyn's lags of 49, 103 and 107
+    frames on an H100)."""
     x, y = x.double(), y.double()
-    xc = x - x.mean(dim, keepdim=True)
-    yc = y - y.mean(dim, keepdim=True)
+    n = x.shape[dim]
+    xc = x - x.sum(dim, keepdim=True) / n
+    yc = y - y.sum(dim, keepdim=True) / n
     sxx, syy = (xc * xc).sum(dim), (yc * yc).sum(dim)
     r = (xc * yc).sum(dim) / torch.sqrt(sxx * syy)
     r = torch.where((sxx == 0) | (syy == 0), torch.full_like(r, float("nan")), r)
