@@ -15,6 +15,11 @@ import torch  # noqa: E402
 HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
+else:
+    # On a GPU each kernel launches with its first candidate configuration: autotuning compiles
+    # every candidate for every new shape class (a minute or more per test on an H100 machine);
+    # tests/ops/test_autotune_candidates.py checks every candidate and the autotuned launch.
+    os.environ.setdefault("REACTFAST_AUTOTUNE", "0")
 
 import pytest  # noqa: E402
 

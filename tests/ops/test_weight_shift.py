@@ -56,8 +56,10 @@ def test_kernels_match_float64_reference(backend, where, B, L, d_in, d_out, bias
 
 
 def precision(device):
-    """The float32 matmul precision of the Triton kernels on ``device`` (TF32 on a GPU)."""
-    return "tf32" if torch.device(device).type == "cuda" else torch.float32
+    """The tolerance of the Triton kernels' default float32 arithmetic on ``device``: three TF32
+    products per product on a GPU ("tf32x3"), float32 accuracy (one TF32 product missed the TF32
+    tolerance, 1.3e-3, for one-term sums on an H100)."""
+    return torch.float32
 
 
 @needs_cpp
@@ -151,7 +153,11 @@ def test_every_tuning_configuration(kind):
 
     configs = {"fwd": kern.FWD_CONFIGS, "low_rank": kern.FWD_CONFIGS, "dx": kern.DX_CONFIGS,
                "dshift": kern.DDW_CONFIGS}[kind]
-    for cfg in {tuple(sorted(c.kwargs.items())) for c in configs}:
+    # On a GPU with each candidate's own warps and stages: Triton's defaults (4 warps, 3 stages) do
+    # not fit every block shape in shared memory.
+    gpu = torch.device(TRITON_DEVICE).type == "cuda"
+    for cfg in {tuple(sorted(c.kwargs.items())) + ((("num_warps", c.num_warps), ("num_stages", c.num_stages))
+                                                    if gpu else ()) for c in configs}:
         config = dict(cfg)
         x, w, shift, b = (t.detach() for t in _leaves(*_inputs(2, 102, 80, 150, seed=len(cfg), device=TRITON_DEVICE)))
         x64, w64, s64, b64 = (t.double() for t in (x, w, shift, b))
@@ -326,7 +332,8 @@ def test_personalize_errors():
     (lambda x, w, s, b: weight_shift_linear(x, w[:, :3], s, b), ValueError, "weight must have shape"),
     (lambda x, w, s, b: weight_shift_linear(x, w, s[:1], b), ValueError, "one weight shift per sample"),
     (lambda x, w, s, b: weight_shift_linear(x, w, s, b[:2]), ValueError, "bias must have shape"),
-    (lambda x, w, s, b: weight_shift_linear(x, w, s, b, precision="fp32"), ValueError, "precision must be 'tf32'"),
+    (lambda x, w, s, b: weight_shift_linear(x, w, s, b, precision="fp32"), ValueError,
+     r"precision must be one of \('tf32x3', 'tf32', 'ieee'\)"),
     (lambda x, w, s, b: weight_shift_linear(x, w, (s[:, :, :2], s[:, :2].transpose(1, 2)), b,
                                             backend="cpp"), ValueError, "no low-rank kernel"),
     (lambda x, w, s, b: weight_shift_linear(x, w, (s[:, :, :2].half(), s[:, :2].transpose(1, 2).half()), b),

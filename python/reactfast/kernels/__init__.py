@@ -43,19 +43,30 @@ if AVAILABLE and INTERPRET:
     if _problem is not None:
         AVAILABLE, REASON = False, _problem
 
-PRECISIONS = ("tf32", "ieee")
+PRECISIONS = ("tf32x3", "tf32", "ieee")
 
 
 def dot_precision(dtype, precision: str) -> tuple:
     """(upcast, input_precision) of a kernel's ``tl.dot`` calls for inputs of ``dtype``: under the
     interpreter inputs are upcast after loading (its bf16 arithmetic is wrong) and products exact;
-    on a GPU float32 uses TF32 unless ``precision`` is "ieee"; fp16/bf16 ignore the choice."""
+    on a GPU float32 takes ``precision``: "tf32x3" (each operand split into two TF32 parts, three
+    products on the matrix units: float32 accuracy), "tf32" (one TF32 product: about 1e-3 relative
+    error, more after a softmax) or "ieee" (no matrix units); fp16/bf16 ignore the choice."""
     import torch
 
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be 'tf32' or 'ieee', got {precision!r}")
-    exact = INTERPRET or (dtype == torch.float32 and precision == "ieee")
-    return INTERPRET, "ieee" if exact else "tf32"
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if INTERPRET:
+        return True, "ieee"
+    return False, precision if dtype == torch.float32 else "tf32"
+
+
+def autotune_enabled() -> bool:
+    """Whether kernels launch with the autotuner's timed pick (REACTFAST_AUTOTUNE unset or 1) or
+    with each kernel's first candidate (REACTFAST_AUTOTUNE=0: no tuning runs, so a process that
+    meets many shapes compiles one configuration per kernel, not every candidate; the GPU test
+    suite runs so and checks every candidate separately)."""
+    return os.environ.get("REACTFAST_AUTOTUNE", "1") not in ("", "0")
 
 
 def length_class(n: int) -> int:
@@ -82,11 +93,37 @@ def on_tensor_device(fn):
     return run
 
 
+# (kernel, its compile-time settings) -> index of the first candidate that fits the GPU's resources.
+_FITS = {}
+
+
+def _launch_first_fitting(kernel, grid, args, meta, candidates) -> None:
+    """Launch with the first of ``candidates`` (triton.Configs) whose shared memory fits the GPU: a
+    kernel's first candidate may not fit every head dim (the autotuner skips such ones itself)."""
+    from triton.runtime.errors import OutOfResources
+
+    key = (getattr(kernel, "__name__", None) or id(kernel), tuple(sorted(meta.items())))
+    start = _FITS.get(key, 0)
+    for i in range(start, len(candidates)):
+        c = candidates[i]
+        try:
+            kernel[grid(c.kwargs)](*args, **meta, **c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
+        except OutOfResources:
+            if i == len(candidates) - 1:
+                raise
+            continue
+        _FITS[key] = i
+        return
+
+
 def launch(kernel, tuned, grid, args, meta, config=None, fixed=None, interpret_config=None) -> None:
-    """Run a Triton kernel: with ``config`` (a dict of block sizes, for tests) that configuration;
-    under ``torch.use_deterministic_algorithms(True)`` the ``fixed`` triton.Config (warps and stages
-    included), not the autotuner's timed pick, which may differ between processes and would break
-    bit-exact resume; under the interpreter ``interpret_config``; else the autotuned ``tuned``.
+    """Run a Triton kernel: with ``config`` (a dict of block sizes, for tests; it may also name
+    ``num_warps`` and ``num_stages``) that configuration; under
+    ``torch.use_deterministic_algorithms(True)`` or REACTFAST_AUTOTUNE=0 the ``fixed`` triton.Config
+    (warps and stages included; or a list of candidates, the first that fits the GPU's shared
+    memory taken), not the autotuner's timed pick, which may differ between processes
+    and would break bit-exact resume; under the interpreter ``interpret_config``; else the autotuned
+    ``tuned``.
     ``grid`` maps a configuration's block sizes to the launch grid."""
     import torch
 
@@ -94,8 +131,7 @@ def launch(kernel, tuned, grid, args, meta, config=None, fixed=None, interpret_c
     if config is not None or (INTERPRET and not deterministic):
         cfg = dict(interpret_config if config is None else config)
         kernel[grid(cfg)](*args, **meta, **cfg)
-    elif deterministic:
-        kernel[grid(fixed.kwargs)](*args, **meta, **fixed.kwargs, num_warps=fixed.num_warps,
-                                   num_stages=fixed.num_stages)
+    elif deterministic or not autotune_enabled():
+        _launch_first_fitting(kernel, grid, args, meta, fixed if isinstance(fixed, (list, tuple)) else [fixed])
     else:
         tuned[grid](*args, **meta)

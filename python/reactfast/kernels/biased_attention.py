@@ -15,7 +15,8 @@ manner of FlashAttention-2.
   batch still fills the GPU.
 - On a GPU the block sizes, warps and pipeline stages are autotuned per (head dim, Tq and Tk
   class, dtype); the first call of each class tunes (before a CUDA graph captures the op, run it
-  once eagerly). fp16/bf16 feed the matrix units; float32 uses TF32 unless ``precision="ieee"``.
+  once eagerly). fp16/bf16 feed the matrix units; float32 uses three TF32 products per product
+  (``precision="tf32x3"``, float32 accuracy) unless "tf32" or "ieee" is asked for.
 - Under the interpreter (TRITON_INTERPRET=1, CPU tensors) one fixed configuration runs, inputs are
   upcast after loading (its bf16 arithmetic is wrong) and products are exact. Accumulation is
   float32 everywhere; rows with every key masked give zeros (log-sum-exp +inf).
@@ -372,9 +373,9 @@ if not kernels.INTERPRET:
 
 
 def _launch(kernel, tuned, grid, args, meta, config, configs, Tq):
-    """:func:`reactfast.kernels.launch` with the regime's first candidate as the deterministic
-    configuration (row blocks of 16 for Tq <= DECODE_MAX_Q, larger ones otherwise)."""
-    fixed = next(c for c in configs if (c.kwargs["BM"] == 16) == (Tq <= DECODE_MAX_Q))
+    """:func:`reactfast.kernels.launch` with the regime's first candidate that fits as the
+    deterministic configuration (row blocks of 16 for Tq <= DECODE_MAX_Q, larger ones otherwise)."""
+    fixed = [c for c in configs if (c.kwargs["BM"] == 16) == (Tq <= DECODE_MAX_Q)]
     kernels.launch(kernel, tuned, grid, args, meta, config, fixed, INTERPRET_CONFIG)
 
 
@@ -401,10 +402,10 @@ def _common(q, precision):
 
 @on_tensor_device
 def biased_attention_fwd(q, k, v, slopes, q_offset, key_start, key_lengths, scale, period, ratio, extra, qperiod,
-                         precision="tf32", splits=None, config=None):
+                         precision="tf32x3", splits=None, config=None):
     """q (B, H, Tq, D), k/v (B, H, Tk, D) contiguous; slopes (H,) float32; q_offset, key_start,
     key_lengths (B,) int32 (keys j with key_start <= j < key_lengths are visible). ``precision``
-    (float32 inputs on a GPU): "tf32" or "ieee". ``splits`` (default :func:`decode_splits`) and
+    (float32 inputs on a GPU): one of ``kernels.PRECISIONS``. ``splits`` (default :func:`decode_splits`) and
     ``config`` ({"BM", "BN"}, default autotuned) are for tests. Returns out (q's dtype) and the
     natural row log-sum-exp (B, H, Tq) float32 (+inf for empty rows)."""
     B, H, Tq, D = q.shape
@@ -424,7 +425,8 @@ def biased_attention_fwd(q, k, v, slopes, q_offset, key_start, key_lengths, scal
     else:
         wacc = wm = wl = lse
     args = (q, k, v, out, lse, wacc, wm, wl, slopes, q_offset, key_start, key_lengths, H, Tq, Tk, D,
-            scale * LOG2E, 1.0 / (ratio * period), extra, qperiod, ratio, chunk, kernels.length_class(Tq), kernels.length_class(Tk))
+            scale * LOG2E, 1.0 / (ratio * period), extra, qperiod, ratio, chunk, kernels.length_class(Tq),
+            kernels.length_class(Tk))
     _launch(_fwd_kernel, None if kernels.INTERPRET else _fwd_tuned,
             lambda c: (triton.cdiv(Tq, c["BM"]) * B * H, nsplit), args, dict(meta, SPLIT=nsplit > 1), config,
             FWD_CONFIGS, Tq)
@@ -435,8 +437,10 @@ def biased_attention_fwd(q, k, v, slopes, q_offset, key_start, key_lengths, scal
 
 @on_tensor_device
 def biased_attention_bwd(do, q, k, v, out, lse, slopes, q_offset, key_start, key_lengths, scale, period, ratio, extra,
-                         qperiod, precision="tf32", config=None):
-    """Gradients (dq, dk, dv) in the inputs' dtypes; inputs as for the forward, ``do`` contiguous."""
+                         qperiod, precision="tf32x3", config=None, dq_config=None):
+    """Gradients (dq, dk, dv) in the inputs' dtypes; inputs as for the forward, ``do`` contiguous.
+    ``config`` (tests) is the dK/dV kernel's configuration and, unless ``dq_config`` is given, the
+    dQ kernel's."""
     B, H, Tq, D = q.shape
     Tk = k.shape[2]
     BD, meta = _common(q, precision)
@@ -448,10 +452,12 @@ def biased_attention_bwd(do, q, k, v, out, lse, slopes, q_offset, key_start, key
     dq = _backend.empty(q.shape, q.dtype, q.device)
     dk = _backend.empty(k.shape, k.dtype, k.device)
     dv = _backend.empty(v.shape, v.dtype, v.device)
-    tail = (H, Tq, Tk, D, scale, scale * LOG2E, 1.0 / (ratio * period), extra, qperiod, ratio, kernels.length_class(Tq), kernels.length_class(Tk))
+    tail = (H, Tq, Tk, D, scale, scale * LOG2E, 1.0 / (ratio * period), extra, qperiod, ratio,
+            kernels.length_class(Tq), kernels.length_class(Tk))
     heads = (slopes, q_offset, key_start, key_lengths)
     _launch(_bwd_dkdv_kernel, None if kernels.INTERPRET else _dkdv_tuned, lambda c: (triton.cdiv(Tk, c["BN"]) * B * H,),
             (q, k, v, do, lse2, delta, dk, dv, *heads, *tail), meta, config, DKDV_CONFIGS, Tq)
     _launch(_bwd_dq_kernel, None if kernels.INTERPRET else _dq_tuned, lambda c: (triton.cdiv(Tq, c["BM"]) * B * H,),
-            (q, k, v, do, lse2, delta, dq, *heads, *tail), meta, config, DQ_CONFIGS, Tq)
+            (q, k, v, do, lse2, delta, dq, *heads, *tail), meta, config if dq_config is None else dq_config,
+            DQ_CONFIGS, Tq)
     return dq, dk, dv

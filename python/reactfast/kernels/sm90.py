@@ -72,7 +72,8 @@ def _cases(quick: bool) -> Iterator[Tuple[str, object, Dict[str, object], str, D
                 continue
             variants = [("bf16", 64, "tf32")]
             if i == 0 or not quick:
-                variants += [("bf16", 16, "tf32"), ("fp32", 64, "tf32"), ("fp32", 64, "ieee"), ("fp16", 24, "tf32")]
+                variants += [("bf16", 16, "tf32"), ("fp32", 64, "tf32x3"), ("fp32", 64, "tf32"), ("fp32", 64, "ieee"),
+                             ("fp16", 24, "tf32")]
             for dtype, D, prec in variants:
                 BD = max(16, 1 << (D - 1).bit_length())
                 meta = dict(cfg.kwargs, BD=BD, EVEN_D=BD == D, UPCAST=False, PRECISION=prec)
@@ -102,7 +103,7 @@ def _cases(quick: bool) -> Iterator[Tuple[str, object, Dict[str, object], str, D
                                          ("dx", ws._weight_shift_bwd_dx_kernel, ws.DX_CONFIGS, {}),
                                          ("dshift", ws._weight_shift_bwd_ddw_kernel, ws.DDW_CONFIGS, {})):
             for cfg in configs[:1] if quick else configs:
-                precs = ("tf32", "ieee") if dtype == "fp32" and not quick else ("tf32",)
+                precs = (("tf32x3",) + (() if quick else ("tf32", "ieee"))) if dtype == "fp32" else ("tf32",)
                 for prec in precs:
                     meta = dict(cfg.kwargs, **extra, UPCAST=False, PRECISION=prec)
                     k = cfg.kwargs

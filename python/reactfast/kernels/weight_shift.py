@@ -9,9 +9,10 @@ Low rank y[b]   = x[b] W^T + (x[b] V[b]) U[b]^T + bias, dW[b] = U[b] V[b]^T neve
 
 The forward is bound by reading dW once (B d_out d_in elements): a row block as tall as L (the
 autotuner's configurations go to 128 rows) reads each dW tile exactly once. On a GPU the block
-sizes, warps and stages are autotuned per (L class, d_in, d_out, dtype); float32 uses TF32 products
-unless ``precision="ieee"``. Accumulation is float32; under the interpreter fp16/bf16 are upcast
-after loading and one fixed configuration runs.
+sizes, warps and stages are autotuned per (L class, d_in, d_out, dtype); float32 uses three TF32
+products per product (``precision="tf32x3"``) unless "tf32" or "ieee" is asked for. Accumulation
+is float32; under the interpreter fp16/bf16 are upcast after loading and one fixed configuration
+runs.
 """
 
 import triton
@@ -165,14 +166,15 @@ def _meta(x, precision):
 
 
 def _launch(kernel, grid, args, meta, config):
-    """:func:`reactfast.kernels.launch` with the kernel's first candidate as the deterministic one."""
+    """:func:`reactfast.kernels.launch` with the kernel's first candidate that fits as the
+    deterministic one."""
     name = kernel.__name__
     kernels.launch(kernel, None if kernels.INTERPRET else _tuned[name], grid, args, meta, config,
-                   _CANDIDATES[name][1][0], INTERPRET_CONFIG)
+                   _CANDIDATES[name][1], INTERPRET_CONFIG)
 
 
 @on_tensor_device
-def weight_shift_fwd(x, weight, shift, bias, precision="tf32", config=None):
+def weight_shift_fwd(x, weight, shift, bias, precision="tf32x3", config=None):
     B, L, DIN = x.shape
     DOUT = weight.shape[0]
     y = _backend.empty((B, L, DOUT), x.dtype, x.device)
@@ -183,7 +185,7 @@ def weight_shift_fwd(x, weight, shift, bias, precision="tf32", config=None):
 
 
 @on_tensor_device
-def low_rank_fwd(x, weight, u, v, bias, precision="tf32", config=None):
+def low_rank_fwd(x, weight, u, v, bias, precision="tf32x3", config=None):
     """y = x W^T + (x V) U^T + bias; x (B, L, d_in), u (B, d_out, r), v (B, d_in, r), all contiguous."""
     B, L, DIN = x.shape
     DOUT, R = weight.shape[0], u.shape[2]
@@ -195,7 +197,7 @@ def low_rank_fwd(x, weight, u, v, bias, precision="tf32", config=None):
 
 
 @on_tensor_device
-def weight_shift_bwd_dx(dy, weight, shift, precision="tf32", config=None):
+def weight_shift_bwd_dx(dy, weight, shift, precision="tf32x3", config=None):
     B, L, DOUT = dy.shape
     DIN = weight.shape[1]
     dx = _backend.empty((B, L, DIN), dy.dtype, dy.device)
@@ -205,7 +207,7 @@ def weight_shift_bwd_dx(dy, weight, shift, precision="tf32", config=None):
 
 
 @on_tensor_device
-def weight_shift_bwd_dshift(dy, x, precision="tf32", config=None):
+def weight_shift_bwd_dshift(dy, x, precision="tf32x3", config=None):
     B, L, DOUT = dy.shape
     DIN = x.shape[2]
     ddw = _backend.empty((B, DOUT, DIN), dy.dtype, dy.device)

@@ -61,15 +61,23 @@ def check_candidates(name: str, candidates, num_queries: int, num_targets: int):
 
 def check_precision(precision) -> str:
     """The ``precision`` argument of the ops with matrix products on the Triton path."""
-    if precision not in ("tf32", "ieee"):
-        raise ValueError(f"precision must be 'tf32' or 'ieee', got {precision!r}")
+    from reactfast.kernels import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     return precision
 
 
 def autocast_enabled(device_type: str) -> bool:
     """Whether autocast is on for ``device_type``; False for device types autocast does not know (the
-    meta device, on which the tests trace the models for device mismatches), where torch's query raises."""
-    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+    meta device, on which the tests trace the models for device mismatches), where torch's query raises.
+    A set, not ``torch.amp.is_autocast_available``: torch.compile (torch 2.11) cannot trace that."""
+    return device_type in _AUTOCAST_DEVICE_TYPES and torch.is_autocast_enabled(device_type)
+
+
+# The device types torch's autocast knows (torch.amp.is_autocast_available answers True for these).
+_AUTOCAST_DEVICE_TYPES = frozenset({"cpu", "cuda", "xpu", "mps", "hpu", "xla", "ipu", "mtia", "maia",
+                                    "privateuseone"})
 
 
 def autocast_inputs(device_type: str, *tensors):
