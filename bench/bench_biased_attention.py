@@ -2,8 +2,9 @@
 bias materialised as a float mask ("sdpa+mask", what ReactFace does without the package) and
 against FlexAttention compiled with the same bias as a ``score_mod`` and the causal bound as a block
 mask ("flex"; skipped with its error where it cannot compile). The issue's five cases plus d16, each
-provider checked against a float64 reference before timing (relative norm: bf16 <= 1e-2, TF32
-<= 1e-3), times by ``triton.testing.do_bench``, extra memory (peak over the inputs) beside them.
+provider checked against a float64 reference before timing (relative norm: bf16 <= 1e-2; float32
+<= 1e-5 for reactfast's default "tf32x3" products, <= 1e-3 for the baselines), times by
+``triton.testing.do_bench``, extra memory (peak over the inputs) beside them.
 
 GPU only: the Triton interpreter on a CPU says nothing about speed (the CPU path's figure is in
 bench_train.py)."""
@@ -63,9 +64,11 @@ def _providers(q, k, v, q0):
 
 
 def _check(name, out, q, k, v, q0, tol):
-    """One (sample, head) of every output against float64 (all of it would not fit at T4096)."""
+    """One (sample, head) of every output against float64 (all of it would not fit at T4096), with
+    head 0's slope of the H heads (the default slopes of one head alone differ)."""
     q64, k64, v64 = (t[:1, :1].detach().double() for t in (q, k, v))
-    want = ref.biased_attention(q64, k64, v64, q_offset=q0, period=PERIOD)
+    slope = ref.alibi_slopes(q.shape[1], q.device)[:1].double()
+    want = ref.biased_attention(q64, k64, v64, slope, q_offset=q0, period=PERIOD)
     assert_rel_close(name, want, out[:1, :1], tol)
 
 
@@ -80,14 +83,15 @@ def test_biased_attention_vs_sdpa_and_flex(case, gpu_result, bench_report):
                for T in (Tq, Tk, Tk))
     grad = torch.randn(B, H, Tq, d, device="cuda", dtype=dtype, generator=g)
     providers = _providers(q, k, v, q0)
-    tol = "tf32" if dtype == torch.float32 else dtype
+    tol = dtype      # float32 inputs take three TF32 products per product (the default "tf32x3")
+    base_tol = "tf32" if dtype == torch.float32 else dtype
     results = {}
     for name, fn in providers.items():
         if isinstance(fn, str):
             bench_report(f"biased attention {label}: {name}: {fn}")
             continue
         with torch.no_grad():
-            _check(f"{label} {name}", fn(), q, k, v, q0, tol)
+            _check(f"{label} {name}", fn(), q, k, v, q0, tol if name == "reactfast" else base_tol)
 
         def step(fn=fn):
             out = fn()
@@ -110,5 +114,5 @@ def test_biased_attention_vs_sdpa_and_flex(case, gpu_result, bench_report):
                        results[name][0], target=targets.get(name), note=note)
     if label.startswith("fwd+bwd fp32") and "fwd+bwd T750 d64" in _TIMES:
         bf16 = _TIMES["fwd+bwd T750 d64"]
-        bench_report(f"biased attention fwd+bwd T750 d64: fp32 (TF32) {ms:.3f} ms vs bf16 {bf16:.3f} ms: "
+        bench_report(f"biased attention fwd+bwd T750 d64: fp32 (tf32x3) {ms:.3f} ms vs bf16 {bf16:.3f} ms: "
                      f"{ms / bf16:.2f}x (target <= 2x)")

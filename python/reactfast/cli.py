@@ -274,14 +274,17 @@ def _cmd_bench(args) -> int:
     root = args.path or next((p for p in ("bench", shipped) if os.path.isdir(p)), None)
     if root is None:
         raise CommandError("no bench/ folder found; give --path")
-    cmd = [sys.executable, "-m", "pytest", root, "-q", "-p", "no:cacheprovider", "-o", "python_files=bench_*.py",
-           "-o", "markers=gpu: needs a CUDA device"]
+    # Without pytest-xdist (pytest-benchmark turns itself off where xdist is active, also when this
+    # command runs inside a test process of an xdist run: its PYTEST_XDIST_* variables are dropped).
+    cmd = [sys.executable, "-m", "pytest", root, "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+           "-o", "python_files=bench_*.py", "-o", "markers=gpu: needs a CUDA device"]
     if args.k:
         cmd += ["-k", args.k]
     if args.quick:
         os.environ.setdefault("REACTFAST_BENCH_N", "100")
         cmd += ["-k", "not test_against_reencoding_prefix and not test_step_latency_flat"] if not args.k else []
-    return subprocess.call(cmd)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_XDIST")}
+    return subprocess.call(cmd, env=env)
 
 
 def _cmd_evaluate(args) -> int:

@@ -21,7 +21,9 @@ def _gens(seeds):
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_per_speaker_generators_equal_separate_calls(name, device):
+def test_per_speaker_generators_equal_separate_calls(name, device, monkeypatch):
+    # cuDNN convolutions default to TF32 on a GPU (ReactDiff's differed by 5e-3 there): float32 here.
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     model = MODELS[name]().to(device).eval()
     speaker, audio = speaker_inputs(model if name != "pflposnet" else model.generator, B=3, T=27)
     speaker, audio = speaker.to(device), audio.to(device)
@@ -33,8 +35,10 @@ def test_per_speaker_generators_equal_separate_calls(name, device):
     for key, value in batched.items():
         expected = torch.cat([a[key] for a in alone])
         assert value.shape == expected.shape
-        # Batched float32 products may round differently (ReactDiff's convolutions do): relative norm.
-        assert _rel(value, expected) <= 1e-5, (key, _rel(value, expected))
+        # Batched float32 products may round differently (ReactDiff's convolutions do, and its 50
+        # sampling steps carry that on: 1.06e-5 on an AVX-512 CPU): relative norm.
+        tol = 1e-4 if name == "reactdiff" else 1e-5
+        assert _rel(value, expected) <= tol, (key, _rel(value, expected))
     # Noise does differ between speakers drawn from different seeds: the lists are not ignored.
     with torch.no_grad():
         swapped = model.generate(speaker, audio, 2, _gens([5, 11, 11]))

@@ -95,7 +95,9 @@ def test_trained_generators_stay_in_range(name):
         Trainer(model, data, TrainConfig(steps=15, batch_size=4, lr=3e-3, seed=0, progress=False)).fit()
     whole = _dyads()
     batch = torch.utils.data.default_collate([whole[i] for i in range(4)])
-    out = model.eval().generate(*model.inputs_from_batch(batch), 3, torch.Generator().manual_seed(0))
+    device = next(model.parameters()).device       # the trainer's: a GPU where there is one
+    inputs = [t.to(device) for t in model.inputs_from_batch(batch)]
+    out = model.eval().generate(*inputs, 3, torch.Generator(device).manual_seed(0))
     assert torch.isfinite(out["emotion"]).all()
     assert check_emotion(out["emotion"]) == {}
 
