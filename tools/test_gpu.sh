@@ -39,7 +39,19 @@ run_pytest() {  # name limit args...
   if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then echo "$limit" >"$REPORT/$name.limit"; fi
   tail -40 "$REPORT/$name.log"
 }
-run_pytest tests "$TEST_LIMIT" tests -q --maxfail=50 --durations=15
-REACTFAST_BENCH_JSON="$PWD/$REPORT/bench.jsonl" run_pytest bench "$BENCH_LIMIT" bench -m gpu -q
+# The suite is spread over REACTFAST_GPU_TEST_WORKERS processes (default: half the cores,
+# at most 8; 1 runs it in one) with pytest-xdist where installed, a test file per process: much of
+# it is CPU work and Triton compilation. Each process gets its share of the cores for its CPU
+# threads (torch would start one per core in every process and oversubscribe the machine).
+cores=$(nproc)
+nworkers=${REACTFAST_GPU_TEST_WORKERS:-$(( cores / 2 > 8 ? 8 : (cores / 2 > 1 ? cores / 2 : 1) ))}
+workers=()
+if [ "$nworkers" -gt 1 ] && "$PYTHON" -c "import xdist" 2>/dev/null; then
+  workers=(-n "$nworkers" --dist loadfile)
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( cores / nworkers > 1 ? cores / nworkers : 1 ))}
+  echo "[test-gpu] the suite in $nworkers processes of $OMP_NUM_THREADS CPU threads each"
+fi
+run_pytest tests "$TEST_LIMIT" tests -q --maxfail=50 --durations=15 "${workers[@]}"
+REACTFAST_BENCH_JSON="$PWD/$REPORT/bench.jsonl" OMP_NUM_THREADS=$cores run_pytest bench "$BENCH_LIMIT" bench -m gpu -q
 echo "[test-gpu] $(( $(date +%s) - start )) s in all"
 "$PYTHON" tools/gpu_report.py "$REPORT"
