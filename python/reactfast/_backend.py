@@ -196,7 +196,15 @@ def _general_status(backend: str, device_type: str) -> Tuple[bool, str]:
 
 def parse_spec(spec: Optional[str]) -> Tuple[Optional[str], Dict[str, str]]:
     """A backend spec as ``REACTFAST_BACKEND`` takes it: one name for every op (``"reference"``),
-    names per op (``"dtw:cpp,biased_attention:triton"``), or both. Returns (default, {op: name})."""
+    names per op (``"dtw:cpp,biased_attention:triton"``), or both. Returns (default, {op: name}), a
+    fresh dict each call."""
+    default, per_op = _parse_spec(spec or "")
+    return default, dict(per_op)
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_spec(spec: str) -> Tuple[Optional[str], Tuple[Tuple[str, str], ...]]:
+    """:func:`parse_spec`, cached by the spec string: every op call reads REACTFAST_BACKEND."""
     default, per_op = None, {}
     for part in (spec or "").split(","):
         part = part.strip()
@@ -207,7 +215,7 @@ def parse_spec(spec: Optional[str]) -> Tuple[Optional[str], Dict[str, str]]:
             per_op[name.strip()] = _checked_name(value.strip())
         else:
             default = _checked_name(name)
-    return default, per_op
+    return default, tuple(per_op.items())
 
 
 def _checked_name(name: str) -> str:
@@ -218,8 +226,8 @@ def _checked_name(name: str) -> str:
 
 def forced_backend(op: str) -> Optional[str]:
     """The backend ``REACTFAST_BACKEND`` forces for ``op``, or None."""
-    default, per_op = parse_spec(os.environ.get("REACTFAST_BACKEND", ""))
-    return per_op.get(op, default)
+    default, per_op = _parse_spec(os.environ.get("REACTFAST_BACKEND", ""))
+    return next((name for key, name in per_op if key == op), default)
 
 
 def register_op(op: str, implemented: Sequence[str]) -> None:

@@ -19,8 +19,7 @@ _backend.register_op("ddim", IMPLEMENTED)
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-@torch.library.custom_op("reactfast::ddim_step", mutates_args=())
-def _ddim_step(x_t: torch.Tensor, out_cond: torch.Tensor, coef: torch.Tensor, prediction: str,
+def _ddim_step_impl(x_t: torch.Tensor, out_cond: torch.Tensor, coef: torch.Tensor, prediction: str,
                out_uncond: Optional[torch.Tensor], guidance_scale: float, noise: Optional[torch.Tensor],
                clip: float, use_clip: bool, eps_from_clipped: bool, backend: str) -> Tuple[torch.Tensor, torch.Tensor]:
     name = _backend.select("ddim", x_t.device, IMPLEMENTED, backend or None)
@@ -32,6 +31,11 @@ def _ddim_step(x_t: torch.Tensor, out_cond: torch.Tensor, coef: torch.Tensor, pr
                                 eps_from_clipped)
     # x0 prediction without clamping returns the model output itself: custom ops may not alias.
     return x_prev, x0.clone()
+
+
+# What torch.compile sees; eager calls take _ddim_step_impl directly (the custom op's dispatch was
+# about half of an eager step's host time on this VM: 168 us against 82 us for the maths alone).
+_ddim_step = torch.library.custom_op("reactfast::ddim_step", mutates_args=())(_ddim_step_impl)
 
 
 @_ddim_step.register_fake
@@ -80,7 +84,8 @@ def ddim_step(x_t: torch.Tensor, out_cond: torch.Tensor, coef: torch.Tensor, pre
         raise ValueError(f"prediction must be one of {_ref.PREDICTIONS}, got {prediction!r}")
     if clip is not None and not clip > 0:
         raise ValueError(f"clip must be > 0 or None, got {clip}")
-    return _ddim_step(x_t.contiguous(), out_cond.contiguous(), coef.float().contiguous(), prediction,
+    step = _ddim_step if torch.compiler.is_compiling() else _ddim_step_impl
+    return step(x_t.contiguous(), out_cond.contiguous(), coef.float().contiguous(), prediction,
                       None if out_uncond is None else out_uncond.contiguous(), float(guidance_scale),
                       None if noise is None else noise.contiguous(), float(clip or 0.0), clip is not None,
                       bool(eps_from_clipped), backend or "")
