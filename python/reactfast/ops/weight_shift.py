@@ -14,6 +14,7 @@ from typing import Optional, Tuple, Union
 import torch
 
 from reactfast import _backend, kernels
+from reactfast.ops import _eager
 from reactfast.ops._checks import autocast_inputs, check_precision, check_same_device, check_tensor
 from reactfast.reference import weight_shift as _ref
 
@@ -36,8 +37,7 @@ def _select(x: torch.Tensor, backend: str) -> str:
     return name
 
 
-@torch.library.custom_op("reactfast::weight_shift", mutates_args=())
-def _fwd(x: torch.Tensor, weight: torch.Tensor, shift: torch.Tensor, bias: Optional[torch.Tensor],
+def _fwd_impl(x: torch.Tensor, weight: torch.Tensor, shift: torch.Tensor, bias: Optional[torch.Tensor],
          backend: str, precision: str = "tf32x3") -> torch.Tensor:
     name = _select(x, backend)
     if name == "triton":
@@ -51,13 +51,15 @@ def _fwd(x: torch.Tensor, weight: torch.Tensor, shift: torch.Tensor, bias: Optio
     return _ref.weight_shift_linear(x, weight, shift, bias)
 
 
+_fwd = torch.library.custom_op("reactfast::weight_shift", mutates_args=())(_fwd_impl)
+
+
 @_fwd.register_fake
 def _(x, weight, shift, bias, backend, precision="tf32x3"):
     return x.new_empty((x.shape[0], x.shape[1], weight.shape[0]))
 
 
-@torch.library.custom_op("reactfast::weight_shift_bwd", mutates_args=())
-def _bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, shift: torch.Tensor, need_dx: bool,
+def _bwd_impl(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, shift: torch.Tensor, need_dx: bool,
          need_dshift: bool, backend: str, precision: str = "tf32x3") -> Tuple[torch.Tensor, torch.Tensor]:
     name = _select(x, backend)
     empty = dy.new_empty(0)
@@ -81,6 +83,9 @@ def _bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, shift: torch.T
     return dx, dshift
 
 
+_bwd = torch.library.custom_op("reactfast::weight_shift_bwd", mutates_args=())(_bwd_impl)
+
+
 @_bwd.register_fake
 def _(dy, x, weight, shift, need_dx, need_dshift, backend, precision="tf32x3"):
     dx = torch.empty_like(x) if need_dx else dy.new_empty(0)
@@ -98,7 +103,8 @@ def _backward(ctx, dy):
     x, weight, shift = ctx.saved_tensors
     need_x, need_w, need_s, need_b = ctx.needs_input_grad[:4]
     dy = dy.contiguous()
-    dx, dshift = _bwd(dy, x, weight, shift, bool(need_x), bool(need_s), ctx.backend, ctx.precision)
+    dx, dshift = _eager.pick(_bwd, _bwd_impl)(dy, x, weight, shift, bool(need_x), bool(need_s), ctx.backend,
+                                              ctx.precision)
     dweight = None
     if need_w:
         dweight = dshift.sum(0) if need_s else dy.reshape(-1, dy.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
@@ -108,10 +114,10 @@ def _backward(ctx, dy):
 
 
 _fwd.register_autograd(_backward, setup_context=_setup_context)
+_fwd_eager = _eager.eager_autograd(_fwd_impl, _setup_context, _backward)
 
 
-@torch.library.custom_op("reactfast::low_rank_shift", mutates_args=())
-def _low_rank(x: torch.Tensor, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor],
+def _low_rank_impl(x: torch.Tensor, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor],
               backend: str, precision: str) -> torch.Tensor:
     name = "reference"
     if backend == "triton" or (not backend and x.is_cuda):
@@ -119,6 +125,9 @@ def _low_rank(x: torch.Tensor, weight: torch.Tensor, u: torch.Tensor, v: torch.T
     if name == "triton":
         return _triton.low_rank_fwd(x, weight, u, v, bias, precision)
     return _ref.low_rank_shift_linear(x, weight, u, v, bias)
+
+
+_low_rank = torch.library.custom_op("reactfast::low_rank_shift", mutates_args=())(_low_rank_impl)
 
 
 @_low_rank.register_fake
@@ -146,6 +155,7 @@ def _low_rank_backward(ctx, dy):
 
 
 _low_rank.register_autograd(_low_rank_backward, setup_context=_low_rank_setup)
+_low_rank_eager = _eager.eager_autograd(_low_rank_impl, _low_rank_setup, _low_rank_backward)
 
 
 def check_shift(name: str, shift: Shift, B: int, d_out: int, d_in: int, like: torch.Tensor) -> Shift:
@@ -223,6 +233,7 @@ def weight_shift_linear(x: torch.Tensor, weight: torch.Tensor, shift: Shift, bia
         if u.dtype != x.dtype or v.dtype != x.dtype or weight.dtype != x.dtype:
             raise TypeError(f"x, weight, U and V must share one dtype, got {x.dtype}, {weight.dtype}, {u.dtype}, "
                             f"{v.dtype}")
-        return _low_rank(x.contiguous(), weight.contiguous(), u.contiguous(), v.contiguous(), bias, backend or "",
-                         precision)
-    return _fwd(x.contiguous(), weight.contiguous(), shift.contiguous(), bias, backend or "", precision)
+        return _eager.pick(_low_rank, _low_rank_eager)(x.contiguous(), weight.contiguous(), u.contiguous(),
+                                                       v.contiguous(), bias, backend or "", precision)
+    return _eager.pick(_fwd, _fwd_eager)(x.contiguous(), weight.contiguous(), shift.contiguous(), bias, backend or "",
+                                         precision)
