@@ -40,14 +40,16 @@ run_pytest() {  # name limit args...
   tail -40 "$REPORT/$name.log"
 }
 # The suite is spread over REACTFAST_GPU_TEST_WORKERS processes (default: half the cores,
-# at most 8; 1 runs it in one) with pytest-xdist where installed, a test file per process: much of
-# it is CPU work and Triton compilation. Each process gets its share of the cores for its CPU
-# threads (torch would start one per core in every process and oversubscribe the machine).
+# at most 8; 1 runs it in one) with pytest-xdist where installed, test by test: much of it is CPU
+# work and Triton compilation (Triton's on-disk cache shares compiled kernels between the
+# processes), and one file per process left test_biased_attention.py alone at 274 s on an H100
+# machine. Each process gets its share of the cores for its CPU threads (torch would start one
+# per core in every process and oversubscribe the machine).
 cores=$(nproc)
 nworkers=${REACTFAST_GPU_TEST_WORKERS:-$(( cores / 2 > 8 ? 8 : (cores / 2 > 1 ? cores / 2 : 1) ))}
 workers=()
 if [ "$nworkers" -gt 1 ] && "$PYTHON" -c "import xdist" 2>/dev/null; then
-  workers=(-n "$nworkers" --dist loadfile)
+  workers=(-n "$nworkers" --dist load)
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( cores / nworkers > 1 ? cores / nworkers : 1 ))}
   echo "[test-gpu] the suite in $nworkers processes of $OMP_NUM_THREADS CPU threads each"
 fi

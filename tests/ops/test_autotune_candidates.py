@@ -76,7 +76,7 @@ def test_weight_shift_candidate(kind, BM, BN, BK, warps, stages):
 
 def test_autotuned_launches_match_float64(monkeypatch):
     """The autotuner's own launches (REACTFAST_AUTOTUNE=1) in bfloat16, whose candidates the tests
-    above compiled (float32 would compile them all again: over two minutes on an H100 machine):
+    above compile (float32 would compile every candidate again: over two minutes on an H100 machine):
     biased attention forward and backward on the full and the decode regime, and the weight-shift
     linear, against float64."""
     monkeypatch.setenv("REACTFAST_AUTOTUNE", "1")
