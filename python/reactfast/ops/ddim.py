@@ -20,8 +20,9 @@ _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def _ddim_step_impl(x_t: torch.Tensor, out_cond: torch.Tensor, coef: torch.Tensor, prediction: str,
-               out_uncond: Optional[torch.Tensor], guidance_scale: float, noise: Optional[torch.Tensor],
-               clip: float, use_clip: bool, eps_from_clipped: bool, backend: str) -> Tuple[torch.Tensor, torch.Tensor]:
+                    out_uncond: Optional[torch.Tensor], guidance_scale: float, noise: Optional[torch.Tensor],
+                    clip: float, use_clip: bool, eps_from_clipped: bool,
+                    backend: str) -> Tuple[torch.Tensor, torch.Tensor]:
     name = _backend.select("ddim", x_t.device, IMPLEMENTED, backend or None)
     clip_value = clip if use_clip else None
     if name == "triton":

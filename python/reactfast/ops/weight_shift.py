@@ -38,7 +38,7 @@ def _select(x: torch.Tensor, backend: str) -> str:
 
 
 def _fwd_impl(x: torch.Tensor, weight: torch.Tensor, shift: torch.Tensor, bias: Optional[torch.Tensor],
-         backend: str, precision: str = "tf32x3") -> torch.Tensor:
+              backend: str, precision: str = "tf32x3") -> torch.Tensor:
     name = _select(x, backend)
     if name == "triton":
         return _triton.weight_shift_fwd(x, weight, shift, bias, precision)
@@ -60,7 +60,7 @@ def _(x, weight, shift, bias, backend, precision="tf32x3"):
 
 
 def _bwd_impl(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, shift: torch.Tensor, need_dx: bool,
-         need_dshift: bool, backend: str, precision: str = "tf32x3") -> Tuple[torch.Tensor, torch.Tensor]:
+              need_dshift: bool, backend: str, precision: str = "tf32x3") -> Tuple[torch.Tensor, torch.Tensor]:
     name = _select(x, backend)
     empty = dy.new_empty(0)
     if name == "triton":
@@ -117,8 +117,8 @@ _fwd.register_autograd(_backward, setup_context=_setup_context)
 _fwd_eager = _eager.eager_autograd(_fwd_impl, _setup_context, _backward)
 
 
-def _low_rank_impl(x: torch.Tensor, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor],
-              backend: str, precision: str) -> torch.Tensor:
+def _low_rank_impl(x: torch.Tensor, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
+                   bias: Optional[torch.Tensor], backend: str, precision: str) -> torch.Tensor:
     name = "reference"
     if backend == "triton" or (not backend and x.is_cuda):
         name = _backend.select("weight_shift", x.device, IMPLEMENTED, backend or None)
