@@ -551,3 +551,39 @@ def test_cpp_every_cpu_build_matches_reference(tmp_path):
     script.write_text(_ISA_SCRIPT)
     seen = {out.strip() for out in run_each_cpu_build(script)}
     assert "baseline" in seen, seen
+
+
+def test_eager_triton_calls_skip_the_custom_op(monkeypatch):
+    """Eager calls launch the Triton kernels through an autograd.Function, not the custom op (whose
+    dispatch cost more host time than the kernels' GPU time); output and gradients as the float64
+    reference says."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the custom op was called in eager mode")
+
+    monkeypatch.setattr(bao, "_fwd", refuse)
+    monkeypatch.setattr(bao, "_bwd", refuse)
+    q, k, v = _inputs(2, 2, 9, 20, 16, seed=5)
+    out = biased_attention(q, k, v, q_offset=11, backend="triton")
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    want = ref.biased_attention(q64, k64, v64, q_offset=11)
+    assert_rel_close("eager out", want, out, torch.float32)
+    grad = torch.randn_like(want)
+    for name, a, b in zip(("dq", "dk", "dv"), torch.autograd.grad(want, (q64, k64, v64), grad),
+                          torch.autograd.grad(out, (q, k, v), grad.float())):
+        assert_rel_close(f"eager {name}", a, b, torch.float32)
+
+
+def test_default_slopes_and_int_offsets_are_built_once(monkeypatch):
+    """Default ALiBi slopes and offsets given as ints are cached in eager mode (each build is a kernel
+    launch on a GPU) and built afresh while torch.compile traces."""
+    bao._CONSTANTS.clear()
+    built = []
+    real = ref.alibi_slopes
+    monkeypatch.setattr(bao._ref, "alibi_slopes", lambda *a: built.append(a) or real(*a))
+    q, k, v = (t.detach() for t in _inputs(2, 2, 5, 9, 16, device="cpu"))
+    first = biased_attention(q, k, v, q_offset=4, backend="reference")
+    again = biased_attention(q, k, v, q_offset=4, backend="reference")
+    assert torch.equal(first, again) and len(built) == 1
+    assert bao._per_sample("q_offset", 4, 2, q.device, 0) is bao._per_sample("q_offset", 4, 2, q.device, 0)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert bao._per_sample("q_offset", 4, 2, q.device, 0) is not bao._per_sample("q_offset", 4, 2, q.device, 0)

@@ -382,3 +382,36 @@ def test_deterministic_mode_uses_the_first_configuration(monkeypatch):
              "_weight_shift_bwd_ddw_kernel": kern.DDW_CONFIGS[0]}
     assert sorted(seen) == sorted((n, c.kwargs["BM"], c.kwargs["BN"], c.kwargs["BK"], c.num_warps)
                                   for n, c in first.items()), seen
+
+
+@pytest.mark.parametrize("low_rank", [False, True])
+def test_eager_calls_skip_the_custom_ops(low_rank, monkeypatch):
+    """Eager calls run the implementation and the registered backward through an autograd.Function,
+    not the custom ops (whose dispatch cost more host time than a small kernel takes)."""
+    import reactfast.ops.weight_shift as wso
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a custom op was called in eager mode")
+
+    for name in ("_fwd", "_bwd", "_low_rank"):
+        monkeypatch.setattr(wso, name, refuse)
+    x, w, shift, b = _inputs(2, 7, 12, 10, True, seed=3, device=TRITON_DEVICE)
+    if low_rank:
+        shift = (shift[:, :, :3].detach().clone().requires_grad_(),
+                 torch.randn(2, 12, 3, device=TRITON_DEVICE).requires_grad_())
+    y = weight_shift_linear(x, w, shift, b, backend="triton")
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, w, b))
+    leaves = [x, w] + (list(shift) if low_rank else [shift]) + [b]
+    if low_rank:
+        u64, v64 = (t.detach().double().requires_grad_() for t in shift)
+        want = ref.low_rank_shift_linear(x64, w64, u64, v64, b64)
+        leaves64 = [x64, w64, u64, v64, b64]
+    else:
+        s64 = shift.detach().double().requires_grad_()
+        want = ref.weight_shift_linear(x64, w64, s64, b64)
+        leaves64 = [x64, w64, s64, b64]
+    assert_rel_close("eager y", want, y, precision(TRITON_DEVICE))
+    grad = torch.randn_like(want)
+    for i, (a, c) in enumerate(zip(torch.autograd.grad(want, leaves64, grad),
+                                   torch.autograd.grad(y, leaves, grad.float()))):
+        assert_rel_close(f"eager grad {i}", a, c, precision(TRITON_DEVICE))
