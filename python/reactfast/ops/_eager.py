@@ -18,6 +18,9 @@ def eager_autograd(impl: Callable, setup_context: Callable, backward: Callable) 
     class EagerOp(torch.autograd.Function):
         @staticmethod
         def forward(ctx, *inputs):
+            # Outputs no gradient reaches (the attention's log-sum-exp) pass None, not zeros made
+            # for nothing: the registered backwards ignore those.
+            ctx.set_materialize_grads(False)
             output = impl(*inputs)
             setup_context(ctx, inputs, output)
             return output

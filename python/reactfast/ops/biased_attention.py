@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from reactfast import _backend, kernels
+from reactfast.ops import _eager
 from reactfast.ops._checks import autocast_inputs, check_precision, check_same_device, check_tensor
 from reactfast.reference import biased_attention as _ref
 
@@ -59,10 +60,10 @@ def _reference_probs(q, k, slopes, q_offset, key_start, key_lengths, period, rat
     return p, lse
 
 
-@torch.library.custom_op("reactfast::biased_attention_fwd", mutates_args=())
-def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor, q_offset: torch.Tensor,
-         key_start: torch.Tensor, key_lengths: torch.Tensor, period: int, audio_ratio: int, extra: int, scale: float,
-         qperiod: int, backend: str, precision: str = "tf32x3") -> Tuple[torch.Tensor, torch.Tensor]:
+def _fwd_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor, q_offset: torch.Tensor,
+              key_start: torch.Tensor, key_lengths: torch.Tensor, period: int, audio_ratio: int, extra: int,
+              scale: float, qperiod: int, backend: str,
+              precision: str = "tf32x3") -> Tuple[torch.Tensor, torch.Tensor]:
     name = _backend.select("biased_attention", q.device, IMPLEMENTED, backend or None)
     if name == "triton":
         return _triton.biased_attention_fwd(q, k, v, slopes, q_offset, key_start, key_lengths, scale, period,
@@ -72,18 +73,19 @@ def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor
     return torch.matmul(p, v.float()).to(q.dtype), lse
 
 
+_fwd = torch.library.custom_op("reactfast::biased_attention_fwd", mutates_args=())(_fwd_impl)
+
+
 @_fwd.register_fake
 def _(q, k, v, slopes, q_offset, key_start, key_lengths, period, audio_ratio, extra, scale, qperiod, backend,
       precision="tf32x3"):
     return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
-@torch.library.custom_op("reactfast::biased_attention_bwd", mutates_args=())
-def _bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
-         slopes: torch.Tensor, q_offset: torch.Tensor, key_start: torch.Tensor, key_lengths: torch.Tensor,
-         period: int, audio_ratio: int,
-         extra: int, scale: float, qperiod: int, backend: str,
-         precision: str = "tf32x3") -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _bwd_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+              lse: torch.Tensor, slopes: torch.Tensor, q_offset: torch.Tensor, key_start: torch.Tensor,
+              key_lengths: torch.Tensor, period: int, audio_ratio: int, extra: int, scale: float, qperiod: int,
+              backend: str, precision: str = "tf32x3") -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     name = _backend.select("biased_attention", q.device, IMPLEMENTED, backend or None)
     if name == "triton":
         return _triton.biased_attention_bwd(do.contiguous(), q, k, v, out, lse, slopes, q_offset, key_start,
@@ -97,6 +99,9 @@ def _bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ou
     dq = torch.matmul(ds, k.float()) * scale
     dk = torch.matmul(ds.transpose(-1, -2), q.float()) * scale
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+_bwd = torch.library.custom_op("reactfast::biased_attention_bwd", mutates_args=())(_bwd_impl)
 
 
 @_bwd.register_fake
@@ -115,36 +120,18 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out, grad_lse):
     q, k, v, out, lse, slopes, q_offset, key_start, key_lengths = ctx.saved_tensors
-    dq, dk, dv = _bwd(grad_out, q, k, v, out, lse, slopes, q_offset, key_start, key_lengths, *ctx.args)
+    dq, dk, dv = _eager.pick(_bwd, _bwd_impl)(grad_out, q, k, v, out, lse, slopes, q_offset, key_start, key_lengths,
+                                              *ctx.args)
     return dq, dk, dv, None, None, None, None, None, None, None, None, None, None, None
 
 
 _fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-class _TritonAttention(torch.autograd.Function):
-    """The Triton kernels called directly in eager mode. The custom op above is what torch.compile
-    sees; called eagerly, its dispatch (default filling, redispatch, its autograd wrapper) cost
-    0.25 to 0.4 ms of host time per forward and backward on a 2-core VM, as much as the kernels' GPU
-    time at the models' sizes (0.24 ms for B16 H8 T750 d64 bf16 on an H100)."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, slopes, q_offset, key_start, key_lengths, args):
-        period, audio_ratio, extra, scale, qperiod, precision = args
-        out, lse = _triton.biased_attention_fwd(q, k, v, slopes, q_offset, key_start, key_lengths, scale, period,
-                                                audio_ratio, extra, qperiod, precision)
-        ctx.save_for_backward(q, k, v, out, lse, slopes, q_offset, key_start, key_lengths)
-        ctx.args = args
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        q, k, v, out, lse, slopes, q_offset, key_start, key_lengths = ctx.saved_tensors
-        period, audio_ratio, extra, scale, qperiod, precision = ctx.args
-        dq, dk, dv = _triton.biased_attention_bwd(grad_out.contiguous(), q, k, v, out, lse, slopes, q_offset,
-                                                  key_start, key_lengths, scale, period, audio_ratio, extra, qperiod,
-                                                  precision)
-        return dq, dk, dv, None, None, None, None, None
+# Eager calls: the same implementation and backward without the custom op's dispatch (0.25 to 0.4 ms
+# of host time per forward and backward on a 2-core VM, as much as the kernels' GPU time at the
+# models' sizes: 0.24 ms for B16 H8 T750 d64 bf16 on an H100).
+_fwd_eager = _eager.eager_autograd(_fwd_impl, _setup_context, _backward)
 
 
 def _masked_bias(bias, dtype):
@@ -408,8 +395,8 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: 
         precision: float32 inputs on the Triton path: ``"tf32x3"`` (default; each product as three
             TF32 products of split operands on the matrix units, float32 accuracy), ``"tf32"`` (one
             TF32 product: a third of the matrix-unit work, about 1e-3 relative error and up to 2.1e-3
-            measured on an H100 after the softmax, over the 1e-3 the tests allow TF32) or ``"ieee"`` (exact float32 products
-            on FMA units, no tensor cores: the earlier ieee-only kernels took 62 ms against 1.8 ms in
+            measured on an H100 after the softmax, over the 1e-3 the tests allow TF32) or ``"ieee"``
+            (exact float32 products on FMA units, no tensor cores: the earlier ieee-only kernels took 62 ms against 1.8 ms in
             bf16 for fwd+bwd B16 H8 T750 d64 on an H100). fp16/bf16 inputs and the other backends
             ignore it (the CPU paths are exact float32).
 
@@ -482,9 +469,7 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: 
         name = "sdpa"   # float16/bfloat16 on a CPU, or wide heads
     if name == "sdpa":
         return _sdpa(q, k, v, slopes.float(), q0, starts, lengths, period, audio_ratio, extra, scale, qperiod)
-    if name == "triton" and not torch.compiler.is_compiling():
-        return _TritonAttention.apply(q.contiguous(), k.contiguous(), v.contiguous(), slopes.float().contiguous(), q0,
-                                      starts, lengths, (period, audio_ratio, extra, scale, qperiod, precision))
-    out, _ = _fwd(q.contiguous(), k.contiguous(), v.contiguous(), slopes.float().contiguous(), q0, starts, lengths,
-                  period, audio_ratio, extra, scale, qperiod, backend or "", precision)
+    attend = _eager.pick(_fwd, _fwd_eager)
+    out, _ = attend(q.contiguous(), k.contiguous(), v.contiguous(), slopes.float().contiguous(), q0, starts, lengths,
+                    period, audio_ratio, extra, scale, qperiod, backend or "", precision)
     return out

@@ -8,6 +8,7 @@ from typing import Optional, Tuple
 import torch
 
 from reactfast import _backend, kernels
+from reactfast.ops import _eager
 from reactfast.ops._checks import check_same_device, check_tensor
 from reactfast.reference import ddim as _ref
 
@@ -85,8 +86,8 @@ def ddim_step(x_t: torch.Tensor, out_cond: torch.Tensor, coef: torch.Tensor, pre
         raise ValueError(f"prediction must be one of {_ref.PREDICTIONS}, got {prediction!r}")
     if clip is not None and not clip > 0:
         raise ValueError(f"clip must be > 0 or None, got {clip}")
-    step = _ddim_step if torch.compiler.is_compiling() else _ddim_step_impl
+    step = _eager.pick(_ddim_step, _ddim_step_impl)
     return step(x_t.contiguous(), out_cond.contiguous(), coef.float().contiguous(), prediction,
-                      None if out_uncond is None else out_uncond.contiguous(), float(guidance_scale),
-                      None if noise is None else noise.contiguous(), float(clip or 0.0), clip is not None,
-                      bool(eps_from_clipped), backend or "")
+                None if out_uncond is None else out_uncond.contiguous(), float(guidance_scale),
+                None if noise is None else noise.contiguous(), float(clip or 0.0), clip is not None,
+                bool(eps_from_clipped), backend or "")
