@@ -56,10 +56,12 @@ __attribute__((always_inline)) inline void envelope_costs_impl(const float* a, i
       for (int d = groups.start[g]; d < groups.end[g]; ++d) {
         const V h = load_vec<V>(hi + d * stride + b), l = load_vec<V>(lo + d * stride + b);
         for (int r = 0; r < R; ++r) {
+          // v less its nearest point of [l, h]: v - h above, v - l below (l - v rounded and
+          // negated), 0 inside.
           const V v = a[r * D + d] - zero;
-          const V over = v - h, under = l - v;
-          V e = over > under ? over : under;
-          e = e > zero ? e : zero;
+          V c = v > l ? v : l;
+          c = c < h ? c : h;
+          const V e = v - c;
           acc[r] += e * e;
         }
       }
