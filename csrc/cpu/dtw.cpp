@@ -223,7 +223,7 @@ void weighted_dtw_min_cpu(const float* x, const float* y, const index_t* cand_of
   const index_t chunk = std::max<index_t>(1, std::min<index_t>(8, M / (2 * threads)));
   index_t total_cells = 0;
   if (banded) {
-    total_cells = weighted_dtw_min_banded(x, y, cand_offset, cand_index, M, Tx, Ty, D, groups, y_lo.data(),
+    total_cells = weighted_dtw_min_banded(x, y, cand_offset, cand_index, M, G, Tx, Ty, D, groups, y_lo.data(),
                                           y_hi.data(), chunk, out_min, out_arg);
   } else {
 #pragma omp parallel reduction(+ : total_cells)

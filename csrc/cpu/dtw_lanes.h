@@ -64,6 +64,17 @@ struct Lanes8d {
   friend Lanes8d operator+(Lanes8d a, Lanes8d b) { return {a.lo + b.lo, a.hi + b.hi}; }
   friend Lanes8d lane_min(Lanes8d a, Lanes8d b) { return {a.lo < b.lo ? a.lo : b.lo, a.hi < b.hi ? a.hi : b.hi}; }
   friend Lanes8d lane_max(Lanes8d a, Lanes8d b) { return {a.lo > b.lo ? a.lo : b.lo, a.hi > b.hi ? a.hi : b.hi}; }
+  // Lane j takes lane j + 1's value, lane 7 takes m.
+  friend Lanes8d shift_down(Lanes8d a, double m) {
+    typedef long long v4i __attribute__((vector_size(32)));
+    return {__builtin_shuffle(a.lo, a.hi, v4i{1, 2, 3, 4}), __builtin_shuffle(a.hi, m - v4d{}, v4i{1, 2, 3, 4})};
+  }
+  // Whether a <= b in some lane.
+  friend bool any_le(Lanes8d a, Lanes8d b) {
+    typedef long long v4i __attribute__((vector_size(32)));
+    const v4i m = (a.lo <= b.lo) | (a.hi <= b.hi);
+    return (m[0] | m[1] | m[2] | m[3]) != 0;
+  }
 };
 
 template <>
@@ -76,93 +87,84 @@ struct Lanes8d<4> {
   friend Lanes8d operator+(Lanes8d a, Lanes8d b) { return {a.v + b.v}; }
   friend Lanes8d lane_min(Lanes8d a, Lanes8d b) { return {a.v < b.v ? a.v : b.v}; }
   friend Lanes8d lane_max(Lanes8d a, Lanes8d b) { return {a.v > b.v ? a.v : b.v}; }
+  friend Lanes8d shift_down(Lanes8d a, double m) {
+    typedef long long v8i __attribute__((vector_size(64)));
+    return {__builtin_shuffle(a.v, m - v8d{}, v8i{1, 2, 3, 4, 5, 6, 7, 8})};
+  }
+  friend bool any_le(Lanes8d a, Lanes8d b) {
+    typedef long long v8i __attribute__((vector_size(64)));
+    const v8i m = a.v <= b.v;
+    bool any = false;
+    for (int i = 0; i < 8; ++i) any |= m[i] != 0;
+    return any;
+  }
 };
 
 // The lane functions below are built per instruction set: RF_LANE_FUNCTION (isa.h).
 
-// sum_{d in [start, end)} (xB[d] - ys[d])^2 for eight lanes (xB[d][lane]: each lane's own x value),
-// with four partial sums so the additions do not form one long dependency chain.
+// sum_{d in [start, end)} (xB[d] - ys[d])^2 for eight lanes (xB[d][lane]: each lane's own x value;
+// ys[d * ystride + lane]: each lane's own y value), with four partial sums so the additions do not
+// form one long dependency chain.
+template <index_t ystride = kLanes>
 __attribute__((always_inline)) inline v8f group_cost(const float* xB, const float* ys, int start, int end) {
   v8f c0 = v8f{}, c1 = v8f{}, c2 = v8f{}, c3 = v8f{};
   int d = start;
   for (; d + 4 <= end; d += 4) {
-    const v8f e0 = load8f(xB + d * kLanes) - load8f(ys + d * kLanes);
-    const v8f e1 = load8f(xB + (d + 1) * kLanes) - load8f(ys + (d + 1) * kLanes);
-    const v8f e2 = load8f(xB + (d + 2) * kLanes) - load8f(ys + (d + 2) * kLanes);
-    const v8f e3 = load8f(xB + (d + 3) * kLanes) - load8f(ys + (d + 3) * kLanes);
+    const v8f e0 = load8f(xB + d * kLanes) - load8f(ys + d * ystride);
+    const v8f e1 = load8f(xB + (d + 1) * kLanes) - load8f(ys + (d + 1) * ystride);
+    const v8f e2 = load8f(xB + (d + 2) * kLanes) - load8f(ys + (d + 2) * ystride);
+    const v8f e3 = load8f(xB + (d + 3) * kLanes) - load8f(ys + (d + 3) * ystride);
     c0 += e0 * e0;
     c1 += e1 * e1;
     c2 += e2 * e2;
     c3 += e3 * e3;
   }
   for (; d < end; ++d) {
-    const v8f e = load8f(xB + d * kLanes) - load8f(ys + d * kLanes);
+    const v8f e = load8f(xB + d * kLanes) - load8f(ys + d * ystride);
     c0 += e * e;
   }
   return (c0 + c1) + (c2 + c3);
 }
 
-template <int Start, int End>
+template <int Start, int End, index_t ystride = kLanes>
 __attribute__((always_inline)) inline v8f fixed_group_cost(const v8f* xr, const float* ys) {
   v8f c[4] = {v8f{}, v8f{}, v8f{}, v8f{}};
 #pragma GCC unroll 16
   for (int d = Start; d < End; ++d) {
-    const v8f e = xr[d] - load8f(ys + d * kLanes);
+    const v8f e = xr[d] - load8f(ys + d * ystride);
     c[(d - Start) & 3] += e * e;
   }
   return (c[0] + c[1]) + (c[2] + c[3]);
 }
 
-// True when some lane holds a live value (at or below its limit) in some group at column s.
-inline bool column_live(const double* row, index_t stride, index_t s, const double* limit) {
-  double v[3 * kLanes];
-  for (int g = 0; g < 3; ++g) std::memcpy(v + g * kLanes, row + g * stride + s * kLanes, kLanes * sizeof(double));
-  bool live = false;
-  for (int i = 0; i < 3 * kLanes; ++i) live |= v[i] <= limit[i];
-  return live;
-}
-
 // One DP cell (t, s) of the three groups, in place: r[g] holds D_g[t][s-1] on entry and D_g[t][s]
 // on return, pp[g] holds D_g[t-1][s-1] on entry and D_g[t-1][s] on return (the next cell's
-// diagonal); the row holds D_g[t-1][s] (Above) or counts as +inf there (min with +inf is exact).
-template <bool Above, int Isa>
+// diagonal); the row holds D_g[t-1][s].
+template <int Isa>
 __attribute__((always_inline)) inline void dp_cell(const v8f* a, Lanes8d<Isa>* r, Lanes8d<Isa>* pp, double* row,
                                                    index_t stride, index_t o) {
   using L = Lanes8d<Isa>;
 #pragma GCC unroll 3
   for (int g = 0; g < 3; ++g) {  // unrolled, so r and pp stay in registers
-    const L p = Above ? L::load(row + g * stride + o) : L::inf();
+    const L p = L::load(row + g * stride + o);
     r[g] = L::widen(a[g]) + lane_min(lane_min(pp[g], p), r[g]);
     pp[g] = p;
     r[g].store(row + g * stride + o);
   }
 }
 
-// One DP row for three groups and eight lanes at once, in place (row holds each lane's D[t-1] on
-// entry and D[t] on return; the previous row's value at s - 1 is carried in a register):
+// One whole DP row for three groups and eight lanes at once, in place (row holds each lane's D[t-1]
+// on entry and D[t] on return; the previous row's value at s - 1 is carried in a register):
 //   D_g[t][s] = cost_g(t, s) + min(D_g[t-1][s-1], D_g[t-1][s], D_g[t][s-1])
 // with cost_g(t, s) = sum_{d in group g} (x[t][d] - y[s][d])^2 computed in float32 and accumulated
 // in float64. Lanes may stand at different rows t of different pairs: `start` is 0 in a lane at its
-// first row (D[-1] = +inf and the chain starts at 0) and +inf elsewhere.
-//
-// With `limit` (Band), the row is computed over a band of columns only (PrunedDTW, Silva & Batista
-// 2016). A value is live when it is at or below its lane's limit for its group (limit[g][lane]: no
-// path that matters holds more). The previous row had live values only in columns [s0, e0]; the
-// columns outside hold no live value in any lane and count as +inf: the sweep starts at s0 (its
-// diagonal and left neighbours +inf) and past e0 goes on only while the left neighbour keeps some
-// value live. Inside the band dead values stay as computed: only the band's ends matter, so a cell
-// costs what it costs in the full row. Every live value is the one the full DP computes, bit for
-// bit, since a neighbour taken as +inf (or a stale value outside the band, dead when written) could
-// only have given a value above the limit. *first and *last: the row's first and last columns with
-// a live value (-1 when none). Without a limit the whole row is computed (s0 = 0, e0 = Ty - 1).
-// Returns one past the last column computed.
+// first row (D[-1] = +inf and the chain starts at 0) and +inf elsewhere. Cost gives the three group
+// costs at one column (ys: its frames, ys[d][lane]). The banded search (dtw_band.cpp) computes the
+// same cells with the same group costs (group_cost and fixed_group_cost's order of additions).
 // Vectors cross function boundaries only through memory (the target clones differ in vector ABI).
-// Cost is a functor giving the three group costs at one s; the REACT layout gets a variant with
-// compile-time group bounds (fully unrolled), any other layout the generic one.
-template <bool Band, int Isa, typename Cost>
-__attribute__((always_inline)) inline index_t dp_row_impl(Cost cost, const float* yB, index_t Ty, index_t D,
-                                                          double* row, const double* start, const double* limit,
-                                                          index_t s0, index_t e0, index_t* first, index_t* last) {
+template <int Isa, typename Cost>
+__attribute__((always_inline)) inline void dp_row_impl(const Cost& cost, const float* yB, index_t Ty, index_t D,
+                                                       double* row, const double* start) {
   const index_t stride = Ty * kLanes;
   Lanes8d<Isa> r[3], pp[3];
 #pragma GCC unroll 3
@@ -170,38 +172,18 @@ __attribute__((always_inline)) inline index_t dp_row_impl(Cost cost, const float
     r[g] = Lanes8d<Isa>::load(start);
     pp[g] = Lanes8d<Isa>::inf();
   }
-  index_t s = s0;
-  const index_t above = std::min(e0 + 1, Ty);  // columns whose upper neighbour may be live
-  for (; s < above; ++s) {
+  for (index_t s = 0; s < Ty; ++s) {
     v8f a[3];
     cost(yB + s * D * kLanes, a);
-    dp_cell<true, Isa>(a, r, pp, row, stride, s * kLanes);
+    dp_cell<Isa>(a, r, pp, row, stride, s * kLanes);
   }
-  if (!Band) return s;
-  for (; s < Ty; ++s) {
-    v8f a[3];
-    cost(yB + s * D * kLanes, a);
-    dp_cell<false, Isa>(a, r, pp, row, stride, s * kLanes);
-    if (!column_live(row, stride, s, limit)) {
-      ++s;
-      break;
-    }
-  }
-  index_t f = s0;
-  while (f < s && !column_live(row, stride, f, limit)) ++f;
-  index_t e = s - 1;
-  while (e >= f && !column_live(row, stride, e, limit)) --e;
-  *first = f < s ? f : -1;
-  *last = f < s ? e : -1;
-  return s;
 }
 
 // REACT's emotion layout: D = 25, groups [0, 15), [15, 17), [17, 25). xB: the lanes' x rows,
-// xB[d][lane]. limit null: the whole row (first, last, s0 and e0 unused).
+// xB[d][lane].
 template <int Isa>
-__attribute__((always_inline)) inline index_t dp_row_react_body(const float* xB, const float* yB, index_t Ty,
-                                                                double* row, const double* start, const double* limit,
-                                                                index_t s0, index_t e0, index_t* first, index_t* last) {
+__attribute__((always_inline)) inline void dp_row_react_body(const float* xB, const float* yB, index_t Ty,
+                                                             double* row, const double* start) {
   v8f xr[25];
   for (int d = 0; d < 25; ++d) xr[d] = load8f(xB + d * kLanes);
   const auto cost = [&](const float* ys, v8f* a) {
@@ -209,32 +191,24 @@ __attribute__((always_inline)) inline index_t dp_row_react_body(const float* xB,
     a[1] = fixed_group_cost<15, 17>(xr, ys);
     a[2] = fixed_group_cost<17, 25>(xr, ys);
   };
-  if (limit == nullptr) return dp_row_impl<false, Isa>(cost, yB, Ty, 25, row, start, limit, 0, Ty - 1, first, last);
-  return dp_row_impl<true, Isa>(cost, yB, Ty, 25, row, start, limit, s0, e0, first, last);
+  dp_row_impl<Isa>(cost, yB, Ty, 25, row, start);
 }
-RF_LANE_FUNCTION(index_t, dp_row_react,
-                 (const float* xB, const float* yB, index_t Ty, double* row, const double* start,
-                  const double* limit = nullptr, index_t s0 = 0, index_t e0 = 0, index_t* first = nullptr,
-                  index_t* last = nullptr),
-                 (xB, yB, Ty, row, start, limit, s0, e0, first, last))
+RF_LANE_FUNCTION(void, dp_row_react, (const float* xB, const float* yB, index_t Ty, double* row, const double* start),
+                 (xB, yB, Ty, row, start))
 
 // Any layout of up to three groups [gs[g], ge[g]).
 template <int Isa>
-__attribute__((always_inline)) inline index_t dp_row_body(const float* xB, const float* yB, index_t Ty, index_t D,
-                                                          const int* gs, const int* ge, double* row, const double* start,
-                                                          const double* limit, index_t s0, index_t e0, index_t* first,
-                                                          index_t* last) {
+__attribute__((always_inline)) inline void dp_row_body(const float* xB, const float* yB, index_t Ty, index_t D,
+                                                       const int* gs, const int* ge, double* row, const double* start) {
   const auto cost = [&](const float* ys, v8f* a) {
     for (int g = 0; g < 3; ++g) a[g] = group_cost(xB, ys, gs[g], ge[g]);
   };
-  if (limit == nullptr) return dp_row_impl<false, Isa>(cost, yB, Ty, D, row, start, limit, 0, Ty - 1, first, last);
-  return dp_row_impl<true, Isa>(cost, yB, Ty, D, row, start, limit, s0, e0, first, last);
+  dp_row_impl<Isa>(cost, yB, Ty, D, row, start);
 }
-RF_LANE_FUNCTION(index_t, dp_row,
+RF_LANE_FUNCTION(void, dp_row,
                  (const float* xB, const float* yB, index_t Ty, index_t D, const int* gs, const int* ge, double* row,
-                  const double* start, const double* limit = nullptr, index_t s0 = 0, index_t e0 = 0,
-                  index_t* first = nullptr, index_t* last = nullptr),
-                 (xB, yB, Ty, D, gs, ge, row, start, limit, s0, e0, first, last))
+                  const double* start),
+                 (xB, yB, Ty, D, gs, ge, row, start))
 
 // Groups padded to three (empty groups cost nothing and weigh 0).
 struct Groups3 {
@@ -258,7 +232,7 @@ struct Groups3 {
 // weight; arguments as weighted_dtw_min_cpu, plus the candidates' envelopes (y_lo, y_hi) and the
 // chunk of queries per task. Returns the DP cells computed.
 index_t weighted_dtw_min_banded(const float* x, const float* y, const index_t* cand_offset, const index_t* cand_index,
-                                index_t M, index_t Tx, index_t Ty, index_t D, const DtwGroups& groups,
+                                index_t M, index_t G, index_t Tx, index_t Ty, index_t D, const DtwGroups& groups,
                                 const float* y_lo, const float* y_hi, index_t chunk, double* out_min, index_t* out_arg);
 
 }  // namespace reactfast

@@ -120,12 +120,12 @@ def test_abandoning_is_exact_on_adversarial_candidates(Tx, Ty, D, groups):
                                     ((0, 5, 1.0), (5, 25, 0.25)),                        # generic layout
                                     ((0, 5, 1.0), (5, 20, 0.0), (20, 25, 0.5))])          # a group weighing 0
 def test_banded_search_is_exact_on_warped_copies(groups):
-    """The banded search (a limit per lane and group, the row swept over the union of live bands,
-    lanes refilled only while the band is wide) against the full DP and the float64 reference:
-    queries that are noisy copies of a candidate, time-warped (the optimal path leaves the
-    diagonal, so the diagonal bound is loose and the band must still hold the path), shifted by up
-    to 20 frames, or uniform noise (wide bands, lanes refilled), with candidate lists of every
-    length and more queries than a chunk; a near-diagonal query leaves most cells unswept."""
+    """The banded search (a limit per group, strips of eight rows swept over their live band)
+    against the full DP and the float64 reference: queries that are noisy copies of a candidate,
+    time-warped (the optimal path leaves the diagonal, so the diagonal bound is loose and the band
+    must still hold the path), shifted by up to 20 frames, or uniform noise (wide bands), with
+    candidate lists of every length and more queries than a chunk; a near-diagonal query leaves
+    most cells unswept."""
     g = torch.Generator().manual_seed(3)
     T = 90
     walks = torch.cumsum(0.05 * torch.randn(16, T, 25, generator=g), 1).abs().clamp(max=1)
@@ -200,6 +200,25 @@ def test_banded_search_equals_the_full_dp_on_random_configurations():
         full = weighted_dtw_min(pred, walks, cand, groups=groups, abandon=False, backend="cpp")
         fast = weighted_dtw_min(pred, walks, cand, groups=groups, abandon=True, backend="cpp")
         assert torch.equal(full[0], fast[0]) and torch.equal(full[1], fast[1]), (trial, Tx, Ty, D, groups, kind)
+
+@pytest.mark.parametrize("groups", [((0, 15, 1 / 15), (15, 17, 1.0), (17, 25, 1 / 8)), ((0, 3, 1.0), (3, 25, 0.5))])
+def test_banded_search_at_strip_edges(groups):
+    """Lengths around the banded search's strips of eight rows and its eight-column windows (1, 7,
+    8, 9, 16, 17 frames, Tx != Ty included): the full DP bit for bit and the float64 reference."""
+    g = torch.Generator().manual_seed(17)
+    for Tx in (1, 2, 7, 8, 9, 16, 17):
+        for Ty in (1, 7, 8, 9, 17):
+            y = torch.rand(5, Ty, 25, generator=g)
+            x = torch.cat([torch.rand(3, Tx, 25, generator=g),
+                           y[1:2, torch.linspace(0, Ty - 1, Tx).round().long()] + 0.01])   # a near copy
+            cand = from_lists([[0, 1, 2], [4], [3, 1], [0, 1, 2, 3, 4]])
+            full = weighted_dtw_min(x, y, cand, groups=groups, abandon=False, backend="cpp")
+            fast = weighted_dtw_min(x, y, cand, groups=groups, abandon=True, backend="cpp")
+            assert torch.equal(full[0], fast[0]) and torch.equal(full[1], fast[1]), (Tx, Ty)
+            want = ref.weighted_dtw_min(x.double(), y.double(), cand, groups)
+            assert_close("cpp", want[0], fast[0], atol=1e-9, rtol=1e-6)
+            assert torch.equal(want[1], fast[1]), (Tx, Ty)
+
 
 def test_all_weights_zero():
     """Every weighted value is 0: the first listed candidate of each query, with and without

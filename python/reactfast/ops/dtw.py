@@ -2,9 +2,10 @@
 each query's candidates. C++/OpenMP on CPU tensors: eight pairs in the SIMD lanes, each lane
 refilled as its pair finishes; for the minimum, the UCR Suite's exact pruning cascade (LB_Kim,
 LB_Keogh on block envelopes of rows and columns, candidates in bound order, abandoning inside the
-DP against the best so far; csrc/include/reactfast/dtw_bounds.h) with banded DPs (PrunedDTW: each
-row swept only where some lane's value can still matter, under per-group limits from the diagonal
-path and the best so far; csrc/cpu/dtw_band.cpp). CUDA on CUDA tensors: for up to 32 feature dims
+DP against the best so far; csrc/include/reactfast/dtw_bounds.h) with banded DPs (PrunedDTW: one
+pair at a time, eight of its rows in the SIMD lanes as a wavefront, swept only where its values can
+still matter, under per-group limits from the diagonal path and the best so far;
+csrc/cpu/dtw_band.cpp). CUDA on CUDA tensors: for up to 32 feature dims
 a warp-level wavefront after cuDTW++ (csrc/include/reactfast/dtw_warp.h: one warp per pair, a strip
 of query rows per lane in registers, neighbours passed by shuffles, the three groups in one pass,
 one block per query whose warps share its best value for exact abandoning, min and argmin fused);
