@@ -212,8 +212,10 @@ def _combine_kernel(p_wacc, p_wm, p_wl, p_o, p_lse, Tq, D, NSPLIT, BM: tl.conste
 
 
 @triton.jit
-def _delta_kernel(p_do, p_o, p_delta, R, D, BR: tl.constexpr, BD: tl.constexpr):
-    """delta[r] = sum_d dO[r, d] O[r, d] in float32 (the softmax backward's row term)."""
+def _delta_kernel(p_do, p_o, p_lse, p_delta, p_lse2, R, D, log2e, BR: tl.constexpr, BD: tl.constexpr):
+    """delta[r] = sum_d dO[r, d] O[r, d] in float32 (the softmax backward's row term), and the row's
+    log-sum-exp in base 2, lse2[r] = lse[r] * log2(e), for the backward kernels' exp2 (one launch
+    for both)."""
     o_r = tl.program_id(0) * BR + tl.arange(0, BR)
     o_d = tl.arange(0, BD)
     m = (o_r[:, None] < R) & (o_d[None, :] < D)
@@ -221,6 +223,8 @@ def _delta_kernel(p_do, p_o, p_delta, R, D, BR: tl.constexpr, BD: tl.constexpr):
     do = tl.load(p_do + offs, mask=m, other=0.0).to(tl.float32)
     o = tl.load(p_o + offs, mask=m, other=0.0).to(tl.float32)
     tl.store(p_delta + o_r, tl.sum(do * o, 1), mask=o_r < R)
+    lse = tl.load(p_lse + o_r, mask=o_r < R, other=0.0)
+    tl.store(p_lse2 + o_r, lse * log2e, mask=o_r < R)
 
 
 @triton.jit
@@ -446,9 +450,9 @@ def biased_attention_bwd(do, q, k, v, out, lse, slopes, q_offset, key_start, key
     BD, meta = _common(q, precision)
     R = B * H * Tq
     delta = _backend.empty((B, H, Tq), torch.float32, q.device)
+    lse2 = _backend.empty((B, H, Tq), torch.float32, q.device)
     BR = 64
-    _delta_kernel[(triton.cdiv(R, BR),)](do, out, delta, R, D, BR=BR, BD=BD)
-    lse2 = lse * LOG2E
+    _delta_kernel[(triton.cdiv(R, BR),)](do, out, lse.contiguous(), delta, lse2, R, D, LOG2E, BR=BR, BD=BD)
     dq = _backend.empty(q.shape, q.dtype, q.device)
     dk = _backend.empty(k.shape, k.dtype, k.device)
     dv = _backend.empty(v.shape, v.dtype, v.device)
