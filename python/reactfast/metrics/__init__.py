@@ -139,7 +139,9 @@ def _sum_best(kernel, pred, listener_gt, a, rows, chunk, desc, progress, pair_wo
             hi += 1
         part = rows[lo:hi]
         offset, index = candidates.from_appropriate(a, S, part)
-        best = kernel(pred[part].reshape(-1, T, D), listener_gt, offset.to(pred.device), index.to(pred.device))[0]
+        # Consecutive rows (the default) as a view: indexing with a list would copy them.
+        queries = pred[part[0]:part[-1] + 1] if part[-1] - part[0] == len(part) - 1 else pred[part]
+        best = kernel(queries.reshape(-1, T, D), listener_gt, offset.to(pred.device), index.to(pred.device))[0]
         total += float(best.sum())
         bar.update(int(per_row[lo:hi].sum()))
         lo = hi
