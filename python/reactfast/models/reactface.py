@@ -625,9 +625,13 @@ def appropriate_losses(pred: torch.Tensor, targets: torch.Tensor, pose_weight: f
     ``reactfast.models.heads``).
 
     pred (B, S, T, 58); targets (B, K, T, 58); emotion_logits (B, S, T, 25). Returns (B, S, K)."""
-    diff = F.smooth_l1_loss(pred[:, :, None].expand(-1, -1, targets.shape[1], -1, -1),
-                            targets[:, None].expand(-1, pred.shape[1], -1, -1, -1), reduction="none")
-    loss = diff[..., layout.TDMM_EXPRESSION].mean((-1, -2)) + pose_weight * diff[..., layout.TDMM_POSE].mean((-1, -2))
+    S, K = pred.shape[1], targets.shape[1]
+
+    def part(dims):   # the dims sliced from the inputs, not from the (B, S, K, T, 58) differences
+        return F.smooth_l1_loss(pred[:, :, None, :, dims].expand(-1, -1, K, -1, -1),
+                                targets[:, None, :, :, dims].expand(-1, S, -1, -1, -1), reduction="none").mean((-1, -2))
+
+    loss = part(layout.TDMM_EXPRESSION) + pose_weight * part(layout.TDMM_POSE)
     if emotion_logits is not None and emotion_targets is not None:
         loss = loss + emotion_weight * emotion_loss(emotion_logits[:, :, None], emotion_targets[:, None], va_weight, ccc_weight)
     return loss
@@ -637,7 +641,7 @@ def _diversity(x: torch.Tensor, scale: float) -> torch.Tensor:
     """Mean over pairs of distinct samples of exp(-||x_i - x_j||^2 / scale); x (B, S, ...)."""
     B, S = x.shape[:2]
     flat = x.reshape(B, S, -1)
-    dist = (flat[:, :, None] - flat[:, None]).pow(2).sum(-1)                      # (B, S, S)
+    dist = (flat[:, :, None] - flat[:, None]).square().sum(-1)                    # (B, S, S)
     # The off-diagonal pairs (i, j != i) in row-major order, as x[:, ~eye] lists them, by index
     # arithmetic: a boolean mask would find its elements on the host (a sync on a GPU).
     k = torch.arange(S * (S - 1), device=x.device)
