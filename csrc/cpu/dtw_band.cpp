@@ -34,14 +34,15 @@ inline index_t window_blocks(index_t Ty) { return (Ty + 2 * kPad + 7) / 8; }
 // iteration earlier and the diagonal cell two iterations earlier, so both come from the previous
 // iteration's values shifted by one lane; lane 7's row above (row t - 1) is in `row`. The eight
 // lanes' frames at one iteration are eight consecutive columns of the candidate: one vector load
-// per dim from its windows (yW: the pair's candidate, block 0; D dims per block). Every cell is dtw_lanes.h's recurrence with the same group costs
-// (cost_g in float32, accumulated in float64), so every value is the full DP's on its inputs.
+// per dim from its windows (yW: the pair's candidate, block 0; D dims per block). Every cell is
+// dtw_lanes.h's recurrence with the same group costs (cost_g in float32, accumulated in float64),
+// so every value is the full DP's on its inputs.
 //
 // PrunedDTW: a value is live when it is at or below its lane's limit for its group (rl[g][lane]:
 // the pair's limit less the row tail after the lane's row; -1 in lanes without a row). Row t - 1
 // had live values only in columns [s0, e0] (none when e0 < s0: the first strip, whose lane 7 starts
-// its chain at 0 at column 0); every lane starts at column s0 (the columns before count as +inf), lane 7 reads
-// row t - 1 over [s0, e0] only, and past that the sweep goes on while some lane holds a live value
+// its chain at 0 at column 0); every lane starts at column s0 (the columns before count as +inf),
+// lane 7 reads row t - 1 over [s0, e0] only, and past that the sweep goes on while some lane holds a live value
 // (two iterations with none end it: every later value stems from dead ones). A neighbour taken as
 // +inf could only have given a value above the limit, so every live value is exact.
 //
@@ -50,8 +51,7 @@ inline index_t window_blocks(index_t Ty) { return (Ty + 2 * kPad + 7) / 8; }
 // *iterations: the iterations swept.
 template <int Isa, typename Cost>
 __attribute__((always_inline)) inline index_t strip_impl(const Cost& cost, const float* yW, index_t D, index_t Ty,
-                                                         double* row,
-                                                         const double* rl, index_t s0, index_t e0, int n,
+                                                         double* row, const double* rl, index_t s0, index_t e0, int n,
                                                          index_t* first, index_t* last, index_t* iterations) {
   using L = Lanes8d<Isa>;
   // The first strip's lane 7 (row 0) starts its chain through the diagonal: D[-1][-1] = 0, so that

@@ -1,9 +1,9 @@
 // Internal to the CPU DTW kernels (dtw.cpp, dtw_band.cpp): the SIMD lanes' vector types and the
-// group costs. Eight candidates are computed
-// side by side, one per SIMD lane: the DP recurrence along a row is a serial add + min chain, and
-// eight candidates in the lanes and the three groups as independent chains turn it from
-// latency-bound into throughput-bound work, the local costs of all eight coming from one vector
-// subtract + multiply-add per dim.
+// group costs. The full DPs compute eight candidates side by side, one per SIMD lane: the DP
+// recurrence along a row is a serial add + min chain, and eight candidates in the lanes and the
+// three groups as independent chains turn it from latency-bound into throughput-bound work, the
+// local costs of all eight coming from one vector subtract + multiply-add per dim. The banded
+// search holds eight rows of one pair in the lanes instead (dtw_band.cpp), with the same costs.
 #pragma once
 #include "reactfast/dtw.h"
 #include "isa.h"
