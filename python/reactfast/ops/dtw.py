@@ -104,7 +104,8 @@ def weighted_dtw_min(pred: torch.Tensor, gt: torch.Tensor, candidates: Tuple[tor
             best so far, and each DP row is computed only over the columns where a path that can
             still matter passes; on CUDA (D <= 32) a pair is abandoned at a border row between two
             of its warp's passes (every 128 rows in REACT's layout) whose bound exceeds the query's
-            best so far. The result is unchanged, bit for bit, only faster.
+            best so far. The result is unchanged, bit for bit, only faster. On CPU it takes, for the
+            call, a copy of the listed candidates laid out for the SIMD lanes, about twice their size.
         backend: ``"cuda"``, ``"cpp"`` or ``"reference"`` (default automatic).
         return_cells: also return how many DP cells the C++ backend computed (for measuring the
             pruning; the full count is K x Tx x Ty x groups).
