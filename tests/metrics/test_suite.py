@@ -25,6 +25,18 @@ def make_case(seed, N, S, T, density=0.3):
     return pred, gt, speaker, appropriate
 
 
+@pytest.mark.parametrize("fn", [metrics.frcorr, metrics.frdist])
+def test_rows_add_up(fn):
+    """``rows``: disjoint row sets add up to the metric, whatever the chunking (consecutive rows
+    go to the kernels as a view, others by index); a repeated row counts once per listing."""
+    pred, gt, _, appropriate = make_case(7, 9, 2, 40)
+    whole = fn(pred, gt, appropriate)
+    parts = [fn(pred, gt, appropriate, rows=rows, chunk=2) for rows in ([0, 1, 2, 3], [4, 6, 8], [5, 7])]
+    assert sum(parts) == pytest.approx(whole, rel=1e-12)
+    one, three = fn(pred, gt, appropriate, rows=[1]), fn(pred, gt, appropriate, rows=[3])
+    assert fn(pred, gt, appropriate, rows=[1, 1, 3]) == pytest.approx(2 * one + three, rel=1e-12)
+
+
 @pytest.mark.parametrize("N,S,T", [(8, 3, 60), (30, 2, 40), (6, 1, 97), (4, 2, 750)])
 def test_evaluate_matches_reference(N, S, T):
     pred, gt, speaker, appropriate = make_case(N * 100 + T, N, S, T)

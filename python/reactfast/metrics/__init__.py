@@ -140,7 +140,7 @@ def _sum_best(kernel, pred, listener_gt, a, rows, chunk, desc, progress, pair_wo
         part = rows[lo:hi]
         offset, index = candidates.from_appropriate(a, S, part)
         # Consecutive rows (the default) as a view: indexing with a list would copy them.
-        queries = pred[part[0]:part[-1] + 1] if part[-1] - part[0] == len(part) - 1 else pred[part]
+        queries = pred[part[0]:part[-1] + 1] if part == list(range(part[0], part[-1] + 1)) else pred[part]
         best = kernel(queries.reshape(-1, T, D), listener_gt, offset.to(pred.device), index.to(pred.device))[0]
         total += float(best.sum())
         bar.update(int(per_row[lo:hi].sum()))
