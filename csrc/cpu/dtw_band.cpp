@@ -313,27 +313,16 @@ class StripSearch {
   // Groups that weigh in the value; the others (padding, weight 0) never hold a live value.
   bool relevant(int g) const { return g < groups_.count && groups_.weight[g] > 0.0; }
 
-  // The pair's limits (see the class comment); -1 for groups that do not weigh.
+  // The pair's limits before its DP (see the class comment): each group's diagonal-path cost, then
+  // what the best so far leaves it given the other groups' bounds; -1 for groups that do not weigh.
   void limits(const Candidate& k, double best, double* limit) const {
-    for (int g = 0; g < 3; ++g) {
-      double u = -1.0;
-      if (relevant(g)) {
-        u = kInf;
-        if (k.diag[g] < kInf) u = k.diag[g] * (1.0 + 1e-5) + 1e-12;
-        if (best < kInf) {
-          double rest = best;
-          for (int h = 0; h < groups_.count; ++h)
-            if (h != g) rest -= groups_.weight[h] * std::sqrt(k.lb[h]);
-          const double share = std::max(rest, 0.0) / groups_.weight[g];
-          u = std::min(u, share * share * (1.0 + 1e-5) + 1e-12);
-        }
-      }
-      limit[g] = u;
-    }
+    for (int g = 0; g < 3; ++g)
+      limit[g] = !relevant(g) ? -1.0 : k.diag[g] < kInf ? k.diag[g] * (1.0 + 1e-5) + 1e-12 : kInf;
+    tighten(k.lb, best, limit);
   }
 
-  // The limits again with the other groups' bounds from the current row on (lb, at least the
-  // pair's bounds before its DP), where they are tighter.
+  // The limits lowered to what the best so far leaves each group given the other groups' lower
+  // bounds lb (the pair's before its DP, the current row's during it: they only grow).
   void tighten(const double* lb, double best, double* limit) const {
     if (!(best < kInf)) return;
     for (int g = 0; g < 3; ++g) {
