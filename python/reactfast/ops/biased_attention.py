@@ -397,8 +397,8 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: 
             TF32 product: a third of the matrix-unit work, about 1e-3 relative error and up to 2.1e-3
             measured on an H100 after the softmax, over the 1e-3 the tests allow TF32) or ``"ieee"``
             (exact float32 products on FMA units, no tensor cores: the earlier ieee-only kernels took
-            62 ms against 1.8 ms in bf16 for fwd+bwd B16 H8 T750 d64 on an H100). fp16/bf16 inputs and the other backends
-            ignore it (the CPU paths are exact float32).
+            62 ms against 1.8 ms in bf16 for fwd+bwd B16 H8 T750 d64 on an H100). fp16/bf16 inputs
+            and the other backends ignore it (the CPU paths are exact float32).
 
     Returns:
         (B, H, Tq, d) in q's dtype.
