@@ -638,16 +638,15 @@ def appropriate_losses(pred: torch.Tensor, targets: torch.Tensor, pose_weight: f
 
 
 def _diversity(x: torch.Tensor, scale: float) -> torch.Tensor:
-    """Mean over pairs of distinct samples of exp(-||x_i - x_j||^2 / scale); x (B, S, ...)."""
+    """Mean over pairs of distinct samples of exp(-||x_i - x_j||^2 / scale); x (B, S, ...).
+
+    Each unordered pair once (i < j): the term is symmetric, so this equals the mean over the
+    ordered pairs i != j with a third of the (B, S, S, ...) differences' work."""
     B, S = x.shape[:2]
     flat = x.reshape(B, S, -1)
-    dist = (flat[:, :, None] - flat[:, None]).square().sum(-1)                    # (B, S, S)
-    # The off-diagonal pairs (i, j != i) in row-major order, as x[:, ~eye] lists them, by index
-    # arithmetic: a boolean mask would find its elements on the host (a sync on a GPU).
-    k = torch.arange(S * (S - 1), device=x.device)
-    i, j = k // max(S - 1, 1), k % max(S - 1, 1)
-    off = i * S + j + (j >= i).long()
-    return torch.exp(-dist / scale).reshape(B, S * S).index_select(1, off).mean()
+    i, j = torch.triu_indices(S, S, 1, device=x.device)    # built on the device: no host data
+    dist = (flat.index_select(1, i) - flat.index_select(1, j)).square().sum(-1)    # (B, S (S - 1) / 2)
+    return torch.exp(-dist / scale).mean()
 
 
 def reactface_loss(model: ReactFace, out: Dict[str, torch.Tensor], targets: torch.Tensor, valid: torch.Tensor,
