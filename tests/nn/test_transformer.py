@@ -1,8 +1,10 @@
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from reactfast.nn.transformer import encoder, multi_head_attention
+from reactfast.ops import dropout
 
 
 def _grads(module, loss):
@@ -65,3 +67,34 @@ def test_attention_dropout_is_applied_in_training():
     assert not torch.allclose(a, clean) and not torch.allclose(a, b)
     mha.dropout = 0.0
     torch.testing.assert_close(multi_head_attention(mha, x, x, x), clean)
+
+
+@pytest.mark.parametrize("tq", [1, 5])
+def test_dropout_path_equals_the_formula_with_the_same_mask(tq):
+    """In training with attention dropout: softmax(q k^T / sqrt(d) + mask), dropout, @ v, written
+    out with the same generator state (so the same mask), for one query per row (the products-and-
+    sums path) and for several (the matrix-product path); outputs and parameter gradients."""
+    E, H, B, Tk = 32, 4, 6, 3
+    d = E // H
+    torch.manual_seed(3)
+    mha = nn.MultiheadAttention(E, H, dropout=0.3, batch_first=True).double().train()
+    q = torch.randn(B, tq, E, dtype=torch.float64, requires_grad=True)
+    mem = torch.randn(B, Tk, E, dtype=torch.float64, requires_grad=True)
+    pad = torch.zeros(B, Tk, dtype=torch.bool)
+    pad[1, 0] = pad[4, 2] = True
+    torch.manual_seed(7)
+    got = multi_head_attention(mha, q, mem, mem, key_padding_mask=pad)
+
+    def heads(t):
+        return t.view(B, -1, H, d).transpose(1, 2)
+
+    w, b = mha.in_proj_weight, mha.in_proj_bias
+    qq, kk, vv = (heads(F.linear(t, w[i * E:(i + 1) * E], b[i * E:(i + 1) * E])) for i, t in enumerate((q, mem, mem)))
+    bias = torch.zeros(B, Tk, dtype=torch.float64).masked_fill(pad, float("-inf"))[:, None, None]
+    torch.manual_seed(7)
+    probs = dropout(torch.softmax(qq @ kk.transpose(-1, -2) / d ** 0.5 + bias, -1), 0.3)
+    want = mha.out_proj((probs @ vv).transpose(1, 2).reshape(B, tq, E))
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
+    leaves = [q, mem] + [p for p in mha.parameters()]
+    for a, c in zip(torch.autograd.grad(want.square().sum(), leaves), torch.autograd.grad(got.square().sum(), leaves)):
+        torch.testing.assert_close(c, a, atol=1e-10, rtol=1e-9)

@@ -70,6 +70,16 @@ def multi_head_attention(mha: nn.MultiheadAttention, query: torch.Tensor, key: t
     p = mha.dropout if mha.training else 0.0
     if p == 0.0:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    elif q.shape[2] == 1:
+        # One query per row (ReactFace's point-to-point audio blocks: a frame over its k audio
+        # rows): products and sums over the heads' elements, not a batch of (1 x d) @ (d x Tk)
+        # matrix products (thousands of tiny ones). The probabilities keep their (B, H, 1, Tk)
+        # shape, so dropout draws the same mask.
+        scores = (q * k).sum(-1).unsqueeze(2) * (q.shape[-1] ** -0.5)
+        if mask is not None:
+            scores = scores + mask
+        probs = dropout(torch.softmax(scores, -1), p)
+        out = (probs.transpose(-1, -2) * v).sum(2, keepdim=True)
     else:
         scores = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
         if mask is not None:
