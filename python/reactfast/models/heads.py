@@ -14,8 +14,10 @@ from reactfast.data import layout
 
 def activate_emotion(logits: torch.Tensor) -> torch.Tensor:
     """Raw head outputs (..., 25) -> emotion in its valid ranges (..., 25)."""
-    return torch.cat([torch.sigmoid(logits[..., layout.AU]), torch.tanh(logits[..., layout.VA]),
-                      torch.softmax(logits[..., layout.EXPRESSION], -1)], -1)
+    # Each part made contiguous first: torch's CPU kernels take a slice of the last dim element by
+    # element (softplus on one ran 7x slower than on a copy).
+    return torch.cat([torch.sigmoid(logits[..., layout.AU].contiguous()), torch.tanh(logits[..., layout.VA].contiguous()),
+                      torch.softmax(logits[..., layout.EXPRESSION].contiguous(), -1)], -1)
 
 
 def emotion_logits_of(emotion: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
@@ -41,8 +43,10 @@ class EmotionHead(nn.Module):
 def sequence_ccc(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Concordance correlation over time of sequences ``x`` and ``y`` (..., T, C) per channel: (..., C)."""
     mx, my = x.mean(-2, keepdim=True), y.mean(-2, keepdim=True)
-    cov = ((x - mx) * (y - my)).mean(-2)
-    return 2 * cov / (x.var(-2, unbiased=False) + y.var(-2, unbiased=False) + (mx - my).squeeze(-2) ** 2 + eps)
+    xc, yc = x - mx, y - my
+    cov = (xc * yc).mean(-2)
+    # The variances from the centred sequences (torch's var over a strided time axis ran about 4x slower)
+    return 2 * cov / ((xc * xc).mean(-2) + (yc * yc).mean(-2) + (mx - my).squeeze(-2) ** 2 + eps)
 
 
 def emotion_loss(logits: torch.Tensor, target: torch.Tensor, va_weight: float = 1.0,
@@ -56,16 +60,16 @@ def emotion_loss(logits: torch.Tensor, target: torch.Tensor, va_weight: float = 
     against K targets only the pairwise products are S x K (BCE(x, t) = softplus(x) - x t; the KL's
     cross term; the CCC's covariance), not the activations."""
     shape = torch.broadcast_shapes(logits.shape, target.shape)
-    x_au = logits[..., layout.AU]
+    x_au = logits[..., layout.AU].contiguous()        # contiguous parts: see activate_emotion
     t_au = target[..., layout.AU].clamp(0, 1)
     au = F.softplus(x_au).mean((-1, -2)) - (x_au * t_au).mean((-1, -2))
-    va_pred = torch.tanh(logits[..., layout.VA])
+    va_pred = torch.tanh(logits[..., layout.VA].contiguous())
     va_shape = shape[:-1] + va_pred.shape[-1:]
     va = F.smooth_l1_loss(va_pred.expand(va_shape), target[..., layout.VA].expand(va_shape),
                           reduction="none").mean((-1, -2))
     p = target[..., layout.EXPRESSION].clamp(min=0)
     p = p / p.sum(-1, keepdim=True).clamp(min=1e-8)
-    log_q = torch.log_softmax(logits[..., layout.EXPRESSION], -1)
+    log_q = torch.log_softmax(logits[..., layout.EXPRESSION].contiguous(), -1)
     kl = torch.xlogy(p, p).sum(-1).mean(-1) - (p * log_q).sum(-1).mean(-1)
     loss = au + va_weight * va + kl
     if ccc_weight:

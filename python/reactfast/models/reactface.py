@@ -627,9 +627,12 @@ def appropriate_losses(pred: torch.Tensor, targets: torch.Tensor, pose_weight: f
     pred (B, S, T, 58); targets (B, K, T, 58); emotion_logits (B, S, T, 25). Returns (B, S, K)."""
     S, K = pred.shape[1], targets.shape[1]
 
-    def part(dims):   # the dims sliced from the inputs, not from the (B, S, K, T, 58) differences
-        return F.smooth_l1_loss(pred[:, :, None, :, dims].expand(-1, -1, K, -1, -1),
-                                targets[:, None, :, :, dims].expand(-1, S, -1, -1, -1), reduction="none").mean((-1, -2))
+    def part(dims):   # the dims sliced from the inputs (contiguous: torch's CPU loss kernels take a
+        # strided slice element by element), not from the (B, S, K, T, 58) differences
+        p, t = pred[..., dims].contiguous(), targets[..., dims].contiguous()
+        # sum / n, not mean: mean's backward divides a full-size expanded gradient, sum's stays a view
+        return F.smooth_l1_loss(p[:, :, None].expand(-1, -1, K, -1, -1), t[:, None].expand(-1, S, -1, -1, -1),
+                                reduction="none").sum((-1, -2)) / (p.shape[-1] * p.shape[-2])
 
     loss = part(layout.TDMM_EXPRESSION) + pose_weight * part(layout.TDMM_POSE)
     if emotion_logits is not None and emotion_targets is not None:
