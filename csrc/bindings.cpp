@@ -16,6 +16,7 @@
 #include "reactfast/dropout.h"
 #include "reactfast/dtw.h"
 #include "reactfast/frame_diff.h"
+#include "reactfast/gelu_dropout.h"
 #include "reactfast/tlcc.h"
 #include "reactfast/weight_shift.h"
 
@@ -191,6 +192,15 @@ PYBIND11_MODULE(_C, m) {
     py::gil_scoped_release release;
     reactfast::dropout_bwd_cpu(pd, pk, po, n, scale);
   }, py::arg("dy"), py::arg("keep"), py::arg("dx"), py::arg("n"), py::arg("scale"));
+
+  m.def("gelu_dropout_fwd_cpu", [](Buf x, Buf out, Buf dgelu, index_t n, bool drop, std::uint32_t threshold,
+                                   std::uint32_t key0, std::uint32_t key1, float scale) {
+    auto px = ptr<const float>(x);
+    auto po = ptr<float>(out), pg = ptr<float>(dgelu);
+    py::gil_scoped_release release;
+    reactfast::gelu_dropout_fwd_cpu(px, po, pg, n, drop, threshold, key0, key1, scale);
+  }, py::arg("x"), py::arg("out"), py::arg("dgelu"), py::arg("n"), py::arg("drop"), py::arg("threshold"),
+     py::arg("key0"), py::arg("key1"), py::arg("scale"));
 
   m.def("add_layer_norm_fwd_cpu", [](Buf x, Buf h, Buf w, Buf b, Buf out, Buf sum, Buf mean, Buf rstd, Buf keep,
                                      index_t rows, index_t D, bool drop, std::uint32_t threshold, std::uint32_t key0,

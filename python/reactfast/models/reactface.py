@@ -48,7 +48,7 @@ from reactfast.models.heads import EmotionHead, emotion_loss
 from reactfast.nn.attention import BiasedCrossAttention
 from reactfast.nn.dropout import Dropout
 from reactfast.nn.positional import sinusoid
-from reactfast.nn.transformer import add_norm, encoder, multi_head_attention
+from reactfast.nn.transformer import activation_dropout, add_norm, encoder, multi_head_attention
 
 
 @dataclass
@@ -140,7 +140,8 @@ class _FFN(nn.Module):
         self.drop = Dropout(dropout)
 
     def forward(self, x):
-        return add_norm(self.norm, x, self.net(x), self.drop)
+        first, act, drop, second = self.net
+        return add_norm(self.norm, x, second(activation_dropout(act, drop, first(x))), self.drop)
 
 
 class _BiasedBlock(nn.Module):

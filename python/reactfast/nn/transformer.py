@@ -5,7 +5,9 @@ At the generators' sizes (tens of tokens, widths of 64-128) torch's own forwards
 Python argument checks and dispatch than in arithmetic, and their attention-probability dropout
 draws a Bernoulli per element; these take the shortest path (one packed projection, SDPA when no
 dropout applies, :func:`reactfast.ops.dropout` on the probabilities when one does), and end a
-post-norm sublayer with :func:`add_norm` (``norm(x + dropout(h))`` in one fused call).
+post-norm sublayer with :func:`add_norm` (``norm(x + dropout(h))`` in one fused call). A
+feed-forward's ``Dropout(GELU(h))`` is one :func:`reactfast.ops.gelu_dropout` call
+(:func:`activation_dropout`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from reactfast.nn.dropout import Dropout
 from reactfast.ops._checks import autocast_enabled
 from reactfast.ops.add_layer_norm import add_layer_norm
 from reactfast.ops.dropout import dropout
+from reactfast.ops.gelu_dropout import gelu_dropout
 
 
 def add_norm(norm: nn.Module, x: torch.Tensor, h: torch.Tensor, drop: Optional[nn.Module] = None) -> torch.Tensor:
@@ -35,6 +38,15 @@ def add_norm(norm: nn.Module, x: torch.Tensor, h: torch.Tensor, drop: Optional[n
         return norm(x + (h if drop is None else drop(h)))
     p, training = (0.0, False) if drop is None else (drop.p, drop.training)
     return add_layer_norm(x, h, norm.weight, norm.bias, norm.eps, p, training)
+
+
+def activation_dropout(act: nn.Module, drop: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """``drop(act(h))``, the middle of a feed-forward: one :func:`reactfast.ops.gelu_dropout` call
+    when ``act`` is an exact ``nn.GELU`` and ``drop`` a :class:`reactfast.nn.dropout.Dropout` (the
+    fused call draws its mask alike), else as written."""
+    if type(act) is nn.GELU and act.approximate == "none" and isinstance(drop, Dropout):
+        return gelu_dropout(h, drop.p, drop.training)
+    return drop(act(h))
 
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:

@@ -11,8 +11,9 @@ from reactfast.ops.ddim import ddim_step
 from reactfast.ops.dropout import dropout
 from reactfast.ops.dtw import REACT_GROUPS, dtw, weighted_dtw_min
 from reactfast.ops.frame_diff import frame_diff
+from reactfast.ops.gelu_dropout import gelu_dropout
 from reactfast.ops.tlcc import tlcc
 from reactfast.ops.weight_shift import weight_shift_linear
 
-__all__ = ["REACT_GROUPS", "add_layer_norm", "biased_attention", "ccc", "ccc_max", "ddim_step", "dropout", "dtw", "frame_diff", "tlcc",
-           "weighted_dtw_min", "weight_shift_linear"]
+__all__ = ["REACT_GROUPS", "add_layer_norm", "biased_attention", "ccc", "ccc_max", "ddim_step", "dropout", "dtw",
+           "frame_diff", "gelu_dropout", "tlcc", "weighted_dtw_min", "weight_shift_linear"]
