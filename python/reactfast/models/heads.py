@@ -16,8 +16,8 @@ def activate_emotion(logits: torch.Tensor) -> torch.Tensor:
     """Raw head outputs (..., 25) -> emotion in its valid ranges (..., 25)."""
     # Each part made contiguous first: torch's CPU kernels take a slice of the last dim element by
     # element (softplus on one ran 7x slower than on a copy).
-    return torch.cat([torch.sigmoid(logits[..., layout.AU].contiguous()), torch.tanh(logits[..., layout.VA].contiguous()),
-                      torch.softmax(logits[..., layout.EXPRESSION].contiguous(), -1)], -1)
+    au, va, expression = (logits[..., part].contiguous() for part in (layout.AU, layout.VA, layout.EXPRESSION))
+    return torch.cat([torch.sigmoid(au), torch.tanh(va), torch.softmax(expression, -1)], -1)
 
 
 def emotion_logits_of(emotion: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
