@@ -57,6 +57,28 @@ def test_loss_and_gradients(device):
     assert set(losses) == {"loss", "rec", "kl", "div", "smooth", "speaker_rec"}
 
 
+def test_fused_feed_forward_equals_the_modules_in_training(monkeypatch):
+    """With dropout on, the feed-forwards' fused GELU + dropout (``activation_dropout``) against the
+    same modules run one by one (``nn.GELU``, then the package's ``Dropout``) from the same generator
+    state: the same masks, so the training pass agrees to float32 rounding, outputs and gradients."""
+    from reactfast.models import reactface as module
+
+    model = tiny(dropout=0.2).train()
+    speaker, audio = inputs(B=2, T=32)
+    results = []
+    for fused in (True, False):
+        if not fused:
+            monkeypatch.setattr(module, "activation_dropout", lambda act, drop, h: drop(act(h)))
+        torch.manual_seed(3)
+        out = model(speaker, audio, generator=gen(0))
+        loss = out["3dmm"].square().mean() + out["emotion"].square().mean()
+        grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)   # the speaker head: unused
+        results.append([loss.detach()] + [g for g in grads if g is not None])
+    assert len(results[0]) == len(results[1]) > 20
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_sampling_deterministic_and_diverse(device):
     model = tiny(device).eval()
     speaker, audio = inputs(B=1, T=24, device=device)
