@@ -23,6 +23,24 @@ def check_tensor(name: str, x, ndim: Optional[int] = None, dtypes: Optional[Sequ
     return x
 
 
+def check_dropout_args(x, p, seed, backend: Optional[str], implemented: Sequence[str]) -> torch.Tensor:
+    """The arguments the dropout-bearing ops (dropout, add_layer_norm, gelu_dropout) share: x a
+    floating-point tensor of fewer than 2^32 elements (the mask hashes 32-bit element indices), p a
+    probability, seed None or an int, backend None or one of ``implemented``."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got "
+                        f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if backend is not None and backend not in implemented:
+        raise ValueError(f"backend must be one of {tuple(implemented)} or None, got {backend!r}")
+    if x.numel() >= 2 ** 32:
+        raise ValueError(f"x must have fewer than 2^32 elements, got {x.numel()}")
+    return x
+
+
 def check_same_device(**tensors: torch.Tensor) -> torch.device:
     devices = {name: t.device for name, t in tensors.items()}
     first = next(iter(devices.values()))

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from reactfast import _backend
-from reactfast.ops.dropout import draw_seed, dropout
+from reactfast.ops._checks import check_dropout_args
+from reactfast.ops.dropout import draw_seed, dropout, fused_route
 from reactfast.reference import add_layer_norm as _ref
 from reactfast.reference import dropout as _ref_dropout
 
@@ -121,7 +122,7 @@ def add_layer_norm(x: torch.Tensor, h: torch.Tensor, weight: Optional[torch.Tens
         >>> norm = torch.nn.LayerNorm(64)
         >>> y = add_layer_norm(x, attn_out, norm.weight, norm.bias, norm.eps, p=0.1)
     """
-    _check("x", x, 0)
+    check_dropout_args(x, p, seed, backend, IMPLEMENTED)
     D = x.shape[-1] if x.dim() else 0
     if x.dim() == 0 or D == 0:
         raise ValueError(f"x must have a non-empty last dimension, got shape {tuple(x.shape)}")
@@ -133,30 +134,14 @@ def add_layer_norm(x: torch.Tensor, h: torch.Tensor, weight: Optional[torch.Tens
     _check("bias", bias, D, optional=True)
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
         raise ValueError(f"eps must be a positive number, got {eps!r}")
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
-        raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    if backend is not None and backend not in IMPLEMENTED:
-        raise ValueError(f"backend must be one of {IMPLEMENTED} or None, got {backend!r}")
-    if x.numel() >= 2 ** 32:
-        raise ValueError(f"x must have fewer than 2^32 elements, got {x.numel()}")
     p = float(p) if training else 0.0
-    fast = (backend != "reference" and _CPP_OK and p < 1.0 and not torch.compiler.is_compiling()
-            and x.device.type == "cpu" and x.dtype == torch.float32
-            and all(t is None or (t.dtype == torch.float32 and t.device.type == "cpu") for t in (weight, bias)))
-    if backend == "cpp" and not fast:
-        _backend.select("add_layer_norm", x.device, IMPLEMENTED, backend)      # raises when cpp cannot run
-        raise ValueError("backend 'cpp' takes float32 CPU tensors (x, h, weight, bias) outside torch.compile "
-                         f"and p < 1, got x {x.dtype} on {x.device}, p {p}")
-    forced = _backend.forced_backend("add_layer_norm") if backend is None else None
-    if forced is not None and forced != "cpp":
-        fast = False
-    if not fast:
-        if backend == "reference" or forced == "reference":
-            if p > 0.0 and seed is None:
-                seed = draw_seed(generator)
-            return _ref.add_layer_norm(x, h, weight, bias, eps, p, seed)
+    affine_ok = all(t is None or (t.dtype == torch.float32 and t.device.type == "cpu") for t in (weight, bias))
+    route = fused_route("add_layer_norm", x, p, backend, IMPLEMENTED, _CPP_OK, affine_ok, "x, h, weight, bias")
+    if route == "reference":
+        if p > 0.0 and seed is None:
+            seed = draw_seed(generator)
+        return _ref.add_layer_norm(x, h, weight, bias, eps, p, seed)
+    if route == "composite":
         if p > 0.0:
             h = dropout(h, p, True, seed=seed, generator=generator)
         return F.layer_norm(x + h, (D,), weight, bias, eps)

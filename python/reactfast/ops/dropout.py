@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from reactfast import _backend
+from reactfast.ops._checks import check_dropout_args
 from reactfast.reference import dropout as _ref
 
 IMPLEMENTED = ("cpp", "reference")
@@ -111,6 +112,26 @@ def _compiled_dropout(x: torch.Tensor, p: float, seed: Optional[int]) -> torch.T
     return _hashed_dropout(x, float(p), key)[0]
 
 
+def fused_route(op: str, x: torch.Tensor, p: float, backend: Optional[str], implemented, cpp_ok: bool,
+                inputs_ok: bool = True, inputs: str = "x") -> str:
+    """Where a call of an op with dropout fused into a C++ kernel (``add_layer_norm``,
+    ``gelu_dropout``) goes: ``"cpp"`` for float32 CPU ``x`` outside torch.compile with p < 1 (and
+    ``inputs_ok``, the op's other tensors alike), unless REACTFAST_BACKEND names another backend for
+    ``op``; ``"reference"`` when ``backend`` or REACTFAST_BACKEND asks for it; else ``"composite"``
+    (the op written over :func:`dropout`). ``backend="cpp"`` where the kernel cannot take the call
+    raises, naming ``inputs``."""
+    fast = (backend != "reference" and cpp_ok and p < 1.0 and not torch.compiler.is_compiling()
+            and x.device.type == "cpu" and x.dtype == torch.float32 and inputs_ok)
+    if backend == "cpp" and not fast:
+        _backend.select(op, x.device, implemented, backend)      # raises when cpp cannot run here at all
+        raise ValueError(f"backend 'cpp' takes float32 CPU tensors ({inputs}) outside torch.compile and p < 1, "
+                         f"got x {x.dtype} on {x.device}, p {p}")
+    forced = _backend.forced_backend(op) if backend is None else None
+    if fast and forced in (None, "cpp"):
+        return "cpp"
+    return "reference" if "reference" in (backend, forced) else "composite"
+
+
 def draw_seed(generator: Optional[torch.Generator] = None) -> int:
     """One 63-bit seed from ``generator`` (default: torch's global CPU generator)."""
     return int(torch.empty((), dtype=torch.int64).random_(generator=generator))
@@ -138,21 +159,11 @@ def dropout(x: torch.Tensor, p: float, training: bool = True, seed: Optional[int
     Example:
         >>> y = dropout(torch.randn(8, 32, 64), 0.1)
     """
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point tensor, got "
-                        f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}")
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
-        raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
-    if backend is not None and backend not in IMPLEMENTED:
-        raise ValueError(f"backend must be one of {IMPLEMENTED} or None, got {backend!r}")
-    if x.numel() >= 2 ** 32:
-        raise ValueError(f"x must have fewer than 2^32 elements, got {x.numel()}")
+    check_dropout_args(x, p, seed, backend, IMPLEMENTED)
     if not training or p == 0.0:
         return x
     if p == 1.0:
         return x * 0.0
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
     if torch.compiler.is_compiling():
         return _compiled_dropout(x, p, seed)
     if backend is None and seed is None and x.is_cuda:

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from reactfast import _backend
-from reactfast.ops.dropout import draw_seed, dropout
+from reactfast.ops._checks import check_dropout_args
+from reactfast.ops.dropout import draw_seed, dropout, fused_route
 from reactfast.reference import dropout as _ref_dropout
 from reactfast.reference import gelu_dropout as _ref
 
@@ -84,32 +85,14 @@ def gelu_dropout(x: torch.Tensor, p: float = 0.0, training: bool = True, seed: O
     Example:
         >>> h = linear2(gelu_dropout(linear1(x), 0.1))
     """
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point tensor, got "
-                        f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}")
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
-        raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    if backend is not None and backend not in IMPLEMENTED:
-        raise ValueError(f"backend must be one of {IMPLEMENTED} or None, got {backend!r}")
-    if x.numel() >= 2 ** 32:
-        raise ValueError(f"x must have fewer than 2^32 elements, got {x.numel()}")
+    check_dropout_args(x, p, seed, backend, IMPLEMENTED)
     p = float(p) if training else 0.0
-    fast = (backend != "reference" and _CPP_OK and p < 1.0 and not torch.compiler.is_compiling()
-            and x.device.type == "cpu" and x.dtype == torch.float32)
-    if backend == "cpp" and not fast:
-        _backend.select("gelu_dropout", x.device, IMPLEMENTED, backend)      # raises when cpp cannot run
-        raise ValueError(f"backend 'cpp' takes float32 CPU tensors outside torch.compile and p < 1, got x {x.dtype} "
-                         f"on {x.device}, p {p}")
-    forced = _backend.forced_backend("gelu_dropout") if backend is None else None
-    if forced is not None and forced != "cpp":
-        fast = False
-    if not fast:
-        if backend == "reference" or forced == "reference":
-            if p > 0.0 and seed is None:
-                seed = draw_seed(generator)
-            return _ref.gelu_dropout(x, p, seed)
+    route = fused_route("gelu_dropout", x, p, backend, IMPLEMENTED, _CPP_OK)
+    if route == "reference":
+        if p > 0.0 and seed is None:
+            seed = draw_seed(generator)
+        return _ref.gelu_dropout(x, p, seed)
+    if route == "composite":
         return dropout(F.gelu(x), p, True, seed=seed, generator=generator) if p > 0.0 else F.gelu(x)
     if p > 0.0 and seed is None:
         seed = draw_seed(generator)
