@@ -1,5 +1,6 @@
 #include "reactfast/dropout.h"
 
+#include "blocks.h"
 #include "mask8.h"
 
 namespace reactfast {
@@ -28,23 +29,13 @@ RF_CLONES void bwd_block(const float* dy, const std::uint8_t* keep, float* dx, i
 
 void dropout_fwd_cpu(const float* x, float* out, std::uint8_t* keep, index_t n, std::uint32_t threshold,
                      std::uint32_t key0, std::uint32_t key1, float scale) {
-  const index_t blocks = (n + kBlock - 1) / kBlock;
-#pragma omp parallel for schedule(static) if (n > kParallel)
-  for (index_t b = 0; b < blocks; ++b) {
-    const index_t begin = b * kBlock;
-    const index_t end = begin + kBlock < n ? begin + kBlock : n;
+  for_blocks(n, kBlock, kParallel, [&](index_t begin, index_t end) {
     fwd_block(x, out, keep, begin, end, threshold, key0, key1, scale);
-  }
+  });
 }
 
 void dropout_bwd_cpu(const float* dy, const std::uint8_t* keep, float* dx, index_t n, float scale) {
-  const index_t blocks = (n + kBlock - 1) / kBlock;
-#pragma omp parallel for schedule(static) if (n > kParallel)
-  for (index_t b = 0; b < blocks; ++b) {
-    const index_t begin = b * kBlock;
-    const index_t end = begin + kBlock < n ? begin + kBlock : n;
-    bwd_block(dy, keep, dx, begin, end, scale);
-  }
+  for_blocks(n, kBlock, kParallel, [&](index_t begin, index_t end) { bwd_block(dy, keep, dx, begin, end, scale); });
 }
 
 }  // namespace reactfast

@@ -5,6 +5,7 @@
 
 #include <cstring>
 
+#include "blocks.h"
 #include "isa.h"
 #include "mask8.h"
 #include "vec8.h"
@@ -77,13 +78,9 @@ RF_LANE_FUNCTION(void, fwd_range,
 
 void gelu_dropout_fwd_cpu(const float* x, float* out, float* dgelu, index_t n, bool drop, std::uint32_t threshold,
                           std::uint32_t key0, std::uint32_t key1, float scale) {
-  const index_t blocks = (n + kBlock - 1) / kBlock;
-#pragma omp parallel for schedule(static) if (n > kParallel)
-  for (index_t b = 0; b < blocks; ++b) {
-    const index_t begin = b * kBlock;
-    const index_t end = begin + kBlock < n ? begin + kBlock : n;
+  for_blocks(n, kBlock, kParallel, [&](index_t begin, index_t end) {
     fwd_range(x, out, dgelu, begin, end, drop, threshold, key0, key1, scale);
-  }
+  });
 }
 
 }  // namespace reactfast
