@@ -57,26 +57,40 @@ def test_loss_and_gradients(device):
     assert set(losses) == {"loss", "rec", "kl", "div", "smooth", "speaker_rec"}
 
 
-def test_fused_feed_forward_equals_the_modules_in_training(monkeypatch):
-    """With dropout on, the feed-forwards' fused GELU + dropout (``activation_dropout``) against the
-    same modules run one by one (``nn.GELU``, then the package's ``Dropout``) from the same generator
-    state: the same masks, so the training pass agrees to float32 rounding, outputs and gradients."""
+def test_feed_forwards_take_the_fused_gelu_dropout_in_training(monkeypatch):
+    """With dropout on, every feed-forward's ``Dropout(GELU(h))`` in the training pass is one fused
+    call, whose output is the float64 reference's for the same h, the module's p and the seed the
+    generator gave (the state before each call is replayed); and the pass draws as many seeds as the
+    modules run one by one would (the same generator state after it)."""
     from reactfast.models import reactface as module
+    from reactfast.ops.dropout import draw_seed
+    from reactfast.reference.gelu_dropout import gelu_dropout as ref
+    from reactfast.testing import assert_rel_close
 
     model = tiny(dropout=0.2).train()
     speaker, audio = inputs(B=2, T=32)
-    results = []
-    for fused in (True, False):
-        if not fused:
-            monkeypatch.setattr(module, "activation_dropout", lambda act, drop, h: drop(act(h)))
-        torch.manual_seed(3)
-        out = model(speaker, audio, generator=gen(0))
-        loss = out["3dmm"].square().mean() + out["emotion"].square().mean()
-        grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)   # the speaker head: unused
-        results.append([loss.detach()] + [g for g in grads if g is not None])
-    assert len(results[0]) == len(results[1]) > 20
-    for a, b in zip(*results):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    calls = []
+    fused = module.activation_dropout
+
+    def spy(act, drop, h):
+        state = torch.get_rng_state()
+        out = fused(act, drop, h)
+        calls.append((h.detach().clone(), drop.p, state, out))
+        return out
+
+    monkeypatch.setattr(module, "activation_dropout", spy)
+    torch.manual_seed(3)
+    model(speaker, audio, generator=gen(0))
+    after_fused = torch.rand(())
+    assert len(calls) > 10
+    for i, (h, p, state, out) in enumerate(calls):
+        assert type(out.grad_fn).__name__ == "_GeluDropoutBackward", out.grad_fn
+        torch.set_rng_state(state)
+        assert_rel_close(f"feed-forward {i}", ref(h.double(), p, draw_seed()), out, torch.float32)
+    monkeypatch.setattr(module, "activation_dropout", lambda act, drop, h: drop(act(h)))
+    torch.manual_seed(3)
+    model(speaker, audio, generator=gen(0))
+    assert torch.equal(torch.rand(()), after_fused)
 
 
 def test_sampling_deterministic_and_diverse(device):
