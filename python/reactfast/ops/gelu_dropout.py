@@ -3,10 +3,10 @@
 
 On a CPU, torch's GELU and its backward each take a pass over the hidden activations (its
 backward, which evaluates erf and exp again, is the costlier), and dropout two more; at ReactFace's
-sizes the four were about 10 ms of a demo training step. The C++ kernel makes one pass forward: the
-GELU (exact, by erfc: see ``reactfast/gelu_dropout.h``), the mask, the scaled output, and the
-factor its backward needs (the slope of GELU times the mask and scale), so the backward is one
-multiply. The kept factor takes the memory torch's GELU would keep for its input.
+sizes the four were about 11 ms of a demo training step (profiled). The C++ kernel makes one pass
+forward: the GELU (exact, by erfc: see ``reactfast/gelu_dropout.h``), the mask, the scaled output,
+and the factor its backward needs (the slope of GELU times the mask and scale), so the backward is
+one multiply. The kept factor takes the memory torch's GELU would keep for its input.
 
 The mask is ``reactfast.ops.dropout``'s: the key is one draw from torch's generator per call, so a
 fused call drops exactly what ``dropout(gelu(x), p)`` would from the same generator state.
