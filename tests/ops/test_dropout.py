@@ -134,6 +134,9 @@ def test_bad_arguments():
         dropout(torch.ones(3), 0.1, backend="triton")
     with pytest.raises(TypeError, match="seed must be an int"):
         dropout(torch.ones(3), 0.1, seed=1.5)
+    for p, training in ((0.0, True), (0.1, False)):       # checked before the early returns too
+        with pytest.raises(TypeError, match="seed must be an int"):
+            dropout(torch.ones(3), p, training, seed="7")
 
 
 def test_output_is_written_by_the_kernel():
