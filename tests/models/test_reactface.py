@@ -121,6 +121,58 @@ def test_streaming_equals_generate(device, chunks):
         assert_close(key, offline[key][0], online[key], atol=1e-5, rtol=1e-5)
 
 
+def _step_loop(model, speaker, audio, noise, W, rows, state=None):
+    """The window-by-window steps a stream takes (rows samples per conversation): what ``run`` computes
+    offline."""
+    G = speaker.shape[0]
+    state = state or model.init_state(G * rows, W, speaker.device, conversations=G)
+    outs = []
+    for i in range(speaker.shape[1] // W):
+        out, state = model.step(state, speaker[:, i * W:(i + 1) * W], audio[:, 2 * i * W:2 * (i + 1) * W], noise[i])
+        outs.append(out)
+    return {key: torch.cat([o[key] for o in outs], 1) for key in ("3dmm", "emotion")}, state
+
+
+@pytest.mark.parametrize("T", [48, 80])       # within the context (32 frames) after two windows, and well past it
+def test_training_pass_equals_the_step_loop(device, T):
+    """The offline loop (the whole clip's keys, each window reading its visible ones, and no fusion of
+    the fresh state's empty past) against the stream's steps over rolling buffers: outputs and
+    gradients, in training mode (dropout 0: the two draw their masks apart)."""
+    model = tiny(device, window_train=16).train()
+    speaker, audio = inputs(B=2, T=T, device=device)
+    noise = torch.randn(T // 16, 6, 32, generator=torch.Generator().manual_seed(2)).to(device)
+    weights = {key: torch.randn(2, 3, T, n, device=device) for key, n in (("3dmm", 58), ("emotion", 25))}
+
+    def grads(out):
+        model.zero_grad()
+        sum((out[key].reshape(2, 3, T, -1) * w).sum() for key, w in weights.items()).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    offline = model.run(speaker, audio, 16, noise, rows=3)
+    offline_grads = grads(offline)
+    stepped, _ = _step_loop(model, speaker, audio, noise, 16, rows=3)
+    stepped_grads = grads(stepped)
+    for key in ("3dmm", "emotion"):
+        assert_close(key, stepped[key], offline[key], atol=1e-5, rtol=1e-5)
+    assert set(offline_grads) == set(stepped_grads)
+    for name, g in stepped_grads.items():
+        assert_close(name, g, offline_grads[name], atol=1e-4, rtol=1e-4)
+
+
+def test_run_from_a_given_state_equals_further_steps(device):
+    """``run`` continuing a stream's state (its buffers before the clip's keys) against the stream's
+    own further steps."""
+    model = tiny(device).eval()
+    speaker, audio = inputs(B=2, T=72, device=device)
+    noise = torch.randn(9, 4, 32, generator=torch.Generator().manual_seed(3)).to(device)
+    _, state = _step_loop(model, speaker[:, :40], audio[:, :80], noise[:5], 8, rows=2)
+    with torch.no_grad():
+        stepped, _ = _step_loop(model, speaker[:, 40:], audio[:, 80:], noise[5:], 8, rows=2, state=state)
+        offline = model.run(speaker[:, 40:], audio[:, 80:], 8, noise[5:], rows=2, state=state)
+    for key in ("3dmm", "emotion"):
+        assert_close(key, stepped[key], offline[key], atol=1e-5, rtol=1e-5)
+
+
 def test_runner_batches_streams_of_different_ages(device):
     model = tiny(device).eval()
     speaker, audio = inputs(B=3, T=48, seed=1, device=device)

@@ -158,10 +158,10 @@ class _BiasedBlock(nn.Module):
     def kv(self, keys):
         return self.attn.project_kv(keys, keys)
 
-    def forward(self, x, k, v, q_offset=0, key_start=None, share=None):
+    def forward(self, x, k, v, q_offset=0, key_start=None, key_lengths=None, share=None):
         """``share``: how query rows map to key rows, (None | ("repeat", r) | ("index", group))."""
         kw = {} if share is None else ({"kv_repeat": share[1]} if share[0] == "repeat" else {"kv_index": share[1]})
-        h = self.attn.attend(x, k, v, q_offset, key_start=key_start, dropout=False, **kw)
+        h = self.attn.attend(x, k, v, q_offset, key_lengths=key_lengths, key_start=key_start, dropout=False, **kw)
         return self.ffn(add_norm(self.norm, x, h, self.attn.dropout))
 
 
@@ -262,7 +262,15 @@ def _front_pad(x: torch.Tensor, n: int) -> torch.Tensor:
 
 @dataclass
 class _SpeakerWindow:
-    """The speaker side of one window for its listener step: buffers (G rows) and the window's keys."""
+    """The speaker side of one window for its listener step: its buffers' keys (G rows) and the
+    window's own keys.
+
+    The buffers are right-aligned windows of C frames (kC audio rows) ending at the window's last
+    frame. A stream's step holds them as such (``shift`` 0, ``length`` None). The offline loop passes
+    the keys of the whole clip instead, each window reading its visible ones: buffer frame j is key
+    frame j + ``shift`` of the tensors here, and key frames from ``length`` on (the later windows')
+    are masked out. No per-window slices are made, whose backward would fill a zero gradient of the
+    whole clip's keys for every window."""
 
     enc_k: torch.Tensor
     enc_v: torch.Tensor
@@ -271,6 +279,8 @@ class _SpeakerWindow:
     count: torch.Tensor
     slbs_audio: Tuple[torch.Tensor, torch.Tensor]
     slbs_speaker: Tuple[torch.Tensor, torch.Tensor]
+    shift: int = 0
+    length: Optional[int] = None
 
 
 @register
@@ -400,12 +410,19 @@ class ReactFace(Generator):
                                 slbs_audio=self.slbs_audio.kv(a), slbs_speaker=self.slbs_speaker.kv(enc))
         return enc, window, dict(speaker_k=speaker_k, speaker_v=speaker_v)
 
-    def _listener_step(self, state: ReactFaceState, sw: _SpeakerWindow, noise: torch.Tensor, W: int):
-        """The listener side of one window for R samples, given the speaker side of their conversations."""
+    def _listener_step(self, state: ReactFaceState, sw: _SpeakerWindow, noise: torch.Tensor, W: int,
+                       fresh: bool = False):
+        """The listener side of one window for R samples, given the speaker side of their conversations.
+
+        ``fresh``: the caller knows on the host that ``state`` is a fresh one (no sample has a
+        previous window, its past buffer all zeros). The past-listener fusion then has nothing to
+        fuse: its tokens would enter the past buffer uncounted (``past_count`` stays 0), masked out
+        of every later attention, so it is skipped (the same outputs; training draws fewer dropout
+        masks)."""
         cfg = self.config
         C, k, R = cfg.context, cfg.audio_per_frame, state.batch
         device = noise.device
-        start = C - sw.count
+        start = C - sw.count + sw.shift
         if len(set(state.rows)) == 1:
             # Every conversation has r samples: each speaker row's keys serve its r rows, read once.
             share = ("repeat", state.rows[0])
@@ -413,11 +430,16 @@ class ReactFace(Generator):
             share = ("index", state.group)
             start = start.index_select(0, state.group)
         Wp = state.prev_frames.shape[1]
-        prev_pos = (state.frame[:, None] - Wp + torch.arange(Wp, device=device)[None]) % cfg.period
-        y = self.listener_proj(state.prev_frames) + sinusoid(prev_pos, cfg.dim)
-        y = self.fuse_audio(y, sw.audio_k, sw.audio_v, q_offset=C - W - Wp, key_start=k * start, share=share)
-        y = self.fuse_speaker(y, sw.enc_k, sw.enc_v, q_offset=C - W - Wp, key_start=start, share=share)
-        past = _roll(state.past, y)
+        if fresh:
+            past = state.past            # zeros: rolling in tokens that stay masked changes nothing read
+        else:
+            prev_pos = (state.frame[:, None] - Wp + torch.arange(Wp, device=device)[None]) % cfg.period
+            y = self.listener_proj(state.prev_frames) + sinusoid(prev_pos, cfg.dim)
+            q0, end = C - W - Wp + sw.shift, sw.length
+            y = self.fuse_audio(y, sw.audio_k, sw.audio_v, q_offset=q0, key_start=k * start,
+                                key_lengths=None if end is None else k * end, share=share)
+            y = self.fuse_speaker(y, sw.enc_k, sw.enc_v, q_offset=q0, key_start=start, key_lengths=end, share=share)
+            past = _roll(state.past, y)
         past_count = torch.where(state.has_prev, torch.clamp(state.past_count + Wp, max=cfg.past), state.past_count)
         tokens = torch.cat([self.dist_tokens[None].expand(R, -1, -1),
                             past + sinusoid(torch.arange(cfg.past, device=device), cfg.dim)[None]], 1)
@@ -522,25 +544,25 @@ class ReactFace(Generator):
         enc = self._encode(x, h_attn, a)
         ek, ev = self.fuse_speaker.kv(enc)
         ak, av = self.fuse_audio.kv(a)
-        buffers = {"enc_k": torch.cat([state.enc_k, ek], 2), "enc_v": torch.cat([state.enc_v, ev], 2),
-                   "audio_k": torch.cat([state.audio_k, ak], 2), "audio_v": torch.cat([state.audio_v, av], 2),
-                   "speaker_k": torch.cat([state.speaker_k, sk], 2), "speaker_v": torch.cat([state.speaker_v, sv], 2)}
+        # The windows read the keys of the whole clip (after the state's buffers, unless the state is
+        # fresh: its buffers are empty slots no query sees), each up to its own last frame.
+        prefix = 0 if fresh else C
+        if not fresh:
+            ek, ev = torch.cat([state.enc_k, ek], 2), torch.cat([state.enc_v, ev], 2)
+            ak, av = torch.cat([state.audio_k, ak], 2), torch.cat([state.audio_v, av], 2)
         slbs_a, slbs_s = self.slbs_audio.kv(a), self.slbs_speaker.kv(enc)
         collected: Dict[str, List[torch.Tensor]] = {}
         for i in range(n):
             e = (i + 1) * W
-            window_kv = {name: buf.narrow(2, (k if "audio" in name else 1) * e, buf.shape[2] - (k if "audio" in name
-                                                                                              else 1) * n * W)
-                         for name, buf in buffers.items()}
             count = torch.clamp(state.count + W, max=C)
-            sw = _SpeakerWindow(enc_k=window_kv["enc_k"], enc_v=window_kv["enc_v"], audio_k=window_kv["audio_k"],
-                                audio_v=window_kv["audio_v"], count=count,
+            sw = _SpeakerWindow(enc_k=ek, enc_v=ev, audio_k=ak, audio_v=av, count=count,
                                 slbs_audio=tuple(t[:, :, k * (e - W):k * e] for t in slbs_a),
-                                slbs_speaker=tuple(t[:, :, e - W:e] for t in slbs_s))
-            out, listener = self._listener_step(state, sw, noise[i], W)
-            new_state = dataclasses.replace(state, speaker_k=window_kv["speaker_k"], speaker_v=window_kv["speaker_v"],
-                                            enc_k=sw.enc_k, enc_v=sw.enc_v, audio_k=sw.audio_k, audio_v=sw.audio_v,
-                                            count=count, **listener)
+                                slbs_speaker=tuple(t[:, :, e - W:e] for t in slbs_s), shift=prefix + e - C,
+                                length=prefix + e)
+            out, listener = self._listener_step(state, sw, noise[i], W, fresh=fresh and i == 0)
+            # The loop's states carry the listener side and the frame count; run returns no state,
+            # so the speaker buffers are not rolled along.
+            new_state = dataclasses.replace(state, count=count, **listener)
             if post is not None:
                 out, new_state = post(out, state, new_state)
             state = new_state
