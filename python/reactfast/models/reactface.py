@@ -27,7 +27,8 @@ conversation length and streams of different ages batch together. The buffers ho
 and values: each frame is projected once, when it arrives. The speaker side runs once per
 conversation, shared by its samples (``ReactFaceState.rows``). Offline (``run``, for training and
 ``generate``) the speaker side of all windows is computed at once and each window's listener step
-reads its slice of the same buffers, so streaming equals offline generation.
+reads, of the whole clip's keys, those its buffers would hold, so streaming equals offline
+generation. From a fresh state the first window has no past to fuse, and the loop skips that fusion.
 """
 
 from __future__ import annotations
@@ -253,11 +254,6 @@ def _roll(buffer: torch.Tensor, new: torch.Tensor, dim: int = 1) -> torch.Tensor
     """Append ``new`` at the end of a right-aligned buffer of fixed size along ``dim``, dropping the oldest."""
     size = buffer.shape[dim]
     return torch.cat([buffer, new], dim).narrow(dim, new.shape[dim], size)
-
-
-def _front_pad(x: torch.Tensor, n: int) -> torch.Tensor:
-    """n zero rows before ``x`` along dim 2 (the key axis of (G, H, T, d) keys)."""
-    return torch.cat([x.new_zeros(x.shape[0], x.shape[1], n, x.shape[3]), x], 2)
 
 
 @dataclass
