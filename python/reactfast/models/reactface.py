@@ -321,6 +321,10 @@ class ReactFace(Generator):
         self.slbs_speaker = _BiasedBlock(cfg, backend=attn)
         self.head_3dmm = nn.Linear(D, cfg.out_3dmm)
         self.head_emotion = EmotionHead(D) if cfg.out_emotion else None
+        # The encodings of positions every window reads again (a frame's phase in the bias period, a
+        # slot of the past buffer), computed once: the same values as sinusoid() of each call.
+        self.register_buffer("phase_codes", sinusoid(torch.arange(cfg.period), D), persistent=False)
+        self.register_buffer("past_codes", sinusoid(torch.arange(cfg.past), D), persistent=False)
 
     @classmethod
     def data_defaults(cls, audio_dim: int) -> Dict[str, object]:
@@ -429,8 +433,8 @@ class ReactFace(Generator):
         if fresh:
             past = state.past            # zeros: rolling in tokens that stay masked changes nothing read
         else:
-            prev_pos = (state.frame[:, None] - Wp + torch.arange(Wp, device=device)[None]) % cfg.period
-            y = self.listener_proj(state.prev_frames) + sinusoid(prev_pos, cfg.dim)
+            phase = (state.frame[:, None] - Wp + torch.arange(Wp, device=device)[None]) % cfg.period
+            y = self.listener_proj(state.prev_frames) + self.phase_codes[phase]
             q0, end = C - W - Wp + sw.shift, sw.length
             y = self.fuse_audio(y, sw.audio_k, sw.audio_v, q_offset=q0, key_start=k * start,
                                 key_lengths=None if end is None else k * end, share=share)
@@ -438,7 +442,7 @@ class ReactFace(Generator):
             past = _roll(state.past, y)
         past_count = torch.where(state.has_prev, torch.clamp(state.past_count + Wp, max=cfg.past), state.past_count)
         tokens = torch.cat([self.dist_tokens[None].expand(R, -1, -1),
-                            past + sinusoid(torch.arange(cfg.past, device=device), cfg.dim)[None]], 1)
+                            past + self.past_codes[None]], 1)
         invalid = torch.arange(cfg.past, device=device)[None] < (cfg.past - past_count)[:, None]
         mask = torch.cat([torch.zeros(R, 2, dtype=torch.bool, device=device), invalid], 1)
         out = encoder(self.cie, tokens, mask)
