@@ -63,16 +63,21 @@ def test_gelu_elementwise_accuracy_over_the_whole_range():
 
 
 @cpp
-def test_special_values_as_torch_gelu():
-    x = torch.tensor([float("-inf"), float("inf"), float("nan"), -100.0, 100.0, 0.0, -0.0, -1e-30, 1e-30],
-                     requires_grad=True)
+def test_special_values():
+    """Non-finite, huge and signed-zero inputs, the values written out: +inf passes (x Phi(x)), -inf
+    gives NaN (-inf times Phi's 0, as x (1 + erf(x / sqrt 2)) / 2 gives too) and so do the slopes at
+    +-inf (their x phi(x) term is inf times 0); signs of zeros and tiny values are kept. torch's own
+    F.gelu is no oracle here: its value at +inf depends on the machine (the +inf this kernel gives on
+    the 2-core AMD AVX2 VM, NaN on an Intel AVX-512 one, torch 2.13 on both)."""
+    nan, inf = float("nan"), float("inf")
+    x = torch.tensor([-inf, inf, nan, -100.0, 100.0, 0.0, -0.0, -1e-30, 1e-30], requires_grad=True)
     out = gelu_dropout(x)
     (g,) = torch.autograd.grad(out, x, torch.ones_like(out))
-    xt = x.detach().clone().requires_grad_()
-    expected = F.gelu(xt)
-    (gt,) = torch.autograd.grad(expected, xt, torch.ones_like(expected))
-    torch.testing.assert_close(out.detach(), expected.detach(), equal_nan=True, rtol=1e-6, atol=0)
-    torch.testing.assert_close(g, gt, equal_nan=True, rtol=1e-6, atol=0)
+    expected = torch.tensor([nan, inf, nan, -0.0, 100.0, 0.0, -0.0, -5e-31, 5e-31])
+    slope = torch.tensor([nan, nan, nan, 0.0, 1.0, 0.5, 0.5, 0.5, 0.5])
+    torch.testing.assert_close(out.detach(), expected, equal_nan=True, rtol=1e-6, atol=0)
+    assert torch.equal(torch.signbit(out.detach()[3:]), torch.signbit(expected[3:]))
+    torch.testing.assert_close(g, slope, equal_nan=True, rtol=1e-6, atol=0)
 
 
 @cpp
