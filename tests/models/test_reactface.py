@@ -57,37 +57,42 @@ def test_loss_and_gradients(device):
     assert set(losses) == {"loss", "rec", "kl", "div", "smooth", "speaker_rec"}
 
 
-def test_feed_forwards_take_the_fused_gelu_dropout_in_training(monkeypatch):
-    """With dropout on, every feed-forward's ``Dropout(GELU(h))`` in the training pass is one fused
-    call, whose output is the float64 reference's for the same h, the module's p and the seed the
-    generator gave (the state before each call is replayed); and the pass draws as many seeds as the
-    modules run one by one would (the same generator state after it)."""
+def test_feed_forwards_take_the_fused_sublayer_in_training(monkeypatch):
+    """With dropout on, every feed-forward sublayer of the training pass is one fused call (one
+    autograd node), whose output is the float64 reference's for the same input, the modules'
+    parameters and p and the seeds the generator gave (the state before each call replayed); and the
+    pass draws as many seeds as the modules run one by one would (the same generator state after)."""
     from reactfast.models import reactface as module
     from reactfast.ops.dropout import draw_seed
-    from reactfast.reference.gelu_dropout import gelu_dropout as ref
+    from reactfast.reference.feed_forward import feed_forward as ref
     from reactfast.testing import assert_rel_close
 
     model = tiny(dropout=0.2).train()
     speaker, audio = inputs(B=2, T=32)
     calls = []
-    fused = module.activation_dropout
+    fused = module.post_norm_feed_forward
 
-    def spy(act, drop, h):
+    def spy(first, act, drop, second, norm, x, out_drop=None):
         state = torch.get_rng_state()
-        out = fused(act, drop, h)
-        calls.append((h.detach().clone(), drop.p, state, out))
+        out = fused(first, act, drop, second, norm, x, out_drop)
+        calls.append((x.detach().clone(), first, second, norm, drop.p, out_drop.p, state, out))
         return out
 
-    monkeypatch.setattr(module, "activation_dropout", spy)
+    monkeypatch.setattr(module, "post_norm_feed_forward", spy)
     torch.manual_seed(3)
     model(speaker, audio, generator=gen(0))
     after_fused = torch.rand(())
     assert len(calls) > 10
-    for i, (h, p, state, out) in enumerate(calls):
-        assert type(out.grad_fn).__name__ == "_GeluDropoutBackward", out.grad_fn
+    for i, (x, first, second, norm, p, p_out, state, out) in enumerate(calls):
+        assert type(out.grad_fn).__name__ == "_FeedForwardBackward", out.grad_fn
+        assert p > 0 and p_out > 0
         torch.set_rng_state(state)
-        assert_rel_close(f"feed-forward {i}", ref(h.double(), p, draw_seed()), out, torch.float32)
-    monkeypatch.setattr(module, "activation_dropout", lambda act, drop, h: drop(act(h)))
+        seeds = draw_seed(), draw_seed()        # the hidden dropout's, then the output's
+        params = [t.detach().double() for t in (first.weight, first.bias, second.weight, second.bias, norm.weight,
+                                                 norm.bias)]
+        assert_rel_close(f"feed-forward {i}", ref(x.double(), *params, norm.eps, p, p_out, *seeds), out, torch.float32)
+    monkeypatch.setattr(module, "post_norm_feed_forward", lambda first, act, drop, second, norm, x, out_drop:
+                        norm(x + out_drop(second(drop(act(first(x)))))))
     torch.manual_seed(3)
     model(speaker, audio, generator=gen(0))
     assert torch.equal(torch.rand(()), after_fused)

@@ -49,7 +49,7 @@ from reactfast.models.heads import EmotionHead, emotion_loss
 from reactfast.nn.attention import BiasedCrossAttention
 from reactfast.nn.dropout import Dropout
 from reactfast.nn.positional import sinusoid
-from reactfast.nn.transformer import activation_dropout, add_norm, encoder, multi_head_attention
+from reactfast.nn.transformer import add_norm, encoder, multi_head_attention, post_norm_feed_forward
 
 
 @dataclass
@@ -142,7 +142,7 @@ class _FFN(nn.Module):
 
     def forward(self, x):
         first, act, drop, second = self.net
-        return add_norm(self.norm, x, second(activation_dropout(act, drop, first(x))), self.drop)
+        return post_norm_feed_forward(first, act, drop, second, self.norm, x, self.drop)
 
 
 class _BiasedBlock(nn.Module):

@@ -7,7 +7,8 @@ draws a Bernoulli per element; these take the shortest path (one packed projecti
 dropout applies, :func:`reactfast.ops.dropout` on the probabilities when one does), and end a
 post-norm sublayer with :func:`add_norm` (``norm(x + dropout(h))`` in one fused call). A
 feed-forward's ``Dropout(GELU(h))`` is one :func:`reactfast.ops.gelu_dropout` call
-(:func:`activation_dropout`).
+(:func:`activation_dropout`), and a whole post-norm GELU feed-forward sublayer one
+:func:`reactfast.ops.feed_forward` call (:func:`post_norm_feed_forward`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from reactfast.nn.dropout import Dropout
 from reactfast.ops._checks import autocast_enabled
 from reactfast.ops.add_layer_norm import add_layer_norm
 from reactfast.ops.dropout import dropout
+from reactfast.ops.feed_forward import feed_forward
 from reactfast.ops.gelu_dropout import gelu_dropout
 
 
@@ -47,6 +49,26 @@ def activation_dropout(act: nn.Module, drop: nn.Module, h: torch.Tensor) -> torc
     if type(act) is nn.GELU and act.approximate == "none" and isinstance(drop, Dropout):
         return gelu_dropout(h, drop.p, drop.training)
     return drop(act(h))
+
+
+def post_norm_feed_forward(first: nn.Module, act: nn.Module, drop: nn.Module, second: nn.Module, norm: nn.Module,
+                           x: torch.Tensor, out_drop: Optional[nn.Module] = None) -> torch.Tensor:
+    """``norm(x + out_drop(second(drop(act(first(x))))))``, a post-norm block's feed-forward sublayer:
+    one :func:`reactfast.ops.feed_forward` call (one autograd node) when ``first`` and ``second``
+    are ``nn.Linear``, ``act`` the exact ``nn.GELU``, ``drop`` and ``out_drop`` (or None)
+    :class:`reactfast.nn.dropout.Dropout` modules (whose masks the fused call draws alike), ``norm``
+    an ``nn.LayerNorm`` over the last dimension, x of the weights' dtype and no autocast on; else
+    :func:`add_norm` over :func:`activation_dropout`, as written."""
+    fusable = (type(first) is nn.Linear and type(second) is nn.Linear and type(act) is nn.GELU
+               and act.approximate == "none" and isinstance(drop, Dropout)
+               and (out_drop is None or isinstance(out_drop, Dropout)) and type(norm) is nn.LayerNorm
+               and len(norm.normalized_shape) == 1 and x.dtype == first.weight.dtype
+               and not autocast_enabled(x.device.type))
+    if not fusable:
+        return add_norm(norm, x, second(activation_dropout(act, drop, first(x))), out_drop)
+    p_out, out_training = (0.0, False) if out_drop is None else (out_drop.p, out_drop.training)
+    return feed_forward(x, first.weight, first.bias, second.weight, second.bias, norm.weight, norm.bias, norm.eps,
+                        drop.p if drop.training else 0.0, p_out if out_training else 0.0)
 
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
