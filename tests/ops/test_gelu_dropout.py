@@ -68,7 +68,7 @@ def test_special_values():
     gives NaN (-inf times Phi's 0, as x (1 + erf(x / sqrt 2)) / 2 gives too) and so do the slopes at
     +-inf (their x phi(x) term is inf times 0); signs of zeros and tiny values are kept. torch's own
     F.gelu is no oracle here: its value at +inf depends on the machine (the +inf this kernel gives on
-    the 2-core AMD AVX2 VM, NaN on an Intel AVX-512 one, torch 2.13 on both)."""
+    the 2-core AMD EPYC VM without AVX-512, NaN on one with AVX-512, torch 2.13 on both)."""
     nan, inf = float("nan"), float("inf")
     x = torch.tensor([-inf, inf, nan, -100.0, 100.0, 0.0, -0.0, -1e-30, 1e-30], requires_grad=True)
     out = gelu_dropout(x)
