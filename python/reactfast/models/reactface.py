@@ -417,8 +417,9 @@ class ReactFace(Generator):
         ``fresh``: the caller knows on the host that ``state`` is a fresh one (no sample has a
         previous window, its past buffer all zeros). The past-listener fusion then has nothing to
         fuse: its tokens would enter the past buffer uncounted (``past_count`` stays 0), masked out
-        of every later attention, so it is skipped (the same outputs; training draws fewer dropout
-        masks)."""
+        of every later attention, so it is skipped, and the latent encoder runs on its two
+        distribution tokens alone (the same outputs; training draws fewer dropout masks, and the
+        encoder's from smaller tensors)."""
         cfg = self.config
         C, k, R = cfg.context, cfg.audio_per_frame, state.batch
         device = noise.device
@@ -441,11 +442,16 @@ class ReactFace(Generator):
             y = self.fuse_speaker(y, sw.enc_k, sw.enc_v, q_offset=q0, key_start=start, key_lengths=end, share=share)
             past = _roll(state.past, y)
         past_count = torch.where(state.has_prev, torch.clamp(state.past_count + Wp, max=cfg.past), state.past_count)
-        tokens = torch.cat([self.dist_tokens[None].expand(R, -1, -1),
-                            past + self.past_codes[None]], 1)
-        invalid = torch.arange(cfg.past, device=device)[None] < (cfg.past - past_count)[:, None]
-        mask = torch.cat([torch.zeros(R, 2, dtype=torch.bool, device=device), invalid], 1)
-        out = encoder(self.cie, tokens, mask)
+        dist = self.dist_tokens[None].expand(R, -1, -1)
+        if fresh:
+            # Every past token is masked out (past_count 0): the two distribution tokens attend to
+            # each other alone, and the encoder runs on them alone.
+            out = encoder(self.cie, dist)
+        else:
+            tokens = torch.cat([dist, past + self.past_codes[None]], 1)
+            invalid = torch.arange(cfg.past, device=device)[None] < (cfg.past - past_count)[:, None]
+            mask = torch.cat([torch.zeros(R, 2, dtype=torch.bool, device=device), invalid], 1)
+            out = encoder(self.cie, tokens, mask)
         mu, logvar = self.mu_head(out[:, 0]), self.logvar_head(out[:, 1])
         sigma = torch.exp(0.5 * logvar)
         z_star = mu + sigma * noise
