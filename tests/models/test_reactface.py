@@ -178,6 +178,22 @@ def test_run_from_a_given_state_equals_further_steps(device):
         assert_close(key, stepped[key], offline[key], atol=1e-5, rtol=1e-5)
 
 
+def test_run_from_a_fresh_state_given(device):
+    """A state from ``init_state`` passed with ``fresh=True`` (PFLPosNet's generation) takes the path
+    of no state at all, bit for bit; passed as any state, the general path gives the same to 1e-5."""
+    model = tiny(device).eval()
+    speaker, audio = inputs(B=2, T=40, device=device)
+    noise = torch.randn(5, 6, 32, generator=torch.Generator().manual_seed(4)).to(device)
+    with torch.no_grad():
+        alone = model.run(speaker, audio, 8, noise, rows=3)
+        given = model.run(speaker, audio, 8, noise, rows=3, state=model.init_state(6, 8, device, conversations=2),
+                          fresh=True)
+        general = model.run(speaker, audio, 8, noise, rows=3, state=model.init_state(6, 8, device, conversations=2))
+    for key in ("3dmm", "emotion"):
+        assert torch.equal(alone[key], given[key])
+        assert_close(key, alone[key], general[key], atol=1e-5, rtol=1e-5)
+
+
 def test_runner_batches_streams_of_different_ages(device):
     model = tiny(device).eval()
     speaker, audio = inputs(B=3, T=48, seed=1, device=device)

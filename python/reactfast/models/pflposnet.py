@@ -164,7 +164,8 @@ class PFLPosNet(Generator):
         """As ``ReactFace.generate``, each window's head pose adjusted by PosNet."""
         W = window or self.config.window
         state = self.init_state(speaker.shape[0] * num_samples, W, speaker.device, conversations=speaker.shape[0])
-        return self.generator._generate(speaker, audio, num_samples, generator, window, post=self._post, state=state)
+        return self.generator._generate(speaker, audio, num_samples, generator, window, post=self._post, state=state,
+                                        fresh=True)
 
     def training_windows(self, clip_frames: int) -> Tuple[int, int]:
         return clip_frames, max(1, clip_frames // 2)

@@ -517,7 +517,7 @@ class ReactFace(Generator):
         return outputs, new_state
 
     def run(self, speaker: torch.Tensor, audio: torch.Tensor, window: int, noise: torch.Tensor, rows: int = 1,
-            state: Optional[ReactFaceState] = None, post=None) -> Dict[str, torch.Tensor]:
+            state: Optional[ReactFaceState] = None, post=None, fresh: Optional[bool] = None) -> Dict[str, torch.Tensor]:
         """The online loop over whole clips of G conversations with ``rows`` samples each.
 
         The speaker side of every window is computed at once (its self-attention in one call when
@@ -525,8 +525,11 @@ class ReactFace(Generator):
         the windows' listener steps run in order. ``noise`` (n_windows, G rows, D), rows g * rows + s.
         T need not be a multiple of the window: the last window is padded by repeating the last frame
         and trimmed. ``post(outputs, old_state, new_state) -> (outputs, new_state)`` post-processes
-        each window (PFLPosNet's PosNet). Returns the outputs over time: ``3dmm``, ``emotion``,
-        ``emotion_logits`` (R, T, ...), ``speaker_3dmm`` (G, T, 58), ``mu``, ``logvar`` (R, n, D).
+        each window (PFLPosNet's PosNet). ``fresh``: whether ``state`` is as ``init_state`` made it
+        (nothing fed yet), which the caller knows on the host (default: True when no state is given);
+        a fresh state's empty buffers and past are not read. Returns the outputs over time: ``3dmm``,
+        ``emotion``, ``emotion_logits`` (R, T, ...), ``speaker_3dmm`` (G, T, 58), ``mu``, ``logvar``
+        (R, n, D).
         """
         cfg = self.config
         G, T, _ = speaker.shape
@@ -534,7 +537,8 @@ class ReactFace(Generator):
         if W > C // 2:
             raise ValueError(f"window of {W} frames is larger than half the context ({C})")
         speaker, audio, n = pad_to_windows(speaker, audio, W, k)
-        fresh = state is None  # known on the host: no read of state.count (a sync, and a graph break)
+        if fresh is None:
+            fresh = state is None  # known on the host: no read of state.count (a sync, and a graph break)
         state = state or self.init_state(G * rows, W, speaker.device, conversations=G)
         x, a = self.speaker_proj(speaker), self.audio_proj(audio)
         sk, sv = self.speaker_self.kv(x)
@@ -634,14 +638,14 @@ class ReactFace(Generator):
         speaker (rows b * S + s), exactly as ``reactfast.online.ReactionStream`` draws it."""
         return self._generate(speaker, audio, num_samples, generator, window)
 
-    def _generate(self, speaker, audio, num_samples, generator, window, post=None, state=None):
+    def _generate(self, speaker, audio, num_samples, generator, window, post=None, state=None, fresh=None):
         self.check_inputs(speaker, audio)
         if not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
         B, T, _ = speaker.shape
         W = window or self.config.window
         noise = self.draw_windows(B, num_samples, math.ceil(T / W), generator).to(speaker.device)
-        out = self.run(speaker, audio, W, noise, rows=num_samples, post=post, state=state)
+        out = self.run(speaker, audio, W, noise, rows=num_samples, post=post, state=state, fresh=fresh)
         return {key: value.reshape(B, num_samples, *value.shape[1:]) for key, value in out.items()
                 if key in self.output_widths()}
 
