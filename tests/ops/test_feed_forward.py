@@ -174,3 +174,20 @@ def test_post_norm_feed_forward_fuses_only_what_it_can():
     assert_rel_close("eval", ref(x.double(), first.weight.double(), first.bias.double(), second.weight.double(),
                                  second.bias.double(), norm.weight.double(), norm.bias.double()),
                      post_norm_feed_forward(first, act, drop, second, norm, x, out_drop), torch.float32)
+
+
+@cpp
+def test_a_kernel_forced_elsewhere_is_honoured(monkeypatch):
+    """REACTFAST_BACKEND sending gelu_dropout (or add_layer_norm) to its reference takes the
+    composition, whose calls then follow it; forcing feed_forward itself still wins."""
+    p = _as(_params((2, 5, 16), 32), torch.float32)
+    args = [p[k] for k in NAMES]
+    monkeypatch.setenv("REACTFAST_BACKEND", "gelu_dropout:reference")
+    out = feed_forward(*args, p_hidden=0.2, p_out=0.1, seed_hidden=1, seed_out=2)
+    assert type(out.grad_fn).__name__ == "_AddLayerNormBackward"
+    assert_rel_close("composed", ref(*(t.double() for t in args), 1e-5, 0.2, 0.1, 1, 2), out, torch.float32)
+    assert type(feed_forward(*args, backend="cpp").grad_fn).__name__ == "_FeedForwardBackward"
+    monkeypatch.setenv("REACTFAST_BACKEND", "add_layer_norm:reference")
+    assert type(feed_forward(*args).grad_fn).__name__ != "_FeedForwardBackward"
+    monkeypatch.setenv("REACTFAST_BACKEND", "feed_forward:reference")
+    assert type(feed_forward(*args).grad_fn).__name__ not in ("_FeedForwardBackward", "_AddLayerNormBackward")

@@ -18,7 +18,8 @@ call as the modules run one by one (``reactfast.nn.transformer.feed_forward``).
 
 - ``cpp``: float32 CPU tensors (both C++ kernels built).
 - ``reference``: any dtype and device (``reactfast.reference.feed_forward``).
-- Otherwise (CUDA, other dtypes, under ``torch.compile``): the composition of ``F.linear``,
+- Otherwise (CUDA, other dtypes, under ``torch.compile``, or ``REACTFAST_BACKEND`` naming another
+  backend for ``gelu_dropout`` or ``add_layer_norm``): the composition of ``F.linear``,
   :func:`reactfast.ops.gelu_dropout` and :func:`reactfast.ops.add_layer_norm` (each following its
   own rules there).
 """
@@ -161,6 +162,9 @@ def feed_forward(x: torch.Tensor, w1: torch.Tensor, b1: Optional[torch.Tensor], 
     p_hidden, p_out = (float(p_hidden), float(p_out)) if training else (0.0, 0.0)
     route = fused_route("feed_forward", x, max(p_hidden, p_out), backend, IMPLEMENTED, _CPP_OK,
                         inputs="x, w1, b1, w2, b2, norm_weight, norm_bias")
+    if route == "cpp" and backend is None and any(_backend.forced_backend(op) not in (None, "cpp")
+                                                  for op in ("gelu_dropout", "add_layer_norm")):
+        route = "composite"      # REACTFAST_BACKEND sends one of the two kernels elsewhere: honour it
     if route == "composite":
         a = gelu_dropout(F.linear(x, w1, b1), p_hidden, seed=seed_hidden, generator=generator)
         return add_layer_norm(x, F.linear(a, w2, b2), norm_weight, norm_bias, eps, p_out, seed=seed_out,
