@@ -12,6 +12,8 @@ from reactfast.ops import add_layer_norm, dropout
 from reactfast.reference.add_layer_norm import add_layer_norm as ref
 from reactfast.testing import assert_rel_close
 
+from ._grad_timing import grad_calls
+
 CALLS = 50           # calls per timed round (the demo step makes about 70)
 
 CASES = [("ReactFace window block, 24x32x64", (24, 32, 64)), ("ReactFace CIE tokens, 24x34x64", (24, 34, 64)),
@@ -37,13 +39,8 @@ def test_add_layer_norm_fused_vs_composite(case, best_times, bench_report):
     for name, fn in (("fused", fused), ("composite", composite)):
         assert_rel_close(name, expected, fn(7), torch.float32)
 
-    def timed(fn):
-        def run():
-            for i in range(CALLS):
-                torch.autograd.grad(fn(i), leaves, grad)
-        return run
-
-    t = best_times({"fused": timed(fused), "composite": timed(composite)}, rounds=7)
+    sides = {"fused": fused, "composite": composite}
+    t = best_times({name: grad_calls(fn, leaves, grad, CALLS) for name, fn in sides.items()}, rounds=7)
     us = {k: 1e6 * v / CALLS for k, v in t.items()}
     bench_report(f"add_layer_norm {label} fwd+bwd, cpu {torch.get_num_threads()} threads: {us['fused']:.0f} us fused "
                  f"vs {us['composite']:.0f} us dropout + add + layer_norm ({t['composite'] / t['fused']:.2f}x)")

@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from reactfast.nn.dropout import Dropout
-from reactfast.ops.dropout import draw_seed
 from reactfast.nn.transformer import activation_dropout, add_norm, post_norm_feed_forward
+from reactfast.ops.dropout import draw_seed
 from reactfast.reference.feed_forward import feed_forward as ref
 from reactfast.testing import assert_rel_close
+
+from ._grad_timing import grad_calls
 
 CALLS = 25           # calls per timed round (the demo step makes 21)
 
@@ -32,10 +34,10 @@ def test_feed_forward_one_node_vs_modules(case, best_times, bench_report):
     x = torch.randn(*shape, requires_grad=True)
     grad = torch.randn(*shape)
 
-    def fused():
+    def fused(_call=None):     # the dropout seeds drawn inside (grad_calls passes the call index)
         return post_norm_feed_forward(first, act, drop, second, norm, x, out_drop)
 
-    def modules():
+    def modules(_call=None):
         return add_norm(norm, x, second(activation_dropout(act, drop, first(x))), out_drop)
 
     for name, fn in (("one node", fused), ("modules", modules)):
@@ -48,13 +50,8 @@ def test_feed_forward_one_node_vs_modules(case, best_times, bench_report):
         assert_rel_close(name, ref(x.detach().double(), *params, norm.eps, 0.1, 0.1, *seeds), got, torch.float32)
     leaves = [x, first.weight, first.bias, second.weight, second.bias, norm.weight, norm.bias]
 
-    def timed(fn):
-        def run():
-            for _ in range(CALLS):
-                torch.autograd.grad(fn(), leaves, grad)
-        return run
-
-    t = best_times({"fused": timed(fused), "modules": timed(modules)}, rounds=9)
+    t = best_times({name: grad_calls(fn, leaves, grad, CALLS) for name, fn in (("fused", fused), ("modules", modules))},
+                   rounds=9)
     us = {k: 1e6 * v / CALLS for k, v in t.items()}
     bench_report(f"feed_forward {label} fwd+bwd, cpu {torch.get_num_threads()} threads: {us['fused']:.0f} us one "
                  f"node vs {us['modules']:.0f} us modules one by one ({t['modules'] / t['fused']:.2f}x)")

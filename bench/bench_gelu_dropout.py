@@ -13,6 +13,8 @@ from reactfast.ops import dropout, gelu_dropout
 from reactfast.reference.gelu_dropout import gelu_dropout as ref
 from reactfast.testing import assert_rel_close
 
+from ._grad_timing import grad_calls
+
 CALLS = 30           # calls per timed round (the demo step makes 27)
 
 CASES = [("ReactFace window FFN, 24x32x128", (24, 32, 128)), ("ReactFace speaker FFN, 8x128x128", (8, 128, 128)),
@@ -43,13 +45,8 @@ def test_gelu_dropout_fused_vs_pair(case, best_times, bench_report):
         assert_rel_close(name, expected, got, torch.float32)
         errors[name] = _rel(expected, got)
 
-    def timed(fn):
-        def run():
-            for i in range(CALLS):
-                torch.autograd.grad(fn(i), leaf, grad)
-        return run
-
-    t = best_times({"fused": timed(fused), "pair": timed(pair)}, rounds=7)
+    t = best_times({name: grad_calls(fn, leaf, grad, CALLS) for name, fn in (("fused", fused), ("pair", pair))},
+                   rounds=7)
     us = {k: 1e6 * v / CALLS for k, v in t.items()}
     bench_report(f"gelu_dropout {label} fwd+bwd, cpu {torch.get_num_threads()} threads: {us['fused']:.0f} us fused "
                  f"vs {us['pair']:.0f} us F.gelu + dropout ({t['pair'] / t['fused']:.2f}x); error vs float64 "
