@@ -113,21 +113,25 @@ def _compiled_dropout(x: torch.Tensor, p: float, seed: Optional[int]) -> torch.T
 
 
 def fused_route(op: str, x: torch.Tensor, p: float, backend: Optional[str], implemented, cpp_ok: bool,
-                inputs_ok: bool = True, inputs: str = "x") -> str:
-    """Where a call of an op with dropout fused into a C++ kernel (``add_layer_norm``,
-    ``gelu_dropout``) goes: ``"cpp"`` for float32 CPU ``x`` outside torch.compile with p < 1 (and
-    ``inputs_ok``, the op's other tensors alike), unless REACTFAST_BACKEND names another backend for
-    ``op``; ``"reference"`` when ``backend`` or REACTFAST_BACKEND asks for it; else ``"composite"``
-    (the op written over :func:`dropout`). ``backend="cpp"`` where the kernel cannot take the call
-    raises, naming ``inputs``."""
+                inputs_ok: bool = True, inputs: str = "x", kernels_of=()) -> str:
+    """Where a call of an op with dropout fused into C++ kernels (``add_layer_norm``,
+    ``gelu_dropout``, ``feed_forward``) goes: ``"cpp"`` for float32 CPU ``x`` outside torch.compile
+    with p < 1 (and ``inputs_ok``, the op's other tensors alike), unless REACTFAST_BACKEND names
+    another backend for ``op`` or for an op in ``kernels_of`` (those whose kernels this op calls);
+    ``"reference"`` when ``backend`` or REACTFAST_BACKEND asks for it for ``op``; else
+    ``"composite"`` (the op written over the unfused ops, which then follow their own settings).
+    ``backend="cpp"`` where the kernel cannot take the call raises, naming ``inputs``."""
     fast = (backend != "reference" and cpp_ok and p < 1.0 and not torch.compiler.is_compiling()
             and x.device.type == "cpu" and x.dtype == torch.float32 and inputs_ok)
     if backend == "cpp" and not fast:
         _backend.select(op, x.device, implemented, backend)      # raises when cpp cannot run here at all
         raise ValueError(f"backend 'cpp' takes float32 CPU tensors ({inputs}) outside torch.compile and p < 1, "
                          f"got x {x.dtype} on {x.device}, p {p}")
+    if backend == "cpp":
+        return "cpp"
     forced = _backend.forced_backend(op) if backend is None else None
-    if fast and forced in (None, "cpp"):
+    if fast and forced in (None, "cpp") and (forced == "cpp" or all(
+            _backend.forced_backend(other) in (None, "cpp") for other in kernels_of)):
         return "cpp"
     return "reference" if "reference" in (backend, forced) else "composite"
 

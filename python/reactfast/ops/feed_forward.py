@@ -4,9 +4,10 @@
 Written as modules (``Linear``, ``GELU``, ``Dropout``, ``Linear``, then the residual add and the
 norm), the sublayer is about ten autograd nodes (the linears' views and transposes among them) and
 four wrapped calls, on the small (a few hundred rows of 64) tensors of ReactFace's window steps,
-where such fixed costs are a large part of the time: one call here took 15-18% less than the
-modules' forward and backward together at (24, 32, 64) with a hidden width of 128 on a 2-core VM
-(interleaved, by median and by best). The ``cpp`` path runs the same kernels as the modules would:
+where such fixed costs are a large part of the time: the modules' forward + backward took
+1.06-1.12x this call's at ReactFace's shapes (``bench/bench_feed_forward.py``, 2-core AMD EPYC VM
+with AVX-512, two runs), and ReactFace's demo training forward + backward 1.5-4% longer with the
+modules (best, tenth percentile and median of 60 interleaved calls in one process). The ``cpp`` path runs the same kernels as the modules would:
 the two matrix products as torch's ``addmm`` on the flattened rows (as ``F.linear`` does), the GELU
 with its dropout as :func:`reactfast.ops.gelu_dropout`'s C++ kernel and the residual end as
 :func:`reactfast.ops.add_layer_norm`'s, so the forward equals the modules' bit for bit; the backward
@@ -161,10 +162,8 @@ def feed_forward(x: torch.Tensor, w1: torch.Tensor, b1: Optional[torch.Tensor], 
         raise ValueError(f"the hidden activations must have fewer than 2^32 elements, got {x.numel() // D * Hd}")
     p_hidden, p_out = (float(p_hidden), float(p_out)) if training else (0.0, 0.0)
     route = fused_route("feed_forward", x, max(p_hidden, p_out), backend, IMPLEMENTED, _CPP_OK,
-                        inputs="x, w1, b1, w2, b2, norm_weight, norm_bias")
-    if route == "cpp" and backend is None and any(_backend.forced_backend(op) not in (None, "cpp")
-                                                  for op in ("gelu_dropout", "add_layer_norm")):
-        route = "composite"      # REACTFAST_BACKEND sends one of the two kernels elsewhere: honour it
+                        inputs="x, w1, b1, w2, b2, norm_weight, norm_bias",
+                        kernels_of=("gelu_dropout", "add_layer_norm"))
     if route == "composite":
         a = gelu_dropout(F.linear(x, w1, b1), p_hidden, seed=seed_hidden, generator=generator)
         return add_layer_norm(x, F.linear(a, w2, b2), norm_weight, norm_bias, eps, p_out, seed=seed_out,
