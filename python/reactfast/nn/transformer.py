@@ -42,11 +42,17 @@ def add_norm(norm: nn.Module, x: torch.Tensor, h: torch.Tensor, drop: Optional[n
     return add_layer_norm(x, h, norm.weight, norm.bias, norm.eps, p, training)
 
 
+def _gelu_then_dropout(act: nn.Module, drop: nn.Module) -> bool:
+    """Whether ``drop(act(h))`` is the exact GELU then the package's Dropout (the fused calls draw
+    its mask alike)."""
+    return type(act) is nn.GELU and act.approximate == "none" and isinstance(drop, Dropout)
+
+
 def activation_dropout(act: nn.Module, drop: nn.Module, h: torch.Tensor) -> torch.Tensor:
     """``drop(act(h))``, the middle of a feed-forward: one :func:`reactfast.ops.gelu_dropout` call
     when ``act`` is an exact ``nn.GELU`` and ``drop`` a :class:`reactfast.nn.dropout.Dropout` (the
     fused call draws its mask alike), else as written."""
-    if type(act) is nn.GELU and act.approximate == "none" and isinstance(drop, Dropout):
+    if _gelu_then_dropout(act, drop):
         return gelu_dropout(h, drop.p, drop.training)
     return drop(act(h))
 
@@ -59,8 +65,7 @@ def post_norm_feed_forward(first: nn.Module, act: nn.Module, drop: nn.Module, se
     :class:`reactfast.nn.dropout.Dropout` modules (whose masks the fused call draws alike), ``norm``
     an ``nn.LayerNorm`` over the last dimension, x of the weights' dtype and no autocast on; else
     :func:`add_norm` over :func:`activation_dropout`, as written."""
-    fusable = (type(first) is nn.Linear and type(second) is nn.Linear and type(act) is nn.GELU
-               and act.approximate == "none" and isinstance(drop, Dropout)
+    fusable = (type(first) is nn.Linear and type(second) is nn.Linear and _gelu_then_dropout(act, drop)
                and (out_drop is None or isinstance(out_drop, Dropout)) and type(norm) is nn.LayerNorm
                and len(norm.normalized_shape) == 1 and x.dtype == first.weight.dtype
                and not autocast_enabled(x.device.type))
