@@ -76,28 +76,46 @@ _TRAIN_DEFAULTS = dict(model=None, data="synthetic", steps=1000, batch_size=4, c
                        sessions=48, seed=0, ckpt_every=0, val_every=0, stage=1, lr_schedule="constant", warmup=0)
 
 
+# What a later stage started with --init takes from the run that wrote its checkpoint, unless given:
+# the model and the data it trained on (a stage 2 on other data, or synthetic data of another seed,
+# would train silently on the wrong clips). Steps, batch, learning rate and schedule are the stage's own.
+_INIT_INHERITED = ("model", "data", "frames", "sessions", "seed", "clip_frames")
+
+
 def _train_settings(args):
-    """The run's settings: given flags, else (with --resume) the run's own, else the defaults; the
-    flags that change a resumed run's settings are printed."""
+    """The run's settings: given flags, else (with --resume) the run's own, else (with --init) the
+    model and data of the run that wrote the checkpoint, else the defaults; the flags that change a
+    resumed run's settings, and what a later stage takes from --init, are printed."""
     from reactfast.train import read_config
 
-    resumed = {}
+    inherited, source = {}, None
     if args.resume:
         meta = read_config(args.resume)
-        resumed = dict(meta.get("extra", {}).get("run", {}))
-        resumed.setdefault("model", meta["model"])
+        inherited, source = dict(meta.get("extra", {}).get("run", {})), "resume"
+        inherited.setdefault("model", meta["model"])
+    elif args.init:
+        meta = read_config(args.init)
+        run = meta.get("extra", {}).get("run", {})
+        inherited = {k: run[k] for k in _INIT_INHERITED if k in run}
+        inherited["model"] = meta["model"]
+        source = "init"
     settings = {}
-    changed = []
+    changed, taken = [], []
     for key, default in _TRAIN_DEFAULTS.items():
         given = getattr(args, key)
         if given is not None:
             settings[key] = given
-            if key in resumed and resumed[key] != given:
-                changed.append(f"{key} {resumed[key]!r} -> {given!r}")
+            if key in inherited and inherited[key] != given:
+                changed.append(f"{key} {inherited[key]!r} -> {given!r}")
         else:
-            settings[key] = resumed.get(key, default)
-    if changed:
+            settings[key] = inherited.get(key, default)
+            if key in inherited:
+                taken.append(f"{key} {inherited[key]!r}")
+    if changed and source == "resume":
         print(f"[reactfast] resuming {args.resume} with changed settings: {', '.join(changed)}", flush=True)
+    if source == "init":
+        print(f"[reactfast] from --init {args.init}: {', '.join(taken) or 'nothing'}"
+              f"{'; given instead of its run: ' + ', '.join(changed) if changed else ''}", flush=True)
     if not settings["model"]:
         from reactfast import models
 
@@ -125,8 +143,10 @@ def _cmd_train(args) -> int:
     device = _device(args)
     seed_everything(s["seed"])
     clips = load_data(data_spec, "train", s["frames"], sessions=s["sessions"], seed=s["seed"])
-    if args.resume:
-        saved = read_config(args.resume)["config"]
+    if args.resume or args.init:
+        # The checkpoint's architecture; --config may change what the checkpoint allows (load_into
+        # names any field that no longer matches).
+        saved = read_config(args.resume or args.init)["config"]
         model_fields = {**saved, **configs.checked(cls.config_class, overrides["model"], "--config")}
     else:
         model_fields = {**cls.data_defaults(clips[0]["speaker_audio"].shape[-1]), **overrides["model"]}
@@ -430,8 +450,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("train", "train a generator (under torchrun: DDP)", _cmd_train)
     p.add_argument("--model", choices=model_names, help=f"generator (default {models.DEFAULT}; {models_help})")
     p.add_argument("--stage", type=int, help=f"training stage (default 1): {stages_help}")
-    p.add_argument("--init", help="a later stage: the previous stage's checkpoint to start from")
-    p.add_argument("--data", "--dataset-path", dest="data", help="'synthetic' (default) or the challenge's data folder")
+    p.add_argument("--init", help="a later stage: the previous stage's checkpoint to start from (its model, "
+                   "architecture, data, frames, sessions, seed and clip frames unless given)")
+    p.add_argument("--data", "--dataset-path", dest="data",
+                   help="'synthetic' (default; with --resume or --init, that run's) or the challenge's data folder")
     p.add_argument("--out", "--outdir", dest="out", required=True, help="run folder (checkpoint, best, history.jsonl)")
     p.add_argument("--steps", type=int, help="optimizer steps (default 1000)")
     p.add_argument("--batch-size", "-b", dest="batch_size", type=int, help="global batch (default 4; split over "

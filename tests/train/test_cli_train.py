@@ -67,3 +67,31 @@ def test_perfrdiff_two_stage_command_line(tmp_path):
                      "40", "--sessions", "2", "--out", preds, "--no-progress"]) == 0
     with np.load(preds) as z:
         assert z["pred"].shape == (4, 2, 40, 25)
+
+
+def test_later_stage_takes_model_and_data_from_init(tmp_path, capsys):
+    """--init alone: stage 2 gets stage 1's model, architecture (--config dims), data, frames,
+    sessions, seed and clip frames, as the README's two-stage commands give it; a flag still wins."""
+    config = ["window=10", "dim=16", "heads=2", "ffn=32", "layers=6", "train_steps=20", "sample_steps=2",
+              "style_dim=8", "style_layers=1", "style_heads=2", "style_ffn=16", "hyper_hidden=8", "min_history=4"]
+    stage1 = str(tmp_path / "s1")
+    assert cli.main(["train", "--model", "perfrdiff", "--data", "synthetic", "--steps", "1", "--batch-size", "2",
+                     "--frames", "40", "--sessions", "4", "--seed", "3", "--clip-frames", "20", "--no-progress",
+                     "--out", stage1, "--config", *config]) == 0
+    init = os.path.join(stage1, "checkpoint")
+    runs = {}
+    for name, flags in (("s2", []), ("s2_seed", ["--seed", "5"])):
+        runs[name] = str(tmp_path / name)
+        capsys.readouterr()
+        assert cli.main(["train", "--stage", "2", "--init", init, "--out", runs[name], "--steps", "1",
+                         "--batch-size", "2", "--no-progress", *flags]) == 0
+        printed = capsys.readouterr().out
+        assert f"from --init {init}: model 'perfrdiff'" in printed
+    one, two = (json.load(open(os.path.join(run, "checkpoint", "config.json"))) for run in (stage1, runs["s2"]))
+    assert two["model"] == "perfrdiff" and two["config"] == one["config"]
+    assert two["extra"]["data"] == one["extra"]["data"] == {"spec": "synthetic", "sessions": 4, "seed": 3,
+                                                             "frames": 40}
+    assert two["extra"]["run"]["clip_frames"] == 20 and two["extra"]["run"]["stage"] == 2
+    seeded = json.load(open(os.path.join(runs["s2_seed"], "checkpoint", "config.json")))
+    assert seeded["extra"]["data"]["seed"] == 5 and seeded["config"] == one["config"]
+    assert "given instead of its run: seed 3 -> 5" in printed
