@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 
@@ -186,3 +187,49 @@ def test_checkpoint_from_before_a_config_field_was_added(tmp_path):
     other = ReactFace(ReactFaceConfig(**{**meta["config"], "coverage_weight": 0.5}))
     with pytest.raises(CheckpointError, match="coverage_weight: checkpoint 0.0 vs model 0.5"):
         load_into(other, path)
+
+
+def _interrupt_at(trainer, step: int, times: int = 1):
+    """Send this process ``times`` SIGINTs at the start of training step ``step`` (1-based)."""
+    take_step = trainer.train_step
+
+    def step_with_interrupt():
+        if trainer.step == step - 1:
+            for _ in range(times):
+                os.kill(os.getpid(), signal.SIGINT)
+        return take_step()
+
+    trainer.train_step = step_with_interrupt
+
+
+@pytest.fixture
+def python_sigint():
+    """Python's own SIGINT handler (as in a terminal), whatever the test runner installed."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_finishes_the_step_saves_and_resumes_bit_exact(tmp_path, capsys, python_sigint):
+    cfg = dict(steps=6, batch_size=4, lr=3e-3, progress=False)
+    full = Trainer(tiny_model(dropout=0.1), _dataset(), TrainConfig(**cfg, out_dir=str(tmp_path / "full")))
+    full_history = full.fit()
+    part = str(tmp_path / "part")
+    stopped = Trainer(tiny_model(dropout=0.1), _dataset(), TrainConfig(**cfg, out_dir=part))
+    _interrupt_at(stopped, 3)
+    with pytest.raises(KeyboardInterrupt):
+        stopped.fit()
+    assert stopped.step == 3 and "stopped after step 3; saved" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    resumed = Trainer(tiny_model(dropout=0.1, seed=5), _dataset(), TrainConfig(**cfg, out_dir=part),
+                      resume=os.path.join(part, "checkpoint"))
+    assert resumed.step == 3
+    assert [r["loss"] for r in resumed.fit()] == [r["loss"] for r in full_history]
+    a, b = _weights(full.model), _weights(resumed.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # A second Ctrl-C stops inside the step: nothing is saved for it.
+    again = Trainer(tiny_model(), _dataset(), TrainConfig(**cfg, out_dir=str(tmp_path / "again")))
+    _interrupt_at(again, 2, times=2)
+    with pytest.raises(KeyboardInterrupt):
+        again.fit()
+    assert again.step == 1 and not os.path.exists(str(tmp_path / "again" / "checkpoint"))

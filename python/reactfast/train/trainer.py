@@ -26,6 +26,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional
@@ -38,6 +39,7 @@ from reactfast import _backend, _io
 from reactfast._progress import Progress
 from reactfast.models.base import check_at_least
 from reactfast.train.batches import collate_appropriate
+from reactfast.train.interrupt import deferred_interrupt
 from reactfast.train.checkpoint import link_checkpoint, load_into, load_trainer_state, save_checkpoint
 
 
@@ -311,7 +313,9 @@ class Trainer:
     def fit(self, max_steps: Optional[int] = None) -> List[Dict[str, float]]:
         """Train until ``config.steps`` (or ``max_steps`` more steps, to stop early). With ``out_dir``:
         ``history.jsonl`` gets a line per step as training goes, ``checkpoint`` every ``ckpt_every``
-        steps and at the end, ``best`` whenever validation improves ``best_metric``."""
+        steps and at the end, ``best`` whenever validation improves ``best_metric``. A Ctrl-C (single
+        process, main thread) lets the step under way finish, saves ``checkpoint`` (with ``out_dir``)
+        and then raises KeyboardInterrupt; a second Ctrl-C stops at once."""
         cfg = self.config
         end = cfg.steps if max_steps is None else min(cfg.steps, self.step + max_steps)
         lead = self.rank == 0
@@ -327,8 +331,27 @@ class Trainer:
         progress = Progress(cfg.steps, f"train {self.model.name}", initial=self.step, enabled=cfg.progress and lead,
                             every=cfg.log_every)
         start = time.perf_counter()
+        with deferred_interrupt(self.world == 1) as interrupted:
+            self._fit_loop(end, log, tensorboard, progress, interrupted)
+        if interrupted():
+            if cfg.out_dir and self._saved_step != self.step:
+                self.save(os.path.join(cfg.out_dir, "checkpoint"))
+            where = f"; saved {os.path.join(cfg.out_dir, 'checkpoint')} (resume from it)" if cfg.out_dir else ""
+            print(f"[reactfast] stopped after step {self.step}{where}", file=sys.stderr, flush=True)
+            raise KeyboardInterrupt
+        if cfg.out_dir and self.step >= cfg.steps:
+            if self._saved_step != self.step:
+                self.save(os.path.join(cfg.out_dir, "checkpoint"))
+            if lead:
+                _io.atomic_write(os.path.join(cfg.out_dir, "history.json"), lambda tmp: _dump(
+                    tmp, {"history": self.history, "seconds": time.perf_counter() - start}))
+        return self.history
+
+    def _fit_loop(self, end: int, log, tensorboard, progress, interrupted) -> None:
+        """Steps until ``end`` or, after a deferred Ctrl-C, the end of the step under way."""
+        cfg = self.config
         try:
-            while self.step < end:
+            while self.step < end and not interrupted():
                 record = self.train_step()
                 self.history.append(record)
                 if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and cfg.out_dir:
@@ -350,13 +373,6 @@ class Trainer:
                 log.close()
             if tensorboard is not None:
                 tensorboard.close()
-        if cfg.out_dir and self.step >= cfg.steps:
-            if self._saved_step != self.step:
-                self.save(os.path.join(cfg.out_dir, "checkpoint"))
-            if lead:
-                _io.atomic_write(os.path.join(cfg.out_dir, "history.json"), lambda tmp: _dump(
-                    tmp, {"history": self.history, "seconds": time.perf_counter() - start}))
-        return self.history
 
     def _keep_best(self, record: Dict[str, float]) -> None:
         """Save ``checkpoint`` and point ``best`` at it when ``best_metric`` improved."""
