@@ -73,3 +73,14 @@ def test_demo_other_generators(tmp_path, capsys, model):
     if model == "pflposnet":
         assert saved["pose_seam_jump"] >= 0
         assert (out / "run_stage2" / "checkpoint" / "model.safetensors").is_file()
+
+
+def test_bench_folder_found_from_any_folder(tmp_path, monkeypatch):
+    """`reactfast bench` outside the checkout: the wheel's copy, or an editable install's bench/."""
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    os.mkdir("bench")  # an unrelated folder of that name is not the benchmarks
+    found = cli.bench_folder()
+    assert found is not None and os.path.abspath(found) != str(tmp_path / "bench")
+    assert os.path.isfile(os.path.join(found, "conftest.py")) and os.path.isfile(os.path.join(found, "bench_dtw.py"))

@@ -285,13 +285,20 @@ def _cmd_plot(args) -> int:
     return 0
 
 
+def bench_folder():
+    """The benchmarks: ./bench, else the wheel's copy, else (an editable install) the checkout's
+    bench/ beside python/reactfast; None if none of them has the benchmarks' conftest.py."""
+    import reactfast
+
+    package = os.path.dirname(reactfast.__file__)
+    found = ("bench", os.path.join(package, "bench"), os.path.join(os.path.dirname(os.path.dirname(package)), "bench"))
+    return next((p for p in found if os.path.isfile(os.path.join(p, "conftest.py"))), None)
+
+
 def _cmd_bench(args) -> int:
     import subprocess
 
-    import reactfast
-
-    shipped = os.path.join(os.path.dirname(reactfast.__file__), "bench")
-    root = args.path or next((p for p in ("bench", shipped) if os.path.isdir(p)), None)
+    root = args.path or bench_folder()
     if root is None:
         raise CommandError("no bench/ folder found; give --path")
     # Without pytest-xdist (pytest-benchmark turns itself off where xdist is active, also when this
