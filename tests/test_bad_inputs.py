@@ -131,6 +131,19 @@ def test_09_runner_refuses_streams_of_another_model():
         StreamRunner(a).step(streams)
 
 
+def test_09_runner_refuses_a_stream_twice_before_taking_its_input():
+    model = tiny_model().eval()
+    stream, other = ReactionStream(model, 1), ReactionStream(model, 1)
+    W, k, F, A = stream.window, model.audio_per_frame, model.config.speaker_dim, model.config.audio_dim
+    for s in (stream, other):
+        s.feed(torch.randn(2 * W, F), torch.randn(2 * k * W, A))
+    with pytest.raises(ValueError, match=r"streams\[2\] is streams\[0\]"):
+        StreamRunner(model).step([stream, other, stream])
+    assert stream._pending == other._pending == 2 * W   # nothing consumed by the refused call
+    out = StreamRunner(model).step([stream, other])
+    assert [o["3dmm"].shape[1] for o in out] == [W, W]
+
+
 def test_10_train_checks_its_output_folder_first(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")

@@ -238,7 +238,15 @@ class StreamRunner:
 
     @torch.no_grad()
     def step(self, streams: Sequence[ReactionStream]) -> List[Optional[Dict[str, torch.Tensor]]]:
+        """Advance every stream of ``streams`` that has a full window pending by one window, all in
+        one batched step; returns each stream's frames ({"3dmm": (S_i, W, 58), ...}), or None for a
+        stream with no full window pending (or closed). Each stream may appear once."""
+        first: Dict[int, int] = {}
         for i, s in enumerate(streams):
+            if id(s) in first:
+                raise ValueError(f"streams[{i}] is streams[{first[id(s)]}]: a stream advances at most one window "
+                                 "per step, so it may appear only once")
+            first[id(s)] = i
             if not isinstance(s, ReactionStream):
                 raise TypeError(f"streams[{i}] must be a ReactionStream, got {type(s).__name__}")
             if s.model is not self.model:
