@@ -95,3 +95,9 @@ def test_later_stage_takes_model_and_data_from_init(tmp_path, capsys):
     seeded = json.load(open(os.path.join(runs["s2_seed"], "checkpoint", "config.json")))
     assert seeded["extra"]["data"]["seed"] == 5 and seeded["config"] == one["config"]
     assert "given instead of its run: seed 3 -> 5" in printed
+    # Another model than the checkpoint's is named as such (not as config fields it lacks).
+    capsys.readouterr()
+    assert cli.main(["train", "--model", "reactdiff", "--stage", "2", "--init", init, "--out",
+                     str(tmp_path / "other"), "--steps", "1", "--no-progress"]) == 2
+    assert f"--model reactdiff: the --init checkpoint {init} holds a 'perfrdiff' model" in capsys.readouterr().err
+    assert not os.path.exists(str(tmp_path / "other"))
