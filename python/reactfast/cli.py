@@ -149,8 +149,8 @@ def _cmd_train(args) -> int:
     seed_everything(s["seed"])
     clips = load_data(data_spec, "train", s["frames"], sessions=s["sessions"], seed=s["seed"])
     if args.resume or args.init:
-        # The checkpoint's architecture; --config may change what the checkpoint allows (load_into
-        # names any field that no longer matches).
+        # The checkpoint's architecture, --config on top (loading its weights names any field that
+        # then no longer matches them).
         saved = read_config(args.resume or args.init)["config"]
         model_fields = {**saved, **configs.checked(cls.config_class, overrides["model"], "--config")}
     else:
