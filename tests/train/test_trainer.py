@@ -233,3 +233,7 @@ def test_ctrl_c_finishes_the_step_saves_and_resumes_bit_exact(tmp_path, capsys, 
     with pytest.raises(KeyboardInterrupt):
         again.fit()
     assert again.step == 1 and not os.path.exists(str(tmp_path / "again" / "checkpoint"))
+    # Ctrl-C in the last step: the run ends as usual.
+    last = Trainer(tiny_model(), _dataset(), TrainConfig(**cfg, out_dir=str(tmp_path / "last")))
+    _interrupt_at(last, 6)
+    assert len(last.fit()) == 6 and os.path.isfile(str(tmp_path / "last" / "history.json"))

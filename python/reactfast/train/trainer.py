@@ -333,7 +333,7 @@ class Trainer:
         start = time.perf_counter()
         with deferred_interrupt(self.world == 1) as interrupted:
             self._fit_loop(end, log, tensorboard, progress, interrupted)
-        if interrupted():
+        if interrupted() and self.step < end:   # (in the last step: the run simply ends)
             if cfg.out_dir and self._saved_step != self.step:
                 self.save(os.path.join(cfg.out_dir, "checkpoint"))
             where = f"; saved {os.path.join(cfg.out_dir, 'checkpoint')} (resume from it)" if cfg.out_dir else ""
