@@ -167,6 +167,13 @@ def test_11_generate_checks_its_output_first(checkpoint, tmp_path, capsys):
         assert code == 2 and "--out" in err
 
 
+
+def test_11_generate_on_clips_shorter_than_its_frames_names_the_flag(checkpoint, data, tmp_path, capsys):
+    code, err = run(["generate", "--checkpoint", checkpoint, "--data", data, "--split", "test", "--out",
+                     str(tmp_path / "p.npz"), "--no-progress", "--device", "cpu"], capsys)
+    assert code == 2 and "truncated, 60 frames but at least 750 are needed" in err and "(--frames:" in err
+
+
 _KILLED_SAVE = """
 import os, sys
 sys.path.insert(0, {root!r})

@@ -221,10 +221,18 @@ def _cmd_generate(args) -> int:
     model = load_model(meta["path"], device=device).set_backend(_backend_spec(args))
     if args.window is not None:
         raise_if_bad_window(model, args.window)
-    ds = load_data(spec, args.split, args.frames, sessions=args.sessions or max(2, data_meta.get("sessions", 24) // 2),
-                   seed=data_meta.get("seed", 0) if spec == "synthetic" else 0, audio_dim=model.config.audio_dim)
-    preds = generate_dataset(model, ds, args.samples, seed=args.seed, progress=not args.no_progress, device=device,
-                             window=args.window)
+    from reactfast.data.files import DataError
+
+    sessions = args.sessions or max(2, data_meta.get("sessions", 24) // 2)
+    try:
+        ds = load_data(spec, args.split, args.frames, sessions=sessions,
+                       seed=data_meta.get("seed", 0) if spec == "synthetic" else 0, audio_dim=model.config.audio_dim)
+        preds = generate_dataset(model, ds, args.samples, seed=args.seed, progress=not args.no_progress,
+                                 device=device, window=args.window)
+    except DataError as exc:   # the clips are read as generation goes: the first one short of --frames
+        if "truncated" not in str(exc):
+            raise
+        raise CommandError(f"{exc} (--frames: how many frames of each clip to generate, default 750)") from None
     bad = {k: int((~torch.isfinite(torch.from_numpy(v))).sum()) for k, v in preds.items()}
     if any(bad.values()):
         raise CommandError(f"the model produced non-finite outputs ({bad}); nothing was written to {out}")
