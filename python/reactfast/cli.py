@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 
@@ -129,6 +130,8 @@ def _cmd_train(args) -> int:
     from reactfast.train.checkpoint import load_trainer_state
 
     s = _train_settings(args)
+    if s["lr"] is not None and not (math.isfinite(s["lr"]) and s["lr"] > 0):
+        raise CommandError(f"--lr must be a finite number > 0, got {s['lr']}")
     if s["model"] not in models.names():
         raise CommandError(f"--model: unknown model {s['model']!r}; known: {', '.join(models.names())}")
     cls = models.get(s["model"])

@@ -101,3 +101,8 @@ def test_later_stage_takes_model_and_data_from_init(tmp_path, capsys):
                      str(tmp_path / "other"), "--steps", "1", "--no-progress"]) == 2
     assert f"--model reactdiff: the --init checkpoint {init} holds a 'perfrdiff' model" in capsys.readouterr().err
     assert not os.path.exists(str(tmp_path / "other"))
+
+
+def test_learning_rate_flag_is_checked(tmp_path, capsys):
+    assert cli.main(["train", "--out", str(tmp_path / "r"), "--lr", "-0.001", "--steps", "1"]) == 2
+    assert "--lr must be a finite number > 0, got -0.001" in capsys.readouterr().err

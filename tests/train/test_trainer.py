@@ -125,6 +125,11 @@ def test_bad_trainer_arguments():
         TrainConfig(best_metric="FRDiss")
     with pytest.raises(ValueError, match="fewer than one batch"):
         Trainer(tiny_model(), _dataset(), TrainConfig(batch_size=64, progress=False))
+    for field, bad in (("lr", 0.0), ("lr", -1e-3), ("lr", float("nan")), ("lr", True), ("weight_decay", -0.1),
+                       ("weight_decay", float("inf")), ("grad_clip", -1.0), ("grad_clip", None)):
+        with pytest.raises(ValueError, match=f"TrainConfig.{field} must be a finite number"):
+            TrainConfig(**{field: bad})
+    TrainConfig(lr=None, weight_decay=None, grad_clip=0)   # the model's rates; no clipping
 
 
 @pytest.mark.slow
