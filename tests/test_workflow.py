@@ -165,6 +165,23 @@ def test_data_check_names_problems(tmp_path, capsys):
     assert "problem [test]: missing file:" in out and "1 problem(s)" in out
 
 
+def test_data_synth_keeps_a_dataset_already_there(tmp_path, capsys):
+    root = str(tmp_path / "data")
+    args = ["data", "synth", "--out", root, "--sessions", "2", "--frames", "20", "--splits", "test"]
+    assert cli.main(args) == 0
+    before = open(os.path.join(root, "test.csv")).read()
+    capsys.readouterr()
+    assert cli.main(args[:4] + ["--sessions", "8"] + args[6:]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a dataset (neighbour_emotion_test.npy, test.csv)" in err and "--overwrite" in err
+    assert open(os.path.join(root, "test.csv")).read() == before
+    assert cli.main(args[:4] + ["--sessions", "16", "--overwrite"] + args[6:]) == 0
+    assert len(open(os.path.join(root, "test.csv")).read().splitlines()) == 1 + 16 // 4   # a line per session
+    assert cli.main(["data", "synth", "--out", str(tmp_path / "new"), "--splits", "train,tset"]) == 2
+    assert "--splits: each must be one of train, val, test" in capsys.readouterr().err
+    assert not os.path.exists(str(tmp_path / "new"))
+
+
 def test_pfl_crop_command(tmp_path, capsys):
     from matplotlib import image as mpimg
 

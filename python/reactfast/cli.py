@@ -399,8 +399,20 @@ def _cmd_data_synth(args) -> int:
     from reactfast import _io
     from reactfast.data import SyntheticDyads
 
-    root = _io.check_writable_dir(args.out, "--out")
+    from reactfast.data import layout
+
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    unknown = [s for s in splits if s not in layout.SPLITS]
+    if unknown or not splits:
+        raise CommandError(f"--splits: each must be one of {', '.join(layout.SPLITS)}, got {args.splits!r}")
+    # The split lists and neighbour matrices of a data folder already there (the challenge's own,
+    # say) would be replaced: only with --overwrite.
+    held = sorted(name for split in layout.SPLITS for name in (f"{split}.csv", layout.neighbour_file(split))
+                  if os.path.exists(os.path.join(args.out, name)))
+    if held and not args.overwrite:
+        raise CommandError(f"--out: {os.path.abspath(args.out)} already holds a dataset ({', '.join(held)}); synth "
+                           "would replace its split lists: give another folder, or --overwrite")
+    root = _io.check_writable_dir(args.out, "--out")
     for split in splits:
         n = args.sessions if split == "train" else max(2, args.sessions // 4)
         SyntheticDyads(sessions=n, seed=args.seed, split=split, frames=args.frames, audio_dim=args.audio_dim,
@@ -556,6 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--frames", type=int, default=751)
     q.add_argument("--audio-dim", type=int, default=32, help="audio feature width (k = 2 rows per frame)")
     q.add_argument("--prototypes", type=int, default=4, help="speaker behaviour prototypes")
+    q.add_argument("--overwrite", action="store_true", help="write into a folder that already holds a dataset")
     q.set_defaults(data_func=_cmd_data_synth)
     q = data.add_parser("check", help="validate a REACT 2024 data folder and summarise it", allow_abbrev=False,
                         parents=[common])
