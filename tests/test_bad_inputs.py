@@ -372,3 +372,16 @@ def test_24_command_line_errors_are_one_line(tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1 and err.startswith("reactfast evaluate: error: ")
     with pytest.raises(FileNotFoundError):
         cli.main(["evaluate", str(tmp_path / "missing.npy"), "--data", "x", "--debug"])
+
+
+def test_25_generate_window_and_load_device_are_checked(checkpoint):
+    model = tiny_model().eval()
+    F, A, k = model.config.speaker_dim, model.config.audio_dim, model.audio_per_frame
+    speaker, audio = torch.randn(1, 16, F), torch.randn(1, 16 * k, A)
+    for bad in (0, -8, 2.0, True):   # 0 ran the model's window before
+        with pytest.raises(ValueError, match="window must be an int >= 1"):
+            model.generate(speaker, audio, 2, window=bad)
+    assert model.generate(speaker, audio, 2, window=4)["3dmm"].shape == (1, 2, 16, 58)
+    with pytest.raises(ValueError, match="device 'cuda:99' is not available"):
+        load_model(checkpoint, device="cuda:99")
+    assert next(load_model(checkpoint, device=torch.device("cpu")).parameters()).device.type == "cpu"

@@ -116,6 +116,8 @@ def test_pflposnet_streaming_equals_generate_and_keeps_expressions():
               stream.flush()]
     online = torch.cat([p["3dmm"] for p in pieces], 1)
     assert torch.allclose(online, offline["3dmm"][0], atol=1e-5)
+    with pytest.raises(ValueError, match="window must be an int >= 1"):
+        model.generate(speaker, audio, 3, window=0)
 
 
 def test_pflposnet_stage_two_trains_posnet_only():

@@ -643,6 +643,8 @@ class ReactFace(Generator):
         self.check_inputs(speaker, audio)
         if not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
+        if window is not None and (not isinstance(window, int) or isinstance(window, bool) or window < 1):
+            raise ValueError(f"window must be an int >= 1 (or None: the model's), got {window!r}")
         B, T, _ = speaker.shape
         W = window or self.config.window
         noise = self.draw_windows(B, num_samples, math.ceil(T / W), generator).to(speaker.device)

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import reactfast
-from reactfast import _io
+from reactfast import _backend, _io
 from reactfast import models as registry
 
 WEIGHTS, CONFIG, TRAINER = "model.safetensors", "config.json", "trainer.pt"
@@ -217,7 +217,7 @@ def _weights(path: str) -> dict:
 
 
 def load_model(path: str, device=None) -> nn.Module:
-    """Build the model a checkpoint describes and load its weights."""
+    """Build the model a checkpoint describes and load its weights (on ``device`` when given)."""
     meta = read_config(path)
     try:
         model = registry.build(meta["model"], meta["config"])
@@ -225,7 +225,11 @@ def load_model(path: str, device=None) -> nn.Module:
         raise CheckpointError(f"{os.path.join(meta['path'], CONFIG)}: its config does not make a "
                               f"{meta['model']} ({exc})") from None
     load_into(model, meta["path"])
-    return model.to(device) if device is not None else model
+    if device is None:
+        return model
+    if torch.device(device).type == "cuda":
+        device = _backend.resolve_device(str(device))   # a clear error where that GPU is not available
+    return model.to(device)
 
 
 def load_into(model: nn.Module, path: str) -> dict:
