@@ -283,6 +283,16 @@ def test_17_evaluate_names_unreadable_files(tmp_path, capsys):
         assert code == 2 and name in err and words in err, err
 
 
+def test_17_evaluate_names_a_missing_key(tmp_path, capsys):
+    np.savez(tmp_path / "two.npz", a=np.zeros(3), b=np.zeros(3))
+    torch.save({"pred": torch.zeros(3)}, tmp_path / "p.pt")
+    for name, key, words in (("two.npz", None, "holds no 'pred' array; its arrays: ['a', 'b']"),
+                             ("two.npz", "c", "holds no array 'c'; its arrays: ['a', 'b']"),
+                             ("p.pt", "c", "holds no key 'c'; its keys: ['pred']")):
+        code, err = run(["evaluate", str(tmp_path / name), "--data", "x"] + (["--key", key] if key else []), capsys)
+        assert code == 2 and words in err and "--key" in err, err
+
+
 def test_18_checkpoint_of_another_configuration(checkpoint):
     cfg_path = os.path.join(checkpoint, "config.json")
     meta = json.load(open(cfg_path))

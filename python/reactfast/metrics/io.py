@@ -27,7 +27,9 @@ def load_array(path: str, key: Optional[str] = None, name: str = "array") -> np.
             keys = list(z.keys())
             pick = key if key is not None else ("pred" if "pred" in keys else keys[0] if len(keys) == 1 else None)
             if pick is None or pick not in keys:
-                raise ValueError(f"{name}: {path} holds arrays {keys}; say which one with a key")
+                asked = f"no array {key!r}" if key is not None else "no 'pred' array"
+                raise ValueError(f"{name}: {path} holds {asked}; its arrays: {keys} (choose one with key=, "
+                                 "--key on the command line)")
             return _member(z, pick, path, name)
     if ext in (".pt", ".pth"):
         import torch
@@ -39,7 +41,8 @@ def load_array(path: str, key: Optional[str] = None, name: str = "array") -> np.
         if isinstance(obj, dict):
             pick = key or "pred"
             if pick not in obj:
-                raise ValueError(f"{name}: {path} holds keys {list(obj)}; expected {pick!r}")
+                raise ValueError(f"{name}: {path} holds no key {pick!r}; its keys: {list(obj)} (choose one with "
+                                 "key=, --key on the command line)")
             obj = obj[pick]
         if not isinstance(obj, torch.Tensor):
             raise ValueError(f"{name}: {path} does not hold a tensor")
