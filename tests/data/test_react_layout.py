@@ -54,6 +54,11 @@ def test_windows(root):
     assert int(item["item"]) == 1 and int(item["start"]) == 30
     assert torch.equal(item["speaker_emotion"], full["speaker_emotion"][30:70])
     assert torch.equal(item["speaker_audio"], full["speaker_audio"][60:140])
+    assert len(ReactDataset(root, "val", frames=100, window=40)) == 12 * 2      # stride defaults to the window
+    with pytest.raises(ValueError, match="stride must be >= 1, got 0"):     # 0 was taken as the window
+        ReactDataset(root, "val", frames=100, window=40, stride=0)
+    with pytest.raises(ValueError, match=r"stride \(30\) needs a window"):  # it was ignored
+        ReactDataset(root, "val", frames=100, stride=30)
 
 
 def test_stack(root):

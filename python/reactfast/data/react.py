@@ -85,7 +85,9 @@ class ReactDataset(torch.utils.data.Dataset):
         if mirror:
             self.dyads += [(listener, speaker) for speaker, listener in self.pairs]
         self.window = window
-        starts = [0] if window is None else window_starts(frames, window, stride or window)
+        if window is None and stride is not None:
+            raise ValueError(f"stride ({stride}) needs a window: without one each dyad is one item of all its frames")
+        starts = [0] if window is None else window_starts(frames, window, window if stride is None else stride)
         self._index = [(i, s) for i in range(len(self.dyads)) for s in starts]
         # Listener identity of each dyad: the clip's folder (<dataset>/<session>/<role>) by default.
         names = [listener.rsplit("/", 1)[0] for _, listener in self.dyads]

@@ -302,7 +302,7 @@ class ReactDiff(Generator):
         return [self.mmt] if stage == 1 else [self.unet, self.cond_proj, self.cond_norm]
 
     def training_windows(self, clip_frames: int) -> Tuple[int, int]:
-        return self.config.window, self.config.window // 2
+        return self.config.window, max(1, self.config.window // 2)
 
     @classmethod
     def demo_config(cls, audio_dim: int) -> ReactDiffConfig:
