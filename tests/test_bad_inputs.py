@@ -392,6 +392,10 @@ def test_25_generate_window_and_load_device_are_checked(checkpoint):
         with pytest.raises(ValueError, match="window must be an int >= 1"):
             model.generate(speaker, audio, 2, window=bad)
     assert model.generate(speaker, audio, 2, window=4)["3dmm"].shape == (1, 2, 16, 58)
+    with pytest.raises(ValueError, match="window must be an int >= 1"):
+        model.init_state(2, window=0)
+    with pytest.raises(ValueError, match="samples must be an int >= 1"):   # 0 trained config.train_samples
+        model(speaker, audio, samples=0)
     with pytest.raises(ValueError, match="device 'cuda:99' is not available"):
         load_model(checkpoint, device="cuda:99")
     assert next(load_model(checkpoint, device=torch.device("cpu")).parameters()).device.type == "cpu"

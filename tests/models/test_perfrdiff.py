@@ -43,6 +43,8 @@ def test_generate_shapes_and_determinism(device):
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert (a[0, 0] - a[0, 1]).abs().mean() > 1e-3         # diverse across samples
     assert a.abs().max() <= 1.0                              # x0 clamped
+    with pytest.raises(ValueError, match="steps must be an int in"):   # 0 ran config.sample_steps before
+        model.generate(speaker, audio, 3, gen(1), steps=0)
 
 
 def test_zero_shifts_reproduce_generic_model():

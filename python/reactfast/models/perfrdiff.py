@@ -599,7 +599,7 @@ class PerFRDiff(Generator):
         per_call = max(1, rows_per_call // (halves * group)) * group
         if self.config.noise_scale != 1.0:
             noise = noise * self.config.noise_scale
-        steps = steps or self.config.sample_steps
+        steps = self.config.sample_steps if steps is None else steps   # 0 is refused by the sampler
         outs = []
         for lo in range(0, R, per_call):
             hi = min(R, lo + per_call)

@@ -162,7 +162,7 @@ class PFLPosNet(Generator):
     def generate(self, speaker, audio, num_samples: int = 10, generator: Optional[torch.Generator] = None,
                  window: Optional[int] = None) -> Dict[str, torch.Tensor]:
         """As ``ReactFace.generate``, each window's head pose adjusted by PosNet."""
-        W = window or self.config.window
+        W = self.config.window if window is None else window   # checked by init_state
         state = self.init_state(speaker.shape[0] * num_samples, W, speaker.device, conversations=speaker.shape[0])
         return self.generator._generate(speaker, audio, num_samples, generator, window, post=self._post, state=state,
                                         fresh=True)
