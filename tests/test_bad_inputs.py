@@ -399,3 +399,9 @@ def test_25_generate_window_and_load_device_are_checked(checkpoint):
     with pytest.raises(ValueError, match="device 'cuda:99' is not available"):
         load_model(checkpoint, device="cuda:99")
     assert next(load_model(checkpoint, device=torch.device("cpu")).parameters()).device.type == "cpu"
+
+
+def test_26_generate_sessions_zero_is_an_error(checkpoint, tmp_path, capsys):
+    code, err = run(["generate", "--checkpoint", checkpoint, "--sessions", "0", "--out", str(tmp_path / "p.npz"),
+                     "--no-progress", "--device", "cpu"], capsys)   # 0 generated the default sessions before
+    assert code == 2 and "sessions must be >= 1, got 0" in err

@@ -226,7 +226,7 @@ def _cmd_generate(args) -> int:
         raise_if_bad_window(model, args.window)
     from reactfast.data.files import DataError
 
-    sessions = args.sessions or max(2, data_meta.get("sessions", 24) // 2)
+    sessions = args.sessions if args.sessions is not None else max(2, data_meta.get("sessions", 24) // 2)
     try:
         ds = load_data(spec, args.split, args.frames, sessions=sessions,
                        seed=data_meta.get("seed", 0) if spec == "synthetic" else 0, audio_dim=model.config.audio_dim)
