@@ -405,3 +405,43 @@ def test_26_generate_sessions_zero_is_an_error(checkpoint, tmp_path, capsys):
     code, err = run(["generate", "--checkpoint", checkpoint, "--sessions", "0", "--out", str(tmp_path / "p.npz"),
                      "--no-progress", "--device", "cpu"], capsys)   # 0 generated the default sessions before
     assert code == 2 and "sessions must be >= 1, got 0" in err
+
+
+def test_27_a_failed_stream_step_loses_no_frames(monkeypatch):
+    """A push over three windows whose second step fails (out of memory, say): the first window's
+    frames come with the next call, the failed window is tried again, and the whole output equals
+    an undisturbed stream's. The runner likewise consumes a window only after its step."""
+    model = tiny_model().eval()
+    W, k, F, A = model.config.window, model.audio_per_frame, model.config.speaker_dim, model.config.audio_dim
+    speaker, audio = torch.randn(3 * W + 3, F), torch.randn((3 * W + 3) * k, A)
+    calm = ReactionStream(model, 2, torch.Generator().manual_seed(5))
+    expected = torch.cat([calm.push(speaker, audio)["3dmm"], calm.flush()["3dmm"]], 1)
+    step, calls = model.step, []
+
+    def failing_second_step(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory (injected)")
+        return step(*args)
+
+    monkeypatch.setattr(model, "step", failing_second_step)
+    stream = ReactionStream(model, 2, torch.Generator().manual_seed(5))
+    with pytest.raises(RuntimeError, match="injected"):
+        stream.push(speaker[:3 * W], audio[:3 * W * k])
+    assert stream._pending == 2 * W
+    got = [stream.push(speaker[3 * W:], audio[3 * W * k:])["3dmm"], stream.flush()["3dmm"]]
+    assert got[0].shape[1] == 3 * W    # the finished window, the retried one and the third
+    online = torch.cat(got, 1)
+    assert online.shape == expected.shape
+    # The retried window drew fresh noise, so from there on the frames differ; the first window is the same.
+    assert torch.equal(online[:, :W], expected[:, :W])
+    calls.clear()
+    a, b = ReactionStream(model, 1), ReactionStream(model, 1)
+    for s in (a, b):
+        s.feed(speaker[:W], audio[:W * k])
+    runner = StreamRunner(model)
+    calls.append(1)   # the next call is the second: it fails
+    with pytest.raises(RuntimeError, match="injected"):
+        runner.step([a, b])
+    assert a._pending == b._pending == W
+    assert [o["3dmm"].shape[1] for o in runner.step([a, b])] == [W, W]

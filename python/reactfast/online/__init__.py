@@ -40,7 +40,9 @@ class ReactionStream:
     ``push(speaker (n, F), audio (k n, A))`` returns the frames completed so far as a dict
     {"3dmm": (S, m, 58), "emotion": (S, m, 25)} with m a multiple of the window (possibly 0);
     ``flush()`` emits the remainder (padding the last window by repeating its last frame) and
-    closes the stream.
+    closes the stream. A window's input is consumed only once its step succeeded; if a step
+    raises (out of memory, say), the windows finished before it in that call are kept and come
+    first in what the next ``push`` or ``flush`` returns, and the failed window is tried again.
     """
 
     def __init__(self, model: nn.Module, num_samples: int = 10, generator: Optional[torch.Generator] = None,
@@ -66,6 +68,7 @@ class ReactionStream:
         self._speaker: List[torch.Tensor] = []
         self._audio: List[torch.Tensor] = []
         self._pending = 0
+        self._finished: List[Dict[str, torch.Tensor]] = []   # windows generated, not yet returned
         self.frames_in = 0
         self.frames_out = 0
         self.closed = False
@@ -111,18 +114,28 @@ class ReactionStream:
     def push(self, speaker: torch.Tensor, audio: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Add n new speaker frames and their k n audio rows; emit every completed window."""
         self.feed(speaker, audio)
-        outs = []
         while self.ready:
-            outs.append(self._advance(*self._take()))
+            self._finished.append(self._advance(*self._next_window()))
+            self._consume()
+        return self._deliver()
+
+    def _deliver(self, last: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
+        """Every finished window not yet returned (and ``last``), in order; clears them."""
+        outs, self._finished = self._finished + ([last] if last is not None else []), []
         return _concat(outs, self.samples, self.model)
 
-    def _take(self):
+    def _next_window(self):
+        """The next window's speaker frames and audio rows, left pending until ``_consume``."""
         k, W = self.model.audio_per_frame, self.window
         speaker = torch.cat(self._speaker)
         audio = torch.cat(self._audio)
-        self._speaker, self._audio = [speaker[W:]], [audio[k * W:]]
-        self._pending -= W
+        self._speaker, self._audio = [speaker], [audio]
         return speaker[:W], audio[:k * W]
+
+    def _consume(self) -> None:
+        k, W = self.model.audio_per_frame, self.window
+        self._speaker, self._audio = [self._speaker[0][W:]], [self._audio[0][k * W:]]
+        self._pending -= W
 
     def noise(self) -> torch.Tensor:
         return self.model.draw_noise(self.samples, self.generator, self.window).to(self.device)
@@ -140,7 +153,7 @@ class ReactionStream:
         if self.closed:
             raise StreamClosed("this stream is already closed")
         real = self._pending
-        out = _concat([], self.samples, self.model)
+        last = None
         if real:
             k, W = self.model.audio_per_frame, self.window
             speaker = torch.cat(self._speaker)
@@ -148,11 +161,11 @@ class ReactionStream:
             pad = W - real
             speaker = torch.cat([speaker, speaker[-1:].expand(pad, -1)])
             audio = torch.cat([audio, audio[-k:].repeat(pad, 1)])
-            out = {key: value[:, :real] for key, value in self._advance(speaker, audio).items()}
+            last = {key: value[:, :real] for key, value in self._advance(speaker, audio).items()}
             self.frames_out -= pad
             self._pending = 0
         self.closed = True
-        return out
+        return self._deliver(last)
 
     def close(self) -> None:
         self.closed = True
@@ -259,7 +272,7 @@ class StreamRunner:
             windows = {s.window for s in ready}
             if len(windows) != 1:
                 raise ValueError(f"streams stepped together must share one window, got {sorted(windows)}")
-            inputs = [s._take() for s in ready]
+            inputs = [s._next_window() for s in ready]
             sizes = [s.samples for s in ready]
             speaker = torch.cat([sp[None].expand(s.samples, -1, -1) for s, (sp, _) in zip(ready, inputs)])
             audio = torch.cat([au[None].expand(s.samples, -1, -1) for s, (_, au) in zip(ready, inputs)])
@@ -267,6 +280,7 @@ class StreamRunner:
             state = type(ready[0].state).cat([s.state for s in ready])
             out, state = self._run(state, speaker, audio, noise)
             for i, (s, new_state) in enumerate(zip(ready, state.split(sizes))):
+                s._consume()   # only now that the step succeeded
                 s.state = new_state
                 s.frames_out += s.window
                 lo = sum(sizes[:i])
