@@ -349,3 +349,18 @@ def test_two_stage_training_and_style_separation(device):
 def test_bad_input(call, err, match):
     with pytest.raises(err, match=match):
         call(tiny())
+
+
+def test_listener_history_is_checked():
+    from reactfast.online import ReactionStream
+
+    model = tiny().eval()
+    speaker, audio = inputs()
+    bad = torch.randn(2, 20, 58)
+    bad[1, 3, 7] = float("nan")   # generated silently before
+    with pytest.raises(ValueError, match="listener_history contains NaN or Inf"):
+        model.generate(speaker, audio, 2, listener_history=bad)
+    with pytest.raises(ValueError, match="listener_history contains NaN or Inf"):
+        ReactionStream(model, 2, listener_history=bad[1])
+    with pytest.raises(TypeError, match="listener_history must be a tensor"):
+        model.generate(speaker, audio, 2, listener_history=bad.tolist())

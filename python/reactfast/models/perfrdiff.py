@@ -254,6 +254,15 @@ class PSSL(nn.Module):
         return F.normalize(self.head(h), dim=-1)
 
 
+def _check_history(history) -> None:
+    """A listener history given to generate or a stream: a tensor of finite values (its shape is
+    the style encoder's to check)."""
+    if not isinstance(history, torch.Tensor):
+        raise TypeError(f"listener_history must be a tensor of 3DMM frames, got {type(history).__name__}")
+    if _backend.host_checks_allowed() and not bool(torch.isfinite(history).all()):   # as the speaker check
+        raise ValueError("listener_history contains NaN or Inf")
+
+
 def supervised_contrastive(p: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
     """Khosla et al.'s loss over normalised styles p (N, d) with listener labels (N,); anchors
     without a positive are skipped (0 when none has one)."""
@@ -648,6 +657,7 @@ class PerFRDiff(Generator):
         rows_cond = cond[:, None].expand(B, num_samples, n, W, cond.shape[-1]).reshape(B * num_samples * n, W, -1)
         shifts = None
         if listener_history is not None:
+            _check_history(listener_history)
             if listener_history.shape[0] != B:
                 raise ValueError(f"listener_history must hold one history per speaker ({B}), got "
                                  f"{listener_history.shape[0]}")
@@ -670,6 +680,7 @@ class PerFRDiff(Generator):
         device = device or next(self.parameters()).device
         shifts = None
         if listener_history is not None:
+            _check_history(listener_history)
             history = listener_history if listener_history.dim() == 3 else listener_history[None]
             if batch % history.shape[0]:
                 raise ValueError(f"{batch} rows do not split evenly over {history.shape[0]} listener histories")
