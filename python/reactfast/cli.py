@@ -188,6 +188,9 @@ def _cmd_train(args) -> int:
     extra = {"data": {"spec": data_spec, "sessions": s["sessions"], "seed": s["seed"], "frames": s["frames"]},
              "run": {k: s[k] for k in _TRAIN_DEFAULTS}, "audio": clips.audio_features}
     trainer = Trainer(model, data, cfg, val_dataset=val, resume=args.resume, extra_meta=extra, device=device)
+    if trainer.step >= cfg.steps and trainer.rank == 0:
+        print(f"[reactfast] {args.resume} is at step {trainer.step}, not below --steps {cfg.steps}: nothing to "
+              f"train (give a larger --steps to go on)", flush=True)
     history = trainer.fit()
     if trainer.rank == 0:
         last = history[-1] if history else {}

@@ -106,3 +106,14 @@ def test_later_stage_takes_model_and_data_from_init(tmp_path, capsys):
 def test_learning_rate_flag_is_checked(tmp_path, capsys):
     assert cli.main(["train", "--out", str(tmp_path / "r"), "--lr", "-0.001", "--steps", "1"]) == 2
     assert "--lr must be a finite number > 0, got -0.001" in capsys.readouterr().err
+
+
+def test_resume_at_or_past_steps_says_so(tmp_path, capsys):
+    run = str(tmp_path / "run")
+    config = ["dim=16", "heads=2", "cie_heads=2", "cie_ffn=32", "window_train=16", "window=8", "context=32", "past=16"]
+    assert cli.main(["train", "--out", run, "--steps", "2", "--batch-size", "2", "--clip-frames", "32", "--frames",
+                     "64", "--sessions", "4", "--no-progress", "--config", *config]) == 0
+    capsys.readouterr()
+    ckpt = os.path.join(run, "checkpoint")
+    assert cli.main(["train", "--out", run, "--resume", ckpt, "--steps", "1", "--no-progress"]) == 0
+    assert f"{ckpt} is at step 2, not below --steps 1: nothing to train" in capsys.readouterr().out
