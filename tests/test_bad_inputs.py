@@ -445,3 +445,13 @@ def test_27_a_failed_stream_step_loses_no_frames(monkeypatch):
         runner.step([a, b])
     assert a._pending == b._pending == W
     assert [o["3dmm"].shape[1] for o in runner.step([a, b])] == [W, W]
+
+
+def test_28_backend_spec_names_ops_and_their_backends(checkpoint, tmp_path, capsys):
+    out = str(tmp_path / "p.npz")
+    for spec, words in (("attn:cpp", "--backend: backend spec names unknown op 'attn'; the ops: add_layer_norm"),
+                        ("biased_attention:cuda", "--backend: biased_attention has no 'cuda' backend; its backends: "
+                                                  "triton, cpp, sdpa, reference")):
+        code, err = run(["generate", "--checkpoint", checkpoint, "--out", out, "--no-progress", "--device", "cpu",
+                         "--backend", spec], capsys)   # a misspelt op was ignored before
+        assert code == 2 and words in err, err

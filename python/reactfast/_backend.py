@@ -224,6 +224,17 @@ def _checked_name(name: str) -> str:
     return name
 
 
+def check_spec_ops(spec: Optional[str]) -> None:
+    """Every op a spec names is a registered op family that implements the backend named for it
+    (import ``reactfast.ops`` first: the families register as their modules load)."""
+    _, per_op = parse_spec(spec)
+    for op, name in per_op.items():
+        if op not in _implemented:
+            raise ValueError(f"backend spec names unknown op {op!r}; the ops: {', '.join(sorted(_implemented))}")
+        if name not in _implemented[op]:
+            raise ValueError(f"{op} has no {name!r} backend; its backends: {', '.join(_implemented[op])}")
+
+
 def forced_backend(op: str) -> Optional[str]:
     """The backend ``REACTFAST_BACKEND`` forces for ``op``, or None."""
     default, per_op = _parse_spec(os.environ.get("REACTFAST_BACKEND", ""))

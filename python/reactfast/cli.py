@@ -30,10 +30,10 @@ def _device(args):
 
 
 def _backend_spec(args):
-    from reactfast import _backend
+    from reactfast import _backend, ops  # noqa: F401 (the op families register their backends)
 
     try:
-        _backend.parse_spec(args.backend)
+        _backend.check_spec_ops(args.backend)
     except ValueError as exc:
         raise CommandError(f"--backend: {exc}") from None
     return args.backend
