@@ -455,3 +455,5 @@ def test_28_backend_spec_names_ops_and_their_backends(checkpoint, tmp_path, caps
         code, err = run(["generate", "--checkpoint", checkpoint, "--out", out, "--no-progress", "--device", "cpu",
                          "--backend", spec], capsys)   # a misspelt op was ignored before
         assert code == 2 and words in err, err
+        with pytest.raises(ValueError, match=words.split("--backend: ")[1].split(";")[0]):
+            tiny_model().set_backend(spec)

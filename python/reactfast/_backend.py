@@ -225,9 +225,10 @@ def _checked_name(name: str) -> str:
 
 
 def check_spec_ops(spec: Optional[str]) -> None:
-    """Every op a spec names is a registered op family that implements the backend named for it
-    (import ``reactfast.ops`` first: the families register as their modules load)."""
+    """Every op a spec names is a registered op family that implements the backend named for it."""
     _, per_op = parse_spec(spec)
+    if per_op:
+        import reactfast.ops  # noqa: F401 (the op families register their backends as they load)
     for op, name in per_op.items():
         if op not in _implemented:
             raise ValueError(f"backend spec names unknown op {op!r}; the ops: {', '.join(sorted(_implemented))}")

@@ -30,7 +30,7 @@ def _device(args):
 
 
 def _backend_spec(args):
-    from reactfast import _backend, ops  # noqa: F401 (the op families register their backends)
+    from reactfast import _backend
 
     try:
         _backend.check_spec_ops(args.backend)

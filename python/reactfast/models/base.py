@@ -145,8 +145,9 @@ class Generator(nn.Module, metaclass=abc.ABCMeta):
         return _backend.for_op(self.backend, op)
 
     def set_backend(self, backend: Optional[str]) -> "Generator":
-        """Change the backend spec; modules that call an op (an ``op`` attribute) follow it."""
-        _backend.parse_spec(backend)
+        """Change the backend spec; modules that call an op (an ``op`` attribute) follow it. Every op
+        the spec names must exist and implement the backend named for it."""
+        _backend.check_spec_ops(backend)
         self.backend = backend
         for module in self.modules():
             op = getattr(module, "op", None)
