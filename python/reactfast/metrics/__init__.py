@@ -315,6 +315,7 @@ def evaluate(pred, listener_gt, speaker, appropriate, progress: bool = False, ab
         >>> scores = evaluate(pred, listener_gt, speaker, appropriate)
         >>> scores["FRDist"]
     """
+    _backend.check_spec_ops(backend)
     pred, listener_gt, speaker, a = check_inputs(pred, listener_gt, speaker, appropriate)
     if pred.shape[2] < 2:
         raise ValueError(f"pred must have at least 2 frames (T) for the metric suite, got shape {tuple(pred.shape)}")
