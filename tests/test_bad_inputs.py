@@ -457,6 +457,10 @@ def test_28_backend_spec_names_ops_and_their_backends(checkpoint, tmp_path, caps
         assert code == 2 and words in err, err
         with pytest.raises(ValueError, match=words.split("--backend: ")[1].split(";")[0]):
             tiny_model().set_backend(spec)
+    from reactfast.models import ReactFace
+
+    with pytest.raises(ValueError, match="unknown op 'attn'"):
+        ReactFace(tiny_model().config, backend="attn:cpp")
     gt = np.random.default_rng(0).random((2, 8, 25), dtype=np.float32)
     with pytest.raises(ValueError, match="dtw has no 'sdpa' backend"):
         metrics.evaluate(gt[:, None], gt, gt, np.eye(2, dtype=bool), backend="dtw:sdpa")

@@ -136,7 +136,7 @@ class Generator(nn.Module, metaclass=abc.ABCMeta):
         elif not isinstance(config, self.config_class):
             raise TypeError(f"config must be a {self.config_class.__name__}, got {type(config).__name__}")
         self.config = config
-        _backend.parse_spec(backend)
+        _backend.check_spec_ops(backend)
         self.backend = backend
         self.stage = self.stages[0]
 
