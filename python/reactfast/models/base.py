@@ -26,12 +26,17 @@ from torch import nn
 from reactfast import _backend
 
 
+def check_int(name: str, value, minimum: int = 1) -> int:
+    """``value`` if it is an int (not a bool) >= ``minimum``, else a ValueError naming ``name``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
 def check_at_least(config, minimum: int, *names: str) -> None:
     """Raise ValueError naming the first field of ``config`` in ``names`` that is not an int >= ``minimum``."""
     for name in names:
-        value = getattr(config, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise ValueError(f"{type(config).__name__}.{name} must be an int >= {minimum}, got {value!r}")
+        check_int(f"{type(config).__name__}.{name}", getattr(config, name), minimum)
 
 
 # How the windows of one sample draw their initial noise (window-by-window diffusion generators):

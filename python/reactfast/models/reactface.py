@@ -44,7 +44,7 @@ from torch import nn
 
 from reactfast.data import layout
 from reactfast.models._inputs import check_speaker_audio, pad_to_windows
-from reactfast.models.base import Generator, GeneratorConfig, TrainStage, randn, register
+from reactfast.models.base import Generator, GeneratorConfig, TrainStage, check_int, randn, register
 from reactfast.models.heads import EmotionHead, emotion_loss
 from reactfast.nn.attention import BiasedCrossAttention
 from reactfast.nn.dropout import Dropout
@@ -357,7 +357,7 @@ class ReactFace(Generator):
         """The state of ``batch`` samples of ``conversations`` conversations (default ``batch``: each
         sample its own), the samples of a conversation consecutive and sharing its speaker inputs."""
         cfg = self.config
-        W = cfg.window if window is None else _check_window(window)
+        W = cfg.window if window is None else check_int("window", window)
         G = batch if conversations is None else conversations
         if G < 1 or batch % G:
             raise ValueError(f"{batch} samples do not split evenly into {G} conversations")
@@ -591,9 +591,7 @@ class ReactFace(Generator):
         (B, samples, n, D). ``noise`` (n_windows, B * samples, D), rows b * samples + s, replaces
         draws from ``generator``."""
         self.check_inputs(speaker, audio)
-        S = self.config.train_samples if samples is None else samples
-        if not isinstance(S, int) or isinstance(S, bool) or S < 1:
-            raise ValueError(f"samples must be an int >= 1 (or None: config.train_samples), got {samples!r}")
+        S = self.config.train_samples if samples is None else check_int("samples", samples)
         B, T, _ = speaker.shape
         W = self.config.window_train
         n = math.ceil(T / W)
@@ -643,20 +641,13 @@ class ReactFace(Generator):
 
     def _generate(self, speaker, audio, num_samples, generator, window, post=None, state=None, fresh=None):
         self.check_inputs(speaker, audio)
-        if not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
+        check_int("num_samples", num_samples)
         B, T, _ = speaker.shape
-        W = self.config.window if window is None else _check_window(window)
+        W = self.config.window if window is None else check_int("window", window)
         noise = self.draw_windows(B, num_samples, math.ceil(T / W), generator).to(speaker.device)
         out = self.run(speaker, audio, W, noise, rows=num_samples, post=post, state=state, fresh=fresh)
         return {key: value.reshape(B, num_samples, *value.shape[1:]) for key, value in out.items()
                 if key in self.output_widths()}
-
-
-def _check_window(window) -> int:
-    if not isinstance(window, int) or isinstance(window, bool) or window < 1:
-        raise ValueError(f"window must be an int >= 1 (or None: the model's), got {window!r}")
-    return window
 
 
 def appropriate_losses(pred: torch.Tensor, targets: torch.Tensor, pose_weight: float = 10.0,

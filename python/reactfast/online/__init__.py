@@ -47,14 +47,14 @@ class ReactionStream:
 
     def __init__(self, model: nn.Module, num_samples: int = 10, generator: Optional[torch.Generator] = None,
                  window: Optional[int] = None, device=None, **state_kwargs):
-        from reactfast.models.base import Generator
+        from reactfast.models.base import Generator, check_int
 
         if not isinstance(model, Generator):
             raise TypeError(f"model must be a reactfast generator (reactfast.models.Generator), got "
                             f"{type(model).__name__}")
-        _check_int("num_samples", num_samples)
+        check_int("num_samples", num_samples)
         if window is not None:
-            _check_int("window", window)
+            check_int("window", window)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         self.model = model
@@ -169,11 +169,6 @@ class ReactionStream:
 
     def close(self) -> None:
         self.closed = True
-
-
-def _check_int(name: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
 
 
 def _concat(outs: List[Dict[str, torch.Tensor]], samples: int, model: nn.Module) -> Dict[str, torch.Tensor]:
