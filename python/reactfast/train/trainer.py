@@ -80,13 +80,15 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        for name, low, value in (("lr", "> 0", self.lr), ("weight_decay", ">= 0", self.weight_decay),
-                                 ("grad_clip", ">= 0 (0: no clipping)", self.grad_clip)):
-            ok = value is None and name != "grad_clip" or (
-                isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-                and (value > 0 if name == "lr" else value >= 0))
-            if not ok:
-                raise ValueError(f"TrainConfig.{name} must be a finite number {low}, got {value!r}")
+        # lr and weight_decay may be None (the model's); grad_clip 0 means no clipping.
+        for name, positive in (("lr", True), ("weight_decay", False), ("grad_clip", False)):
+            value = getattr(self, name)
+            if value is None and name != "grad_clip":
+                continue
+            number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if not number or value < 0 or (positive and value == 0):
+                raise ValueError(f"TrainConfig.{name} must be a finite number {'> 0' if positive else '>= 0'}, "
+                                 f"got {value!r}")
         from reactfast.metrics import METRICS
 
         if self.best_metric not in METRICS:
