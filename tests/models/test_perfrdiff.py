@@ -362,5 +362,5 @@ def test_listener_history_is_checked():
         model.generate(speaker, audio, 2, listener_history=bad)
     with pytest.raises(ValueError, match="listener_history contains NaN or Inf"):
         ReactionStream(model, 2, listener_history=bad[1])
-    with pytest.raises(TypeError, match="listener_history must be a tensor"):
+    with pytest.raises(TypeError, match="listener_history must be a torch.Tensor"):
         model.generate(speaker, audio, 2, listener_history=bad.tolist())

@@ -54,6 +54,7 @@ from reactfast.models.base import (Generator, GeneratorConfig, TrainStage, check
 from reactfast.models.heads import activate_emotion
 from reactfast.nn.personalize import attention_projections, make_shiftable, personalize, shift_entries
 from reactfast.nn.positional import sinusoid
+from reactfast.ops._checks import check_tensor
 
 
 # The speaker window that conditions listener window i: i - 1 (the authors') or i.
@@ -252,15 +253,6 @@ class PSSL(nn.Module):
         pad = torch.arange(L + 1, device=history.device)[None] > lengths[:, None]
         h = self.encoder(x, src_key_padding_mask=pad)[:, 0]
         return F.normalize(self.head(h), dim=-1)
-
-
-def _check_history(history) -> None:
-    """A listener history given to generate or a stream: a tensor of finite values (its shape is
-    the style encoder's to check)."""
-    if not isinstance(history, torch.Tensor):
-        raise TypeError(f"listener_history must be a tensor of 3DMM frames, got {type(history).__name__}")
-    if _backend.host_checks_allowed() and not bool(torch.isfinite(history).all()):   # as the speaker check
-        raise ValueError("listener_history contains NaN or Inf")
 
 
 def supervised_contrastive(p: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
@@ -657,7 +649,7 @@ class PerFRDiff(Generator):
         rows_cond = cond[:, None].expand(B, num_samples, n, W, cond.shape[-1]).reshape(B * num_samples * n, W, -1)
         shifts = None
         if listener_history is not None:
-            _check_history(listener_history)
+            check_tensor("listener_history", listener_history, finite=True)   # shape: the style encoder's
             if listener_history.shape[0] != B:
                 raise ValueError(f"listener_history must hold one history per speaker ({B}), got "
                                  f"{listener_history.shape[0]}")
@@ -680,7 +672,7 @@ class PerFRDiff(Generator):
         device = device or next(self.parameters()).device
         shifts = None
         if listener_history is not None:
-            _check_history(listener_history)
+            check_tensor("listener_history", listener_history, finite=True)   # shape: the style encoder's
             history = listener_history if listener_history.dim() == 3 else listener_history[None]
             if batch % history.shape[0]:
                 raise ValueError(f"{batch} rows do not split evenly over {history.shape[0]} listener histories")
