@@ -227,7 +227,7 @@ def _cmd_generate(args) -> int:
     model = load_model(meta["path"], device=device).set_backend(_backend_spec(args))
     if args.window is not None:
         raise_if_bad_window(model, args.window)
-    from reactfast.data.files import DataError
+    from reactfast.data.files import TooFewFrames
 
     sessions = args.sessions if args.sessions is not None else max(2, data_meta.get("sessions", 24) // 2)
     try:
@@ -235,9 +235,7 @@ def _cmd_generate(args) -> int:
                        seed=data_meta.get("seed", 0) if spec == "synthetic" else 0, audio_dim=model.config.audio_dim)
         preds = generate_dataset(model, ds, args.samples, seed=args.seed, progress=not args.no_progress,
                                  device=device, window=args.window)
-    except DataError as exc:   # the clips are read as generation goes: the first one short of --frames
-        if "truncated" not in str(exc):
-            raise
+    except TooFewFrames as exc:   # the clips are read as generation goes: the first one short of --frames
         raise CommandError(f"{exc} (--frames: how many frames of each clip to generate, default 750)") from None
     bad = {k: int((~torch.isfinite(torch.from_numpy(v))).sum()) for k, v in preds.items()}
     if any(bad.values()):

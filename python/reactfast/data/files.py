@@ -16,6 +16,10 @@ class DataError(ValueError):
     """A data file is missing, truncated or malformed."""
 
 
+class TooFewFrames(DataError):
+    """A clip holds fewer frames (or seconds of audio) than were asked for."""
+
+
 def _need(path: str) -> None:
     if not os.path.isfile(path):
         raise DataError(f"missing file: {path}")
@@ -31,7 +35,7 @@ def _check_values(path: str, arr: np.ndarray) -> np.ndarray:
 
 def _check_frames(path: str, arr: np.ndarray, min_frames: Optional[int]) -> None:
     if min_frames is not None and arr.shape[0] < min_frames:
-        raise DataError(f"{path}: truncated, {arr.shape[0]} frames but at least {min_frames} are needed")
+        raise TooFewFrames(f"{path}: truncated, {arr.shape[0]} frames but at least {min_frames} are needed")
 
 
 def read_split(path: str) -> List[Tuple[str, str]]:
