@@ -100,6 +100,9 @@ def _train_settings(args):
         inherited = {k: run[k] for k in _INIT_INHERITED if k in run}
         inherited["model"] = meta["model"]
         source = "init"
+    if source and args.model and args.model != meta["model"]:
+        raise CommandError(f"--model {args.model}: the --{source} checkpoint {getattr(args, source)} holds a "
+                           f"{meta['model']!r} model")
     settings = {}
     changed, taken = [], []
     for key, default in _TRAIN_DEFAULTS.items():
@@ -139,11 +142,6 @@ def _cmd_train(args) -> int:
         raise CommandError(f"--stage: {s['model']} trains in stages {cls.stages}, got {s['stage']}")
     if args.init and s["stage"] == cls.stages[0]:
         raise CommandError("--init starts a later stage from the previous stage's checkpoint (give --stage)")
-    for flag in ("resume", "init"):
-        path = getattr(args, flag)
-        held = read_config(path)["model"] if path else s["model"]
-        if held != s["model"]:
-            raise CommandError(f"--model {s['model']}: the --{flag} checkpoint {path} holds a {held!r} model")
     _check_run_folder(args)
     _io.check_writable_dir(args.out, "--out")
     overrides = configs.parse(args.config)
