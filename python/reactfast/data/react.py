@@ -135,8 +135,8 @@ class ReactDataset(torch.utils.data.Dataset):
             samples, sr = audio_io.read_wav(wav)
             have, need = len(samples) / sr, self.frames / layout.FPS
             if have < need - 1.0 / layout.FPS:
-                raise files.TooFewFrames(f"{wav}: truncated, {have:.2f} s of audio for {self.frames} frames ({need:.2f} s "
-                                f"at {layout.FPS} fps)")
+                raise files.TooFewFrames(f"{wav}: truncated, {have:.2f} s of audio for {self.frames} frames "
+                                         f"({need:.2f} s at {layout.FPS} fps)")
             if self.k != 2:
                 raise DataError(f"{wav}: features from .wav come as 2 rows per frame, but audio_per_frame is {self.k}")
             return audio_io.features(samples, sr, self.frames, self.wav_features)

@@ -7,7 +7,8 @@ four wrapped calls, on the small (a few hundred rows of 64) tensors of ReactFace
 where such fixed costs are a large part of the time: the modules' forward + backward took
 1.06-1.12x this call's at ReactFace's shapes (``bench/bench_feed_forward.py``, 2-core AMD EPYC VM
 with AVX-512, two runs), and ReactFace's demo training forward + backward 1.5-4% longer with the
-modules (best, tenth percentile and median of 60 interleaved calls in one process). The ``cpp`` path runs the same kernels as the modules would:
+modules (best, tenth percentile and median of 60 interleaved calls in one process). The ``cpp``
+path runs the same kernels as the modules would:
 the two matrix products as torch's ``addmm`` on the flattened rows (as ``F.linear`` does), the GELU
 with its dropout as :func:`reactfast.ops.gelu_dropout`'s C++ kernel and the residual end as
 :func:`reactfast.ops.add_layer_norm`'s, so the forward equals the modules' bit for bit; the backward
