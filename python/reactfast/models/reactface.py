@@ -528,9 +528,9 @@ class ReactFace(Generator):
         each window (PFLPosNet's PosNet; the states it is given carry the listener side and the frame
         count, not the speaker buffers, which the loop does not roll). ``fresh``: whether ``state`` is
         as ``init_state`` made it (nothing fed yet), which the caller knows on the host (default: True
-        when no state is given); a fresh state's empty buffers and past are not read. Returns the outputs over time: ``3dmm``,
-        ``emotion``, ``emotion_logits`` (R, T, ...), ``speaker_3dmm`` (G, T, 58), ``mu``, ``logvar``
-        (R, n, D).
+        when no state is given); a fresh state's empty buffers and past are not read. Returns the
+        outputs over time: ``3dmm``, ``emotion``, ``emotion_logits`` (R, T, ...), ``speaker_3dmm``
+        (G, T, 58), ``mu``, ``logvar`` (R, n, D).
         """
         cfg = self.config
         G, T, _ = speaker.shape
