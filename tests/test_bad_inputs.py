@@ -174,6 +174,24 @@ def test_11_generate_on_clips_shorter_than_its_frames_names_the_flag(checkpoint,
     assert code == 2 and "truncated, 60 frames but at least 750 are needed" in err and "(--frames:" in err
 
 
+def test_11_generate_takes_the_training_runs_clip_length(data, tmp_path, capsys):
+    # Trained on a folder of 60-frame clips: generate from the checkpoint alone (or naming that
+    # folder again, spelled differently) reads 60 frames per clip; it asked for 750 and failed before.
+    path = str(tmp_path / "run" / "checkpoint")
+    save_checkpoint(path, tiny_model(), extra={"data": {"spec": data, "sessions": 2, "seed": 0, "frames": 60}})
+    for extra in ([], ["--data", data + os.sep]):
+        out = str(tmp_path / "p.npz")
+        code, _ = run(["generate", "--checkpoint", path, *extra, "--samples", "2", "--out", out, "--no-progress",
+                       "--device", "cpu"], capsys)
+        assert code == 0 and np.load(out)["pred"].shape[2] == 60
+    code, err = run(["generate", "--checkpoint", path, "--frames", "0", "--out", str(tmp_path / "q.npz"),
+                     "--no-progress", "--device", "cpu"], capsys)
+    assert code == 2 and "--frames must be >= 1, got 0" in err
+    code, err = run(["generate", "--checkpoint", path, "--frames", "61", "--out", str(tmp_path / "q.npz"),
+                     "--no-progress", "--device", "cpu"], capsys)
+    assert code == 2 and "at least 61 are needed" in err and "given 61" in err
+
+
 _KILLED_SAVE = """
 import os, sys
 sys.path.insert(0, {root!r})

@@ -228,13 +228,28 @@ def _cmd_generate(args) -> int:
     from reactfast.data.files import TooFewFrames
 
     sessions = args.sessions if args.sessions is not None else max(2, data_meta.get("sessions", 24) // 2)
+    frames, frames_from = args.frames, f"given {args.frames}"
+    if frames is None:
+        # The data the model was trained on: its clips' length too (a folder of shorter clips than
+        # the challenge's 750 frames, say), unless other data is given.
+        trained_on = data_meta.get("spec")
+        inherited = args.data is None or args.data == trained_on or (
+            args.data != "synthetic" and trained_on not in (None, "synthetic")
+            and os.path.realpath(args.data) == os.path.realpath(trained_on))
+        frames = data_meta.get("frames", 750) if inherited else 750
+        frames_from = f"default {frames}" + (", the training run's" if inherited and "frames" in data_meta else "")
+        if frames != 750:
+            print(f"[reactfast] generating the first {frames} frames of each clip, as the model was trained "
+                  "(--frames to change)")
+    elif frames < 1:
+        raise CommandError(f"--frames must be >= 1, got {frames}")
     try:
-        ds = load_data(spec, args.split, args.frames, sessions=sessions,
+        ds = load_data(spec, args.split, frames, sessions=sessions,
                        seed=data_meta.get("seed", 0) if spec == "synthetic" else 0, audio_dim=model.config.audio_dim)
         preds = generate_dataset(model, ds, args.samples, seed=args.seed, progress=not args.no_progress,
                                  device=device, window=args.window)
     except TooFewFrames as exc:   # the clips are read as generation goes: the first one short of --frames
-        raise CommandError(f"{exc} (--frames: how many frames of each clip to generate, default 750)") from None
+        raise CommandError(f"{exc} (--frames: how many frames of each clip to generate; {frames_from})") from None
     bad = {k: int((~torch.isfinite(torch.from_numpy(v))).sum()) for k, v in preds.items()}
     if any(bad.values()):
         raise CommandError(f"the model produced non-finite outputs ({bad}); nothing was written to {out}")
@@ -521,7 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'synthetic' or the data folder (default: what the checkpoint was trained on)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--samples", type=int, default=10)
-    p.add_argument("--frames", type=int, default=750)
+    p.add_argument("--frames", type=int,
+                   help="frames of each clip, the first (default: the training run's, 750 for other data)")
     p.add_argument("--window-size", dest="window", type=int, help="frames per online step (default: the model's)")
     p.add_argument("--sessions", type=int, help="synthetic sessions of the split")
     p.add_argument("--seed", type=int, default=0)
