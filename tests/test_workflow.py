@@ -195,3 +195,30 @@ def test_pfl_crop_command(tmp_path, capsys):
                      str(tmp_path / "out"), "--size", "16"]) == 0
     crop = mpimg.imread(tmp_path / "out" / "2.png")
     assert crop.shape[:2] == (16, 16) and len(os.listdir(tmp_path / "out")) == 3
+
+
+def test_pfl_crop_command_checks_its_arguments(tmp_path, capsys):
+    from matplotlib import image as mpimg
+
+    from reactfast.data.pfl import crop_frames
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(1, 3):
+        mpimg.imsave(frames / f"{i}.png", np.random.default_rng(i).random((40, 50, 3)))
+    boxes = str(tmp_path / "boxes.csv")
+    np.savetxt(boxes, [[20, 20, 10, 12]] * 2, delimiter=",")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    base = ["data", "crop", "--boxes", boxes]
+    cases = (([*base, "--video", str(tmp_path / "nope"), "--out", str(tmp_path / "o")], "not a folder of frames"),
+             ([*base, "--video", str(frames), "--out", str(a_file)], "exists and is not a folder"),
+             ([*base, "--video", str(frames), "--out", str(tmp_path / "o"), "--size", "0"], "--size must be >= 1"),
+             ([*base, "--video", str(frames), "--out", str(tmp_path / "o"), "--size", "-4"], "--size must be >= 1"))
+    for args, message in cases:
+        assert cli.main(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("reactfast data crop: error:") and message in err, err
+    assert not (tmp_path / "o").exists()   # --size 0 cropped at full size before; -4 failed inside torch
+    with pytest.raises(ValueError, match="out_size must be"):
+        crop_frames(str(frames), np.array([[20, 20, 10, 12]] * 2), str(tmp_path / "o"), out_size=(16, 0))

@@ -449,7 +449,9 @@ def _cmd_data_crop(args) -> int:
     from reactfast.data.pfl import crop_frames, read_boxes
 
     size = None
-    if args.size:
+    if args.size is not None:
+        if args.size < 1:
+            raise CommandError(f"--size must be >= 1, got {args.size}")
         size = (args.size, args.size)
     window = crop_frames(args.video, read_boxes(args.boxes), args.out, (args.omega, args.omega), size)
     print(f"cropped {args.video} -> {args.out} with the window left {window[0]}, top {window[1]}, "
@@ -610,15 +612,16 @@ def _message(exc: BaseException) -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    name = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))   # "data crop"
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        print(f"reactfast {args.command}: interrupted", file=sys.stderr)
+        print(f"reactfast {name}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # one line for the user; --debug for the traceback
         if args.debug:
             raise
-        print(f"reactfast {args.command}: error: {_message(exc)}", file=sys.stderr)
+        print(f"reactfast {name}: error: {_message(exc)}", file=sys.stderr)
         return 2
 
 

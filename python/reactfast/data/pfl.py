@@ -120,6 +120,15 @@ def crop_frames(src: str, boxes, dst: str, omega: Tuple[float, float] = (256.0, 
 
     from reactfast.data.files import DataError
 
+    if not os.path.isdir(src):
+        raise DataError(f"{src}: not a folder of frames (1.png, 2.png, ...)")
+    if os.path.exists(dst) and not os.path.isdir(dst):
+        raise DataError(f"{dst}: exists and is not a folder (the cropped frames' destination)")
+    if out_size is not None:
+        if (not isinstance(out_size, (tuple, list)) or len(out_size) != 2
+                or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in out_size)):
+            raise ValueError(f"out_size must be (height, width), two integers >= 1, got {out_size!r}")
+        out_size = tuple(out_size)
     names = sorted((f for f in os.listdir(src) if f.endswith(".png") and f[:-4].isdigit()), key=lambda f: int(f[:-4]))
     if not names:
         raise DataError(f"{src}: no numbered .png frames (1.png, 2.png, ...)")
