@@ -426,11 +426,14 @@ def _cmd_data_synth(args) -> int:
     if held and not args.overwrite:
         raise CommandError(f"--out: {os.path.abspath(args.out)} already holds a dataset ({', '.join(held)}); synth "
                            "would replace its split lists: give another folder, or --overwrite")
+    # Every split's settings checked before the folder is made: a bad flag leaves nothing behind.
+    dyads = {split: SyntheticDyads(sessions=args.sessions if split == "train" else max(2, args.sessions // 4),
+                                   seed=args.seed, split=split, frames=args.frames, audio_dim=args.audio_dim,
+                                   prototypes=args.prototypes) for split in splits}
     root = _io.check_writable_dir(args.out, "--out")
-    for split in splits:
-        n = args.sessions if split == "train" else max(2, args.sessions // 4)
-        SyntheticDyads(sessions=n, seed=args.seed, split=split, frames=args.frames, audio_dim=args.audio_dim,
-                       prototypes=args.prototypes).write(root, split)
+    for split, synth in dyads.items():
+        synth.write(root, split)
+        n = synth.config.sessions
         print(f"wrote {split}: {n} sessions ({2 * n} dyads mirrored), {args.frames} frames each")
     print(f"synthetic REACT 2024 layout in {root} (reactfast data check {root})")
     return 0

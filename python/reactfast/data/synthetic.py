@@ -38,11 +38,11 @@ class SyntheticConfig:
     split: str = "val"
 
     def __post_init__(self):
-        for name in ("sessions", "frames", "prototypes", "listeners", "latent_dim", "audio_dim", "audio_per_frame"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.frames < 2:
             raise ValueError(f"frames must be >= 2, got {self.frames}")
+        for name in ("sessions", "prototypes", "listeners", "latent_dim", "audio_dim", "audio_per_frame"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.noise < 0:
             raise ValueError(f"noise must be >= 0, got {self.noise}")
         if self.split not in layout.SPLITS:
