@@ -482,3 +482,21 @@ def test_28_backend_spec_names_ops_and_their_backends(checkpoint, tmp_path, caps
     gt = np.random.default_rng(0).random((2, 8, 25), dtype=np.float32)
     with pytest.raises(ValueError, match="dtw has no 'sdpa' backend"):
         metrics.evaluate(gt[:, None], gt, gt, np.eye(2, dtype=bool), backend="dtw:sdpa")
+
+
+def test_29_train_fails_leaving_no_empty_run_folder(tmp_path, capsys):
+    data = str(tmp_path / "data")
+    SyntheticDyads(sessions=2, frames=60, prototypes=1, audio_dim=8, seed=0, split="train").write(data, "train")
+    base = ["train", "--model", "reactface", "--data", data, "--frames", "60", "--steps", "1", "--no-progress",
+            "--device", "cpu"]
+    for extra, words in ((["--config", "dim=abc"], "ReactFaceConfig.dim must be int"),
+                         (["--frames", "61"], "at least 61 are needed"),
+                         (["--clip-frames", "0"], "--clip-frames must be >= 1, got 0")):
+        out = tmp_path / "run"
+        code, err = run([*base, "--out", str(out), *extra], capsys)
+        assert code == 2 and words in err, err
+        assert not out.exists()   # the run folder was made first and left behind, empty
+    kept = tmp_path / "mine"
+    kept.mkdir()                  # a folder the user made stays
+    code, _ = run([*base, "--out", str(kept), "--config", "dim=abc"], capsys)
+    assert code == 2 and kept.is_dir()

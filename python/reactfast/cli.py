@@ -8,6 +8,7 @@ long work, and writes every file atomically.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import os
@@ -128,13 +129,14 @@ def _train_settings(args):
 
 
 def _cmd_train(args) -> int:
-    from reactfast import _io, configs, models
-    from reactfast.train import TrainConfig, Trainer, load_into, read_config, seed_everything
-    from reactfast.train.checkpoint import load_trainer_state
+    from reactfast import _io, models
 
     s = _train_settings(args)
     if s["lr"] is not None and not (math.isfinite(s["lr"]) and s["lr"] > 0):
         raise CommandError(f"--lr must be a finite number > 0, got {s['lr']}")
+    for key in ("clip_frames", "frames", "sessions"):
+        if s[key] < 1:
+            raise CommandError(f"--{key.replace('_', '-')} must be >= 1, got {s[key]}")
     if s["model"] not in models.names():
         raise CommandError(f"--model: unknown model {s['model']!r}; known: {', '.join(models.names())}")
     cls = models.get(s["model"])
@@ -143,7 +145,22 @@ def _cmd_train(args) -> int:
     if args.init and s["stage"] == cls.stages[0]:
         raise CommandError("--init starts a later stage from the previous stage's checkpoint (give --stage)")
     _check_run_folder(args)
+    made = not os.path.isdir(args.out)
     _io.check_writable_dir(args.out, "--out")
+    try:
+        return _train(args, s, cls)
+    except BaseException:
+        if made:   # a run that failed before writing anything leaves no empty run folder behind
+            with contextlib.suppress(OSError):
+                os.rmdir(args.out)
+        raise
+
+
+def _train(args, s, cls) -> int:
+    from reactfast import configs
+    from reactfast.train import TrainConfig, Trainer, load_into, read_config, seed_everything
+    from reactfast.train.checkpoint import load_trainer_state
+
     overrides = configs.parse(args.config)
     data_spec = s["data"] = s["data"] if s["data"] == "synthetic" else os.path.abspath(s["data"])
     device = _device(args)
