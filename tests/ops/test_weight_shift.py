@@ -337,9 +337,15 @@ def test_personalize_errors():
     (lambda x, w, s, b: weight_shift_linear(x, w, (s[:, :, :2], s[:, :2].transpose(1, 2)), b,
                                             backend="cpp"), ValueError, "no low-rank kernel"),
     (lambda x, w, s, b: weight_shift_linear(x, w, (s[:, :, :2].half(), s[:, :2].transpose(1, 2).half()), b),
-     TypeError, "must share one dtype"),
+     TypeError, "x, weight, U, V and bias must share one dtype"),
     (lambda x, w, s, b: weight_shift_linear(x[0], w, s, b), ValueError, "x must have 3 dimensions"),
-    (lambda x, w, s, b: weight_shift_linear(x, w, s.double(), b), TypeError, "shift must have dtype"),
+    (lambda x, w, s, b: weight_shift_linear(x, w, s.to(torch.int32), b), TypeError, "shift must have dtype"),
+    # Mixed dtypes: the C++ kernels read every operand as x's dtype (garbage, or a read past a
+    # bfloat16 buffer's end, before this check).
+    (lambda x, w, s, b: weight_shift_linear(x, w, s.double(), b), TypeError,
+     "x, weight, shift and bias must share one dtype, got float32, float32, float64, float32"),
+    (lambda x, w, s, b: weight_shift_linear(x, w.bfloat16(), s, b), TypeError, "must share one dtype"),
+    (lambda x, w, s, b: weight_shift_linear(x, w, s, b.bfloat16()), TypeError, "must share one dtype"),
     (lambda x, w, s, b: weight_shift_linear(x, w, (s, s), b), ValueError, "U must be"),
 ])
 def test_bad_input(call, err, match):

@@ -23,7 +23,7 @@ if kernels.AVAILABLE:
 
 IMPLEMENTED = ("triton", "cpp", "reference")
 _backend.register_op("weight_shift", IMPLEMENTED)
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 Shift = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -33,6 +33,13 @@ def _select(x: torch.Tensor, backend: str) -> str:
         if backend:
             raise RuntimeError(f"weight_shift: backend 'cpp' runs float32 tensors, got {x.dtype}")
         _backend.log_fallback("weight_shift", "cpp", f"the C++ kernels run float32, got {x.dtype}; using the reference")
+        return "reference"
+    if name == "triton" and x.dtype == torch.float64:
+        if backend:
+            raise RuntimeError("weight_shift: backend 'triton' runs float32, float16 and bfloat16 tensors, got "
+                               "torch.float64")
+        _backend.log_fallback("weight_shift", "triton", "the Triton kernels run float32, float16 and bfloat16, got "
+                              "torch.float64; using the reference")
         return "reference"
     return name
 
@@ -121,7 +128,7 @@ def _low_rank_impl(x: torch.Tensor, weight: torch.Tensor, u: torch.Tensor, v: to
                    bias: Optional[torch.Tensor], backend: str, precision: str) -> torch.Tensor:
     name = "reference"
     if backend == "triton" or (not backend and x.is_cuda):
-        name = _backend.select("weight_shift", x.device, IMPLEMENTED, backend or None)
+        name = _select(x, backend)
     if name == "triton":
         return _triton.low_rank_fwd(x, weight, u, v, bias, precision)
     return _ref.low_rank_shift_linear(x, weight, u, v, bias)
@@ -189,8 +196,9 @@ def weight_shift_linear(x: torch.Tensor, weight: torch.Tensor, shift: Shift, bia
         shift: (B, d_out, d_in) full-rank shifts, or a pair (U (B, d_out, r), V (B, d_in, r)) for
             dW[b] = U[b] V[b]^T.
         bias: (d_out,) or None.
-        backend: ``"triton"``, ``"cpp"`` or ``"reference"`` (default: Triton on CUDA; on CPU the C++
-            kernels for float32, the reference for other dtypes). Low-rank shifts take
+        backend: ``"triton"``, ``"cpp"`` or ``"reference"`` (default: Triton on CUDA, the reference
+            for float64 there; on CPU the C++ kernels for float32, the reference for other dtypes,
+            float64 included). Low-rank shifts take
             the Triton kernel on CUDA (or when forced) and the composite elsewhere.
         precision: float32 on the Triton kernels: ``"tf32x3"`` (default; three TF32 products of
             split operands on the matrix units, float32 accuracy), ``"tf32"`` (one TF32 product,
@@ -226,13 +234,17 @@ def weight_shift_linear(x: torch.Tensor, weight: torch.Tensor, shift: Shift, bia
     if backend is not None and backend not in IMPLEMENTED:
         raise ValueError(f"backend must be one of {IMPLEMENTED} or None, got {backend!r}")
     check_precision(precision)
+    # One dtype (autocast has cast them above): a kernel would read another dtype's bytes as x's.
+    named = [("x", x), ("weight", weight)] + ([("U", shift[0]), ("V", shift[1])] if isinstance(shift, tuple) else
+                                              [("shift", shift)]) + ([("bias", bias)] if bias is not None else [])
+    if len({t.dtype for _, t in named}) > 1:
+        names = [n for n, _ in named]
+        raise TypeError(f"{', '.join(names[:-1])} and {names[-1]} must share one dtype, got "
+                        + ", ".join(str(t.dtype).replace("torch.", "") for _, t in named))
     if isinstance(shift, tuple):
         u, v = shift
         if backend == "cpp":
             raise ValueError("backend 'cpp' has no low-rank kernel (low-rank shifts: 'triton' or 'reference')")
-        if u.dtype != x.dtype or v.dtype != x.dtype or weight.dtype != x.dtype:
-            raise TypeError(f"x, weight, U and V must share one dtype, got {x.dtype}, {weight.dtype}, {u.dtype}, "
-                            f"{v.dtype}")
         return _eager.pick(_low_rank, _low_rank_eager)(x.contiguous(), weight.contiguous(), u.contiguous(),
                                                        v.contiguous(), bias, backend or "", precision)
     return _eager.pick(_fwd, _fwd_eager)(x.contiguous(), weight.contiguous(), shift.contiguous(), bias, backend or "",
