@@ -130,6 +130,29 @@ def test_cpp_takes_float32_and_the_cpu_default_routes_the_rest(monkeypatch):
         biased_attention(q, k, v, q_offset=4)
 
 
+def test_float64_runs_in_float64_on_every_device(device, monkeypatch):
+    """float64 (a model cast with .double()) takes the SDPA path in float64 by default, on a GPU as
+    on a CPU (the C++ and Triton kernels take float32 and half types; forcing them raises): output
+    and gradients equal the float64 reference to float64 rounding."""
+    q, k, v = _inputs(2, 2, 7, 19, 16, dtype=torch.float64, seed=5, device=device)
+    kw = dict(q_offset=torch.tensor([12, 9]), key_start=torch.tensor([0, 3]), period=4)
+    out = biased_attention(q, k, v, **{n: t.to(device) if isinstance(t, torch.Tensor) else t for n, t in kw.items()})
+    assert out.dtype == torch.float64
+    expect = ref.biased_attention(*(t.detach().cpu() for t in (q, k, v)), **kw)
+    assert_rel_close("float64 out", expect, out, torch.float64)
+    grad = torch.randn(expect.shape, dtype=torch.float64)
+    got = torch.autograd.grad(out, (q, k, v), grad.to(device))
+    q64, k64, v64 = (t.detach().cpu().requires_grad_() for t in (q, k, v))
+    want = torch.autograd.grad(ref.biased_attention(q64, k64, v64, **kw), (q64, k64, v64), grad)
+    for name, a, b in zip(("dq", "dk", "dv"), want, got):
+        assert_rel_close(f"float64 {name}", a, b, torch.float64)
+    with pytest.raises(ValueError, match="forced .* but they take float32 only, got torch.float64"):
+        biased_attention(q.detach().cpu(), k.detach().cpu(), v.detach().cpu(), backend="cpp")
+    if q.is_cuda or bao._backend.triton_interpret():
+        with pytest.raises(ValueError, match="Triton kernels were forced but they take .* got float64"):
+            biased_attention(q.detach(), k.detach(), v.detach(), backend="triton")
+
+
 def _route(d, **kw):
     """The path one float32 CPU call takes ("cpp" or "sdpa"), and its output checked against float64."""
     taken = []
@@ -327,7 +350,8 @@ def test_incremental_equals_full_call(device, ratio, max_cache):
     (lambda q, k, v: biased_attention(q, k[:, :1], v[:, :1]), ValueError, "k must have shape"),
     (lambda q, k, v: biased_attention(q, k[..., :8], v[..., :8]), ValueError, "k must have shape"),
     (lambda q, k, v: biased_attention(q, k, v[:, :, :3]), ValueError, "v must have k's shape"),
-    (lambda q, k, v: biased_attention(q, k.double(), v), TypeError, "k must have dtype"),
+    (lambda q, k, v: biased_attention(q, k.to(torch.int32), v), TypeError, "k must have dtype"),
+    (lambda q, k, v: biased_attention(q, k.double(), v), TypeError, "share one dtype"),
     (lambda q, k, v: biased_attention(q, k.half(), v), TypeError, "share one dtype"),
     (lambda q, k, v: biased_attention(q, k, v, q_offset=-1), ValueError, r"q_offset must be in \[0, 2097152\]"),
     (lambda q, k, v: biased_attention(q, k, v, q_offset=2 ** 21 + 1), ValueError, "q_offset must be in"),

@@ -166,7 +166,7 @@ class GAFRG(nn.Module):
         """Head outputs for x_t at steps t; from ``cond`` or from its ``condition_cache``."""
         if cache is not None:
             return self._forward_cached(x_t, t, cache)
-        time = self.time_mlp(sinusoid(t, self.cfg.dim).to(x_t.dtype))[:, None] + self.memory_type[0]
+        time = self.time_mlp(sinusoid(t, self.cfg.dim, x_t.dtype))[:, None] + self.memory_type[0]
         tokens, query_term = self._frames(cond)
         query = self.in_proj(x_t) + self.query_pos
         if query_term is not None:
@@ -189,7 +189,7 @@ class GAFRG(nn.Module):
         # projects only the time token and the queries and reuses the cached frame keys/values.
         if self.training:
             raise RuntimeError("the condition cache is for sampling; the GAFRG is in training mode (dropout)")
-        time = self.time_mlp(sinusoid(t, self.cfg.dim).to(x_t.dtype))[:, None] + self.memory_type[0]
+        time = self.time_mlp(sinusoid(t, self.cfg.dim, x_t.dtype))[:, None] + self.memory_type[0]
         x = self.in_proj(x_t) + self.query_pos
         if cache.query_term is not None:
             x = x + cache.query_term
@@ -248,7 +248,8 @@ class PSSL(nn.Module):
         if shortest < self.cfg.min_history:
             raise ValueError(f"listener history too short: {shortest} frames, at least "
                              f"{self.cfg.min_history} are needed")
-        x = self.proj_in(history) + sinusoid(torch.arange(L, device=history.device), self.cfg.style_dim)[None]
+        x = self.proj_in(history)
+        x = x + sinusoid(torch.arange(L, device=history.device), self.cfg.style_dim, x.dtype)[None]
         x = torch.cat([self.cls.expand(B, -1, -1), x], 1)
         pad = torch.arange(L + 1, device=history.device)[None] > lengths[:, None]
         h = self.encoder(x, src_key_padding_mask=pad)[:, 0]

@@ -174,7 +174,7 @@ class MMT(nn.Module):
         return self.latent_mlp(self.to_latent(h))
 
     def decode(self, z: torch.Tensor) -> Dict[str, torch.Tensor]:
-        h = self.decoder(z + sinusoid(torch.arange(z.shape[1], device=z.device), z.shape[-1])[None])
+        h = self.decoder(z + sinusoid(torch.arange(z.shape[1], device=z.device), z.shape[-1], z.dtype)[None])
         return {"3dmm": self.head_3dmm(h), "emotion": self.head_emotion(h)[1]}
 
 
@@ -243,7 +243,7 @@ class UNet1D(nn.Module):
         cfg = self.cfg
         if cfg.cond_frames != (frames is not None):
             raise ValueError("the denoiser takes the speaker's latent frames exactly when cond_frames is set")
-        e = self.time(sinusoid(t, cfg.channels).to(x.dtype)) + self.cond(z_bc)
+        e = self.time(sinusoid(t, cfg.channels, x.dtype)) + self.cond(z_bc)
         h = self.inp(x if frames is None else torch.cat([x, frames], 1))
         hs = [h]
         i = 0

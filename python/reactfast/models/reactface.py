@@ -454,6 +454,7 @@ class ReactFace(Generator):
             out = encoder(self.cie, tokens, mask)
         mu, logvar = self.mu_head(out[:, 0]), self.logvar_head(out[:, 1])
         sigma = torch.exp(0.5 * logvar)
+        noise = noise.to(mu.dtype)     # drawn in float32: a model cast to another dtype keeps its own
         z_star = mu + sigma * noise
         alpha = cfg.momentum ** (W / cfg.window)
         if cfg.latent_noise == "stationary":
@@ -465,7 +466,7 @@ class ReactFace(Generator):
         z_from = torch.where(first, z, state.z_prev)
         frac = torch.arange(1, W + 1, device=device, dtype=z.dtype)[None, :, None] / W
         latents = z_from[:, None] + frac * (z - z_from)[:, None]
-        q = sinusoid(state.frame[:, None] + torch.arange(W, device=device)[None], cfg.dim)
+        q = sinusoid(state.frame[:, None] + torch.arange(W, device=device)[None], cfg.dim, mu.dtype)
         for block in self.decoder:
             q = block(q, latents)
         q = self.slbs_audio(q, *sw.slbs_audio, share=share)

@@ -36,7 +36,7 @@ if kernels.AVAILABLE:
 
 IMPLEMENTED = ("triton", "cpp", "sdpa", "reference")
 _backend.register_op("biased_attention", IMPLEMENTED)
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # The CPU default takes the C++ kernels for float32 heads up to this width and SDPA above it (a
 # property of the model's configuration, so one model's calls all take one path, offline and
 # streaming). Forward + backward against SDPA, 2-core AVX2 machine, bench_biased_attention_cpu.py,
@@ -48,11 +48,16 @@ CPP_MAX_HEAD_DIM = 16
 MAX_Q_OFFSET = 2 ** 21
 
 
+def _work(t: torch.Tensor) -> torch.Tensor:
+    """The reference path's arithmetic: float32, float64 for float64 inputs."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def _reference_probs(q, k, slopes, q_offset, key_start, key_lengths, period, ratio, extra, scale, qperiod):
     B, H, Tq, _ = q.shape
     bias = _ref.attention_bias(Tq, k.shape[2], slopes, q_offset, period, ratio, extra, key_lengths, batch=B,
                                key_start=key_start, query_period=qperiod)
-    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale + bias
+    scores = torch.matmul(_work(q), _work(k).transpose(-1, -2)) * scale + bias.to(_work(q).dtype)
     lse = torch.logsumexp(scores, -1)
     empty = torch.isinf(lse) & (lse < 0)
     p = torch.exp(scores - torch.where(empty, torch.zeros_like(lse), lse)[..., None])
@@ -70,7 +75,7 @@ def _fwd_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.T
                                             audio_ratio, extra, qperiod, precision)
     p, lse = _reference_probs(q, k, slopes, q_offset, key_start, key_lengths, period, audio_ratio, extra, scale,
                               qperiod)
-    return torch.matmul(p, v.float()).to(q.dtype), lse
+    return torch.matmul(p, _work(v)).to(q.dtype), lse.float()
 
 
 _fwd = torch.library.custom_op("reactfast::biased_attention_fwd", mutates_args=())(_fwd_impl)
@@ -92,12 +97,12 @@ def _bwd_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
                                             key_lengths, scale, period, audio_ratio, extra, qperiod, precision)
     p, _ = _reference_probs(q, k, slopes, q_offset, key_start, key_lengths, period, audio_ratio, extra, scale,
                             qperiod)
-    dof = do.float()
+    dof = do.to(p.dtype)
     dv = torch.matmul(p.transpose(-1, -2), dof)
-    dp = torch.matmul(dof, v.float().transpose(-1, -2))
-    ds = p * (dp - (dof * out.float()).sum(-1, keepdim=True))
-    dq = torch.matmul(ds, k.float()) * scale
-    dk = torch.matmul(ds.transpose(-1, -2), q.float()) * scale
+    dp = torch.matmul(dof, _work(v).transpose(-1, -2))
+    ds = p * (dp - (dof * out.to(p.dtype)).sum(-1, keepdim=True))
+    dq = torch.matmul(ds, _work(k)) * scale
+    dk = torch.matmul(ds.transpose(-1, -2), _work(q)) * scale
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
@@ -372,8 +377,9 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: 
     j < key_lengths[b], and -inf elsewhere. Rows with every key masked give zeros.
 
     Args:
-        q: (B, H, Tq, d) queries; k, v: (B, H, Tk, d). float32, float16 or bfloat16, one dtype
-            (under autocast all three are cast to its dtype, as for a matmul).
+        q: (B, H, Tq, d) queries; k, v: (B, H, Tk, d). float32, float16, bfloat16 or float64, one
+            dtype (under autocast all three are cast to its dtype, as for a matmul); float64 takes the
+            SDPA path (or the reference) in float64 on any device.
         slopes: (H,) per-head slopes; default ALiBi 2^(-8 (h + 1) / H).
         q_offset: absolute frame of the first query (int or (B,) ints in [0, 2^21]); right-aligned
             windows over S keys use S - W (with audio_ratio 1).
@@ -456,6 +462,13 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: 
         name = "sdpa"
     else:
         name = _backend.select("biased_attention", q.device, IMPLEMENTED, forced)
+    if name == "triton" and q.dtype == torch.float64:
+        if forced == "triton":
+            raise ValueError("biased_attention: the Triton kernels were forced but they take float32, float16 and "
+                             "bfloat16, got float64")
+        _backend.log_fallback("biased_attention", "triton", "float64 inputs (the kernels take float32, float16 and "
+                              "bfloat16): SDPA with a built bias")
+        name = "sdpa"
     if name == "cpp":
         why = _cpp_usable(q)
         if why is None and forced is None and d > CPP_MAX_HEAD_DIM:
