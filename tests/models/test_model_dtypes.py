@@ -65,3 +65,24 @@ def test_float64_agrees_with_float32(name, device):
     rel = float((outs[torch.float32].double() - outs[torch.float64]).norm() / outs[torch.float64].norm())
     assert rel < 1e-5, rel   # float32's own error against float64 (about 2e-7 measured)
     assert abs(losses[torch.float32] - losses[torch.float64]) <= 1e-5 * abs(losses[torch.float64])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64], ids=str)
+def test_trainer_generate_and_checkpoints_follow_a_cast_model(dtype, tmp_path):
+    """The trainer feeds a cast model its batches in the model's dtype, generate takes float32
+    features as a stream does, and a checkpoint loads in the dtype it was saved in (float32 before:
+    a float64 model came back rounded to float32)."""
+    from reactfast.train import TrainConfig, Trainer, load_model, save_checkpoint
+    from tests.train.helpers import tiny_data, tiny_model
+
+    model = tiny_model().to(dtype)
+    data = tiny_data().dataset(frames=64, window=32, stride=32)
+    history = Trainer(model, data, TrainConfig(steps=2, batch_size=2, progress=False), device="cpu").fit()
+    assert len(history) == 2 and all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
+    assert all(p.dtype == dtype for p in model.parameters())
+    speaker, audio = torch.randn(1, 20, 83), torch.randn(1, 40, 8)            # float32 features
+    assert model.generate(speaker, audio, 2)["emotion"].dtype == dtype
+    save_checkpoint(str(tmp_path / "ckpt"), model)
+    loaded = load_model(str(tmp_path / "ckpt"))
+    assert all(a.dtype == b.dtype and torch.equal(a, b)
+               for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))

@@ -209,6 +209,12 @@ class Generator(nn.Module, metaclass=abc.ABCMeta):
             return torch.stack([self.draw_noise(items * samples, generator) for _ in range(windows)])
         return torch.stack([torch.cat([self.draw_noise(samples, g) for g in gens]) for _ in range(windows)])
 
+    def in_model_dtype(self, *tensors: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """Floating-point tensors in the dtype of the model's parameters, as a stream casts its input:
+        float32 features given to a model cast to bfloat16 or float64 (others as they are)."""
+        dtype = next(self.parameters()).dtype
+        return tuple(t.to(dtype) if t.is_floating_point() and t.dtype != dtype else t for t in tensors)
+
     @property
     def window(self) -> int:
         """Frames emitted per streaming step."""

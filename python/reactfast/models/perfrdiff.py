@@ -633,6 +633,7 @@ class PerFRDiff(Generator):
         ``generator``, exactly as a ``ReactionStream`` draws it. ``guidance`` defaults to the
         config's scale (7.5); 0 samples without classifier-free guidance."""
         self.check_inputs(speaker, audio)
+        speaker, audio = self.in_model_dtype(speaker, audio)
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         cfg = self.config
@@ -655,7 +656,7 @@ class PerFRDiff(Generator):
                 raise ValueError(f"listener_history must hold one history per speaker ({B}), got "
                                  f"{listener_history.shape[0]}")
             # One entry per speaker's listener, shared by its S x n rows (listener-major).
-            shifts = self.shifts_for(listener_history.to(speaker.device))
+            shifts = self.shifts_for(self.in_model_dtype(listener_history.to(speaker.device))[0])
         out = self.sample_windows(rows_cond.contiguous(), noise.reshape(B * num_samples * n, W, -1), shifts,
                                   guidance, steps)
         out = out.reshape(B, num_samples, n * W, -1)[:, :, :T]

@@ -458,6 +458,7 @@ class ReactDiff(Generator):
         """{"3dmm": (B, S, T, 58), "emotion": (B, S, T, 25)}; all windows of all samples at once.
         Noise per window as randn(B S, W, latent), as a ``ReactionStream`` draws it."""
         self.check_inputs(speaker, audio)
+        speaker, audio = self.in_model_dtype(speaker, audio)
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         cfg = self.config

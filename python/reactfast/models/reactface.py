@@ -592,6 +592,7 @@ class ReactFace(Generator):
         (B, samples, n, D). ``noise`` (n_windows, B * samples, D), rows b * samples + s, replaces
         draws from ``generator``."""
         self.check_inputs(speaker, audio)
+        speaker, audio = self.in_model_dtype(speaker, audio)
         S = self.config.train_samples if samples is None else check_int("samples", samples)
         B, T, _ = speaker.shape
         W = self.config.window_train
@@ -642,6 +643,7 @@ class ReactFace(Generator):
 
     def _generate(self, speaker, audio, num_samples, generator, window, post=None, state=None, fresh=None):
         self.check_inputs(speaker, audio)
+        speaker, audio = self.in_model_dtype(speaker, audio)
         check_int("num_samples", num_samples)
         B, T, _ = speaker.shape
         W = self.config.window if window is None else check_int("window", window)

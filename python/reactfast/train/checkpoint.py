@@ -217,14 +217,15 @@ def _weights(path: str) -> dict:
 
 
 def load_model(path: str, device=None) -> nn.Module:
-    """Build the model a checkpoint describes and load its weights (on ``device`` when given)."""
+    """Build the model a checkpoint describes and load its weights (on ``device`` when given), in the
+    dtype they were saved in."""
     meta = read_config(path)
     try:
         model = registry.build(meta["model"], meta["config"])
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{os.path.join(meta['path'], CONFIG)}: its config does not make a "
                               f"{meta['model']} ({exc})") from None
-    load_into(model, meta["path"])
+    load_into(model, meta["path"], adopt_dtype=True)
     if device is None:
         return model
     if torch.device(device).type == "cuda":
@@ -232,8 +233,10 @@ def load_model(path: str, device=None) -> nn.Module:
     return model.to(device)
 
 
-def load_into(model: nn.Module, path: str) -> dict:
-    """Load weights into an existing model after checking that its config matches; says what differs."""
+def load_into(model: nn.Module, path: str, adopt_dtype: bool = False) -> dict:
+    """Load weights into an existing model after checking that its config matches; says what differs.
+    ``adopt_dtype``: first cast the model to the dtype its saved floating-point weights share (a model
+    saved in bfloat16 or float64 loads as such; otherwise they are converted to the model's)."""
     meta = read_config(path)
     path = meta["path"]
     name = registry.model_name(getattr(model, "module", model))
@@ -257,6 +260,10 @@ def load_into(model: nn.Module, path: str) -> dict:
     if wrong or missing or unexpected:
         raise CheckpointError(f"{path}: its weights do not fit the model its config describes (shapes: "
                               f"{wrong[:5]}, missing {missing[:5]}, unexpected {unexpected[:5]})")
+    if adopt_dtype:
+        dtypes = {v.dtype for v in weights.values() if v.is_floating_point()}
+        if len(dtypes) == 1:
+            target.to(dtypes.pop())
     target.load_state_dict(weights)
     return meta
 

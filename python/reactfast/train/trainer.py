@@ -287,7 +287,10 @@ class Trainer:
         cfg = self.config
         indices = self.batch_indices(self.step)
         batch = collate_appropriate(self.dataset, indices, cfg.max_candidates)
-        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        # Features in the model's dtype (float32 data for a model cast to bfloat16 or float64).
+        dtype = next(self.model.parameters()).dtype
+        batch = {k: v.to(self.device, dtype=dtype if v.is_floating_point() else None, non_blocking=True)
+                 for k, v in batch.items()}
         gens = [_item_generator(cfg.seed, self.step, i) for i in indices]
         self.model.train()
         use_amp = cfg.amp and self.device.type == "cuda"
