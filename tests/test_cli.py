@@ -63,6 +63,18 @@ def test_demo_runs(tmp_path, capsys):
     assert (out / "run" / "checkpoint" / "model.safetensors").is_file()
 
 
+def test_demo_checks_its_flags_before_writing(tmp_path, capsys):
+    from reactfast.demo import run_demo
+
+    out = tmp_path / "demo"
+    for flag in ("--steps", "--sessions"):
+        assert cli.main(["demo", "--out", str(out), flag, "0"]) == 2
+        assert f"{flag} must be >= 1, got 0" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="steps must be an int >= 1, got -1"):
+        run_demo(out=str(out), steps=-1)
+    assert not out.exists()   # the synthetic data was written first, then TrainConfig refused the steps
+
+
 @pytest.mark.parametrize("model", ["perfrdiff", "reactdiff", "pflposnet"])
 def test_demo_other_generators(tmp_path, capsys, model):
     out = tmp_path / model

@@ -53,6 +53,9 @@ def _cmd_demo(args) -> int:
 
     if args.model not in models.names():
         raise CommandError(f"--model: unknown model {args.model!r}; known: {', '.join(models.names())}")
+    for flag, value in (("--steps", args.steps), ("--sessions", args.sessions)):
+        if value < 1:
+            raise CommandError(f"{flag} must be >= 1, got {value}")
     _io.check_writable_dir(args.out, "--out")
     run_demo(out=args.out, sessions=args.sessions, steps=args.steps, seed=args.seed, model=args.model,
              device=_device(args), backend=_backend_spec(args))

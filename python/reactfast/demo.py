@@ -88,6 +88,10 @@ def train_and_generate(name: str, data_root: str, test: ReactDataset, steps: int
 def run_demo(out: str = "reactfast_out/demo", sessions: int = 48, steps: int = 500, seed: int = 0,
              model: str = models.DEFAULT, device=None, backend: Optional[str] = None) -> dict:
     models.get(model)
+    from reactfast.models.base import check_int
+
+    check_int("sessions", sessions)   # before anything is written
+    check_int("steps", steps)
     device = torch.device(device) if device is not None else torch.device("cpu")
     t0 = time.perf_counter()
     from reactfast.train import seed_everything
