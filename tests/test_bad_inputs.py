@@ -500,3 +500,22 @@ def test_29_train_fails_leaving_no_empty_run_folder(tmp_path, capsys):
     kept.mkdir()                  # a folder the user made stays
     code, _ = run([*base, "--out", str(kept), "--config", "dim=abc"], capsys)
     assert code == 2 and kept.is_dir()
+
+
+def test_30_trainer_names_a_wrong_model_dataset_or_config():
+    from reactfast.train import TrainConfig, Trainer
+    from tests.train.helpers import tiny_data
+
+    data = tiny_data().dataset(frames=64, window=32, stride=32)
+    cfg = TrainConfig(steps=1, batch_size=2, progress=False)
+    for kwargs, err, words in (   # each failed with an AttributeError before
+            (dict(model=torch.nn.Linear(2, 2), dataset=data, config=cfg), TypeError,
+             "model must be a reactfast generator .* got Linear"),
+            (dict(model=tiny_model(), dataset=[1, 2, 3], config=cfg), TypeError,
+             r"dataset must be a reactfast.data.ReactDataset \(or have its appropriate, dyads, load_clip\), got list"),
+            (dict(model=tiny_model(), dataset=data, config={"steps": 1}), TypeError,
+             "config must be a TrainConfig or None, got dict"),
+            (dict(model=tiny_model(), dataset=data, config=cfg, val_dataset=[1]), TypeError,
+             "val_dataset must be a reactfast.data.ReactDataset")):
+        with pytest.raises(err, match=words):
+            Trainer(device="cpu", **kwargs)
