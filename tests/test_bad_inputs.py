@@ -519,3 +519,27 @@ def test_30_trainer_names_a_wrong_model_dataset_or_config():
              "val_dataset must be a reactfast.data.ReactDataset")):
         with pytest.raises(err, match=words):
             Trainer(device="cpu", **kwargs)
+
+
+def test_31_generate_dataset_checks_before_generating():
+    from reactfast.nn import BiasedCrossAttention
+    from reactfast.train import generate_dataset
+    from tests.train.helpers import tiny_data
+
+    val = tiny_data(split="val").dataset(frames=32)
+    for kwargs, err, words in (
+            (dict(batch_size=0), ValueError, "batch_size must be an int >= 1, got 0"),   # range() arg 3 before
+            # the first batch was generated, then an IndexError threw it away
+            (dict(rows=[0, 1, 99], batch_size=2), ValueError, r"rows must be dyad indices in \[0, 8\), got \[99\]"),
+            (dict(model=torch.nn.Linear(2, 2)), TypeError, "model must be a reactfast generator"),
+            (dict(dataset=[1, 2]), TypeError, "dataset must be a reactfast.data.ReactDataset")):
+        args = dict(model=tiny_model(), dataset=val, samples=2)
+        args.update(kwargs)
+        with pytest.raises(err, match=words):
+            generate_dataset(**args)
+    as_numpy = generate_dataset(tiny_model(), val, 2, rows=np.arange(2))      # "an integer is required" before
+    assert np.array_equal(as_numpy["emotion"], generate_dataset(tiny_model(), val, 2, rows=[0, 1])["emotion"])
+    for kwargs, words in ((dict(period=0), "period must be an int >= 1, got 0"),   # failed at the first call
+                          (dict(slopes=torch.ones(3)), r"one value per head \(2,\), got \(3,\)")):
+        with pytest.raises(ValueError, match=words):
+            BiasedCrossAttention(16, 2, **kwargs)

@@ -59,8 +59,15 @@ class BiasedCrossAttention(nn.Module):
                  slopes: Optional[torch.Tensor] = None, bias: bool = True, max_cache: Optional[int] = None,
                  backend: Optional[str] = None):
         super().__init__()
+        for name, value, low in (("embed_dim", embed_dim, 1), ("num_heads", num_heads, 1), ("period", period, 1),
+                                 ("audio_ratio", audio_ratio, 1), ("extra", extra, 0)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
         if embed_dim % num_heads:
             raise ValueError(f"num_heads ({num_heads}) must divide embed_dim ({embed_dim})")
+        if slopes is not None and (not isinstance(slopes, torch.Tensor) or slopes.shape != (num_heads,)):
+            raise ValueError(f"slopes must be a tensor of one value per head ({num_heads},), got "
+                             f"{tuple(slopes.shape) if isinstance(slopes, torch.Tensor) else type(slopes).__name__}")
         if max_cache is not None and (max_cache < audio_ratio or max_cache % audio_ratio):
             raise ValueError(f"max_cache must be a positive multiple of audio_ratio ({audio_ratio}), got {max_cache}")
         self.embed_dim, self.num_heads = embed_dim, num_heads

@@ -19,6 +19,15 @@ def generate_dataset(model, dataset, samples: int = 10, seed: int = 0, rows: Opt
     result does not depend on batching or on how rows are split over processes (up to float
     rounding: the dyads of a batch run through one call). ``window``: the
     online step of generators that take one (default: the model's)."""
+    from reactfast.models.base import Generator, check_int
+
+    if not isinstance(model, Generator):
+        raise TypeError(f"model must be a reactfast generator (reactfast.models.Generator), got {type(model).__name__}")
+    missing = [a for a in ("window", "num_items", "__getitem__") if not hasattr(dataset, a)]
+    if missing:
+        raise TypeError(f"dataset must be a reactfast.data.ReactDataset (or have its {', '.join(missing)}), got "
+                        f"{type(dataset).__name__}")
+    check_int("batch_size", batch_size)
     if dataset.window is not None:
         raise ValueError("generate_dataset needs a whole-clip dataset (window=None)")
     model.eval()
@@ -26,6 +35,10 @@ def generate_dataset(model, dataset, samples: int = 10, seed: int = 0, rows: Opt
         model.to(device)
     device = device or next(model.parameters()).device
     rows = list(range(dataset.num_items)) if rows is None else list(rows)
+    bad = [r for r in rows if not isinstance(r, (int, np.integer)) or isinstance(r, bool) or not 0 <= r < dataset.num_items]
+    if bad:   # checked before any is generated
+        raise ValueError(f"rows must be dyad indices in [0, {dataset.num_items}), got {bad[:5]}")
+    rows = [int(r) for r in rows]   # numpy integers too
     outs: Dict[str, list] = {}
     extra = {} if window is None else {"window": window}
     bar = Progress(len(rows), f"generate {getattr(model, 'name', '')}".strip(), unit="dyad", enabled=progress,
