@@ -35,7 +35,8 @@ def generate_dataset(model, dataset, samples: int = 10, seed: int = 0, rows: Opt
         model.to(device)
     device = device or next(model.parameters()).device
     rows = list(range(dataset.num_items)) if rows is None else list(rows)
-    bad = [r for r in rows if not isinstance(r, (int, np.integer)) or isinstance(r, bool) or not 0 <= r < dataset.num_items]
+    bad = [r for r in rows
+           if not isinstance(r, (int, np.integer)) or isinstance(r, bool) or not 0 <= r < dataset.num_items]
     if bad:   # checked before any is generated
         raise ValueError(f"rows must be dyad indices in [0, {dataset.num_items}), got {bad[:5]}")
     rows = [int(r) for r in rows]   # numpy integers too
