@@ -90,3 +90,14 @@ def test_feature_kinds():
         assert audio.features(x, 16000, 10, kind).shape == (20, 39)
     with pytest.raises(ValueError, match="audio features must be one of"):
         audio.features(x, 16000, 10, "wav2vec")
+
+
+@pytest.mark.parametrize("kind", audio.FEATURES)
+def test_features_name_what_they_cannot_take(kind):
+    x = np.zeros(16000, dtype=np.float32)
+    for args, words in (((x, 16000, 0), "frames must be an int >= 1, got 0"),     # an MKL FFT error before
+                        ((x, 0, 10), "sr must be an int >= 1, got 0"),          # ZeroDivisionError
+                        ((np.zeros((16000, 2)), 16000, 10), r"samples must be a 1-D float array .* \(16000, 2\)"),
+                        ((np.full(16000, np.nan), 16000, 10), "samples contain NaN or Inf")):   # NaN features
+        with pytest.raises(ValueError, match=words):
+            audio.features(*args, kind=kind)

@@ -74,6 +74,20 @@ def _deltas(c: torch.Tensor, n: int = 2) -> torch.Tensor:
 FEATURES = ("baseline", "reactfast")
 
 
+def _checked_samples(samples, sr, frames) -> np.ndarray:
+    """``samples`` as a 1-D finite float32 array, after checking ``sr`` and ``frames`` (errors name them)."""
+    for name, value in (("sr", sr), ("frames", frames)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    x = np.asarray(samples)
+    if x.ndim != 1 or not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"samples must be a 1-D float array of mono audio in [-1, 1] (read_wav gives one), got "
+                         f"shape {x.shape} and dtype {x.dtype}")
+    if not np.isfinite(x).all():
+        raise ValueError("samples contain NaN or Inf")
+    return x.astype(np.float32, copy=False)
+
+
 def features(samples: np.ndarray, sr: int, frames: int, kind: str = "baseline") -> np.ndarray:
     """(2 frames, 39) float32 audio features of ``kind`` (see the module docstring)."""
     if kind == "baseline":
@@ -146,7 +160,7 @@ def compute_deltas(x: torch.Tensor, win_length: int = 5) -> torch.Tensor:
 def baseline_features(samples: np.ndarray, sr: int, frames: int, fps: int = 25) -> np.ndarray:
     """The REACT baseline's audio features of ``frames`` video frames as (2 frames, 39) float32
     (see the module docstring); torchaudio computes them where it is installed."""
-    x = torch.from_numpy(np.asarray(samples, dtype=np.float32))
+    x = torch.from_numpy(_checked_samples(samples, sr, frames))
     per_frame = int(sr / fps)
     need = per_frame * frames
     x = x[:need] if len(x) >= need else torch.nn.functional.pad(x, (0, need - len(x)))
@@ -175,10 +189,10 @@ def mfcc(samples: np.ndarray, sr: int, frames: int, fps: int = 25, k: int = 2, n
          n_mels: int = 26) -> np.ndarray:
     """The package's own MFCC aligned to ``frames`` video frames: (frames * k, 3 * n_mfcc) float32
     (``"reactfast"`` features; not the baseline's)."""
+    x = torch.from_numpy(_checked_samples(samples, sr, frames))
     hop = sr / (fps * k)
     win = int(round(2 * hop))
     n_fft = 1 << max(0, math.ceil(math.log2(win)))
-    x = torch.from_numpy(np.asarray(samples, dtype=np.float32))
     need = int(math.ceil(frames * k * hop)) + win
     x = torch.nn.functional.pad(x, (win // 2, max(0, need - len(x))))
     starts = (torch.arange(frames * k, dtype=torch.float64) * hop).round().long()
