@@ -25,6 +25,15 @@ SPACINGS = ("leading", "trailing")
 def betas_for(schedule: str, num_train_steps: int, beta_start: float = 1e-4, beta_end: float = 0.02,
               cosine_s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
     """float64 betas: linear in [beta_start, beta_end], or cosine (Nichol & Dhariwal) clipped at max_beta."""
+    if not isinstance(num_train_steps, int) or isinstance(num_train_steps, bool) or num_train_steps < 1:
+        raise ValueError(f"num_train_steps must be an int >= 1, got {num_train_steps!r}")
+    if schedule == "linear" and not 0.0 < beta_start <= beta_end < 1.0:
+        # A beta outside (0, 1) gives alpha_bar outside (0, 1]: NaN samples from the first step.
+        raise ValueError(f"the linear schedule needs 0 < beta_start <= beta_end < 1, got beta_start {beta_start} "
+                         f"and beta_end {beta_end}")
+    if schedule == "cosine" and not (cosine_s >= 0.0 and 0.0 < max_beta < 1.0):
+        raise ValueError(f"the cosine schedule needs cosine_s >= 0 and max_beta in (0, 1), got {cosine_s} and "
+                         f"{max_beta}")
     if schedule == "linear":
         return torch.linspace(beta_start, beta_end, num_train_steps, dtype=torch.float64)
     if schedule == "cosine":

@@ -321,3 +321,19 @@ def test_tree_helpers_walk_the_same_nests():
     changed["y"][1][0].a = torch.randn(2, 3)
     assert tree_signature(changed) != key
     assert tree_signature({"x": torch.randn(3, 2, dtype=torch.float64)}) != tree_signature({"x": tree["x"]})
+
+
+@pytest.mark.parametrize("kwargs,words", [
+    (dict(schedule="linear", beta_start=0.5, beta_end=0.1), "0 < beta_start <= beta_end < 1"),
+    (dict(schedule="linear", beta_start=-1e-4), "0 < beta_start <= beta_end < 1"),     # NaN samples before
+    (dict(schedule="linear", beta_end=1.0), "0 < beta_start <= beta_end < 1"),
+    (dict(schedule="cosine", max_beta=1.5), r"max_beta in \(0, 1\)"),
+    (dict(schedule="cosine", num_train_steps=0), "num_train_steps must be an int >= 1"),
+])
+def test_schedule_parameters_are_checked(kwargs, words):
+    from reactfast.diffusion import betas_for
+
+    args = dict(num_train_steps=10)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=words):
+        betas_for(**args)

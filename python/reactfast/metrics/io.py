@@ -81,13 +81,24 @@ def load_npz_arrays(path: str, required, optional=(), hint: str = "") -> Dict[st
         return {k: _member(z, k, path, k) for k in list(required) + [k for k in optional if k in z.files]}
 
 
+def _plain(value):
+    """numpy and torch scalars and arrays as Python numbers and lists, for JSON."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if hasattr(value, "detach") and hasattr(value, "tolist"):   # a torch tensor
+        return value.detach().cpu().tolist()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
 def save_json(path: str, data: Dict) -> None:
-    """Write ``data`` as JSON atomically."""
+    """Write ``data`` as JSON atomically (numpy and torch numbers and arrays as plain ones)."""
     from reactfast import _io
 
     def write(tmp):
         with open(tmp, "w") as f:
-            json.dump(data, f, indent=2)
+            json.dump(data, f, indent=2, default=_plain)
 
     _io.atomic_write(path, write)
 
@@ -96,6 +107,8 @@ def format_table(rows: Dict[str, Dict[str, float]]) -> str:
     """A plain-text table: one row per method, one column per metric."""
     from reactfast.metrics import METRICS
 
+    if not rows:
+        raise ValueError("format_table needs at least one row (method -> scores)")
     width = max(len(k) for k in rows) + 2
     head = "method".ljust(width) + "".join(m.rjust(10) for m in METRICS)
     lines = [head, "-" * len(head)]
