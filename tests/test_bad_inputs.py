@@ -543,3 +543,10 @@ def test_31_generate_dataset_checks_before_generating():
                           (dict(slopes=torch.ones(3)), r"one value per head \(2,\), got \(3,\)")):
         with pytest.raises(ValueError, match=words):
             BiasedCrossAttention(16, 2, **kwargs)
+
+
+def test_32_a_stream_on_another_device_than_its_model_is_refused():
+    model = tiny_model().eval()
+    with pytest.raises(ValueError, match=r"device meta is not the model's \(cpu\)"):
+        ReactionStream(model, 2, device="meta")   # failed at the first push before
+    assert ReactionStream(model, 2, device="cpu").device == torch.device("cpu")

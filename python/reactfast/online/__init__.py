@@ -35,7 +35,7 @@ class ReactionStream:
         num_samples: S reactions generated side by side for this speaker.
         generator: a torch.Generator (CPU or CUDA) for the model's noise; seeds make runs repeatable.
         window: frames emitted per step (default: the model's inference window).
-        device: where the state lives (default the model's).
+        device: where the state lives: the model's device (the default; another one is refused).
 
     ``push(speaker (n, F), audio (k n, A))`` returns the frames completed so far as a dict
     {"3dmm": (S, m, 58), "emotion": (S, m, 25)} with m a multiple of the window (possibly 0);
@@ -61,7 +61,14 @@ class ReactionStream:
         self.samples = num_samples
         self.window = window if window is not None else model.window
         self.generator = generator
-        self.device = device or next(model.parameters()).device
+        own = next(model.parameters()).device
+        if device is not None:
+            asked = torch.device(device)
+            if asked.type != own.type or (asked.index is not None and asked.index != own.index):
+                # The state must lie beside the weights (a push failed on a device mismatch before).
+                raise ValueError(f"device {asked} is not the model's ({own}): a stream's state lives beside its "
+                                 f"model's weights; move the model with model.to({str(asked)!r})")
+        self.device = own
         if "conversations" in inspect.signature(model.init_state).parameters:
             state_kwargs.setdefault("conversations", 1)   # one speaker, shared by the samples
         self.state = model.init_state(num_samples, self.window, self.device, **state_kwargs)
