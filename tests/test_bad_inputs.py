@@ -550,3 +550,13 @@ def test_32_a_stream_on_another_device_than_its_model_is_refused():
     with pytest.raises(ValueError, match=r"device meta is not the model's \(cpu\)"):
         ReactionStream(model, 2, device="meta")   # failed at the first push before
     assert ReactionStream(model, 2, device="cpu").device == torch.device("cpu")
+
+
+def test_33_a_flag_and_a_config_key_for_one_setting_are_refused(tmp_path, capsys):
+    data = str(tmp_path / "data")
+    SyntheticDyads(sessions=2, frames=60, prototypes=1, audio_dim=8, seed=0, split="train").write(data, "train")
+    code, err = run(["train", "--model", "reactface", "--data", data, "--frames", "60", "--clip-frames", "32",
+                     "--steps", "1", "--config", "train.steps=5", "--out", str(tmp_path / "run"), "--no-progress",
+                     "--device", "cpu"], capsys)   # the --config value won, silently
+    assert code == 2 and "--steps 1 and --config train.steps=5 both set steps: give one" in err
+    assert not (tmp_path / "run").exists()

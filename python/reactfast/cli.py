@@ -165,6 +165,12 @@ def _train(args, s, cls) -> int:
     from reactfast.train.checkpoint import load_trainer_state
 
     overrides = configs.parse(args.config)
+    for key in overrides["train"]:
+        # A flag given on this command line and a --config train.* key for the same setting: which
+        # should win is not clear (the --config one did, silently).
+        if key in _TRAIN_DEFAULTS and getattr(args, key, None) is not None:
+            raise CommandError(f"--{key.replace('_', '-')} {getattr(args, key)} and --config train.{key}="
+                               f"{overrides['train'][key]} both set {key}: give one")
     data_spec = s["data"] = s["data"] if s["data"] == "synthetic" else os.path.abspath(s["data"])
     device = _device(args)
     seed_everything(s["seed"])
