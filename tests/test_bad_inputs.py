@@ -560,3 +560,25 @@ def test_33_a_flag_and_a_config_key_for_one_setting_are_refused(tmp_path, capsys
                      "--device", "cpu"], capsys)   # the --config value won, silently
     assert code == 2 and "--steps 1 and --config train.steps=5 both set steps: give one" in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name", ["reactface", "perfrdiff", "reactdiff"])
+def test_34_a_model_step_checks_shapes_without_reading_values(name):
+    from reactfast import _backend
+    from reactfast.demo import demo_model
+    from reactfast.testing import forbid_host_reads
+
+    model = demo_model(name, 8).eval()
+    state = model.init_state(2)
+    W, k = model.window, model.audio_per_frame
+    speaker, audio = model.inputs_from_batch({
+        "speaker_emotion": torch.randn(2, W, 25), "speaker_3dmm": torch.randn(2, W, 58),
+        "speaker_audio": torch.randn(2, k * W, 8)})
+    noise = model.draw_noise(2)
+    with _backend.graph_safe(), forbid_host_reads():     # as on a GPU: shapes checked, no value read back
+        model.step(state, speaker, audio, noise)
+    # Each failed inside the step before (a size mismatch, a reshape), or ran on a short window.
+    with pytest.raises(ValueError, match=r"noise must have shape .* got \(1,"):
+        model.step(state, speaker, audio, noise[:1])
+    with pytest.raises(ValueError, match=f"audio must have {k} rows per frame"):
+        model.step(state, speaker, audio[:, :-1], noise)

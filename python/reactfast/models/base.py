@@ -209,6 +209,19 @@ class Generator(nn.Module, metaclass=abc.ABCMeta):
             return torch.stack([self.draw_noise(items * samples, generator) for _ in range(windows)])
         return torch.stack([torch.cat([self.draw_noise(samples, g) for g in gens]) for _ in range(windows)])
 
+    def check_step(self, speaker: torch.Tensor, audio: torch.Tensor, noise: torch.Tensor,
+                   noise_shape: Sequence[int], frames: Optional[int] = None) -> None:
+        """A ``step``'s inputs by shape: ``check_inputs`` without its value checks (a step reads no
+        value back, so that it stays capturable in a CUDA graph), the noise's shape and, when given,
+        the window's frames."""
+        with _backend.graph_safe():
+            self.check_inputs(speaker, audio)
+        if frames is not None and speaker.shape[1] != frames:
+            raise ValueError(f"{type(self).__name__} steps windows of {frames} frames, got {speaker.shape[1]}")
+        if not isinstance(noise, torch.Tensor) or tuple(noise.shape) != tuple(noise_shape):
+            got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
+            raise ValueError(f"noise must have shape {tuple(noise_shape)} (draw_noise's), got {got}")
+
     def in_model_dtype(self, *tensors: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """Floating-point tensors in the dtype of the model's parameters, as a stream casts its input:
         float32 features given to a model cast to bfloat16 or float64 (others as they are)."""

@@ -688,6 +688,8 @@ class PerFRDiff(Generator):
     def step(self, state: PerFRDiffState, speaker: torch.Tensor, audio: torch.Tensor, noise: torch.Tensor):
         """Listener window i from the speaker's window i - 1 (held in the state), or with
         ``condition_window="current"`` from window i itself; then remember window i."""
+        cfg = self.config
+        self.check_step(speaker, audio, noise, (state.frame.shape[0], cfg.window, cfg.out_dim), cfg.window)
         cond = self.condition(speaker, audio)
         used = state.prev_cond if self.config.condition_window == "previous" else cond
         noise = noise.to(used.device)

@@ -484,6 +484,8 @@ class ReactDiff(Generator):
 
     @torch.no_grad()
     def step(self, state: "ReactDiffState", speaker: torch.Tensor, audio: torch.Tensor, noise: torch.Tensor):
+        cfg = self.config
+        self.check_step(speaker, audio, noise, (state.frame.shape[0], cfg.window, cfg.latent), cfg.window)
         noise = noise.to(speaker.device)
         if self.config.window_noise == "shared":
             # A stream's first window keeps its draw; later windows reuse it (rows may differ in age).

@@ -506,6 +506,7 @@ class ReactFace(Generator):
             (outputs, new_state): outputs holds ``3dmm`` (R, W, 58), ``emotion`` (R, W, 25) and
             ``emotion_logits`` when enabled, ``speaker_3dmm`` (G, W, 58), ``mu`` and ``logvar`` (R, D).
         """
+        self.check_step(speaker, audio, noise, (state.batch, self.config.dim))
         W = speaker.shape[1]
         if W > self.config.context // 2:
             raise ValueError(f"window of {W} frames is larger than half the context ({self.config.context})")
