@@ -582,3 +582,24 @@ def test_34_a_model_step_checks_shapes_without_reading_values(name):
         model.step(state, speaker, audio, noise[:1])
     with pytest.raises(ValueError, match=f"audio must have {k} rows per frame"):
         model.step(state, speaker, audio[:, :-1], noise)
+
+
+@pytest.mark.parametrize("name", ["reactface", "perfrdiff", "pflposnet", "reactdiff"])
+def test_35_loss_names_a_missing_batch_key_and_checks_its_generators(name):
+    from reactfast.demo import CLIP_FRAMES, demo_model
+    from reactfast.train.batches import collate_appropriate
+
+    model = demo_model(name, 8)
+    model.set_stage(model.demo_stages(10)[-1].stage)
+    window, stride = model.training_windows(CLIP_FRAMES)
+    data = SyntheticDyads(sessions=2, frames=CLIP_FRAMES, audio_dim=8, seed=0, split="train").dataset(
+        frames=CLIP_FRAMES, window=window, stride=stride)
+    batch = collate_appropriate(data, [0, 1], 4)
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    # A shape error deep in the model (or, in ReactDiff, a silent draw from torch's global generator) before.
+    with pytest.raises(ValueError, match=r"one torch.Generator per item \(2\), got 1"):
+        model.loss(batch, gens[:1])
+    with pytest.raises(TypeError, match="generators must be a list of torch.Generator"):
+        model.loss(batch, None)
+    with pytest.raises(KeyError, match="the batch has no 'speaker_audio' .*collate_appropriate"):
+        model.loss({k: v for k, v in batch.items() if k != "speaker_audio"}, gens)

@@ -90,6 +90,14 @@ class TrainStage:
     lr_schedule: str = "constant"
 
 
+class _Batch(dict):
+    """A training batch that names a missing key with the keys it holds."""
+
+    def __missing__(self, key):
+        raise KeyError(f"the batch has no {key!r} (it holds {', '.join(sorted(self))}; "
+                       "reactfast.train.collate_appropriate adds the appropriate_* targets to a dataset's items)")
+
+
 class Generator(nn.Module, metaclass=abc.ABCMeta):
     """Base of the reactfast generators.
 
@@ -208,6 +216,21 @@ class Generator(nn.Module, metaclass=abc.ABCMeta):
         if gens is None:
             return torch.stack([self.draw_noise(items * samples, generator) for _ in range(windows)])
         return torch.stack([torch.cat([self.draw_noise(samples, g) for g in gens]) for _ in range(windows)])
+
+    @staticmethod
+    def loss_inputs(batch, generators) -> Tuple[Dict[str, torch.Tensor], List[torch.Generator]]:
+        """``loss``'s arguments checked: a dict of tensors whose missing keys are named with what it
+        holds, and one torch.Generator per item."""
+        if not isinstance(batch, dict) or not batch:
+            raise TypeError(f"batch must be a non-empty dict of tensors (a reactfast.data batch), got "
+                            f"{type(batch).__name__}")
+        items = next(v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor) and v.dim())
+        if not isinstance(generators, (list, tuple)) or not all(isinstance(g, torch.Generator) for g in generators):
+            raise TypeError(f"generators must be a list of torch.Generator, one per item, got "
+                            f"{type(generators).__name__}")
+        if len(generators) != items:
+            raise ValueError(f"generators must hold one torch.Generator per item ({items}), got {len(generators)}")
+        return _Batch(batch), list(generators)
 
     def check_step(self, speaker: torch.Tensor, audio: torch.Tensor, noise: torch.Tensor,
                    noise_shape: Sequence[int], frames: Optional[int] = None) -> None:

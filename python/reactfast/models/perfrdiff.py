@@ -495,6 +495,7 @@ class PerFRDiff(Generator):
         "current", its last W) condition the listener's last W.
         Stage 1: x0 MSE + PSSL contrastive loss; stage 2: x0 MSE through the personalised GAFRG,
         with shifts from the listener's first W frames (its history)."""
+        batch, generators = self.loss_inputs(batch, generators)
         cfg = self.config
         W = cfg.window
         speaker, audio = self.inputs_from_batch(batch)

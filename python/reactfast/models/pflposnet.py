@@ -133,6 +133,7 @@ class PFLPosNet(Generator):
         return self.posnet.loss(*args, **kwargs)
 
     def loss(self, batch, generators, forward=None) -> Dict[str, torch.Tensor]:
+        batch, generators = self.loss_inputs(batch, generators)
         if self.stage == 1:
             # The generator's own losses, through this module's forward (a DDP wrapper's, when given).
             return self.generator.loss(batch, generators, forward=self if forward is None else forward)

@@ -378,6 +378,7 @@ class ReactDiff(Generator):
         return net(x_t.transpose(1, 2), t, z_bc, None if frames is None else frames.transpose(1, 2)).transpose(1, 2)
 
     def loss(self, batch, generators: Sequence[torch.Generator], forward=None) -> Dict[str, torch.Tensor]:
+        batch, generators = self.loss_inputs(batch, generators)
         cfg = self.config
         if self.stage == 1:
             emotion = torch.cat([batch["speaker_emotion"], batch["listener_emotion"]])

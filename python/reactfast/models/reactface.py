@@ -625,6 +625,7 @@ class ReactFace(Generator):
         ``appropriate_emotion`` (B, K, T, 25), ``appropriate_valid`` (B, K)); one generator per item
         draws that item's latent noise, so results do not depend on how the batch is split.
         ``forward`` is the callable that runs the model (a DistributedDataParallel wrapper)."""
+        batch, generators = self.loss_inputs(batch, generators)
         speaker, audio = self.inputs_from_batch(batch)
         S, B, T = self.config.train_samples, speaker.shape[0], speaker.shape[1]
         n = math.ceil(T / self.config.window_train)
