@@ -224,7 +224,9 @@ class Generator(nn.Module, metaclass=abc.ABCMeta):
         if not isinstance(batch, dict) or not batch:
             raise TypeError(f"batch must be a non-empty dict of tensors (a reactfast.data batch), got "
                             f"{type(batch).__name__}")
-        items = next(v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor) and v.dim())
+        items = next((v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor) and v.dim()), None)
+        if items is None:
+            raise TypeError("batch must hold tensors with a batch dimension (a reactfast.data batch)")
         if not isinstance(generators, (list, tuple)) or not all(isinstance(g, torch.Generator) for g in generators):
             raise TypeError(f"generators must be a list of torch.Generator, one per item, got "
                             f"{type(generators).__name__}")
