@@ -33,6 +33,13 @@ def check_int(name: str, value, minimum: int = 1) -> int:
     return value
 
 
+def check_generator(model, name: str = "model") -> None:
+    """A TypeError naming ``name`` unless ``model`` is a reactfast generator."""
+    if not isinstance(model, Generator):
+        raise TypeError(f"{name} must be a reactfast generator (reactfast.models.Generator), got "
+                        f"{type(model).__name__}")
+
+
 def check_at_least(config, minimum: int, *names: str) -> None:
     """Raise ValueError naming the first field of ``config`` in ``names`` that is not an int >= ``minimum``."""
     for name in names:

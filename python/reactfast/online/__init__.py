@@ -47,11 +47,9 @@ class ReactionStream:
 
     def __init__(self, model: nn.Module, num_samples: int = 10, generator: Optional[torch.Generator] = None,
                  window: Optional[int] = None, device=None, **state_kwargs):
-        from reactfast.models.base import Generator, check_int
+        from reactfast.models.base import check_generator, check_int
 
-        if not isinstance(model, Generator):
-            raise TypeError(f"model must be a reactfast generator (reactfast.models.Generator), got "
-                            f"{type(model).__name__}")
+        check_generator(model)
         check_int("num_samples", num_samples)
         if window is not None:
             check_int("window", window)

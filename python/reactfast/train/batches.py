@@ -11,6 +11,15 @@ import torch
 from reactfast.data.react import ReactDataset
 
 
+def check_dataset(name: str, dataset, needs) -> None:
+    """A TypeError naming ``name`` unless ``dataset`` has the attributes ``needs`` of
+    ReactDataset's interface (a dataset of one's own with that interface passes)."""
+    missing = [a for a in needs if not hasattr(dataset, a)]
+    if missing:
+        raise TypeError(f"{name} must be a reactfast.data.ReactDataset (or have its {', '.join(missing)}), got "
+                        f"{type(dataset).__name__}")
+
+
 def collate_appropriate(dataset: ReactDataset, indices: Sequence[int], max_candidates: int = 8
                         ) -> Dict[str, torch.Tensor]:
     """Stack items ``indices`` and add ``appropriate_3dmm`` (B, K, T, 58), ``appropriate_emotion``

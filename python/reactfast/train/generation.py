@@ -19,14 +19,11 @@ def generate_dataset(model, dataset, samples: int = 10, seed: int = 0, rows: Opt
     result does not depend on batching or on how rows are split over processes (up to float
     rounding: the dyads of a batch run through one call). ``window``: the
     online step of generators that take one (default: the model's)."""
-    from reactfast.models.base import Generator, check_int
+    from reactfast.models.base import check_generator, check_int
+    from reactfast.train.batches import check_dataset
 
-    if not isinstance(model, Generator):
-        raise TypeError(f"model must be a reactfast generator (reactfast.models.Generator), got {type(model).__name__}")
-    missing = [a for a in ("window", "num_items", "__getitem__") if not hasattr(dataset, a)]
-    if missing:
-        raise TypeError(f"dataset must be a reactfast.data.ReactDataset (or have its {', '.join(missing)}), got "
-                        f"{type(dataset).__name__}")
+    check_generator(model)
+    check_dataset("dataset", dataset, ("__getitem__", "window", "num_items"))
     check_int("batch_size", batch_size)
     if dataset.window is not None:
         raise ValueError("generate_dataset needs a whole-clip dataset (window=None)")

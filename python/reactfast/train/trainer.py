@@ -38,7 +38,7 @@ import torch.distributed as dist
 from reactfast import _backend, _io
 from reactfast._progress import Progress
 from reactfast.models.base import check_at_least
-from reactfast.train.batches import collate_appropriate
+from reactfast.train.batches import check_dataset, collate_appropriate
 from reactfast.train.interrupt import deferred_interrupt
 from reactfast.train.checkpoint import link_checkpoint, load_into, load_trainer_state, save_checkpoint
 
@@ -193,34 +193,23 @@ def _adamw(params, lr: float, decay: float) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, lr=lr, weight_decay=decay, foreach=True)
 
 
-# What the trainer reads of a dataset (reactfast.data.ReactDataset's interface; a validation set
-# also makes whole-clip predictions and stacks its targets).
-_DATASET_API = ("__len__", "__getitem__", "appropriate", "dyads", "load_clip")
-
-
-def _check_dataset(name: str, dataset, extra=()) -> None:
-    missing = [a for a in _DATASET_API + tuple(extra) if not hasattr(dataset, a)]
-    if missing:
-        raise TypeError(f"{name} must be a reactfast.data.ReactDataset (or have its {', '.join(missing)}), got "
-                        f"{type(dataset).__name__}")
-
-
 class Trainer:
     """Trains ``model`` (a reactfast generator with a ``loss(batch, generators, forward)`` method)
     on ``dataset`` (items are training windows; it needs an appropriateness matrix)."""
 
     def __init__(self, model: torch.nn.Module, dataset, config: Optional[TrainConfig] = None,
                  val_dataset=None, resume: Optional[str] = None, device=None, extra_meta: Optional[dict] = None):
-        from reactfast.models.base import Generator
+        from reactfast.models.base import check_generator
 
-        if not isinstance(model, Generator):
-            raise TypeError(f"model must be a reactfast generator (reactfast.models.Generator), got "
-                            f"{type(model).__name__}")
+        check_generator(model)
         if config is not None and not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig or None, got {type(config).__name__}")
-        _check_dataset("dataset", dataset)
+        # What the trainer reads of a dataset (ReactDataset's interface); a validation set also makes
+        # whole-clip predictions and stacks its targets.
+        training_api = ("__len__", "__getitem__", "appropriate", "dyads", "load_clip")
+        check_dataset("dataset", dataset, training_api)
         if val_dataset is not None:
-            _check_dataset("val_dataset", val_dataset, ("window", "num_items", "stack"))
+            check_dataset("val_dataset", val_dataset, training_api + ("window", "num_items", "stack"))
         self.config = cfg = config or TrainConfig()
         self.device = _backend.resolve_device(str(device) if device is not None else "auto")
         if self.device.type == "cuda":
