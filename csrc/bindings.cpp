@@ -29,11 +29,20 @@ using reactfast::index_t;
 
 namespace {
 
-// Pointers are read while the GIL is held, before it is released for the work.
+// Pointers are read while the GIL is held, before it is released for the work. A buffer that says
+// its element size (a tensor's element_size()) must hold elements of T's size: a kernel reading a
+// bfloat16 tensor as float would read past its end (the Python layer checks dtypes; this is the
+// last line).
 template <typename T>
 T* ptr(const py::handle& h) {
   if (h.is_none()) return nullptr;
   if (py::isinstance<py::int_>(h)) return reinterpret_cast<T*>(h.cast<std::uintptr_t>());
+  if (py::hasattr(h, "element_size")) {
+    const auto size = h.attr("element_size")().cast<std::size_t>();
+    if (size != sizeof(T))
+      throw std::invalid_argument("a buffer of " + std::to_string(size) + "-byte elements where the kernel reads " +
+                                  std::to_string(sizeof(T)) + "-byte ones");
+  }
   return reinterpret_cast<T*>(h.attr("data_ptr")().cast<std::uintptr_t>());
 }
 

@@ -421,3 +421,16 @@ def test_eager_calls_skip_the_custom_ops(low_rank, monkeypatch):
     for i, (a, c) in enumerate(zip(torch.autograd.grad(want, leaves64, grad),
                                    torch.autograd.grad(y, leaves, grad.float()))):
         assert_rel_close(f"eager grad {i}", a, c, precision(TRITON_DEVICE))
+
+
+@needs_cpp
+def test_native_calls_refuse_buffers_of_another_element_size():
+    """The extension's last line behind the dtype checks: a bfloat16 buffer handed to a kernel that
+    reads float32 would be read past its end."""
+    x, w, shift = torch.randn(2, 3, 4), torch.randn(5, 4), torch.randn(2, 5, 4)
+    y = torch.full((2, 3, 5), float("nan"))
+    with pytest.raises(ValueError, match="a buffer of 2-byte elements where the kernel reads 4-byte ones"):
+        _backend.native().weight_shift_fwd_cpu(x, w, shift.bfloat16(), None, y, 2, 3, 4, 5)
+    assert torch.isnan(y).all()   # nothing written
+    _backend.native().weight_shift_fwd_cpu(x, w, shift, None, y, 2, 3, 4, 5)
+    assert_rel_close("y", ref.weight_shift_linear(x.double(), w.double(), shift.double()), y, torch.float32)
