@@ -603,3 +603,14 @@ def test_35_loss_names_a_missing_batch_key_and_checks_its_generators(name):
         model.loss(batch, None)
     with pytest.raises(KeyError, match="the batch has no 'speaker_audio' .*collate_appropriate"):
         model.loss({k: v for k, v in batch.items() if k != "speaker_audio"}, gens)
+
+
+def test_36_metric_tuning_arguments_are_checked():
+    gt = np.random.default_rng(0).random((2, 30, 25), dtype=np.float32)
+    pred, a = gt[:, None].repeat(2, 1), np.eye(2, dtype=bool)
+    for call, words in ((lambda: metrics.frdist(pred, gt, a, chunk=0), "chunk must be an int >= 1, got 0"),
+                        (lambda: metrics.frcorr(pred, gt, a, chunk=-1), "chunk must be an int >= 1, got -1"),
+                        # a RuntimeError about a negative tensor dimension before
+                        (lambda: metrics.frsyn(pred, gt, max_lag=-1), "max_lag must be an int >= 0, got -1")):
+        with pytest.raises(ValueError, match=words):
+            call()

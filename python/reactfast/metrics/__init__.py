@@ -29,6 +29,7 @@ from reactfast._progress import Progress
 from reactfast.data import layout
 from reactfast.data.layout import check_emotion
 from reactfast.metrics import candidates
+from reactfast.ops._checks import check_int
 from reactfast.ops.ccc import ccc_max_unchecked
 from reactfast.ops.dtw import REACT_GROUPS, check_groups, weighted_dtw_min_unchecked
 from reactfast.ops.tlcc import tlcc_unchecked
@@ -174,6 +175,7 @@ def frcorr(pred, listener_gt, appropriate, chunk: int = 64, progress: bool = Fal
     ``rows``: compute only these speakers' terms (still divided by N), so that the results of
     disjoint row sets (e.g. one per process) add up to the metric."""
     pred, listener_gt, _, a = check_inputs(pred, listener_gt, None, appropriate)
+    check_int("chunk", chunk)
     return _frcorr(pred, listener_gt, a, chunk, progress, backend, rows)
 
 
@@ -182,6 +184,7 @@ def frdist(pred, listener_gt, appropriate, chunk: int = 16, progress: bool = Fal
     """FRDist: the smallest weighted three-group DTW to an appropriate real reaction, summed over
     samples. ``rows`` as in :func:`frcorr`."""
     pred, listener_gt, _, a = check_inputs(pred, listener_gt, None, appropriate)
+    check_int("chunk", chunk)
     return _frdist(pred, listener_gt, a, chunk, progress, abandon, groups, backend, rows)
 
 
@@ -270,6 +273,7 @@ def frsyn(pred, speaker, max_lag: int = 49, all_samples: bool = False, backend=N
     variant over every sample.
     """
     pred, _, speaker, _ = check_inputs(pred, None, speaker, None)
+    check_int("max_lag", max_lag, minimum=0)   # lags past the clip give NaN curves, as the official code's
     return _frsyn(pred, speaker, max_lag, all_samples, backend)
 
 

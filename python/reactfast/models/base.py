@@ -24,13 +24,7 @@ import torch
 from torch import nn
 
 from reactfast import _backend
-
-
-def check_int(name: str, value, minimum: int = 1) -> int:
-    """``value`` if it is an int (not a bool) >= ``minimum``, else a ValueError naming ``name``."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
+from reactfast.ops._checks import check_int
 
 
 def check_generator(model, name: str = "model") -> None:

@@ -7,6 +7,13 @@ from typing import Optional, Sequence
 import torch
 
 
+def check_int(name: str, value, minimum: int = 1) -> int:
+    """``value`` if it is an int (not a bool) >= ``minimum``, else a ValueError naming ``name``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
 def check_tensor(name: str, x, ndim: Optional[int] = None, dtypes: Optional[Sequence[torch.dtype]] = None,
                  finite: bool = False, nonempty: bool = True) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
