@@ -614,3 +614,13 @@ def test_36_metric_tuning_arguments_are_checked():
                         (lambda: metrics.frsyn(pred, gt, max_lag=-1), "max_lag must be an int >= 0, got -1")):
         with pytest.raises(ValueError, match=words):
             call()
+
+
+def test_37_posnet_stream_names_wrong_arguments():
+    from reactfast.models import PosNet, PosNetConfig, PosNetStream
+
+    model, posnet = tiny_model().eval(), PosNet(PosNetConfig(window=8)).eval()
+    with pytest.raises(TypeError, match="stream must be a reactfast.online.ReactionStream, got ReactFace"):
+        PosNetStream(model, posnet)                       # an AttributeError ('model') before
+    with pytest.raises(TypeError, match="posnet must be a PosNet, got ReactFace"):
+        PosNetStream(ReactionStream(model, 2), model)     # accepted before, to fail at the first window

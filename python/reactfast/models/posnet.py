@@ -121,6 +121,12 @@ class PosNetStream:
     pass through unchanged. The generator is not modified."""
 
     def __init__(self, stream, posnet: PosNet):
+        from reactfast.online import ReactionStream
+
+        if not isinstance(stream, ReactionStream):
+            raise TypeError(f"stream must be a reactfast.online.ReactionStream, got {type(stream).__name__}")
+        if not isinstance(posnet, PosNet):
+            raise TypeError(f"posnet must be a PosNet, got {type(posnet).__name__}")
         if "3dmm" not in stream.model.output_widths():
             raise ValueError("PosNet needs a generator that outputs 3DMM (58 dims); this one outputs "
                              f"{sorted(stream.model.output_widths())}")
