@@ -624,3 +624,11 @@ def test_37_posnet_stream_names_wrong_arguments():
         PosNetStream(model, posnet)                       # an AttributeError ('model') before
     with pytest.raises(TypeError, match="posnet must be a PosNet, got ReactFace"):
         PosNetStream(ReactionStream(model, 2), model)     # accepted before, to fail at the first window
+
+
+def test_38_build_names_a_config_that_is_not_a_dict():
+    from reactfast import models
+
+    with pytest.raises(TypeError, match="config must be a dict of reactface's config fields or None, got list"):
+        models.build("reactface", [1])   # "cannot convert dictionary update sequence element #0" before
+    assert models.build("reactface", {"dim": 32}).config.dim == 32

@@ -368,6 +368,8 @@ def make_config(name: str, fields: Dict[str, Any]) -> GeneratorConfig:
 
 def build(name: str, config: Optional[Dict[str, Any]] = None, backend: Optional[str] = None) -> Generator:
     """A new generator ``name`` with config fields ``config`` (the rest default)."""
+    if config is not None and not isinstance(config, dict):
+        raise TypeError(f"config must be a dict of {name}'s config fields or None, got {type(config).__name__}")
     return get(name)(make_config(name, dict(config or {})), backend=backend)
 
 
