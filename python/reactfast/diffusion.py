@@ -15,6 +15,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 
 from reactfast import _backend
+from reactfast.ops._checks import check_int
 from reactfast.ops.ddim import ddim_step
 from reactfast.reference.ddim import PREDICTIONS
 
@@ -25,8 +26,7 @@ SPACINGS = ("leading", "trailing")
 def betas_for(schedule: str, num_train_steps: int, beta_start: float = 1e-4, beta_end: float = 0.02,
               cosine_s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
     """float64 betas: linear in [beta_start, beta_end], or cosine (Nichol & Dhariwal) clipped at max_beta."""
-    if not isinstance(num_train_steps, int) or isinstance(num_train_steps, bool) or num_train_steps < 1:
-        raise ValueError(f"num_train_steps must be an int >= 1, got {num_train_steps!r}")
+    check_int("num_train_steps", num_train_steps)
     if schedule == "linear" and not 0.0 < beta_start <= beta_end < 1.0:
         # A beta outside (0, 1) gives alpha_bar outside (0, 1]: NaN samples from the first step.
         raise ValueError(f"the linear schedule needs 0 < beta_start <= beta_end < 1, got beta_start {beta_start} "
@@ -62,8 +62,7 @@ class DDIMScheduler:
                  spacing: str = "leading", eta: float = 0.0, clip: Optional[float] = 1.0,
                  final_alpha_one: bool = True, eps_from_clipped: bool = False, beta_start: float = 1e-4,
                  beta_end: float = 0.02, cosine_s: float = 0.008):
-        if not isinstance(num_train_steps, int) or num_train_steps < 1:
-            raise ValueError(f"num_train_steps must be an int >= 1, got {num_train_steps!r}")
+        check_int("num_train_steps", num_train_steps)
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         if spacing not in SPACINGS:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from reactfast.nn.dropout import Dropout
+from reactfast.ops._checks import check_int
 from reactfast.ops.biased_attention import biased_attention
 from reactfast.reference.biased_attention import alibi_slopes
 
@@ -61,8 +62,7 @@ class BiasedCrossAttention(nn.Module):
         super().__init__()
         for name, value, low in (("embed_dim", embed_dim, 1), ("num_heads", num_heads, 1), ("period", period, 1),
                                  ("audio_ratio", audio_ratio, 1), ("extra", extra, 0)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+            check_int(name, value, low)
         if embed_dim % num_heads:
             raise ValueError(f"num_heads ({num_heads}) must divide embed_dim ({embed_dim})")
         if slopes is not None and (not isinstance(slopes, torch.Tensor) or slopes.shape != (num_heads,)):

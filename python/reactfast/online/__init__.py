@@ -104,8 +104,7 @@ class ReactionStream:
             raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
         if not x.is_floating_point():
             raise TypeError(f"{name} must hold floating-point features, got dtype {x.dtype}")
-        dtype = next(self.model.parameters()).dtype
-        return x.to(dtype) if x.dtype != dtype else x
+        return self.model.in_model_dtype(x)[0]
 
     def feed(self, speaker: torch.Tensor, audio: torch.Tensor) -> None:
         """Buffer n new speaker frames and their k n audio rows without generating (for a
