@@ -437,9 +437,7 @@ def _cmd_data(args) -> int:
 
 def _cmd_data_synth(args) -> int:
     from reactfast import _io
-    from reactfast.data import SyntheticDyads
-
-    from reactfast.data import layout
+    from reactfast.data import SyntheticDyads, layout
 
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     unknown = [s for s in splits if s not in layout.SPLITS]

@@ -23,6 +23,7 @@ from reactfast import _io, metrics, models
 from reactfast.data import ReactDataset, SyntheticDyads
 from reactfast.metrics.io import format_table, ranking, save_json
 from reactfast.models.baselines import MirrorBaseline, NearestNeighbourBaseline, RandomBaseline
+from reactfast.ops._checks import check_int
 from reactfast.plot import plot_reactions
 
 SAMPLES = 10
@@ -88,8 +89,6 @@ def train_and_generate(name: str, data_root: str, test: ReactDataset, steps: int
 def run_demo(out: str = "reactfast_out/demo", sessions: int = 48, steps: int = 500, seed: int = 0,
              model: str = models.DEFAULT, device=None, backend: Optional[str] = None) -> dict:
     models.get(model)
-    from reactfast.models.base import check_int
-
     check_int("sessions", sessions)   # before anything is written
     check_int("steps", steps)
     device = torch.device(device) if device is not None else torch.device("cpu")
