@@ -36,6 +36,39 @@ RF_CLONES void pearson_segments(const float* xs, const float* ys, index_t n, ind
   }
 }
 
+// The same arithmetic, in the same order per dim, for a dim count known at compile time: the
+// accumulators stay in registers (REACT's 25 emotion dims: about 3x faster than the loop above).
+template <index_t DC>
+__attribute__((always_inline)) inline void pearson_fixed(const float* xs, const float* ys, index_t n, double* r) {
+  double mx[DC] = {}, my[DC] = {}, sxy[DC] = {}, sxx[DC] = {}, syy[DC] = {};
+  for (index_t t = 0; t < n; ++t)
+    for (index_t d = 0; d < DC; ++d) {
+      mx[d] += xs[t * DC + d];
+      my[d] += ys[t * DC + d];
+    }
+  for (index_t d = 0; d < DC; ++d) {
+    mx[d] /= static_cast<double>(n);
+    my[d] /= static_cast<double>(n);
+  }
+  for (index_t t = 0; t < n; ++t)
+    for (index_t d = 0; d < DC; ++d) {
+      const double a = xs[t * DC + d] - mx[d];
+      const double b = ys[t * DC + d] - my[d];
+      sxy[d] += a * b;
+      sxx[d] += a * a;
+      syy[d] += b * b;
+    }
+  for (index_t d = 0; d < DC; ++d) {
+    double v = sxy[d] / std::sqrt(sxx[d] * syy[d]);
+    if (sxx[d] == 0.0 || syy[d] == 0.0) v = std::numeric_limits<double>::quiet_NaN();
+    r[d] = v > 1.0 ? 1.0 : (v < -1.0 ? -1.0 : v);
+  }
+}
+
+RF_CLONES void pearson_segments_25(const float* xs, const float* ys, index_t n, double* r) {
+  pearson_fixed<25>(xs, ys, n, r);
+}
+
 }  // namespace
 
 void tlcc_cpu(const float* x, const float* y, float* rs, index_t M, index_t T, index_t D, index_t L) {
@@ -58,7 +91,10 @@ void tlcc_cpu(const float* x, const float* y, float* rs, index_t M, index_t T, i
         if (n >= 2) {
           const float* xs = x + m * T * D + (l > 0 ? l : 0) * D;
           const float* ys = y + m * T * D + (l < 0 ? -l : 0) * D;
-          pearson_segments(xs, ys, n, D, mx, my, sxy, sxx, syy, r);
+          if (D == 25)
+            pearson_segments_25(xs, ys, n, r);
+          else
+            pearson_segments(xs, ys, n, D, mx, my, sxy, sxx, syy, r);
           // float32 mean over dims, accumulated in dim order (as the reference).
           float acc = 0.f;
           for (index_t d = 0; d < D; ++d) acc += static_cast<float>(r[d]);

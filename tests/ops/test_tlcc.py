@@ -22,14 +22,15 @@ def test_shift_recovered(device):
         assert float(rs[0, 49 + 5]) == pytest.approx(1.0, abs=1e-6)
 
 
-@pytest.mark.parametrize("T", [2, 30, 97, 151])
-def test_matches_reference(device, T):
-    rng = np.random.default_rng(T)
-    x = rng.random((7, T, 25)).astype(np.float32)
-    y = rng.random((7, T, 25)).astype(np.float32)
+# D: REACT's 25 emotion dims (the C++ kernel's compile-time path) and other widths (its loop).
+@pytest.mark.parametrize("T,D", [(2, 25), (30, 25), (97, 25), (151, 25), (97, 6), (30, 31)])
+def test_matches_reference(device, T, D):
+    rng = np.random.default_rng(T * D)
+    x = rng.random((7, T, D)).astype(np.float32)
+    y = rng.random((7, T, D)).astype(np.float32)
     x[1, : T // 2, 4] = 0.25        # constant stretch: NaN at some lags only
     y[2, :, 0] = 1.0                # constant column: NaN everywhere
-    x[3, :, 15:] = x[3, :, 15:] > 0.5
+    x[3, :, D // 2:] = x[3, :, D // 2:] > 0.5
     x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
     want = ref.tlcc(x, y).cpu()
     for backend in usable_backends(IMPLEMENTED, device):
