@@ -74,6 +74,19 @@ def _frcorr_speaker(k: int) -> float:
     return sum(max(ccc_pair(gt[j], pred[k, i]) for j in cand) for i in range(pred.shape[1]))
 
 
+def spread(pred: np.ndarray) -> tuple:
+    """FRDiv, FRDvs and FRVar as the official code computes them: every pair of samples, every pair of
+    speakers, numpy's ddof=1 variance over time."""
+    N, S = pred.shape[:2]
+    flat = pred.reshape(N, S, -1).astype(np.float64)
+    frdiv = 0.0 if S == 1 else float(np.mean([((f[:, None] - f[None]) ** 2).sum() / (S * (S - 1) * f.shape[1])
+                                              for f in flat]))
+    frdvs = 0.0 if N == 1 else float(np.mean([((c[:, None] - c[None]) ** 2).sum() / (N * (N - 1) * c.shape[1])
+                                              for c in flat.transpose(1, 0, 2)]))
+    frvar = float(pred.astype(np.float64).var(axis=2, ddof=1).mean())
+    return frdiv, frdvs, frvar
+
+
 def suite(pred: np.ndarray, gt: np.ndarray, speaker: np.ndarray, appropriate: np.ndarray,
           processes: int) -> dict:
     """The six REACT metrics the official way, FRDist and FRCorr over ``processes`` forked workers."""
@@ -88,11 +101,6 @@ def suite(pred: np.ndarray, gt: np.ndarray, speaker: np.ndarray, appropriate: np
             frcorr = sum(pool.map(_frcorr_speaker, range(N), chunksize=1)) / N
     finally:
         _SUITE.clear()
-    flat = pred.reshape(N, S, -1).astype(np.float64)
-    frdiv = 0.0 if S == 1 else float(np.mean([((f[:, None] - f[None]) ** 2).sum() / (S * (S - 1) * f.shape[1])
-                                              for f in flat]))
-    frdvs = 0.0 if N == 1 else float(np.mean([((c[:, None] - c[None]) ** 2).sum() / (N * (N - 1) * c.shape[1])
-                                              for c in flat.transpose(1, 0, 2)]))
-    frvar = float(pred.astype(np.float64).var(axis=2, ddof=1).mean())
+    frdiv, frdvs, frvar = spread(pred)
     frsyn = float(np.mean([abs(sync_offset(pred[k, 0], speaker[k])) for k in range(N)]))
     return {"FRCorr": frcorr, "FRDist": frdist, "FRDiv": frdiv, "FRDvs": frdvs, "FRVar": frvar, "FRSyn": frsyn}

@@ -17,6 +17,7 @@
 #include "reactfast/dtw.h"
 #include "reactfast/frame_diff.h"
 #include "reactfast/gelu_dropout.h"
+#include "reactfast/spread.h"
 #include "reactfast/tlcc.h"
 #include "reactfast/weight_shift.h"
 
@@ -355,6 +356,13 @@ PYBIND11_MODULE(_C, m) {
     py::gil_scoped_release release;
     reactfast::tlcc_cpu(px, py_, pr, M, T, D, L);
   }, "lagged correlation curves rs (M, 2L + 1)");
+
+  m.def("spread_cpu", [](Buf x, Buf sums, index_t N, index_t S, index_t T, index_t D) {
+    auto px = ptr<const float>(x);
+    auto ps = ptr<double>(sums);
+    py::gil_scoped_release release;
+    reactfast::spread_cpu(px, ps, N, S, T, D);
+  }, "the spread metrics' sums of squared deviations (FRDiv, FRDvs, FRVar)");
 
   m.def("weight_shift_cpu_build", &reactfast::weight_shift_cpu_build,
         "the build the weight-shift kernels run here: avx512, avx2 or baseline");

@@ -6,6 +6,7 @@ import torch
 
 from reactfast import metrics
 from reactfast.reference import metrics as ref
+from reactfast.reference import spread as spread_ref
 
 
 def make_case(seed, N, S, T, density=0.3):
@@ -93,13 +94,19 @@ def test_chunking_does_not_change_results():
     assert metrics.frcorr(pred, gt, appropriate, chunk=1) == pytest.approx(metrics.frcorr(pred, gt, appropriate))
 
 
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
 @pytest.mark.parametrize("chunk", [1, 2 * 40 * 25 * 3])
-def test_spread_metrics_in_speaker_chunks(monkeypatch, chunk):
-    """FRDiv, FRDvs and FRVar over float64 chunks of one or three speakers equal the reference."""
+def test_spread_metrics_in_speaker_chunks(monkeypatch, chunk, backend):
+    """FRDiv, FRDvs and FRVar on each backend (the reference over float64 chunks of one or three
+    speakers) equal the reference definitions; evaluate gives the same values."""
     pred = make_case(7, 8, 2, 40)[0]
-    monkeypatch.setattr(metrics, "_SPREAD_CHUNK", chunk)
+    monkeypatch.setattr(spread_ref, "_CHUNK", chunk)
+    monkeypatch.setenv("REACTFAST_BACKEND", f"spread:{backend}")
     for fast, slow in ((metrics.frdiv, ref.frdiv), (metrics.frdvs, ref.frdvs), (metrics.frvar, ref.frvar)):
         assert fast(pred) == pytest.approx(slow(pred), rel=1e-12), fast.__name__
+    scores = metrics.evaluate(*make_case(7, 8, 2, 40), backend=f"spread:{backend}")
+    for name, slow in (("FRDiv", ref.frdiv), ("FRDvs", ref.frdvs), ("FRVar", ref.frvar)):
+        assert scores[name] == pytest.approx(slow(pred), rel=1e-12), name
 
 
 def _bad(**change):

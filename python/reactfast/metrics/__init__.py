@@ -32,6 +32,7 @@ from reactfast.metrics import candidates
 from reactfast.ops._checks import check_int
 from reactfast.ops.ccc import ccc_max_unchecked
 from reactfast.ops.dtw import REACT_GROUPS, check_groups, weighted_dtw_min_unchecked
+from reactfast.ops.spread import spread_sums_unchecked
 from reactfast.ops.tlcc import tlcc_unchecked
 
 EMOTION_DIM = 25
@@ -188,49 +189,16 @@ def frdist(pred, listener_gt, appropriate, chunk: int = 16, progress: bool = Fal
     return _frdist(pred, listener_gt, a, chunk, progress, abandon, groups, backend, rows)
 
 
-# Values per float64 chunk of the spread metrics (FRDiv, FRDvs, FRVar).
-_SPREAD_CHUNK = 1 << 20
-
-
-def _speaker_chunks(pred):
-    """float64 copies of ``pred`` (N, S, T*D) a few speakers at a time (about _SPREAD_CHUNK values):
-    the temporaries stay small instead of several float64 copies of the whole set (1.2 GB each at
-    the test set's scale)."""
-    N = pred.shape[0]
-    flat = pred.reshape(N, pred.shape[1], -1)
-    step = max(1, _SPREAD_CHUNK // max(1, flat[0].numel()))
-    for lo in range(0, N, step):
-        yield flat[lo:lo + step].double()
-
-
-def _frdiv(pred) -> float:
-    N, S = pred.shape[:2]
-    if S == 1:
-        return 0.0
-    # sum_{i != i'} ||a_i - a_i'||^2 = 2 S sum_i ||a_i - mean||^2 (centred: no cancellation).
-    total = sum(float(((c - c.mean(1, keepdim=True)) ** 2).sum()) for c in _speaker_chunks(pred))
-    return 2 * S * total / (S * (S - 1) * pred[0, 0].numel()) / N
-
-
-def _frdvs(pred) -> float:
-    N, S = pred.shape[:2]
-    if N == 1:
-        return 0.0
-    mean = sum(c.sum(0) for c in _speaker_chunks(pred)) / N
-    total = sum(float(((c - mean) ** 2).sum()) for c in _speaker_chunks(pred))
-    return 2 * N * total / (N * (N - 1) * S * pred[0, 0].numel())
-
-
-def _frvar(pred) -> float:
+def _spread(pred, backend=None) -> Dict[str, float]:
+    """FRDiv, FRDvs and FRVar from one pass of the spread op (centred float64 sums of squares):
+    sum_{i != i'} ||a_i - a_i'||^2 = 2 S sum_i ||a_i - mean||^2, so no pair is formed."""
     N, S, T, D = pred.shape
     if T < 2:
         raise ValueError(f"pred needs at least 2 frames for FRVar, got shape {tuple(pred.shape)}")
-    # Centred two-pass sums over time in float64 (torch's var over the middle axis took 3x as long).
-    total = 0.0
-    for c in _speaker_chunks(pred):
-        x = c.view(-1, S, T, D)
-        total += float(((x - x.mean(2, keepdim=True)) ** 2).sum())
-    return total / ((T - 1) * N * S * D)
+    div, dvs, var = spread_sums_unchecked(pred, _backend.for_op(backend, "spread")).tolist()
+    return {"FRDiv": 0.0 if S == 1 else 2 * div / ((S - 1) * T * D * N),
+            "FRDvs": 0.0 if N == 1 else 2 * dvs / ((N - 1) * S * T * D),
+            "FRVar": var / ((T - 1) * N * S * D)}
 
 
 def sync_offsets(rs: torch.Tensor) -> torch.Tensor:
@@ -253,17 +221,21 @@ def _frsyn(pred, speaker, max_lag=49, all_samples=False, backend=None) -> float:
 
 def frdiv(pred) -> float:
     """FRDiv: mean squared distance between the S samples of each speaker (diversity)."""
-    return _frdiv(check_inputs(pred)[0])
+    pred = check_inputs(pred)[0]
+    N, S = pred.shape[:2]
+    return 0.0 if S == 1 else 2 * float(spread_sums_unchecked(pred)[0]) / ((S - 1) * pred[0, 0].numel() * N)
 
 
 def frdvs(pred) -> float:
     """FRDvs: mean squared distance between the reactions of different speakers, per sample index."""
-    return _frdvs(check_inputs(pred)[0])
+    pred = check_inputs(pred)[0]
+    N, S = pred.shape[:2]
+    return 0.0 if N == 1 else 2 * float(spread_sums_unchecked(pred)[1]) / ((N - 1) * S * pred[0, 0].numel())
 
 
 def frvar(pred) -> float:
     """FRVar: mean over (speaker, sample, dim) of the unbiased variance over time."""
-    return _frvar(check_inputs(pred)[0])
+    return _spread(check_inputs(pred)[0])["FRVar"]
 
 
 def frsyn(pred, speaker, max_lag: int = 49, all_samples: bool = False, backend=None) -> float:
@@ -327,8 +299,6 @@ def evaluate(pred, listener_gt, speaker, appropriate, progress: bool = False, ab
     return {
         "FRCorr": _frcorr(pred, listener_gt, a, progress=progress, backend=backend),
         "FRDist": _frdist(pred, listener_gt, a, progress=progress, abandon=abandon, backend=backend),
-        "FRDiv": _frdiv(pred),
-        "FRDvs": _frdvs(pred),
-        "FRVar": _frvar(pred),
+        **_spread(pred, backend),
         "FRSyn": _frsyn(pred, speaker, all_samples=frsyn_all_samples, backend=backend),
     }

@@ -13,8 +13,10 @@ from reactfast.ops.dtw import REACT_GROUPS, dtw, weighted_dtw_min
 from reactfast.ops.feed_forward import feed_forward
 from reactfast.ops.frame_diff import frame_diff
 from reactfast.ops.gelu_dropout import gelu_dropout
+from reactfast.ops.spread import spread_sums
 from reactfast.ops.tlcc import tlcc
 from reactfast.ops.weight_shift import weight_shift_linear
 
 __all__ = ["REACT_GROUPS", "add_layer_norm", "biased_attention", "ccc", "ccc_max", "ddim_step", "dropout", "dtw",
-           "feed_forward", "frame_diff", "gelu_dropout", "tlcc", "weighted_dtw_min", "weight_shift_linear"]
+           "feed_forward", "frame_diff", "gelu_dropout", "spread_sums",
+           "tlcc", "weighted_dtw_min", "weight_shift_linear"]
