@@ -133,7 +133,8 @@ def _sum_best(kernel, pred, listener_gt, a, rows, chunk, desc, progress, pair_wo
     if progress and total_pairs * pair_work > 20 * _CHUNK_WORK:
         bar.note(f"{total_pairs} (query, candidate) pairs of {T} frames to compare")
     limit = _CHUNK_WORK * torch.get_num_threads() if pred.device.type == "cpu" else float("inf")
-    total, lo = 0.0, 0
+    # Every query's best value, summed once at the end: the total does not depend on the chunking.
+    bests, lo = [], 0
     while lo < len(rows):
         hi, work = lo + 1, per_row[lo] * pair_work
         while hi < len(rows) and hi - lo < chunk and work + per_row[hi] * pair_work <= limit:
@@ -144,11 +145,11 @@ def _sum_best(kernel, pred, listener_gt, a, rows, chunk, desc, progress, pair_wo
         # Consecutive rows (the default) as a view: indexing with a list would copy them.
         queries = pred[part[0]:part[-1] + 1] if part == list(range(part[0], part[-1] + 1)) else pred[part]
         best = kernel(queries.reshape(-1, T, D), listener_gt, offset.to(pred.device), index.to(pred.device))[0]
-        total += float(best.sum())
+        bests.append(best.double().cpu())
         bar.update(int(per_row[lo:hi].sum()))
         lo = hi
     bar.close()
-    return total / N
+    return float(torch.cat(bests).sum()) / N if bests else 0.0
 
 
 def _frcorr(pred, listener_gt, a, chunk=64, progress=False, backend=None, rows=None) -> float:
