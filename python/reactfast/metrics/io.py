@@ -46,7 +46,10 @@ def load_array(path: str, key: Optional[str] = None, name: str = "array") -> np.
             obj = obj[pick]
         if not isinstance(obj, torch.Tensor):
             raise ValueError(f"{name}: {path} does not hold a tensor")
-        return obj.float().numpy()
+        if obj.is_complex():
+            raise ValueError(f"{name}: {path} holds {obj.dtype} values, expected real numbers")
+        # A model's output saved as it came (requires_grad) is read as its values.
+        return obj.detach().float().numpy()
     raise ValueError(f"{name}: unsupported file type {ext!r} ({path}); use .npy, .npz or .pt")
 
 
