@@ -632,3 +632,19 @@ def test_38_build_names_a_config_that_is_not_a_dict():
     with pytest.raises(TypeError, match="config must be a dict of reactface's config fields or None, got list"):
         models.build("reactface", [1])   # "cannot convert dictionary update sequence element #0" before
     assert models.build("reactface", {"dim": 32}).config.dim == 32
+
+
+def test_39_an_empty_push_is_no_frames_yet_but_its_widths_are_checked():
+    """A capture loop's empty chunk: push of 0 frames and 0 audio rows returned 'speaker must hold at
+    least one frame'. It emits nothing now; wrong widths or stray audio rows are still refused."""
+    model = tiny_model().eval()
+    stream = ReactionStream(model, 2)
+    out = stream.push(torch.randn(0, 83), torch.randn(0, 8))
+    assert {k: tuple(v.shape) for k, v in out.items()} == {"3dmm": (2, 0, 58), "emotion": (2, 0, 25)}
+    assert stream.frames_in == 0
+    with pytest.raises(ValueError, match=r"speaker must be \(B, T, 83\).*empty push of speaker \(0, 58\)"):
+        stream.push(torch.randn(0, 58), torch.randn(0, 8))
+    with pytest.raises(ValueError, match=r"audio must be \(B, T \* 2, 8\).*empty push"):
+        stream.push(torch.randn(0, 83), torch.randn(0, 9))
+    with pytest.raises(ValueError, match="0 frames need 0 rows, got 2"):
+        stream.push(torch.randn(0, 83), torch.randn(2, 8))

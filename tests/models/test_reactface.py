@@ -109,7 +109,7 @@ def test_sampling_deterministic_and_diverse(device):
     assert (a[0, 0] - a[0, 1]).abs().mean() > 1e-4
 
 
-@pytest.mark.parametrize("chunks", [[37], [8, 8, 8, 8, 5], [3, 11, 1, 22]])
+@pytest.mark.parametrize("chunks", [[37], [8, 8, 8, 8, 5], [3, 11, 1, 22], [0, 8, 0, 29, 0]])
 def test_streaming_equals_generate(device, chunks):
     model = tiny(device).eval()
     speaker, audio = inputs(B=1, T=sum(chunks), device=device)

@@ -38,7 +38,8 @@ class ReactionStream:
         device: where the state lives: the model's device (the default; another one is refused).
 
     ``push(speaker (n, F), audio (k n, A))`` returns the frames completed so far as a dict
-    {"3dmm": (S, m, 58), "emotion": (S, m, 25)} with m a multiple of the window (possibly 0);
+    {"3dmm": (S, m, 58), "emotion": (S, m, 25)} with m a multiple of the window (possibly 0; n may
+    be 0 too, an empty chunk);
     ``flush()`` emits the remainder (padding the last window by repeating its last frame) and
     closes the stream. A window's input is consumed only once its step succeeded; if a step
     raises (out of memory, say), the windows finished before it in that call are kept and come
@@ -93,7 +94,16 @@ class ReactionStream:
         if speaker.dim() != 2 or audio.dim() != 2:
             raise ValueError(f"push takes speaker (n, F) and audio (k n, A), got {tuple(speaker.shape)} and "
                              f"{tuple(audio.shape)}")
-        self.model.check_inputs(speaker[None], audio[None])
+        if speaker.shape[0] == 0 and audio.shape[0] == 0:
+            # Nothing arrived (an empty chunk of a capture loop): the widths are still the model's.
+            k = self.model.audio_per_frame
+            try:
+                self.model.check_inputs(speaker.new_zeros(1, 1, speaker.shape[1]), audio.new_zeros(1, k, audio.shape[1]))
+            except ValueError as exc:
+                raise ValueError(f"{exc} (as one frame of this empty push of speaker {tuple(speaker.shape)} and audio "
+                                 f"{tuple(audio.shape)})") from None
+        else:
+            self.model.check_inputs(speaker[None], audio[None])
         return speaker.to(self.device), audio.to(self.device)
 
     def _as_input(self, name: str, x) -> torch.Tensor:
