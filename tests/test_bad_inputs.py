@@ -422,7 +422,7 @@ def test_25_generate_window_and_load_device_are_checked(checkpoint):
 def test_26_generate_sessions_zero_is_an_error(checkpoint, tmp_path, capsys):
     code, err = run(["generate", "--checkpoint", checkpoint, "--sessions", "0", "--out", str(tmp_path / "p.npz"),
                      "--no-progress", "--device", "cpu"], capsys)   # 0 generated the default sessions before
-    assert code == 2 and "sessions must be >= 1, got 0" in err
+    assert code == 2 and "sessions must be an int >= 1, got 0" in err
 
 
 def test_27_a_failed_stream_step_loses_no_frames(monkeypatch):

@@ -180,9 +180,9 @@ def test_data_synth_keeps_a_dataset_already_there(tmp_path, capsys):
     assert cli.main(["data", "synth", "--out", str(tmp_path / "new"), "--splits", "train,tset"]) == 2
     assert "--splits: each must be one of train, val, test" in capsys.readouterr().err
     assert not os.path.exists(str(tmp_path / "new"))
-    for flag, value, message in (("--frames", "1", "frames must be >= 2, got 1"),
-                                 ("--sessions", "0", "sessions must be >= 1, got 0"),
-                                 ("--audio-dim", "0", "audio_dim must be >= 1, got 0")):
+    for flag, value, message in (("--frames", "1", "frames must be an int >= 2, got 1"),
+                                 ("--sessions", "0", "sessions must be an int >= 1, got 0"),
+                                 ("--audio-dim", "0", "audio_dim must be an int >= 1, got 0")):
         assert cli.main(["data", "synth", "--out", str(tmp_path / "new"), flag, value]) == 2
         assert message in capsys.readouterr().err
         assert not os.path.exists(str(tmp_path / "new"))   # the folder was made before the check

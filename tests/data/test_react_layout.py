@@ -1,4 +1,5 @@
 import os
+import re
 
 import numpy as np
 import pytest
@@ -55,10 +56,19 @@ def test_windows(root):
     assert torch.equal(item["speaker_emotion"], full["speaker_emotion"][30:70])
     assert torch.equal(item["speaker_audio"], full["speaker_audio"][60:140])
     assert len(ReactDataset(root, "val", frames=100, window=40)) == 12 * 2      # stride defaults to the window
-    with pytest.raises(ValueError, match="stride must be >= 1, got 0"):     # 0 was taken as the window
+    with pytest.raises(ValueError, match="stride must be an int >= 1, got 0"):     # 0 was taken as the window
         ReactDataset(root, "val", frames=100, window=40, stride=0)
     with pytest.raises(ValueError, match=r"stride \(30\) needs a window"):  # it was ignored
         ReactDataset(root, "val", frames=100, stride=30)
+    # Non-integers were taken (frames=7.5 until a slice failed at the first item) or failed in range().
+    for kwargs, message in ((dict(frames=7.5), "frames must be an int >= 1, got 7.5"),
+                            (dict(frames=True), "frames must be an int >= 1, got True"),
+                            (dict(window=8.0), "window must be an int >= 1, got 8.0"),
+                            (dict(cache_clips=-1), "cache_clips must be an int >= 0, got -1"),
+                            (dict(audio_per_frame=2.0), "audio_per_frame must be an int >= 1, got 2.0")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            ReactDataset(root, "val", **kwargs)
+    assert ReactDataset(root, "val", frames=100, modalities="emotion").modalities == ("emotion",)
 
 
 def test_stack(root):

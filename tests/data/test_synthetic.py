@@ -49,7 +49,22 @@ def test_listener_style_delay_visible():
 
 
 def test_bad_config():
-    with pytest.raises(ValueError, match="sessions must be >= 1"):
+    with pytest.raises(ValueError, match="sessions must be an int >= 1"):
         SyntheticConfig(sessions=0)
-    with pytest.raises(ValueError, match="noise must be >= 0"):
+    with pytest.raises(ValueError, match="noise must be a number >= 0"):
         SyntheticDyads(noise=-1.0)
+
+
+def test_config_takes_integers_only():
+    """A float session count failed inside numpy ("expected a sequence of integers"), and a str seed
+    in SeedSequence; numpy integers are taken as ints."""
+    with pytest.raises(ValueError, match="sessions must be an int >= 1, got 1.5"):
+        SyntheticConfig(sessions=1.5)
+    with pytest.raises(ValueError, match="seed must be an int >= 0, got 'a'"):
+        SyntheticConfig(seed="a")
+    with pytest.raises(ValueError, match="noise must be a number >= 0, got nan"):
+        SyntheticConfig(noise=float("nan"))
+    import numpy as np
+
+    config = SyntheticConfig(sessions=np.int64(2), frames=np.int32(30))
+    assert type(config.sessions) is int and config.frames == 30

@@ -24,16 +24,17 @@ import torch
 from reactfast.data import audio as audio_io
 from reactfast.data import files, layout
 from reactfast.data.files import DataError
+from reactfast.ops._checks import check_int
 
 MODALITIES = ("emotion", "3dmm", "audio")
 
 
 def window_starts(frames: int, window: int, stride: int) -> List[int]:
     """Start frames of the windows of ``window`` frames every ``stride`` frames within ``frames``."""
-    if window < 1 or window > frames:
+    check_int("frames", frames)
+    check_int("stride", stride)
+    if check_int("window", window) > frames:
         raise ValueError(f"window must be in [1, {frames}], got {window}")
-    if stride < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}")
     return list(range(0, frames - window + 1, stride))
 
 
@@ -47,7 +48,7 @@ class ReactDataset(torch.utils.data.Dataset):
         window: if given, items are windows of this many frames (training); else whole clips.
         stride: distance between window starts (default ``window``: no overlap).
         mirror: add every dyad reversed (listener as speaker), as the challenge does.
-        modalities: any of ``"emotion"``, ``"3dmm"``, ``"audio"``.
+        modalities: any of ``"emotion"``, ``"3dmm"``, ``"audio"`` (a sequence, or one name).
         audio_per_frame: k, audio feature rows per video frame (2 for 50 Hz features).
         cache_clips: how many loaded clips to keep in memory (0 disables the cache).
         audio_features: the features computed from ``.wav`` files: ``"baseline"`` (the challenge
@@ -66,13 +67,17 @@ class ReactDataset(torch.utils.data.Dataset):
                  audio_features: str = "baseline"):
         if split not in layout.SPLITS:
             raise ValueError(f"split must be one of {layout.SPLITS}, got {split!r}")
+        if isinstance(modalities, str):          # one modality by name
+            modalities = (modalities,)
         unknown = [m for m in modalities if m not in MODALITIES]
         if unknown or not modalities:
             raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}, got {tuple(modalities)}")
-        if frames < 1:
-            raise ValueError(f"frames must be >= 1, got {frames}")
-        if audio_per_frame < 1:
-            raise ValueError(f"audio_per_frame must be >= 1, got {audio_per_frame}")
+        check_int("frames", frames)
+        check_int("audio_per_frame", audio_per_frame)
+        check_int("cache_clips", cache_clips, minimum=0)
+        for name, value in (("window", window), ("stride", stride)):
+            if value is not None:
+                check_int(name, value)
         if audio_features not in audio_io.FEATURES:
             raise ValueError(f"audio_features must be one of {audio_io.FEATURES}, got {audio_features!r}")
         self.wav_features = audio_features

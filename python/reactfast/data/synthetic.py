@@ -14,6 +14,7 @@ from different listeners.
 
 from __future__ import annotations
 
+import numbers
 import os
 from dataclasses import dataclass
 from typing import Dict, List, Tuple
@@ -22,6 +23,7 @@ import numpy as np
 
 from reactfast.data import files, layout
 from reactfast.data.react import InMemoryReactDataset
+from reactfast.ops._checks import check_int
 
 
 @dataclass
@@ -38,13 +40,12 @@ class SyntheticConfig:
     split: str = "val"
 
     def __post_init__(self):
-        if self.frames < 2:
-            raise ValueError(f"frames must be >= 2, got {self.frames}")
+        self.frames = check_int("frames", self.frames, minimum=2)
         for name in ("sessions", "prototypes", "listeners", "latent_dim", "audio_dim", "audio_per_frame"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.noise < 0:
-            raise ValueError(f"noise must be >= 0, got {self.noise}")
+            setattr(self, name, check_int(name, getattr(self, name)))
+        self.seed = check_int("seed", self.seed, minimum=0)
+        if isinstance(self.noise, bool) or not isinstance(self.noise, numbers.Real) or not self.noise >= 0:
+            raise ValueError(f"noise must be a number >= 0, got {self.noise!r}")
         if self.split not in layout.SPLITS:
             raise ValueError(f"split must be one of {layout.SPLITS}, got {self.split!r}")
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 
 
 def check_int(name: str, value, minimum: int = 1) -> int:
-    """``value`` if it is an int (not a bool) >= ``minimum``, else a ValueError naming ``name``."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+    """``value`` as an int if it is an integer (a Python or numpy one, not a bool) >= ``minimum``,
+    else a ValueError naming ``name``."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_)) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
+    return int(value)
 
 
 def check_tensor(name: str, x, ndim: Optional[int] = None, dtypes: Optional[Sequence[torch.dtype]] = None,
