@@ -10,37 +10,35 @@ namespace {
 // to hide the adds' latency, and few enough to stay in registers.
 constexpr index_t kLanes = 32;
 
-// sum over positions j in [lo, lo + n) of sum_r (x[r * stride + j] - mean_r x[r * stride + j])^2
-// over rows r < R: the two-pass (centred) sum of squares across rows, per position. Every
-// position's sums run in row order; only the total over positions reassociates (per 32).
+// sum over the w <= W positions j0 + j of sum_r (x[r * stride + j0 + j] - mean_r)^2 over rows r < R:
+// the two-pass (centred) sum of squares across rows, per position, each in row order. Called with
+// w = W, the loops have a constant trip count and the W sums stay in registers.
+template <index_t W>
+__attribute__((always_inline)) inline double centred_lanes(const float* x, index_t R, index_t stride, index_t j0,
+                                                           index_t w) {
+  double mean[W] = {}, ss[W] = {};
+  for (index_t r = 0; r < R; ++r)
+    for (index_t j = 0; j < w; ++j) mean[j] += x[r * stride + j0 + j];
+  for (index_t j = 0; j < w; ++j) mean[j] /= static_cast<double>(R);
+  for (index_t r = 0; r < R; ++r)
+    for (index_t j = 0; j < w; ++j) {
+      const double a = x[r * stride + j0 + j] - mean[j];
+      ss[j] += a * a;
+    }
+  double total = 0.0;
+  for (index_t j = 0; j < w; ++j) total += ss[j];
+  return total;
+}
+
+// The centred sums of squares across rows of positions [lo, lo + n), W positions at a time; only
+// the total over positions reassociates (per W).
 template <index_t W>
 __attribute__((always_inline)) inline double across_rows(const float* x, index_t R, index_t stride, index_t lo,
                                                          index_t n) {
   double total = 0.0;
-  for (index_t j0 = lo; j0 < lo + n; j0 += W) {
-    const index_t w = std::min(W, lo + n - j0);
-    double mean[W] = {}, ss[W] = {};
-    if (w == W) {
-      for (index_t r = 0; r < R; ++r)
-        for (index_t j = 0; j < W; ++j) mean[j] += x[r * stride + j0 + j];
-      for (index_t j = 0; j < W; ++j) mean[j] /= static_cast<double>(R);
-      for (index_t r = 0; r < R; ++r)
-        for (index_t j = 0; j < W; ++j) {
-          const double a = x[r * stride + j0 + j] - mean[j];
-          ss[j] += a * a;
-        }
-    } else {
-      for (index_t r = 0; r < R; ++r)
-        for (index_t j = 0; j < w; ++j) mean[j] += x[r * stride + j0 + j];
-      for (index_t j = 0; j < w; ++j) mean[j] /= static_cast<double>(R);
-      for (index_t r = 0; r < R; ++r)
-        for (index_t j = 0; j < w; ++j) {
-          const double a = x[r * stride + j0 + j] - mean[j];
-          ss[j] += a * a;
-        }
-    }
-    for (index_t j = 0; j < w; ++j) total += ss[j];
-  }
+  index_t j0 = lo;
+  for (; j0 + W <= lo + n; j0 += W) total += centred_lanes<W>(x, R, stride, j0, W);
+  if (j0 < lo + n) total += centred_lanes<W>(x, R, stride, j0, lo + n - j0);
   return total;
 }
 
