@@ -540,9 +540,13 @@ def test_31_generate_dataset_checks_before_generating():
     as_numpy = generate_dataset(tiny_model(), val, 2, rows=np.arange(2))      # "an integer is required" before
     assert np.array_equal(as_numpy["emotion"], generate_dataset(tiny_model(), val, 2, rows=[0, 1])["emotion"])
     for kwargs, words in ((dict(period=0), "period must be an int >= 1, got 0"),   # failed at the first call
-                          (dict(slopes=torch.ones(3)), r"one value per head \(2,\), got \(3,\)")):
+                          (dict(slopes=torch.ones(3)), r"one value per head \(2,\), got \(3,\)"),
+                          # a float max_cache was taken, to fail in the first step's slice
+                          (dict(max_cache=8.0), "max_cache must be an int >= 1, got 8.0")):
         with pytest.raises(ValueError, match=words):
             BiasedCrossAttention(16, 2, **kwargs)
+    with pytest.raises(TypeError, match="cache must be a KVCache"):    # AttributeError on None.k before
+        BiasedCrossAttention(16, 2).step(torch.rand(1, 2, 16), torch.rand(1, 2, 16), torch.rand(1, 2, 16), None)
 
 
 def test_32_a_stream_on_another_device_than_its_model_is_refused():

@@ -68,7 +68,7 @@ class BiasedCrossAttention(nn.Module):
         if slopes is not None and (not isinstance(slopes, torch.Tensor) or slopes.shape != (num_heads,)):
             raise ValueError(f"slopes must be a tensor of one value per head ({num_heads},), got "
                              f"{tuple(slopes.shape) if isinstance(slopes, torch.Tensor) else type(slopes).__name__}")
-        if max_cache is not None and (max_cache < audio_ratio or max_cache % audio_ratio):
+        if max_cache is not None and (check_int("max_cache", max_cache) < audio_ratio or max_cache % audio_ratio):
             raise ValueError(f"max_cache must be a positive multiple of audio_ratio ({audio_ratio}), got {max_cache}")
         self.embed_dim, self.num_heads = embed_dim, num_heads
         self.head_dim = embed_dim // num_heads
@@ -158,6 +158,8 @@ class BiasedCrossAttention(nn.Module):
         self._check("query", query, self.q_proj.in_features)
         self._check("new_key", new_key, self.k_proj.in_features)
         self._check("new_value", new_value, self.v_proj.in_features)
+        if not isinstance(cache, KVCache):
+            raise TypeError(f"cache must be a KVCache (from new_cache()), got {type(cache).__name__}")
         if new_key.shape[1] % self.audio_ratio:
             raise ValueError(f"new_key must bring a multiple of audio_ratio ({self.audio_ratio}) keys, "
                              f"got {new_key.shape[1]}")
