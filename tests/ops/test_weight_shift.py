@@ -326,6 +326,14 @@ def test_personalize_errors():
     with pytest.raises(TypeError, match="only nn.Linear and nn.MultiheadAttention"):
         with personalize(layer, {"norm1": torch.zeros(2, 16, 16)}):
             pass
+    # A list pair works as the op takes it (AttributeError 'list' object has no attribute 'shape'
+    # before); anything else that is no shift is named.
+    linear, x = WeightShiftLinear(8, 4), torch.rand(3, 5, 8)
+    u, v = torch.rand(3, 4, 2), torch.rand(3, 8, 2)
+    assert torch.equal(linear(x, [u, v]), linear(x, (u, v)))
+    for bad, got in (([None], "list"), (3.0, "float"), (torch.tensor(1.0), r"shape \(\)")):
+        with pytest.raises(TypeError, match=f"shift must be a .* tensor or a pair .* got {got}"):
+            linear(x, bad)
 
 
 @pytest.mark.parametrize("call,err,match", [

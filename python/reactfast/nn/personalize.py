@@ -37,7 +37,11 @@ _ACTIVE: contextvars.ContextVar[Dict[nn.Module, Tuple[Shift, int, Optional[str]]
 
 def shift_entries(shift: Shift) -> int:
     """How many shift entries (listeners) a full-rank or low-rank shift holds."""
-    return (shift[0] if isinstance(shift, tuple) else shift).shape[0]
+    first = shift[0] if isinstance(shift, (tuple, list)) and len(shift) else shift
+    if not isinstance(first, torch.Tensor) or first.dim() == 0:
+        got = f"shape {tuple(shift.shape)}" if isinstance(shift, torch.Tensor) else type(shift).__name__
+        raise TypeError(f"shift must be a (G, d_out, d_in) tensor or a pair (U, V) of tensors, got {got}")
+    return first.shape[0]
 
 
 def grouped_linear(x: torch.Tensor, weight: torch.Tensor, shift: Shift, bias: Optional[torch.Tensor],
