@@ -337,3 +337,15 @@ def test_schedule_parameters_are_checked(kwargs, words):
     args.update(kwargs)
     with pytest.raises(ValueError, match=words):
         betas_for(**args)
+
+
+@pytest.mark.parametrize("kwargs,words", [
+    (dict(eta=float("nan")), "eta must be a finite number >= 0, got nan"),       # NaN samples before
+    (dict(eta="0.5"), "eta must be a finite number >= 0, got '0.5'"),             # a comparison TypeError
+    (dict(clip=-1.0), "clip must be None or a finite number > 0, got -1.0"),     # every x0 became -1 before
+    (dict(clip=float("nan")), "clip must be None or a finite number > 0, got nan"),
+    (dict(clip=0), "clip must be None or a finite number > 0, got 0"),
+])
+def test_scheduler_sampling_parameters_are_checked(kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        DDIMScheduler(10, **kwargs)
