@@ -245,7 +245,7 @@ def test_shared_window_noise():
     assert torch.equal(after.noise[0], second[0]) and torch.equal(after.noise[1], first[0])
     with pytest.raises(ValueError, match="window_noise must be one of"):
         PerFRDiffConfig(window_noise="per-frame")
-    with pytest.raises(ValueError, match="noise_scale must be > 0"):
+    with pytest.raises(ValueError, match="noise_scale must be a finite number > 0"):
         PerFRDiffConfig(noise_scale=-1.0)
 
 

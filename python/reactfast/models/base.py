@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
 
@@ -40,6 +42,20 @@ def check_at_least(config, minimum: int, *names: str) -> None:
         check_int(f"{type(config).__name__}.{name}", getattr(config, name), minimum)
 
 
+def check_reals(config, names: Sequence[str], minimum: Optional[float] = 0.0, strict: bool = False) -> None:
+    """Raise ValueError naming the first field of ``config`` in ``names`` that is not a finite number
+    >= ``minimum`` (> with ``strict``; any finite number with ``minimum=None``): a NaN weight passed
+    a check written ``value < 0`` and made the loss NaN."""
+    for name in names:
+        value = getattr(config, name)
+        number = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+        if number and minimum is not None:
+            number = value > minimum if strict else value >= minimum
+        if not number:
+            bound = "" if minimum is None else f" {'>' if strict else '>='} {minimum:g}"
+            raise ValueError(f"{type(config).__name__}.{name} must be a finite number{bound}, got {value!r}")
+
+
 # How the windows of one sample draw their initial noise (window-by-window diffusion generators):
 # "independent" (the authors': a fresh draw per window, so one sample may switch between appropriate
 # reactions at every window) or "shared" (the first window's draw for every window of the sample:
@@ -51,8 +67,7 @@ def check_window_noise(config) -> None:
     """Raise ValueError unless ``config.window_noise`` is one of WINDOW_NOISE and ``config.noise_scale`` > 0."""
     if config.window_noise not in WINDOW_NOISE:
         raise ValueError(f"window_noise must be one of {WINDOW_NOISE}, got {config.window_noise!r}")
-    if not config.noise_scale > 0:
-        raise ValueError(f"noise_scale must be > 0, got {config.noise_scale}")
+    check_reals(config, ("noise_scale",), strict=True)
 
 
 def check_sample_autocast(config) -> None:
@@ -73,6 +88,12 @@ class GeneratorConfig:
     def check_at_least(self, minimum: int, *names: str) -> None:
         """Raise ValueError naming the first of ``names`` that is not an int >= ``minimum``."""
         check_at_least(self, minimum, *names)
+
+    def check_weights(self, *names: str) -> None:
+        """The learning rate (> 0), the weight decay and ``names`` (>= 0, loss weights and the like):
+        finite numbers, else a ValueError naming the field."""
+        check_reals(self, ("lr",), strict=True)
+        check_reals(self, ("weight_decay",) + names)
 
     def to_dict(self) -> Dict[str, Any]:
         """JSON-ready fields (tuples as lists)."""

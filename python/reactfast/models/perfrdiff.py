@@ -49,8 +49,8 @@ from reactfast import _backend
 from reactfast.data import layout
 from reactfast.diffusion import DDIMScheduler, autocast_denoiser, sample
 from reactfast.models._inputs import check_speaker_audio, pad_to_windows
-from reactfast.models.base import (Generator, GeneratorConfig, TrainStage, check_sample_autocast, check_window_noise,
-                                   randn, register)
+from reactfast.models.base import (Generator, GeneratorConfig, TrainStage, check_reals, check_sample_autocast,
+                                   check_window_noise, randn, register)
 from reactfast.models.heads import activate_emotion
 from reactfast.nn.personalize import attention_projections, make_shiftable, personalize, shift_entries
 from reactfast.nn.positional import sinusoid
@@ -117,8 +117,12 @@ class PerFRDiffConfig(GeneratorConfig):
             raise ValueError(f"shift_rank must be >= 0 (0 = full rank), got {self.shift_rank}")
         if self.condition_window not in CONDITION_WINDOWS:
             raise ValueError(f"condition_window must be one of {CONDITION_WINDOWS}, got {self.condition_window!r}")
-        if not 0 <= self.cond_dropout < 1:
-            raise ValueError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
+        for name in ("dropout", "cond_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        self.check_weights("pssl_weight")
+        check_reals(self, ("temperature",), strict=True)    # the contrastive loss divides by it
+        check_reals(self, ("guidance",), minimum=None)      # below 0 is defined (negative guidance)
         check_window_noise(self)
         check_sample_autocast(self)
 

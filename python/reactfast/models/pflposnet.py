@@ -41,6 +41,7 @@ class PFLPosNetConfig(ReactFaceConfig):
     def __post_init__(self):
         super().__post_init__()
         self.check_at_least(1, "posnet_hidden", "posnet_samples")
+        self.check_weights("posnet_connect_weight", "posnet_sm1_weight", "posnet_sm2_weight", "posnet_fidelity_weight")
         if self.window < 2:
             raise ValueError(f"PosNet adjusts windows of at least 2 frames, got window {self.window}")
 

@@ -120,6 +120,7 @@ class ReactDiffConfig(GeneratorConfig):
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
+        self.check_weights("emotion_weight", "tdmm_weight")
         check_window_noise(self)
         check_sample_autocast(self)
 

@@ -44,7 +44,8 @@ from torch import nn
 
 from reactfast.data import layout
 from reactfast.models._inputs import check_speaker_audio, pad_to_windows
-from reactfast.models.base import Generator, GeneratorConfig, TrainStage, check_int, randn, register
+from reactfast.models.base import (Generator, GeneratorConfig, TrainStage, check_int, check_reals, randn,
+                                   register)
 from reactfast.models.heads import EmotionHead, emotion_loss
 from reactfast.nn.attention import BiasedCrossAttention
 from reactfast.nn.dropout import Dropout
@@ -114,9 +115,9 @@ class ReactFaceConfig(GeneratorConfig):
                 raise ValueError(f"ReactFaceConfig.{name} must be in [0, 1), got {value}")
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
-        for name in ("va_weight", "ccc_weight", "coverage_weight", "div_weight", "kl_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"ReactFaceConfig.{name} must be >= 0, got {getattr(self, name)}")
+        self.check_weights("pose_weight", "kl_weight", "div_weight", "smooth_weight", "speaker_weight",
+                           "emotion_weight", "va_weight", "ccc_weight", "coverage_weight")
+        check_reals(self, ("div_scale",), strict=True)   # the diversity term is exp(-d / div_scale)
         if self.latent_noise not in ("stationary", "authors"):
             raise ValueError(f"latent_noise must be 'stationary' or 'authors', got {self.latent_noise!r}")
         widths = {"3dmm": layout.TDMM_DIM, "emotion": layout.EMOTION_DIM,

@@ -1,0 +1,34 @@
+"""Every generator's configuration refuses numbers it cannot train or sample with, naming the field:
+NaN passed checks written ``value < 0`` before, and most loss weights and the learning rate were
+not checked at all."""
+
+import pytest
+
+from reactfast import models
+
+
+@pytest.mark.parametrize("name,field,value,words", [
+    ("reactface", "kl_weight", float("nan"), "ReactFaceConfig.kl_weight must be a finite number >= 0, got nan"),
+    ("reactface", "pose_weight", -1.0, "ReactFaceConfig.pose_weight must be a finite number >= 0, got -1.0"),
+    ("reactface", "div_scale", 0.0, "ReactFaceConfig.div_scale must be a finite number > 0, got 0.0"),
+    ("reactface", "lr", 0.0, "ReactFaceConfig.lr must be a finite number > 0, got 0.0"),
+    ("reactface", "lr", "1e-3", "ReactFaceConfig.lr must be a finite number > 0, got '1e-3'"),
+    ("reactface", "weight_decay", float("inf"), "ReactFaceConfig.weight_decay must be a finite number >= 0"),
+    ("pflposnet", "posnet_sm2_weight", float("nan"), "PFLPosNetConfig.posnet_sm2_weight must be a finite number"),
+    ("perfrdiff", "temperature", 0.0, "PerFRDiffConfig.temperature must be a finite number > 0"),
+    ("perfrdiff", "guidance", float("inf"), "PerFRDiffConfig.guidance must be a finite number, got inf"),
+    ("perfrdiff", "pssl_weight", -0.5, "PerFRDiffConfig.pssl_weight must be a finite number >= 0"),
+    ("perfrdiff", "dropout", 1.5, r"dropout must be in \[0, 1\), got 1.5"),
+    ("reactdiff", "tdmm_weight", -1.0, "ReactDiffConfig.tdmm_weight must be a finite number >= 0"),
+    ("reactdiff", "noise_scale", float("nan"), "ReactDiffConfig.noise_scale must be a finite number > 0, got nan"),
+])
+def test_bad_numbers_are_named(name, field, value, words):
+    with pytest.raises(ValueError, match=words):
+        models.make_config(name, {field: value})
+
+
+@pytest.mark.parametrize("name", ["reactface", "perfrdiff", "reactdiff", "pflposnet"])
+def test_defaults_and_negative_guidance_pass(name):
+    models.make_config(name, {})
+    if name == "perfrdiff":
+        assert models.make_config(name, {"guidance": -1.0}).guidance == -1.0   # defined: negative guidance
