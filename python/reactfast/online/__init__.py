@@ -98,7 +98,8 @@ class ReactionStream:
             # Nothing arrived (an empty chunk of a capture loop): the widths are still the model's.
             k = self.model.audio_per_frame
             try:
-                self.model.check_inputs(speaker.new_zeros(1, 1, speaker.shape[1]), audio.new_zeros(1, k, audio.shape[1]))
+                one = speaker.new_zeros(1, 1, speaker.shape[1]), audio.new_zeros(1, k, audio.shape[1])
+                self.model.check_inputs(*one)
             except ValueError as exc:
                 raise ValueError(f"{exc} (as one frame of this empty push of speaker {tuple(speaker.shape)} and audio "
                                  f"{tuple(audio.shape)})") from None
