@@ -190,16 +190,17 @@ def frdist(pred, listener_gt, appropriate, chunk: int = 16, progress: bool = Fal
     return _frdist(pred, listener_gt, a, chunk, progress, abandon, groups, backend, rows)
 
 
-def _spread(pred, backend=None) -> Dict[str, float]:
-    """FRDiv, FRDvs and FRVar from one pass of the spread op (centred float64 sums of squares):
-    sum_{i != i'} ||a_i - a_i'||^2 = 2 S sum_i ||a_i - mean||^2, so no pair is formed."""
+def _spread(pred, backend=None, need_var: bool = True) -> Dict[str, float]:
+    """FRDiv, FRDvs and FRVar from one call of the spread op (centred float64 sums of squares):
+    sum_{i != i'} ||a_i - a_i'||^2 = 2 S sum_i ||a_i - mean||^2, so no pair is formed. FRVar
+    needs 2 frames (NaN for one frame without ``need_var``)."""
     N, S, T, D = pred.shape
-    if T < 2:
+    if need_var and T < 2:
         raise ValueError(f"pred needs at least 2 frames for FRVar, got shape {tuple(pred.shape)}")
     div, dvs, var = spread_sums_unchecked(pred, _backend.for_op(backend, "spread")).tolist()
     return {"FRDiv": 0.0 if S == 1 else 2 * div / ((S - 1) * T * D * N),
             "FRDvs": 0.0 if N == 1 else 2 * dvs / ((N - 1) * S * T * D),
-            "FRVar": var / ((T - 1) * N * S * D)}
+            "FRVar": var / ((T - 1) * N * S * D) if T > 1 else math.nan}
 
 
 def sync_offsets(rs: torch.Tensor) -> torch.Tensor:
@@ -222,16 +223,12 @@ def _frsyn(pred, speaker, max_lag=49, all_samples=False, backend=None) -> float:
 
 def frdiv(pred) -> float:
     """FRDiv: mean squared distance between the S samples of each speaker (diversity)."""
-    pred = check_inputs(pred)[0]
-    N, S = pred.shape[:2]
-    return 0.0 if S == 1 else 2 * float(spread_sums_unchecked(pred)[0]) / ((S - 1) * pred[0, 0].numel() * N)
+    return _spread(check_inputs(pred)[0], need_var=False)["FRDiv"]
 
 
 def frdvs(pred) -> float:
     """FRDvs: mean squared distance between the reactions of different speakers, per sample index."""
-    pred = check_inputs(pred)[0]
-    N, S = pred.shape[:2]
-    return 0.0 if N == 1 else 2 * float(spread_sums_unchecked(pred)[1]) / ((N - 1) * S * pred[0, 0].numel())
+    return _spread(check_inputs(pred)[0], need_var=False)["FRDvs"]
 
 
 def frvar(pred) -> float:
