@@ -516,7 +516,10 @@ def test_30_trainer_names_a_wrong_model_dataset_or_config():
             (dict(model=tiny_model(), dataset=data, config={"steps": 1}), TypeError,
              "config must be a TrainConfig or None, got dict"),
             (dict(model=tiny_model(), dataset=data, config=cfg, val_dataset=[1]), TypeError,
-             "val_dataset must be a reactfast.data.ReactDataset")):
+             "val_dataset must be a reactfast.data.ReactDataset"),
+            # refused only by the first checkpoint save, after training, without this check
+            (dict(model=tiny_model(), dataset=data, config=cfg, extra_meta=["note"]), TypeError,
+             "extra_meta must be a dict or None, got list")):
         with pytest.raises(err, match=words):
             Trainer(device="cpu", **kwargs)
 

@@ -242,3 +242,18 @@ def test_ctrl_c_finishes_the_step_saves_and_resumes_bit_exact(tmp_path, capsys, 
     last = Trainer(tiny_model(), _dataset(), TrainConfig(**cfg, out_dir=str(tmp_path / "last")))
     _interrupt_at(last, 6)
     assert len(last.fit()) == 6 and os.path.isfile(str(tmp_path / "last" / "history.json"))
+
+
+def test_checkpoint_paths_may_be_pathlib_and_arguments_are_named(tmp_path):
+    """save_checkpoint(pathlib.Path) failed with "'PosixPath' object has no attribute 'rstrip'" (load_model took
+    one); a model that is no module, or a list as extra, failed late or was written as given."""
+    model = tiny_model()
+    path = save_checkpoint(tmp_path / "ck", model)
+    assert path == str(tmp_path / "ck")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                 load_model(tmp_path / "ck").state_dict().values()))
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got int"):
+        save_checkpoint(tmp_path / "c2", 5)
+    with pytest.raises(TypeError, match="extra must be a dict or None, got list"):
+        save_checkpoint(tmp_path / "c3", model, extra=[1])
+    assert not os.path.exists(tmp_path / "c2") and not os.path.exists(tmp_path / "c3")

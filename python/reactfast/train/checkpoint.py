@@ -108,7 +108,12 @@ def save_checkpoint(path: str, model: nn.Module, trainer_state: Optional[dict] =
     """Write ``model`` (and optionally the trainer's state) as the checkpoint ``path``, which stays
     loadable through any interruption of the save. ``tag`` (the training step) names the version."""
     model = getattr(model, "module", model)
-    path = os.path.abspath(path.rstrip("/"))
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    for name, value in (("trainer_state", trainer_state), ("extra", extra)):
+        if value is not None and not isinstance(value, dict):
+            raise TypeError(f"{name} must be a dict or None, got {type(value).__name__}")
+    path = os.path.abspath(os.fspath(path).rstrip("/"))
     folder, name = os.path.split(path)
     os.makedirs(folder, exist_ok=True)
     _clean_stale(folder, name)
@@ -140,7 +145,7 @@ def save_checkpoint(path: str, model: nn.Module, trainer_state: Optional[dict] =
 def link_checkpoint(path: str, alias: str) -> str:
     """Make ``alias`` (a name in the same folder, e.g. ``best``) point at the version ``path`` points
     at, atomically; no files are copied."""
-    path, alias = os.path.abspath(path), os.path.abspath(alias)
+    path, alias = os.path.abspath(os.fspath(path)), os.path.abspath(os.fspath(alias))
     if os.path.dirname(path) != os.path.dirname(alias):
         raise ValueError(f"alias must be in the checkpoint's folder {os.path.dirname(path)}, got {alias}")
     if not os.path.islink(path):
@@ -161,6 +166,7 @@ def link_checkpoint(path: str, alias: str) -> str:
 def resolve(path: str) -> str:
     """The checkpoint folder ``path`` names: itself, or when a save was cut short before its name
     was switched, the newest complete version beside it."""
+    path = os.fspath(path)
     if os.path.isfile(os.path.join(path, CONFIG)):
         return path
     folder, name = os.path.split(os.path.abspath(path.rstrip("/")))

@@ -204,6 +204,9 @@ class Trainer:
         check_generator(model)
         if config is not None and not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig or None, got {type(config).__name__}")
+        if extra_meta is not None and not isinstance(extra_meta, dict):
+            # Checked here: the first checkpoint save would refuse it only after training steps.
+            raise TypeError(f"extra_meta must be a dict or None, got {type(extra_meta).__name__}")
         # What the trainer reads of a dataset (ReactDataset's interface); a validation set also makes
         # whole-clip predictions and stacks its targets.
         training_api = ("__len__", "__getitem__", "appropriate", "dyads", "load_clip")
