@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -257,3 +258,19 @@ def test_checkpoint_paths_may_be_pathlib_and_arguments_are_named(tmp_path):
     with pytest.raises(TypeError, match="extra must be a dict or None, got list"):
         save_checkpoint(tmp_path / "c3", model, extra=[1])
     assert not os.path.exists(tmp_path / "c2") and not os.path.exists(tmp_path / "c3")
+
+
+def test_generate_dataset_gives_back_the_callers_modes():
+    """generate_dataset ran the model in eval mode and left it there: a training loop that validated
+    with it went on without dropout. Every submodule's mode now comes back, a frozen part's too."""
+    from reactfast.train import generate_dataset
+
+    val = tiny_data(split="val").dataset(frames=32)
+    model = tiny_model(dropout=0.5).train()
+    model.speaker_self.eval()                         # a part the caller keeps in eval mode
+    want = generate_dataset(tiny_model(dropout=0.5).eval(), val, 2, rows=[0, 1])
+    got = generate_dataset(model, val, 2, rows=[0, 1])
+    assert model.training and not model.speaker_self.training
+    assert all(m.training for name, m in model.named_modules() if not name.startswith("speaker_self"))
+    for key in want:
+        assert np.array_equal(want[key], got[key]), key   # eval mode inside: no dropout

@@ -27,7 +27,6 @@ def generate_dataset(model, dataset, samples: int = 10, seed: int = 0, rows: Opt
     check_int("batch_size", batch_size)
     if dataset.window is not None:
         raise ValueError("generate_dataset needs a whole-clip dataset (window=None)")
-    model.eval()
     if device is not None:
         model.to(device)
     device = device or next(model.parameters()).device
@@ -37,6 +36,18 @@ def generate_dataset(model, dataset, samples: int = 10, seed: int = 0, rows: Opt
     if bad:   # checked before any is generated
         raise ValueError(f"rows must be dyad indices in [0, {dataset.num_items}), got {bad[:5]}")
     rows = [int(r) for r in rows]   # numpy integers too
+    # Generation runs in eval mode (no dropout); every submodule's mode comes back afterwards (a
+    # training loop that validated with this function went on training without dropout before).
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        return _generate(model, dataset, samples, seed, rows, batch_size, device, progress, window)
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _generate(model, dataset, samples, seed, rows, batch_size, device, progress, window) -> Dict[str, np.ndarray]:
     outs: Dict[str, list] = {}
     extra = {} if window is None else {"window": window}
     bar = Progress(len(rows), f"generate {getattr(model, 'name', '')}".strip(), unit="dyad", enabled=progress,
