@@ -32,3 +32,21 @@ def test_defaults_and_negative_guidance_pass(name):
     models.make_config(name, {})
     if name == "perfrdiff":
         assert models.make_config(name, {"guidance": -1.0}).guidance == -1.0   # defined: negative guidance
+
+
+@pytest.mark.parametrize("name", ["reactface", "perfrdiff", "reactdiff", "pflposnet"])
+def test_generate_names_a_sample_count_that_is_no_int(name):
+    """num_samples=2.0 failed inside torch (randn's or repeat_interleave's argument error) for
+    ReactDiff, PFLPosNet and PerFRDiff; ReactFace already named it."""
+    import torch
+
+    from reactfast.demo import demo_model
+
+    model = demo_model(name, 8).eval()
+    T = model.config.window
+    width = getattr(model.config, "speaker_dim", {"reactdiff": 25, "perfrdiff": 83}.get(name))
+    speaker, audio = torch.rand(1, T, width), torch.rand(1, model.audio_per_frame * T, 8)
+    assert model.generate(speaker, audio, 1)      # the inputs are right
+    for bad in (2.0, 0, True):
+        with pytest.raises(ValueError, match=f"num_samples must be an int >= 1, got {bad}"):
+            model.generate(speaker, audio, bad)

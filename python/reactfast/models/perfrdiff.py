@@ -49,8 +49,8 @@ from reactfast import _backend
 from reactfast.data import layout
 from reactfast.diffusion import DDIMScheduler, autocast_denoiser, sample
 from reactfast.models._inputs import check_speaker_audio, pad_to_windows
-from reactfast.models.base import (Generator, GeneratorConfig, TrainStage, check_reals, check_sample_autocast,
-                                   check_window_noise, randn, register)
+from reactfast.models.base import (Generator, GeneratorConfig, TrainStage, check_int, check_reals,
+                                   check_sample_autocast, check_window_noise, randn, register)
 from reactfast.models.heads import activate_emotion
 from reactfast.nn.personalize import attention_projections, make_shiftable, personalize, shift_entries
 from reactfast.nn.positional import sinusoid
@@ -639,8 +639,7 @@ class PerFRDiff(Generator):
         config's scale (7.5); 0 samples without classifier-free guidance."""
         self.check_inputs(speaker, audio)
         speaker, audio = self.in_model_dtype(speaker, audio)
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        check_int("num_samples", num_samples)
         cfg = self.config
         guidance = self._guidance(guidance)
         B, T, _ = speaker.shape

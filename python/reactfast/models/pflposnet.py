@@ -21,7 +21,7 @@ from torch import nn
 
 from reactfast import _backend
 from reactfast.data import layout
-from reactfast.models.base import Generator, TrainStage, register
+from reactfast.models.base import Generator, TrainStage, check_int, register
 from reactfast.models.posnet import PosNet, PosNetConfig, seam_jump
 from reactfast.models.reactface import ReactFace, ReactFaceConfig, ReactFaceState
 
@@ -164,6 +164,8 @@ class PFLPosNet(Generator):
     def generate(self, speaker, audio, num_samples: int = 10, generator: Optional[torch.Generator] = None,
                  window: Optional[int] = None) -> Dict[str, torch.Tensor]:
         """As ``ReactFace.generate``, each window's head pose adjusted by PosNet."""
+        self.check_inputs(speaker, audio)
+        check_int("num_samples", num_samples)    # the state below is sized by it
         W = self.config.window if window is None else window   # checked by init_state
         state = self.init_state(speaker.shape[0] * num_samples, W, speaker.device, conversations=speaker.shape[0])
         return self.generator._generate(speaker, audio, num_samples, generator, window, post=self._post, state=state,

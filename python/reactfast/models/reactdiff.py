@@ -61,8 +61,8 @@ from torch import nn
 from reactfast.data import layout
 from reactfast.diffusion import PREDICTIONS, DDIMScheduler, autocast_denoiser, sample
 from reactfast.models._inputs import check_speaker_audio, pad_to_windows
-from reactfast.models.base import (Generator, GeneratorConfig, TrainStage, check_sample_autocast, check_window_noise,
-                                   randn, register)
+from reactfast.models.base import (Generator, GeneratorConfig, TrainStage, check_int, check_sample_autocast,
+                                   check_window_noise, randn, register)
 from reactfast.models.heads import EmotionHead
 from reactfast.nn.positional import sinusoid
 
@@ -461,8 +461,7 @@ class ReactDiff(Generator):
         Noise per window as randn(B S, W, latent), as a ``ReactionStream`` draws it."""
         self.check_inputs(speaker, audio)
         speaker, audio = self.in_model_dtype(speaker, audio)
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        check_int("num_samples", num_samples)
         cfg = self.config
         B, T, _ = speaker.shape
         W, k = cfg.window, cfg.audio_per_frame
