@@ -129,6 +129,9 @@ def test_09_runner_refuses_streams_of_another_model():
     streams = [ReactionStream(a, 1), ReactionStream(b, 1)]
     with pytest.raises(ValueError, match=r"streams\[1\] runs another model"):
         StreamRunner(a).step(streams)
+    # A runner of something that is no generator was made, to refuse every stream later.
+    with pytest.raises(TypeError, match="model must be a reactfast generator .* got Linear"):
+        StreamRunner(torch.nn.Linear(2, 2))
 
 
 def test_09_runner_refuses_a_stream_twice_before_taking_its_input():

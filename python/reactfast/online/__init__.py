@@ -229,6 +229,9 @@ class StreamRunner:
     """
 
     def __init__(self, model: nn.Module, graph: bool = False, capture=None):
+        from reactfast.models.base import check_generator
+
+        check_generator(model)
         self.model = model
         self.graph = bool(graph)
         self._graphs: Dict[tuple, _GraphedStep] = {}
