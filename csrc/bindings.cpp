@@ -15,6 +15,7 @@
 #include "reactfast/cuda_runtime_status.h"
 #include "reactfast/dropout.h"
 #include "reactfast/dtw.h"
+#include "reactfast/emotion_range.h"
 #include "reactfast/frame_diff.h"
 #include "reactfast/gelu_dropout.h"
 #include "reactfast/spread.h"
@@ -356,6 +357,13 @@ PYBIND11_MODULE(_C, m) {
     py::gil_scoped_release release;
     reactfast::tlcc_cpu(px, py_, pr, M, T, D, L);
   }, "lagged correlation curves rs (M, 2L + 1)");
+
+  m.def("emotion_range_cpu", [](Buf x, index_t rows, double tol, Buf counts) {
+    auto px = ptr<const float>(x);
+    auto pc = ptr<std::int64_t>(counts);
+    py::gil_scoped_release release;
+    reactfast::emotion_range_cpu(px, rows, tol, pc);
+  }, "counts of REACT emotion values outside their ranges (AU low, AU high, VA, expression low, row sums)");
 
   m.def("spread_cpu", [](Buf x, Buf sums, index_t N, index_t S, index_t T, index_t D) {
     auto px = ptr<const float>(x);

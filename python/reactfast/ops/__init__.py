@@ -10,6 +10,7 @@ from reactfast.ops.ccc import ccc, ccc_max
 from reactfast.ops.ddim import ddim_step
 from reactfast.ops.dropout import dropout
 from reactfast.ops.dtw import REACT_GROUPS, dtw, weighted_dtw_min
+from reactfast.ops.emotion_range import emotion_range_counts
 from reactfast.ops.feed_forward import feed_forward
 from reactfast.ops.frame_diff import frame_diff
 from reactfast.ops.gelu_dropout import gelu_dropout
@@ -18,5 +19,5 @@ from reactfast.ops.tlcc import tlcc
 from reactfast.ops.weight_shift import weight_shift_linear
 
 __all__ = ["REACT_GROUPS", "add_layer_norm", "biased_attention", "ccc", "ccc_max", "ddim_step", "dropout", "dtw",
-           "feed_forward", "frame_diff", "gelu_dropout", "spread_sums",
-           "tlcc", "weighted_dtw_min", "weight_shift_linear"]
+           "emotion_range_counts", "feed_forward", "frame_diff", "gelu_dropout", "spread_sums", "tlcc",
+           "weighted_dtw_min", "weight_shift_linear"]
