@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 import weakref
 from typing import Callable, Optional, Sequence, Union
 
 import torch
 
 from reactfast import _backend
-from reactfast.ops._checks import check_int
+from reactfast.ops._checks import check_int, check_real
 from reactfast.ops.ddim import ddim_step
 from reactfast.reference.ddim import PREDICTIONS
 
@@ -44,10 +43,6 @@ def betas_for(schedule: str, num_train_steps: int, beta_start: float = 1e-4, bet
     raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
 
 
-def _real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 class DDIMScheduler:
     """Noise schedule and DDIM update.
 
@@ -72,11 +67,9 @@ class DDIMScheduler:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         if spacing not in SPACINGS:
             raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
-        if not _real(eta) or not 0 <= eta < math.inf:
-            raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
+        check_real("eta", eta)
         # A negative clip made clamp's bounds cross (every x0 became clip itself); a NaN one made x0 NaN.
-        if clip is not None and (not _real(clip) or not 0 < clip < math.inf):
-            raise ValueError(f"clip must be None or a finite number > 0, got {clip!r}")
+        check_real("clip", clip, strict=True, none_ok=True)
         self.num_train_steps, self.schedule, self.prediction = num_train_steps, schedule, prediction
         self.spacing, self.eta, self.clip = spacing, float(eta), clip
         self.final_alpha_one, self.eps_from_clipped = final_alpha_one, eps_from_clipped

@@ -51,7 +51,7 @@ def test_listener_style_delay_visible():
 def test_bad_config():
     with pytest.raises(ValueError, match="sessions must be an int >= 1"):
         SyntheticConfig(sessions=0)
-    with pytest.raises(ValueError, match="noise must be a number >= 0"):
+    with pytest.raises(ValueError, match="noise must be a finite number >= 0"):
         SyntheticDyads(noise=-1.0)
 
 
@@ -62,7 +62,7 @@ def test_config_takes_integers_only():
         SyntheticConfig(sessions=1.5)
     with pytest.raises(ValueError, match="seed must be an int >= 0, got 'a'"):
         SyntheticConfig(seed="a")
-    with pytest.raises(ValueError, match="noise must be a number >= 0, got nan"):
+    with pytest.raises(ValueError, match="noise must be a finite number >= 0, got nan"):
         SyntheticConfig(noise=float("nan"))
     import numpy as np
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from reactfast.data.files import DataError, _need
+from reactfast.ops._checks import check_int
 
 
 def read_wav(path: str) -> tuple:
@@ -76,9 +77,8 @@ FEATURES = ("baseline", "reactfast")
 
 def _checked_samples(samples, sr, frames) -> np.ndarray:
     """``samples`` as a 1-D finite float32 array, after checking ``sr`` and ``frames`` (errors name them)."""
-    for name, value in (("sr", sr), ("frames", frames)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    check_int("sr", sr)
+    check_int("frames", frames)
     x = np.asarray(samples)
     if x.ndim != 1 or not np.issubdtype(x.dtype, np.floating):
         raise ValueError(f"samples must be a 1-D float array of mono audio in [-1, 1] (read_wav gives one), got "

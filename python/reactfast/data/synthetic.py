@@ -14,7 +14,6 @@ from different listeners.
 
 from __future__ import annotations
 
-import numbers
 import os
 from dataclasses import dataclass
 from typing import Dict, List, Tuple
@@ -23,7 +22,7 @@ import numpy as np
 
 from reactfast.data import files, layout
 from reactfast.data.react import InMemoryReactDataset
-from reactfast.ops._checks import check_int
+from reactfast.ops._checks import check_int, check_real
 
 
 @dataclass
@@ -44,8 +43,7 @@ class SyntheticConfig:
         for name in ("sessions", "prototypes", "listeners", "latent_dim", "audio_dim", "audio_per_frame"):
             setattr(self, name, check_int(name, getattr(self, name)))
         self.seed = check_int("seed", self.seed, minimum=0)
-        if isinstance(self.noise, bool) or not isinstance(self.noise, numbers.Real) or not self.noise >= 0:
-            raise ValueError(f"noise must be a number >= 0, got {self.noise!r}")
+        self.noise = check_real("noise", self.noise)
         if self.split not in layout.SPLITS:
             raise ValueError(f"split must be one of {layout.SPLITS}, got {self.split!r}")
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import math
-import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
 
@@ -26,7 +24,7 @@ import torch
 from torch import nn
 
 from reactfast import _backend
-from reactfast.ops._checks import check_int
+from reactfast.ops._checks import check_int, check_real
 
 
 def check_generator(model, name: str = "model") -> None:
@@ -47,13 +45,7 @@ def check_reals(config, names: Sequence[str], minimum: Optional[float] = 0.0, st
     >= ``minimum`` (> with ``strict``; any finite number with ``minimum=None``): a NaN weight passed
     a check written ``value < 0`` and made the loss NaN."""
     for name in names:
-        value = getattr(config, name)
-        number = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-        if number and minimum is not None:
-            number = value > minimum if strict else value >= minimum
-        if not number:
-            bound = "" if minimum is None else f" {'>' if strict else '>='} {minimum:g}"
-            raise ValueError(f"{type(config).__name__}.{name} must be a finite number{bound}, got {value!r}")
+        check_real(f"{type(config).__name__}.{name}", getattr(config, name), minimum, strict)
 
 
 # How the windows of one sample draw their initial noise (window-by-window diffusion generators):

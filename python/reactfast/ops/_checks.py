@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Optional, Sequence
 
@@ -15,6 +16,21 @@ def check_int(name: str, value, minimum: int = 1) -> int:
     if not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_)) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
     return int(value)
+
+
+def check_real(name: str, value, minimum: Optional[float] = 0.0, strict: bool = False, none_ok: bool = False):
+    """``value`` as a float if it is a finite real number (not a bool) >= ``minimum`` (> with
+    ``strict``; any finite number with ``minimum=None``), None with ``none_ok``; else a ValueError
+    naming ``name`` (NaN passes a check written ``value < 0``)."""
+    if value is None and none_ok:
+        return None
+    ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and math.isfinite(value)
+    if ok and minimum is not None:
+        ok = value > minimum if strict else value >= minimum
+    if not ok:
+        bound = "" if minimum is None else f" {'>' if strict else '>='} {minimum:g}"
+        raise ValueError(f"{name} must be {'None or ' if none_ok else ''}a finite number{bound}, got {value!r}")
+    return float(value)
 
 
 def check_tensor(name: str, x, ndim: Optional[int] = None, dtypes: Optional[Sequence[torch.dtype]] = None,

@@ -5,13 +5,13 @@ tensors, and anywhere when forced."""
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
 
 from reactfast import _backend
 from reactfast.data.layout import EMOTION_DIM
+from reactfast.ops._checks import check_real
 from reactfast.reference import emotion_range as _ref
 
 IMPLEMENTED = ("cpp", "reference")
@@ -41,9 +41,7 @@ def emotion_range_counts(emotion: torch.Tensor, tolerance: float = 1e-4, backend
         raise TypeError(f"emotion must be a floating-point tensor, got {got}")
     if emotion.dim() < 1 or emotion.shape[-1] != EMOTION_DIM:
         raise ValueError(f"emotion must have {EMOTION_DIM} dims in its last axis, got shape {tuple(emotion.shape)}")
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance < math.inf:
-        raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance!r}")
-    return emotion_range_counts_unchecked(emotion.detach(), float(tolerance), backend)
+    return emotion_range_counts_unchecked(emotion.detach(), check_real("tolerance", tolerance), backend)
 
 
 def emotion_range_counts_unchecked(emotion, tolerance, backend=None):

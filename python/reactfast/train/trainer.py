@@ -38,6 +38,7 @@ import torch.distributed as dist
 from reactfast import _backend, _io
 from reactfast._progress import Progress
 from reactfast.models.base import check_at_least
+from reactfast.ops._checks import check_real
 from reactfast.train.batches import check_dataset, collate_appropriate
 from reactfast.train.interrupt import deferred_interrupt
 from reactfast.train.checkpoint import link_checkpoint, load_into, load_trainer_state, save_checkpoint
@@ -85,10 +86,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value is None and name != "grad_clip":
                 continue
-            number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            if not number or value < 0 or (positive and value == 0):
-                raise ValueError(f"TrainConfig.{name} must be a finite number {'> 0' if positive else '>= 0'}, "
-                                 f"got {value!r}")
+            check_real(f"TrainConfig.{name}", value, strict=positive)
         from reactfast.metrics import METRICS
 
         if self.best_metric not in METRICS:
