@@ -164,8 +164,11 @@ class PFLPosNet(Generator):
     def generate(self, speaker, audio, num_samples: int = 10, generator: Optional[torch.Generator] = None,
                  window: Optional[int] = None) -> Dict[str, torch.Tensor]:
         """As ``ReactFace.generate``, each window's head pose adjusted by PosNet."""
-        self.check_inputs(speaker, audio)
-        check_int("num_samples", num_samples)    # the state below is sized by it
+        # The state below is sized from these: shapes and the sample count first (the generator's
+        # _generate checks the inputs' values, once).
+        with _backend.graph_safe():
+            self.check_inputs(speaker, audio)
+        check_int("num_samples", num_samples)
         W = self.config.window if window is None else window   # checked by init_state
         state = self.init_state(speaker.shape[0] * num_samples, W, speaker.device, conversations=speaker.shape[0])
         return self.generator._generate(speaker, audio, num_samples, generator, window, post=self._post, state=state,
