@@ -49,10 +49,14 @@ inline index_t window_blocks(index_t Ty) { return (Ty + 2 * kPad + 7) / 8; }
 // On return `row` holds the strip's last row (t + n - 1, lane 8 - n) over [s0, returned end), which
 // is one past the last column computed; *first and *last: its first and last live columns (-1: none);
 // *iterations: the iterations swept.
-template <int Isa, typename Cost>
+//
+// Full: n == 8 known at compile time, so the last row is lane 0's, read from its register (a
+// lane picked at run time goes through memory: a store and a reload per group and iteration).
+template <int Isa, bool Full, typename Cost>
 __attribute__((always_inline)) inline index_t strip_impl(const Cost& cost, const float* yW, index_t D, index_t Ty,
                                                          double* row, const double* rl, index_t s0, index_t e0, int n,
                                                          index_t* first, index_t* last, index_t* iterations) {
+  if (Full) n = kLanes;
   using L = Lanes8d<Isa>;
   // The first strip's lane 7 (row 0) starts its chain through the diagonal: D[-1][-1] = 0, so that
   // D[0][0] = cost + 0 as in the full DP (a 0 in its left neighbour would reach lane 6 through the
@@ -79,10 +83,13 @@ __attribute__((always_inline)) inline index_t strip_impl(const Cost& cost, const
 #pragma GCC unroll 3
     for (int g = 0; g < 3; ++g) {
       const L p = shift_down(r[g], up[g]);
-      r[g] = L::widen(a[g]) + lane_min(lane_min(pp[g], p), r[g]);
+      r[g] = L::widen(a[g]) + lane_min(lane_min(pp[g], r[g]), p);  // p, the latest, joins last
       pp[g] = p;
     }
-    if (i >= n - 1) {
+    if (Full && i >= kLanes - 1) {
+#pragma GCC unroll 3
+      for (int g = 0; g < 3; ++g) row[g * Ty + u - kPad] = r[g].first();
+    } else if (!Full && i >= n - 1) {
 #pragma GCC unroll 3
       for (int g = 0; g < 3; ++g) {
         r[g].store(lanes);
@@ -127,7 +134,8 @@ __attribute__((always_inline)) inline index_t strip_react_body(const float* xB, 
     a[1] = fixed_group_cost<15, 17, kWindow>(xr, ys);
     a[2] = fixed_group_cost<17, 25, kWindow>(xr, ys);
   };
-  return strip_impl<Isa>(cost, yW, 25, Ty, row, rl, s0, e0, n, first, last, iterations);
+  return n == kLanes ? strip_impl<Isa, true>(cost, yW, 25, Ty, row, rl, s0, e0, n, first, last, iterations)
+                     : strip_impl<Isa, false>(cost, yW, 25, Ty, row, rl, s0, e0, n, first, last, iterations);
 }
 RF_LANE_FUNCTION(index_t, strip_react,
                  (const float* xB, const float* yW, index_t Ty, double* row, const double* rl, index_t s0, index_t e0,
@@ -143,7 +151,8 @@ __attribute__((always_inline)) inline index_t strip_body(const float* xB, const 
   const auto cost = [&](const float* ys, v8f* a) __attribute__((always_inline)) {
     for (int g = 0; g < 3; ++g) a[g] = group_cost<kWindow>(xB, ys, gs[g], ge[g]);
   };
-  return strip_impl<Isa>(cost, yW, D, Ty, row, rl, s0, e0, n, first, last, iterations);
+  return n == kLanes ? strip_impl<Isa, true>(cost, yW, D, Ty, row, rl, s0, e0, n, first, last, iterations)
+                     : strip_impl<Isa, false>(cost, yW, D, Ty, row, rl, s0, e0, n, first, last, iterations);
 }
 RF_LANE_FUNCTION(index_t, strip,
                  (const float* xB, const float* yW, index_t D, index_t Ty, const int* gs, const int* ge, double* row,
@@ -192,6 +201,72 @@ RF_LANE_FUNCTION(void, diagonal, (const float* xT, const float* yW, index_t T, i
                                   double* out),
                  (xT, yW, T, D, gs, ge, out))
 
+// The column costs behind the column tails (dtw_bounds.h): for each frame s of a candidate and
+// each group g, cost[s * kMaxDtwGroups + g] = sum_{d in g} dist(y[s][d], [lo[d], hi[d]])^2, the
+// distance to the query's envelope over all its frames, eight frames a vector from the windows
+// (block b + 1 holds frames 8 b .. 8 b + 7). One envelope makes this a sweep of the candidate's
+// frames: against the query's eight blocks it cost as much as the DPs it saved on model-like
+// queries, and pruned about the same (dtw_bounds.h has the measurements).
+template <int Isa>
+__attribute__((always_inline)) inline void whole_envelope_costs_body(const float* yW, index_t Ty, index_t D,
+                                                                     const float* lo, const float* hi, const int* gs,
+                                                                     const int* ge, double* cost) {
+  for (index_t b = 0; 8 * b < Ty; ++b) {
+    const float* ys = yW + (b + 1) * D * kWindow;
+    v8f acc[3];
+    for (int g = 0; g < 3; ++g) {
+      v8f a = v8f{};
+      for (int d = gs[g]; d < ge[g]; ++d) {  // over d in order, as envelope_costs sums
+        const v8f v = load8f(ys + d * kWindow), l = lo[d] - v8f{}, h = hi[d] - v8f{};
+        v8f c = v > l ? v : l;
+        c = c < h ? c : h;
+        const v8f e = v - c;
+        a += e * e;
+      }
+      acc[g] = a;
+    }
+    const index_t n = std::min<index_t>(kLanes, Ty - 8 * b);  // lanes past the end hold +inf frames
+    for (index_t i = 0; i < n; ++i)
+      for (int g = 0; g < 3; ++g) cost[(8 * b + i) * kMaxDtwGroups + g] = acc[g][i];
+  }
+}
+RF_LANE_FUNCTION(void, whole_envelope_costs,
+                 (const float* yW, index_t Ty, index_t D, const float* lo, const float* hi, const int* gs,
+                  const int* ge, double* cost),
+                 (yW, Ty, D, lo, hi, gs, ge, cost))
+
+// min over s in [first, last] of d[s] + max(r, cols[s]), and in *low the min of d[s], four
+// columns a vector (the scalar loop was bound by its min chain's latency). Minima are exact, so
+// any order gives the same values.
+template <int Isa>
+__attribute__((always_inline)) inline double row_bound_body(const double* d, const float* cols, float r,
+                                                            index_t first, index_t last, double* low) {
+  typedef float v4f __attribute__((vector_size(16)));
+  const v4f rv = r - v4f{};
+  v4d lb = kInf - v4d{}, lo = lb;
+  index_t s = first;
+  for (; s + 3 <= last; s += 4) {
+    v4f c;
+    v4d v;
+    std::memcpy(&c, cols + s, sizeof c);
+    std::memcpy(&v, d + s, sizeof v);
+    const v4d sum = v + __builtin_convertvector(c > rv ? c : rv, v4d);
+    lb = sum < lb ? sum : lb;
+    lo = v < lo ? v : lo;
+  }
+  double b = std::min(std::min(lb[0], lb[1]), std::min(lb[2], lb[3]));
+  double l = std::min(std::min(lo[0], lo[1]), std::min(lo[2], lo[3]));
+  for (; s <= last; ++s) {
+    b = std::min(b, d[s] + static_cast<double>(std::max(r, cols[s])));
+    l = std::min(l, d[s]);
+  }
+  *low = l;
+  return b;
+}
+RF_LANE_FUNCTION(double, row_bound,
+                 (const double* d, const float* cols, float r, index_t first, index_t last, double* low),
+                 (d, cols, r, first, last, low))
+
 // The UCR Suite's cascade for each query's minimum over its candidates, with banded DPs:
 //   1. an upper bound from the diagonal path (Tx == Ty) starts the best so far;
 //   2. LB_Kim + LB_Keogh against block envelopes, rows and columns, of every candidate
@@ -227,9 +302,10 @@ class StripSearch {
               const float* y_hi)
       : x_(x), y_(y), yW_(yW), blocks_(blocks), offset_(offset), index_(index), Tx_(Tx), Ty_(Ty), D_(D),
         groups_(groups), g3_(groups), y_lo_(y_lo), y_hi_(y_hi), env_(D * envelope_blocks(Ty, envelope_block(Ty))),
-        x_lo_(D * envelope_blocks(Tx, envelope_block(Tx))), x_hi_(D * envelope_blocks(Tx, envelope_block(Tx))),
+        x_lo_(D), x_hi_(D),
         xB_(static_cast<size_t>(D) * kLanes, 0.f), xT_(static_cast<size_t>((Tx + 7) / 8) * D * kLanes, 0.f),
-        row_(static_cast<size_t>(kMaxDtwGroups) * Ty, kInf) {}
+        row_(static_cast<size_t>(kMaxDtwGroups) * Ty, kInf), col_(static_cast<size_t>(kMaxDtwGroups) * Ty),
+        cost_(static_cast<size_t>(kMaxDtwGroups) * std::max(Tx, Ty)) {}
 
   // Queries [m0, m1); results in out_min / out_arg. Returns the DP cells computed (iterations
   // swept times the strips' rows).
@@ -272,7 +348,15 @@ class StripSearch {
     const float* xm = x_ + m * Tx_ * D_;
     const index_t n = offset_[m + 1] - offset_[m];
     const index_t tail = (Tx_ + Ty_) * kMaxDtwGroups;
-    envelope(xm, Tx_, D_, envelope_block(Tx_), x_lo_.data(), x_hi_.data());
+    for (index_t d = 0; d < D_; ++d) {  // the query's envelope over all its frames, for the column costs
+      float lo = xm[d], hi = xm[d];
+      for (index_t t = 1; t < Tx_; ++t) {
+        lo = std::min(lo, xm[t * D_ + d]);
+        hi = std::max(hi, xm[t * D_ + d]);
+      }
+      x_lo_[d] = lo;
+      x_hi_[d] = hi;
+    }
     if (Tx_ == Ty_)
       for (index_t t = 0; t < Tx_; ++t)
         for (index_t d = 0; d < D_; ++d) xT_[((t / 8) * D_ + d) * kLanes + t % 8] = xm[t * D_ + d];
@@ -284,9 +368,13 @@ class StripSearch {
       const float* yj = y_ + k.j * Ty_ * D_;
       float* rows = q.tails.data() + c * tail;
       double row_total[kMaxDtwGroups], col_total[kMaxDtwGroups];
-      dtw_tail_bounds(xm, yj, Tx_, Ty_, D_, y_lo_ + k.j * env_, y_hi_ + k.j * env_, groups_, rows, row_total);
-      dtw_tail_bounds(yj, xm, Ty_, Tx_, D_, x_lo_.data(), x_hi_.data(), groups_, rows + Tx_ * kMaxDtwGroups,
-                      col_total);
+      envelope_row_costs(xm, Tx_, D_, y_lo_ + k.j * env_, y_hi_ + k.j * env_, env_ / D_, groups_, cost_.data());
+      dtw_tails(xm, yj, Tx_, Ty_, D_, groups_, cost_.data(), rows, row_total);
+      whole_envelope_costs(yW_ + k.j * blocks_ * D_ * kWindow, Ty_, D_, x_lo_.data(), x_hi_.data(), g3_.start,
+                           g3_.end, cost_.data());
+      dtw_tails(yj, xm, Ty_, Tx_, D_, groups_, cost_.data(), col_.data(), col_total);
+      for (index_t s = 0; s < Ty_; ++s)  // the column tails group by group, for row_bound's vectors
+        for (int g = 0; g < kMaxDtwGroups; ++g) rows[Tx_ * kMaxDtwGroups + g * Ty_ + s] = col_[s * kMaxDtwGroups + g];
       for (int g = 0; g < groups_.count; ++g) {
         k.lb[g] = std::max(row_total[g], col_total[g]);
         k.bound += groups_.weight[g] * std::sqrt(k.lb[g]);
@@ -342,7 +430,8 @@ class StripSearch {
     limits(k, q.threshold, limit);
     const float* xm = x_ + m * Tx_ * D_;
     const float* yW = yW_ + k.j * blocks_ * D_ * kWindow;
-    const float* rows = q.tails.data() + k.slot * (Tx_ + Ty_) * kMaxDtwGroups;  // row tails, then column tails
+    // Row tails (row by row), then column tails (group by group).
+    const float* rows = q.tails.data() + k.slot * (Tx_ + Ty_) * kMaxDtwGroups;
     const float* cols = rows + Tx_ * kMaxDtwGroups;
     index_t cells = 0, s0 = 0, e0 = -1, stop = 0;
     double rl[3 * kLanes];
@@ -370,14 +459,8 @@ class StripSearch {
         double lb[3] = {0.0, 0.0, 0.0}, bound = 0.0;
         for (int g = 0; g < 3; ++g) {
           if (!relevant(g)) continue;
-          const double* d = row_.data() + g * Ty_;
-          const double r = rows[tn * kMaxDtwGroups + g];
-          double low = kInf;
-          lb[g] = kInf;
-          for (index_t s = first; s <= last; ++s) {
-            lb[g] = std::min(lb[g], d[s] + std::max(r, static_cast<double>(cols[s * kMaxDtwGroups + g])));
-            low = std::min(low, d[s]);
-          }
+          double low;
+          lb[g] = row_bound(row_.data() + g * Ty_, cols + g * Ty_, rows[tn * kMaxDtwGroups + g], first, last, &low);
           // A group with no live value left in the row: the candidate cannot win.
           if (low > rl[g * kLanes + kLanes - n]) return cells;
           bound += g3_.weight[g] * std::sqrt(lb[g]);
@@ -416,6 +499,8 @@ class StripSearch {
   std::vector<float> x_lo_, x_hi_;
   std::vector<float> xB_, xT_;
   std::vector<double> row_;
+  std::vector<float> col_;
+  std::vector<double> cost_;
   std::vector<Query> queries_;
 };
 

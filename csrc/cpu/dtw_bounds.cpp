@@ -4,7 +4,6 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
-#include <type_traits>
 #include <vector>
 
 #include "isa.h"
@@ -23,7 +22,6 @@ inline double cell_cost(const float* a, const float* b, int start, int end) {
   return acc;
 }
 
-typedef float v16f __attribute__((vector_size(64)));
 typedef float v8f __attribute__((vector_size(32)));
 
 template <typename V>
@@ -34,9 +32,8 @@ inline V load_vec(const float* p) {
 }
 
 // out[r * 3 + g] = min over blocks b of sum_{d in g} dist(a[r][d], [lo[d][b], hi[d][b]])^2 for R
-// rows of a (row stride D) and the groups, sixteen blocks per vector with AVX-512 and eight
-// otherwise (Isa; stride is a multiple of 16; padding blocks are empty and infinitely far): GCC
-// lowers selects on 64-byte vectors to scalar code without AVX-512 (isa.h). R rows at once give R
+// rows of a (row stride D) and the groups, eight blocks per vector (stride is a multiple of 8;
+// padding blocks are empty and infinitely far). R rows at once give R
 // independent accumulation chains and reuse each envelope load. The differences are rounded to
 // float32 as the DP rounds x - y (rounding is monotone, so each is at most |x[d] - y[d]| as the DP
 // computes it). Every lane width gives the same result: sums run over d in order, and minima are exact.
@@ -44,7 +41,7 @@ template <int R, int Isa>
 __attribute__((always_inline)) inline void envelope_costs_impl(const float* a, index_t D, const float* lo,
                                                                const float* hi, index_t stride,
                                                                const DtwGroups& groups, double* out) {
-  using V = typename std::conditional<Isa == 4, v16f, v8f>::type;
+  using V = v8f;  // on AVX-512 too: a 16-float vector costs two 8-float ones on AMD Zen 4
   constexpr int N = sizeof(V) / sizeof(float);
   const V zero = V{};
   for (int g = 0; g < groups.count; ++g) {
@@ -104,30 +101,29 @@ void envelope(const float* y, index_t T, index_t D, index_t block, float* lo, fl
     }
 }
 
-void dtw_tail_bounds(const float* a, const float* b, index_t Ta, index_t Tb, index_t D, const float* b_lo,
-                     const float* b_hi, const DtwGroups& groups, float* tail, double* total) {
-  const index_t stride = envelope_blocks(Tb, envelope_block(Tb));
+void envelope_row_costs(const float* a, index_t Ta, index_t D, const float* b_lo, const float* b_hi, index_t stride,
+                        const DtwGroups& groups, double* cost) {
+  for (index_t i = 0; i < Ta * kMaxDtwGroups; ++i) cost[i] = 0.0;
+  for (index_t t = 0; t < Ta; t += 4)
+    envelope_costs(a + t * D, D, static_cast<int>(std::min<index_t>(4, Ta - t)), b_lo, b_hi, stride, groups,
+                   cost + t * kMaxDtwGroups);
+}
+
+void dtw_tails(const float* a, const float* b, index_t Ta, index_t Tb, index_t D, const DtwGroups& groups,
+               double* cost, float* tail, double* total) {
   for (int g = 0; g < kMaxDtwGroups; ++g) total[g] = 0.0;
-  double c[4 * kMaxDtwGroups];
   // Rows from the last one up, so that tail[t] is the sum over the rows already done.
-  for (index_t t1 = Ta; t1 > 0; t1 -= 4) {
-    const index_t t0 = std::max<index_t>(0, t1 - 4);
-    const int n = static_cast<int>(t1 - t0);
-    for (int i = 0; i < 4 * kMaxDtwGroups; ++i) c[i] = 0.0;
-    envelope_costs(a + t0 * D, D, n, b_lo, b_hi, stride, groups, c);
-    for (int r = n - 1; r >= 0; --r) {
-      const index_t t = t0 + r;
-      const float* at = a + t * D;
-      double* ct = c + r * kMaxDtwGroups;
-      for (int g = 0; g < kMaxDtwGroups; ++g) {
-        // What the rows after t pay, rounded down to float with room to spare.
-        tail[t * kMaxDtwGroups + g] = static_cast<float>(total[g] * (1.0 - 1e-6));
-        if (g >= groups.count) continue;
-        const int s = groups.start[g], e = groups.end[g];
-        if (t == 0) ct[g] = std::max(ct[g], cell_cost(at, b, s, e));
-        if (t == Ta - 1 && Ta > 1) ct[g] = std::max(ct[g], cell_cost(at, b + (Tb - 1) * D, s, e));
-        total[g] += ct[g] * kBoundSafety;
-      }
+  for (index_t t = Ta - 1; t >= 0; --t) {
+    const float* at = a + t * D;
+    double* ct = cost + t * kMaxDtwGroups;
+    for (int g = 0; g < kMaxDtwGroups; ++g) {
+      // What the rows after t pay, rounded down to float with room to spare.
+      tail[t * kMaxDtwGroups + g] = static_cast<float>(total[g] * (1.0 - 1e-6));
+      if (g >= groups.count) continue;
+      const int s = groups.start[g], e = groups.end[g];
+      if (t == 0) ct[g] = std::max(ct[g], cell_cost(at, b, s, e));
+      if (t == Ta - 1 && Ta > 1) ct[g] = std::max(ct[g], cell_cost(at, b + (Tb - 1) * D, s, e));
+      total[g] += ct[g] * kBoundSafety;
     }
   }
 }

@@ -12,6 +12,9 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 namespace reactfast {
 namespace {
@@ -55,6 +58,7 @@ struct Lanes8d {
     std::memcpy(p + 4, &hi, sizeof hi);
   }
   static Lanes8d inf() { return {kInf - v4d{}, kInf - v4d{}}; }
+  double first() const { return lo[0]; }
   static Lanes8d widen(v8f a) {
     // Whole, then halved: GCC 12 converts each 4-float half on its own in two 2-wide steps and a
     // shuffle, but the whole 8-float conversion in two 4-wide ones (AVX2: vcvtps2pd x2, vextractf128).
@@ -83,7 +87,16 @@ struct Lanes8d<4> {
   static Lanes8d load(const double* p) { return {load8d(p)}; }
   void store(double* p) const { store8d(p, v); }
   static Lanes8d inf() { return {kInf - v8d{}}; }
+  double first() const { return v[0]; }
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+  // One vcvtps2pd ymm -> zmm: GCC 12 splits __builtin_convertvector here into two 4-wide
+  // conversions, an extract and an insert (the v4 builds prefer 256-bit vectors).
+  __attribute__((target("avx512f"))) static Lanes8d widen(v8f a) {
+    return {reinterpret_cast<v8d>(_mm512_cvtps_pd(reinterpret_cast<__m256>(a)))};
+  }
+#else
   static Lanes8d widen(v8f a) { return {__builtin_convertvector(a, v8d)}; }
+#endif
   friend Lanes8d operator+(Lanes8d a, Lanes8d b) { return {a.v + b.v}; }
   friend Lanes8d lane_min(Lanes8d a, Lanes8d b) { return {a.v < b.v ? a.v : b.v}; }
   friend Lanes8d lane_max(Lanes8d a, Lanes8d b) { return {a.v > b.v ? a.v : b.v}; }
