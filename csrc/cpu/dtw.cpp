@@ -192,7 +192,7 @@ class FullSearch {
 void weighted_dtw_min_cpu(const float* x, const float* y, const index_t* cand_offset, const index_t* cand_index,
                           index_t M, index_t G, index_t Tx, index_t Ty, index_t D, const DtwGroups& groups,
                           bool abandon, double* out_min, index_t* out_arg, index_t* cells) {
-  // The envelope (sixteen blocks) of each target some query lists, once per call.
+  // The envelope (eight blocks) of each target some query lists, once per call.
   // The banded search needs a group that weighs in the value (all weights 0: every value is 0).
   bool banded = false;
   for (int g = 0; g < groups.count; ++g) banded = banded || (abandon && groups.weight[g] > 0.0);

@@ -269,8 +269,9 @@ RF_LANE_FUNCTION(double, row_bound,
 
 // The UCR Suite's cascade for each query's minimum over its candidates, with banded DPs:
 //   1. an upper bound from the diagonal path (Tx == Ty) starts the best so far;
-//   2. LB_Kim + LB_Keogh against block envelopes, rows and columns, of every candidate
-//      (dtw_bounds.h), with their row and column tails kept for step 4;
+//   2. LB_Kim + LB_Keogh of every candidate (dtw_bounds.h): its rows against its block envelopes,
+//      its columns against the query's whole envelope (whole_envelope_costs), with their row and
+//      column tails kept for step 4;
 //   3. candidates in increasing bound order, breadth first over the chunk's queries (every
 //      query's first candidate before any query's second: its finished DTW then prunes the
 //      others); a candidate whose bound exceeds its query's best so far is skipped without a DP;

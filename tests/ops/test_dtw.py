@@ -235,7 +235,7 @@ def test_all_weights_zero():
 def test_abandoning_prunes_random_like_queries():
     """Uniform random queries against synthetic listener emotion: the DP's row minimum alone pruned
     nothing on such queries (every candidate's row minimum grows alike); the row and column tails
-    from the block envelopes must (about a quarter of the cells are left at T = 150)."""
+    from the envelopes must (about a quarter of the cells are left at T = 150)."""
     gt = SyntheticDyads(sessions=6, prototypes=2, seed=0).dataset(modalities=("emotion",))
     gt = gt.stack("listener", "emotion")[:, :150].contiguous()
     pred = torch.rand(6, 150, 25, generator=torch.Generator().manual_seed(1))

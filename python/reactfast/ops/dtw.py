@@ -1,8 +1,9 @@
 """Dynamic time warping over batches of pairs, and FRDist's weighted three-group DTW minimised over
 each query's candidates. C++/OpenMP on CPU tensors: eight pairs in the SIMD lanes, each lane
 refilled as its pair finishes; for the minimum, the UCR Suite's exact pruning cascade (LB_Kim,
-LB_Keogh on block envelopes of rows and columns, candidates in bound order, abandoning inside the
-DP against the best so far; csrc/include/reactfast/dtw_bounds.h) with banded DPs (PrunedDTW: one
+LB_Keogh of the rows on block envelopes of each candidate and of the columns on the query's
+envelope, candidates in bound order, abandoning inside the DP against the best so far;
+csrc/include/reactfast/dtw_bounds.h) with banded DPs (PrunedDTW: one
 pair at a time, eight of its rows in the SIMD lanes as a wavefront, swept only where its values can
 still matter, under per-group limits from the diagonal path and the best so far;
 csrc/cpu/dtw_band.cpp). CUDA on CUDA tensors: for up to 32 feature dims
