@@ -49,6 +49,29 @@ def test_evaluate_needs_targets(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
 
 
+def test_debug_before_or_after_the_command(tmp_path, capsys):
+    """--debug raises the error with its traceback whether given before or after the command."""
+    args = [str(tmp_path / "missing.npy"), "--data", "x"]
+    for argv in (["--debug", "evaluate", *args], ["evaluate", "--debug", *args]):
+        with pytest.raises(FileNotFoundError, match="no such file"):
+            cli.main(argv)
+    assert cli.main(["evaluate", *args]) == 2
+    assert "reactfast evaluate: error: pred: no such file" in capsys.readouterr().err
+
+
+def test_warnings_print_as_one_line_naming_the_command(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    pred = rng.random((3, 2, 40, 25)).astype(np.float32)   # leaves the emotion ranges: a warning
+    for name, value in (("pred", pred), ("gt", pred[:, 0]), ("sp", pred[:, 1]), ("a", np.eye(3))):
+        np.save(tmp_path / f"{name}.npy", value)
+    assert cli.main(["evaluate", str(tmp_path / "pred.npy"), "--listener-gt", str(tmp_path / "gt.npy"),
+                     "--speaker", str(tmp_path / "sp.npy"), "--appropriate", str(tmp_path / "a.npy"),
+                     "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "reactfast evaluate: RuntimeWarning: pred leaves the valid emotion ranges" in err
+    assert "cli.py" not in err and "metrics.evaluate(" not in err, err
+
+
 def test_demo_runs(tmp_path, capsys):
     out = tmp_path / "demo"
     assert cli.main(["demo", "--out", str(out), "--sessions", "4", "--steps", "4"]) == 0

@@ -13,6 +13,8 @@ import dataclasses
 import math
 import os
 import sys
+import warnings
+
 
 class CommandError(ValueError):
     """A command's arguments cannot work; main() prints the message on one line."""
@@ -502,10 +504,13 @@ def build_parser() -> argparse.ArgumentParser:
     models_help = "; ".join(f"{n}: {models.get(n).summary}" for n in model_names)
     stages_help = "; ".join(f"{n} " + ", ".join(f"{s} trains {what}" for s, what in models.get(n).stage_names.items())
                             for n in model_names if len(models.get(n).stages) > 1)
+    # --debug before or after the command: the commands' copy sets it only when given (a default
+    # there would overwrite the one given before the command).
     common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    common.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    parser = argparse.ArgumentParser(prog="reactfast", description=__doc__.splitlines()[0], allow_abbrev=False,
-                                     parents=[common])
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the traceback of an error")
+    parser = argparse.ArgumentParser(prog="reactfast", description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name, help, func):
@@ -637,11 +642,20 @@ def _message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
+def _warning_printer(name: str):
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"reactfast {name}: {category.__name__}: {message}", file=sys.stderr if file is None else file)
+    return show
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     name = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))   # "data crop"
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            if not args.debug:  # a warning as one line that names the command, not the source line that raised it
+                warnings.showwarning = _warning_printer(name)
+            return args.func(args)
     except KeyboardInterrupt:
         print(f"reactfast {name}: interrupted", file=sys.stderr)
         return 130
