@@ -425,7 +425,7 @@ def test_25_generate_window_and_load_device_are_checked(checkpoint):
 def test_26_generate_sessions_zero_is_an_error(checkpoint, tmp_path, capsys):
     code, err = run(["generate", "--checkpoint", checkpoint, "--sessions", "0", "--out", str(tmp_path / "p.npz"),
                      "--no-progress", "--device", "cpu"], capsys)   # 0 generated the default sessions before
-    assert code == 2 and "sessions must be an int >= 1, got 0" in err
+    assert code == 2 and "--sessions must be >= 1, got 0" in err
 
 
 def test_27_a_failed_stream_step_loses_no_frames(monkeypatch):
@@ -658,3 +658,26 @@ def test_39_an_empty_push_is_no_frames_yet_but_its_widths_are_checked():
         stream.push(torch.randn(0, 83), torch.randn(0, 9))
     with pytest.raises(ValueError, match="0 frames need 0 rows, got 2"):
         stream.push(torch.randn(0, 83), torch.randn(2, 8))
+
+
+@pytest.mark.parametrize("flag,value,least", [("--steps", "0", 1), ("--batch-size", "0", 1), ("--warmup", "-1", 0),
+                                              ("--ckpt-every", "-1", 0), ("--val-every", "-2", 0), ("--seed", "-5", 0)])
+def test_40_train_names_a_bad_count_flag_before_any_work(flag, value, least, tmp_path, capsys):
+    """--steps 0 and --batch-size 0 were refused only after the data was built, as '--config:
+    TrainConfig.steps must be ...' (a flag the user did not give); --ckpt-every -1 and --val-every -1
+    were taken. Each now names its flag, before the run folder is made."""
+    out = tmp_path / "run"
+    code, err = run(["train", "--out", str(out), flag, value, "--no-progress"], capsys)
+    assert code == 2 and f"reactfast train: error: {flag} must be >= {least}, got {value}" in err, err
+    assert not out.exists()
+
+
+def test_41_generate_names_a_bad_count_flag_first_and_a_run_folder_for_a_checkpoint(checkpoint, tmp_path, capsys):
+    """--samples 0 failed only after the model was loaded and the data built ('num_samples must be
+    ...'); a run folder given as the checkpoint said only that config.json is missing."""
+    out = str(tmp_path / "p.npz")
+    code, err = run(["generate", "--checkpoint", "nowhere", "--samples", "0", "--out", out], capsys)
+    assert code == 2 and "--samples must be >= 1, got 0" in err, err
+    run_folder = os.path.dirname(checkpoint)
+    code, err = run(["generate", "--checkpoint", run_folder, "--out", out, "--no-progress"], capsys)
+    assert code == 2 and f"it holds a training run's checkpoints: give {checkpoint}" in err, err

@@ -139,9 +139,10 @@ def _cmd_train(args) -> int:
     s = _train_settings(args)
     if s["lr"] is not None and not (math.isfinite(s["lr"]) and s["lr"] > 0):
         raise CommandError(f"--lr must be a finite number > 0, got {s['lr']}")
-    for key in ("clip_frames", "frames", "sessions"):
-        if s[key] < 1:
-            raise CommandError(f"--{key.replace('_', '-')} must be >= 1, got {s[key]}")
+    for key, least in (("steps", 1), ("batch_size", 1), ("clip_frames", 1), ("frames", 1), ("sessions", 1),
+                       ("warmup", 0), ("ckpt_every", 0), ("val_every", 0), ("seed", 0)):
+        if s[key] < least:
+            raise CommandError(f"--{key.replace('_', '-')} must be >= {least}, got {s[key]}")
     if s["model"] not in models.names():
         raise CommandError(f"--model: unknown model {s['model']!r}; known: {', '.join(models.names())}")
     cls = models.get(s["model"])
@@ -243,6 +244,9 @@ def _cmd_generate(args) -> int:
     from reactfast import _io
     from reactfast.train import generate_dataset, load_model, read_config
 
+    for flag, value in (("--samples", args.samples), ("--sessions", args.sessions), ("--frames", args.frames)):
+        if value is not None and value < 1:
+            raise CommandError(f"{flag} must be >= 1, got {value}")
     out = _io.check_writable_file(args.out, "--out")
     meta = read_config(args.checkpoint)
     data_meta = meta.get("extra", {}).get("data", {})
@@ -269,8 +273,6 @@ def _cmd_generate(args) -> int:
         if frames != 750:
             print(f"[reactfast] generating the first {frames} frames of each clip, as the model was trained "
                   "(--frames to change)")
-    elif frames < 1:
-        raise CommandError(f"--frames must be >= 1, got {frames}")
     try:
         ds = load_data(spec, args.split, frames, sessions=sessions,
                        seed=data_meta.get("seed", 0) if spec == "synthetic" else 0, audio_dim=model.config.audio_dim)

@@ -189,7 +189,11 @@ def read_config(path: str) -> dict:
     if not os.path.isdir(path):
         raise CheckpointError(f"{path}: no such checkpoint folder")
     if not os.path.isfile(cfg_path):
-        raise CheckpointError(f"{path} is not a reactfast checkpoint: {CONFIG} is missing")
+        # A training run's folder holds its checkpoints: name them.
+        inner = [os.path.join(path, n) for n in ("checkpoint", "best")
+                 if os.path.isfile(os.path.join(resolve(os.path.join(path, n)), CONFIG))]
+        hint = f"; it holds a training run's checkpoints: give {' or '.join(inner)}" if inner else ""
+        raise CheckpointError(f"{path} is not a reactfast checkpoint: {CONFIG} is missing{hint}")
     try:
         with open(cfg_path) as f:
             meta = json.load(f)
