@@ -681,3 +681,35 @@ def test_41_generate_names_a_bad_count_flag_first_and_a_run_folder_for_a_checkpo
     run_folder = os.path.dirname(checkpoint)
     code, err = run(["generate", "--checkpoint", run_folder, "--out", out, "--no-progress"], capsys)
     assert code == 2 and f"it holds a training run's checkpoints: give {checkpoint}" in err, err
+
+
+def test_42_metric_and_dtw_flags_are_bools_and_groups_triples():
+    """frsyn_all_samples="False" computed the corrected FRSyn variant instead of the official one
+    (any non-empty string is true); abandon="no" abandoned; groups="abc" or a (start, end) pair failed
+    with "not enough values to unpack"; from_lists cut the float index 0.5 to 0."""
+    from reactfast.metrics.candidates import from_lists
+    from reactfast.ops import weighted_dtw_min
+
+    rng = np.random.default_rng(0)
+    pred = rng.random((3, 2, 20, 25)).astype(np.float32)
+    gt, sp, a = pred[:, 0], pred[:, 1], np.eye(3, dtype=bool)
+    with pytest.raises(ValueError, match="frsyn_all_samples must be a bool, got 'False'"):
+        metrics.evaluate(pred, gt, sp, a, frsyn_all_samples="False")
+    with pytest.raises(ValueError, match="abandon must be a bool, got 'no'"):
+        metrics.frdist(pred, gt, a, abandon="no")
+    with pytest.raises(ValueError, match="all_samples must be a bool, got 1"):
+        metrics.frsyn(pred, sp, all_samples=1)
+    assert metrics.frsyn(pred, sp, all_samples=np.bool_(True)) == metrics.frsyn(pred, sp, all_samples=True)
+    x, y, cand = torch.rand(2, 9, 4), torch.rand(3, 9, 4), from_lists([[0, 1], [2]])
+    for groups, match in (("abc", "groups must be a list of"), ([(0, 4)], r"each must be a \(start, end, weight\)"),
+                          ([(0.5, 4, 1.0)], "start and end must be an int"), ([(0, 4, -1.0)], "weights must be"),
+                          ([(2, 2, 1.0)], "0 <= start < end <= 4")):
+        with pytest.raises(ValueError, match=match):
+            weighted_dtw_min(x, y, cand, groups=groups)
+    with pytest.raises(ValueError, match="abandon must be a bool"):
+        weighted_dtw_min(x, y, cand, groups=[(0, 4, 1.0)], abandon="no")
+    assert weighted_dtw_min(x, y, cand, groups=np.array([[0, 4, 1]]).tolist())[1].tolist() == \
+        weighted_dtw_min(x, y, cand, groups=[(0, 4, 1.0)])[1].tolist()
+    with pytest.raises(ValueError, match=r"candidates\[0\] must be a list of integer indices, got \[0.5\]"):
+        from_lists([[0.5]])
+    assert [t.tolist() for t in from_lists([np.array([0, 2]), torch.tensor([1]), []])] == [[0, 2, 3, 3], [0, 2, 1]]

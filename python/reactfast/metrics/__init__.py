@@ -29,7 +29,7 @@ from reactfast._progress import Progress
 from reactfast.data import layout
 from reactfast.data.layout import check_emotion
 from reactfast.metrics import candidates
-from reactfast.ops._checks import check_int
+from reactfast.ops._checks import check_bool, check_int
 from reactfast.ops.ccc import ccc_max_unchecked
 from reactfast.ops.dtw import REACT_GROUPS, check_groups, weighted_dtw_min_unchecked
 from reactfast.ops.spread import spread_sums_unchecked
@@ -178,6 +178,7 @@ def frcorr(pred, listener_gt, appropriate, chunk: int = 64, progress: bool = Fal
     disjoint row sets (e.g. one per process) add up to the metric."""
     pred, listener_gt, _, a = check_inputs(pred, listener_gt, None, appropriate)
     check_int("chunk", chunk)
+    check_bool("progress", progress)
     return _frcorr(pred, listener_gt, a, chunk, progress, backend, rows)
 
 
@@ -187,6 +188,8 @@ def frdist(pred, listener_gt, appropriate, chunk: int = 16, progress: bool = Fal
     samples. ``rows`` as in :func:`frcorr`."""
     pred, listener_gt, _, a = check_inputs(pred, listener_gt, None, appropriate)
     check_int("chunk", chunk)
+    check_bool("progress", progress)
+    check_bool("abandon", abandon)
     return _frdist(pred, listener_gt, a, chunk, progress, abandon, groups, backend, rows)
 
 
@@ -244,6 +247,7 @@ def frsyn(pred, speaker, max_lag: int = 49, all_samples: bool = False, backend=N
     """
     pred, _, speaker, _ = check_inputs(pred, None, speaker, None)
     check_int("max_lag", max_lag, minimum=0)   # lags past the clip give NaN curves, as the official code's
+    check_bool("all_samples", all_samples)
     return _frsyn(pred, speaker, max_lag, all_samples, backend)
 
 
@@ -290,6 +294,8 @@ def evaluate(pred, listener_gt, speaker, appropriate, progress: bool = False, ab
         >>> scores["FRDist"]
     """
     _backend.check_spec_ops(backend)
+    for name, flag in (("progress", progress), ("abandon", abandon), ("frsyn_all_samples", frsyn_all_samples)):
+        check_bool(name, flag)  # frsyn_all_samples="False" would compute the corrected variant, not the official
     pred, listener_gt, speaker, a = check_inputs(pred, listener_gt, speaker, appropriate)
     if pred.shape[2] < 2:
         raise ValueError(f"pred must have at least 2 frames (T) for the metric suite, got shape {tuple(pred.shape)}")

@@ -12,12 +12,18 @@ CSR = Tuple[torch.Tensor, torch.Tensor]
 
 
 def from_lists(candidates: Sequence[Sequence[int]]) -> CSR:
-    """CSR from one index list per query (validated by the ops that take it)."""
-    lengths = torch.as_tensor([len(c) for c in candidates], dtype=torch.int64)
-    offset = torch.zeros(len(candidates) + 1, dtype=torch.int64)
-    offset[1:] = torch.cumsum(lengths, 0)
-    index = np.concatenate([np.asarray(c, dtype=np.int64).reshape(-1) for c in candidates]) if candidates else []
-    return offset, torch.as_tensor(index, dtype=torch.int64)
+    """CSR from one list of integer indices per query (their range is checked by the ops that take it)."""
+    lists = []
+    for q, c in enumerate(candidates):
+        a = np.asarray(c)
+        if a.ndim != 1 or (a.size and (a.dtype.kind not in "iu" or a.dtype == np.bool_)):
+            # a float index would be cut to an integer, a nested list flattened
+            raise ValueError(f"candidates[{q}] must be a list of integer indices, got {c!r}")
+        lists.append(a.astype(np.int64))
+    offset = torch.zeros(len(lists) + 1, dtype=torch.int64)
+    offset[1:] = torch.cumsum(torch.as_tensor([len(a) for a in lists], dtype=torch.int64), 0)
+    index = np.concatenate(lists) if lists else np.zeros(0, np.int64)
+    return offset, torch.from_numpy(index)
 
 
 def from_appropriate(appropriate: np.ndarray, samples: int, rows: Optional[Sequence[int]] = None) -> CSR:

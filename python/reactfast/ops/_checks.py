@@ -18,6 +18,14 @@ def check_int(name: str, value, minimum: int = 1) -> int:
     return int(value)
 
 
+def check_bool(name: str, value) -> bool:
+    """``value`` as a bool if it is one (Python's or numpy's), else a ValueError naming ``name``: a
+    string such as "no" or "False" would otherwise count as true."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
+
+
 def check_real(name: str, value, minimum: Optional[float] = 0.0, strict: bool = False, none_ok: bool = False):
     """``value`` as a float if it is a finite real number (not a bool) >= ``minimum`` (> with
     ``strict``; any finite number with ``minimum=None``), None with ``none_ok``; else a ValueError

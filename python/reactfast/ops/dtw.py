@@ -14,13 +14,13 @@ wider features one block per (pair, group). The reference (``reactfast.reference
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence, Tuple
 
 import torch
 
 from reactfast import _backend
-from reactfast.ops._checks import check_candidates, check_same_device, check_tensor
+from reactfast.ops._checks import (check_bool, check_candidates, check_int, check_real, check_same_device,
+                                   check_tensor)
 from reactfast.reference import dtw as _ref
 
 REACT_GROUPS = _ref.REACT_GROUPS
@@ -32,16 +32,21 @@ WARPS_PER_QUERY = 4  # warps of one query's block on CUDA
 
 
 def check_groups(groups, D: int) -> list:
-    """(start, end, weight) triples, 1 to 3 of them, 0 <= start < end <= D, finite weights >= 0."""
-    groups = [tuple(g) for g in groups]
+    """(start, end, weight) triples, 1 to 3 of them, integers 0 <= start < end <= D, finite weights >= 0."""
+    if isinstance(groups, (str, bytes)) or not hasattr(groups, "__iter__"):
+        raise ValueError(f"groups must be a list of (start, end, weight) triples, got {groups!r}")
+    groups = list(groups)
     if not 1 <= len(groups) <= 3:
         raise ValueError(f"groups must hold 1 to 3 (start, end, weight) triples, got {len(groups)}")
-    for a, b, w in groups:
-        if not (0 <= a < b <= D):
+    out = []
+    for g in groups:
+        if isinstance(g, (str, bytes)) or not hasattr(g, "__len__") or len(g) != 3:
+            raise ValueError(f"groups: each must be a (start, end, weight) triple, got {g!r}")
+        a, b = (check_int("groups: start and end", v, minimum=0) for v in g[:2])
+        if not a < b <= D:
             raise ValueError(f"groups: each (start, end) must satisfy 0 <= start < end <= {D}, got ({a}, {b})")
-        if not math.isfinite(w) or w < 0:
-            raise ValueError(f"groups: weights must be finite and >= 0, got {w}")
-    return [(int(a), int(b), float(w)) for a, b, w in groups]
+        out.append((a, b, check_real("groups: weights", g[2])))
+    return out
 
 
 def _sequences(name: str, x) -> torch.Tensor:
@@ -122,6 +127,8 @@ def weighted_dtw_min(pred: torch.Tensor, gt: torch.Tensor, candidates: Tuple[tor
         raise ValueError(f"pred and gt must have the same last dim, got {D} and {gt.shape[2]}")
     groups = check_groups(groups, D)
     offset, index = check_candidates("candidates", candidates, M, gt.shape[0])
+    check_bool("abandon", abandon)
+    check_bool("return_cells", return_cells)
     out = weighted_dtw_min_unchecked(pred, gt, offset, index, groups, abandon, backend)
     return out if return_cells else out[:2]
 
@@ -174,6 +181,7 @@ def weighted_dtw_min_warp_emulated(pred: torch.Tensor, gt: torch.Tensor, candida
         raise ValueError(f"warps must be an int in [1, 8], got {warps!r}")
     groups = check_groups(groups, D)
     offset, index = check_candidates("candidates", candidates, M, gt.shape[0])
+    check_bool("abandon", abandon)
     out_min = _backend.empty((M,), torch.float64, pred.device)
     out_arg = _backend.empty((M,), torch.int64, pred.device)
     abandoned = _backend.native().weighted_dtw_min_warp_emulated_cpu(pred, gt, offset, index, M, Tx, gt.shape[1], D,
