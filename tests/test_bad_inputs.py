@@ -713,3 +713,17 @@ def test_42_metric_and_dtw_flags_are_bools_and_groups_triples():
     with pytest.raises(ValueError, match=r"candidates\[0\] must be a list of integer indices, got \[0.5\]"):
         from_lists([[0.5]])
     assert [t.tolist() for t in from_lists([np.array([0, 2]), torch.tensor([1]), []])] == [[0, 2, 3, 3], [0, 2, 1]]
+
+
+def test_43_dropout_ops_take_training_as_a_bool():
+    """training="no" dropped elements (a non-empty string is true)."""
+    from reactfast.ops import add_layer_norm, dropout, feed_forward, gelu_dropout
+
+    x, w, w1, w2 = torch.randn(4, 8), torch.ones(8), torch.randn(16, 8), torch.randn(8, 16)
+    calls = {"dropout": lambda t: dropout(x, 0.5, training=t), "gelu_dropout": lambda t: gelu_dropout(x, 0.5, training=t),
+             "add_layer_norm": lambda t: add_layer_norm(x, x, w, p=0.5, training=t),
+             "feed_forward": lambda t: feed_forward(x, w1, None, w2, None, p_hidden=0.5, training=t)}
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match="training must be a bool, got 'no'"):
+            call("no")
+        assert torch.equal(call(False), call(np.bool_(False))), name

@@ -64,10 +64,12 @@ def all_finite(x: torch.Tensor) -> bool:
     return bool(torch.isfinite(torch.stack(torch.aminmax(x))).all())
 
 
-def check_dropout_args(x, p, seed, backend: Optional[str], implemented: Sequence[str]) -> torch.Tensor:
+def check_dropout_args(x, p, seed, backend: Optional[str], implemented: Sequence[str], training=True) -> torch.Tensor:
     """The arguments the dropout-bearing ops (dropout, add_layer_norm, gelu_dropout, feed_forward)
     share: x a floating-point tensor of fewer than 2^32 elements (the mask hashes 32-bit element
-    indices), p a probability, seed None or an int, backend None or one of ``implemented``."""
+    indices), p a probability, seed None or an int, backend None or one of ``implemented``,
+    training a bool."""
+    check_bool("training", training)
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got "
                         f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}")

@@ -122,7 +122,7 @@ def add_layer_norm(x: torch.Tensor, h: torch.Tensor, weight: Optional[torch.Tens
         >>> norm = torch.nn.LayerNorm(64)
         >>> y = add_layer_norm(x, attn_out, norm.weight, norm.bias, norm.eps, p=0.1)
     """
-    check_dropout_args(x, p, seed, backend, IMPLEMENTED)
+    check_dropout_args(x, p, seed, backend, IMPLEMENTED, training)
     D = x.shape[-1] if x.dim() else 0
     if x.dim() == 0 or D == 0:
         raise ValueError(f"x must have a non-empty last dimension, got shape {tuple(x.shape)}")

@@ -163,7 +163,7 @@ def dropout(x: torch.Tensor, p: float, training: bool = True, seed: Optional[int
     Example:
         >>> y = dropout(torch.randn(8, 32, 64), 0.1)
     """
-    check_dropout_args(x, p, seed, backend, IMPLEMENTED)
+    check_dropout_args(x, p, seed, backend, IMPLEMENTED, training)
     if not training or p == 0.0:
         return x
     if p == 1.0:

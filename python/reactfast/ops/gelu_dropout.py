@@ -85,7 +85,7 @@ def gelu_dropout(x: torch.Tensor, p: float = 0.0, training: bool = True, seed: O
     Example:
         >>> h = linear2(gelu_dropout(linear1(x), 0.1))
     """
-    check_dropout_args(x, p, seed, backend, IMPLEMENTED)
+    check_dropout_args(x, p, seed, backend, IMPLEMENTED, training)
     p = float(p) if training else 0.0
     route = fused_route("gelu_dropout", x, p, backend, IMPLEMENTED, _CPP_OK)
     if route == "reference":
