@@ -357,6 +357,8 @@ def test_20_plot_errors_and_channel_names(tmp_path, capsys):
     assert code == 0 and (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
     code, err = run(["plot", str(tmp_path / "ok.npz"), "--channels", "joy"], capsys)
     assert code == 2 and "--channels: 'joy'" in err
+    code, err = run(["plot", str(tmp_path / "ok.npz"), "--channels", "30"], capsys)   # named 'channels' before
+    assert code == 2 and "--channels: '30' is neither a channel index (0-24)" in err
 
 
 def test_21_evaluate_frames(data, tmp_path, capsys):

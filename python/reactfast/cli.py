@@ -312,7 +312,7 @@ def _channels(spec: str):
     out = []
     for part in spec.split(","):
         part = part.strip()
-        if part.isdigit():
+        if part.isdigit() and int(part) < len(layout.EMOTION_COLUMNS):
             out.append(int(part))
         elif part.lower() in names:
             out.append(names[part.lower()])
