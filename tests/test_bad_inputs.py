@@ -722,7 +722,8 @@ def test_43_dropout_ops_take_training_as_a_bool():
     from reactfast.ops import add_layer_norm, dropout, feed_forward, gelu_dropout
 
     x, w, w1, w2 = torch.randn(4, 8), torch.ones(8), torch.randn(16, 8), torch.randn(8, 16)
-    calls = {"dropout": lambda t: dropout(x, 0.5, training=t), "gelu_dropout": lambda t: gelu_dropout(x, 0.5, training=t),
+    calls = {"dropout": lambda t: dropout(x, 0.5, training=t),
+             "gelu_dropout": lambda t: gelu_dropout(x, 0.5, training=t),
              "add_layer_norm": lambda t: add_layer_norm(x, x, w, p=0.5, training=t),
              "feed_forward": lambda t: feed_forward(x, w1, None, w2, None, p_hidden=0.5, training=t)}
     for name, call in calls.items():
