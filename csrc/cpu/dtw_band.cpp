@@ -306,7 +306,7 @@ class StripSearch {
         groups_(groups), g3_(groups), y_lo_(y_lo), y_hi_(y_hi), env_(D * envelope_blocks(Ty, envelope_block(Ty))),
         x_lo_(D), x_hi_(D),
         xB_(static_cast<size_t>(D) * kLanes, 0.f), xT_(static_cast<size_t>((Tx + 7) / 8) * D * kLanes, 0.f),
-        row_(static_cast<size_t>(kMaxDtwGroups) * Ty, kInf), col_(static_cast<size_t>(kMaxDtwGroups) * Ty),
+        row_(static_cast<size_t>(kMaxDtwGroups) * Ty, kInf),
         cost_(static_cast<size_t>(kMaxDtwGroups) * std::max(Tx, Ty)) {}
 
   // Queries [m0, m1); results in out_min / out_arg. Returns the DP cells computed (iterations
@@ -371,13 +371,11 @@ class StripSearch {
       float* rows = q.tails.data() + c * tail;
       double row_total[kMaxDtwGroups], col_total[kMaxDtwGroups];
       envelope_row_costs(xm, Tx_, D_, y_lo_ + k.j * env_, y_hi_ + k.j * env_, env_ / D_, groups_, cost_.data());
-      dtw_tails(xm, yj, Tx_, Ty_, D_, groups_, cost_.data(), rows, row_total);
+      dtw_tails(xm, yj, Tx_, Ty_, D_, groups_, cost_.data(), rows, kMaxDtwGroups, 1, row_total);
       whole_envelope_costs(yW_ + k.j * blocks_ * D_ * kWindow, Ty_, D_, x_lo_.data(), x_hi_.data(), g3_.start,
                            g3_.end, cost_.data());
-      dtw_tails(yj, xm, Ty_, Tx_, D_, groups_, cost_.data(), col_.data(), col_total);
-      for (index_t s = 0; s < Ty_; ++s)  // the column tails group by group, for row_bound's vectors
-        for (int g = 0; g < kMaxDtwGroups; ++g)
-          rows[Tx_ * kMaxDtwGroups + g * Ty_ + s] = col_[s * kMaxDtwGroups + g];
+      // The column tails group by group, for row_bound's vectors.
+      dtw_tails(yj, xm, Ty_, Tx_, D_, groups_, cost_.data(), rows + Tx_ * kMaxDtwGroups, 1, Ty_, col_total);
       for (int g = 0; g < groups_.count; ++g) {
         k.lb[g] = std::max(row_total[g], col_total[g]);
         k.bound += groups_.weight[g] * std::sqrt(k.lb[g]);
@@ -502,7 +500,6 @@ class StripSearch {
   std::vector<float> x_lo_, x_hi_;
   std::vector<float> xB_, xT_;
   std::vector<double> row_;
-  std::vector<float> col_;
   std::vector<double> cost_;
   std::vector<Query> queries_;
 };

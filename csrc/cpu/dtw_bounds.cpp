@@ -110,7 +110,7 @@ void envelope_row_costs(const float* a, index_t Ta, index_t D, const float* b_lo
 }
 
 void dtw_tails(const float* a, const float* b, index_t Ta, index_t Tb, index_t D, const DtwGroups& groups,
-               double* cost, float* tail, double* total) {
+               double* cost, float* tail, index_t t_stride, index_t g_stride, double* total) {
   for (int g = 0; g < kMaxDtwGroups; ++g) total[g] = 0.0;
   // Rows from the last one up, so that tail[t] is the sum over the rows already done.
   for (index_t t = Ta - 1; t >= 0; --t) {
@@ -118,7 +118,7 @@ void dtw_tails(const float* a, const float* b, index_t Ta, index_t Tb, index_t D
     double* ct = cost + t * kMaxDtwGroups;
     for (int g = 0; g < kMaxDtwGroups; ++g) {
       // What the rows after t pay, rounded down to float with room to spare.
-      tail[t * kMaxDtwGroups + g] = static_cast<float>(total[g] * (1.0 - 1e-6));
+      tail[t * t_stride + g * g_stride] = static_cast<float>(total[g] * (1.0 - 1e-6));
       if (g >= groups.count) continue;
       const int s = groups.start[g], e = groups.end[g];
       if (t == 0) ct[g] = std::max(ct[g], cell_cost(at, b, s, e));

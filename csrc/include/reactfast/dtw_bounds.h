@@ -44,11 +44,11 @@ void envelope_row_costs(const float* a, index_t Ta, index_t D, const float* b_lo
 
 // Tail bounds of a (Ta, D) against b (Tb, D) from row costs (LB_Keogh of each row, as from
 // envelope_row_costs; LB_Kim is added here in the first and last rows, in place):
-// tail[t * kMaxDtwGroups + g] = a lower bound of what the optimal path of group g pays in the rows
-// of a after t, as float rounded down; total[g] the bound over all rows. Called with (x, y) it
+// tail[t * t_stride + g * g_stride] = a lower bound of what the optimal path of group g pays in the
+// rows of a after t, as float rounded down; total[g] the bound over all rows. Called with (x, y) it
 // gives the row tails, with (y, x) and costs against x's envelope the column tails. Groups past
 // groups.count get 0.
 void dtw_tails(const float* a, const float* b, index_t Ta, index_t Tb, index_t D, const DtwGroups& groups,
-               double* cost, float* tail, double* total);
+               double* cost, float* tail, index_t t_stride, index_t g_stride, double* total);
 
 }  // namespace reactfast
