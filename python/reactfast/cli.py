@@ -49,15 +49,20 @@ def _cmd_env(args) -> int:
     return 0
 
 
+def _check_counts(*flags) -> None:
+    """(flag, value, least) triples: each value given (not None) must be >= least."""
+    for flag, value, least in flags:
+        if value is not None and value < least:
+            raise CommandError(f"{flag} must be >= {least}, got {value}")
+
+
 def _cmd_demo(args) -> int:
     from reactfast import _io, models
     from reactfast.demo import run_demo
 
     if args.model not in models.names():
         raise CommandError(f"--model: unknown model {args.model!r}; known: {', '.join(models.names())}")
-    for flag, value in (("--steps", args.steps), ("--sessions", args.sessions)):
-        if value < 1:
-            raise CommandError(f"{flag} must be >= 1, got {value}")
+    _check_counts(("--steps", args.steps, 1), ("--sessions", args.sessions, 1))
     _io.check_writable_dir(args.out, "--out")
     run_demo(out=args.out, sessions=args.sessions, steps=args.steps, seed=args.seed, model=args.model,
              device=_device(args), backend=_backend_spec(args))
@@ -139,10 +144,9 @@ def _cmd_train(args) -> int:
     s = _train_settings(args)
     if s["lr"] is not None and not (math.isfinite(s["lr"]) and s["lr"] > 0):
         raise CommandError(f"--lr must be a finite number > 0, got {s['lr']}")
-    for key, least in (("steps", 1), ("batch_size", 1), ("clip_frames", 1), ("frames", 1), ("sessions", 1),
-                       ("warmup", 0), ("ckpt_every", 0), ("val_every", 0), ("seed", 0)):
-        if s[key] < least:
-            raise CommandError(f"--{key.replace('_', '-')} must be >= {least}, got {s[key]}")
+    _check_counts(*((f"--{key.replace('_', '-')}", s[key], least) for key, least in (
+        ("steps", 1), ("batch_size", 1), ("clip_frames", 1), ("frames", 1), ("sessions", 1), ("warmup", 0),
+        ("ckpt_every", 0), ("val_every", 0), ("seed", 0))))
     if s["model"] not in models.names():
         raise CommandError(f"--model: unknown model {s['model']!r}; known: {', '.join(models.names())}")
     cls = models.get(s["model"])
@@ -244,9 +248,7 @@ def _cmd_generate(args) -> int:
     from reactfast import _io
     from reactfast.train import generate_dataset, load_model, read_config
 
-    for flag, value in (("--samples", args.samples), ("--sessions", args.sessions), ("--frames", args.frames)):
-        if value is not None and value < 1:
-            raise CommandError(f"{flag} must be >= 1, got {value}")
+    _check_counts(("--samples", args.samples, 1), ("--sessions", args.sessions, 1), ("--frames", args.frames, 1))
     out = _io.check_writable_file(args.out, "--out")
     meta = read_config(args.checkpoint)
     data_meta = meta.get("extra", {}).get("data", {})
