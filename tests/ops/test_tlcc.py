@@ -31,6 +31,8 @@ def test_matches_reference(device, T, D):
     x[1, : T // 2, 4] = 0.25        # constant stretch: NaN at some lags only
     y[2, :, 0] = 1.0                # constant column: NaN everywhere
     x[3, :, D // 2:] = x[3, :, D // 2:] > 0.5
+    x[4, : T // 3] = 1e4            # a stretch far from the rest, whose spread is tiny: segments
+    x[4, T // 3:] *= 1e-3           # without the stretch lose their digits in a one-pass variance
     x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
     want = ref.tlcc(x, y).cpu()
     for backend in usable_backends(IMPLEMENTED, device):

@@ -1,7 +1,8 @@
 // Time-lagged cross-correlation (FRSyn). For lag l in [-L, L]: l > 0 pairs x[l:] with y[:T-l],
-// l < 0 pairs x[:T+l] with y[-l:]. Per dim the Pearson r in float64 (two-pass, NaN when either
-// segment is constant or shorter than 2 frames), then rs(l) = float32 mean over dims accumulated
-// in dim order (NaN propagates).
+// l < 0 pairs x[:T+l] with y[-l:]. Per dim the Pearson r in float64 (numpy's two-pass value to
+// about 1e-14: the segments' sums from prefix sums and one lagged dot product per lag, NaN when
+// either segment is constant or shorter than 2 frames), then rs(l) = float32 mean over dims
+// accumulated in dim order (NaN propagates).
 #pragma once
 #include "reactfast/common.h"
 
