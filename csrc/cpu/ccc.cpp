@@ -7,29 +7,43 @@
 namespace reactfast {
 namespace {
 
-// Per-dim statistics of one clip: float64 mean and centred sum of squares; float32 mean, variance
-// and standard deviation as numpy computes them on float32 data.
+// A clip's dims as rows (D x T), in float64 or float32: the sums below run over contiguous frames.
+// A block of frames at a time, which stays in L1 while every dim reads it.
+template <typename Out>
+__attribute__((always_inline)) inline void to_columns(const float* x, index_t T, index_t D, Out* out) {
+  constexpr index_t kBlock = 16;
+  for (index_t t0 = 0; t0 < T; t0 += kBlock) {
+    const index_t t1 = t0 + kBlock < T ? t0 + kBlock : T;
+    for (index_t d = 0; d < D; ++d)
+      for (index_t t = t0; t < t1; ++t) out[d * T + t] = static_cast<Out>(x[t * D + d]);
+  }
+}
+
+// Per-dim statistics of one clip from its dims as rows: float64 mean and centred sum of squares
+// (SIMD reductions over the frames); float32 mean, variance and standard deviation as numpy
+// computes them on float32 data. ``centre``: subtract the mean from the rows (the query).
 struct ClipStats {
   std::vector<double> mean, sxx;
   std::vector<float> mean32, var32, sd32;
 
-  void compute(const float* x, index_t T, index_t D) {
-    mean.assign(D, 0.0);
-    sxx.assign(D, 0.0);
-    mean32.resize(D);
-    var32.resize(D);
-    sd32.resize(D);
-    for (index_t t = 0; t < T; ++t)
-      for (index_t d = 0; d < D; ++d) mean[d] += x[t * D + d];
-    for (index_t d = 0; d < D; ++d) mean[d] /= static_cast<double>(T);
-    for (index_t t = 0; t < T; ++t)
-      for (index_t d = 0; d < D; ++d) {
-        const double c = x[t * D + d] - mean[d];
-        sxx[d] += c * c;
-      }
+  template <typename V>
+  __attribute__((always_inline)) void compute(V* cols, index_t T, index_t D, bool centre) {
+    for (auto* a : {&mean, &sxx}) a->resize(D);
+    for (auto* a : {&mean32, &var32, &sd32}) a->resize(D);
     for (index_t d = 0; d < D; ++d) {
-      mean32[d] = static_cast<float>(mean[d]);
-      var32[d] = static_cast<float>(sxx[d] / static_cast<double>(T));
+      V* c = cols + d * T;
+      double sum = 0.0, sq = 0.0;
+#pragma omp simd reduction(+ : sum)
+      for (index_t t = 0; t < T; ++t) sum += c[t];
+      const double m = sum / static_cast<double>(T);
+#pragma omp simd reduction(+ : sq)
+      for (index_t t = 0; t < T; ++t) sq += (c[t] - m) * (c[t] - m);
+      if (centre)
+        for (index_t t = 0; t < T; ++t) c[t] = static_cast<V>(c[t] - m);
+      mean[d] = m;
+      sxx[d] = sq;
+      mean32[d] = static_cast<float>(m);
+      var32[d] = static_cast<float>(sq / static_cast<double>(T));
       sd32[d] = std::sqrt(var32[d]);
     }
   }
@@ -45,20 +59,34 @@ inline double ccc_from(double cross, const ClipStats& a, const ClipStats& b, ind
   return num / (static_cast<double>(a.var32[d]) + static_cast<double>(b.var32[d]) + dm * dm + 1e-8);
 }
 
-// cross[d] = sum_t xc[t, d] * y[t, d] with xc the centred query (float64): equals the centred
-// cross product because sum_t xc[t, d] = 0. Vectorised over d.
-RF_CLONES void cross_sums(const double* xc, const float* y, index_t T, index_t D, double* cross) {
-  for (index_t d = 0; d < D; ++d) cross[d] = 0.0;
-  for (index_t t = 0; t < T; ++t) {
-    const double* xr = xc + t * D;
-    const float* yr = y + t * D;
-    for (index_t d = 0; d < D; ++d) cross[d] += xr[d] * static_cast<double>(yr[d]);
+// cross[d] = sum_t xc[d, t] * y[d, t] over the dims-as-rows centred query xc (float64) and
+// candidate y (float32): equals the centred cross product because sum_t xc[d, t] = 0. A SIMD
+// reduction over the frames of each dim.
+__attribute__((always_inline)) inline void cross_sums(const double* xc, const float* y, index_t T, index_t D, double* cross) {
+  for (index_t d = 0; d < D; ++d) {
+    const double* a = xc + d * T;
+    const float* b = y + d * T;
+    double acc = 0.0;
+#pragma omp simd reduction(+ : acc)
+    for (index_t t = 0; t < T; ++t) acc += a[t] * static_cast<double>(b[t]);
+    cross[d] = acc;
   }
 }
 
-void centre(const float* x, const ClipStats& st, index_t T, index_t D, double* xc) {
-  for (index_t t = 0; t < T; ++t)
-    for (index_t d = 0; d < D; ++d) xc[t * D + d] = x[t * D + d] - st.mean[d];
+// A candidate clip: its statistics and its dims as rows (float32).
+RF_CLONES void prepare_candidate(const float* y, index_t T, index_t D, ClipStats& st, float* cols) {
+  to_columns(y, T, D, cols);
+  st.compute(cols, T, D, false);
+}
+
+// A query clip: its statistics and its centred dims as rows (float64).
+RF_CLONES void prepare_query(const float* x, index_t T, index_t D, ClipStats& st, double* xc) {
+  to_columns(x, T, D, xc);
+  st.compute(xc, T, D, true);
+}
+
+RF_CLONES void pair_cross_sums(const double* xc, const float* y, index_t T, index_t D, double* cross) {
+  cross_sums(xc, y, T, D, cross);
 }
 
 }  // namespace
@@ -68,14 +96,14 @@ void ccc_pairs_cpu(const float* x, const float* y, double* out, index_t P, index
   {
     ClipStats sx, sy;
     std::vector<double> xc(T * D), cross(D);
+    std::vector<float> ycols(T * D);
 #pragma omp for schedule(static)
     for (index_t p = 0; p < P; ++p) {
       const float* xp = x + p * T * D;
       const float* yp = y + p * T * D;
-      sx.compute(xp, T, D);
-      sy.compute(yp, T, D);
-      centre(xp, sx, T, D, xc.data());
-      cross_sums(xc.data(), yp, T, D, cross.data());
+      prepare_query(xp, T, D, sx, xc.data());
+      prepare_candidate(yp, T, D, sy, ycols.data());
+      pair_cross_sums(xc.data(), ycols.data(), T, D, cross.data());
       for (index_t d = 0; d < D; ++d) out[p * D + d] = ccc_from(cross[d], sx, sy, d);
     }
   }
@@ -83,9 +111,23 @@ void ccc_pairs_cpu(const float* x, const float* y, double* out, index_t P, index
 
 void ccc_max_cpu(const float* x, const float* y, const index_t* cand_offset, const index_t* cand_index, index_t M,
                  index_t G, index_t T, index_t D, double* out_max, index_t* out_arg) {
-  std::vector<ClipStats> gstats(G);
+  // The candidates any query names (a chunk of queries names a few of the G clips): their
+  // statistics and dims-as-rows copies, once.
+  std::vector<index_t> slot(G, -1), used;
+  for (index_t c = cand_offset[0]; c < cand_offset[M]; ++c) {
+    const index_t j = cand_index[c];
+    if (slot[j] < 0) {
+      slot[j] = static_cast<index_t>(used.size());
+      used.push_back(j);
+    }
+  }
+  const index_t U = static_cast<index_t>(used.size());
+  std::vector<ClipStats> gstats(U);
+  std::vector<float> gcols(U * T * D);
 #pragma omp parallel for schedule(static)
-  for (index_t j = 0; j < G; ++j) gstats[j].compute(y + j * T * D, T, D);
+  for (index_t u = 0; u < U; ++u) {
+    prepare_candidate(y + used[u] * T * D, T, D, gstats[u], gcols.data() + u * T * D);
+  }
 #pragma omp parallel
   {
     ClipStats sx;
@@ -93,15 +135,14 @@ void ccc_max_cpu(const float* x, const float* y, const index_t* cand_offset, con
 #pragma omp for schedule(dynamic, 4)
     for (index_t m = 0; m < M; ++m) {
       const float* xm = x + m * T * D;
-      sx.compute(xm, T, D);
-      centre(xm, sx, T, D, xc.data());
+      prepare_query(xm, T, D, sx, xc.data());
       double best = -INFINITY;
       index_t arg = -1;
       for (index_t c = cand_offset[m]; c < cand_offset[m + 1]; ++c) {
-        const index_t j = cand_index[c];
-        cross_sums(xc.data(), y + j * T * D, T, D, cross.data());
+        const index_t j = cand_index[c], u = slot[j];
+        pair_cross_sums(xc.data(), gcols.data() + u * T * D, T, D, cross.data());
         double acc = 0.0;
-        for (index_t d = 0; d < D; ++d) acc += ccc_from(cross[d], sx, gstats[j], d);
+        for (index_t d = 0; d < D; ++d) acc += ccc_from(cross[d], sx, gstats[u], d);
         const double v = acc / static_cast<double>(D);
         if (v > best) {
           best = v;
