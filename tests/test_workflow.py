@@ -163,6 +163,9 @@ def test_data_check_names_problems(tmp_path, capsys):
     assert cli.main(["data", "check", root]) == 1
     out = capsys.readouterr().out
     assert "problem [test]: missing file:" in out and "1 problem(s)" in out
+    for splits, got in (("train,tset", "'tset'"), ("", "''")):    # named, not looked for as tset.csv
+        assert cli.main(["data", "check", root, "--splits", splits]) == 2
+        assert f"--splits: each must be one of train, val, test, got {got}" in capsys.readouterr().err
 
 
 def test_data_synth_keeps_a_dataset_already_there(tmp_path, capsys):
@@ -178,11 +181,13 @@ def test_data_synth_keeps_a_dataset_already_there(tmp_path, capsys):
     assert cli.main(args[:4] + ["--sessions", "16", "--overwrite"] + args[6:]) == 0
     assert len(open(os.path.join(root, "test.csv")).read().splitlines()) == 1 + 16 // 4   # a line per session
     assert cli.main(["data", "synth", "--out", str(tmp_path / "new"), "--splits", "train,tset"]) == 2
-    assert "--splits: each must be one of train, val, test" in capsys.readouterr().err
+    assert "--splits: each must be one of train, val, test, got 'tset'" in capsys.readouterr().err
     assert not os.path.exists(str(tmp_path / "new"))
-    for flag, value, message in (("--frames", "1", "frames must be an int >= 2, got 1"),
-                                 ("--sessions", "0", "sessions must be an int >= 1, got 0"),
-                                 ("--audio-dim", "0", "audio_dim must be an int >= 1, got 0")):
+    for flag, value, message in (("--frames", "1", "--frames must be >= 2, got 1"),
+                                 ("--sessions", "0", "--sessions must be >= 1, got 0"),
+                                 ("--audio-dim", "0", "--audio-dim must be >= 1, got 0"),
+                                 ("--prototypes", "0", "--prototypes must be >= 1, got 0"),
+                                 ("--seed", "-1", "--seed must be >= 0, got -1")):
         assert cli.main(["data", "synth", "--out", str(tmp_path / "new"), flag, value]) == 2
         assert message in capsys.readouterr().err
         assert not os.path.exists(str(tmp_path / "new"))   # the folder was made before the check

@@ -441,14 +441,25 @@ def _cmd_data(args) -> int:
     return args.data_func(args)
 
 
+def _splits(value: str):
+    """The splits of a comma-separated --splits value, each one of the layout's."""
+    from reactfast.data import layout
+
+    splits = [s.strip() for s in value.split(",") if s.strip()]
+    unknown = [s for s in splits if s not in layout.SPLITS]
+    if unknown or not splits:
+        raise CommandError(f"--splits: each must be one of {', '.join(layout.SPLITS)}, got "
+                           f"{', '.join(map(repr, unknown)) if unknown else repr(value)}")
+    return splits
+
+
 def _cmd_data_synth(args) -> int:
     from reactfast import _io
     from reactfast.data import SyntheticDyads, layout
 
-    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
-    unknown = [s for s in splits if s not in layout.SPLITS]
-    if unknown or not splits:
-        raise CommandError(f"--splits: each must be one of {', '.join(layout.SPLITS)}, got {args.splits!r}")
+    splits = _splits(args.splits)
+    _check_counts(("--sessions", args.sessions, 1), ("--seed", args.seed, 0), ("--frames", args.frames, 2),
+                  ("--audio-dim", args.audio_dim, 1), ("--prototypes", args.prototypes, 1))
     # The split lists and neighbour matrices of a data folder already there (the challenge's own,
     # say) would be replaced: only with --overwrite.
     held = sorted(name for split in layout.SPLITS for name in (f"{split}.csv", layout.neighbour_file(split))
@@ -472,8 +483,7 @@ def _cmd_data_synth(args) -> int:
 def _cmd_data_check(args) -> int:
     from reactfast.data.check import check_folder, format_reports
 
-    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
-    reports = check_folder(args.root, splits)
+    reports = check_folder(args.root, _splits(args.splits))
     print(format_reports(reports))
     return 1 if any(r.problems for r in reports) else 0
 
@@ -616,9 +626,9 @@ def build_parser() -> argparse.ArgumentParser:
                         parents=[common])
     q.add_argument("--out", required=True, help="the data folder to write")
     q.add_argument("--sessions", type=int, default=48, help="training sessions (val and test: a quarter)")
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--splits", default="train,val,test")
-    q.add_argument("--frames", type=int, default=751)
+    q.add_argument("--seed", type=int, default=0, help="random seed of the dyads (default 0)")
+    q.add_argument("--splits", default="train,val,test", help="comma-separated splits to write (default all three)")
+    q.add_argument("--frames", type=int, default=751, help="frames per clip (default 751, as the challenge's clips)")
     q.add_argument("--audio-dim", type=int, default=32, help="audio feature width (k = 2 rows per frame)")
     q.add_argument("--prototypes", type=int, default=4, help="speaker behaviour prototypes")
     q.add_argument("--overwrite", action="store_true", help="write into a folder that already holds a dataset")
@@ -626,7 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = data.add_parser("check", help="validate a REACT 2024 data folder and summarise it", allow_abbrev=False,
                         parents=[common])
     q.add_argument("root", help="the data folder (holding train.csv, val.csv, test.csv)")
-    q.add_argument("--splits", default="train,val,test")
+    q.add_argument("--splits", default="train,val,test", help="comma-separated splits to check (default all three)")
     q.set_defaults(data_func=_cmd_data_check)
     q = data.add_parser("crop", help="PFL: crop a clip's frames with one pose-preserving window from its face "
                                      "boxes", allow_abbrev=False, parents=[common])
