@@ -15,7 +15,7 @@ from reactfast import cli, metrics
 from reactfast.data import DataError, ReactDataset, SyntheticDyads, layout
 from reactfast.data import audio as audio_io
 from reactfast.online import ReactionStream, StreamRunner
-from reactfast.train import CheckpointError, load_model, save_checkpoint
+from reactfast.train import CheckpointError, load_model, read_config, save_checkpoint
 from tests.train.helpers import tiny_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -730,3 +730,23 @@ def test_43_dropout_ops_take_training_as_a_bool():
         with pytest.raises(ValueError, match="training must be a bool, got 'no'"):
             call("no")
         assert torch.equal(call(False), call(np.bool_(False))), name
+
+
+def test_44_generator_inputs_and_checkpoint_paths_are_named(checkpoint):
+    model = tiny_model().eval()
+    F, A, k = model.config.speaker_dim, model.config.audio_dim, model.audio_per_frame
+    speaker, audio = torch.randn(1, 16, F), torch.randn(1, 16 * k, A)
+    # Integer features reached the first matrix product ("mat1 and mat2 must have the same dtype").
+    with pytest.raises(TypeError, match="speaker must hold floating-point features, got dtype torch.int64"):
+        model.generate(speaker.long(), audio, 2)
+    with pytest.raises(TypeError, match="audio must hold floating-point features, got dtype torch.int32"):
+        model.generate(speaker, audio.int(), 2)
+    with pytest.raises(TypeError, match=r"speaker must be a torch.Tensor, got ndarray \(torch.from_numpy"):
+        model.generate(speaker.numpy(), audio, 2)
+    # A path that is not one reached os.fspath ("expected str, bytes or os.PathLike object").
+    for call in (lambda: load_model(None), lambda: read_config(7), lambda: save_checkpoint(None, model)):
+        with pytest.raises(TypeError, match="path must name a checkpoint folder"):
+            call()
+    # A device of another kind is named before the checkpoint is read.
+    with pytest.raises(ValueError, match="device must be auto, cpu, cuda or cuda:N, got 'tpu'"):
+        load_model(checkpoint, device="tpu")

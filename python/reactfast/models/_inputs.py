@@ -13,12 +13,16 @@ def check_speaker_audio(speaker, audio, speaker_dim: int, audio_dim: int, audio_
                         what: str = "speaker features", name: str = "speaker") -> None:
     """speaker (B, T, speaker_dim) and audio (B, k T, audio_dim), finite, T >= 1; errors name the argument."""
     k = audio_per_frame
-    if not isinstance(speaker, torch.Tensor) or speaker.dim() != 3 or speaker.shape[-1] != speaker_dim:
-        got = tuple(speaker.shape) if isinstance(speaker, torch.Tensor) else type(speaker).__name__
-        raise ValueError(f"{name} must be (B, T, {speaker_dim}) {what}, got {got}")
-    if not isinstance(audio, torch.Tensor) or audio.dim() != 3 or audio.shape[-1] != audio_dim:
-        got = tuple(audio.shape) if isinstance(audio, torch.Tensor) else type(audio).__name__
-        raise ValueError(f"audio must be (B, T * {k}, {audio_dim}) features, got {got}")
+    for arg, t in ((name, speaker), ("audio", audio)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{arg} must be a torch.Tensor, got {type(t).__name__}"
+                            + (" (torch.from_numpy converts an array)" if type(t).__module__ == "numpy" else ""))
+        if not t.is_floating_point():
+            raise TypeError(f"{arg} must hold floating-point features, got dtype {t.dtype}")
+    if speaker.dim() != 3 or speaker.shape[-1] != speaker_dim:
+        raise ValueError(f"{name} must be (B, T, {speaker_dim}) {what}, got {tuple(speaker.shape)}")
+    if audio.dim() != 3 or audio.shape[-1] != audio_dim:
+        raise ValueError(f"audio must be (B, T * {k}, {audio_dim}) features, got {tuple(audio.shape)}")
     if audio.shape[0] != speaker.shape[0]:
         raise ValueError(f"audio and {name} must share the batch size, got {audio.shape[0]} and {speaker.shape[0]}")
     if audio.shape[1] != k * speaker.shape[1]:

@@ -113,7 +113,7 @@ def save_checkpoint(path: str, model: nn.Module, trainer_state: Optional[dict] =
     for name, value in (("trainer_state", trainer_state), ("extra", extra)):
         if value is not None and not isinstance(value, dict):
             raise TypeError(f"{name} must be a dict or None, got {type(value).__name__}")
-    path = os.path.abspath(os.fspath(path).rstrip("/"))
+    path = os.path.abspath(_check_path(path).rstrip("/"))
     folder, name = os.path.split(path)
     os.makedirs(folder, exist_ok=True)
     _clean_stale(folder, name)
@@ -163,10 +163,16 @@ def link_checkpoint(path: str, alias: str) -> str:
     return alias
 
 
+def _check_path(path) -> str:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must name a checkpoint folder (a str or os.PathLike), got {type(path).__name__}")
+    return os.fspath(path)
+
+
 def resolve(path: str) -> str:
     """The checkpoint folder ``path`` names: itself, or when a save was cut short before its name
     was switched, the newest complete version beside it."""
-    path = os.fspath(path)
+    path = _check_path(path)
     if os.path.isfile(os.path.join(path, CONFIG)):
         return path
     folder, name = os.path.split(os.path.abspath(path.rstrip("/")))
@@ -229,6 +235,9 @@ def _weights(path: str) -> dict:
 def load_model(path: str, device=None) -> nn.Module:
     """Build the model a checkpoint describes and load its weights (on ``device`` when given), in the
     dtype they were saved in."""
+    # auto, cpu, cuda or cuda:N, checked first: a clear error for another kind or a GPU that is not
+    # available, before anything is read.
+    target = None if device is None else _backend.resolve_device(str(device))
     meta = read_config(path)
     try:
         model = registry.build(meta["model"], meta["config"])
@@ -236,11 +245,7 @@ def load_model(path: str, device=None) -> nn.Module:
         raise CheckpointError(f"{os.path.join(meta['path'], CONFIG)}: its config does not make a "
                               f"{meta['model']} ({exc})") from None
     load_into(model, meta["path"], adopt_dtype=True)
-    if device is None:
-        return model
-    if torch.device(device).type == "cuda":
-        device = _backend.resolve_device(str(device))   # a clear error where that GPU is not available
-    return model.to(device)
+    return model if target is None else model.to(target)
 
 
 def load_into(model: nn.Module, path: str, adopt_dtype: bool = False) -> dict:
