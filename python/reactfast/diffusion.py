@@ -19,6 +19,10 @@ from reactfast.ops._checks import check_int, check_real
 from reactfast.ops.ddim import ddim_step
 from reactfast.reference.ddim import PREDICTIONS
 
+__all__ = ["DDIMScheduler", "Denoiser", "PREDICTIONS", "SAMPLE_AUTOCAST", "SCHEDULES", "SPACINGS", "SamplerGraph",
+           "SamplerGraphs", "autocast_denoiser", "autocast_dtype", "betas_for", "capture_cuda_graph", "clear_graphs",
+           "sample"]
+
 SCHEDULES = ("linear", "cosine")
 SPACINGS = ("leading", "trailing")
 

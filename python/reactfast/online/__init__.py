@@ -22,6 +22,8 @@ from torch import nn
 from reactfast import _backend
 from reactfast.diffusion import capture_cuda_graph, clone_tree, copy_tree
 
+__all__ = ["ReactionStream", "StreamClosed", "StreamRunner"]
+
 
 class StreamClosed(RuntimeError):
     """Input was pushed to a stream after ``close``/``flush``."""
