@@ -135,6 +135,28 @@ def test_pflposnet_stage_two_trains_posnet_only():
     assert {"loss", "connect", "seam_raw"} <= set(history[-1])
 
 
+def test_pflposnet_stage_two_restores_the_generators_modes_when_generation_fails(monkeypatch):
+    from reactfast.train.trainer import collate_appropriate
+    from tests.train.helpers import tiny_data
+
+    model = _tiny_pfl(speaker_dim=83, speaker_inputs="emotion+3dmm", audio_dim=8, window=8)
+    model.set_stage(2)
+    model.train()
+    model.generator.speaker_proj.eval()          # a mixed set of modes, kept as they were
+    modes = [m.training for m in model.generator.modules()]
+    data = tiny_data().dataset(frames=64, window=32, stride=32)
+    batch = collate_appropriate(data, [0, 1], 4)
+
+    def fails(*args, **kwargs):
+        assert not model.generator.training      # generated in eval mode
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(model.generator, "generate", fails)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        model.loss(batch, [torch.Generator().manual_seed(i) for i in range(2)])
+    assert [m.training for m in model.generator.modules()] == modes
+
+
 def test_pflposnet_demo_trains_the_reactface_demo_generator():
     """Stage 1 of the PFLPosNet demo is the ReactFace demo's recipe (its generator is that demo's
     ReactFace; the two once drifted apart, lr 1e-3 against 2e-3)."""

@@ -152,12 +152,16 @@ class PFLPosNet(Generator):
         if n < 2:
             raise ValueError(f"PFLPosNet stage 2 needs items of at least 2 windows ({2 * W} frames), got "
                              f"{speaker.shape[1]}")
-        was_training = self.generator.training
-        self.generator.eval()
         k = self.generator.config.audio_per_frame
-        # All speakers in one call, each drawing from its own generator (as a call of its own would).
-        frames = self.generator.generate(speaker[:, : n * W], audio[:, : k * n * W], S, list(generators))["3dmm"]
-        self.generator.train(was_training)
+        # In eval mode (no dropout), every submodule's mode restored afterwards, also when it raises.
+        modes = [(m, m.training) for m in self.generator.modules()]
+        self.generator.eval()
+        try:
+            # All speakers in one call, each drawing from its own generator (as a call of its own would).
+            frames = self.generator.generate(speaker[:, : n * W], audio[:, : k * n * W], S, list(generators))["3dmm"]
+        finally:
+            for m, training in modes:
+                m.training = training
         return frames.reshape(-1, n, W, layout.TDMM_DIM)
 
     @torch.no_grad()
