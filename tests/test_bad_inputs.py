@@ -359,6 +359,8 @@ def test_20_plot_errors_and_channel_names(tmp_path, capsys):
     assert code == 2 and "--channels: 'joy'" in err
     code, err = run(["plot", str(tmp_path / "ok.npz"), "--channels", "30"], capsys)   # named 'channels' before
     assert code == 2 and "--channels: '30' is neither a channel index (0-24)" in err
+    code, err = run(["plot", str(tmp_path / "ok.npz"), "--channels", "15,Valence"], capsys)   # drew it twice
+    assert code == 2 and "--channels: 'Valence' names channel 15 (Valence) a second time" in err
 
 
 def test_21_evaluate_frames(data, tmp_path, capsys):

@@ -321,6 +321,9 @@ def _channels(spec: str):
         else:
             raise CommandError(f"--channels: {part!r} is neither a channel index (0-24) nor a name "
                                f"({', '.join(layout.EMOTION_COLUMNS)})")
+        if out[-1] in out[:-1]:   # a second panel of the same channel
+            raise CommandError(f"--channels: {part!r} names channel {out[-1]} "
+                               f"({layout.EMOTION_COLUMNS[out[-1]]}) a second time")
     return out
 
 
