@@ -33,7 +33,8 @@ def test_full_suite(benchmark, bench_report):
 OFFICIAL_SPEAKERS = int(os.environ.get("REACTFAST_BENCH_OFFICIAL_SPEAKERS", "48"))
 
 
-@pytest.mark.skipif(_official.tslearn_missing(), reason="the official DTW primitive needs tslearn (pip install tslearn)")
+@pytest.mark.skipif(_official.tslearn_missing(),
+                    reason="the official DTW primitive needs tslearn (pip install tslearn)")
 def test_full_suite_vs_official_code(bench_report):
     """The whole suite against the official code's structure (pool over speakers, per-pair tslearn
     DTW, per-pair CCC, per-lag TLCC) on the same machine, same processes as threads, in one run; a
@@ -85,7 +86,8 @@ def test_full_suite_gpu(bench_report, gpu_result):
         assert gpu[name] == pytest.approx(value, rel=1e-6, abs=1e-9), (name, value, gpu[name])
     gpu_result(f"whole metric suite N={pred.shape[0]} S={S} T={T}", gpu_s * 1e3, f"C++ on {THREADS} threads",
                cpu_s * 1e3, target=30.0, note="target: <= 2 s and >= 30x the 16-core C++ backend")
-    bench_report(f"whole suite on {torch.cuda.get_device_name()}: {gpu_s:.2f} s vs {cpu_s:.1f} s C++ on {THREADS} threads")
+    bench_report(f"whole suite on {torch.cuda.get_device_name()}: {gpu_s:.2f} s vs {cpu_s:.1f} s C++ on {THREADS} "
+                 "threads")
 
 
 @pytest.mark.gpu

@@ -25,7 +25,8 @@ def _authors_way(model, cond, noise, shifts, steps, SAMPLES):
     for b in range(LISTENERS):
         with torch.no_grad():
             for n, dw in shifts.items():
-                w = modules[n].in_proj_weight if isinstance(modules[n], torch.nn.MultiheadAttention) else modules[n].weight
+                mha = isinstance(modules[n], torch.nn.MultiheadAttention)
+                w = modules[n].in_proj_weight if mha else modules[n].weight
                 w.copy_(saved[n] + dw[b])
         rows = slice(b * SAMPLES, (b + 1) * SAMPLES)
         outs.append(model.sample_windows(cond[rows], noise[rows], None, 7.5, steps))

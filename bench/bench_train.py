@@ -206,7 +206,8 @@ for _ in range({steps}):
     start = time.perf_counter()
     trainer.train_step()
     times.append(time.perf_counter() - start)
-print(os.path.dirname(reactfast.__file__), window, kw["batch_size"], 1e3 * min(times), 1e3 * sorted(times)[len(times) // 2])
+print(os.path.dirname(reactfast.__file__), window, kw["batch_size"], 1e3 * min(times),
+      1e3 * sorted(times)[len(times) // 2])
 """
 
 

@@ -172,7 +172,8 @@ PYBIND11_MODULE(_C, m) {
                                        const py::tuple& strides, int period, int ratio, int extra, int qperiod,
                                        float scale) {
     const auto a = attention_args(shape, slopes, q0, start, length, period, ratio, extra, qperiod, scale);
-    if (strides.size() != 8) throw std::invalid_argument("strides: one triple for each of dout, q, k, v, out, dq, dk, dv");
+    if (strides.size() != 8)
+      throw std::invalid_argument("strides: one triple for each of dout, q, k, v, out, dq, dk, dv");
     reactfast::AttnStrides st[8];
     for (int i = 0; i < 8; ++i) st[i] = strides_of(strides[i]);
     auto pd = ptr<const float>(dout), pq = ptr<const float>(q), pk = ptr<const float>(k), pv = ptr<const float>(v);

@@ -156,7 +156,8 @@ def test_typed_configs_from_files_and_overrides(tmp_path):
 
 def test_data_check_names_problems(tmp_path, capsys):
     root = str(tmp_path / "data")
-    assert cli.main(["data", "synth", "--out", root, "--sessions", "4", "--frames", "40", "--splits", "train,test"]) == 0
+    assert cli.main(["data", "synth", "--out", root, "--sessions", "4", "--frames", "40", "--splits",
+                     "train,test"]) == 0
     clip = open(os.path.join(root, "test.csv")).read().splitlines()[1].split(",")[1]
     os.remove(os.path.join(root, "test", "3D_FV_files", clip + ".npy"))
     capsys.readouterr()

@@ -62,7 +62,8 @@ inline double ccc_from(double cross, const ClipStats& a, const ClipStats& b, ind
 // cross[d] = sum_t xc[d, t] * y[d, t] over the dims-as-rows centred query xc (float64) and
 // candidate y (float32): equals the centred cross product because sum_t xc[d, t] = 0. A SIMD
 // reduction over the frames of each dim.
-__attribute__((always_inline)) inline void cross_sums(const double* xc, const float* y, index_t T, index_t D, double* cross) {
+__attribute__((always_inline)) inline void cross_sums(const double* xc, const float* y, index_t T, index_t D,
+                                                      double* cross) {
   for (index_t d = 0; d < D; ++d) {
     const double* a = xc + d * T;
     const float* b = y + d * T;

@@ -78,7 +78,8 @@ __attribute__((always_inline)) inline void envelope_costs_body(const float* a, i
                                                                const float* hi, index_t stride,
                                                                const DtwGroups& groups, double* out) {
   if (n == 4) return envelope_costs_impl<4, Isa>(a, D, lo, hi, stride, groups, out);
-  for (int r = 0; r < n; ++r) envelope_costs_impl<1, Isa>(a + r * D, D, lo, hi, stride, groups, out + r * kMaxDtwGroups);
+  for (int r = 0; r < n; ++r)
+    envelope_costs_impl<1, Isa>(a + r * D, D, lo, hi, stride, groups, out + r * kMaxDtwGroups);
 }
 RF_LANE_FUNCTION(void, envelope_costs,
                  (const float* a, index_t D, int n, const float* lo, const float* hi, index_t stride,

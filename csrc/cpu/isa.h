@@ -14,7 +14,8 @@ namespace reactfast {
 // narrower builds on a wider machine and compare their results); other values leave it as found.
 inline int lane_isa() {
   static const int level = [] {
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 12 && !defined(REACTFAST_ISA_BY_FEATURES)
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 12 && \
+    !defined(REACTFAST_ISA_BY_FEATURES)
     int hw = __builtin_cpu_supports("x86-64-v4") ? 4 : __builtin_cpu_supports("x86-64-v3") ? 3 : 0;
 #elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
     // GCC 11 names no x86-64 levels here: the levels' vector features (every processor with them

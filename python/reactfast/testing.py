@@ -59,7 +59,8 @@ def assert_rel_close(name: str, ref, out, precision) -> float:
     bad = finite & ~torch.isfinite(out_t)
     if bool(bad.any()):
         idx = torch.nonzero(bad)[:5].tolist()
-        raise AssertionError(f"{name}: {int(bad.sum())} non-finite values where the reference is finite, first at {idx}")
+        raise AssertionError(f"{name}: {int(bad.sum())} non-finite values where the reference is finite, first at "
+                             f"{idx}")
     diff = (out_t - ref_t)[finite]
     denom = float(ref_t[finite].norm())
     err = float(diff.norm()) / denom if denom > 0 else float(diff.norm())

@@ -141,7 +141,8 @@ def test_latent_noise_is_validated():
 
 def test_sequence_ccc_matches_the_formula():
     g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(3, 50, 4, generator=g, dtype=torch.float64), torch.randn(3, 50, 4, generator=g, dtype=torch.float64)
+    x = torch.randn(3, 50, 4, generator=g, dtype=torch.float64)
+    y = torch.randn(3, 50, 4, generator=g, dtype=torch.float64)
     y = y + 0.5 * x
     got = sequence_ccc(x, y)
     for b in range(3):
@@ -158,7 +159,8 @@ def test_emotion_loss_broadcasts_like_explicit_copies():
     target = activate_emotion(torch.randn(2, 1, 4, 20, 25, generator=g))
     got = emotion_loss(logits, target, va_weight=3.0, ccc_weight=2.0)
     assert got.shape == (2, 3, 4)
-    want = emotion_loss(logits.expand(2, 3, 4, 20, 25).contiguous(), target.expand(2, 3, 4, 20, 25).contiguous(), 3.0, 2.0)
+    want = emotion_loss(logits.expand(2, 3, 4, 20, 25).contiguous(), target.expand(2, 3, 4, 20, 25).contiguous(),
+                        3.0, 2.0)
     assert torch.allclose(got, want, atol=1e-6)
     # The CCC term adds 1 - CCC >= 0 (> 0 for unrelated sequences).
     assert float((emotion_loss(logits, target, ccc_weight=1.0) - emotion_loss(logits, target)).min()) > 0

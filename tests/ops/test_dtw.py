@@ -279,7 +279,8 @@ from reactfast.metrics.candidates import from_lists
 from reactfast.ops.dtw import weighted_dtw_min
 data = torch.load(sys.argv[1])
 out = {"isa": _backend.native().cpu_isa()}
-for name, groups in (("react", ((0, 15, 1 / 15), (15, 17, 1.0), (17, 25, 1 / 8))), ("generic", ((0, 5, 1.0), (5, 25, 0.25)))):
+for name, groups in (("react", ((0, 15, 1 / 15), (15, 17, 1.0), (17, 25, 1 / 8))),
+                     ("generic", ((0, 5, 1.0), (5, 25, 0.25)))):
     for abandon in (False, True):
         out[name, abandon] = weighted_dtw_min(data["pred"], data["gt"], from_lists(data["lists"]), groups=groups,
                                               abandon=abandon, backend="cpp", return_cells=True)

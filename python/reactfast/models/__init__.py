@@ -10,7 +10,7 @@ from reactfast.models.posnet import PosNet, PosNetConfig, PosNetStream
 from reactfast.models.reactdiff import ReactDiff, ReactDiffConfig
 from reactfast.models.reactface import ReactFace, ReactFaceConfig, ReactFaceState, reactface_loss
 
-__all__ = ["DEFAULT", "Generator", "GeneratorConfig", "PFLPosNet", "PFLPosNetConfig", "PerFRDiff", "PerFRDiffConfig", "PosNet",
-           "PosNetConfig", "PosNetStream", "ReactDiff", "ReactDiffConfig", "ReactFace", "ReactFaceConfig",
+__all__ = ["DEFAULT", "Generator", "GeneratorConfig", "PFLPosNet", "PFLPosNetConfig", "PerFRDiff", "PerFRDiffConfig",
+           "PosNet", "PosNetConfig", "PosNetStream", "ReactDiff", "ReactDiffConfig", "ReactFace", "ReactFaceConfig",
            "ReactFaceState", "TrainStage", "build", "config_of", "get", "make_config", "model_name", "names",
            "reactface_loss", "register"]

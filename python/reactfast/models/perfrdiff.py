@@ -504,7 +504,8 @@ class PerFRDiff(Generator):
         W = cfg.window
         speaker, audio = self.inputs_from_batch(batch)
         if speaker.shape[1] != 2 * W:
-            raise ValueError(f"PerFRDiff trains on windows of {2 * W} frames (condition or history + target), got {speaker.shape[1]}")
+            raise ValueError(f"PerFRDiff trains on windows of {2 * W} frames (condition or history + target), got "
+                             f"{speaker.shape[1]}")
         lo = 0 if cfg.condition_window == "previous" else W
         cond = self.condition(speaker[:, lo:lo + W], audio[:, cfg.audio_per_frame * lo:cfg.audio_per_frame * (lo + W)])
         x0 = batch[f"listener_{cfg.output}"][:, W:]

@@ -52,7 +52,8 @@ class PosNet(nn.Module):
         cfg = self.config = config or PosNetConfig(**overrides)
         h = cfg.hidden
         self.encoder = nn.Sequential(nn.Conv1d(6, h, 3, padding=1), nn.ReLU(), nn.Conv1d(h, h, 3, padding=1), nn.ReLU())
-        self.mlp = nn.Sequential(nn.Linear(h + 6, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, cfg.window * 6))
+        self.mlp = nn.Sequential(nn.Linear(h + 6, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(),
+                                 nn.Linear(h, cfg.window * 6))
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
 

@@ -151,7 +151,8 @@ class MMT(nn.Module):
                                                                   _Attention(D, cfg.va_dim, D, H))])
         self.audio = _Attention(k_a, k_a, D, H)
         self.video_audio = nn.ModuleList([_Attention(D, D, D, H) for _ in range(2)])
-        self.to_latent = nn.Sequential(nn.Linear(D, 2 * D), nn.LayerNorm(2 * D), nn.SiLU(), nn.Linear(2 * D, cfg.latent))
+        self.to_latent = nn.Sequential(nn.Linear(D, 2 * D), nn.LayerNorm(2 * D), nn.SiLU(),
+                                       nn.Linear(2 * D, cfg.latent))
         self.latent_mlp = nn.Sequential(nn.Linear(cfg.latent, 2 * cfg.latent), nn.SiLU(),
                                         nn.Linear(2 * cfg.latent, cfg.latent))
         layer = nn.TransformerEncoderLayer(cfg.latent, cfg.dec_heads, cfg.dec_ffn, 0.1, batch_first=True)
@@ -391,7 +392,8 @@ class ReactDiff(Generator):
             return {"loss": total, "rec": total.detach(), "emotion": l_emo.detach(), "3dmm": l_3d.detach()}
         W = cfg.window
         if batch["speaker_emotion"].shape[1] != W:
-            raise ValueError(f"ReactDiff stage 2 trains on windows of {W} frames, got {batch['speaker_emotion'].shape[1]}")
+            raise ValueError(f"ReactDiff stage 2 trains on windows of {W} frames, got "
+                             f"{batch['speaker_emotion'].shape[1]}")
         with torch.no_grad():
             z_s = self.encode(batch["speaker_emotion"], batch["speaker_audio"])
             z_l = self.encode(batch["listener_emotion"], batch["listener_audio"])

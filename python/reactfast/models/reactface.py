@@ -631,7 +631,8 @@ class ReactFace(Generator):
         S, B, T = self.config.train_samples, speaker.shape[0], speaker.shape[1]
         n = math.ceil(T / self.config.window_train)
         per_item = torch.stack([randn(n, S, self.config.dim, generator=g).to(speaker.device) for g in generators], 1)
-        out = (self if forward is None else forward)(speaker, audio, samples=S, noise=per_item.reshape(n, B * S, self.config.dim))
+        noise = per_item.reshape(n, B * S, self.config.dim)
+        out = (self if forward is None else forward)(speaker, audio, samples=S, noise=noise)
         return reactface_loss(self, out, batch["appropriate_3dmm"], batch["appropriate_valid"],
                               batch["speaker_3dmm"], batch.get("appropriate_emotion") if self.head_emotion else None)
 
@@ -675,7 +676,8 @@ def appropriate_losses(pred: torch.Tensor, targets: torch.Tensor, pose_weight: f
 
     loss = part(layout.TDMM_EXPRESSION) + pose_weight * part(layout.TDMM_POSE)
     if emotion_logits is not None and emotion_targets is not None:
-        loss = loss + emotion_weight * emotion_loss(emotion_logits[:, :, None], emotion_targets[:, None], va_weight, ccc_weight)
+        loss = loss + emotion_weight * emotion_loss(emotion_logits[:, :, None], emotion_targets[:, None], va_weight,
+                                                    ccc_weight)
     return loss
 
 
@@ -692,7 +694,8 @@ def _diversity(x: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 def reactface_loss(model: ReactFace, out: Dict[str, torch.Tensor], targets: torch.Tensor, valid: torch.Tensor,
-                   speaker_3dmm: torch.Tensor, emotion_targets: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+                   speaker_3dmm: torch.Tensor,
+                   emotion_targets: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
     """ReactFace's losses for a ``forward`` output (S samples per speaker).
 
     targets (B, K, T, 58) appropriate real reactions (padded, ``valid`` (B, K)); speaker_3dmm
