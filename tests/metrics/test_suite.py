@@ -1,5 +1,7 @@
 """The metric suite against the reference definitions, and its input validation."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -76,6 +78,21 @@ def test_frsyn_all_samples_variant():
     shifted = pred.copy()
     shifted[:, 0] = np.roll(speaker, 7, axis=1)
     assert metrics.frsyn(shifted, speaker) == (4 * 7 + 49) / 5
+
+
+def test_frsyn_needs_the_speaker_first_and_warns_on_clips_shorter_than_its_lags(monkeypatch):
+    pred, gt, speaker, appropriate = make_case(4, 4, 2, 40)
+    # A missing speaker failed at FRSyn, the last metric, after FRCorr and FRDist had been computed.
+    monkeypatch.setattr(metrics, "_frcorr", lambda *a, **k: pytest.fail("FRCorr computed before the check"))
+    for call in (lambda: metrics.evaluate(pred, gt, None, appropriate), lambda: metrics.frsyn(pred, None)):
+        with pytest.raises(TypeError, match="speaker must be a numpy array or torch tensor"):
+            call()
+    # 40 frames and lags up to 49: every curve has NaN ends, so every offset is 49 (the official rule).
+    with pytest.warns(RuntimeWarning, match="clips of 40 frames are shorter than the lag range needs"):
+        assert metrics.frsyn(pred, speaker) == 49.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        metrics.frsyn(pred, speaker, max_lag=38)          # 40 frames hold lags up to 38
 
 
 def test_perfect_prediction_scores():

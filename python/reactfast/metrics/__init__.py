@@ -215,8 +215,20 @@ def sync_offsets(rs: torch.Tensor) -> torch.Tensor:
     return (rs.shape[-1] // 2 - torch.where(nan.any(-1), first_nan, peak)).abs()
 
 
+def _need_speaker(speaker) -> None:
+    if speaker is None:
+        raise TypeError("speaker must be a numpy array or torch tensor (N, T, 25) of the speakers' emotion: "
+                        "FRSyn correlates each reaction with its speaker; got None")
+
+
 def _frsyn(pred, speaker, max_lag=49, all_samples=False, backend=None) -> float:
     N, S, T, D = pred.shape
+    if T < max_lag + 2:
+        # Lags past T - 2 leave fewer than 2 frames: NaN curves, whose first NaN is the official
+        # argmax (the most negative lag), so every offset is max_lag whatever the reactions.
+        warnings.warn(f"FRSyn: clips of {T} frames are shorter than the lag range needs ({max_lag + 2} frames for "
+                      f"lags up to {max_lag}); by the official argmax rule every offset comes out as {max_lag}, "
+                      "so FRSyn says nothing about these reactions", RuntimeWarning, stacklevel=3)
     samples = range(S) if all_samples else range(1)
     x = torch.cat([pred[:, i] for i in samples]).contiguous()
     y = speaker.repeat(len(samples), 1, 1)
@@ -245,6 +257,7 @@ def frsyn(pred, speaker, max_lag: int = 49, all_samples: bool = False, backend=N
     Official rule: only sample 0 of each speaker counts; ``all_samples=True`` is the corrected
     variant over every sample.
     """
+    _need_speaker(speaker)
     pred, _, speaker, _ = check_inputs(pred, None, speaker, None)
     check_int("max_lag", max_lag, minimum=0)   # lags past the clip give NaN curves, as the official code's
     check_bool("all_samples", all_samples)
@@ -296,6 +309,7 @@ def evaluate(pred, listener_gt, speaker, appropriate, progress: bool = False, ab
     _backend.check_spec_ops(backend)
     for name, flag in (("progress", progress), ("abandon", abandon), ("frsyn_all_samples", frsyn_all_samples)):
         check_bool(name, flag)  # frsyn_all_samples="False" would compute the corrected variant, not the official
+    _need_speaker(speaker)   # before FRCorr and FRDist are computed, not after
     pred, listener_gt, speaker, a = check_inputs(pred, listener_gt, speaker, appropriate)
     if pred.shape[2] < 2:
         raise ValueError(f"pred must have at least 2 frames (T) for the metric suite, got shape {tuple(pred.shape)}")
