@@ -752,3 +752,15 @@ def test_44_generator_inputs_and_checkpoint_paths_are_named(checkpoint):
     # A device of another kind is named before the checkpoint is read.
     with pytest.raises(ValueError, match="device must be auto, cpu, cuda or cuda:N, got 'tpu'"):
         load_model(checkpoint, device="tpu")
+
+
+def test_45_a_streams_window_is_checked_at_creation_and_the_runner_takes_a_list():
+    model = tiny_model().eval()
+    C = model.config.context
+    # A window over half the context failed at the first full window, after it had been buffered.
+    with pytest.raises(ValueError, match=f"window of {C} frames is larger than half the context"):
+        ReactionStream(model, 2, window=C)
+    stream = ReactionStream(model, 2, window=C // 2)
+    with pytest.raises(TypeError, match=r"streams must be a sequence .* got ReactionStream: wrap one stream"):
+        StreamRunner(model).step(stream)
+    assert StreamRunner(model).step([stream]) == [None]

@@ -358,7 +358,7 @@ class ReactFace(Generator):
         """The state of ``batch`` samples of ``conversations`` conversations (default ``batch``: each
         sample its own), the samples of a conversation consecutive and sharing its speaker inputs."""
         cfg = self.config
-        W = cfg.window if window is None else check_int("window", window)
+        W = self._check_window(cfg.window if window is None else check_int("window", window))
         G = batch if conversations is None else conversations
         if G < 1 or batch % G:
             raise ValueError(f"{batch} samples do not split evenly into {G} conversations")
@@ -375,6 +375,13 @@ class ReactFace(Generator):
             prev_frames=zeros(batch, W, cfg.out_3dmm), has_prev=torch.zeros(batch, dtype=torch.bool, device=device),
             z_prev=zeros(batch, cfg.dim), frame=torch.zeros(batch, dtype=torch.long, device=device),
             rows=(batch // G,) * G)
+
+    def _check_window(self, W: int) -> int:
+        """A window the rolling buffers hold twice over (a stream's, given at its creation, is checked
+        there, before any frame is buffered)."""
+        if W > self.config.context // 2:
+            raise ValueError(f"window of {W} frames is larger than half the context ({self.config.context})")
+        return W
 
     def check_inputs(self, speaker: torch.Tensor, audio: torch.Tensor, name: str = "speaker") -> None:
         cfg = self.config
@@ -508,9 +515,7 @@ class ReactFace(Generator):
             ``emotion_logits`` when enabled, ``speaker_3dmm`` (G, W, 58), ``mu`` and ``logvar`` (R, D).
         """
         self.check_step(speaker, audio, noise, (state.batch, self.config.dim))
-        W = speaker.shape[1]
-        if W > self.config.context // 2:
-            raise ValueError(f"window of {W} frames is larger than half the context ({self.config.context})")
+        W = self._check_window(speaker.shape[1])
         speaker, audio = self._per_conversation(state, speaker), self._per_conversation(state, audio)
         enc, sw, speaker_bufs = self._speaker_step(state, speaker, audio)
         outputs, listener = self._listener_step(state, sw, noise, W)
@@ -537,9 +542,7 @@ class ReactFace(Generator):
         """
         cfg = self.config
         G, T, _ = speaker.shape
-        C, k, W = cfg.context, cfg.audio_per_frame, window
-        if W > C // 2:
-            raise ValueError(f"window of {W} frames is larger than half the context ({C})")
+        C, k, W = cfg.context, cfg.audio_per_frame, self._check_window(window)
         speaker, audio, n = pad_to_windows(speaker, audio, W, k)
         if fresh is None:
             fresh = state is None  # known on the host: no read of state.count (a sync, and a graph break)

@@ -269,6 +269,10 @@ class StreamRunner:
         """Advance every stream of ``streams`` that has a full window pending by one window, all in
         one batched step; returns each stream's frames ({"3dmm": (S_i, W, 58), ...}), or None for a
         stream with no full window pending (or closed). Each stream may appear once."""
+        if isinstance(streams, ReactionStream) or not isinstance(streams, Sequence):
+            raise TypeError(f"streams must be a sequence (list or tuple) of ReactionStream, got "
+                            f"{type(streams).__name__}" + (": wrap one stream as [stream]"
+                                                           if isinstance(streams, ReactionStream) else ""))
         first: Dict[int, int] = {}
         for i, s in enumerate(streams):
             if id(s) in first:
