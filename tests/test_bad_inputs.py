@@ -552,9 +552,17 @@ def test_31_generate_dataset_checks_before_generating():
     for kwargs, words in ((dict(period=0), "period must be an int >= 1, got 0"),   # failed at the first call
                           (dict(slopes=torch.ones(3)), r"one value per head \(2,\), got \(3,\)"),
                           # a float max_cache was taken, to fail in the first step's slice
-                          (dict(max_cache=8.0), "max_cache must be an int >= 1, got 8.0")):
+                          (dict(max_cache=8.0), "max_cache must be an int >= 1, got 8.0"),
+                          # an unknown backend was taken, to fail at the first forward
+                          (dict(backend="nope"), "backend must be one of triton, cpp, sdpa, reference or None")):
         with pytest.raises(ValueError, match=words):
             BiasedCrossAttention(16, 2, **kwargs)
+    attn = BiasedCrossAttention(16, 2)
+    q, k = torch.rand(2, 5, 16), torch.rand(2, 7, 16)
+    with pytest.raises(TypeError, match="query must be a floating-point tensor, got dtype torch.int64"):
+        attn(q.long(), k, k)                        # "mat1 and mat2 must have the same dtype" before
+    with pytest.raises(ValueError, match=r"key must hold at least one frame, got shape \(2, 0, 16\)"):
+        attn(q, k[:, :0], k[:, :0])                 # named the projected heads' "k" before
     with pytest.raises(TypeError, match="cache must be a KVCache"):    # AttributeError on None.k before
         BiasedCrossAttention(16, 2).step(torch.rand(1, 2, 16), torch.rand(1, 2, 16), torch.rand(1, 2, 16), None)
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from reactfast.nn.dropout import Dropout
 from reactfast.ops._checks import check_int
-from reactfast.ops.biased_attention import biased_attention
+from reactfast.ops.biased_attention import IMPLEMENTED, biased_attention
 from reactfast.reference.biased_attention import alibi_slopes
 
 
@@ -68,6 +68,8 @@ class BiasedCrossAttention(nn.Module):
         if slopes is not None and (not isinstance(slopes, torch.Tensor) or slopes.shape != (num_heads,)):
             raise ValueError(f"slopes must be a tensor of one value per head ({num_heads},), got "
                              f"{tuple(slopes.shape) if isinstance(slopes, torch.Tensor) else type(slopes).__name__}")
+        if backend is not None and backend not in IMPLEMENTED:   # named here, not at the first forward
+            raise ValueError(f"backend must be one of {', '.join(IMPLEMENTED)} or None (automatic), got {backend!r}")
         if max_cache is not None and (check_int("max_cache", max_cache) < audio_ratio or max_cache % audio_ratio):
             raise ValueError(f"max_cache must be a positive multiple of audio_ratio ({audio_ratio}), got {max_cache}")
         self.embed_dim, self.num_heads = embed_dim, num_heads
@@ -131,6 +133,10 @@ class BiasedCrossAttention(nn.Module):
                              f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
         if x.shape[-1] != width:
             raise ValueError(f"{name} must have last dim {width}, got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+        if x.shape[1] == 0 and name in ("query", "key", "value"):
+            raise ValueError(f"{name} must hold at least one frame, got shape {tuple(x.shape)}")
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 q_offset: Union[int, torch.Tensor] = 0, key_lengths: Optional[torch.Tensor] = None,
