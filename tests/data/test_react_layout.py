@@ -162,6 +162,16 @@ def test_bad_arguments(root):
         ReactDataset(root, "val", modalities=("video2",))
     with pytest.raises(ValueError, match="window must be in"):
         ReactDataset(root, "val", frames=100, window=101)
+    # A root that is not a path reached os.path.join; an index that is not an int, the range check.
+    with pytest.raises(TypeError, match="root must be the data folder"):
+        ReactDataset(None, "val")
+    with pytest.raises(ValueError, match="mirror must be a bool"):
+        ReactDataset(root, "val", mirror="no")
+    ds = ReactDataset(root, "val", frames=50)
+    for bad in ("0", 1.0, True):
+        with pytest.raises(TypeError, match="index must be an int"):
+            ds[bad]
+    assert torch.equal(ds[np.int64(1)]["listener_emotion"], ds[1]["listener_emotion"])
 
 
 def _tone_clips(ds, sr=16000, seconds=21 / 25, skip=()):

@@ -24,7 +24,7 @@ import torch
 from reactfast.data import audio as audio_io
 from reactfast.data import files, layout
 from reactfast.data.files import DataError
-from reactfast.ops._checks import check_int
+from reactfast.ops._checks import check_bool, check_int
 
 MODALITIES = ("emotion", "3dmm", "audio")
 
@@ -65,8 +65,11 @@ class ReactDataset(torch.utils.data.Dataset):
                  stride: Optional[int] = None, mirror: bool = True, modalities: Sequence[str] = MODALITIES,
                  audio_per_frame: int = layout.AUDIO_SAMPLES_PER_FRAME, cache_clips: int = 256,
                  audio_features: str = "baseline"):
+        if not isinstance(root, (str, os.PathLike)):
+            raise TypeError(f"root must be the data folder (a str or os.PathLike), got {type(root).__name__}")
         if split not in layout.SPLITS:
             raise ValueError(f"split must be one of {layout.SPLITS}, got {split!r}")
+        check_bool("mirror", mirror)
         if isinstance(modalities, str):          # one modality by name
             modalities = (modalities,)
         unknown = [m for m in modalities if m not in MODALITIES]
@@ -181,6 +184,8 @@ class ReactDataset(torch.utils.data.Dataset):
                             f"(.npy files of one width, or .wav files for MFCC)")
 
     def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
+        if not isinstance(index, (int, np.integer)) or isinstance(index, bool):
+            raise TypeError(f"index must be an int, got {type(index).__name__}")
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} items")
         item, start = self._index[index]
