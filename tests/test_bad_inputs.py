@@ -772,3 +772,23 @@ def test_45_a_streams_window_is_checked_at_creation_and_the_runner_takes_a_list(
     with pytest.raises(TypeError, match=r"streams must be a sequence .* got ReactionStream: wrap one stream"):
         StreamRunner(model).step(stream)
     assert StreamRunner(model).step([stream]) == [None]
+
+
+def test_46_plot_and_config_arguments_are_named(tmp_path):
+    from reactfast import configs
+    from reactfast.plot import plot_reactions
+
+    rng = np.random.default_rng(0)
+    speaker, reactions, path = rng.random((50, 25)), rng.random((3, 50, 25)), str(tmp_path / "p.png")
+    for kwargs, err, words in (
+            (dict(fps=0), ValueError, "fps must be an int >= 1, got 0"),          # a time axis of inf before
+            (dict(listener=rng.random((40, 25))), ValueError, r"listener must be \(T, D\) as speaker"),  # matplotlib's
+            (dict(channels=(1.5,)), ValueError, r"channels must be indices in \[0, 25\), got \[1.5\]"),  # tuple index
+            (dict(max_reactions=-1), ValueError, "max_reactions must be an int >= 0")):
+        with pytest.raises(err, match=words):
+            plot_reactions(path, speaker, reactions, **kwargs)
+    assert not os.path.exists(path)
+    assert plot_reactions(path, speaker, reactions, channels=(np.int64(3),), max_reactions=0) == path
+    # One string for the list iterated its characters ("--config: no such file: d").
+    with pytest.raises(TypeError, match=r"items must be a list of --config arguments .* give \['dim=3'\]"):
+        configs.parse("dim=3")

@@ -91,6 +91,9 @@ def load_file(path: str) -> Dict[str, Dict[str, Any]]:
 
 def parse(items: List[str]) -> Dict[str, Dict[str, Any]]:
     """``--config`` arguments (files and KEY=VALUE, later ones winning) -> {"model": ..., "train": ...}."""
+    if isinstance(items, str) or not isinstance(items, (list, tuple, type(None))):
+        raise TypeError(f"items must be a list of --config arguments (files and KEY=VALUE), got "
+                        f"{type(items).__name__}" + (f": give [{items!r}]" if isinstance(items, str) else ""))
     out: Dict[str, Dict[str, Any]] = {s: {} for s in SECTIONS}
     for item in items or []:
         key, sep, value = item.partition("=")

@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from reactfast.data import layout
+from reactfast.ops._checks import check_int
 
 
 def plot_reactions(path: str, speaker: np.ndarray, reactions: np.ndarray, channels: Sequence[int] = (15, 16),
@@ -26,16 +27,24 @@ def plot_reactions(path: str, speaker: np.ndarray, reactions: np.ndarray, channe
     reactions = np.asarray(reactions)
     if speaker.ndim != 2 or reactions.ndim != 3 or reactions.shape[1:] != speaker.shape:
         raise ValueError(f"speaker must be (T, D) and reactions (S, T, D), got {speaker.shape} and {reactions.shape}")
-    bad = [c for c in channels if not 0 <= c < speaker.shape[1]]
+    channels = list(channels)
+    bad = [c for c in channels if not isinstance(c, (int, np.integer)) or isinstance(c, bool)
+           or not 0 <= c < speaker.shape[1]]
     if bad or not channels:
-        raise ValueError(f"channels must be indices in [0, {speaker.shape[1]}), got {list(channels)}")
+        raise ValueError(f"channels must be indices in [0, {speaker.shape[1]}), got {channels}")
+    if listener is not None:
+        listener = np.asarray(listener)
+        if listener.shape != speaker.shape:
+            raise ValueError(f"listener must be (T, D) as speaker {speaker.shape}, got {listener.shape}")
+    check_int("max_reactions", max_reactions, minimum=0)
+    check_int("fps", fps)
     t = np.arange(speaker.shape[0]) / fps
     fig, axes = plt.subplots(len(channels), 1, figsize=(10, 2.4 * len(channels)), sharex=True, squeeze=False)
     for ax, c in zip(axes[:, 0], channels):
         name = layout.EMOTION_COLUMNS[c] if speaker.shape[1] == layout.EMOTION_DIM else f"dim {c}"
         ax.plot(t, speaker[:, c], color="black", lw=1.5, label="speaker")
         if listener is not None:
-            ax.plot(t, np.asarray(listener)[:, c], color="grey", ls="--", lw=1.2, label="real listener")
+            ax.plot(t, listener[:, c], color="grey", ls="--", lw=1.2, label="real listener")
         for i, r in enumerate(reactions[:max_reactions]):
             ax.plot(t, r[:, c], lw=0.9, alpha=0.8, label=f"generated {i + 1}")
         ax.set_ylabel(name)
