@@ -792,3 +792,18 @@ def test_46_plot_and_config_arguments_are_named(tmp_path):
     # One string for the list iterated its characters ("--config: no such file: d").
     with pytest.raises(TypeError, match=r"items must be a list of --config arguments .* give \['dim=3'\]"):
         configs.parse("dim=3")
+
+
+@pytest.mark.parametrize("field,value,err,words", [
+    ("compile", "no", ValueError, "TrainConfig.compile must be a bool, got 'no'"),      # a true string: compiled
+    ("amp", "false", ValueError, "TrainConfig.amp must be a bool"),
+    ("deterministic", 1, ValueError, "TrainConfig.deterministic must be a bool"),
+    ("seed", -1, ValueError, "TrainConfig.seed must be an int >= 0"),                   # numpy's seeding failed later
+    ("seed", 2 ** 64, ValueError, r"TrainConfig.seed must be below 2\*\*32"),
+    ("out_dir", 5, TypeError, "TrainConfig.out_dir must be a folder path or None, got int"),
+])
+def test_47_train_config_flags_seed_and_folder_are_checked(field, value, err, words):
+    from reactfast.train import TrainConfig
+
+    with pytest.raises(err, match=words):
+        TrainConfig(**{field: value})

@@ -38,7 +38,7 @@ import torch.distributed as dist
 from reactfast import _backend, _io
 from reactfast._progress import Progress
 from reactfast.models.base import check_at_least
-from reactfast.ops._checks import check_real
+from reactfast.ops._checks import check_bool, check_int, check_real
 from reactfast.train.batches import check_dataset, collate_appropriate
 from reactfast.train.interrupt import deferred_interrupt
 from reactfast.train.checkpoint import link_checkpoint, load_into, load_trainer_state, save_checkpoint
@@ -75,6 +75,12 @@ class TrainConfig:
     def __post_init__(self):
         check_at_least(self, 1, "steps", "batch_size", "max_candidates", "val_samples", "log_every")
         check_at_least(self, 0, "ckpt_every", "val_every", "warmup")
+        for name in ("amp", "progress", "deterministic", "compile", "tensorboard"):
+            check_bool(f"TrainConfig.{name}", getattr(self, name))   # "no" is a true string
+        if check_int("TrainConfig.seed", self.seed, minimum=0) >= 2 ** 32:   # numpy's and torch's seed range
+            raise ValueError(f"TrainConfig.seed must be below 2**32, got {self.seed}")
+        if self.out_dir is not None and not isinstance(self.out_dir, (str, os.PathLike)):
+            raise TypeError(f"TrainConfig.out_dir must be a folder path or None, got {type(self.out_dir).__name__}")
         if self.optimizer not in ("adamw", "sgd"):
             raise ValueError(f"TrainConfig.optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
         if self.lr_schedule not in LR_SCHEDULES:
