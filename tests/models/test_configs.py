@@ -12,7 +12,14 @@ from reactfast import models
     ("reactface", "pose_weight", -1.0, "ReactFaceConfig.pose_weight must be a finite number >= 0, got -1.0"),
     ("reactface", "div_scale", 0.0, "ReactFaceConfig.div_scale must be a finite number > 0, got 0.0"),
     ("reactface", "lr", 0.0, "ReactFaceConfig.lr must be a finite number > 0, got 0.0"),
-    ("reactface", "lr", "1e-3", "ReactFaceConfig.lr must be a finite number > 0, got '1e-3'"),
+    ("reactface", "lr", "1e-3", "ReactFaceConfig.lr must be a number, got '1e-3'"),
+    # A field's type: "no" for a bool counted as true, a float for an int reached a layer's size.
+    ("reactdiff", "normalize_latent", "no", "ReactDiffConfig.normalize_latent must be a bool, got 'no'"),
+    ("perfrdiff", "sample_cuda_graph", "no", "PerFRDiffConfig.sample_cuda_graph must be a bool, got 'no'"),
+    ("reactface", "cie_ffn", 2.5, "ReactFaceConfig.cie_ffn must be an int, got 2.5"),
+    ("reactface", "audio_extra", -1, "ReactFaceConfig.audio_extra must be an int >= 0, got -1"),
+    ("reactdiff", "dec_heads", 0, "ReactDiffConfig.dec_heads must be an int >= 1, got 0"),   # ZeroDivisionError
+    ("perfrdiff", "schedule", "cosin", r"schedule must be one of \('linear', 'cosine'\), got 'cosin'"),
     ("reactface", "weight_decay", float("inf"), "ReactFaceConfig.weight_decay must be a finite number >= 0"),
     ("pflposnet", "posnet_sm2_weight", float("nan"), "PFLPosNetConfig.posnet_sm2_weight must be a finite number"),
     ("perfrdiff", "temperature", 0.0, "PerFRDiffConfig.temperature must be a finite number > 0"),

@@ -20,6 +20,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -76,6 +77,28 @@ class GeneratorConfig:
 
     lr: float = 1e-4
     weight_decay: float = 0.0
+
+    def check_field_types(self) -> None:
+        """Each field of a plain annotated type (int, float, bool, str, or Optional of one) holds a
+        value of that type, else a ValueError naming it: a string "no" for a bool field counted as
+        true, a float for an int field reached a layer's size. Ranges are each config's own checks."""
+        for f in dataclasses.fields(self):
+            kind = str(f.type).replace("typing.", "")
+            optional = kind.startswith("Optional[") and kind.endswith("]")
+            kind = kind[len("Optional["):-1] if optional else kind
+            value = getattr(self, f.name)
+            if value is None and optional:
+                continue
+            name = f"{type(self).__name__}.{f.name}"
+            if kind == "int" and (not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_))):
+                raise ValueError(f"{name} must be an int, got {value!r}")
+            if kind == "bool" and not isinstance(value, (bool, np.bool_)):
+                raise ValueError(f"{name} must be a bool, got {value!r}")
+            if kind == "float" and (not isinstance(value, (int, float, np.integer, np.floating))
+                                    or isinstance(value, (bool, np.bool_))):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+            if kind == "str" and not isinstance(value, str):
+                raise ValueError(f"{name} must be a str, got {value!r}")
 
     def check_at_least(self, minimum: int, *names: str) -> None:
         """Raise ValueError naming the first of ``names`` that is not an int >= ``minimum``."""

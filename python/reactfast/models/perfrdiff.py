@@ -47,7 +47,7 @@ from torch import nn
 
 from reactfast import _backend
 from reactfast.data import layout
-from reactfast.diffusion import DDIMScheduler, autocast_denoiser, sample
+from reactfast.diffusion import SCHEDULES, SPACINGS, DDIMScheduler, autocast_denoiser, sample
 from reactfast.models._inputs import check_speaker_audio, pad_to_windows
 from reactfast.models.base import (Generator, GeneratorConfig, TrainStage, check_int, check_reals,
                                    check_sample_autocast, check_window_noise, randn, register)
@@ -105,10 +105,15 @@ class PerFRDiffConfig(GeneratorConfig):
 
     def __post_init__(self):
         self.edited_layers = tuple(self.edited_layers)
+        self.check_field_types()
         if self.output not in ("emotion", "3dmm"):
             raise ValueError(f"output must be 'emotion' or '3dmm', got {self.output!r}")
-        self.check_at_least(1, "window", "audio_dim", "audio_per_frame", "dim", "heads", "layers", "train_steps",
-                            "sample_steps", "style_dim", "style_layers", "style_heads", "min_history", "hyper_hidden")
+        self.check_at_least(1, "window", "audio_dim", "audio_per_frame", "dim", "heads", "ffn", "layers",
+                            "train_steps", "sample_steps", "style_dim", "style_layers", "style_heads", "style_ffn",
+                            "min_history", "hyper_hidden")
+        for name, allowed in (("schedule", SCHEDULES), ("spacing", SPACINGS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.dim % self.heads or self.style_dim % self.style_heads:
             raise ValueError("heads must divide dim and style_heads must divide style_dim")
         if self.sample_steps > self.train_steps:

@@ -23,6 +23,8 @@ from torch import nn
 
 from reactfast.data import layout
 from reactfast.metrics import pose_seam_jump as seam_jump  # noqa: F401  (re-exported)
+from reactfast.models.base import check_reals
+from reactfast.ops._checks import check_int
 
 POSE = layout.TDMM_POSE
 
@@ -37,8 +39,9 @@ class PosNetConfig:
     fidelity_weight: float = 1.0
 
     def __post_init__(self):
-        if self.window < 2:
-            raise ValueError(f"window must be >= 2, got {self.window}")
+        check_int("PosNetConfig.window", self.window, minimum=2)
+        check_int("PosNetConfig.hidden", self.hidden)
+        check_reals(self, ("connect_weight", "sm1_weight", "sm2_weight", "fidelity_weight"))
 
 
 class PosNet(nn.Module):

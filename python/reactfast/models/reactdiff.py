@@ -109,8 +109,11 @@ class ReactDiffConfig(GeneratorConfig):
 
     def __post_init__(self):
         self.mults = tuple(self.mults)
+        self.check_field_types()
         self.check_at_least(1, "audio_dim", "audio_per_frame", "au_dim", "fer_dim", "va_dim", "attn_dim", "heads",
-                            "latent", "window", "train_steps", "channels", "res_blocks", "cond_dim")
+                            "latent", "dec_heads", "dec_ffn", "dec_layers", "window", "train_steps", "channels",
+                            "res_blocks", "cond_dim")
+        self.check_at_least(0, "attn_levels")
         if self.attn_dim % self.heads or self.latent % self.dec_heads:
             raise ValueError("heads must divide attn_dim and dec_heads must divide latent")
         if self.norm_groups < 1 or self.channels % self.norm_groups or self.cond_dim % self.norm_groups:

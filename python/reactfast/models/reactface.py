@@ -101,9 +101,11 @@ class ReactFaceConfig(GeneratorConfig):
     weight_decay: float = 5e-4
 
     def __post_init__(self):
-        self.check_at_least(1, "speaker_dim", "audio_dim", "audio_per_frame", "dim", "heads", "window_train",
-                            "window", "period", "context", "past", "cie_layers", "cie_heads", "decoder_layers",
-                            "out_3dmm", "train_samples")
+        self.check_field_types()
+        self.check_at_least(1, "speaker_dim", "audio_dim", "audio_per_frame", "dim", "heads", "ffn_mult",
+                            "window_train", "window", "period", "context", "past", "cie_layers", "cie_heads",
+                            "cie_ffn", "decoder_layers", "out_3dmm", "train_samples")
+        self.check_at_least(0, "audio_extra")
         if self.dim % self.heads or self.dim % self.cie_heads:
             raise ValueError(f"heads ({self.heads}) and cie_heads ({self.cie_heads}) must divide dim ({self.dim})")
         if self.context < 2 * max(self.window, self.window_train):
