@@ -526,7 +526,10 @@ def test_30_trainer_names_a_wrong_model_dataset_or_config():
              "val_dataset must be a reactfast.data.ReactDataset"),
             # refused only by the first checkpoint save, after training, without this check
             (dict(model=tiny_model(), dataset=data, config=cfg, extra_meta=["note"]), TypeError,
-             "extra_meta must be a dict or None, got list")):
+             "extra_meta must be a dict or None, got list"),
+            # validation asked for without a validation set never ran, silently
+            (dict(model=tiny_model(), dataset=data, config=TrainConfig(steps=1, batch_size=2, val_every=1)),
+             ValueError, "TrainConfig.val_every is 1 but no val_dataset was given")):
         with pytest.raises(err, match=words):
             Trainer(device="cpu", **kwargs)
 
@@ -542,11 +545,17 @@ def test_31_generate_dataset_checks_before_generating():
             # the first batch was generated, then an IndexError threw it away
             (dict(rows=[0, 1, 99], batch_size=2), ValueError, r"rows must be dyad indices in \[0, 8\), got \[99\]"),
             (dict(model=torch.nn.Linear(2, 2)), TypeError, "model must be a reactfast generator"),
-            (dict(dataset=[1, 2]), TypeError, "dataset must be a reactfast.data.ReactDataset")):
+            (dict(dataset=[1, 2]), TypeError, "dataset must be a reactfast.data.ReactDataset"),
+            (dict(samples=0), ValueError, "samples must be an int >= 1, got 0"),      # named num_samples before
+            (dict(seed="a"), ValueError, "seed must be an int >= 0, got 'a'"),        # a str + int TypeError
+            (dict(progress="no"), ValueError, "progress must be a bool, got 'no'"),   # a true string: progress
+            (dict(device="tpu"), ValueError, "device must be auto, cpu, cuda or cuda:N, got 'tpu'")):
         args = dict(model=tiny_model(), dataset=val, samples=2)
         args.update(kwargs)
         with pytest.raises(err, match=words):
             generate_dataset(**args)
+    none = generate_dataset(tiny_model(), val, 2, rows=[])                     # {} before
+    assert {k: v.shape for k, v in none.items()} == {"3dmm": (0, 2, 32, 58), "emotion": (0, 2, 32, 25)}
     as_numpy = generate_dataset(tiny_model(), val, 2, rows=np.arange(2))      # "an integer is required" before
     assert np.array_equal(as_numpy["emotion"], generate_dataset(tiny_model(), val, 2, rows=[0, 1])["emotion"])
     for kwargs, words in ((dict(period=0), "period must be an int >= 1, got 0"),   # failed at the first call

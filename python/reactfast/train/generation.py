@@ -19,15 +19,22 @@ def generate_dataset(model, dataset, samples: int = 10, seed: int = 0, rows: Opt
     result does not depend on batching or on how rows are split over processes (up to float
     rounding: the dyads of a batch run through one call). ``window``: the
     online step of generators that take one (default: the model's)."""
+    from reactfast import _backend
     from reactfast.models.base import check_generator, check_int
+    from reactfast.ops._checks import check_bool
     from reactfast.train.batches import check_dataset
 
     check_generator(model)
     check_dataset("dataset", dataset, ("__getitem__", "window", "num_items"))
+    check_int("samples", samples)
     check_int("batch_size", batch_size)
+    if check_int("seed", seed, minimum=0) >= 2 ** 32:
+        raise ValueError(f"seed must be below 2**32, got {seed}")
+    check_bool("progress", progress)
     if dataset.window is not None:
         raise ValueError("generate_dataset needs a whole-clip dataset (window=None)")
     if device is not None:
+        device = _backend.resolve_device(str(device))   # cpu, cuda or cuda:N, named where it is not
         model.to(device)
     device = device or next(model.parameters()).device
     rows = list(range(dataset.num_items)) if rows is None else list(rows)
@@ -66,4 +73,7 @@ def _generate(model, dataset, samples, seed, rows, batch_size, device, progress,
             outs.setdefault(key, []).extend(value.cpu().numpy())
         bar.update(len(part))
     bar.close()
+    if not rows:   # no dyad asked for: the arrays with none
+        return {key: np.zeros((0, samples, dataset.frames, width), dtype=np.float32)
+                for key, width in model.output_widths().items()}
     return {key: np.stack(values) for key, values in outs.items()}

@@ -218,6 +218,9 @@ class Trainer:
         if val_dataset is not None:
             check_dataset("val_dataset", val_dataset, training_api + ("window", "num_items", "stack"))
         self.config = cfg = config or TrainConfig()
+        if cfg.val_every and val_dataset is None:   # validation was asked for and silently never ran
+            raise ValueError(f"TrainConfig.val_every is {cfg.val_every} but no val_dataset was given: give one, or "
+                             "set val_every=0")
         self.device = _backend.resolve_device(str(device) if device is not None else "auto")
         if self.device.type == "cuda":
             # The current device for NCCL (under torchrun each process's LOCAL_RANK GPU) and for
