@@ -12,10 +12,11 @@ import math
 import weakref
 from typing import Callable, Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 from reactfast import _backend
-from reactfast.ops._checks import check_int, check_real
+from reactfast.ops._checks import check_bool, check_int, check_real
 from reactfast.ops.ddim import ddim_step
 from reactfast.reference.ddim import PREDICTIONS
 
@@ -186,8 +187,11 @@ def autocast_denoiser(denoiser: Denoiser, mode: str, device) -> Denoiser:
 
 
 def _check_shape(shape) -> tuple:
-    if not shape or any(int(s) < 1 for s in shape):
-        raise ValueError(f"shape must be non-empty with positive sizes, got {tuple(shape)}")
+    if isinstance(shape, torch.Size):
+        shape = tuple(shape)
+    if (not isinstance(shape, (tuple, list)) or not shape
+            or any(not isinstance(s, (int, np.integer)) or isinstance(s, bool) or s < 1 for s in shape)):
+        raise ValueError(f"shape must be a non-empty tuple of positive ints, got {shape!r}")
     return tuple(int(s) for s in shape)
 
 
@@ -481,9 +485,24 @@ def sample(denoiser: Denoiser, shape: Sequence[int], cond: Optional[torch.Tensor
     Returns:
         x0 of shape ``shape``.
     """
+    if not callable(denoiser):
+        raise TypeError(f"denoiser must be callable as denoiser(x_t, t, cond), got {type(denoiser).__name__}")
+    if scheduler is not None and not isinstance(scheduler, DDIMScheduler):
+        raise TypeError(f"scheduler must be a DDIMScheduler or None, got {type(scheduler).__name__}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
+    check_bool("progress", progress)
+    check_bool("cuda_graph", cuda_graph)   # "no" asked for a graph before
     scheduler = scheduler or DDIMScheduler()
     shape = _check_shape(shape)
-    device = torch.device(device) if device is not None else (cond.device if cond is not None else torch.device("cpu"))
+    if device is not None:
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device must be a torch device (cpu, cuda, cuda:N), got {device!r}") from None
+    device = device if device is not None else (cond.device if cond is not None else torch.device("cpu"))
     if cond is not None and cond.shape[0] != shape[0]:
         raise ValueError(f"cond must have batch size {shape[0]}, got shape {tuple(cond.shape)}")
     guided = guidance_scale is not None

@@ -289,6 +289,22 @@ def test_scheduler_step_reads_nothing_back_where_the_host_may_not():
      "prediction must be one of"),
     (lambda s: s.step(torch.zeros(2, 3), torch.tensor([1.5, 2.0]), torch.zeros(2, 3), torch.tensor([0, 0])),
      TypeError, "integer timesteps"),
+    # sample's arguments, named before the loop (each failed inside it, or was taken as true)
+    (lambda s: sample(lambda x, t, c: x, (2, 3), scheduler=s, steps=5, cuda_graph="no"), ValueError,
+     "cuda_graph must be a bool, got 'no'"),
+    (lambda s: sample(lambda x, t, c: x, (2, 3), scheduler=s, steps=5, progress="no"), ValueError,
+     "progress must be a bool"),
+    (lambda s: sample(lambda x, t, c: x, (2, 3), scheduler="ddim", steps=5), TypeError,
+     "scheduler must be a DDIMScheduler or None, got str"),
+    (lambda s: sample(lambda x, t, c: x, (2, 3), scheduler=s, steps=5, generator=3), TypeError,
+     "generator must be a torch.Generator or None, got int"),
+    (lambda s: sample(lambda x, t, c: x, (2, 3), scheduler=s, steps=5, dtype=torch.int64), TypeError,
+     "dtype must be a floating-point torch.dtype"),
+    (lambda s: sample(lambda x, t, c: x, (2, 3), scheduler=s, steps=5, device="tpu"), ValueError,
+     "device must be a torch device"),
+    (lambda s: sample(lambda x, t, c: x, "ab", scheduler=s, steps=5), ValueError,
+     "shape must be a non-empty tuple of positive ints, got 'ab'"),
+    (lambda s: sample(5, (2, 3), scheduler=s, steps=5), TypeError, "denoiser must be callable"),
 ])
 def test_bad_input(call, err, match):
     with pytest.raises(err, match=match):
