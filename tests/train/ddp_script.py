@@ -13,5 +13,8 @@ ds = tiny_data().dataset(frames=64, window=32, stride=32)
 trainer = Trainer(tiny_model(), ds, TrainConfig(steps=4, batch_size=4, lr=1e-2, out_dir=out, progress=False),
                   device="cpu")
 trainer.fit()
-# The trainer also registers this at exit; a script that owns the run says it explicitly.
+# The trainer's DDP wrapper holds the group: dropped first, the group goes with destroy_process_group
+# rather than at interpreter teardown. (The trainer does both at exit too; a script that owns the run
+# says it explicitly.)
+del trainer
 torch.distributed.destroy_process_group()

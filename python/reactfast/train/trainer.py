@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import json
 import math
 import os
 import random
 import sys
 import time
+import weakref
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional
 
@@ -111,6 +113,21 @@ class TrainConfig:
 def _destroy_process_group() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+# Trainers whose DistributedDataParallel wrapper holds the process group. destroy_process_group
+# drops the package's references to the group, not the wrapper's: with a trainer alive at exit the
+# group would still be torn down during interpreter finalization, where gloo's worker threads can
+# abort. At exit (before the group is destroyed, the handlers running in reverse order) the
+# wrappers are dropped, so that the group goes while the interpreter is whole.
+_DDP_TRAINERS: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def _drop_ddp_wrappers() -> None:
+    for trainer in list(_DDP_TRAINERS):
+        trainer.forward = trainer.model
+    _DDP_TRAINERS.clear()
+    gc.collect()
 
 
 def distributed_context(device_type: str = "cpu"):
@@ -248,6 +265,9 @@ class Trainer:
             self.forward = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=any(not p.requires_grad for p in model.parameters()))
+            if not _DDP_TRAINERS:
+                atexit.register(_drop_ddp_wrappers)   # after distributed_context's: runs before it
+            _DDP_TRAINERS.add(self)
         if cfg.compile:
             # The model's forward (the DDP wrapper's, under torchrun) through torch.compile: compiled on
             # the first step, again if a batch's shapes change.
