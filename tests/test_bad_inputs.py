@@ -682,7 +682,7 @@ def test_39_an_empty_push_is_no_frames_yet_but_its_widths_are_checked():
 
 
 @pytest.mark.parametrize("flag,value,least", [("--steps", "0", 1), ("--batch-size", "0", 1), ("--warmup", "-1", 0),
-                                              ("--ckpt-every", "-1", 0), ("--val-every", "-2", 0), ("--seed", "-5", 0)])
+                                              ("--ckpt-every", "-1", 0), ("--val-every", "-2", 0)])
 def test_40_train_names_a_bad_count_flag_before_any_work(flag, value, least, tmp_path, capsys):
     """--steps 0 and --batch-size 0 were refused only after the data was built, as '--config:
     TrainConfig.steps must be ...' (a flag the user did not give); --ckpt-every -1 and --val-every -1
@@ -702,6 +702,18 @@ def test_41_generate_names_a_bad_count_flag_first_and_a_run_folder_for_a_checkpo
     run_folder = os.path.dirname(checkpoint)
     code, err = run(["generate", "--checkpoint", run_folder, "--out", out, "--no-progress"], capsys)
     assert code == 2 and f"it holds a training run's checkpoints: give {checkpoint}" in err, err
+
+
+@pytest.mark.parametrize("command", [["train"], ["generate", "--checkpoint", "nowhere"], ["demo"], ["data", "synth"]])
+@pytest.mark.parametrize("seed", ["-5", str(2 ** 32)])
+def test_48_every_command_names_a_seed_out_of_range_first(command, seed, tmp_path, capsys):
+    """generate --seed -1 failed after the model was loaded and the data built ('seed must be an int
+    >= 0'); 2**32 and above reached numpy's and torch's seeding (train: 'TrainConfig.seed', the demo:
+    after its data was written)."""
+    out = tmp_path / "out"
+    code, err = run(command + ["--out", str(out), "--seed", seed], capsys)
+    assert code == 2 and f"--seed must be in [0, 2**32), got {seed}" in err, err
+    assert not out.exists()
 
 
 def test_42_metric_and_dtw_flags_are_bools_and_groups_triples():

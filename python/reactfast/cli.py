@@ -56,6 +56,12 @@ def _check_counts(*flags) -> None:
             raise CommandError(f"{flag} must be >= {least}, got {value}")
 
 
+def _check_seed(value) -> None:
+    """--seed, when given: in [0, 2**32), the seeds numpy and torch take (checked before any work)."""
+    if value is not None and not 0 <= value < 2 ** 32:
+        raise CommandError(f"--seed must be in [0, 2**32), got {value}")
+
+
 def _cmd_demo(args) -> int:
     from reactfast import _io, models
     from reactfast.demo import run_demo
@@ -63,6 +69,7 @@ def _cmd_demo(args) -> int:
     if args.model not in models.names():
         raise CommandError(f"--model: unknown model {args.model!r}; known: {', '.join(models.names())}")
     _check_counts(("--steps", args.steps, 1), ("--sessions", args.sessions, 1))
+    _check_seed(args.seed)
     _io.check_writable_dir(args.out, "--out")
     run_demo(out=args.out, sessions=args.sessions, steps=args.steps, seed=args.seed, model=args.model,
              device=_device(args), backend=_backend_spec(args))
@@ -146,7 +153,8 @@ def _cmd_train(args) -> int:
         raise CommandError(f"--lr must be a finite number > 0, got {s['lr']}")
     _check_counts(*((f"--{key.replace('_', '-')}", s[key], least) for key, least in (
         ("steps", 1), ("batch_size", 1), ("clip_frames", 1), ("frames", 1), ("sessions", 1), ("warmup", 0),
-        ("ckpt_every", 0), ("val_every", 0), ("seed", 0))))
+        ("ckpt_every", 0), ("val_every", 0))))
+    _check_seed(s["seed"])
     if s["model"] not in models.names():
         raise CommandError(f"--model: unknown model {s['model']!r}; known: {', '.join(models.names())}")
     cls = models.get(s["model"])
@@ -249,6 +257,7 @@ def _cmd_generate(args) -> int:
     from reactfast.train import generate_dataset, load_model, read_config
 
     _check_counts(("--samples", args.samples, 1), ("--sessions", args.sessions, 1), ("--frames", args.frames, 1))
+    _check_seed(args.seed)
     out = _io.check_writable_file(args.out, "--out")
     meta = read_config(args.checkpoint)
     data_meta = meta.get("extra", {}).get("data", {})
@@ -461,8 +470,9 @@ def _cmd_data_synth(args) -> int:
     from reactfast.data import SyntheticDyads, layout
 
     splits = _splits(args.splits)
-    _check_counts(("--sessions", args.sessions, 1), ("--seed", args.seed, 0), ("--frames", args.frames, 2),
-                  ("--audio-dim", args.audio_dim, 1), ("--prototypes", args.prototypes, 1))
+    _check_counts(("--sessions", args.sessions, 1), ("--frames", args.frames, 2), ("--audio-dim", args.audio_dim, 1),
+                  ("--prototypes", args.prototypes, 1))
+    _check_seed(args.seed)
     # The split lists and neighbour matrices of a data folder already there (the challenge's own,
     # say) would be replaced: only with --overwrite.
     held = sorted(name for split in layout.SPLITS for name in (f"{split}.csv", layout.neighbour_file(split))
