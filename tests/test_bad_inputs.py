@@ -828,3 +828,20 @@ def test_47_train_config_flags_seed_and_folder_are_checked(field, value, err, wo
 
     with pytest.raises(err, match=words):
         TrainConfig(**{field: value})
+
+
+def test_49_candidates_from_appropriate_checks_its_matrix_and_rows():
+    from reactfast.metrics.candidates import from_appropriate
+
+    a = np.eye(4, dtype=bool)
+    offset, index = from_appropriate(a.astype(int), 2, np.arange(2))
+    assert offset.tolist() == [0, 1, 2, 3, 4] and index.tolist() == [0, 0, 1, 1]
+    for args, words in (((a, 2, [-1]), r"rows must lie in \[0, 4\), got \[-1\]"),     # took the last row
+                        ((a, 2, [9]), r"rows must lie in \[0, 4\), got \[9\]"),       # an IndexError
+                        ((a, 2, [0.5]), "rows must be a list of integer row indices"),
+                        ((a, 0), "samples must be an int >= 1, got 0"),                  # no queries, silently
+                        ((np.ones((3, 4), bool), 2), r"square \(N, N\) matrix, got shape \(3, 4\)"),
+                        ((a * 0.5, 2), "boolean or hold only 0 and 1"),                  # 0.5 counted as 1
+                        ((np.diag([1, 1, 0, 1]), 2), r"rows \[2\] are empty")):          # said, not checked
+        with pytest.raises(ValueError, match=words):
+            from_appropriate(*args)

@@ -6,8 +6,9 @@ import types
 
 import pytest
 
-MODULES = ["reactfast.data", "reactfast.diffusion", "reactfast.metrics", "reactfast.models", "reactfast.nn",
-           "reactfast.online", "reactfast.ops", "reactfast.train"]
+MODULES = ["reactfast.data", "reactfast.diffusion", "reactfast.metrics", "reactfast.metrics.candidates",
+           "reactfast.metrics.io", "reactfast.models", "reactfast.nn", "reactfast.online", "reactfast.ops",
+           "reactfast.train"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -8,6 +8,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+__all__ = ["format_table", "load_array", "load_npz_arrays", "ranking", "save_json"]
+
 
 def load_array(path: str, key: Optional[str] = None, name: str = "array") -> np.ndarray:
     """A numeric array from .npy, .npz (``key`` or its only array, or 'pred') or .pt (a tensor, or a
