@@ -845,3 +845,8 @@ def test_49_candidates_from_appropriate_checks_its_matrix_and_rows():
                         ((np.diag([1, 1, 0, 1]), 2), r"rows \[2\] are empty")):          # said, not checked
         with pytest.raises(ValueError, match=words):
             from_appropriate(*args)
+    # The suite's rows= went through int(): 0.5 computed row 0's terms.
+    rng = np.random.default_rng(0)
+    pred, gt = rng.random((4, 2, 20, 25)).astype(np.float32), rng.random((4, 20, 25)).astype(np.float32)
+    with pytest.raises(ValueError, match="rows must be a list of integer row indices"):
+        metrics.frcorr(pred, gt, a, rows=[0.5])

@@ -76,20 +76,6 @@ def _as_tensor(name: str, x, ndim: int) -> torch.Tensor:
 _LARGEST = 1e15
 
 
-def _as_appropriate(appropriate, N: int) -> np.ndarray:
-    a = appropriate.detach().cpu().numpy() if isinstance(appropriate, torch.Tensor) else np.asarray(appropriate)
-    if a.shape != (N, N):
-        raise ValueError(f"appropriate must have shape ({N}, {N}) to match pred, got {a.shape}")
-    if a.dtype != bool:
-        if not (np.issubdtype(a.dtype, np.number) and np.isin(a, (0, 1)).all()):
-            raise ValueError("appropriate must be boolean or hold only 0 and 1")
-        a = a.astype(bool)
-    empty = np.nonzero(~a.any(1))[0]
-    if len(empty):
-        raise ValueError(f"appropriate: rows {empty[:10].tolist()} are empty (no appropriate reaction)")
-    return a
-
-
 def check_inputs(pred, listener_gt=None, speaker=None, appropriate=None):
     """Validate and convert the metric inputs; returns float32 tensors and a bool matrix."""
     pred = _as_tensor("pred", pred, 4)
@@ -105,15 +91,12 @@ def check_inputs(pred, listener_gt=None, speaker=None, appropriate=None):
         if x.device != pred.device:
             raise ValueError(f"{name} must be on pred's device ({pred.device}), got {x.device}")
         out.append(x)
-    out.append(None if appropriate is None else _as_appropriate(appropriate, N))
+    out.append(None if appropriate is None else candidates.check_appropriate(appropriate, N))
     return tuple(out)
 
 
 def _rows(rows, N):
-    rows = list(range(N)) if rows is None else sorted(int(r) for r in rows)
-    if rows and (rows[0] < 0 or rows[-1] >= N):
-        raise ValueError(f"rows must lie in [0, {N}), got [{rows[0]}, {rows[-1]}]")
-    return rows
+    return list(range(N)) if rows is None else sorted(candidates.check_rows(rows, N).tolist())
 
 
 # Work per chunk of speakers and CPU thread, in DP cells (DTW) or frame-dims (CCC): chunks on a CPU
@@ -141,7 +124,7 @@ def _sum_best(kernel, pred, listener_gt, a, rows, chunk, desc, progress, pair_wo
             work += per_row[hi] * pair_work
             hi += 1
         part = rows[lo:hi]
-        offset, index = candidates.from_appropriate(a, S, part)
+        offset, index = candidates._from_appropriate(a, S, np.asarray(part, dtype=np.int64))
         # Consecutive rows (the default) as a view: indexing with a list would copy them.
         queries = pred[part[0]:part[-1] + 1] if part == list(range(part[0], part[-1] + 1)) else pred[part]
         best = kernel(queries.reshape(-1, T, D), listener_gt, offset.to(pred.device), index.to(pred.device))[0]

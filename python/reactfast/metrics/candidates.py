@@ -8,7 +8,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-__all__ = ["CSR", "from_appropriate", "from_lists"]
+__all__ = ["CSR", "check_appropriate", "check_rows", "from_appropriate", "from_lists"]
 
 CSR = Tuple[torch.Tensor, torch.Tensor]
 
@@ -28,31 +28,48 @@ def from_lists(candidates: Sequence[Sequence[int]]) -> CSR:
     return offset, torch.from_numpy(index)
 
 
-def from_appropriate(appropriate: np.ndarray, samples: int, rows: Optional[Sequence[int]] = None) -> CSR:
+def check_appropriate(appropriate, n: Optional[int] = None) -> np.ndarray:
+    """The appropriateness matrix as a bool numpy array: (N, N) (``n`` given: (n, n), pred's N), bool
+    or 0/1, no row empty; a ValueError naming what is wrong otherwise."""
+    a = appropriate.detach().cpu().numpy() if isinstance(appropriate, torch.Tensor) else np.asarray(appropriate)
+    if n is not None and a.shape != (n, n):
+        raise ValueError(f"appropriate must have shape ({n}, {n}) to match pred, got {a.shape}")
+    if a.ndim != 2 or a.shape[0] != a.shape[1]:
+        raise ValueError(f"appropriate must be a square (N, N) matrix, got shape {a.shape}")
+    if a.dtype != bool:
+        if not (np.issubdtype(a.dtype, np.number) and np.isin(a, (0, 1)).all()):
+            raise ValueError("appropriate must be boolean or hold only 0 and 1")
+        a = a.astype(bool)
+    empty = np.nonzero(~a.any(1))[0]
+    if len(empty):
+        raise ValueError(f"appropriate: rows {empty[:10].tolist()} are empty (no appropriate reaction)")
+    return a
+
+
+def check_rows(rows, n: int) -> np.ndarray:
+    """Speaker rows as an int64 array in the order given: integers in [0, n) (a float was cut to an
+    integer, -1 took the last row)."""
+    given = np.asarray(list(rows) if not isinstance(rows, np.ndarray) else rows)
+    if given.ndim != 1 or (given.size and given.dtype.kind not in "iu") or given.dtype == np.bool_:
+        raise ValueError(f"rows must be a list of integer row indices, got {rows!r}")
+    bad = given[(given < 0) | (given >= n)]
+    if bad.size:
+        raise ValueError(f"rows must lie in [0, {n}), got {bad[:5].tolist()}")
+    return given.astype(np.int64)
+
+
+def from_appropriate(appropriate, samples: int, rows: Optional[Sequence[int]] = None) -> CSR:
     """Queries (k, i) for k in ``rows`` (default all), i < samples, in that order, each with the
-    candidates A(k) = {j : appropriate[k, j]} (no row may be empty)."""
+    candidates A(k) = {j : appropriate[k, j]} (bool or 0/1, no row may be empty)."""
     from reactfast.ops._checks import check_int
 
-    raw = np.asarray(appropriate)
-    if raw.ndim != 2 or raw.shape[0] != raw.shape[1]:
-        raise ValueError(f"appropriate must be a square (N, N) matrix, got shape {raw.shape}")
-    if raw.dtype != np.bool_ and not np.isin(raw, (0, 1)).all():
-        raise ValueError("appropriate must be boolean or hold only 0 and 1")
-    a = raw.astype(bool)
+    a = check_appropriate(appropriate)
     check_int("samples", samples)
-    if rows is None:
-        rows = np.arange(a.shape[0])
-    else:
-        given = np.asarray(rows)
-        if given.ndim != 1 or (given.size and given.dtype.kind not in "iu") or given.dtype == np.bool_:
-            raise ValueError(f"rows must be a list of integer row indices, got {rows!r}")
-        bad = given[(given < 0) | (given >= a.shape[0])]
-        if bad.size:   # -1 took the last row, silently
-            raise ValueError(f"rows must lie in [0, {a.shape[0]}), got {bad[:5].tolist()}")
-        rows = given.astype(np.int64)
-    empty = rows[~a[rows].any(1)]
-    if empty.size:
-        raise ValueError(f"appropriate: rows {empty[:5].tolist()} are empty (no appropriate reaction)")
+    return _from_appropriate(a, samples, np.arange(a.shape[0]) if rows is None else check_rows(rows, a.shape[0]))
+
+
+def _from_appropriate(a: np.ndarray, samples: int, rows: np.ndarray) -> CSR:
+    """:func:`from_appropriate` on inputs already checked (the metric suite's chunks)."""
     sub = np.repeat(a[rows], samples, axis=0)                       # (len(rows) * samples, N)
     offset = np.zeros(sub.shape[0] + 1, dtype=np.int64)
     offset[1:] = np.cumsum(sub.sum(1))
