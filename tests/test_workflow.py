@@ -188,7 +188,7 @@ def test_data_synth_keeps_a_dataset_already_there(tmp_path, capsys):
                                  ("--sessions", "0", "--sessions must be >= 1, got 0"),
                                  ("--audio-dim", "0", "--audio-dim must be >= 1, got 0"),
                                  ("--prototypes", "0", "--prototypes must be >= 1, got 0"),
-                                 ("--seed", "-1", "--seed must be in [0, 2**32), got -1")):
+                                 ("--seed", "-1", "--seed must be an int in [0, 2**32), got -1")):
         assert cli.main(["data", "synth", "--out", str(tmp_path / "new"), flag, value]) == 2
         assert message in capsys.readouterr().err
         assert not os.path.exists(str(tmp_path / "new"))   # the folder was made before the check

@@ -57,9 +57,11 @@ def _check_counts(*flags) -> None:
 
 
 def _check_seed(value) -> None:
-    """--seed, when given: in [0, 2**32), the seeds numpy and torch take (checked before any work)."""
-    if value is not None and not 0 <= value < 2 ** 32:
-        raise CommandError(f"--seed must be in [0, 2**32), got {value}")
+    """--seed, when given (checked before any work)."""
+    from reactfast.ops._checks import check_seed
+
+    if value is not None:
+        check_seed("--seed", value)
 
 
 def _cmd_demo(args) -> int:

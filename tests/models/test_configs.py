@@ -12,7 +12,7 @@ from reactfast import models
     ("reactface", "pose_weight", -1.0, "ReactFaceConfig.pose_weight must be a finite number >= 0, got -1.0"),
     ("reactface", "div_scale", 0.0, "ReactFaceConfig.div_scale must be a finite number > 0, got 0.0"),
     ("reactface", "lr", 0.0, "ReactFaceConfig.lr must be a finite number > 0, got 0.0"),
-    ("reactface", "lr", "1e-3", "ReactFaceConfig.lr must be a number, got '1e-3'"),
+    ("reactface", "lr", "1e-3", "ReactFaceConfig.lr must be a finite number > 0, got '1e-3'"),
     # A field's type: "no" for a bool counted as true, a float for an int reached a layer's size.
     ("reactdiff", "normalize_latent", "no", "ReactDiffConfig.normalize_latent must be a bool, got 'no'"),
     ("perfrdiff", "sample_cuda_graph", "no", "PerFRDiffConfig.sample_cuda_graph must be a bool, got 'no'"),

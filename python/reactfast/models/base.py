@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
 
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 
 from reactfast import _backend
-from reactfast.ops._checks import check_int, check_real
+from reactfast.ops._checks import check_bool, check_int, check_real
 
 
 def check_generator(model, name: str = "model") -> None:
@@ -39,6 +40,28 @@ def check_at_least(config, minimum: int, *names: str) -> None:
     """Raise ValueError naming the first field of ``config`` in ``names`` that is not an int >= ``minimum``."""
     for name in names:
         check_int(f"{type(config).__name__}.{name}", getattr(config, name), minimum)
+
+
+def check_field_types(config) -> None:
+    """Each field of a dataclass config with a plain annotated type int, bool or str (or Optional of
+    one) holds a value of that type, else a ValueError naming it: a string "no" for a bool field
+    counted as true, a float for an int field reached a layer's size. Float fields are left to
+    ``check_real``/``check_reals`` (which name a non-number with the field's range); ranges are each
+    config's own checks."""
+    for f in dataclasses.fields(config):
+        kind = str(f.type).replace("typing.", "")
+        optional = kind.startswith("Optional[") and kind.endswith("]")
+        kind = kind[len("Optional["):-1] if optional else kind
+        value = getattr(config, f.name)
+        if value is None and optional:
+            continue
+        name = f"{type(config).__name__}.{f.name}"
+        if kind == "int" and (not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_))):
+            raise ValueError(f"{name} must be an int, got {value!r}")
+        if kind == "bool":
+            check_bool(name, value)
+        if kind == "str" and not isinstance(value, (str, os.PathLike)):   # a folder may be a pathlib.Path
+            raise ValueError(f"{name} must be a str, got {value!r}")
 
 
 def check_reals(config, names: Sequence[str], minimum: Optional[float] = 0.0, strict: bool = False) -> None:
@@ -79,26 +102,8 @@ class GeneratorConfig:
     weight_decay: float = 0.0
 
     def check_field_types(self) -> None:
-        """Each field of a plain annotated type (int, float, bool, str, or Optional of one) holds a
-        value of that type, else a ValueError naming it: a string "no" for a bool field counted as
-        true, a float for an int field reached a layer's size. Ranges are each config's own checks."""
-        for f in dataclasses.fields(self):
-            kind = str(f.type).replace("typing.", "")
-            optional = kind.startswith("Optional[") and kind.endswith("]")
-            kind = kind[len("Optional["):-1] if optional else kind
-            value = getattr(self, f.name)
-            if value is None and optional:
-                continue
-            name = f"{type(self).__name__}.{f.name}"
-            if kind == "int" and (not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_))):
-                raise ValueError(f"{name} must be an int, got {value!r}")
-            if kind == "bool" and not isinstance(value, (bool, np.bool_)):
-                raise ValueError(f"{name} must be a bool, got {value!r}")
-            if kind == "float" and (not isinstance(value, (int, float, np.integer, np.floating))
-                                    or isinstance(value, (bool, np.bool_))):
-                raise ValueError(f"{name} must be a number, got {value!r}")
-            if kind == "str" and not isinstance(value, str):
-                raise ValueError(f"{name} must be a str, got {value!r}")
+        """See :func:`check_field_types`."""
+        check_field_types(self)
 
     def check_at_least(self, minimum: int, *names: str) -> None:
         """Raise ValueError naming the first of ``names`` that is not an int >= ``minimum``."""

@@ -18,6 +18,13 @@ def check_int(name: str, value, minimum: int = 1) -> int:
     return int(value)
 
 
+def check_seed(name: str, value) -> int:
+    """A random seed: an int in [0, 2**32), the range numpy and torch both take."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_)) or not 0 <= value < 2 ** 32:
+        raise ValueError(f"{name} must be an int in [0, 2**32), got {value!r}")
+    return int(value)
+
+
 def check_bool(name: str, value) -> bool:
     """``value`` as a bool if it is one (Python's or numpy's), else a ValueError naming ``name``: a
     string such as "no" or "False" would otherwise count as true."""

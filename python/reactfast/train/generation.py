@@ -21,15 +21,14 @@ def generate_dataset(model, dataset, samples: int = 10, seed: int = 0, rows: Opt
     online step of generators that take one (default: the model's)."""
     from reactfast import _backend
     from reactfast.models.base import check_generator, check_int
-    from reactfast.ops._checks import check_bool
+    from reactfast.ops._checks import check_bool, check_seed
     from reactfast.train.batches import check_dataset
 
     check_generator(model)
     check_dataset("dataset", dataset, ("__getitem__", "window", "num_items"))
     check_int("samples", samples)
     check_int("batch_size", batch_size)
-    if check_int("seed", seed, minimum=0) >= 2 ** 32:
-        raise ValueError(f"seed must be below 2**32, got {seed}")
+    check_seed("seed", seed)
     check_bool("progress", progress)
     if dataset.window is not None:
         raise ValueError("generate_dataset needs a whole-clip dataset (window=None)")

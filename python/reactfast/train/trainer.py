@@ -39,8 +39,8 @@ import torch.distributed as dist
 
 from reactfast import _backend, _io
 from reactfast._progress import Progress
-from reactfast.models.base import check_at_least
-from reactfast.ops._checks import check_bool, check_int, check_real
+from reactfast.models.base import check_at_least, check_field_types
+from reactfast.ops._checks import check_real, check_seed
 from reactfast.train.batches import check_dataset, collate_appropriate
 from reactfast.train.interrupt import deferred_interrupt
 from reactfast.train.checkpoint import link_checkpoint, load_into, load_trainer_state, save_checkpoint
@@ -77,12 +77,10 @@ class TrainConfig:
     def __post_init__(self):
         check_at_least(self, 1, "steps", "batch_size", "max_candidates", "val_samples", "log_every")
         check_at_least(self, 0, "ckpt_every", "val_every", "warmup")
-        for name in ("amp", "progress", "deterministic", "compile", "tensorboard"):
-            check_bool(f"TrainConfig.{name}", getattr(self, name))   # "no" is a true string
-        if check_int("TrainConfig.seed", self.seed, minimum=0) >= 2 ** 32:   # numpy's and torch's seed range
-            raise ValueError(f"TrainConfig.seed must be below 2**32, got {self.seed}")
         if self.out_dir is not None and not isinstance(self.out_dir, (str, os.PathLike)):
             raise TypeError(f"TrainConfig.out_dir must be a folder path or None, got {type(self.out_dir).__name__}")
+        check_field_types(self)   # the bool fields: "no" is a true string
+        check_seed("TrainConfig.seed", self.seed)
         if self.optimizer not in ("adamw", "sgd"):
             raise ValueError(f"TrainConfig.optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -265,7 +263,7 @@ class Trainer:
             self.forward = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=any(not p.requires_grad for p in model.parameters()))
-            if not _DDP_TRAINERS:
+            if not _DDP_TRAINERS:   # (registered again after all were collected: harmless, a no-op then)
                 atexit.register(_drop_ddp_wrappers)   # after distributed_context's: runs before it
             _DDP_TRAINERS.add(self)
         if cfg.compile:
