@@ -1,23 +1,13 @@
 #include "reactfast/ccc.h"
 
+#include "columns.h"
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
 namespace reactfast {
 namespace {
-
-// A clip's dims as rows (D x T), in float64 or float32: the sums below run over contiguous frames.
-// A block of frames at a time, which stays in L1 while every dim reads it.
-template <typename Out>
-__attribute__((always_inline)) inline void to_columns(const float* x, index_t T, index_t D, Out* out) {
-  constexpr index_t kBlock = 16;
-  for (index_t t0 = 0; t0 < T; t0 += kBlock) {
-    const index_t t1 = t0 + kBlock < T ? t0 + kBlock : T;
-    for (index_t d = 0; d < D; ++d)
-      for (index_t t = t0; t < t1; ++t) out[d * T + t] = static_cast<Out>(x[t * D + d]);
-  }
-}
 
 // Per-dim statistics of one clip from its dims as rows: float64 mean and centred sum of squares
 // (SIMD reductions over the frames); float32 mean, variance and standard deviation as numpy
@@ -76,13 +66,13 @@ __attribute__((always_inline)) inline void cross_sums(const double* xc, const fl
 
 // A candidate clip: its statistics and its dims as rows (float32).
 RF_CLONES void prepare_candidate(const float* y, index_t T, index_t D, ClipStats& st, float* cols) {
-  to_columns(y, T, D, cols);
+  to_columns(y, T, D, static_cast<const double*>(nullptr), cols);
   st.compute(cols, T, D, false);
 }
 
 // A query clip: its statistics and its centred dims as rows (float64).
 RF_CLONES void prepare_query(const float* x, index_t T, index_t D, ClipStats& st, double* xc) {
-  to_columns(x, T, D, xc);
+  to_columns(x, T, D, static_cast<const double*>(nullptr), xc);
   st.compute(xc, T, D, true);
 }
 

@@ -1,5 +1,7 @@
 #include "reactfast/tlcc.h"
 
+#include "columns.h"
+
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -92,13 +94,7 @@ struct Clip {
     for (index_t t = 0; t < T; ++t)
       for (index_t d = 0; d < D; ++d) mean[d] += x[t * D + d];
     for (index_t d = 0; d < D; ++d) mean[d] /= static_cast<double>(T);
-    // Transposed a block of frames at a time, which stays in L1 while every dim reads it.
-    constexpr index_t kBlock = 16;
-    for (index_t t0 = 0; t0 < T; t0 += kBlock) {
-      const index_t t1 = t0 + kBlock < T ? t0 + kBlock : T;
-      for (index_t d = 0; d < D; ++d)
-        for (index_t t = t0; t < t1; ++t) v[d * T + t] = x[t * D + d] - mean[d];
-    }
+    to_columns(x, T, D, mean.data(), v.data());
     for (index_t d = 0; d < D; ++d) {
       const double* c = v.data() + d * T;
       sums(c, T, total[d], total_sq[d]);
