@@ -498,7 +498,10 @@ def sample(denoiser: Denoiser, shape: Sequence[int], cond: Optional[torch.Tensor
     scheduler = scheduler or DDIMScheduler()
     shape = _check_shape(shape)
     if device is not None:
-        device = _backend.resolve_device(str(device))   # cpu, cuda or cuda:N, named where it is not available
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device must be a torch device (cpu, cuda, cuda:N), got {device!r}") from None
     device = device if device is not None else (cond.device if cond is not None else torch.device("cpu"))
     if cond is not None and cond.shape[0] != shape[0]:
         raise ValueError(f"cond must have batch size {shape[0]}, got shape {tuple(cond.shape)}")

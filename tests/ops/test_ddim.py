@@ -301,7 +301,7 @@ def test_scheduler_step_reads_nothing_back_where_the_host_may_not():
     (lambda s: sample(lambda x, t, c: x, (2, 3), scheduler=s, steps=5, dtype=torch.int64), TypeError,
      "dtype must be a floating-point torch.dtype"),
     (lambda s: sample(lambda x, t, c: x, (2, 3), scheduler=s, steps=5, device="tpu"), ValueError,
-     "device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
+     "device must be a torch device"),
     (lambda s: sample(lambda x, t, c: x, "ab", scheduler=s, steps=5), ValueError,
      "shape must be a non-empty tuple of positive ints, got 'ab'"),
     (lambda s: sample(5, (2, 3), scheduler=s, steps=5), TypeError, "denoiser must be callable"),
