@@ -850,3 +850,34 @@ def test_49_candidates_from_appropriate_checks_its_matrix_and_rows():
     pred, gt = rng.random((4, 2, 20, 25)).astype(np.float32), rng.random((4, 20, 25)).astype(np.float32)
     with pytest.raises(ValueError, match="rows must be a list of integer row indices"):
         metrics.frcorr(pred, gt, a, rows=[0.5])
+
+
+def test_50_weight_shift_takes_empty_batches_windows_and_layers_as_nn_linear_does():
+    """WeightShiftLinear with a shift raised where nn.Linear (its own forward without one) returns
+    an empty result: an empty batch was ZeroDivisionError 'integer modulo by zero', an empty window
+    'x must not be empty'. Now the output is empty (or, with d_in 0, the bias) and the gradients zero."""
+    from reactfast import ops
+    from reactfast.nn import WeightShiftLinear
+
+    torch.manual_seed(0)
+    lin = WeightShiftLinear(5, 7)
+    for x, shift in ((torch.randn(0, 3, 5), torch.randn(0, 7, 5)),                 # no samples, no listeners
+                     (torch.randn(2, 0, 5), torch.randn(2, 7, 5)),                 # empty windows
+                     (torch.randn(4, 0, 5), torch.randn(2, 7, 5)),                 # empty, two samples a shift
+                     (torch.randn(2, 0, 5), (torch.randn(2, 7, 3), torch.randn(2, 5, 3)))):   # low rank
+        x.requires_grad_()
+        leaves = list(shift) if isinstance(shift, tuple) else [shift]
+        for t in leaves:
+            t.requires_grad_()
+        lin.zero_grad()
+        y = lin(x, shift)
+        assert y.shape == (*x.shape[:-1], 7)
+        y.sum().backward()
+        assert all(t.grad is not None and not t.grad.any() for t in leaves + [lin.weight, lin.bias])
+    with pytest.raises(ValueError, match="a batch of 2 samples does not split into 0 equal groups"):
+        lin(torch.randn(2, 3, 5), torch.randn(0, 7, 5))
+    # No input features: the bias alone, on the forced C++ backend too (no kernel runs).
+    bias = torch.randn(4)
+    for backend in (None, "cpp"):
+        y = ops.weight_shift_linear(torch.randn(2, 3, 0), torch.randn(4, 0), torch.randn(2, 4, 0), bias, backend=backend)
+        assert torch.equal(y, bias.expand(2, 3, 4))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
@@ -48,11 +49,12 @@ def grouped_linear(x: torch.Tensor, weight: torch.Tensor, shift: Shift, bias: Op
                    backend: Optional[str] = None) -> torch.Tensor:
     """x (B, ..., d_in) -> (B, ..., d_out) with W + dW[g] for sample b, g = b // (B / G)."""
     B, G = x.shape[0], shift_entries(shift)
-    if B % G:
+    if (B % G) if G else B:
         raise ValueError(f"personalize: a batch of {B} samples does not split into {G} equal groups, one per "
                          f"shift entry (give one shift per sample, or per group of consecutive samples)")
-    y = weight_shift_linear(x.reshape(G, -1, x.shape[-1]), weight, shift, bias, backend=backend)
-    return y.reshape(*x.shape[:-1], -1)
+    rows = (B // G if G else 1) * math.prod(x.shape[1:-1])      # explicit: -1 is ambiguous for empty x
+    y = weight_shift_linear(x.reshape(G, rows, x.shape[-1]), weight, shift, bias, backend=backend)
+    return y.reshape(*x.shape[:-1], weight.shape[0])
 
 
 def _batch_first(x: torch.Tensor, batch_dim: int) -> torch.Tensor:

@@ -171,14 +171,14 @@ def check_shift(name: str, shift: Shift, B: int, d_out: int, d_in: int, like: to
         if len(shift) != 2:
             raise ValueError(f"{name}: a low-rank shift is a pair (U, V), got {len(shift)} items")
         u, v = shift
-        check_tensor(f"{name}[0] (U)", u, ndim=3, dtypes=_DTYPES)
-        check_tensor(f"{name}[1] (V)", v, ndim=3, dtypes=_DTYPES)
+        check_tensor(f"{name}[0] (U)", u, ndim=3, dtypes=_DTYPES, nonempty=False)
+        check_tensor(f"{name}[1] (V)", v, ndim=3, dtypes=_DTYPES, nonempty=False)
         if u.shape[:2] != (B, d_out) or v.shape[:2] != (B, d_in) or u.shape[2] != v.shape[2]:
             raise ValueError(f"{name}: U must be ({B}, {d_out}, r) and V ({B}, {d_in}, r), got "
                              f"{tuple(u.shape)} and {tuple(v.shape)}")
         check_same_device(**{"x": like, f"{name}[0]": u, f"{name}[1]": v})
         return u, v
-    check_tensor(name, shift, ndim=3, dtypes=_DTYPES)
+    check_tensor(name, shift, ndim=3, dtypes=_DTYPES, nonempty=False)
     if tuple(shift.shape) != (B, d_out, d_in):
         raise ValueError(f"{name} must have shape ({B}, {d_out}, {d_in}) (one weight shift per sample), "
                          f"got {tuple(shift.shape)}")
@@ -191,7 +191,8 @@ def weight_shift_linear(x: torch.Tensor, weight: torch.Tensor, shift: Shift, bia
     """y[b] = x[b] (W + dW[b])^T + bias, one weight shift per sample, W + dW never formed.
 
     Args:
-        x: (B, L, d_in).
+        x: (B, L, d_in); any of them may be 0, as for ``nn.Linear`` (an empty batch or window gives
+            an empty output, d_in 0 the bias alone; no kernel runs).
         weight: (d_out, d_in), shared.
         shift: (B, d_out, d_in) full-rank shifts, or a pair (U (B, d_out, r), V (B, d_in, r)) for
             dW[b] = U[b] V[b]^T.
@@ -213,8 +214,8 @@ def weight_shift_linear(x: torch.Tensor, weight: torch.Tensor, shift: Shift, bia
     Example:
         >>> y = weight_shift_linear(x, layer.weight, dW, layer.bias)
     """
-    check_tensor("x", x, ndim=3, dtypes=_DTYPES)
-    check_tensor("weight", weight, ndim=2, dtypes=_DTYPES)
+    check_tensor("x", x, ndim=3, dtypes=_DTYPES, nonempty=False)
+    check_tensor("weight", weight, ndim=2, dtypes=_DTYPES, nonempty=False)
     if isinstance(shift, (tuple, list)):
         x, weight, bias, *shift = autocast_inputs(x.device.type, x, weight, bias, *shift)
         shift = tuple(shift)
@@ -227,7 +228,7 @@ def weight_shift_linear(x: torch.Tensor, weight: torch.Tensor, shift: Shift, bia
     check_same_device(x=x, weight=weight)
     shift = check_shift("shift", shift, B, d_out, d_in, x)
     if bias is not None:
-        check_tensor("bias", bias, ndim=1, dtypes=_DTYPES)
+        check_tensor("bias", bias, ndim=1, dtypes=_DTYPES, nonempty=False)
         if bias.shape[0] != d_out:
             raise ValueError(f"bias must have shape ({d_out},), got {tuple(bias.shape)}")
         check_same_device(x=x, bias=bias)
@@ -241,6 +242,12 @@ def weight_shift_linear(x: torch.Tensor, weight: torch.Tensor, shift: Shift, bia
         names = [n for n, _ in named]
         raise TypeError(f"{', '.join(names[:-1])} and {names[-1]} must share one dtype, got "
                         + ", ".join(str(t.dtype).replace("torch.", "") for _, t in named))
+    if any(t.numel() == 0 for _, t in named):
+        # An empty batch, window or layer (as nn.Linear takes them): the composite gives the empty
+        # or bias-only output and zero gradients; no kernel is launched.
+        if isinstance(shift, tuple):
+            return _ref.low_rank_shift_linear(x, weight, shift[0], shift[1], bias)
+        return _ref.weight_shift_linear(x, weight, shift, bias)
     if isinstance(shift, tuple):
         u, v = shift
         if backend == "cpp":
