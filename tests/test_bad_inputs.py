@@ -858,6 +858,7 @@ def test_50_weight_shift_takes_empty_batches_windows_and_layers_as_nn_linear_doe
     'x must not be empty'. Now the output is empty (or, with d_in 0, the bias) and the gradients zero."""
     from reactfast import ops
     from reactfast.nn import WeightShiftLinear
+    from reactfast.nn.personalize import WeightShiftMultiheadAttention
 
     torch.manual_seed(0)
     lin = WeightShiftLinear(5, 7)
@@ -876,8 +877,27 @@ def test_50_weight_shift_takes_empty_batches_windows_and_layers_as_nn_linear_doe
         assert all(t.grad is not None and not t.grad.any() for t in leaves + [lin.weight, lin.bias])
     with pytest.raises(ValueError, match="a batch of 2 samples does not split into 0 equal groups"):
         lin(torch.randn(2, 3, 5), torch.randn(0, 7, 5))
+    # The attention with a packed shifted in-projection: its head split said 'cannot reshape'.
+    mha = WeightShiftMultiheadAttention(8, 2, batch_first=True)
+    x = torch.randn(0, 4, 8)
+    out, weights = mha(x, x, x, shift=torch.randn(0, 24, 8))
+    assert out.shape == (0, 4, 8) and weights.shape == (0, 4, 4)
     # No input features: the bias alone, on the forced C++ backend too (no kernel runs).
     bias = torch.randn(4)
     for backend in (None, "cpp"):
         y = ops.weight_shift_linear(torch.randn(2, 3, 0), torch.randn(4, 0), torch.randn(2, 4, 0), bias, backend=backend)
         assert torch.equal(y, bias.expand(2, 3, 4))
+
+
+@pytest.mark.parametrize("name", ["reactface", "perfrdiff", "reactdiff", "pflposnet"])
+def test_51_generate_names_an_empty_batch(name):
+    """A batch of 0 conversations: ReactFace and PFLPosNet said '0 samples do not split evenly into 0
+    conversations', PerFRDiff raised torch's 'cannot reshape tensor of 0 elements'."""
+    from reactfast import models
+
+    cls = models.get(name)
+    model = cls(cls.demo_config(8)).eval()
+    width = layout.EMOTION_DIM if name == "reactdiff" else layout.TDMM_DIM + layout.EMOTION_DIM
+    frames = 2 * model.window
+    with pytest.raises(ValueError, match=r"speaker must hold at least one conversation, got a batch of 0"):
+        model.generate(torch.rand(0, frames, width), torch.rand(0, frames * model.audio_per_frame, 8), num_samples=2)

@@ -11,7 +11,8 @@ from reactfast import _backend
 
 def check_speaker_audio(speaker, audio, speaker_dim: int, audio_dim: int, audio_per_frame: int,
                         what: str = "speaker features", name: str = "speaker") -> None:
-    """speaker (B, T, speaker_dim) and audio (B, k T, audio_dim), finite, T >= 1; errors name the argument."""
+    """speaker (B, T, speaker_dim) and audio (B, k T, audio_dim), finite, B >= 1, T >= 1; errors name the
+    argument."""
     k = audio_per_frame
     for arg, t in ((name, speaker), ("audio", audio)):
         if not isinstance(t, torch.Tensor):
@@ -28,6 +29,8 @@ def check_speaker_audio(speaker, audio, speaker_dim: int, audio_dim: int, audio_
     if audio.shape[1] != k * speaker.shape[1]:
         raise ValueError(f"audio must have {k} rows per frame: {speaker.shape[1]} frames need "
                          f"{k * speaker.shape[1]} rows, got {audio.shape[1]}")
+    if speaker.shape[0] == 0:
+        raise ValueError(f"{name} must hold at least one conversation, got a batch of 0: {tuple(speaker.shape)}")
     if speaker.shape[1] == 0:
         raise ValueError(f"{name} must hold at least one frame")
     if _backend.host_checks_allowed():  # a value check reads back: not while compiling or capturing

@@ -125,7 +125,7 @@ class WeightShiftMultiheadAttention(nn.MultiheadAttention):
             attn_mask = None if attn_mask is None else F.pad(attn_mask, (0, 1))
             key_padding_mask = None if key_padding_mask is None else F.pad(key_padding_mask, (0, 1))
         Tk, d = k.shape[1], E // H
-        q, k, v = (t.reshape(B, -1, H, d).transpose(1, 2) for t in (q, k, v))
+        q, k, v = (t.reshape(B, t.shape[1], H, d).transpose(1, 2) for t in (q, k, v))   # -1: ambiguous if B is 0
         mask = _additive(attn_mask, q.dtype)
         if mask is not None and mask.dim() == 3:
             mask = mask.reshape(B, H, Tq, Tk)
