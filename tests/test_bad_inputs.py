@@ -885,7 +885,8 @@ def test_50_weight_shift_takes_empty_batches_windows_and_layers_as_nn_linear_doe
     # No input features: the bias alone, on the forced C++ backend too (no kernel runs).
     bias = torch.randn(4)
     for backend in (None, "cpp"):
-        y = ops.weight_shift_linear(torch.randn(2, 3, 0), torch.randn(4, 0), torch.randn(2, 4, 0), bias, backend=backend)
+        y = ops.weight_shift_linear(torch.randn(2, 3, 0), torch.randn(4, 0), torch.randn(2, 4, 0), bias,
+                                    backend=backend)
         assert torch.equal(y, bias.expand(2, 3, 4))
 
 
@@ -901,3 +902,31 @@ def test_51_generate_names_an_empty_batch(name):
     frames = 2 * model.window
     with pytest.raises(ValueError, match=r"speaker must hold at least one conversation, got a batch of 0"):
         model.generate(torch.rand(0, frames, width), torch.rand(0, frames * model.audio_per_frame, 8), num_samples=2)
+
+
+def test_52_pfl_crop_arguments_are_named():
+    """crop_window(boxes, 256) raised "'int' object is not iterable", omega NaN (``data crop
+    --omega nan``) "cannot convert float NaN to integer", boxes "abc" numpy's "could not convert
+    string to float"; crop_video of a numpy array "'numpy.ndarray' object has no attribute 'dim'"."""
+    from reactfast.data.pfl import crop_video, crop_window
+
+    boxes = np.array([[50, 50, 20, 20], [60, 55, 20, 22]], float)
+    assert crop_window(boxes, 30) == crop_window(boxes, (30, 30)) == crop_window(boxes, np.array([30, 30]))
+    for kwargs, words in ((dict(omega=(float("nan"), 5)), "omega must be the largest window"),
+                          (dict(omega=(1, 2, 3)), "omega must be"),
+                          (dict(omega="ab"), "omega must be"),
+                          (dict(frame_size=(0, 10)), r"frame_size must be the frames' \(height, width\)"),
+                          (dict(frame_size=(10.5, 10)), "frame_size must be")):
+        with pytest.raises(ValueError, match=words):
+            crop_window(boxes, **kwargs)
+    with pytest.raises(ValueError, match=r"boxes must be \(T, 4\) numbers"):
+        crop_window("abc")
+    video = np.random.default_rng(0).random((2, 3, 100, 100))
+    assert torch.equal(crop_video(video, boxes), crop_video(torch.from_numpy(video), boxes))
+    assert crop_video(video, boxes, out_size=8).shape == (2, 3, 8, 8)
+    with pytest.raises(TypeError, match="video must be a torch.Tensor or numpy array, got list"):
+        crop_video([[1.0]], boxes)
+    with pytest.raises(ValueError, match="video frames must hold pixels"):
+        crop_video(torch.rand(2, 3, 0, 100), boxes)
+    with pytest.raises(ValueError, match="out_size must be"):
+        crop_video(video, boxes, out_size=(8, 0))

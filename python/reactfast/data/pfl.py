@@ -11,11 +11,27 @@ to the nearest integer (half away from zero).
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+
+def _pair(name: str, value, integer: bool, what: str) -> Tuple:
+    """``value`` as a pair: one number for both sides, or two; positive and finite (integers with
+    ``integer``); errors name the argument."""
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        value = value.tolist()
+    items = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    kinds = numbers.Integral if integer else numbers.Real
+    if len(items) != 2 or not all(isinstance(v, kinds) and not isinstance(v, (bool, np.bool_)) and math.isfinite(v)
+                                  and v > 0 for v in items):
+        kind = "integers >= 1" if integer else "finite numbers > 0"
+        raise ValueError(f"{name} must be {what}: one or two {kind}, got {value!r}")
+    return tuple(int(v) for v in items) if integer else tuple(float(v) for v in items)
 
 
 def crop_window(boxes, omega: Tuple[float, float] = (256.0, 256.0),
@@ -24,18 +40,23 @@ def crop_window(boxes, omega: Tuple[float, float] = (256.0, 256.0),
 
     Args:
         boxes: per-frame face boxes (x_centre, y_centre, w, h), shape (T, 4), T >= 1.
-        omega: (omega_w, omega_h), the largest window (256 x 256 in the paper).
+        omega: (omega_w, omega_h), the largest window (256 x 256 in the paper); one number for both.
         frame_size: (height, width) of the frames; when given, the window is clipped to them.
     """
-    b = np.asarray(boxes.detach().cpu() if isinstance(boxes, torch.Tensor) else boxes, dtype=np.float64)
+    try:
+        b = np.asarray(boxes.detach().cpu() if isinstance(boxes, torch.Tensor) else boxes, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"boxes must be (T, 4) numbers x_centre, y_centre, w, h, got {type(boxes).__name__} "
+                         f"{boxes!r:.80}") from None
     if b.ndim != 2 or b.shape[1] != 4 or len(b) == 0:
         raise ValueError(f"boxes must have shape (T, 4) with T >= 1, got {b.shape}")
     if not np.isfinite(b).all():
         raise ValueError("boxes contain NaN or Inf")
     if (b[:, 2:] <= 0).any():
         raise ValueError("boxes must have positive width and height")
-    if min(omega) <= 0:
-        raise ValueError(f"omega must be positive, got {omega}")
+    omega = _pair("omega", omega, False, "the largest window (width, height)")
+    if frame_size is not None:
+        frame_size = _pair("frame_size", frame_size, True, "the frames' (height, width)")
     x, y, w, h = b.T
     cx, cy = x.mean(), y.mean()
     wc = min(omega[0], (x + w / 2).max() - (x - w / 2).min())
@@ -59,11 +80,19 @@ def crop_video(video: torch.Tensor, boxes, omega: Tuple[float, float] = (256.0, 
         video: (T, C, H, W) or a batch (B, T, C, H, W).
         boxes: (T, 4) or (B, T, 4) face boxes per frame.
         out_size: (height, width) to resize each cropped clip to (needed to batch videos whose
-            windows differ); None keeps the window's size.
+            windows differ), or one int for a square; None keeps the window's size.
 
     Returns:
         (T, C, h, w) or (B, T, C, h, w).
     """
+    if isinstance(video, np.ndarray):
+        video = torch.from_numpy(np.ascontiguousarray(video))
+    if not isinstance(video, torch.Tensor):
+        raise TypeError(f"video must be a torch.Tensor or numpy array, got {type(video).__name__}")
+    if video.dim() in (4, 5) and 0 in video.shape[-2:]:
+        raise ValueError(f"video frames must hold pixels, got shape {tuple(video.shape)}")
+    if out_size is not None:
+        out_size = _pair("out_size", out_size, True, "the crops' (height, width)")
     single = video.dim() == 4
     if single:
         video, boxes = video[None], [boxes]
@@ -113,7 +142,8 @@ def crop_frames(src: str, boxes, dst: str, omega: Tuple[float, float] = (256.0, 
                 out_size: Optional[Tuple[int, int]] = None) -> Tuple[int, int, int, int]:
     """PFL for a clip's frame folder in the REACT layout (``1.png`` ... ``T.png``): one fixed,
     pose-preserving crop window from the boxes (T, 4), every frame cropped with it (and resized to
-    ``out_size`` (height, width) when given) into ``dst``. Returns the window (left, top, w, h)."""
+    ``out_size`` (height, width), or one int for a square, when given) into ``dst``. Returns the
+    window (left, top, w, h)."""
     import os
 
     from matplotlib import image as mpimg
@@ -125,10 +155,7 @@ def crop_frames(src: str, boxes, dst: str, omega: Tuple[float, float] = (256.0, 
     if os.path.exists(dst) and not os.path.isdir(dst):
         raise DataError(f"{dst}: exists and is not a folder (the cropped frames' destination)")
     if out_size is not None:
-        if (not isinstance(out_size, (tuple, list)) or len(out_size) != 2
-                or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in out_size)):
-            raise ValueError(f"out_size must be (height, width), two integers >= 1, got {out_size!r}")
-        out_size = tuple(out_size)
+        out_size = _pair("out_size", out_size, True, "the crops' (height, width)")
     names = sorted((f for f in os.listdir(src) if f.endswith(".png") and f[:-4].isdigit()), key=lambda f: int(f[:-4]))
     if not names:
         raise DataError(f"{src}: no numbered .png frames (1.png, 2.png, ...)")
