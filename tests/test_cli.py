@@ -119,3 +119,26 @@ def test_bench_folder_found_from_any_folder(tmp_path, monkeypatch):
     found = cli.bench_folder()
     assert found is not None and os.path.abspath(found) != str(tmp_path / "bench")
     assert os.path.isfile(os.path.join(found, "conftest.py")) and os.path.isfile(os.path.join(found, "bench_dtw.py"))
+
+
+def test_program_under_torchrun_exits_without_finalizing(tmp_path):
+    """Under torchrun (WORLD_SIZE > 1) the reactfast program ends with the exit handlers run, its output
+    flushed and its own exit code, skipping interpreter finalization (where torch's threads aborted a
+    finished DDP run's rank 1 now and then, pytorch/pytorch#190489); in a single process it returns."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import atexit, sys\n"
+              "atexit.register(lambda: print('handler ran', file=sys.stderr, flush=True))\n"
+              "sys.argv = ['reactfast', 'evaluate', 'missing.npz']\n"
+              "from reactfast import cli\n"
+              "code = cli.entry()\n"
+              "print('returned', code)\n")
+    for world, returned in (("2", False), ("1", True)):
+        env = {**os.environ, "WORLD_SIZE": world}
+        proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == (0 if returned else 2), proc.stderr
+        assert "missing.npz" in proc.stderr and "handler ran" in proc.stderr, proc.stderr
+        assert ("returned 2" in proc.stdout) == returned, proc.stdout

@@ -705,7 +705,14 @@ def entry() -> int:
     except ValueError as exc:
         print(f"reactfast: error: {exc}", file=sys.stderr)
         return 2
-    return main()
+    code = main()
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        # Under torchrun: exit without interpreter finalization, where torch's threads can abort a
+        # finished run (see exit_distributed_process).
+        from reactfast.train.trainer import exit_distributed_process
+
+        exit_distributed_process(code)
+    return code
 
 
 if __name__ == "__main__":
