@@ -11,27 +11,28 @@ to the nearest integer (half away from zero).
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from reactfast.ops._checks import check_int, check_real
+
 
 def _pair(name: str, value, integer: bool, what: str) -> Tuple:
-    """``value`` as a pair: one number for both sides, or two; positive and finite (integers with
-    ``integer``); errors name the argument."""
+    """``value`` as a pair: one number for both sides, or two; each checked by ``check_int`` (>= 1)
+    or ``check_real`` (finite, > 0); errors name the argument and what it is."""
     if isinstance(value, (np.ndarray, torch.Tensor)):
         value = value.tolist()
     items = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-    kinds = numbers.Integral if integer else numbers.Real
-    if len(items) != 2 or not all(isinstance(v, kinds) and not isinstance(v, (bool, np.bool_)) and math.isfinite(v)
-                                  and v > 0 for v in items):
+    try:
+        if len(items) != 2:
+            raise ValueError
+        return tuple(check_int(name, v) if integer else check_real(name, v, strict=True) for v in items)
+    except ValueError:
         kind = "integers >= 1" if integer else "finite numbers > 0"
-        raise ValueError(f"{name} must be {what}: one or two {kind}, got {value!r}")
-    return tuple(int(v) for v in items) if integer else tuple(float(v) for v in items)
+        raise ValueError(f"{name} must be {what}: one or two {kind}, got {value!r}") from None
 
 
 def crop_window(boxes, omega: Tuple[float, float] = (256.0, 256.0),
