@@ -142,3 +142,23 @@ def test_program_under_torchrun_exits_without_finalizing(tmp_path):
         assert proc.returncode == (0 if returned else 2), proc.stderr
         assert "missing.npz" in proc.stderr and "handler ran" in proc.stderr, proc.stderr
         assert ("returned 2" in proc.stdout) == returned, proc.stdout
+
+
+def test_program_names_a_bad_world_size_before_any_work(tmp_path):
+    """WORLD_SIZE is read before the command runs: a bad value is named and no command runs."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import sys\n"
+              "sys.argv = ['reactfast', 'evaluate', 'missing.npz']\n"
+              "from reactfast import cli\n"
+              "print('returned', cli.entry())\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env={**os.environ, "WORLD_SIZE": "two"},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "returned 2" in proc.stdout, proc.stdout + proc.stderr
+    assert "WORLD_SIZE must be a process count >= 1" in proc.stderr and "missing.npz" not in proc.stderr
+    from reactfast.train import exit_distributed_process
+
+    with pytest.raises(ValueError, match="code must be an exit status"):
+        exit_distributed_process("0")

@@ -705,12 +705,17 @@ def entry() -> int:
     except ValueError as exc:
         print(f"reactfast: error: {exc}", file=sys.stderr)
         return 2
+    from reactfast._distributed import exit_distributed_process, launched_world_size
+
+    try:
+        world = launched_world_size()   # read before any work, not after it
+    except ValueError as exc:
+        print(f"reactfast: error: {exc}", file=sys.stderr)
+        return 2
     code = main()
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+    if world > 1:
         # Under torchrun: exit without interpreter finalization, where torch's threads can abort a
         # finished run (see exit_distributed_process).
-        from reactfast.train.trainer import exit_distributed_process
-
         exit_distributed_process(code)
     return code
 

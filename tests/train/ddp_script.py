@@ -4,8 +4,7 @@ import sys
 
 import torch.distributed
 
-from reactfast.train import TrainConfig, Trainer
-from reactfast.train.trainer import exit_distributed_process
+from reactfast.train import TrainConfig, Trainer, exit_distributed_process
 from tests.train.helpers import tiny_data, tiny_model
 
 out = sys.argv[1]

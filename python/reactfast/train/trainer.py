@@ -38,6 +38,7 @@ import torch
 import torch.distributed as dist
 
 from reactfast import _backend, _io
+from reactfast._distributed import launched_world_size
 from reactfast._progress import Progress
 from reactfast.models.base import check_at_least, check_field_types
 from reactfast.ops._checks import check_real, check_seed
@@ -128,29 +129,10 @@ def _drop_ddp_wrappers() -> None:
     gc.collect()
 
 
-def exit_distributed_process(code: int) -> None:
-    """End a torchrun process whose work is done: the exit handlers run (the DDP wrappers are dropped
-    and the process group destroyed while the interpreter is whole), the standard streams are flushed,
-    and the process exits with ``code`` without finalizing the interpreter. Finalization is where
-    torch's non-Python threads (gloo's, the autograd engine's) can still call into the dying
-    interpreter and abort the process, "terminate called without an active exception"
-    (pytorch/pytorch#190489): 3 of about 275 runs of the two-process DDP test on a 2-core VM ended
-    so, rank 1 with SIGABRT after the run had finished."""
-    try:
-        atexit._run_exitfuncs()
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError, AttributeError):
-                pass
-        os._exit(code)
-
-
 def distributed_context(device_type: str = "cpu"):
     """(rank, world size), initialising the process group under torchrun (gloo for CPU training,
     nccl for CUDA)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = launched_world_size()
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
         # A process that exits with the group alive can abort in gloo's worker threads during interpreter
