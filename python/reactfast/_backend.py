@@ -291,6 +291,17 @@ def select(op: str, device: torch.device, implemented: Sequence[str], backend: O
     return "reference"
 
 
+def check_forced(spec: Optional[str], ops: Sequence[str], device) -> None:
+    """Raise now, before any work, where a backend forced for one of ``ops`` (per op or by name in
+    ``spec``, else by ``REACTFAST_BACKEND``) cannot run on ``device``: a pipeline of several ops
+    (the metric suite) then fails before its first op, not after the finished work of the others.
+    Ops left to the automatic choice are not checked (they fall back, as :func:`select` logs)."""
+    for op in ops:
+        chosen = for_op(spec, op)
+        if chosen is not None or forced_backend(op) is not None:
+            select(op, device, _implemented[op], chosen)
+
+
 def summary() -> dict:
     """What each backend can do here, for env reports and bug reports."""
     rows = {}

@@ -95,6 +95,21 @@ def test_frsyn_needs_the_speaker_first_and_warns_on_clips_shorter_than_its_lags(
         metrics.frsyn(pred, speaker, max_lag=38)          # 40 frames hold lags up to 38
 
 
+
+@pytest.mark.parametrize("how", ["spec", "env"])
+def test_a_forced_backend_that_cannot_run_fails_before_the_first_metric(monkeypatch, how):
+    """A backend forced for a later metric's op that cannot take the inputs (dtw's CUDA kernel, for
+    FRDist, on CPU tensors) raised only when that metric's turn came, after the earlier ones had
+    been computed (minutes at the challenge's scale); now before FRCorr, whether named by
+    ``backend=`` or by REACTFAST_BACKEND."""
+    pred, gt, speaker, appropriate = make_case(4, 4, 2, 40)
+    monkeypatch.setattr(metrics, "_frcorr", lambda *a, **k: pytest.fail("FRCorr computed before the check"))
+    if how == "env":
+        monkeypatch.setenv("REACTFAST_BACKEND", "dtw:cuda")
+    with pytest.raises(RuntimeError, match="dtw: backend 'cuda' was forced but cannot run"):
+        metrics.evaluate(pred, gt, speaker, appropriate, backend="ccc:cpp,dtw:cuda" if how == "spec" else None)
+
+
 def test_perfect_prediction_scores():
     pred, gt, speaker, appropriate = make_case(4, 6, 2, 80)
     exact = np.repeat(gt[:, None], 2, axis=1)

@@ -296,6 +296,7 @@ def evaluate(pred, listener_gt, speaker, appropriate, progress: bool = False, ab
     pred, listener_gt, speaker, a = check_inputs(pred, listener_gt, speaker, appropriate)
     if pred.shape[2] < 2:
         raise ValueError(f"pred must have at least 2 frames (T) for the metric suite, got shape {tuple(pred.shape)}")
+    _backend.check_forced(backend, ("ccc", "dtw", "spread", "tlcc"), pred.device)   # not after FRCorr and FRDist
     warn_out_of_range(pred)
     return {
         "FRCorr": _frcorr(pred, listener_gt, a, progress=progress, backend=backend),
