@@ -3,6 +3,7 @@ argument, file or flag, or handled correctly; no finished work lost."""
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -297,7 +298,12 @@ def test_17_evaluate_names_unreadable_files(tmp_path, capsys):
     np.savez(tmp_path / "good.npz", pred=np.zeros((2, 1, 5, 25), np.float32))
     data = open(tmp_path / "good.npz", "rb").read()
     open(tmp_path / "cut.npz", "wb").write(data[: len(data) // 2])
-    for name, words in (("obj.npy", "pickled Python objects"), ("cut.npz", "not a readable .npz")):
+    with open(tmp_path / "pickle.npy", "wb") as f:
+        pickle.dump({"a": 1}, f)
+    (tmp_path / "text.npy").write_text("1,2,3\n")   # numpy reads a file with no .npy header as a pickle
+    for name, words in (("obj.npy", "holds an array of Python objects"), ("cut.npz", "not a readable .npz"),
+                        ("pickle.npy", "holds pickled Python objects"),
+                        ("text.npy", "is not a .npy file (no NumPy header; it begins b'1,2,3\\n')")):
         code, err = run(["evaluate", str(tmp_path / name), "--listener-gt", str(tmp_path / "gt.npy"), "--speaker",
                          str(tmp_path / "gt.npy"), "--appropriate", str(tmp_path / "a.npy"), "--device", "cpu"],
                         capsys)

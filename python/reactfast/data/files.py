@@ -115,6 +115,13 @@ def load_npy(path: str) -> np.ndarray:
         arr = np.load(path, allow_pickle=False)
     except ValueError as exc:
         if "pickle" in str(exc) or "allow_pickle" in str(exc):
+            # numpy reads a file without the .npy header as a pickle: name what the file holds.
+            with open(path, "rb") as f:
+                head = f.read(6)
+            if head == b"\x93NUMPY":
+                raise DataError(f"{path}: holds an array of Python objects, not a numeric array") from None
+            if head[:1] != b"\x80":    # a pickle's first byte (protocol 2 and later)
+                raise DataError(f"{path}: is not a .npy file (no NumPy header; it begins {head!r})") from None
             raise DataError(f"{path}: holds pickled Python objects, not a numeric array") from None
         raise DataError(f"{path}: cannot read as .npy ({exc})") from None
     except Exception as exc:
