@@ -96,6 +96,14 @@ def test_demo_checks_its_flags_before_writing(tmp_path, capsys):
     with pytest.raises(ValueError, match="steps must be an int >= 1, got -1"):
         run_demo(out=str(out), steps=-1)
     assert not out.exists()   # the synthetic data was written first, then TrainConfig refused the steps
+    # A forced backend that cannot run on the device failed after the training and sampling, at
+    # the first op that used it (a diffusion model's DDIM step, a metric's kernel): now first.
+    assert cli.main(["demo", "--out", str(out), "--device", "cpu", "--backend", "cpp,dtw:cuda"]) == 2
+    assert "dtw: backend 'cuda' was forced but cannot run" in capsys.readouterr().err
+    assert not any(out.iterdir())   # the command line checks --out is writable (an empty folder)
+    with pytest.raises(RuntimeError, match="dtw: backend 'cuda' was forced but cannot run"):
+        run_demo(out=str(tmp_path / "direct"), device="cpu", backend="dtw:cuda")
+    assert not (tmp_path / "direct").exists()
 
 
 @pytest.mark.parametrize("model", ["perfrdiff", "reactdiff", "pflposnet"])

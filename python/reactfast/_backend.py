@@ -291,11 +291,15 @@ def select(op: str, device: torch.device, implemented: Sequence[str], backend: O
     return "reference"
 
 
-def check_forced(spec: Optional[str], ops: Sequence[str], device) -> None:
-    """Raise now, before any work, where a backend forced for one of ``ops`` (per op or by name in
-    ``spec``, else by ``REACTFAST_BACKEND``) cannot run on ``device``: a pipeline of several ops
-    (the metric suite) then fails before its first op, not after the finished work of the others.
-    Ops left to the automatic choice are not checked (they fall back, as :func:`select` logs)."""
+def check_forced(spec: Optional[str], ops: Optional[Sequence[str]], device) -> None:
+    """Raise now, before any work, where a backend forced for one of ``ops`` (default: every op
+    family) per op or by name in ``spec``, else by ``REACTFAST_BACKEND``, cannot run on ``device``:
+    a pipeline of several ops (the metric suite, the demo's training, sampling and scoring) then
+    fails before its first op, not after the finished work of the others. Ops left to the automatic
+    choice are not checked (they fall back, as :func:`select` logs)."""
+    if ops is None:
+        import reactfast.ops  # noqa: F401 (the op families register their backends as they load)
+        ops = sorted(_implemented)
     for op in ops:
         chosen = for_op(spec, op)
         if chosen is not None or forced_backend(op) is not None:

@@ -19,7 +19,7 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
-from reactfast import _io, metrics, models
+from reactfast import _backend, _io, metrics, models
 from reactfast.data import ReactDataset, SyntheticDyads
 from reactfast.metrics.io import format_table, ranking, save_json
 from reactfast.models.baselines import MirrorBaseline, NearestNeighbourBaseline, RandomBaseline
@@ -92,6 +92,10 @@ def run_demo(out: str = "reactfast_out/demo", sessions: int = 48, steps: int = 5
     check_int("sessions", sessions)   # before anything is written
     check_int("steps", steps)
     device = torch.device(device) if device is not None else torch.device("cpu")
+    # Training, sampling and scoring all run on ``device``: a forced backend that cannot run there
+    # (a diffusion model's DDIM step, a metric's kernel) fails now, not after the training.
+    _backend.check_spec_ops(backend)
+    _backend.check_forced(backend, None, device)
     t0 = time.perf_counter()
     from reactfast.train import seed_everything
 
