@@ -587,8 +587,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt-every", type=int, help="save a checkpoint every N steps (default: at the end)")
     p.add_argument("--val-every", type=int, help="validate every N steps on the val split; keeps 'best'")
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels (bit-exact resume on CUDA)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model's training forward (for a GPU; on "
-                   "2 CPU cores the demo ReactFace compiled in 160 s and then ran slower, 290 vs 225 ms/step)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model's training forward (the first step "
+                   "compiles: minutes on a few CPU cores with an empty inductor cache; README: Training)")
     p.add_argument("--tensorboard", action="store_true", help="log to OUT/tensorboard (needs tensorboard)")
     p.add_argument("--no-progress", action="store_true")
     _device_args(p)
