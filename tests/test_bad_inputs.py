@@ -936,3 +936,18 @@ def test_52_pfl_crop_arguments_are_named():
         crop_video(torch.rand(2, 3, 0, 100), boxes)
     with pytest.raises(ValueError, match="out_size must be"):
         crop_video(video, boxes, out_size=(8, 0))
+
+
+def test_53_generate_and_plot_outputs_carry_the_suffix_their_readers_go_by(checkpoint, tmp_path, capsys):
+    """``generate --out preds.txt`` wrote a .npz archive under that name, which ``evaluate`` and
+    ``plot`` then refused by its suffix ('unsupported file type'), after the sampling; ``plot --out
+    fig.pdf`` wrote PNG data under a .pdf name. Both are refused before any work."""
+    code, err = run(["generate", "--checkpoint", checkpoint, "--out", str(tmp_path / "preds.txt"), "--no-progress"],
+                    capsys)
+    assert code == 2 and "preds.txt must end in .npz" in err, err
+    assert not (tmp_path / "preds.txt").exists()
+    np.savez(tmp_path / "ok.npz", pred=np.zeros((1, 2, 10, 25), np.float32), speaker=np.zeros((1, 10, 25), np.float32))
+    code, err = run(["plot", str(tmp_path / "ok.npz"), "--out", str(tmp_path / "fig.pdf")], capsys)
+    assert code == 2 and "fig.pdf must end in .png" in err, err
+    code, err = run(["plot", str(tmp_path / "ok.npz"), "--out", str(tmp_path / "FIG.PNG")], capsys)
+    assert code == 0 and (tmp_path / "FIG.PNG").read_bytes()[:4] == b"\x89PNG"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 
 def check_writable_dir(path: str, what: str) -> str:
@@ -24,9 +24,12 @@ def check_writable_dir(path: str, what: str) -> str:
     return path
 
 
-def check_writable_file(path: str, what: str) -> str:
+def check_writable_file(path: str, what: str, suffix: Optional[str] = None) -> str:
     """Make sure ``path`` can be written (its folder exists or can be made and is writable, and the
-    path is not a folder); an error naming ``what``."""
+    path is not a folder; with ``suffix``, its name ends in it: the readers of such files go by the
+    suffix); an error naming ``what``."""
+    if suffix is not None and not path.lower().endswith(suffix):
+        raise ValueError(f"{what}: {path} must end in {suffix} (the file is written as {suffix[1:]})")
     path = os.path.abspath(path)
     if os.path.isdir(path):
         raise IsADirectoryError(f"{what}: {path} is a folder, expected a file path")

@@ -260,7 +260,7 @@ def _cmd_generate(args) -> int:
 
     _check_counts(("--samples", args.samples, 1), ("--sessions", args.sessions, 1), ("--frames", args.frames, 1))
     _check_seed(args.seed)
-    out = _io.check_writable_file(args.out, "--out")
+    out = _io.check_writable_file(args.out, "--out", ".npz")   # evaluate and plot read it by its suffix
     meta = read_config(args.checkpoint)
     data_meta = meta.get("extra", {}).get("data", {})
     spec = args.data or data_meta.get("spec")
@@ -354,7 +354,7 @@ def _cmd_plot(args) -> int:
         raise CommandError(f"--item must be in [0, {pred.shape[0]}), got {args.item}")
     channels = _channels(args.channels)
     out = args.out or os.path.splitext(args.pred)[0] + f".item{args.item}.png"
-    _io.check_writable_file(out, "--out")
+    _io.check_writable_file(out, "--out", ".png")
     plot_reactions(out, speaker[args.item], pred[args.item], channels,
                    listener[args.item] if listener is not None else None, title=f"dyad {args.item}")
     print(f"wrote {out}")
