@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from reactfast import cli, metrics
+from reactfast import cli, diffusion, metrics
 from reactfast.data import DataError, ReactDataset, SyntheticDyads, layout
 from reactfast.data import audio as audio_io
 from reactfast.online import ReactionStream, StreamRunner
+from reactfast.plot import plot_reactions
 from reactfast.train import CheckpointError, load_model, read_config, save_checkpoint
 from tests.train.helpers import tiny_model
 
@@ -803,7 +804,6 @@ def test_45_a_streams_window_is_checked_at_creation_and_the_runner_takes_a_list(
 
 def test_46_plot_and_config_arguments_are_named(tmp_path):
     from reactfast import configs
-    from reactfast.plot import plot_reactions
 
     rng = np.random.default_rng(0)
     speaker, reactions, path = rng.random((50, 25)), rng.random((3, 50, 25)), str(tmp_path / "p.png")
@@ -951,3 +951,36 @@ def test_53_generate_and_plot_outputs_carry_the_suffix_their_readers_go_by(check
     assert code == 2 and "fig.pdf must end in .png" in err, err
     code, err = run(["plot", str(tmp_path / "ok.npz"), "--out", str(tmp_path / "FIG.PNG")], capsys)
     assert code == 0 and (tmp_path / "FIG.PNG").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("call,err,words", [
+    # a missing input failed inside the checks ("'NoneType' object has no attribute 'shape'")
+    (lambda p: metrics.frcorr(p, None, np.eye(2)), TypeError, "listener_gt must be a numpy array or torch tensor"),
+    (lambda p: metrics.frdist(p, p[:, 0], None), TypeError, r"appropriate must be an \(N, N\) bool or 0/1 matrix"),
+    (lambda p: metrics.evaluate(p, p[:, 0], p[:, 0], None), TypeError, "appropriate must be an"),
+    # a backend that is not a string: "'int' object has no attribute 'split'"; an array: "truth value ... ambiguous"
+    (lambda p: metrics.frcorr(p, p[:, 0], np.eye(2), backend=3), TypeError, "backend must be a backend name or a spec"),
+    (lambda p: metrics.frsyn(p, p[:, 0], backend=np.zeros(2)), TypeError, "backend must be a backend name"),
+    # rows as one int: "'int' object is not iterable"
+    (lambda p: metrics.frdist(p, p[:, 0], np.eye(2), rows=1), ValueError, "rows must be a list of integer row"),
+    # sync_offsets and pose_seam_jump took anything (torch's errors from inside, or a wrong answer)
+    (lambda p: metrics.sync_offsets(p), TypeError, r"rs must be a float tensor \(M, 2L \+ 1\)"),
+    (lambda p: metrics.sync_offsets(torch.zeros(3, 4)), ValueError, "rs must hold 2L \\+ 1 lags"),
+    (lambda p: metrics.pose_seam_jump(torch.zeros(2, 10, 25), 8), TypeError,
+     r"frames must be a float tensor \(B, T, 58\)"),
+    (lambda p: metrics.pose_seam_jump(torch.zeros(2, 10, 58), 0), ValueError, "window must be an int >= 1, got 0"),
+    # "could not convert string to float: 'x'"; "float() argument must be ... not 'NoneType'"
+    (lambda p: layout.check_emotion(np.array(["x"] * 25)), TypeError, "emotion must hold numbers"),
+    (lambda p: layout.check_emotion(p, tolerance=None), ValueError, "tolerance must be a finite number >= 0"),
+    # "'<' not supported between instances of 'float' and 'NoneType'"; "truth value ... ambiguous"
+    (lambda p: diffusion.betas_for("linear", 10, beta_start=None), ValueError, "beta_start must be a finite number"),
+    (lambda p: diffusion.betas_for(np.zeros(2), 10), ValueError, "schedule must be one of"),
+    # "expected str, bytes or os.PathLike object"; "'int' object is not iterable"
+    (lambda p: plot_reactions(None, p[0, 0], p[0]), TypeError, "path must be a file path"),
+    (lambda p: plot_reactions("a.png", p[0, 0], p[0], channels=15), ValueError, "channels must be a sequence"),
+    (lambda p: plot_reactions("a.png", p[0, 0], p[0], title=np.zeros(2)), TypeError, "title must be a str"),
+])
+def test_54_metric_helpers_schedules_and_plots_name_their_arguments(call, err, words):
+    pred = np.random.default_rng(0).random((2, 2, 60, 25)).astype(np.float32)
+    with pytest.raises(err, match=words):
+        call(pred)

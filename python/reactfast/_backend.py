@@ -198,6 +198,9 @@ def parse_spec(spec: Optional[str]) -> Tuple[Optional[str], Dict[str, str]]:
     """A backend spec as ``REACTFAST_BACKEND`` takes it: one name for every op (``"reference"``),
     names per op (``"dtw:cpp,biased_attention:triton"``), or both. Returns (default, {op: name}), a
     fresh dict each call."""
+    if spec is not None and not isinstance(spec, str):
+        raise TypeError(f"backend must be a backend name or a spec such as 'dtw:cpp,ccc:reference' (a string), got "
+                        f"{type(spec).__name__}")
     default, per_op = _parse_spec(spec or "")
     return default, dict(per_op)
 
@@ -251,9 +254,9 @@ def for_op(spec: Optional[str], op: str) -> Optional[str]:
     """The backend a caller's spec (``backend=`` of a model, a metric suite, the command line) asks of
     ``op``: its per-op name if the spec names one (a forced choice), else the spec's single name if
     ``op`` implements it, else None (automatic)."""
-    if not spec:
+    if spec is None:
         return None
-    default, per_op = parse_spec(spec)
+    default, per_op = parse_spec(spec)   # (its type checked there)
     if op in per_op:
         return per_op[op]
     return default if default in _implemented.get(op, BACKENDS) else None

@@ -32,6 +32,11 @@ def betas_for(schedule: str, num_train_steps: int, beta_start: float = 1e-4, bet
               cosine_s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
     """float64 betas: linear in [beta_start, beta_end], or cosine (Nichol & Dhariwal) clipped at max_beta."""
     check_int("num_train_steps", num_train_steps)
+    if not isinstance(schedule, str) or schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    for name, value in (("beta_start", beta_start), ("beta_end", beta_end), ("cosine_s", cosine_s),
+                        ("max_beta", max_beta)):
+        check_real(name, value, minimum=None)   # a number: the ranges below name the schedule's rule
     if schedule == "linear" and not 0.0 < beta_start <= beta_end < 1.0:
         # A beta outside (0, 1) gives alpha_bar outside (0, 1]: NaN samples from the first step.
         raise ValueError(f"the linear schedule needs 0 < beta_start <= beta_end < 1, got beta_start {beta_start} "
@@ -41,11 +46,10 @@ def betas_for(schedule: str, num_train_steps: int, beta_start: float = 1e-4, bet
                          f"{max_beta}")
     if schedule == "linear":
         return torch.linspace(beta_start, beta_end, num_train_steps, dtype=torch.float64)
-    if schedule == "cosine":
-        def f(t):
-            return math.cos((t / num_train_steps + cosine_s) / (1 + cosine_s) * math.pi / 2) ** 2
-        return torch.tensor([min(1 - f(i + 1) / f(i), max_beta) for i in range(num_train_steps)], dtype=torch.float64)
-    raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+
+    def f(t):   # the cosine schedule's alpha_bar
+        return math.cos((t / num_train_steps + cosine_s) / (1 + cosine_s) * math.pi / 2) ** 2
+    return torch.tensor([min(1 - f(i + 1) / f(i), max_beta) for i in range(num_train_steps)], dtype=torch.float64)
 
 
 class DDIMScheduler:

@@ -3,6 +3,7 @@ over time, for chosen emotion channels."""
 
 from __future__ import annotations
 
+import os
 from typing import Optional, Sequence
 
 import numpy as np
@@ -18,6 +19,12 @@ def plot_reactions(path: str, speaker: np.ndarray, reactions: np.ndarray, channe
     dashed) and up to ``max_reactions`` generated reactions.
 
     speaker (T, 25); reactions (S, T, 25); listener (T, 25) or None."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a file path (str or os.PathLike), got {type(path).__name__}")
+    if not isinstance(title, str):
+        raise TypeError(f"title must be a str, got {type(title).__name__}")
+    if isinstance(channels, (str, bytes)) or not hasattr(channels, "__iter__"):
+        raise ValueError(f"channels must be a sequence of channel indices, got {channels!r}")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,6 +62,8 @@ def plot_reactions(path: str, speaker: np.ndarray, reactions: np.ndarray, channe
     fig.tight_layout()
     from reactfast import _io
 
-    _io.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
+    try:
+        _io.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)   # also when the write fails: pyplot keeps every open figure
     return path

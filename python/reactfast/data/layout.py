@@ -45,8 +45,10 @@ def check_emotion(emotion, tolerance: float = 1e-4) -> dict:
     import numpy as np
     import torch
 
+    from reactfast.ops._checks import check_real
     from reactfast.ops.emotion_range import emotion_range_counts_unchecked
 
+    tolerance = check_real("tolerance", tolerance)
     if isinstance(emotion, torch.Tensor):   # counted where it lies (no copy to the host)
         e = emotion.detach()
         if not e.is_floating_point() or e.element_size() < 4:
@@ -56,6 +58,9 @@ def check_emotion(emotion, tolerance: float = 1e-4) -> dict:
             e = e.float()
     else:
         e = np.asarray(emotion)
+        if e.dtype.kind not in "fiub":
+            raise TypeError(f"emotion must hold numbers (a float array or tensor (..., {EMOTION_DIM})), got "
+                            f"{type(emotion).__name__} of dtype {e.dtype}")
         e = torch.from_numpy(np.ascontiguousarray(e if e.dtype == np.float32 else e.astype(np.float64)))
     if e.dim() < 1 or e.shape[-1] != EMOTION_DIM:
         raise ValueError(f"emotion must have {EMOTION_DIM} dims in its last axis, got shape {tuple(e.shape)}")

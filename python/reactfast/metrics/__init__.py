@@ -45,6 +45,11 @@ __all__ = ["evaluate", "frcorr", "frdist", "frdiv", "frdvs", "frvar", "frsyn", "
            "pose_seam_jump", "METRICS", "HIGHER_IS_BETTER"]
 
 
+def _described(x) -> str:
+    return (f"{x.dtype} of shape {tuple(x.shape)}" if isinstance(x, (torch.Tensor, np.ndarray))
+            else type(x).__name__)
+
+
 def _as_tensor(name: str, x, ndim: int) -> torch.Tensor:
     if isinstance(x, np.ndarray):
         if not np.issubdtype(x.dtype, np.floating):
@@ -159,6 +164,7 @@ def frcorr(pred, listener_gt, appropriate, chunk: int = 64, progress: bool = Fal
 
     ``rows``: compute only these speakers' terms (still divided by N), so that the results of
     disjoint row sets (e.g. one per process) add up to the metric."""
+    _need_targets(listener_gt, appropriate)
     pred, listener_gt, _, a = check_inputs(pred, listener_gt, None, appropriate)
     check_int("chunk", chunk)
     check_bool("progress", progress)
@@ -169,6 +175,7 @@ def frdist(pred, listener_gt, appropriate, chunk: int = 16, progress: bool = Fal
            groups=REACT_GROUPS, backend=None, rows=None) -> float:
     """FRDist: the smallest weighted three-group DTW to an appropriate real reaction, summed over
     samples. ``rows`` as in :func:`frcorr`."""
+    _need_targets(listener_gt, appropriate)
     pred, listener_gt, _, a = check_inputs(pred, listener_gt, None, appropriate)
     check_int("chunk", chunk)
     check_bool("progress", progress)
@@ -192,6 +199,12 @@ def _spread(pred, backend=None, need_var: bool = True) -> Dict[str, float]:
 def sync_offsets(rs: torch.Tensor) -> torch.Tensor:
     """|offset| of each lagged correlation curve rs (M, 2L + 1): |L - argmax_l rs(l)|, the argmax
     returning the first NaN where a curve holds any (numpy's rule, as the official code)."""
+    if not isinstance(rs, torch.Tensor) or not rs.is_floating_point() or rs.dim() < 1:
+        raise TypeError(f"rs must be a float tensor (M, 2L + 1) of lagged correlation curves, got "
+                        f"{_described(rs)}")
+    if rs.shape[-1] % 2 == 0:
+        raise ValueError(f"rs must hold 2L + 1 lags (an odd number, lag 0 in the middle) in its last dim, got "
+                         f"shape {tuple(rs.shape)}")
     nan = torch.isnan(rs)
     first_nan = nan.to(torch.uint8).argmax(-1)
     peak = torch.nan_to_num(rs, nan=float("-inf")).argmax(-1)
@@ -202,6 +215,16 @@ def _need_speaker(speaker) -> None:
     if speaker is None:
         raise TypeError("speaker must be a numpy array or torch tensor (N, T, 25) of the speakers' emotion: "
                         "FRSyn correlates each reaction with its speaker; got None")
+
+
+def _need_targets(listener_gt, appropriate) -> None:
+    """FRCorr and FRDist compare each reaction with the appropriate real ones: both are needed."""
+    if listener_gt is None:
+        raise TypeError("listener_gt must be a numpy array or torch tensor (N, T, 25) of the real listeners' "
+                        "emotion; got None")
+    if appropriate is None:
+        raise TypeError("appropriate must be an (N, N) bool or 0/1 matrix (row k: the dyads whose real reaction "
+                        "is appropriate for speaker k); got None")
 
 
 def _frsyn(pred, speaker, max_lag=49, all_samples=False, backend=None) -> float:
@@ -251,6 +274,11 @@ def pose_seam_jump(frames: torch.Tensor, window: int) -> torch.Tensor:
     """Not a REACT metric: the mean |head-pose change| across the window seams of generated 3DMM
     sequences (B, T, 58) emitted in windows of ``window`` frames (how visibly an online generator's
     windows join; PFLPosNet's PosNet lowers it)."""
+    if not isinstance(frames, torch.Tensor) or not frames.is_floating_point() or frames.dim() != 3 or \
+            frames.shape[-1] != layout.TDMM_DIM:
+        raise TypeError(f"frames must be a float tensor (B, T, {layout.TDMM_DIM}) of 3DMM sequences, got "
+                        f"{_described(frames)}")
+    check_int("window", window)
     pose = frames[..., layout.TDMM_POSE]
     seams = torch.arange(window, pose.shape[1], window, device=frames.device)
     return (pose[:, seams] - pose[:, seams - 1]).abs().mean()
@@ -292,6 +320,7 @@ def evaluate(pred, listener_gt, speaker, appropriate, progress: bool = False, ab
     _backend.check_spec_ops(backend)
     for name, flag in (("progress", progress), ("abandon", abandon), ("frsyn_all_samples", frsyn_all_samples)):
         check_bool(name, flag)  # frsyn_all_samples="False" would compute the corrected variant, not the official
+    _need_targets(listener_gt, appropriate)
     _need_speaker(speaker)   # before FRCorr and FRDist are computed, not after
     pred, listener_gt, speaker, a = check_inputs(pred, listener_gt, speaker, appropriate)
     if pred.shape[2] < 2:

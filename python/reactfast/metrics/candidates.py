@@ -49,6 +49,8 @@ def check_appropriate(appropriate, n: Optional[int] = None) -> np.ndarray:
 def check_rows(rows, n: int) -> np.ndarray:
     """Speaker rows as an int64 array in the order given: integers in [0, n) (a float was cut to an
     integer, -1 took the last row)."""
+    if isinstance(rows, (str, bytes)) or not hasattr(rows, "__iter__"):
+        raise ValueError(f"rows must be a list of integer row indices, got {rows!r}")
     given = np.asarray(list(rows) if not isinstance(rows, np.ndarray) else rows)
     if given.ndim != 1 or (given.size and given.dtype.kind not in "iu") or given.dtype == np.bool_:
         raise ValueError(f"rows must be a list of integer row indices, got {rows!r}")
