@@ -984,3 +984,24 @@ def test_54_metric_helpers_schedules_and_plots_name_their_arguments(call, err, w
     pred = np.random.default_rng(0).random((2, 2, 60, 25)).astype(np.float32)
     with pytest.raises(err, match=words):
         call(pred)
+
+
+def test_55_checkpoint_and_seed_arguments_are_named(tmp_path):
+    """save_checkpoint's tag went into a format string after the files were written ("Unknown
+    format code 'd'"); load_into said "NoneType is not a registered reactfast generator" and took
+    an array for adopt_dtype ("truth value ... ambiguous"); seed_everything took 1.5 to numpy
+    ("Cannot cast scalar") and None to a modulo."""
+    from reactfast.train import load_into, seed_everything
+
+    model, path = tiny_model(), str(tmp_path / "ck")
+    with pytest.raises(ValueError, match="tag must be an int >= 0, got 'x'"):
+        save_checkpoint(path, model, tag="x")
+    assert not os.listdir(tmp_path)
+    save_checkpoint(path, model, tag=3)
+    with pytest.raises(TypeError, match="model must be a reactfast generator .*, got NoneType"):
+        load_into(None, path)
+    with pytest.raises(ValueError, match="adopt_dtype must be"):
+        load_into(model, path, adopt_dtype=np.zeros(2))
+    for seed in (None, 1.5, -1, 2 ** 32):
+        with pytest.raises(ValueError, match=r"seed must be an int in \[0, 2\*\*32\)"):
+            seed_everything(seed)

@@ -27,6 +27,7 @@ from torch import nn
 import reactfast
 from reactfast import _backend, _io
 from reactfast import models as registry
+from reactfast.ops._checks import check_bool, check_int
 
 WEIGHTS, CONFIG, TRAINER = "model.safetensors", "config.json", "trainer.pt"
 
@@ -113,6 +114,8 @@ def save_checkpoint(path: str, model: nn.Module, trainer_state: Optional[dict] =
     for name, value in (("trainer_state", trainer_state), ("extra", extra)):
         if value is not None and not isinstance(value, dict):
             raise TypeError(f"{name} must be a dict or None, got {type(value).__name__}")
+    if tag is not None:
+        check_int("tag", tag, minimum=0)   # before the files are written
     path = os.path.abspath(_check_path(path).rstrip("/"))
     folder, name = os.path.split(path)
     os.makedirs(folder, exist_ok=True)
@@ -252,6 +255,9 @@ def load_into(model: nn.Module, path: str, adopt_dtype: bool = False) -> dict:
     """Load weights into an existing model after checking that its config matches; says what differs.
     ``adopt_dtype``: first cast the model to the dtype its saved floating-point weights share (a model
     saved in bfloat16 or float64 loads as such; otherwise they are converted to the model's)."""
+    if not isinstance(getattr(model, "module", model), nn.Module):
+        raise TypeError(f"model must be a reactfast generator (a torch.nn.Module), got {type(model).__name__}")
+    check_bool("adopt_dtype", adopt_dtype)
     meta = read_config(path)
     path = meta["path"]
     name = registry.model_name(getattr(model, "module", model))

@@ -190,9 +190,11 @@ def _tensorboard(out_dir: str):
 
 
 def seed_everything(seed: int) -> None:
-    """Seed every random number generator a run touches: Python's, numpy's, torch's CPU and CUDA."""
+    """Seed every random number generator a run touches: Python's, numpy's, torch's CPU and CUDA.
+    ``seed``: an int in [0, 2**32), the range numpy and torch both take."""
+    seed = check_seed("seed", seed)
     random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
+    np.random.seed(seed)
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
