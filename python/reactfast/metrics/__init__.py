@@ -164,7 +164,7 @@ def frcorr(pred, listener_gt, appropriate, chunk: int = 64, progress: bool = Fal
 
     ``rows``: compute only these speakers' terms (still divided by N), so that the results of
     disjoint row sets (e.g. one per process) add up to the metric."""
-    _need_targets(listener_gt, appropriate)
+    _need(listener_gt=listener_gt, appropriate=appropriate)
     pred, listener_gt, _, a = check_inputs(pred, listener_gt, None, appropriate)
     check_int("chunk", chunk)
     check_bool("progress", progress)
@@ -175,7 +175,7 @@ def frdist(pred, listener_gt, appropriate, chunk: int = 16, progress: bool = Fal
            groups=REACT_GROUPS, backend=None, rows=None) -> float:
     """FRDist: the smallest weighted three-group DTW to an appropriate real reaction, summed over
     samples. ``rows`` as in :func:`frcorr`."""
-    _need_targets(listener_gt, appropriate)
+    _need(listener_gt=listener_gt, appropriate=appropriate)
     pred, listener_gt, _, a = check_inputs(pred, listener_gt, None, appropriate)
     check_int("chunk", chunk)
     check_bool("progress", progress)
@@ -211,20 +211,20 @@ def sync_offsets(rs: torch.Tensor) -> torch.Tensor:
     return (rs.shape[-1] // 2 - torch.where(nan.any(-1), first_nan, peak)).abs()
 
 
-def _need_speaker(speaker) -> None:
-    if speaker is None:
-        raise TypeError("speaker must be a numpy array or torch tensor (N, T, 25) of the speakers' emotion: "
-                        "FRSyn correlates each reaction with its speaker; got None")
+# What each metric input is, for the error when one a metric needs is missing (None).
+_NEEDED = {
+    "listener_gt": "a numpy array or torch tensor (N, T, 25) of the real listeners' emotion",
+    "appropriate": "an (N, N) bool or 0/1 matrix (row k: the dyads whose real reaction is appropriate for speaker k)",
+    "speaker": "a numpy array or torch tensor (N, T, 25) of the speakers' emotion: FRSyn correlates each reaction "
+               "with its speaker",
+}
 
 
-def _need_targets(listener_gt, appropriate) -> None:
-    """FRCorr and FRDist compare each reaction with the appropriate real ones: both are needed."""
-    if listener_gt is None:
-        raise TypeError("listener_gt must be a numpy array or torch tensor (N, T, 25) of the real listeners' "
-                        "emotion; got None")
-    if appropriate is None:
-        raise TypeError("appropriate must be an (N, N) bool or 0/1 matrix (row k: the dyads whose real reaction "
-                        "is appropriate for speaker k); got None")
+def _need(**inputs) -> None:
+    """Each of ``inputs`` (named as in ``_NEEDED``) is given: a missing one is named before any work."""
+    for name, value in inputs.items():
+        if value is None:
+            raise TypeError(f"{name} must be {_NEEDED[name]}; got None")
 
 
 def _frsyn(pred, speaker, max_lag=49, all_samples=False, backend=None) -> float:
@@ -263,7 +263,7 @@ def frsyn(pred, speaker, max_lag: int = 49, all_samples: bool = False, backend=N
     Official rule: only sample 0 of each speaker counts; ``all_samples=True`` is the corrected
     variant over every sample.
     """
-    _need_speaker(speaker)
+    _need(speaker=speaker)
     pred, _, speaker, _ = check_inputs(pred, None, speaker, None)
     check_int("max_lag", max_lag, minimum=0)   # lags past the clip give NaN curves, as the official code's
     check_bool("all_samples", all_samples)
@@ -320,8 +320,7 @@ def evaluate(pred, listener_gt, speaker, appropriate, progress: bool = False, ab
     _backend.check_spec_ops(backend)
     for name, flag in (("progress", progress), ("abandon", abandon), ("frsyn_all_samples", frsyn_all_samples)):
         check_bool(name, flag)  # frsyn_all_samples="False" would compute the corrected variant, not the official
-    _need_targets(listener_gt, appropriate)
-    _need_speaker(speaker)   # before FRCorr and FRDist are computed, not after
+    _need(listener_gt=listener_gt, appropriate=appropriate, speaker=speaker)   # before FRCorr and FRDist run
     pred, listener_gt, speaker, a = check_inputs(pred, listener_gt, speaker, appropriate)
     if pred.shape[2] < 2:
         raise ValueError(f"pred must have at least 2 frames (T) for the metric suite, got shape {tuple(pred.shape)}")

@@ -255,13 +255,13 @@ def load_into(model: nn.Module, path: str, adopt_dtype: bool = False) -> dict:
     """Load weights into an existing model after checking that its config matches; says what differs.
     ``adopt_dtype``: first cast the model to the dtype its saved floating-point weights share (a model
     saved in bfloat16 or float64 loads as such; otherwise they are converted to the model's)."""
-    if not isinstance(getattr(model, "module", model), nn.Module):
+    target = getattr(model, "module", model)   # a DDP wrapper's model
+    if not isinstance(target, nn.Module):
         raise TypeError(f"model must be a reactfast generator (a torch.nn.Module), got {type(model).__name__}")
     check_bool("adopt_dtype", adopt_dtype)
     meta = read_config(path)
     path = meta["path"]
-    name = registry.model_name(getattr(model, "module", model))
-    target = getattr(model, "module", model)
+    name = registry.model_name(target)
     if meta["model"] != name:
         raise CheckpointError(f"{path} holds a {meta['model']!r} model, not a {name!r}")
     mine = registry.config_of(target)
