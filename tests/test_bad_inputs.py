@@ -12,9 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from reactfast import cli, diffusion, metrics
+from reactfast import cli, diffusion, metrics, models
 from reactfast.data import DataError, ReactDataset, SyntheticDyads, layout
 from reactfast.data import audio as audio_io
+from reactfast.data.check import check_split
+from reactfast.nn import BiasedCrossAttention
+from reactfast.nn.personalize import personalized_call
 from reactfast.online import ReactionStream, StreamRunner
 from reactfast.plot import plot_reactions
 from reactfast.train import CheckpointError, load_model, read_config, save_checkpoint
@@ -550,7 +553,9 @@ def test_31_generate_dataset_checks_before_generating():
     for kwargs, err, words in (
             (dict(batch_size=0), ValueError, "batch_size must be an int >= 1, got 0"),   # range() arg 3 before
             # the first batch was generated, then an IndexError threw it away
-            (dict(rows=[0, 1, 99], batch_size=2), ValueError, r"rows must be dyad indices in \[0, 8\), got \[99\]"),
+            (dict(rows=[0, 1, 99], batch_size=2), ValueError, r"rows must lie in \[0, 8\), got \[99\]"),
+            (dict(rows=3), ValueError, r"rows must be a list of integer row indices, got 3"),
+            (dict(rows=[0, 1.5]), ValueError, r"rows must be a list of integer row indices"),
             (dict(model=torch.nn.Linear(2, 2)), TypeError, "model must be a reactfast generator"),
             (dict(dataset=[1, 2]), TypeError, "dataset must be a reactfast.data.ReactDataset"),
             (dict(samples=0), ValueError, "samples must be an int >= 1, got 0"),      # named num_samples before
@@ -1005,3 +1010,62 @@ def test_55_checkpoint_and_seed_arguments_are_named(tmp_path):
     for seed in (None, 1.5, -1, 2 ** 32):
         with pytest.raises(ValueError, match=r"seed must be an int in \[0, 2\*\*32\)"):
             seed_everything(seed)
+
+
+def _wav():
+    return np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
+
+
+def _x_half(x, t, c):
+    return x * 0.5
+
+
+@pytest.mark.parametrize("call,err,words", [
+    # the registry: a list was unhashable; a non-dict of fields "is not iterable"; config_of a None
+    # "has no attribute 'config'"
+    (lambda: models.get(["reactface"]), ValueError, r"unknown model \['reactface'\]; known:"),
+    (lambda: models.make_config("reactface", None), TypeError, "fields must be a dict of reactface's config fields"),
+    (lambda: models.config_of(None), TypeError, "model must be a reactfast generator"),
+    # DDIM: an array tested with `in` ("truth value ... ambiguous"); a string scale or backend failed in
+    # the first step, after the first denoiser call; a cond that is not a tensor "has no attribute 'device'";
+    # a null_cond of the wrong shape failed in expand_as
+    (lambda: diffusion.DDIMScheduler(prediction=np.zeros(2)), ValueError, "prediction must be one of"),
+    (lambda: diffusion.DDIMScheduler(final_alpha_one=np.zeros(2)), ValueError, "final_alpha_one must be a bool"),
+    (lambda: diffusion.sample(_x_half, (2, 3), cond=torch.zeros(2, 1), steps=3, guidance_scale="x"), ValueError,
+     "guidance_scale must be None or a finite number"),
+    (lambda: diffusion.sample(_x_half, (2, 3), steps=3, backend=np.zeros(2)), TypeError,
+     "backend must be a backend name"),
+    (lambda: diffusion.sample(_x_half, (2, 3), cond=[0, 1], steps=3), TypeError,
+     "cond must be a torch.Tensor or None, got list"),
+    (lambda: diffusion.sample(_x_half, (2, 3), steps=3, noise=0.5), TypeError, "noise must be a torch.Tensor"),
+    (lambda: diffusion.sample(_x_half, (2, 3), cond=torch.zeros(2, 1), steps=3, guidance_scale=2.0,
+                              null_cond=torch.zeros(0)), ValueError,
+     r"null_cond must broadcast to cond's shape \(2, 1\)"),
+    # BiasedCrossAttention: kdim "empty(): argument 'size' failed to unpack"; dropout "'<' not supported";
+    # bias and backend arrays "truth value ... ambiguous"
+    (lambda: BiasedCrossAttention(16, 2, kdim=1.5), ValueError, "kdim must be an int >= 1, got 1.5"),
+    (lambda: BiasedCrossAttention(16, 2, vdim=-1), ValueError, "vdim must be an int >= 1, got -1"),
+    (lambda: BiasedCrossAttention(16, 2, dropout=None), ValueError, "dropout must be a finite number"),
+    (lambda: BiasedCrossAttention(16, 2, bias=np.zeros(2)), ValueError, "bias must be a bool"),
+    (lambda: BiasedCrossAttention(16, 2, backend=np.zeros(2)), ValueError, "backend must be one of"),
+    # streams: a device index torch refused in its own words; graph tested for truth
+    (lambda: ReactionStream(tiny_model(), 2, device=-1), ValueError, "device must be a torch device"),
+    (lambda: StreamRunner(tiny_model(), graph=np.zeros(2)), ValueError, "graph must be a bool"),
+    # personalisation: "'NoneType' object has no attribute 'named_modules'"; a batch_dim of None
+    # reached transpose()
+    (lambda: personalized_call(None, {}, torch.zeros(2, 4)), TypeError, "model must be a torch.nn.Module"),
+    (lambda: personalized_call(torch.nn.Linear(4, 6), {"": torch.zeros(2, 6, 4)}, torch.zeros(2, 4), batch_dim=None),
+     ValueError, "batch_dim must be an int >= 0, got None"),
+    # audio: fps 0 divided by zero, n_mfcc 0 an IndexError, a kind array "truth value ... ambiguous", a
+    # path True read stdout as a file descriptor
+    (lambda: audio_io.mfcc(_wav(), 16000, 25, fps=0), ValueError, "fps must be an int >= 1, got 0"),
+    (lambda: audio_io.mfcc(_wav(), 16000, 25, n_mfcc=0), ValueError, "n_mfcc must be an int >= 1, got 0"),
+    (lambda: audio_io.mfcc(_wav(), 16000, 25, n_mfcc=30), ValueError, r"n_mfcc \(30\) must be at most n_mels \(26\)"),
+    (lambda: audio_io.baseline_features(_wav(), 16000, 25, fps=1.5), ValueError, "fps must be an int >= 1, got 1.5"),
+    (lambda: audio_io.features(_wav(), 16000, 25, kind=np.zeros(2)), ValueError, "audio features must be one of"),
+    (lambda: audio_io.read_wav(True), TypeError, "path must be a file path"),
+    (lambda: check_split(None, "train"), TypeError, "root must be the data folder's path"),
+])
+def test_56_registry_sampling_attention_streams_and_audio_name_their_arguments(call, err, words):
+    with pytest.raises(err, match=words):
+        call()

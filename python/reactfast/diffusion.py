@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from reactfast import _backend
-from reactfast.ops._checks import check_bool, check_int, check_real
+from reactfast.ops._checks import check_bool, check_choice, check_int, check_real
 from reactfast.ops.ddim import ddim_step
 from reactfast.reference.ddim import PREDICTIONS
 
@@ -32,8 +32,7 @@ def betas_for(schedule: str, num_train_steps: int, beta_start: float = 1e-4, bet
               cosine_s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
     """float64 betas: linear in [beta_start, beta_end], or cosine (Nichol & Dhariwal) clipped at max_beta."""
     check_int("num_train_steps", num_train_steps)
-    if not isinstance(schedule, str) or schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    check_choice("schedule", schedule, SCHEDULES)
     for name, value in (("beta_start", beta_start), ("beta_end", beta_end), ("cosine_s", cosine_s),
                         ("max_beta", max_beta)):
         check_real(name, value, minimum=None)   # a number: the ranges below name the schedule's rule
@@ -72,10 +71,10 @@ class DDIMScheduler:
                  final_alpha_one: bool = True, eps_from_clipped: bool = False, beta_start: float = 1e-4,
                  beta_end: float = 0.02, cosine_s: float = 0.008):
         check_int("num_train_steps", num_train_steps)
-        if prediction not in PREDICTIONS:
-            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
-        if spacing not in SPACINGS:
-            raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
+        check_choice("prediction", prediction, PREDICTIONS)
+        check_choice("spacing", spacing, SPACINGS)
+        check_bool("final_alpha_one", final_alpha_one)
+        check_bool("eps_from_clipped", eps_from_clipped)
         check_real("eta", eta)
         # A negative clip made clamp's bounds cross (every x0 became clip itself); a NaN one made x0 NaN.
         check_real("clip", clip, strict=True, none_ok=True)
@@ -197,6 +196,15 @@ def _check_shape(shape) -> tuple:
             or any(not isinstance(s, (int, np.integer)) or isinstance(s, bool) or s < 1 for s in shape)):
         raise ValueError(f"shape must be a non-empty tuple of positive ints, got {shape!r}")
     return tuple(int(s) for s in shape)
+
+
+def _expand_null_cond(null_cond: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """``null_cond`` broadcast to ``cond``'s shape, or a ValueError naming it."""
+    try:
+        return null_cond.expand_as(cond)
+    except RuntimeError:
+        raise ValueError(f"null_cond must broadcast to cond's shape {tuple(cond.shape)}, got "
+                         f"{tuple(null_cond.shape)}") from None
 
 
 def _draw_noise(shape, steps: int, scheduler: "DDIMScheduler", generator, device, dtype, noise=None):
@@ -355,7 +363,7 @@ class SamplerGraph:
                 if null_cond is None:
                     self._cond[B:].zero_()
                 else:
-                    self._cond[B:].copy_(null_cond.expand_as(cond))
+                    self._cond[B:].copy_(_expand_null_cond(null_cond, cond))
         if noises is not None:
             self._noises.copy_(noises)
         self._replay()
@@ -499,6 +507,12 @@ def sample(denoiser: Denoiser, shape: Sequence[int], cond: Optional[torch.Tensor
         raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     check_bool("progress", progress)
     check_bool("cuda_graph", cuda_graph)   # "no" asked for a graph before
+    # Checked before the first denoiser call (a bad scale or backend failed in the first DDIM step).
+    guidance_scale = check_real("guidance_scale", guidance_scale, minimum=None, none_ok=True)
+    _backend.parse_spec(backend)
+    for name, t in (("cond", cond), ("null_cond", null_cond), ("noise", noise)):
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
     scheduler = scheduler or DDIMScheduler()
     shape = _check_shape(shape)
     if device is not None:
@@ -512,6 +526,8 @@ def sample(denoiser: Denoiser, shape: Sequence[int], cond: Optional[torch.Tensor
     guided = guidance_scale is not None
     if guided and cond is None:
         raise ValueError("classifier-free guidance needs a cond")
+    if guided and null_cond is not None:
+        _expand_null_cond(null_cond, cond)
     if cuda_graph:
         if device.type != "cuda":
             raise ValueError("cuda_graph=True needs CUDA tensors")
@@ -521,7 +537,7 @@ def sample(denoiser: Denoiser, shape: Sequence[int], cond: Optional[torch.Tensor
                                                                   guidance_scale, device, dtype, backend))
         return graph(cond, noise, generator, null_cond)
     if guided:
-        null_cond = torch.zeros_like(cond) if null_cond is None else null_cond.expand_as(cond)
+        null_cond = torch.zeros_like(cond) if null_cond is None else _expand_null_cond(null_cond, cond)
     x, noises = _draw_noise(shape, steps, scheduler, generator, device, dtype, noise)
     run = _loop(denoiser, scheduler, steps, shape[0], guided, guidance_scale or 1.0, backend, device)
     order = None

@@ -90,11 +90,9 @@ def _checked_samples(samples, sr, frames) -> np.ndarray:
 
 def features(samples: np.ndarray, sr: int, frames: int, kind: str = "baseline") -> np.ndarray:
     """(2 frames, 39) float32 audio features of ``kind`` (see the module docstring)."""
-    if kind == "baseline":
-        return baseline_features(samples, sr, frames)
-    if kind == "reactfast":
-        return mfcc(samples, sr, frames)
-    raise ValueError(f"audio features must be one of {FEATURES}, got {kind!r}")
+    if not isinstance(kind, str) or kind not in FEATURES:
+        raise ValueError(f"audio features must be one of {FEATURES}, got {kind!r}")
+    return baseline_features(samples, sr, frames) if kind == "baseline" else mfcc(samples, sr, frames)
 
 
 def _kaldi_window_frames(x: torch.Tensor, size: int, shift: int) -> torch.Tensor:
@@ -161,7 +159,7 @@ def baseline_features(samples: np.ndarray, sr: int, frames: int, fps: int = 25) 
     """The REACT baseline's audio features of ``frames`` video frames as (2 frames, 39) float32
     (see the module docstring); torchaudio computes them where it is installed."""
     x = torch.from_numpy(_checked_samples(samples, sr, frames))
-    per_frame = int(sr / fps)
+    per_frame = int(sr / check_int("fps", fps))
     need = per_frame * frames
     x = x[:need] if len(x) >= need else torch.nn.functional.pad(x, (0, need - len(x)))
     chunks = x.reshape(frames, per_frame)
@@ -190,6 +188,10 @@ def mfcc(samples: np.ndarray, sr: int, frames: int, fps: int = 25, k: int = 2, n
     """The package's own MFCC aligned to ``frames`` video frames: (frames * k, 3 * n_mfcc) float32
     (``"reactfast"`` features; not the baseline's)."""
     x = torch.from_numpy(_checked_samples(samples, sr, frames))
+    for name, value in (("fps", fps), ("k", k), ("n_mfcc", n_mfcc), ("n_mels", n_mels)):
+        check_int(name, value)
+    if n_mfcc > n_mels:
+        raise ValueError(f"n_mfcc ({n_mfcc}) must be at most n_mels ({n_mels}): the cepstrum has n_mels coefficients")
     hop = sr / (fps * k)
     win = int(round(2 * hop))
     n_fft = 1 << max(0, math.ceil(math.log2(win)))

@@ -21,6 +21,8 @@ class TooFewFrames(DataError):
 
 
 def _need(path: str) -> None:
+    if not isinstance(path, (str, os.PathLike)):   # an int was taken as a file descriptor
+        raise TypeError(f"path must be a file path (a str or os.PathLike), got {type(path).__name__}")
     if not os.path.isfile(path):
         raise DataError(f"missing file: {path}")
 

@@ -392,7 +392,7 @@ def names() -> Tuple[str, ...]:
 
 
 def get(name: str) -> Type[Generator]:
-    if name not in _REGISTRY:
+    if not isinstance(name, str) or name not in _REGISTRY:   # a list was unhashable, a tensor compared
         raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
 
@@ -400,6 +400,8 @@ def get(name: str) -> Type[Generator]:
 def make_config(name: str, fields: Dict[str, Any]) -> GeneratorConfig:
     """The config of generator ``name`` from a dict of fields, unknown fields named in the error."""
     cfg_cls = get(name).config_class
+    if not isinstance(fields, dict):
+        raise TypeError(f"fields must be a dict of {name}'s config fields, got {type(fields).__name__}")
     known = {f.name for f in dataclasses.fields(cfg_cls)}
     unknown = sorted(set(fields) - known)
     if unknown:
@@ -428,4 +430,5 @@ def model_name(model: nn.Module) -> str:
 
 
 def config_of(model: nn.Module) -> Dict[str, Any]:
+    check_generator(unwrap(model))
     return unwrap(model).config.to_dict()

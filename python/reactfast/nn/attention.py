@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from reactfast.nn.dropout import Dropout
-from reactfast.ops._checks import check_int
+from reactfast.ops._checks import check_bool, check_int, check_real
 from reactfast.ops.biased_attention import IMPLEMENTED, biased_attention
 from reactfast.reference.biased_attention import alibi_slopes
 
@@ -63,12 +63,18 @@ class BiasedCrossAttention(nn.Module):
         for name, value, low in (("embed_dim", embed_dim, 1), ("num_heads", num_heads, 1), ("period", period, 1),
                                  ("audio_ratio", audio_ratio, 1), ("extra", extra, 0)):
             check_int(name, value, low)
+        for name, value in (("kdim", kdim), ("vdim", vdim)):
+            if value is not None:
+                check_int(name, value)
+        check_real("dropout", dropout)   # a number: torch's Dropout names a probability out of [0, 1]
+        check_bool("bias", bias)
         if embed_dim % num_heads:
             raise ValueError(f"num_heads ({num_heads}) must divide embed_dim ({embed_dim})")
         if slopes is not None and (not isinstance(slopes, torch.Tensor) or slopes.shape != (num_heads,)):
             raise ValueError(f"slopes must be a tensor of one value per head ({num_heads},), got "
                              f"{tuple(slopes.shape) if isinstance(slopes, torch.Tensor) else type(slopes).__name__}")
-        if backend is not None and backend not in IMPLEMENTED:   # named here, not at the first forward
+        # Named here, not at the first forward.
+        if backend is not None and (not isinstance(backend, str) or backend not in IMPLEMENTED):
             raise ValueError(f"backend must be one of {', '.join(IMPLEMENTED)} or None (automatic), got {backend!r}")
         if max_cache is not None and (check_int("max_cache", max_cache) < audio_ratio or max_cache % audio_ratio):
             raise ValueError(f"max_cache must be a positive multiple of audio_ratio ({audio_ratio}), got {max_cache}")

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reactfast import _backend
+from reactfast.ops._checks import check_int
 from reactfast.ops.weight_shift import Shift, check_shift, weight_shift_linear
 
 # module -> (shift, batch_dim, backend) for the layers personalised in the current context.
@@ -179,6 +180,8 @@ def make_shiftable(model: nn.Module, names) -> nn.Module:
     """Convert the named ``nn.Linear`` / ``nn.MultiheadAttention`` layers of ``model`` in place to
     their shift-aware subclasses (same parameters and buffers, same output without a shift).
     Layers already shift-aware are left as they are. Returns ``model``."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     modules = dict(model.named_modules())
     for name in names:
         module = _find(modules, name)
@@ -233,6 +236,7 @@ def personalize(model: nn.Module, shifts: Dict[str, Shift], batch_dim: int = 0,
     """
     if not isinstance(shifts, dict):
         raise TypeError(f"shifts must be a dict of layer name -> shift, got {type(shifts).__name__}")
+    check_int("batch_dim", batch_dim, 0)
     if backend is not None:
         _backend.parse_spec(backend)
     make_shiftable(model, list(shifts))

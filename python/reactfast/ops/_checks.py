@@ -33,6 +33,14 @@ def check_bool(name: str, value) -> bool:
     return bool(value)
 
 
+def check_choice(name: str, value, choices: Sequence[str]) -> str:
+    """``value`` if it is one of the strings ``choices``, else a ValueError naming ``name`` (an array
+    or tensor tested with ``in`` raised numpy's or torch's "truth value ... ambiguous" instead)."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
 def check_real(name: str, value, minimum: Optional[float] = 0.0, strict: bool = False, none_ok: bool = False):
     """``value`` as a float if it is a finite real number (not a bool) >= ``minimum`` (> with
     ``strict``; any finite number with ``minimum=None``), None with ``none_ok``; else a ValueError
@@ -84,7 +92,7 @@ def check_dropout_args(x, p, seed, backend: Optional[str], implemented: Sequence
         raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    if backend is not None and backend not in implemented:
+    if backend is not None and (not isinstance(backend, str) or backend not in implemented):
         raise ValueError(f"backend must be one of {tuple(implemented)} or None, got {backend!r}")
     if x.numel() >= 2 ** 32:
         raise ValueError(f"x must have fewer than 2^32 elements, got {x.numel()}")
@@ -131,9 +139,7 @@ def check_precision(precision) -> str:
     """The ``precision`` argument of the ops with matrix products on the Triton path."""
     from reactfast.kernels import PRECISIONS
 
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    return precision
+    return check_choice("precision", precision, PRECISIONS)
 
 
 def autocast_enabled(device_type: str) -> bool:

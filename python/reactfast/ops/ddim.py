@@ -9,7 +9,7 @@ import torch
 
 from reactfast import _backend, kernels
 from reactfast.ops import _eager
-from reactfast.ops._checks import check_same_device, check_tensor
+from reactfast.ops._checks import check_bool, check_choice, check_real, check_same_device, check_tensor
 from reactfast.reference import ddim as _ref
 
 if kernels.AVAILABLE:
@@ -82,10 +82,11 @@ def ddim_step(x_t: torch.Tensor, out_cond: torch.Tensor, coef: torch.Tensor, pre
             raise ValueError(f"{name} must have x_t's shape {tuple(x_t.shape)}, got {tuple(t.shape)}")
     if coef.shape != (x_t.shape[0], 5):
         raise ValueError(f"coef must have shape ({x_t.shape[0]}, 5), got {tuple(coef.shape)}")
-    if prediction not in _ref.PREDICTIONS:
-        raise ValueError(f"prediction must be one of {_ref.PREDICTIONS}, got {prediction!r}")
-    if clip is not None and not clip > 0:
-        raise ValueError(f"clip must be > 0 or None, got {clip}")
+    check_choice("prediction", prediction, _ref.PREDICTIONS)
+    check_real("clip", clip, strict=True, none_ok=True)
+    check_real("guidance_scale", guidance_scale, minimum=None)
+    check_bool("eps_from_clipped", eps_from_clipped)
+    _backend.parse_spec(backend)
     step = _eager.pick(_ddim_step, _ddim_step_impl)
     return step(x_t.contiguous(), out_cond.contiguous(), coef.float().contiguous(), prediction,
                 None if out_uncond is None else out_uncond.contiguous(), float(guidance_scale),

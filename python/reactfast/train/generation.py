@@ -20,6 +20,7 @@ def generate_dataset(model, dataset, samples: int = 10, seed: int = 0, rows: Opt
     rounding: the dyads of a batch run through one call). ``window``: the
     online step of generators that take one (default: the model's)."""
     from reactfast import _backend
+    from reactfast.metrics.candidates import check_rows
     from reactfast.models.base import check_generator, check_int
     from reactfast.ops._checks import check_bool, check_seed
     from reactfast.train.batches import check_dataset
@@ -36,12 +37,8 @@ def generate_dataset(model, dataset, samples: int = 10, seed: int = 0, rows: Opt
         device = _backend.resolve_device(str(device))   # cpu, cuda or cuda:N, named where it is not
         model.to(device)
     device = device or next(model.parameters()).device
-    rows = list(range(dataset.num_items)) if rows is None else list(rows)
-    bad = [r for r in rows
-           if not isinstance(r, (int, np.integer)) or isinstance(r, bool) or not 0 <= r < dataset.num_items]
-    if bad:   # checked before any is generated
-        raise ValueError(f"rows must be dyad indices in [0, {dataset.num_items}), got {bad[:5]}")
-    rows = [int(r) for r in rows]   # numpy integers too
+    # Dyad indices in [0, num_items), checked before any is generated (numpy integers too).
+    rows = list(range(dataset.num_items)) if rows is None else check_rows(rows, dataset.num_items).tolist()
     # Generation runs in eval mode (no dropout); every submodule's mode comes back afterwards (a
     # training loop that validated with this function went on training without dropout before).
     modes = [(m, m.training) for m in model.modules()]
