@@ -1069,3 +1069,45 @@ def _x_half(x, t, c):
 def test_56_registry_sampling_attention_streams_and_audio_name_their_arguments(call, err, words):
     with pytest.raises(err, match=words):
         call()
+
+
+def test_57_streaming_model_methods_name_their_arguments():
+    """init_state compared a None batch with '<' and took True as a batch of one; a step given
+    something else than a state failed reading ``.batch``; draw_noise and forward took a string for
+    the generator ("'str' object has no attribute 'device'"); draw_windows took None windows into
+    range(); set_stage and PerFRDiff's window and guidance tested arrays for truth."""
+    from reactfast.models import PerFRDiff, ReactDiff
+
+    model = tiny_model()
+    for kwargs, err, words in ((dict(batch=None), ValueError, "batch must be an int >= 1, got None"),
+                               (dict(batch=True), ValueError, "batch must be an int >= 1, got True"),
+                               (dict(batch=4, conversations="x"), ValueError, "conversations must be an int >= 1"),
+                               (dict(batch=2, device=-1), ValueError, "device must be a torch device")):
+        with pytest.raises(err, match=words):
+            model.init_state(**kwargs)
+    speaker, audio = torch.zeros(2, 8, 83), torch.zeros(2, 16, 8)
+    with pytest.raises(TypeError, match="state must be a ReactFaceState .*, got NoneType"):
+        model.step(None, speaker, audio, model.draw_noise(2))
+    with pytest.raises(ValueError, match="batch must be an int >= 1, got 1.5"):
+        model.draw_noise(1.5)
+    with pytest.raises(TypeError, match="generator must be a torch.Generator or None, got str"):
+        model.draw_noise(2, "x")
+    with pytest.raises(TypeError, match="generator must be a torch.Generator or None, got int"):
+        model(torch.zeros(1, 16, 83), torch.zeros(1, 32, 8), generator=0)
+    with pytest.raises(ValueError, match=r"noise must have shape \(1, 2, 16\), got list"):
+        model(torch.zeros(1, 16, 83), torch.zeros(1, 32, 8), noise=[])
+    with pytest.raises(ValueError, match="windows must be an int >= 1, got None"):
+        model.draw_windows(2, 2, None)
+    with pytest.raises(ValueError, match=r"trains in stages \(1,\), got stage array"):
+        model.set_stage(np.zeros(2))
+    for cls in (PerFRDiff, ReactDiff):
+        other = cls(cls.demo_config(8))
+        with pytest.raises(ValueError, match="window must be an int >= 1"):
+            other.init_state(2, window=np.zeros(2))
+        with pytest.raises(TypeError, match=f"state must be a {cls.__name__}State"):
+            other.step(model.init_state(2), speaker, audio, other.draw_noise(2))
+    perfrdiff = PerFRDiff(PerFRDiff.demo_config(8)).eval()
+    data = SyntheticDyads(sessions=2, frames=64, audio_dim=8, seed=0).dataset(frames=50, window=None)
+    speaker, audio = perfrdiff.inputs_from_batch({key: value[None] for key, value in data[0].items()})
+    with pytest.raises(ValueError, match="guidance must be a finite number"):
+        perfrdiff.generate(speaker, audio, 1, guidance="x")

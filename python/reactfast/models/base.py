@@ -254,6 +254,8 @@ class Generator(nn.Module, metaclass=abc.ABCMeta):
         generators, one per speaker: each speaker's rows come from its own generator in the order
         it would draw them alone, so a batch of speakers gets the noise each gets in a call of its
         own (``reactfast.train.generate_dataset`` batches speakers this way)."""
+        for name, value in (("items", items), ("samples", samples), ("windows", windows)):
+            check_int(name, value)
         gens = item_generators(generator, items)
         if gens is None:
             return torch.stack([self.draw_noise(items * samples, generator) for _ in range(windows)])
@@ -289,6 +291,23 @@ class Generator(nn.Module, metaclass=abc.ABCMeta):
             got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
             raise ValueError(f"noise must have shape {tuple(noise_shape)} (draw_noise's), got {got}")
 
+    def state_device(self, device) -> torch.device:
+        """``init_state``'s device: the model's by default, else ``device`` (a named error for one that
+        is not a device)."""
+        if device is None:
+            return next(self.parameters()).device
+        try:
+            return torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device must be a torch device (cpu, cuda, cuda:N) or None, got {device!r}") from None
+
+    @staticmethod
+    def check_state(state, cls: type) -> None:
+        """A TypeError unless ``state`` is a ``cls`` (a step given anything else failed reading it)."""
+        if not isinstance(state, cls):
+            raise TypeError(f"state must be a {cls.__name__} (from init_state or a previous step), got "
+                            f"{type(state).__name__}")
+
     def in_model_dtype(self, *tensors: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """Floating-point tensors in the dtype of the model's parameters, as a stream casts its input:
         float32 features given to a model cast to bfloat16 or float64 (others as they are)."""
@@ -313,7 +332,7 @@ class Generator(nn.Module, metaclass=abc.ABCMeta):
 
     def set_stage(self, stage: int) -> "Generator":
         """Make only the modules of ``stage`` trainable."""
-        if stage not in self.stages:
+        if not isinstance(stage, (int, np.integer)) or isinstance(stage, bool) or stage not in self.stages:
             raise ValueError(f"{self.name} trains in stages {self.stages}, got stage {stage!r}")
         self.stage = stage
         set_trainable(self, False)
@@ -347,6 +366,8 @@ class Generator(nn.Module, metaclass=abc.ABCMeta):
 def randn(*shape: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Standard normal draws on ``generator``'s device (the CPU without one): any torch.Generator,
     CPU or CUDA, drives the generators' noise."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     return torch.randn(*shape, generator=generator, device=generator.device if generator is not None else "cpu")
 
 

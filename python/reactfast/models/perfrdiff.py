@@ -54,7 +54,7 @@ from reactfast.models.base import (Generator, GeneratorConfig, TrainStage, check
 from reactfast.models.heads import activate_emotion
 from reactfast.nn.personalize import attention_projections, make_shiftable, personalize, shift_entries
 from reactfast.nn.positional import sinusoid
-from reactfast.ops._checks import check_tensor
+from reactfast.ops._checks import check_real, check_tensor
 
 
 # The speaker window that conditions listener window i: i - 1 (the authors') or i.
@@ -537,7 +537,7 @@ class PerFRDiff(Generator):
         return out
 
     def draw_noise(self, batch: int, generator: Optional[torch.Generator] = None, window: int = 0) -> torch.Tensor:
-        return randn(batch, self.config.window, self.config.out_dim, generator=generator).to(
+        return randn(check_int("batch", batch), self.config.window, self.config.out_dim, generator=generator).to(
             next(self.parameters()).dtype)
 
     def _denoiser(self, shifts, guidance: Optional[float], cache: bool = True):
@@ -673,15 +673,16 @@ class PerFRDiff(Generator):
         return {cfg.output: out}
 
     def _guidance(self, guidance: Optional[float]) -> Optional[float]:
-        scale = self.config.guidance if guidance is None else guidance
+        scale = self.config.guidance if guidance is None else check_real("guidance", guidance, minimum=None)
         return scale if scale > 0 else None
 
     def init_state(self, batch: int, window: Optional[int] = None, device=None,
                    listener_history: Optional[torch.Tensor] = None) -> PerFRDiffState:
         cfg = self.config
-        if window is not None and window != cfg.window:
+        if window is not None and check_int("window", window) != cfg.window:
             raise ValueError(f"PerFRDiff streams in windows of {cfg.window} frames, got {window}")
-        device = device or next(self.parameters()).device
+        check_int("batch", batch)
+        device = self.state_device(device)
         shifts = None
         if listener_history is not None:
             check_tensor("listener_history", listener_history, finite=True)   # shape: the style encoder's
@@ -699,6 +700,7 @@ class PerFRDiff(Generator):
         """Listener window i from the speaker's window i - 1 (held in the state), or with
         ``condition_window="current"`` from window i itself; then remember window i."""
         cfg = self.config
+        self.check_state(state, PerFRDiffState)
         self.check_step(speaker, audio, noise, (state.frame.shape[0], cfg.window, cfg.out_dim), cfg.window)
         cond = self.condition(speaker, audio)
         used = state.prev_cond if self.config.condition_window == "previous" else cond

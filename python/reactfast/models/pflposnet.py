@@ -124,6 +124,7 @@ class PFLPosNet(Generator):
         return {**out, "3dmm": adjusted}, dataclasses.replace(new, pose_last=adjusted[:, -1, layout.TDMM_POSE])
 
     def step(self, state: PFLPosNetState, speaker, audio, noise):
+        self.check_state(state, PFLPosNetState)
         out, new = self.generator.step(state, speaker, audio, noise)
         return self._post(out, state, new)
 

@@ -422,7 +422,7 @@ class ReactDiff(Generator):
         return (ab.sqrt() * noise.double() - (1 - ab).sqrt() * x0.double()).to(x0.dtype)
 
     def draw_noise(self, batch: int, generator: Optional[torch.Generator] = None, window: int = 0) -> torch.Tensor:
-        return randn(batch, self.config.window, self.config.latent, generator=generator).to(
+        return randn(check_int("batch", batch), self.config.window, self.config.latent, generator=generator).to(
             next(self.parameters()).dtype)
 
     @torch.no_grad()
@@ -481,9 +481,10 @@ class ReactDiff(Generator):
         return {key: v.reshape(B, num_samples, n * W, -1)[:, :, :T] for key, v in out.items()}
 
     def init_state(self, batch: int, window: Optional[int] = None, device=None) -> "ReactDiffState":
-        if window is not None and window != self.config.window:
+        if window is not None and check_int("window", window) != self.config.window:
             raise ValueError(f"ReactDiff streams in windows of {self.config.window} frames, got {window}")
-        device = device or next(self.parameters()).device
+        check_int("batch", batch)
+        device = self.state_device(device)
         cfg = self.config
         return ReactDiffState(torch.zeros(batch, dtype=torch.long, device=device),
                               torch.zeros(batch, cfg.window, cfg.latent, device=device))
@@ -491,6 +492,7 @@ class ReactDiff(Generator):
     @torch.no_grad()
     def step(self, state: "ReactDiffState", speaker: torch.Tensor, audio: torch.Tensor, noise: torch.Tensor):
         cfg = self.config
+        self.check_state(state, ReactDiffState)
         self.check_step(speaker, audio, noise, (state.frame.shape[0], cfg.window, cfg.latent), cfg.window)
         noise = noise.to(speaker.device)
         if self.config.window_noise == "shared":

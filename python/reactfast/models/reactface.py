@@ -353,7 +353,7 @@ class ReactFace(Generator):
 
     def draw_noise(self, batch: int, generator: Optional[torch.Generator] = None, window: int = 0) -> torch.Tensor:
         """The latent draws of one window for ``batch`` streams: (batch, D)."""
-        return randn(batch, self.config.dim, generator=generator)
+        return randn(check_int("batch", batch), self.config.dim, generator=generator)
 
     def init_state(self, batch: int, window: Optional[int] = None, device=None,
                    conversations: Optional[int] = None) -> ReactFaceState:
@@ -361,10 +361,11 @@ class ReactFace(Generator):
         sample its own), the samples of a conversation consecutive and sharing its speaker inputs."""
         cfg = self.config
         W = self._check_window(cfg.window if window is None else check_int("window", window))
-        G = batch if conversations is None else conversations
-        if G < 1 or batch % G:
+        check_int("batch", batch)
+        G = batch if conversations is None else check_int("conversations", conversations)
+        if batch % G:
             raise ValueError(f"{batch} samples do not split evenly into {G} conversations")
-        device = device or self.speaker_proj.weight.device
+        device = self.state_device(device)
         dtype = self.speaker_proj.weight.dtype
         H, d, C, k = cfg.heads, cfg.dim // cfg.heads, cfg.context, cfg.audio_per_frame
         zeros = lambda *s: torch.zeros(*s, device=device, dtype=dtype)  # noqa: E731
@@ -516,6 +517,7 @@ class ReactFace(Generator):
             (outputs, new_state): outputs holds ``3dmm`` (R, W, 58), ``emotion`` (R, W, 25) and
             ``emotion_logits`` when enabled, ``speaker_3dmm`` (G, W, 58), ``mu`` and ``logvar`` (R, D).
         """
+        self.check_state(state, ReactFaceState)
         self.check_step(speaker, audio, noise, (state.batch, self.config.dim))
         W = self._check_window(speaker.shape[1])
         speaker, audio = self._per_conversation(state, speaker), self._per_conversation(state, audio)
@@ -606,8 +608,9 @@ class ReactFace(Generator):
         n = math.ceil(T / W)
         if noise is None:
             noise = randn(n, B * S, self.config.dim, generator=generator)
-        elif noise.shape != (n, B * S, self.config.dim):
-            raise ValueError(f"noise must have shape ({n}, {B * S}, {self.config.dim}), got {tuple(noise.shape)}")
+        elif not isinstance(noise, torch.Tensor) or noise.shape != (n, B * S, self.config.dim):
+            got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
+            raise ValueError(f"noise must have shape ({n}, {B * S}, {self.config.dim}), got {got}")
         out = self.run(speaker, audio, W, noise.to(speaker.device), rows=S)
         return {key: value if key == "speaker_3dmm" else value.reshape(B, S, *value.shape[1:])
                 for key, value in out.items()}
