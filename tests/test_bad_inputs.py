@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from reactfast import cli, diffusion, metrics, models
+from reactfast import cli, diffusion, metrics, models, ops
 from reactfast.data import DataError, ReactDataset, SyntheticDyads, layout
 from reactfast.data import audio as audio_io
 from reactfast.data.check import check_split
@@ -575,7 +575,7 @@ def test_31_generate_dataset_checks_before_generating():
                           # a float max_cache was taken, to fail in the first step's slice
                           (dict(max_cache=8.0), "max_cache must be an int >= 1, got 8.0"),
                           # an unknown backend was taken, to fail at the first forward
-                          (dict(backend="nope"), "backend must be one of triton, cpp, sdpa, reference or None")):
+                          (dict(backend="nope"), r"backend must be one of \('triton', 'cpp', 'sdpa', 'reference'\)")):
         with pytest.raises(ValueError, match=words):
             BiasedCrossAttention(16, 2, **kwargs)
     attn = BiasedCrossAttention(16, 2)
@@ -1111,3 +1111,27 @@ def test_57_streaming_model_methods_name_their_arguments():
     speaker, audio = perfrdiff.inputs_from_batch({key: value[None] for key, value in data[0].items()})
     with pytest.raises(ValueError, match="guidance must be a finite number"):
         perfrdiff.generate(speaker, audio, 1, guidance="x")
+
+
+@pytest.mark.parametrize("call,err,words", [
+    # a backend array tested with `in` raised "truth value ... ambiguous", in the op or in its dispatch
+    (lambda x: ops.ccc(x, x, backend=np.zeros(2)), ValueError, "backend must be one of"),
+    (lambda x: ops.dtw(x, x, backend=np.zeros(2)), ValueError, "backend must be one of"),
+    (lambda x: ops.tlcc(x, x, 3, backend=np.zeros(2)), ValueError, "backend must be one of"),
+    (lambda x: ops.frame_diff(x, backend=np.zeros(2)), ValueError, "backend must be one of"),
+    (lambda x: ops.spread_sums(x[None], backend=np.zeros(2)), ValueError, "backend must be one of"),
+    (lambda x: ops.biased_attention(x[None], x[None], x[None], backend=np.zeros(2)), ValueError,
+     "backend must be one of"),
+    (lambda x: ops.weight_shift_linear(x, torch.zeros(3, 4), torch.zeros(2, 3, 4), backend=np.zeros(2)), ValueError,
+     "backend must be one of"),
+    # a string scale: "could not convert string to float"
+    (lambda x: ops.biased_attention(x[None], x[None], x[None], scale="x"), ValueError, "scale must be a finite number"),
+    # feed_forward's two dropouts were both called "p" and "seed"
+    (lambda x: ops.feed_forward(x, torch.zeros(8, 4), None, torch.zeros(4, 8), None, p_out=1.5), ValueError,
+     r"p_out must be a probability in \[0, 1\], got 1.5"),
+    (lambda x: ops.feed_forward(x, torch.zeros(8, 4), None, torch.zeros(4, 8), None, seed_hidden="x"), TypeError,
+     "seed_hidden must be an int, got str"),
+])
+def test_58_ops_name_their_backend_scale_and_dropout_arguments(call, err, words):
+    with pytest.raises(err, match=words):
+        call(torch.rand(2, 10, 4))

@@ -274,7 +274,7 @@ def select(op: str, device: torch.device, implemented: Sequence[str], backend: O
     device_type = torch.device(device).type
     chosen = backend if backend is not None else forced_backend(op)
     if chosen is not None:
-        if chosen not in BACKENDS:
+        if not isinstance(chosen, str) or chosen not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {chosen!r}")
         if chosen not in implemented:
             raise RuntimeError(f"{op}: backend {chosen!r} was forced but {op} implements only {tuple(implemented)}")

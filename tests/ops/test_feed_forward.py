@@ -132,9 +132,9 @@ def test_bad_parameters_are_named(change, match):
         feed_forward(*(args[k] for k in NAMES))
 
 
-@pytest.mark.parametrize("kw,match", [({"eps": 0.0}, "eps"), ({"p_hidden": 1.5}, "p must be"),
-                                      ({"p_out": -0.1}, "p must be"), ({"backend": "triton"}, "backend"),
-                                      ({"seed_out": 1.5}, "seed must be an int")])
+@pytest.mark.parametrize("kw,match", [({"eps": 0.0}, "eps"), ({"p_hidden": 1.5}, "p_hidden must be"),
+                                      ({"p_out": -0.1}, "p_out must be"), ({"backend": "triton"}, "backend"),
+                                      ({"seed_out": 1.5}, "seed_out must be an int")])
 def test_bad_arguments(kw, match):
     x, w1, w2 = torch.randn(2, 4), torch.randn(8, 4), torch.randn(4, 8)
     with pytest.raises((ValueError, TypeError), match=match):

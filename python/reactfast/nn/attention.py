@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from reactfast.nn.dropout import Dropout
-from reactfast.ops._checks import check_bool, check_int, check_real
+from reactfast.ops._checks import check_backend, check_bool, check_int, check_real
 from reactfast.ops.biased_attention import IMPLEMENTED, biased_attention
 from reactfast.reference.biased_attention import alibi_slopes
 
@@ -73,9 +73,7 @@ class BiasedCrossAttention(nn.Module):
         if slopes is not None and (not isinstance(slopes, torch.Tensor) or slopes.shape != (num_heads,)):
             raise ValueError(f"slopes must be a tensor of one value per head ({num_heads},), got "
                              f"{tuple(slopes.shape) if isinstance(slopes, torch.Tensor) else type(slopes).__name__}")
-        # Named here, not at the first forward.
-        if backend is not None and (not isinstance(backend, str) or backend not in IMPLEMENTED):
-            raise ValueError(f"backend must be one of {', '.join(IMPLEMENTED)} or None (automatic), got {backend!r}")
+        check_backend(backend, IMPLEMENTED)   # named here, not at the first forward
         if max_cache is not None and (check_int("max_cache", max_cache) < audio_ratio or max_cache % audio_ratio):
             raise ValueError(f"max_cache must be a positive multiple of audio_ratio ({audio_ratio}), got {max_cache}")
         self.embed_dim, self.num_heads = embed_dim, num_heads

@@ -79,21 +79,29 @@ def all_finite(x: torch.Tensor) -> bool:
     return bool(torch.isfinite(torch.stack(torch.aminmax(x))).all())
 
 
-def check_dropout_args(x, p, seed, backend: Optional[str], implemented: Sequence[str], training=True) -> torch.Tensor:
+def check_backend(backend, implemented: Sequence[str]) -> Optional[str]:
+    """An op's ``backend`` argument: None or one of ``implemented`` (an array tested with ``in``
+    raised "truth value ... ambiguous" instead)."""
+    if backend is not None and (not isinstance(backend, str) or backend not in implemented):
+        raise ValueError(f"backend must be one of {tuple(implemented)} or None, got {backend!r}")
+    return backend
+
+
+def check_dropout_args(x, p, seed, backend: Optional[str], implemented: Sequence[str], training=True,
+                       p_name: str = "p", seed_name: str = "seed") -> torch.Tensor:
     """The arguments the dropout-bearing ops (dropout, add_layer_norm, gelu_dropout, feed_forward)
     share: x a floating-point tensor of fewer than 2^32 elements (the mask hashes 32-bit element
     indices), p a probability, seed None or an int, backend None or one of ``implemented``,
-    training a bool."""
+    training a bool (``p_name`` and ``seed_name``: the names the caller gives them)."""
     check_bool("training", training)
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got "
                         f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}")
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
-        raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
+        raise ValueError(f"{p_name} must be a probability in [0, 1], got {p!r}")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    if backend is not None and (not isinstance(backend, str) or backend not in implemented):
-        raise ValueError(f"backend must be one of {tuple(implemented)} or None, got {backend!r}")
+        raise TypeError(f"{seed_name} must be an int, got {type(seed).__name__}")
+    check_backend(backend, implemented)
     if x.numel() >= 2 ** 32:
         raise ValueError(f"x must have fewer than 2^32 elements, got {x.numel()}")
     return x

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 
 from reactfast import _backend, kernels
 from reactfast.ops import _eager
-from reactfast.ops._checks import autocast_inputs, check_precision, check_same_device, check_tensor
+from reactfast.ops._checks import (autocast_inputs, check_backend, check_precision, check_real, check_same_device,
+                                   check_tensor)
 from reactfast.reference import biased_attention as _ref
 
 if kernels.AVAILABLE:
@@ -429,8 +430,7 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: 
     for name, value, low in (("period", period, 1), ("audio_ratio", audio_ratio, 1), ("extra", extra, 0)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    if backend is not None and backend not in IMPLEMENTED:
-        raise ValueError(f"backend must be one of {IMPLEMENTED} or None, got {backend!r}")
+    check_backend(backend, IMPLEMENTED)
     Tk = k.shape[2]
     if slopes is None:
         slopes = _cached(("slopes", H, q.device), lambda: _ref.alibi_slopes(H, q.device))
@@ -444,7 +444,7 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: 
     q0 = _per_sample("q_offset", q_offset, B, q.device, 0, MAX_Q_OFFSET)
     lengths = _per_sample("key_lengths", key_lengths if key_lengths is not None else Tk, B, q.device, 0, Tk)
     starts = _per_sample("key_start", key_start if key_start is not None else 0, B, q.device, 0, Tk)
-    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    scale = 1.0 / math.sqrt(d) if scale is None else check_real("scale", scale, minimum=None)
     qperiod = Tq if query_period is None else query_period
     if not isinstance(qperiod, int) or isinstance(qperiod, bool) or qperiod < 1 or Tq % qperiod:
         raise ValueError(f"query_period must be an int >= 1 dividing Tq ({Tq}), got {query_period!r}")

@@ -142,8 +142,8 @@ def feed_forward(x: torch.Tensor, w1: torch.Tensor, b1: Optional[torch.Tensor], 
         >>> ffn = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.GELU(), torch.nn.Linear(128, 64))
         >>> y = feed_forward(x, ffn[0].weight, ffn[0].bias, ffn[2].weight, ffn[2].bias, p_hidden=0.1, p_out=0.1)
     """
-    check_dropout_args(x, p_hidden, seed_hidden, backend, IMPLEMENTED, training)
-    check_dropout_args(x, p_out, seed_out, backend, IMPLEMENTED)
+    check_dropout_args(x, p_hidden, seed_hidden, backend, IMPLEMENTED, training, "p_hidden", "seed_hidden")
+    check_dropout_args(x, p_out, seed_out, backend, IMPLEMENTED, p_name="p_out", seed_name="seed_out")
     if x.dim() == 0 or x.shape[-1] == 0:
         raise ValueError(f"x must have a non-empty last dimension, got shape {tuple(x.shape)}")
     D = x.shape[-1]

@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 
 from reactfast import _backend, kernels
-from reactfast.ops._checks import check_tensor
+from reactfast.ops._checks import check_backend, check_tensor
 from reactfast.reference import frame_diff as _ref
 
 if kernels.AVAILABLE:
@@ -70,6 +70,5 @@ def frame_diff(x: torch.Tensor, backend: Optional[str] = None) -> torch.Tensor:
     check_tensor("x", x, ndim=3, dtypes=(torch.float32, torch.float16, torch.bfloat16))
     if x.shape[1] < 2:
         raise ValueError(f"x must have at least 2 frames (dim 1), got shape {tuple(x.shape)}")
-    if backend is not None and backend not in _backend.BACKENDS:
-        raise ValueError(f"backend must be one of {_backend.BACKENDS} or None, got {backend!r}")
+    check_backend(backend, _backend.BACKENDS)
     return _frame_diff(x.contiguous(), backend or "")

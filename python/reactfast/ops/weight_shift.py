@@ -15,7 +15,7 @@ import torch
 
 from reactfast import _backend, kernels
 from reactfast.ops import _eager
-from reactfast.ops._checks import autocast_inputs, check_precision, check_same_device, check_tensor
+from reactfast.ops._checks import autocast_inputs, check_backend, check_precision, check_same_device, check_tensor
 from reactfast.reference import weight_shift as _ref
 
 if kernels.AVAILABLE:
@@ -232,8 +232,7 @@ def weight_shift_linear(x: torch.Tensor, weight: torch.Tensor, shift: Shift, bia
         if bias.shape[0] != d_out:
             raise ValueError(f"bias must have shape ({d_out},), got {tuple(bias.shape)}")
         check_same_device(x=x, bias=bias)
-    if backend is not None and backend not in IMPLEMENTED:
-        raise ValueError(f"backend must be one of {IMPLEMENTED} or None, got {backend!r}")
+    check_backend(backend, IMPLEMENTED)
     check_precision(precision)
     # One dtype (autocast has cast them above): a kernel would read another dtype's bytes as x's.
     named = [("x", x), ("weight", weight)] + ([("U", shift[0]), ("V", shift[1])] if isinstance(shift, tuple) else
