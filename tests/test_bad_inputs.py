@@ -20,7 +20,7 @@ from reactfast.nn import BiasedCrossAttention
 from reactfast.nn.personalize import personalized_call
 from reactfast.online import ReactionStream, StreamRunner
 from reactfast.plot import plot_reactions
-from reactfast.train import CheckpointError, load_model, read_config, save_checkpoint
+from reactfast.train import CheckpointError, TrainConfig, load_model, read_config, save_checkpoint
 from tests.train.helpers import tiny_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -520,7 +520,7 @@ def test_29_train_fails_leaving_no_empty_run_folder(tmp_path, capsys):
 
 
 def test_30_trainer_names_a_wrong_model_dataset_or_config():
-    from reactfast.train import TrainConfig, Trainer
+    from reactfast.train import Trainer
     from tests.train.helpers import tiny_data
 
     data = tiny_data().dataset(frames=64, window=32, stride=32)
@@ -1135,3 +1135,21 @@ def test_57_streaming_model_methods_name_their_arguments():
 def test_58_ops_name_their_backend_scale_and_dropout_arguments(call, err, words):
     with pytest.raises(err, match=words):
         call(torch.rand(2, 10, 4))
+
+
+@pytest.mark.parametrize("make,words", [
+    # a string or an array reached a range comparison ("'<=' not supported", "truth value ... ambiguous")
+    (lambda: models.ReactFaceConfig(dropout="x"), r"ReactFaceConfig.dropout must be in \[0, 1\), got 'x'"),
+    (lambda: models.ReactFaceConfig(momentum=np.zeros(2)), r"ReactFaceConfig.momentum must be in \[0, 1\)"),
+    (lambda: models.PerFRDiffConfig(cond_dropout=None), r"PerFRDiffConfig.cond_dropout must be in \[0, 1\)"),
+    (lambda: models.ReactDiffConfig(ema="x"), r"ReactDiffConfig.ema must be in \[0, 1\)"),
+    (lambda: TrainConfig(min_lr_ratio=None), "TrainConfig.min_lr_ratio must be a finite number"),
+    (lambda: SyntheticDyads(split=np.zeros(2)), "split must be one of"),
+    # a number was "not iterable"; a string became a tuple of its characters
+    (lambda: models.ReactDiffConfig(mults=2), "ReactDiffConfig.mults must be a non-empty list of int, got 2"),
+    (lambda: models.PerFRDiffConfig(edited_layers="to_emotion_feat"),
+     "PerFRDiffConfig.edited_layers must be a non-empty list of str"),
+])
+def test_59_config_fractions_and_lists_are_named(make, words):
+    with pytest.raises(ValueError, match=words):
+        make()

@@ -44,7 +44,7 @@ class SyntheticConfig:
             setattr(self, name, check_int(name, getattr(self, name)))
         self.seed = check_int("seed", self.seed, minimum=0)
         self.noise = check_real("noise", self.noise)
-        if self.split not in layout.SPLITS:
+        if not isinstance(self.split, str) or self.split not in layout.SPLITS:
             raise ValueError(f"split must be one of {layout.SPLITS}, got {self.split!r}")
 
 

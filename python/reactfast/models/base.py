@@ -79,6 +79,29 @@ def check_reals(config, names: Sequence[str], minimum: Optional[float] = 0.0, st
 WINDOW_NOISE = ("independent", "shared")
 
 
+def check_unit_interval(config, names: Sequence[str], none_ok: bool = False) -> None:
+    """Raise ValueError naming the first field of ``config`` in ``names`` that is not a number in
+    [0, 1) (dropout rates, momentum and EMA factors; None passes with ``none_ok``): a string or an
+    array reached a comparison ("'<=' not supported", "truth value ... ambiguous")."""
+    for name in names:
+        value = getattr(config, name)
+        if value is None and none_ok:
+            continue
+        if (not isinstance(value, (int, float, np.floating, np.integer)) or isinstance(value, (bool, np.bool_))
+                or not 0.0 <= value < 1.0):
+            raise ValueError(f"{type(config).__name__}.{name} must be in [0, 1), got {value!r}")
+
+
+def as_tuple_of(config, name: str, kind: type) -> tuple:
+    """The field ``name`` of ``config`` (a list or tuple of ``kind``, not empty) as a tuple, else a
+    ValueError naming it (a number was "not iterable", a string split into characters)."""
+    value = getattr(config, name)
+    if (not isinstance(value, (list, tuple)) or not value
+            or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value)):
+        raise ValueError(f"{type(config).__name__}.{name} must be a non-empty list of {kind.__name__}, got {value!r}")
+    return tuple(value)
+
+
 def check_window_noise(config) -> None:
     """Raise ValueError unless ``config.window_noise`` is one of WINDOW_NOISE and ``config.noise_scale`` > 0."""
     if config.window_noise not in WINDOW_NOISE:

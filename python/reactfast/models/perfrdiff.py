@@ -49,8 +49,8 @@ from reactfast import _backend
 from reactfast.data import layout
 from reactfast.diffusion import SCHEDULES, SPACINGS, DDIMScheduler, autocast_denoiser, sample
 from reactfast.models._inputs import check_speaker_audio, pad_to_windows
-from reactfast.models.base import (Generator, GeneratorConfig, TrainStage, check_int, check_reals,
-                                   check_sample_autocast, check_window_noise, randn, register)
+from reactfast.models.base import (Generator, GeneratorConfig, TrainStage, as_tuple_of, check_int, check_reals,
+                                   check_sample_autocast, check_unit_interval, check_window_noise, randn, register)
 from reactfast.models.heads import activate_emotion
 from reactfast.nn.personalize import attention_projections, make_shiftable, personalize, shift_entries
 from reactfast.nn.positional import sinusoid
@@ -104,7 +104,7 @@ class PerFRDiffConfig(GeneratorConfig):
     weight_decay: float = 0.0
 
     def __post_init__(self):
-        self.edited_layers = tuple(self.edited_layers)
+        self.edited_layers = as_tuple_of(self, "edited_layers", str)
         self.check_field_types()
         if self.output not in ("emotion", "3dmm"):
             raise ValueError(f"output must be 'emotion' or '3dmm', got {self.output!r}")
@@ -122,9 +122,7 @@ class PerFRDiffConfig(GeneratorConfig):
             raise ValueError(f"shift_rank must be >= 0 (0 = full rank), got {self.shift_rank}")
         if self.condition_window not in CONDITION_WINDOWS:
             raise ValueError(f"condition_window must be one of {CONDITION_WINDOWS}, got {self.condition_window!r}")
-        for name in ("dropout", "cond_dropout"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        check_unit_interval(self, ("dropout", "cond_dropout"))
         self.check_weights("pssl_weight")
         check_reals(self, ("temperature",), strict=True)    # the contrastive loss divides by it
         check_reals(self, ("guidance",), minimum=None)      # below 0 is defined (negative guidance)

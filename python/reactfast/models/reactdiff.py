@@ -61,8 +61,9 @@ from torch import nn
 from reactfast.data import layout
 from reactfast.diffusion import PREDICTIONS, DDIMScheduler, autocast_denoiser, sample
 from reactfast.models._inputs import check_speaker_audio, pad_to_windows
-from reactfast.models.base import (Generator, GeneratorConfig, TrainStage, check_int, check_sample_autocast,
-                                   check_window_noise, randn, register)
+from reactfast.models.base import (Generator, GeneratorConfig, TrainStage, as_tuple_of, check_int,
+                                   check_sample_autocast, check_unit_interval, check_window_noise, randn,
+                                   register)
 from reactfast.models.heads import EmotionHead
 from reactfast.nn.positional import sinusoid
 
@@ -108,7 +109,7 @@ class ReactDiffConfig(GeneratorConfig):
     weight_decay: float = 0.0
 
     def __post_init__(self):
-        self.mults = tuple(self.mults)
+        self.mults = as_tuple_of(self, "mults", int)
         self.check_field_types()
         self.check_at_least(1, "audio_dim", "audio_per_frame", "au_dim", "fer_dim", "va_dim", "attn_dim", "heads",
                             "latent", "dec_heads", "dec_ffn", "dec_layers", "window", "train_steps", "channels",
@@ -121,8 +122,7 @@ class ReactDiffConfig(GeneratorConfig):
                              f"GroupNorm groups), got channels={self.channels}, cond_dim={self.cond_dim}")
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
-        if not 0 <= self.ema < 1:
-            raise ValueError(f"ema must be in [0, 1), got {self.ema}")
+        check_unit_interval(self, ("ema",))
         self.check_weights("emotion_weight", "tdmm_weight")
         check_window_noise(self)
         check_sample_autocast(self)

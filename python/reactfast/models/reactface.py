@@ -44,8 +44,8 @@ from torch import nn
 
 from reactfast.data import layout
 from reactfast.models._inputs import check_speaker_audio, pad_to_windows
-from reactfast.models.base import (Generator, GeneratorConfig, TrainStage, check_int, check_reals, randn,
-                                   register)
+from reactfast.models.base import (Generator, GeneratorConfig, TrainStage, check_int, check_reals,
+                                   check_unit_interval, randn, register)
 from reactfast.models.heads import EmotionHead, emotion_loss
 from reactfast.nn.attention import BiasedCrossAttention
 from reactfast.nn.dropout import Dropout
@@ -111,12 +111,8 @@ class ReactFaceConfig(GeneratorConfig):
         if self.context < 2 * max(self.window, self.window_train):
             raise ValueError(f"context ({self.context}) must be at least twice the largest window "
                              f"({max(self.window, self.window_train)})")
-        for name in ("dropout", "attn_dropout"):
-            value = getattr(self, name)
-            if value is not None and not 0.0 <= value < 1.0:
-                raise ValueError(f"ReactFaceConfig.{name} must be in [0, 1), got {value}")
-        if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        check_unit_interval(self, ("dropout", "attn_dropout"), none_ok=True)
+        check_unit_interval(self, ("momentum",))
         self.check_weights("pose_weight", "kl_weight", "div_weight", "smooth_weight", "speaker_weight",
                            "emotion_weight", "va_weight", "ccc_weight", "coverage_weight")
         check_reals(self, ("div_scale",), strict=True)   # the diversity term is exp(-d / div_scale)

@@ -86,7 +86,7 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"TrainConfig.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
-        if not 0 <= self.min_lr_ratio <= 1:
+        if check_real("TrainConfig.min_lr_ratio", self.min_lr_ratio) > 1:
             raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         # lr and weight_decay may be None (the model's); grad_clip 0 means no clipping.
         for name, positive in (("lr", True), ("weight_decay", False), ("grad_clip", False)):
