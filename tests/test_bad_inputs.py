@@ -1033,8 +1033,10 @@ def _x_half(x, t, c):
     (lambda: diffusion.DDIMScheduler(final_alpha_one=np.zeros(2)), ValueError, "final_alpha_one must be a bool"),
     (lambda: diffusion.sample(_x_half, (2, 3), cond=torch.zeros(2, 1), steps=3, guidance_scale="x"), ValueError,
      "guidance_scale must be None or a finite number"),
-    (lambda: diffusion.sample(_x_half, (2, 3), steps=3, backend=np.zeros(2)), TypeError,
-     "backend must be a backend name"),
+    (lambda: diffusion.sample(_x_half, (2, 3), steps=3, backend=np.zeros(2)), ValueError,
+     r"backend must be one of \('triton', 'reference'\) or None"),
+    (lambda: diffusion.sample(_x_half, (2, 3), steps=3, backend="cpp"), ValueError,
+     r"backend must be one of \('triton', 'reference'\) or None, got 'cpp'"),
     (lambda: diffusion.sample(_x_half, (2, 3), cond=[0, 1], steps=3), TypeError,
      "cond must be a torch.Tensor or None, got list"),
     (lambda: diffusion.sample(_x_half, (2, 3), steps=3, noise=0.5), TypeError, "noise must be a torch.Tensor"),
@@ -1148,8 +1150,10 @@ def test_58_ops_name_their_backend_scale_and_dropout_arguments(call, err, words)
     # a number was "not iterable"; a string became a tuple of its characters
     (lambda: models.ReactDiffConfig(mults=2), "ReactDiffConfig.mults must be a non-empty list of int, got 2"),
     (lambda: models.PerFRDiffConfig(edited_layers="to_emotion_feat"),
-     "PerFRDiffConfig.edited_layers must be a non-empty list of str"),
+     "PerFRDiffConfig.edited_layers must be a list of str"),
 ])
 def test_59_config_fractions_and_lists_are_named(make, words):
     with pytest.raises(ValueError, match=words):
         make()
+    # No edited layers (no personalisation) stays a valid PerFRDiff.
+    assert models.PerFRDiffConfig(edited_layers=[]).edited_layers == ()

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from reactfast import _backend
-from reactfast.ops._checks import check_bool, check_choice, check_int, check_real
+from reactfast.ops._checks import check_backend, check_bool, check_choice, check_device, check_int, check_real
+from reactfast.ops.ddim import IMPLEMENTED as DDIM_BACKENDS
 from reactfast.ops.ddim import ddim_step
 from reactfast.reference.ddim import PREDICTIONS
 
@@ -509,17 +510,14 @@ def sample(denoiser: Denoiser, shape: Sequence[int], cond: Optional[torch.Tensor
     check_bool("cuda_graph", cuda_graph)   # "no" asked for a graph before
     # Checked before the first denoiser call (a bad scale or backend failed in the first DDIM step).
     guidance_scale = check_real("guidance_scale", guidance_scale, minimum=None, none_ok=True)
-    _backend.parse_spec(backend)
+    check_backend(backend, DDIM_BACKENDS)
     for name, t in (("cond", cond), ("null_cond", null_cond), ("noise", noise)):
         if t is not None and not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
     scheduler = scheduler or DDIMScheduler()
     shape = _check_shape(shape)
     if device is not None:
-        try:
-            device = torch.device(device)
-        except (RuntimeError, TypeError):
-            raise ValueError(f"device must be a torch device (cpu, cuda, cuda:N), got {device!r}") from None
+        device = check_device("device", device)
     device = device if device is not None else (cond.device if cond is not None else torch.device("cpu"))
     if cond is not None and cond.shape[0] != shape[0]:
         raise ValueError(f"cond must have batch size {shape[0]}, got shape {tuple(cond.shape)}")

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from reactfast import _backend
-from reactfast.ops._checks import check_bool, check_int, check_real
+from reactfast.ops._checks import check_bool, check_device, check_int, check_real
 
 
 def check_generator(model, name: str = "model") -> None:
@@ -92,13 +92,15 @@ def check_unit_interval(config, names: Sequence[str], none_ok: bool = False) -> 
             raise ValueError(f"{type(config).__name__}.{name} must be in [0, 1), got {value!r}")
 
 
-def as_tuple_of(config, name: str, kind: type) -> tuple:
-    """The field ``name`` of ``config`` (a list or tuple of ``kind``, not empty) as a tuple, else a
-    ValueError naming it (a number was "not iterable", a string split into characters)."""
+def as_tuple_of(config, name: str, kind: type, empty_ok: bool = False) -> tuple:
+    """The field ``name`` of ``config`` (a list or tuple of ``kind``, empty only with ``empty_ok``)
+    as a tuple, else a ValueError naming it (a number was "not iterable", a string split into
+    characters)."""
     value = getattr(config, name)
-    if (not isinstance(value, (list, tuple)) or not value
+    if (not isinstance(value, (list, tuple)) or not (value or empty_ok)
             or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value)):
-        raise ValueError(f"{type(config).__name__}.{name} must be a non-empty list of {kind.__name__}, got {value!r}")
+        what = "list" if empty_ok else "non-empty list"
+        raise ValueError(f"{type(config).__name__}.{name} must be a {what} of {kind.__name__}, got {value!r}")
     return tuple(value)
 
 
@@ -317,12 +319,7 @@ class Generator(nn.Module, metaclass=abc.ABCMeta):
     def state_device(self, device) -> torch.device:
         """``init_state``'s device: the model's by default, else ``device`` (a named error for one that
         is not a device)."""
-        if device is None:
-            return next(self.parameters()).device
-        try:
-            return torch.device(device)
-        except (RuntimeError, TypeError):
-            raise ValueError(f"device must be a torch device (cpu, cuda, cuda:N) or None, got {device!r}") from None
+        return next(self.parameters()).device if device is None else check_device("device", device)
 
     @staticmethod
     def check_state(state, cls: type) -> None:

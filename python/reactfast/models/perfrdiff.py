@@ -104,7 +104,7 @@ class PerFRDiffConfig(GeneratorConfig):
     weight_decay: float = 0.0
 
     def __post_init__(self):
-        self.edited_layers = as_tuple_of(self, "edited_layers", str)
+        self.edited_layers = as_tuple_of(self, "edited_layers", str, empty_ok=True)   # none: no personalisation
         self.check_field_types()
         if self.output not in ("emotion", "3dmm"):
             raise ValueError(f"output must be 'emotion' or '3dmm', got {self.output!r}")

@@ -21,7 +21,7 @@ from torch import nn
 
 from reactfast import _backend
 from reactfast.diffusion import capture_cuda_graph, clone_tree, copy_tree
-from reactfast.ops._checks import check_bool
+from reactfast.ops._checks import check_bool, check_device
 
 __all__ = ["ReactionStream", "StreamClosed", "StreamRunner"]
 
@@ -65,10 +65,7 @@ class ReactionStream:
         self.generator = generator
         own = next(model.parameters()).device
         if device is not None:
-            try:
-                asked = torch.device(device)
-            except (RuntimeError, TypeError):
-                raise ValueError(f"device must be a torch device (cpu, cuda, cuda:N), got {device!r}") from None
+            asked = check_device("device", device)
             if asked.type != own.type or (asked.index is not None and asked.index != own.index):
                 # The state must lie beside the weights (a push failed on a device mismatch before).
                 raise ValueError(f"device {asked} is not the model's ({own}): a stream's state lives beside its "

@@ -41,6 +41,15 @@ def check_choice(name: str, value, choices: Sequence[str]) -> str:
     return value
 
 
+def check_device(name: str, value) -> torch.device:
+    """``value`` as a torch.device (a str such as "cuda:1", or a device), else a ValueError naming
+    ``name`` (torch's own errors, such as "Device index must not be negative", name nothing)."""
+    try:
+        return torch.device(value)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{name} must be a torch device (cpu, cuda, cuda:N), got {value!r}") from None
+
+
 def check_real(name: str, value, minimum: Optional[float] = 0.0, strict: bool = False, none_ok: bool = False):
     """``value`` as a float if it is a finite real number (not a bool) >= ``minimum`` (> with
     ``strict``; any finite number with ``minimum=None``), None with ``none_ok``; else a ValueError

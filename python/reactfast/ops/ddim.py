@@ -9,7 +9,7 @@ import torch
 
 from reactfast import _backend, kernels
 from reactfast.ops import _eager
-from reactfast.ops._checks import check_bool, check_choice, check_real, check_same_device, check_tensor
+from reactfast.ops._checks import check_backend, check_bool, check_choice, check_real, check_same_device, check_tensor
 from reactfast.reference import ddim as _ref
 
 if kernels.AVAILABLE:
@@ -86,7 +86,7 @@ def ddim_step(x_t: torch.Tensor, out_cond: torch.Tensor, coef: torch.Tensor, pre
     check_real("clip", clip, strict=True, none_ok=True)
     check_real("guidance_scale", guidance_scale, minimum=None)
     check_bool("eps_from_clipped", eps_from_clipped)
-    _backend.parse_spec(backend)
+    check_backend(backend, IMPLEMENTED)
     step = _eager.pick(_ddim_step, _ddim_step_impl)
     return step(x_t.contiguous(), out_cond.contiguous(), coef.float().contiguous(), prediction,
                 None if out_uncond is None else out_uncond.contiguous(), float(guidance_scale),
