@@ -17,7 +17,7 @@ from reactfast.data import DataError, ReactDataset, SyntheticDyads, layout
 from reactfast.data import audio as audio_io
 from reactfast.data.check import check_split
 from reactfast.nn import BiasedCrossAttention
-from reactfast.nn.personalize import personalized_call
+from reactfast.nn.personalize import personalize, personalized_call
 from reactfast.online import ReactionStream, StreamRunner
 from reactfast.plot import plot_reactions
 from reactfast.train import CheckpointError, TrainConfig, load_model, read_config, save_checkpoint
@@ -1157,3 +1157,31 @@ def test_59_config_fractions_and_lists_are_named(make, words):
         make()
     # No edited layers (no personalisation) stays a valid PerFRDiff.
     assert models.PerFRDiffConfig(edited_layers=[]).edited_layers == ()
+
+
+def test_60_personalize_demo_and_generate_dataset_check_before_acting(tmp_path):
+    """personalize took any backend spec string ("weight_shift:cpp") and failed at the first forward;
+    run_demo gave torch's "Device index must not be negative"; generate_dataset moved the model to
+    the asked device before refusing bad rows."""
+    from reactfast.demo import run_demo
+    from reactfast.train import generate_dataset
+    from tests.train.helpers import tiny_data
+
+    layer = torch.nn.Sequential(torch.nn.Linear(4, 6))
+    with pytest.raises(ValueError, match=r"backend must be one of \('triton', 'cpp', 'reference'\) or None, got "
+                                         r"'weight_shift:cpp'"):
+        with personalize(layer, {"0": torch.zeros(2, 6, 4)}, backend="weight_shift:cpp"):   # refused on entry
+            pass
+    # The model itself as the layer: the shift was silently not applied, and a child named "" added.
+    lone = torch.nn.Linear(4, 6)
+    with pytest.raises(ValueError, match="the layer name '' is the model itself"):
+        personalized_call(lone, {"": torch.ones(2, 6, 4)}, torch.zeros(2, 4))
+    assert [name for name, _ in lone.named_modules()] == [""]
+    with pytest.raises(ValueError, match="device must be a torch device"):
+        run_demo(out=str(tmp_path / "demo"), device=-1)
+    assert not (tmp_path / "demo").exists()
+    model, moved = tiny_model(), []
+    model.to = lambda *args, **kwargs: moved.append(args)
+    with pytest.raises(ValueError, match=r"rows must lie in \[0, 8\), got \[99\]"):
+        generate_dataset(model, tiny_data(split="val").dataset(frames=32), 2, rows=[99], device="cpu")
+    assert moved == []

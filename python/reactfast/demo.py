@@ -23,7 +23,7 @@ from reactfast import _backend, _io, metrics, models
 from reactfast.data import ReactDataset, SyntheticDyads
 from reactfast.metrics.io import format_table, ranking, save_json
 from reactfast.models.baselines import MirrorBaseline, NearestNeighbourBaseline, RandomBaseline
-from reactfast.ops._checks import check_int
+from reactfast.ops._checks import check_device, check_int
 from reactfast.plot import plot_reactions
 
 SAMPLES = 10
@@ -91,7 +91,7 @@ def run_demo(out: str = "reactfast_out/demo", sessions: int = 48, steps: int = 5
     models.get(model)
     check_int("sessions", sessions)   # before anything is written
     check_int("steps", steps)
-    device = torch.device(device) if device is not None else torch.device("cpu")
+    device = check_device("device", device) if device is not None else torch.device("cpu")
     # Training, sampling and scoring all run on ``device``: a forced backend that cannot run there
     # (a diffusion model's DDIM step, a metric's kernel) fails now, not after the training.
     _backend.check_spec_ops(backend)

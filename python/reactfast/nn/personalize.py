@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reactfast import _backend
-from reactfast.ops._checks import check_int
+from reactfast.ops._checks import check_backend, check_int
+from reactfast.ops.weight_shift import IMPLEMENTED as WEIGHT_SHIFT_BACKENDS
 from reactfast.ops.weight_shift import Shift, check_shift, weight_shift_linear
 
 # module -> (shift, batch_dim, backend) for the layers personalised in the current context.
@@ -184,6 +184,11 @@ def make_shiftable(model: nn.Module, names) -> nn.Module:
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     modules = dict(model.named_modules())
     for name in names:
+        if name == "":
+            # The model itself cannot be swapped for its shift-aware subclass in place: the shift was
+            # silently not applied (and a child named "" was added to the model).
+            raise ValueError("personalize: the layer name '' is the model itself, which cannot be converted in "
+                             "place; shift a layer inside it (wrap a lone layer as nn.Sequential(layer), name '0')")
         module = _find(modules, name)
         if isinstance(module, (WeightShiftLinear, WeightShiftMultiheadAttention)):
             continue
@@ -237,8 +242,7 @@ def personalize(model: nn.Module, shifts: Dict[str, Shift], batch_dim: int = 0,
     if not isinstance(shifts, dict):
         raise TypeError(f"shifts must be a dict of layer name -> shift, got {type(shifts).__name__}")
     check_int("batch_dim", batch_dim, 0)
-    if backend is not None:
-        _backend.parse_spec(backend)
+    check_backend(backend, WEIGHT_SHIFT_BACKENDS)   # the op's name: a spec string failed at the first forward
     make_shiftable(model, list(shifts))
     modules = dict(model.named_modules())
     active = dict(_ACTIVE.get())

@@ -33,12 +33,13 @@ def generate_dataset(model, dataset, samples: int = 10, seed: int = 0, rows: Opt
     check_bool("progress", progress)
     if dataset.window is not None:
         raise ValueError("generate_dataset needs a whole-clip dataset (window=None)")
+    # Dyad indices in [0, num_items), checked before any is generated (numpy integers too) and
+    # before the model is moved.
+    rows = list(range(dataset.num_items)) if rows is None else check_rows(rows, dataset.num_items).tolist()
     if device is not None:
         device = _backend.resolve_device(str(device))   # cpu, cuda or cuda:N, named where it is not
         model.to(device)
     device = device or next(model.parameters()).device
-    # Dyad indices in [0, num_items), checked before any is generated (numpy integers too).
-    rows = list(range(dataset.num_items)) if rows is None else check_rows(rows, dataset.num_items).tolist()
     # Generation runs in eval mode (no dropout); every submodule's mode comes back afterwards (a
     # training loop that validated with this function went on training without dropout before).
     modes = [(m, m.training) for m in model.modules()]
