@@ -1,3 +1,4 @@
+import copy
 import math
 import sys
 
@@ -345,6 +346,32 @@ def test_incremental_equals_full_call(device, ratio, max_cache):
         last = module(frames[:, -W:], keys[:, -max_cache:], keys[:, -max_cache:], q_offset=max_cache // ratio - W)
         assert_rel_close("bounded", last.double(), outs[-1], tol)
 
+
+
+def test_a_refused_step_leaves_the_cache_as_it_was():
+    """A step refused for its window, its batch or its value length changes nothing in the cache:
+    before, the keys were appended (and ``seen`` advanced) before the checks, so a caller that went
+    on after the error attended over its keys twice."""
+    torch.manual_seed(2)
+    module = BiasedCrossAttention(16, 2, period=8, audio_ratio=2, max_cache=8).eval()
+    frames, keys = torch.randn(2, 12, 16), torch.randn(2, 24, 16)
+    cache = module.new_cache()
+    outs = [module.step(frames[:, :2], keys[:, :4], keys[:, :4], cache)]
+    held = (cache.k.clone(), cache.v.clone(), cache.seen)
+    refused = [
+        (frames[:, 2:6], keys[:, 4:6], keys[:, 4:6], "longer than the 3 frames seen"),
+        (frames[:, :5], keys[:, 4:10], keys[:, 4:10], "reaches further back than the 8 cached keys"),
+        (frames[:1, 2:4], keys[:1, 4:8], keys[:1, 4:8], "the cache holds 2 samples, got a batch of 1"),
+        (frames[:1, 2:4], keys[:, 4:8], keys[:, 4:8], "must share the batch size"),
+        (frames[:, 2:4], keys[:, 4:8], keys[:, 4:6], "must share the batch size"),
+    ]
+    for q, k, v, match in refused:
+        with pytest.raises(ValueError, match=match):
+            module.step(q, k, v, cache)
+        assert cache.seen == held[2] and torch.equal(cache.k, held[0]) and torch.equal(cache.v, held[1])
+    outs.append(module.step(frames[:, 2:4], keys[:, 4:8], keys[:, 4:8], cache))
+    full = copy.deepcopy(module).double()(frames[:, :4].double(), keys[:, :8].double(), keys[:, :8].double())
+    assert_rel_close("after refused steps", full, torch.cat(outs, 1), torch.float32)
 
 @pytest.mark.parametrize("call,err,match", [
     (lambda q, k, v: biased_attention(q, k[:, :1], v[:, :1]), ValueError, "k must have shape"),

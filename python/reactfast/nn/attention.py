@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from reactfast.nn.dropout import Dropout
-from reactfast.ops._checks import check_backend, check_bool, check_int, check_real
+from reactfast.ops._checks import check_backend, check_bool, check_int, check_real, check_tensor
 from reactfast.ops.biased_attention import IMPLEMENTED, biased_attention
 from reactfast.reference.biased_attention import alibi_slopes
 
@@ -123,7 +123,12 @@ class BiasedCrossAttention(nn.Module):
         ``dropout=False`` leaves out the output dropout, for a caller that applies ``self.dropout``
         fused with what follows (``reactfast.nn.transformer.add_norm``)."""
         self._check("query", query, self.q_proj.in_features)
+        for name, t in (("k", k), ("v", v)):
+            check_tensor(name, t, ndim=4, nonempty=False)   # shapes: the op names them against q
+        check_int("kv_repeat", kv_repeat)
+        check_bool("dropout", dropout)
         if kv_index is not None:
+            check_tensor("kv_index", kv_index, ndim=1, dtypes=(torch.int32, torch.int64), nonempty=False)
             k, v = k.index_select(0, kv_index), v.index_select(0, kv_index)
         if k.shape[0] * kv_repeat != query.shape[0]:
             raise ValueError(f"{query.shape[0]} query rows do not match {k.shape[0]} key rows x kv_repeat "
@@ -170,30 +175,34 @@ class BiasedCrossAttention(nn.Module):
         self._check("new_value", new_value, self.v_proj.in_features)
         if not isinstance(cache, KVCache):
             raise TypeError(f"cache must be a KVCache (from new_cache()), got {type(cache).__name__}")
-        if new_key.shape[1] % self.audio_ratio:
-            raise ValueError(f"new_key must bring a multiple of audio_ratio ({self.audio_ratio}) keys, "
-                             f"got {new_key.shape[1]}")
-        k = self._heads(self.k_proj(new_key))
-        v = self._heads(self.v_proj(new_value))
-        if cache.k is not None:
-            if cache.k.shape[0] != k.shape[0]:
-                raise ValueError(f"the cache holds {cache.k.shape[0]} samples, got a batch of {k.shape[0]}")
-            k = torch.cat([cache.k, k], 2)
-            v = torch.cat([cache.v, v], 2)
-        cache.seen += new_key.shape[1]
-        if self.max_cache is not None and k.shape[2] > self.max_cache:
-            k = k[:, :, -self.max_cache:].contiguous()
-            v = v[:, :, -self.max_cache:].contiguous()
-        cache.k, cache.v = k, v
-        dropped = cache.seen - k.shape[2]
-        frames = cache.seen // self.audio_ratio
-        W = query.shape[1]
+        n, B = new_key.shape[1], query.shape[0]
+        if n % self.audio_ratio:
+            raise ValueError(f"new_key must bring a multiple of audio_ratio ({self.audio_ratio}) keys, got {n}")
+        if new_value.shape[:2] != new_key.shape[:2] or new_key.shape[0] != B:
+            raise ValueError(f"query, new_key and new_value must share the batch size, and new_key and new_value "
+                             f"their length, got {tuple(query.shape)}, {tuple(new_key.shape)} and "
+                             f"{tuple(new_value.shape)}")
+        if cache.k is not None and cache.k.shape[0] != B:
+            raise ValueError(f"the cache holds {cache.k.shape[0]} samples, got a batch of {B}")
+        # Everything is checked before the cache changes: a refused call leaves it as it was.
+        seen = cache.seen + n
+        kept = cache.length + n if self.max_cache is None else min(cache.length + n, self.max_cache)
+        frames, W = seen // self.audio_ratio, query.shape[1]
         if W > frames:
             raise ValueError(f"query window of {W} frames is longer than the {frames} frames seen")
         # Positions are relative to the first cached key: shift the query frame by the dropped keys.
-        q_offset = frames - W - dropped // self.audio_ratio
+        q_offset = frames - W - (seen - kept) // self.audio_ratio
         if q_offset < 0:
-            raise ValueError(f"the query window of {W} frames reaches further back than the {k.shape[2]} cached "
+            raise ValueError(f"the query window of {W} frames reaches further back than the {kept} cached "
                              f"keys (max_cache={self.max_cache}); raise max_cache")
-        q = self._heads(self.q_proj(query))
-        return self._attend(q, k, v, q_offset, None)
+        k = self._heads(self.k_proj(new_key))
+        v = self._heads(self.v_proj(new_value))
+        if cache.k is not None:
+            k = torch.cat([cache.k, k], 2)
+            v = torch.cat([cache.v, v], 2)
+        if k.shape[2] > kept:
+            k = k[:, :, -kept:].contiguous()
+            v = v[:, :, -kept:].contiguous()
+        out = self._attend(self._heads(self.q_proj(query)), k, v, q_offset, None)
+        cache.k, cache.v, cache.seen = k, v, seen
+        return out
