@@ -1185,3 +1185,113 @@ def test_60_personalize_demo_and_generate_dataset_check_before_acting(tmp_path):
     with pytest.raises(ValueError, match=r"rows must lie in \[0, 8\), got \[99\]"):
         generate_dataset(model, tiny_data(split="val").dataset(frames=32), 2, rows=[99], device="cpu")
     assert moved == []
+
+
+def _wsmha():
+    from reactfast.nn.personalize import WeightShiftMultiheadAttention
+
+    return WeightShiftMultiheadAttention(4, 2, batch_first=True)
+
+
+def _posnet():
+    from reactfast.models.posnet import PosNet
+
+    return PosNet(window=4, hidden=8)
+
+
+@pytest.mark.parametrize("call,err,words", [
+    # BiasedCrossAttention.attend: "'NoneType' object has no attribute 'shape'", index_select's own
+    # TypeError, "unsupported operand", "truth value ... ambiguous"
+    (lambda m, x: m.attend(x, None, None), TypeError, "k must be a torch.Tensor, got NoneType"),
+    (lambda m, x: m.attend(x, *m.project_kv(x, x), kv_index=[0, 1]), TypeError,
+     "kv_index must be a torch.Tensor, got list"),
+    (lambda m, x: m.attend(x, *m.project_kv(x, x), kv_index=torch.zeros(2)), TypeError,
+     r"kv_index must have dtype in \(int32, int64\)"),
+    (lambda m, x: m.attend(x, *m.project_kv(x, x), kv_repeat=None), ValueError, "kv_repeat must be an int >= 1"),
+    (lambda m, x: m.attend(x, *m.project_kv(x, x), dropout=np.zeros(2)), ValueError, "dropout must be a bool"),
+    # WeightShiftMultiheadAttention: "'NoneType' object has no attribute 'dim'"; a bad explicit shift
+    # was sliced before any check ("'int' object is not subscriptable")
+    (lambda m, x: _wsmha()(None, x, x), TypeError, "query must be a torch.Tensor, got NoneType"),
+    (lambda m, x: _wsmha()(x, x, x, need_weights=np.zeros(2)), ValueError, "need_weights must be a bool"),
+    (lambda m, x: _wsmha()(x, x, x, shift=3), TypeError, r"shift must be a \(G, d_out, d_in\) tensor"),
+    (lambda m, x: _wsmha()(x, x, x, shift=torch.zeros(2, 12, 3)), ValueError, r"shift must have shape \(2, 12, 4\)"),
+    (lambda m, x: _wsmha()(x, x, x, shift=torch.zeros(2, 12, 4), key_padding_mask=torch.zeros(2, 2, dtype=bool)),
+     ValueError, r"key_padding_mask must be \(2, 3\)"),
+    (lambda m, x: _wsmha()(x[0], x[0], x[0], shift=torch.zeros(2, 12, 4)), ValueError,
+     "query must be a batched 3-D tensor"),
+    # grouped_linear / attention_projections: "has no attribute 'shape'", "'int' object is not subscriptable"
+    (lambda m, x: _grouped_linear()(None, torch.zeros(3, 4), torch.zeros(2, 3, 4), None), ValueError,
+     r"the layer's input x must be a \(B, ..., d_in\) tensor, got NoneType"),
+    (lambda m, x: _attention_projections()(None, x, (0,)), TypeError, "mha must be an nn.MultiheadAttention"),
+    (lambda m, x: _attention_projections()(_wsmha(), None, (0,)), TypeError, "x must be a torch.Tensor"),
+    (lambda m, x: _attention_projections()(_wsmha(), x, 1), ValueError, "parts must be a non-empty increasing tuple"),
+    (lambda m, x: _attention_projections()(_wsmha(), x, (0, 3)), ValueError, "parts must be a non-empty increasing"),
+    # PosNet: "has no attribute 'shape'", "mat1 and mat2 shapes cannot be multiplied", "not enough values to unpack"
+    (lambda m, x: _posnet().adjust_pose(torch.zeros(2, 4, 6), torch.zeros(2, 58)), ValueError,
+     r"prev_last must be \(B, 6\)"),
+    (lambda m, x: _posnet().adjust_pose(torch.zeros(2, 4, 6), torch.zeros(3, 6)), ValueError,
+     "prev_last must hold the last pose of each of the 2 windows"),
+    (lambda m, x: _posnet()(torch.zeros(2, 4, 58), "x"), ValueError, r"prev_last must be \(B, 6\)"),
+    (lambda m, x: _posnet().adjust_sequence(None), ValueError, r"frames must be \(B, W, 58\)"),
+    (lambda m, x: _posnet().loss(torch.zeros(2, 4, 58)), ValueError, r"windows must be \(B, n, W, 58\)"),
+    (lambda m, x: _posnet().loss(torch.zeros(2, 3, 5, 58)), ValueError, "at least one window of 4 frames"),
+    # crop_video: "object of type 'int' has no len()"
+    (lambda m, x: _crop_video()(torch.zeros(2, 3, 3, 8, 8), 3), TypeError, r"boxes must be a \(T, 4\) array per video"),
+    (lambda m, x: _crop_video()(torch.zeros(3, 3, 8, 8), 3), ValueError, r"boxes must have shape \(T, 4\)"),
+])
+def test_61_attention_personalize_posnet_and_crops_name_their_arguments(call, err, words):
+    module = BiasedCrossAttention(4, 2)
+    with pytest.raises(err, match=words):
+        call(module, torch.rand(2, 3, 4))
+
+
+def _grouped_linear():
+    from reactfast.nn.personalize import grouped_linear
+
+    return grouped_linear
+
+
+def _attention_projections():
+    from reactfast.nn.personalize import attention_projections
+
+    return attention_projections
+
+
+def _crop_video():
+    from reactfast.data.pfl import crop_video
+
+    return crop_video
+
+
+def test_62_trainer_batches_and_checkpoint_links_name_their_arguments(tmp_path):
+    """Trainer.fit(max_steps="x") said "unsupported operand"; -1 trained nothing, silently;
+    batch_indices(1.5) failed in manual_seed; collate_appropriate and link_checkpoint failed in
+    indexing or os.fspath; link_checkpoint of a folder with no checkpoint failed in copytree."""
+    from reactfast.train import Trainer, link_checkpoint
+    from reactfast.train.batches import collate_appropriate
+    from tests.train.helpers import tiny_data
+
+    dataset = tiny_data().dataset(frames=32, window=16)
+    trainer = Trainer(tiny_model(), dataset, TrainConfig(batch_size=2, steps=2, seed=0))
+    for bad in ("x", -1, 1.5, np.zeros(2)):
+        with pytest.raises(ValueError, match="max_steps must be an int >= 0"):
+            trainer.fit(max_steps=bad)
+        with pytest.raises(ValueError, match="step must be an int >= 0"):
+            trainer.batch_indices(bad)
+    assert trainer.step == 0
+    with pytest.raises(TypeError, match="dataset must be a reactfast.data.ReactDataset"):
+        collate_appropriate(None, [0])
+    with pytest.raises(ValueError, match="indices must be a non-empty sequence"):
+        collate_appropriate(dataset, 3)
+    with pytest.raises(ValueError, match=rf"indices must lie in \[0, {len(dataset)}\), got {len(dataset)}"):
+        collate_appropriate(dataset, [0, len(dataset)])
+    with pytest.raises(ValueError, match="max_candidates must be an int >= 1"):
+        collate_appropriate(dataset, [0], max_candidates=None)
+    assert collate_appropriate(dataset, torch.tensor([0, 1]))["appropriate_valid"].shape[0] == 2
+    with pytest.raises(TypeError, match="path must name a checkpoint folder"):
+        link_checkpoint(None, str(tmp_path / "best"))
+    with pytest.raises(TypeError, match="alias must name a checkpoint beside path"):
+        link_checkpoint(str(tmp_path / "ck"), None)
+    with pytest.raises(CheckpointError, match="path must name a saved checkpoint folder"):
+        link_checkpoint(str(tmp_path / "ck"), str(tmp_path / "best"))
+    assert not (tmp_path / "best").exists()

@@ -99,14 +99,17 @@ def crop_video(video: torch.Tensor, boxes, omega: Tuple[float, float] = (256.0, 
         video, boxes = video[None], [boxes]
     if video.dim() != 5:
         raise ValueError(f"video must be (T, C, H, W) or (B, T, C, H, W), got {tuple(video.shape)}")
+    if not isinstance(boxes, (list, tuple, np.ndarray, torch.Tensor)) or (
+            isinstance(boxes, (np.ndarray, torch.Tensor)) and boxes.ndim == 0):
+        raise TypeError(f"boxes must be a (T, 4) array per video, got {type(boxes).__name__}")
     if len(boxes) != video.shape[0]:
         raise ValueError(f"boxes must hold one (T, 4) array per video ({video.shape[0]}), got {len(boxes)}")
     H, W = video.shape[-2:]
     crops = []
     for clip, bx in zip(video, boxes):
+        left, top, wc, hc = crop_window(bx, omega, (H, W))    # checks bx: (T, 4) numbers
         if len(bx) != clip.shape[0]:
             raise ValueError(f"boxes have {len(bx)} frames but the video has {clip.shape[0]}")
-        left, top, wc, hc = crop_window(bx, omega, (H, W))
         c = clip[..., top:top + hc, left:left + wc]
         if out_size is not None:
             c = F.interpolate(c.float(), size=out_size, mode="bilinear", align_corners=False).to(clip.dtype)

@@ -44,6 +44,14 @@ class PosNetConfig:
         check_reals(self, ("connect_weight", "sm1_weight", "sm2_weight", "fidelity_weight"))
 
 
+def _check_frames(name: str, x, ndim: int, width: int) -> None:
+    """``x`` a floating-point tensor of ``ndim`` dims ending in ``width``, else an error naming it."""
+    shape = {2: "(B, {w})", 3: "(B, W, {w})", 4: "(B, n, W, {w})"}[ndim].format(w=width)
+    if not isinstance(x, torch.Tensor) or x.dim() != ndim or x.shape[-1] != width or not x.is_floating_point():
+        got = f"{x.dtype} shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{name} must be {shape}, a floating-point tensor, got {got}")
+
+
 class PosNet(nn.Module):
     """The head-pose post-processor; ``reactfast.models.pflposnet.PFLPosNet`` pairs it with a
     ReactFace generator, ``PosNetStream`` with any ``ReactionStream``."""
@@ -62,18 +70,21 @@ class PosNet(nn.Module):
 
     def adjust_pose(self, pose: torch.Tensor, prev_last: torch.Tensor) -> torch.Tensor:
         """pose (B, W, 6), prev_last (B, 6) -> adjusted pose (B, W, 6)."""
+        _check_frames("pose", pose, 3, 6)
         B, W, _ = pose.shape
         if W != self.config.window:
             raise ValueError(f"PosNet was built for windows of {self.config.window} frames, got {W}")
+        _check_frames("prev_last", prev_last, 2, 6)
+        if prev_last.shape[0] != B:
+            raise ValueError(f"prev_last must hold the last pose of each of the {B} windows, got shape "
+                             f"{tuple(prev_last.shape)}")
         code = self.encoder(pose.transpose(1, 2)).mean(-1)
         return pose + self.mlp(torch.cat([prev_last, code], -1)).reshape(B, W, 6)
 
     def forward(self, frames: torch.Tensor, prev_last: Optional[torch.Tensor] = None) -> torch.Tensor:
         """frames (B, W, 58) generated 3DMM; prev_last (B, 6) the previous adjusted window's last
         pose (None for the first window: returned unchanged). Only dims 52:58 change."""
-        if not isinstance(frames, torch.Tensor) or frames.dim() != 3 or frames.shape[-1] != layout.TDMM_DIM:
-            got = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
-            raise ValueError(f"frames must be (B, W, {layout.TDMM_DIM}) 3DMM windows, got {got}")
+        _check_frames("frames", frames, 3, layout.TDMM_DIM)
         if prev_last is None:
             return frames
         out = frames.clone()
@@ -84,6 +95,9 @@ class PosNet(nn.Module):
     def adjust_sequence(self, frames: torch.Tensor, prev_last: Optional[torch.Tensor] = None):
         """Adjust a (B, T, 58) sequence window by window (a last partial window is padded with its
         last frame, adjusted, trimmed). Returns (adjusted frames, last adjusted pose (B, 6))."""
+        _check_frames("frames", frames, 3, layout.TDMM_DIM)
+        if frames.shape[1] == 0:
+            return frames, prev_last          # nothing to adjust
         W = self.config.window
         pieces = []
         for lo in range(0, frames.shape[1], W):
@@ -100,7 +114,11 @@ class PosNet(nn.Module):
         """Losses over consecutive generated windows (B, n, W, 58): each window is adjusted from the
         previous adjusted window's last pose (the first window is kept as generated)."""
         cfg = self.config
+        _check_frames("windows", windows, 4, layout.TDMM_DIM)
         B, n, W, _ = windows.shape
+        if not n or W != cfg.window:
+            raise ValueError(f"windows must hold at least one window of {cfg.window} frames (B, n, {cfg.window}, "
+                             f"{layout.TDMM_DIM}), got shape {tuple(windows.shape)}")
         prev = windows[:, 0, -1, POSE]
         connect = sm1 = sm2 = fidelity = windows.new_zeros(())
         for i in range(1, n):

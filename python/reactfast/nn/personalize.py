@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reactfast.ops._checks import check_backend, check_int
+from reactfast.ops._checks import check_backend, check_bool, check_int, check_tensor
 from reactfast.ops.weight_shift import IMPLEMENTED as WEIGHT_SHIFT_BACKENDS
 from reactfast.ops.weight_shift import Shift, check_shift, weight_shift_linear
 
@@ -49,6 +49,9 @@ def shift_entries(shift: Shift) -> int:
 def grouped_linear(x: torch.Tensor, weight: torch.Tensor, shift: Shift, bias: Optional[torch.Tensor],
                    backend: Optional[str] = None) -> torch.Tensor:
     """x (B, ..., d_in) -> (B, ..., d_out) with W + dW[g] for sample b, g = b // (B / G)."""
+    if not isinstance(x, torch.Tensor) or x.dim() < 2:
+        got = f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"personalize: the layer's input x must be a (B, ..., d_in) tensor, got {got}")
     B, G = x.shape[0], shift_entries(shift)
     if (B % G) if G else B:
         raise ValueError(f"personalize: a batch of {B} samples does not split into {G} equal groups, one per "
@@ -103,7 +106,16 @@ class WeightShiftMultiheadAttention(nn.MultiheadAttention):
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
                 average_attn_weights=True, is_causal=False, shift: Optional[Shift] = None):
         backend = self.backend
-        if shift is None:
+        for name, t in (("query", query), ("key", key), ("value", value)):
+            check_tensor(name, t, nonempty=False)
+        for name, mask in (("key_padding_mask", key_padding_mask), ("attn_mask", attn_mask)):
+            if mask is not None:
+                check_tensor(name, mask, nonempty=False)
+        for name, flag in (("need_weights", need_weights), ("average_attn_weights", average_attn_weights),
+                           ("is_causal", is_causal)):
+            check_bool(name, flag)
+        given = shift is not None       # an active shift was checked by personalize on entry
+        if not given:
             active = _ACTIVE.get().get(self)
             if active is None:
                 return super().forward(query, key, value, key_padding_mask=key_padding_mask,
@@ -112,14 +124,25 @@ class WeightShiftMultiheadAttention(nn.MultiheadAttention):
             shift, _, backend = active
         if self.add_zero_attn:
             raise ValueError("personalize: nn.MultiheadAttention with add_zero_attn is not supported")
+        for name, t in (("query", query), ("key", key), ("value", value)):
+            if t.dim() != 3:
+                raise ValueError(f"personalize: {name} must be a batched 3-D tensor (a shift is per sample), got "
+                                 f"shape {tuple(t.shape)}")
         E, H = self.embed_dim, self.num_heads
         if not self.batch_first:
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        if given:
+            shift = check_shift("shift", shift, shift_entries(shift), 3 * E, E, self.in_proj_weight)
+        B, Tq, Tk = query.shape[0], query.shape[1], key.shape[1]
+        if key_padding_mask is not None and tuple(key_padding_mask.shape) != (B, Tk):
+            raise ValueError(f"key_padding_mask must be ({B}, {Tk}), got shape {tuple(key_padding_mask.shape)}")
+        if attn_mask is not None and tuple(attn_mask.shape) not in ((Tq, Tk), (B * H, Tq, Tk)):
+            raise ValueError(f"attn_mask must be ({Tq}, {Tk}) or ({B * H}, {Tq}, {Tk}), got shape "
+                             f"{tuple(attn_mask.shape)}")
         q, k, v = (grouped_linear(t, self.in_proj_weight[i * E:(i + 1) * E], _rows(shift, E, i),
                                   None if self.in_proj_bias is None else self.in_proj_bias[i * E:(i + 1) * E],
                                   backend)
                    for i, t in enumerate((query, key, value)))
-        B, Tq, _ = q.shape
         if self.bias_k is not None:
             k = torch.cat([k, self.bias_k.reshape(1, 1, E).expand(B, 1, E)], 1)
             v = torch.cat([v, self.bias_v.reshape(1, 1, E).expand(B, 1, E)], 1)
@@ -159,8 +182,17 @@ def attention_projections(mha: nn.MultiheadAttention, x: torch.Tensor, parts: Tu
     """The projections ``parts`` (0 q, 1 k, 2 v, in order) of batch-first ``x`` (B, T, E) by the
     packed in-projection of ``mha``, with the per-sample shift that :func:`personalize` made active
     for it, if any. For callers that keep keys and values (a cache over the steps of a sampler)."""
+    if not isinstance(mha, nn.MultiheadAttention):
+        raise TypeError(f"mha must be an nn.MultiheadAttention, got {type(mha).__name__}")
     if not mha._qkv_same_embed_dim:
         raise ValueError("attention_projections needs a packed in-projection (kdim = vdim = embed_dim)")
+    check_tensor("x", x, ndim=3, nonempty=False)
+    if x.shape[-1] != mha.embed_dim:
+        raise ValueError(f"x must be (B, T, {mha.embed_dim}), got shape {tuple(x.shape)}")
+    if (not isinstance(parts, (tuple, list)) or not parts
+            or any(type(i) is not int or not 0 <= i <= 2 for i in parts) or list(parts) != sorted(set(parts))):
+        raise ValueError(f"parts must be a non-empty increasing tuple of the projections 0 (q), 1 (k), 2 (v), "
+                         f"got {parts!r:.80}")
     E, w, b = mha.embed_dim, mha.in_proj_weight, mha.in_proj_bias
     active = _ACTIVE.get().get(mha)
     if active is None:

@@ -3,12 +3,14 @@ frames (the targets of ReactFace's appropriate reconstruction loss)."""
 
 from __future__ import annotations
 
+import numbers
 from typing import Dict, Sequence
 
 import numpy as np
 import torch
 
 from reactfast.data.react import ReactDataset
+from reactfast.ops._checks import check_int
 
 
 def check_dataset(name: str, dataset, needs) -> None:
@@ -25,6 +27,15 @@ def collate_appropriate(dataset: ReactDataset, indices: Sequence[int], max_candi
     """Stack items ``indices`` and add ``appropriate_3dmm`` (B, K, T, 58), ``appropriate_emotion``
     (B, K, T, 25) and ``appropriate_valid`` (B, K): the item's own listener first, then the other
     appropriate dyads in index order, at most ``max_candidates``."""
+    check_dataset("dataset", dataset, ("__len__", "__getitem__", "appropriate", "dyads", "load_clip"))
+    check_int("max_candidates", max_candidates)
+    if isinstance(indices, (np.ndarray, torch.Tensor)):
+        indices = indices.tolist()
+    if not isinstance(indices, (list, tuple, range)) or not indices:
+        raise ValueError(f"indices must be a non-empty sequence of item indices, got {indices!r:.80}")
+    for i in indices:
+        if not isinstance(i, numbers.Integral) or isinstance(i, bool) or not 0 <= i < len(dataset):
+            raise ValueError(f"indices must lie in [0, {len(dataset)}), got {i!r}")
     items = [dataset[int(i)] for i in indices]
     batch = {key: torch.stack([it[key] for it in items]) for key in items[0]}
     appropriate = dataset.appropriate

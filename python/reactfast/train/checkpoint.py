@@ -148,7 +148,12 @@ def save_checkpoint(path: str, model: nn.Module, trainer_state: Optional[dict] =
 def link_checkpoint(path: str, alias: str) -> str:
     """Make ``alias`` (a name in the same folder, e.g. ``best``) point at the version ``path`` points
     at, atomically; no files are copied."""
-    path, alias = os.path.abspath(os.fspath(path)), os.path.abspath(os.fspath(alias))
+    path = os.path.abspath(_check_path(path))
+    if not isinstance(alias, (str, os.PathLike)):
+        raise TypeError(f"alias must name a checkpoint beside path (a str or os.PathLike), got {type(alias).__name__}")
+    alias = os.path.abspath(os.fspath(alias))
+    if not os.path.isfile(os.path.join(path, CONFIG)):
+        raise CheckpointError(f"path must name a saved checkpoint folder, and {path} holds no {CONFIG}")
     if os.path.dirname(path) != os.path.dirname(alias):
         raise ValueError(f"alias must be in the checkpoint's folder {os.path.dirname(path)}, got {alias}")
     if not os.path.islink(path):

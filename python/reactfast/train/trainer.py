@@ -41,7 +41,7 @@ from reactfast import _backend, _io
 from reactfast._distributed import launched_world_size
 from reactfast._progress import Progress
 from reactfast.models.base import check_at_least, check_field_types
-from reactfast.ops._checks import check_real, check_seed
+from reactfast.ops._checks import check_int, check_real, check_seed
 from reactfast.train.batches import check_dataset, collate_appropriate
 from reactfast.train.interrupt import deferred_interrupt
 from reactfast.train.checkpoint import link_checkpoint, load_into, load_trainer_state, save_checkpoint
@@ -317,7 +317,7 @@ class Trainer:
 
     def batch_indices(self, step: int) -> List[int]:
         cfg = self.config
-        epoch, pos = divmod(step, self.steps_per_epoch)
+        epoch, pos = divmod(check_int("step", step, minimum=0), self.steps_per_epoch)
         perm = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(cfg.seed * 7_777 + epoch))
         global_batch = perm[pos * cfg.batch_size:(pos + 1) * cfg.batch_size].tolist()
         local = cfg.batch_size // self.world
@@ -371,6 +371,8 @@ class Trainer:
         process, main thread) lets the step under way finish, saves ``checkpoint`` (with ``out_dir``)
         and then raises KeyboardInterrupt; a second Ctrl-C stops at once."""
         cfg = self.config
+        if max_steps is not None:
+            check_int("max_steps", max_steps, minimum=0)
         end = cfg.steps if max_steps is None else min(cfg.steps, self.step + max_steps)
         lead = self.rank == 0
         log = tensorboard = None
