@@ -444,8 +444,10 @@ def test_26_generate_sessions_zero_is_an_error(checkpoint, tmp_path, capsys):
 
 def test_27_a_failed_stream_step_loses_no_frames(monkeypatch):
     """A push over three windows whose second step fails (out of memory, say): the first window's
-    frames come with the next call, the failed window is tried again, and the whole output equals
-    an undisturbed stream's. The runner likewise consumes a window only after its step."""
+    frames come with the next call, the failed window is tried again with the noise drawn for it
+    (before, it drew fresh noise and every frame from there on differed), and the whole output
+    equals an undisturbed stream's. The runner likewise consumes a window, and its noise, only
+    after its step."""
     model = tiny_model().eval()
     W, k, F, A = model.config.window, model.audio_per_frame, model.config.speaker_dim, model.config.audio_dim
     speaker, audio = torch.randn(3 * W + 3, F), torch.randn((3 * W + 3) * k, A)
@@ -468,10 +470,9 @@ def test_27_a_failed_stream_step_loses_no_frames(monkeypatch):
     assert got[0].shape[1] == 3 * W    # the finished window, the retried one and the third
     online = torch.cat(got, 1)
     assert online.shape == expected.shape
-    # The retried window drew fresh noise, so from there on the frames differ; the first window is the same.
-    assert torch.equal(online[:, :W], expected[:, :W])
+    assert torch.equal(online, expected)
     calls.clear()
-    a, b = ReactionStream(model, 1), ReactionStream(model, 1)
+    a, b = (ReactionStream(model, 1, torch.Generator().manual_seed(seed)) for seed in (1, 2))
     for s in (a, b):
         s.feed(speaker[:W], audio[:W * k])
     runner = StreamRunner(model)
@@ -479,7 +480,27 @@ def test_27_a_failed_stream_step_loses_no_frames(monkeypatch):
     with pytest.raises(RuntimeError, match="injected"):
         runner.step([a, b])
     assert a._pending == b._pending == W
-    assert [o["3dmm"].shape[1] for o in runner.step([a, b])] == [W, W]
+    retried = runner.step([a, b])
+    calm_pair = [ReactionStream(model, 1, torch.Generator().manual_seed(seed)) for seed in (1, 2)]
+    for s in calm_pair:
+        s.feed(speaker[:W], audio[:W * k])
+    for out, want in zip(retried, runner.step(calm_pair)):
+        assert torch.equal(out["3dmm"], want["3dmm"])
+
+
+def test_27b_flush_steps_every_full_window_left_pending():
+    """flush() after feed() of more than a window (feed without a runner, or a push that failed):
+    it padded all the pending frames as one window and failed with "numel: integer multiplication
+    overflow". It now steps the full windows, then the padded rest, as push and flush would."""
+    model = tiny_model().eval()
+    W, k, F, A = model.config.window, model.audio_per_frame, model.config.speaker_dim, model.config.audio_dim
+    speaker, audio = torch.randn(2 * W + 3, F), torch.randn((2 * W + 3) * k, A)
+    pushed = ReactionStream(model, 2, torch.Generator().manual_seed(3))
+    expected = torch.cat([pushed.push(speaker, audio)["3dmm"], pushed.flush()["3dmm"]], 1)
+    fed = ReactionStream(model, 2, torch.Generator().manual_seed(3))
+    fed.feed(speaker, audio)
+    out = fed.flush()["3dmm"]
+    assert out.shape == (2, 2 * W + 3, 58) and torch.equal(out, expected) and fed.closed
 
 
 def test_28_backend_spec_names_ops_and_their_backends(checkpoint, tmp_path, capsys):

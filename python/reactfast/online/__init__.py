@@ -46,7 +46,8 @@ class ReactionStream:
     ``flush()`` emits the remainder (padding the last window by repeating its last frame) and
     closes the stream. A window's input is consumed only once its step succeeded; if a step
     raises (out of memory, say), the windows finished before it in that call are kept and come
-    first in what the next ``push`` or ``flush`` returns, and the failed window is tried again.
+    first in what the next ``push`` or ``flush`` returns, and the failed window is tried again
+    with the noise drawn for it, so the output equals that of a stream that never failed.
     """
 
     def __init__(self, model: nn.Module, num_samples: int = 10, generator: Optional[torch.Generator] = None,
@@ -78,6 +79,7 @@ class ReactionStream:
         self._audio: List[torch.Tensor] = []
         self._pending = 0
         self._finished: List[Dict[str, torch.Tensor]] = []   # windows generated, not yet returned
+        self._noise: Optional[torch.Tensor] = None    # the pending window's draws, kept until its step succeeds
         self.frames_in = 0
         self.frames_out = 0
         self.closed = False
@@ -132,10 +134,13 @@ class ReactionStream:
     def push(self, speaker: torch.Tensor, audio: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Add n new speaker frames and their k n audio rows; emit every completed window."""
         self.feed(speaker, audio)
+        self._step_full_windows()
+        return self._deliver()
+
+    def _step_full_windows(self) -> None:
         while self.ready:
             self._finished.append(self._advance(*self._next_window()))
             self._consume()
-        return self._deliver()
 
     def _deliver(self, last: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
         """Every finished window not yet returned (and ``last``), in order; clears them."""
@@ -154,22 +159,33 @@ class ReactionStream:
         k, W = self.model.audio_per_frame, self.window
         self._speaker, self._audio = [self._speaker[0][W:]], [self._audio[0][k * W:]]
         self._pending -= W
+        self._noise = None
 
     def noise(self) -> torch.Tensor:
+        """Fresh draws from the stream's generator for one window of its samples."""
         return self.model.draw_noise(self.samples, self.generator, self.window).to(self.device)
+
+    def _window_noise(self) -> torch.Tensor:
+        """The pending window's draws: drawn once, and again only after its step succeeded (a
+        retried window gets the noise it would have had)."""
+        if self._noise is None:
+            self._noise = self.noise()
+        return self._noise
 
     @torch.no_grad()
     def _advance(self, speaker: torch.Tensor, audio: torch.Tensor) -> Dict[str, torch.Tensor]:
         S = self.samples
         out, self.state = self.model.step(self.state, speaker[None].expand(S, -1, -1),
-                                          audio[None].expand(S, -1, -1), self.noise())
+                                          audio[None].expand(S, -1, -1), self._window_noise())
         self.frames_out += speaker.shape[0]
         return {key: out[key] for key in ("3dmm", "emotion") if key in out}
 
     def flush(self) -> Dict[str, torch.Tensor]:
-        """Emit the frames still pending (the last window padded with the last frame) and close."""
+        """Emit the frames still pending (every full window, then the rest padded to a window with its
+        last frame) and close."""
         if self.closed:
             raise StreamClosed("this stream is already closed")
+        self._step_full_windows()    # fed and not stepped (feed without a runner), or left by a failed push
         real = self._pending
         last = None
         if real:
@@ -182,6 +198,7 @@ class ReactionStream:
             last = {key: value[:, :real] for key, value in self._advance(speaker, audio).items()}
             self.frames_out -= pad
             self._pending = 0
+            self._noise = None
         self.closed = True
         return self._deliver(last)
 
@@ -296,7 +313,7 @@ class StreamRunner:
             sizes = [s.samples for s in ready]
             speaker = torch.cat([sp[None].expand(s.samples, -1, -1) for s, (sp, _) in zip(ready, inputs)])
             audio = torch.cat([au[None].expand(s.samples, -1, -1) for s, (_, au) in zip(ready, inputs)])
-            noise = torch.cat([s.noise() for s in ready])
+            noise = torch.cat([s._window_noise() for s in ready])
             state = type(ready[0].state).cat([s.state for s in ready])
             out, state = self._run(state, speaker, audio, noise)
             for i, (s, new_state) in enumerate(zip(ready, state.split(sizes))):
