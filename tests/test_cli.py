@@ -129,6 +129,12 @@ def test_bench_folder_found_from_any_folder(tmp_path, monkeypatch):
     assert os.path.isfile(os.path.join(found, "conftest.py")) and os.path.isfile(os.path.join(found, "bench_dtw.py"))
 
 
+def test_bench_names_a_path_that_is_no_folder(tmp_path, capsys):
+    """`reactfast bench --path` of no folder ran pytest, which found no tests and exited 5, quietly."""
+    assert cli.main(["bench", "--path", str(tmp_path / "nowhere")]) == 2
+    assert f"--path: no such folder: {tmp_path / 'nowhere'}" in capsys.readouterr().err
+
+
 def test_program_under_torchrun_exits_without_finalizing(tmp_path):
     """Under torchrun (WORLD_SIZE > 1) the reactfast program ends with the exit handlers run, its output
     flushed and its own exit code, skipping interpreter finalization (where torch's threads aborted a

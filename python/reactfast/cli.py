@@ -377,6 +377,8 @@ def _cmd_bench(args) -> int:
     root = args.path or bench_folder()
     if root is None:
         raise CommandError("no bench/ folder found; give --path")
+    if args.path is not None and not os.path.isdir(args.path):   # pytest ran no tests and exited 5, quietly
+        raise CommandError(f"--path: no such folder: {args.path}")
     # Without pytest-xdist (pytest-benchmark turns itself off where xdist is active, also when this
     # command runs inside a test process of an xdist run: its PYTEST_XDIST_* variables are dropped).
     cmd = [sys.executable, "-m", "pytest", root, "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
