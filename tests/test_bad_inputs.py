@@ -1302,9 +1302,11 @@ def test_62_trainer_batches_and_checkpoint_links_name_their_arguments(tmp_path):
     assert trainer.step == 0
     with pytest.raises(TypeError, match="dataset must be a reactfast.data.ReactDataset"):
         collate_appropriate(None, [0])
-    with pytest.raises(ValueError, match="indices must be a non-empty sequence"):
+    with pytest.raises(ValueError, match="indices must be a list of integer row indices, got 3"):
         collate_appropriate(dataset, 3)
-    with pytest.raises(ValueError, match=rf"indices must lie in \[0, {len(dataset)}\), got {len(dataset)}"):
+    with pytest.raises(ValueError, match="indices must name at least one item"):
+        collate_appropriate(dataset, [])
+    with pytest.raises(ValueError, match=rf"indices must lie in \[0, {len(dataset)}\), got \[{len(dataset)}\]"):
         collate_appropriate(dataset, [0, len(dataset)])
     with pytest.raises(ValueError, match="max_candidates must be an int >= 1"):
         collate_appropriate(dataset, [0], max_candidates=None)

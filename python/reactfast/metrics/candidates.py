@@ -8,6 +8,8 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from reactfast.ops._checks import check_indices
+
 __all__ = ["CSR", "check_appropriate", "check_rows", "from_appropriate", "from_lists"]
 
 CSR = Tuple[torch.Tensor, torch.Tensor]
@@ -49,15 +51,7 @@ def check_appropriate(appropriate, n: Optional[int] = None) -> np.ndarray:
 def check_rows(rows, n: int) -> np.ndarray:
     """Speaker rows as an int64 array in the order given: integers in [0, n) (a float was cut to an
     integer, -1 took the last row)."""
-    if isinstance(rows, (str, bytes)) or not hasattr(rows, "__iter__"):
-        raise ValueError(f"rows must be a list of integer row indices, got {rows!r}")
-    given = np.asarray(list(rows) if not isinstance(rows, np.ndarray) else rows)
-    if given.ndim != 1 or (given.size and given.dtype.kind not in "iu") or given.dtype == np.bool_:
-        raise ValueError(f"rows must be a list of integer row indices, got {rows!r}")
-    bad = given[(given < 0) | (given >= n)]
-    if bad.size:
-        raise ValueError(f"rows must lie in [0, {n}), got {bad[:5].tolist()}")
-    return given.astype(np.int64)
+    return check_indices("rows", rows, n)
 
 
 def from_appropriate(appropriate, samples: int, rows: Optional[Sequence[int]] = None) -> CSR:

@@ -25,6 +25,22 @@ def check_seed(name: str, value) -> int:
     return int(value)
 
 
+def check_indices(name: str, values, n: int) -> np.ndarray:
+    """Indices into n rows as an int64 array in the order given: integers in [0, n), else a
+    ValueError naming ``name`` (a float was cut to an integer, -1 took the last row)."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise ValueError(f"{name} must be a list of integer row indices, got {values!r:.80}")
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    given = np.asarray(list(values) if not isinstance(values, np.ndarray) else values)
+    if given.ndim != 1 or (given.size and given.dtype.kind not in "iu") or given.dtype == np.bool_:
+        raise ValueError(f"{name} must be a list of integer row indices, got {values!r:.80}")
+    bad = given[(given < 0) | (given >= n)]
+    if bad.size:
+        raise ValueError(f"{name} must lie in [0, {n}), got {bad[:5].tolist()}")
+    return given.astype(np.int64)
+
+
 def check_bool(name: str, value) -> bool:
     """``value`` as a bool if it is one (Python's or numpy's), else a ValueError naming ``name``: a
     string such as "no" or "False" would otherwise count as true."""

@@ -3,14 +3,13 @@ frames (the targets of ReactFace's appropriate reconstruction loss)."""
 
 from __future__ import annotations
 
-import numbers
 from typing import Dict, Sequence
 
 import numpy as np
 import torch
 
 from reactfast.data.react import ReactDataset
-from reactfast.ops._checks import check_int
+from reactfast.ops._checks import check_indices, check_int
 
 
 def check_dataset(name: str, dataset, needs) -> None:
@@ -29,14 +28,10 @@ def collate_appropriate(dataset: ReactDataset, indices: Sequence[int], max_candi
     appropriate dyads in index order, at most ``max_candidates``."""
     check_dataset("dataset", dataset, ("__len__", "__getitem__", "appropriate", "dyads", "load_clip"))
     check_int("max_candidates", max_candidates)
-    if isinstance(indices, (np.ndarray, torch.Tensor)):
-        indices = indices.tolist()
-    if not isinstance(indices, (list, tuple, range)) or not indices:
-        raise ValueError(f"indices must be a non-empty sequence of item indices, got {indices!r:.80}")
-    for i in indices:
-        if not isinstance(i, numbers.Integral) or isinstance(i, bool) or not 0 <= i < len(dataset):
-            raise ValueError(f"indices must lie in [0, {len(dataset)}), got {i!r}")
-    items = [dataset[int(i)] for i in indices]
+    indices = check_indices("indices", indices, len(dataset)).tolist()
+    if not indices:
+        raise ValueError("indices must name at least one item, got none")
+    items = [dataset[i] for i in indices]
     batch = {key: torch.stack([it[key] for it in items]) for key in items[0]}
     appropriate = dataset.appropriate
     span = items[0]["listener_3dmm"].shape[0]

@@ -20,9 +20,8 @@ def generate_dataset(model, dataset, samples: int = 10, seed: int = 0, rows: Opt
     rounding: the dyads of a batch run through one call). ``window``: the
     online step of generators that take one (default: the model's)."""
     from reactfast import _backend
-    from reactfast.metrics.candidates import check_rows
     from reactfast.models.base import check_generator, check_int
-    from reactfast.ops._checks import check_bool, check_seed
+    from reactfast.ops._checks import check_bool, check_indices, check_seed
     from reactfast.train.batches import check_dataset
 
     check_generator(model)
@@ -35,7 +34,7 @@ def generate_dataset(model, dataset, samples: int = 10, seed: int = 0, rows: Opt
         raise ValueError("generate_dataset needs a whole-clip dataset (window=None)")
     # Dyad indices in [0, num_items), checked before any is generated (numpy integers too) and
     # before the model is moved.
-    rows = list(range(dataset.num_items)) if rows is None else check_rows(rows, dataset.num_items).tolist()
+    rows = list(range(dataset.num_items)) if rows is None else check_indices("rows", rows, dataset.num_items).tolist()
     if device is not None:
         device = _backend.resolve_device(str(device))   # cpu, cuda or cuda:N, named where it is not
         model.to(device)
