@@ -1318,3 +1318,28 @@ def test_62_trainer_batches_and_checkpoint_links_name_their_arguments(tmp_path):
     with pytest.raises(CheckpointError, match="path must name a saved checkpoint folder"):
         link_checkpoint(str(tmp_path / "ck"), str(tmp_path / "best"))
     assert not (tmp_path / "best").exists()
+
+
+def test_63_generate_window_of_a_model_with_its_own_window(tmp_path, capsys):
+    """generate_dataset(window=...) and `reactfast generate --window-size` passed the window on to
+    PerFRDiff's and ReactDiff's generate, which take none: a TypeError ("unexpected keyword argument
+    'window'") even for their own window. Their own window now generates; another is named."""
+    from reactfast.train import generate_dataset
+
+    torch.manual_seed(0)
+    model = models.PerFRDiff(models.PerFRDiffConfig(audio_dim=8, window=8, dim=16, heads=2, ffn=32, layers=1,
+                                                    sample_steps=2, style_dim=8, style_layers=1, style_heads=2,
+                                                    style_ffn=16, hyper_hidden=16, min_history=4,
+                                                    edited_layers=["decoder.layers.0.multihead_attn"]))
+    data = SyntheticDyads(sessions=2, frames=16, audio_dim=8, seed=0, split="test").dataset(frames=16)
+    own = generate_dataset(model, data, 2, rows=[0], window=8)
+    assert own["emotion"].shape == (1, 2, 16, 25)
+    with pytest.raises(ValueError, match="window: PerFRDiff generates in windows of its own 8 frames, got 4"):
+        generate_dataset(model, data, 2, rows=[0], window=4)
+    path = str(tmp_path / "perfrdiff")
+    save_checkpoint(path, model, extra={"data": {"spec": "synthetic", "sessions": 2, "seed": 0, "frames": 16}})
+    out = str(tmp_path / "p.npz")
+    code, err = run(["generate", "--checkpoint", path, "--out", out, "--samples", "2", "--window-size", "8",
+                     "--no-progress", "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert np.load(out)["pred"].shape[1:] == (2, 16, 25)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Dict, Optional, Sequence
 
 import numpy as np
@@ -32,6 +33,14 @@ def generate_dataset(model, dataset, samples: int = 10, seed: int = 0, rows: Opt
     check_bool("progress", progress)
     if dataset.window is not None:
         raise ValueError("generate_dataset needs a whole-clip dataset (window=None)")
+    if window is not None:
+        check_int("window", window)
+        if "window" not in inspect.signature(model.generate).parameters:
+            # PerFRDiff and ReactDiff generate in their own window: it was passed on, a TypeError
+            if window != model.window:
+                raise ValueError(f"window: {type(model).__name__} generates in windows of its own "
+                                 f"{model.window} frames, got {window}")
+            window = None
     # Dyad indices in [0, num_items), checked before any is generated (numpy integers too) and
     # before the model is moved.
     rows = list(range(dataset.num_items)) if rows is None else check_indices("rows", rows, dataset.num_items).tolist()
