@@ -3,13 +3,12 @@ over time, for chosen emotion channels."""
 
 from __future__ import annotations
 
-import os
 from typing import Optional, Sequence
 
 import numpy as np
 
 from reactfast.data import layout
-from reactfast.ops._checks import check_int
+from reactfast.ops._checks import check_int, check_path
 
 
 def plot_reactions(path: str, speaker: np.ndarray, reactions: np.ndarray, channels: Sequence[int] = (15, 16),
@@ -19,8 +18,7 @@ def plot_reactions(path: str, speaker: np.ndarray, reactions: np.ndarray, channe
     dashed) and up to ``max_reactions`` generated reactions.
 
     speaker (T, 25); reactions (S, T, 25); listener (T, 25) or None."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a file path (str or os.PathLike), got {type(path).__name__}")
+    check_path("path", path, "be a file path")
     if not isinstance(title, str):
         raise TypeError(f"title must be a str, got {type(title).__name__}")
     if isinstance(channels, (str, bytes)) or not hasattr(channels, "__iter__"):

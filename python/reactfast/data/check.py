@@ -11,6 +11,7 @@ import numpy as np
 from reactfast.data import audio as audio_io
 from reactfast.data import files, layout
 from reactfast.data.files import DataError
+from reactfast.ops._checks import check_path
 
 
 @dataclass
@@ -32,14 +33,9 @@ def _clip_files(root: str, split: str, clip: str) -> Dict[str, str]:
             "wav": os.path.join(base, layout.MODALITY_DIRS["audio"], clip + ".wav")}
 
 
-def _check_root(root) -> None:
-    if not isinstance(root, (str, os.PathLike)):
-        raise TypeError(f"root must be the data folder's path (a str or os.PathLike), got {type(root).__name__}")
-
-
 def check_split(root: str, split: str, max_problems: int = 50) -> SplitReport:
     """Read every clip a split lists (emotion, 3DMM, audio) and its neighbour matrix."""
-    _check_root(root)
+    check_path("root", root, "be the data folder's path")
     report = SplitReport(split)
     problem = report.problems.append
     try:
@@ -92,7 +88,7 @@ def check_split(root: str, split: str, max_problems: int = 50) -> SplitReport:
 
 def check_folder(root: str, splits: Sequence[str] = layout.SPLITS) -> List[SplitReport]:
     """A report per split present (a split whose csv is missing is reported only if asked for)."""
-    _check_root(root)
+    check_path("root", root, "be the data folder's path")
     if not os.path.isdir(root):
         raise DataError(f"no such data folder: {root}")
     present = [s for s in splits if os.path.isfile(os.path.join(root, f"{s}.csv"))]

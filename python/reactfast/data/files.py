@@ -10,6 +10,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from reactfast.data import layout
+from reactfast.ops._checks import check_path
 
 
 class DataError(ValueError):
@@ -21,8 +22,7 @@ class TooFewFrames(DataError):
 
 
 def _need(path: str) -> None:
-    if not isinstance(path, (str, os.PathLike)):   # an int was taken as a file descriptor
-        raise TypeError(f"path must be a file path (a str or os.PathLike), got {type(path).__name__}")
+    check_path("path", path, "be a file path")   # an int was taken as a file descriptor
     if not os.path.isfile(path):
         raise DataError(f"missing file: {path}")
 

@@ -24,7 +24,7 @@ import torch
 from reactfast.data import audio as audio_io
 from reactfast.data import files, layout
 from reactfast.data.files import DataError
-from reactfast.ops._checks import check_bool, check_int
+from reactfast.ops._checks import check_bool, check_int, check_path
 
 MODALITIES = ("emotion", "3dmm", "audio")
 
@@ -65,8 +65,7 @@ class ReactDataset(torch.utils.data.Dataset):
                  stride: Optional[int] = None, mirror: bool = True, modalities: Sequence[str] = MODALITIES,
                  audio_per_frame: int = layout.AUDIO_SAMPLES_PER_FRAME, cache_clips: int = 256,
                  audio_features: str = "baseline"):
-        if not isinstance(root, (str, os.PathLike)):
-            raise TypeError(f"root must be the data folder (a str or os.PathLike), got {type(root).__name__}")
+        check_path("root", root, "be the data folder")
         if split not in layout.SPLITS:
             raise ValueError(f"split must be one of {layout.SPLITS}, got {split!r}")
         check_bool("mirror", mirror)

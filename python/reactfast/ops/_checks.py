@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from typing import Optional, Sequence
 
 import numpy as np
@@ -23,6 +24,15 @@ def check_seed(name: str, value) -> int:
     if not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_)) or not 0 <= value < 2 ** 32:
         raise ValueError(f"{name} must be an int in [0, 2**32), got {value!r}")
     return int(value)
+
+
+def check_path(name: str, value, must: str) -> str:
+    """``value`` as a str if it is a path (a str or os.PathLike), else a TypeError: "``name`` must
+    ``must`` (a str or os.PathLike)". An int reached os.path functions as a file descriptor, other
+    values their "expected str, bytes or os.PathLike object"."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name} must {must} (a str or os.PathLike), got {type(value).__name__}")
+    return os.fspath(value)
 
 
 def check_indices(name: str, values, n: int) -> np.ndarray:

@@ -27,7 +27,7 @@ from torch import nn
 import reactfast
 from reactfast import _backend, _io
 from reactfast import models as registry
-from reactfast.ops._checks import check_bool, check_int
+from reactfast.ops._checks import check_bool, check_int, check_path
 
 WEIGHTS, CONFIG, TRAINER = "model.safetensors", "config.json", "trainer.pt"
 
@@ -149,9 +149,7 @@ def link_checkpoint(path: str, alias: str) -> str:
     """Make ``alias`` (a name in the same folder, e.g. ``best``) point at the version ``path`` points
     at, atomically; no files are copied."""
     path = os.path.abspath(_check_path(path))
-    if not isinstance(alias, (str, os.PathLike)):
-        raise TypeError(f"alias must name a checkpoint beside path (a str or os.PathLike), got {type(alias).__name__}")
-    alias = os.path.abspath(os.fspath(alias))
+    alias = os.path.abspath(check_path("alias", alias, "name a checkpoint beside path"))
     if not os.path.isfile(os.path.join(path, CONFIG)):
         raise CheckpointError(f"path must name a saved checkpoint folder, and {path} holds no {CONFIG}")
     if os.path.dirname(path) != os.path.dirname(alias):
@@ -172,9 +170,7 @@ def link_checkpoint(path: str, alias: str) -> str:
 
 
 def _check_path(path) -> str:
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must name a checkpoint folder (a str or os.PathLike), got {type(path).__name__}")
-    return os.fspath(path)
+    return check_path("path", path, "name a checkpoint folder")
 
 
 def resolve(path: str) -> str:
