@@ -525,7 +525,7 @@ def sample(denoiser: Denoiser, shape: Sequence[int], cond: Optional[torch.Tensor
     if guided and cond is None:
         raise ValueError("classifier-free guidance needs a cond")
     if guided and null_cond is not None:
-        _expand_null_cond(null_cond, cond)
+        null_cond = _expand_null_cond(null_cond, cond)   # named here, before the first denoiser call
     if cuda_graph:
         if device.type != "cuda":
             raise ValueError("cuda_graph=True needs CUDA tensors")
@@ -535,7 +535,7 @@ def sample(denoiser: Denoiser, shape: Sequence[int], cond: Optional[torch.Tensor
                                                                   guidance_scale, device, dtype, backend))
         return graph(cond, noise, generator, null_cond)
     if guided:
-        null_cond = torch.zeros_like(cond) if null_cond is None else _expand_null_cond(null_cond, cond)
+        null_cond = torch.zeros_like(cond) if null_cond is None else null_cond
     x, noises = _draw_noise(shape, steps, scheduler, generator, device, dtype, noise)
     run = _loop(denoiser, scheduler, steps, shape[0], guided, guidance_scale or 1.0, backend, device)
     order = None
