@@ -178,6 +178,10 @@ def _rows(shift: Shift, E: int, i: int) -> Shift:
     return shift[:, i * E:(i + 1) * E]
 
 
+# The projection sets attention_projections takes: 0 (q), 1 (k), 2 (v), each at most once, in order.
+_PARTS = frozenset({(0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)})
+
+
 def attention_projections(mha: nn.MultiheadAttention, x: torch.Tensor, parts: Tuple[int, ...]) -> List[torch.Tensor]:
     """The projections ``parts`` (0 q, 1 k, 2 v, in order) of batch-first ``x`` (B, T, E) by the
     packed in-projection of ``mha``, with the per-sample shift that :func:`personalize` made active
@@ -189,8 +193,7 @@ def attention_projections(mha: nn.MultiheadAttention, x: torch.Tensor, parts: Tu
     check_tensor("x", x, ndim=3, nonempty=False)
     if x.shape[-1] != mha.embed_dim:
         raise ValueError(f"x must be (B, T, {mha.embed_dim}), got shape {tuple(x.shape)}")
-    if (not isinstance(parts, (tuple, list)) or not parts
-            or any(type(i) is not int or not 0 <= i <= 2 for i in parts) or list(parts) != sorted(set(parts))):
+    if not isinstance(parts, (tuple, list)) or any(type(i) is not int for i in parts) or tuple(parts) not in _PARTS:
         raise ValueError(f"parts must be a non-empty increasing tuple of the projections 0 (q), 1 (k), 2 (v), "
                          f"got {parts!r:.80}")
     E, w, b = mha.embed_dim, mha.in_proj_weight, mha.in_proj_bias
