@@ -4,6 +4,7 @@ argument, file or flag, or handled correctly; no finished work lost."""
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 import textwrap
@@ -20,7 +21,7 @@ from reactfast.nn import BiasedCrossAttention
 from reactfast.nn.personalize import personalize, personalized_call
 from reactfast.online import ReactionStream, StreamRunner
 from reactfast.plot import plot_reactions
-from reactfast.train import CheckpointError, TrainConfig, load_model, read_config, save_checkpoint
+from reactfast.train import CheckpointError, TrainConfig, load_model, load_trainer_state, read_config, save_checkpoint
 from tests.train.helpers import tiny_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -106,13 +107,20 @@ def test_05_generate_refuses_a_checkpoint_with_nan_weights(checkpoint, tmp_path,
     assert not os.path.exists(out)
 
 
-def test_06_diverging_training_stops_without_saving(tmp_path, capsys):
+def test_06_diverging_training_stops_and_keeps_the_last_finite_step(tmp_path, capsys):
+    """No non-finite checkpoint is written; the steps before the divergence are saved (a run without
+    --ckpt-every saved only at its end, and lost them all)."""
     out = str(tmp_path / "run")
     code, err = run(["train", "--out", out, "--steps", "20", "--batch-size", "2", "--clip-frames", "16", "--frames",
                      "48", "--sessions", "4", "--lr", "1e6", "--no-progress", "--device", "cpu", "--config", *TINY],
                     capsys)
-    assert code == 2 and "training diverged at step" in err
-    assert not os.path.exists(os.path.join(out, "checkpoint"))
+    assert code == 2
+    diverged = int(re.search(r"training diverged at step (\d+)", err).group(1))
+    assert diverged >= 2, "the learning rate must let a step finish for this test to see it saved"
+    assert f"the weights of step {diverged - 1}, the last finished step, were saved to" in err
+    assert load_trainer_state(os.path.join(out, "checkpoint"))[1]["step"] == diverged - 1
+    model = load_model(os.path.join(out, "checkpoint"))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def test_07_flags_are_not_abbreviated(tmp_path, capsys):

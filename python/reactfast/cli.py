@@ -669,8 +669,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _message(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     if isinstance(exc, (ValueError, TypeError, OSError, RuntimeError, ImportError, KeyError, LookupError)):
-        return text.strip("'\"") if isinstance(exc, KeyError) else text
-    return f"{type(exc).__name__}: {text}"
+        text = text.strip("'\"") if isinstance(exc, KeyError) else text
+    else:
+        text = f"{type(exc).__name__}: {text}"
+    # What was kept of the finished work (a checkpoint saved after a failed step, say) is in its notes.
+    return "; ".join([text, *getattr(exc, "__notes__", ())])
 
 
 def _warning_printer(name: str):

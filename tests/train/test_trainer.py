@@ -245,6 +245,57 @@ def test_ctrl_c_finishes_the_step_saves_and_resumes_bit_exact(tmp_path, capsys, 
     assert len(last.fit()) == 6 and os.path.isfile(str(tmp_path / "last" / "history.json"))
 
 
+def _fail_inside(trainer, step: int, where: str = "loss"):
+    """Make training step ``step`` (1-based) raise: after its forward drew its dropout masks
+    (``loss``), or inside its optimizer update (``after_step``)."""
+    model = trainer.model
+    original = getattr(model, where)
+
+    def failing(*args, **kwargs):
+        out = original(*args, **kwargs)
+        if trainer.step == step - 1 or (where == "after_step" and trainer.step == step):
+            raise RuntimeError(f"injected failure in step {step}")
+        return out
+
+    setattr(model, where, failing)
+
+
+def test_a_failed_step_saves_the_finished_ones_and_resumes_bit_exact(tmp_path):
+    """A run without ckpt_every saved only at its end: an error at step 5 of 6 (out of memory, a bad
+    batch, a divergence) threw the four finished steps away. They are now saved, with the RNG states
+    as step 4 left them (not as the failed step's dropout moved them on), so the resumed run equals
+    an uninterrupted one bit for bit."""
+    cfg = dict(steps=6, batch_size=4, lr=3e-3, progress=False)
+    full = Trainer(tiny_model(dropout=0.1), _dataset(), TrainConfig(**cfg, out_dir=str(tmp_path / "full")))
+    full_history = full.fit()
+    part = str(tmp_path / "part")
+    failed = Trainer(tiny_model(dropout=0.1), _dataset(), TrainConfig(**cfg, out_dir=part))
+    _fail_inside(failed, 5)
+    with pytest.raises(RuntimeError, match="injected failure in step 5") as err:
+        failed.fit()
+    assert failed.step == 4
+    assert "the weights of step 4, the last finished step, were saved to" in "".join(err.value.__notes__)
+    resumed = Trainer(tiny_model(dropout=0.1, seed=5), _dataset(), TrainConfig(**cfg, out_dir=part),
+                      resume=os.path.join(part, "checkpoint"))
+    assert resumed.step == 4
+    assert [r["loss"] for r in resumed.fit()] == [r["loss"] for r in full_history]
+    a, b = _weights(full.model), _weights(resumed.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # Inside an optimizer update the weights are half updated: nothing is saved, and the error says so.
+    broken = Trainer(tiny_model(), _dataset(), TrainConfig(**cfg, out_dir=str(tmp_path / "broken")))
+    _fail_inside(broken, 3, "after_step")
+    with pytest.raises(RuntimeError, match="injected failure in step 3") as err:
+        broken.fit()
+    assert "no checkpoint was saved" in "".join(err.value.__notes__)
+    assert not os.path.exists(str(tmp_path / "broken" / "checkpoint"))
+    # A failure in the first step of a fit has nothing new to save; nor has a run without out_dir.
+    first = Trainer(tiny_model(), _dataset(), TrainConfig(**cfg, out_dir=str(tmp_path / "first")))
+    _fail_inside(first, 1)
+    with pytest.raises(RuntimeError, match="injected failure") as err:
+        first.fit()
+    assert not getattr(err.value, "__notes__", None) and not os.path.exists(str(tmp_path / "first" / "checkpoint"))
+
+
 def test_checkpoint_paths_may_be_pathlib_and_arguments_are_named(tmp_path):
     """save_checkpoint(pathlib.Path) failed with "'PosixPath' object has no attribute 'rstrip'" (load_model took
     one); a model that is no module, or a list as extra, failed late or was written as given."""

@@ -276,6 +276,8 @@ class Trainer:
         self.step = 0
         self.best: Optional[float] = None
         self._saved_step: Optional[int] = None
+        self._updating = False
+        self._rng_after: Optional[tuple] = None   # (step, the RNG states when that step had finished)
         self.history: List[Dict[str, float]] = []
         self.steps_per_epoch = len(dataset) // cfg.batch_size
         if resume:
@@ -302,7 +304,10 @@ class Trainer:
             torch.cuda.set_rng_state(rng["cuda"], self.device)
 
     def save(self, path: str) -> None:
-        rngs = [self._rng_state()]
+        self._save(path)
+
+    def _save(self, path: str, rng: Optional[dict] = None) -> None:
+        rngs = [self._rng_state() if rng is None else rng]
         if self.world > 1:
             gathered = [None] * self.world
             dist.all_gather_object(gathered, rngs[0])
@@ -357,11 +362,13 @@ class Trainer:
                                    f"{self.base_lr * cfg.lr_factor(self.step):g}); the weights of step {self.step} are "
                                    "kept and no non-finite checkpoint is written")
         lr = self.base_lr * cfg.lr_factor(self.step)
+        self._updating = True   # an error from here on leaves the weights half updated: not saved
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.step()
         self.model.after_step()
         self.step += 1
+        self._updating = False
         return record
 
     def fit(self, max_steps: Optional[int] = None) -> List[Dict[str, float]]:
@@ -369,7 +376,9 @@ class Trainer:
         ``history.jsonl`` gets a line per step as training goes, ``checkpoint`` every ``ckpt_every``
         steps and at the end, ``best`` whenever validation improves ``best_metric``. A Ctrl-C (single
         process, main thread) lets the step under way finish, saves ``checkpoint`` (with ``out_dir``)
-        and then raises KeyboardInterrupt; a second Ctrl-C stops at once."""
+        and then raises KeyboardInterrupt; a second Ctrl-C stops at once. An error after steps that
+        no checkpoint holds saves them first (with ``out_dir``; see ``_save_after_error``) and adds
+        a note saying where."""
         cfg = self.config
         if max_steps is not None:
             check_int("max_steps", max_steps, minimum=0)
@@ -387,8 +396,13 @@ class Trainer:
         progress = Progress(cfg.steps, f"train {self.model.name}", initial=self.step, enabled=cfg.progress and lead,
                             every=cfg.log_every)
         start = time.perf_counter()
-        with deferred_interrupt(self.world == 1) as interrupted:
-            self._fit_loop(end, log, tensorboard, progress, interrupted)
+        first = self.step
+        try:
+            with deferred_interrupt(self.world == 1) as interrupted:
+                self._fit_loop(end, log, tensorboard, progress, interrupted)
+        except Exception as exc:
+            self._save_after_error(exc, first)
+            raise
         if interrupted() and self.step < end:   # (in the last step: the run simply ends)
             if cfg.out_dir and self._saved_step != self.step:
                 self.save(os.path.join(cfg.out_dir, "checkpoint"))
@@ -407,8 +421,12 @@ class Trainer:
         """Steps until ``end`` or, after a deferred Ctrl-C, the end of the step under way."""
         cfg = self.config
         try:
+            if cfg.out_dir:
+                self._rng_after = (self.step, self._rng_state())
             while self.step < end and not interrupted():
                 record = self.train_step()
+                if cfg.out_dir:   # what a step that then fails must not have moved on (its dropout draws)
+                    self._rng_after = (self.step, self._rng_state())
                 self.history.append(record)
                 if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and cfg.out_dir:
                     self.save(os.path.join(cfg.out_dir, "checkpoint"))
@@ -429,6 +447,32 @@ class Trainer:
                 log.close()
             if tensorboard is not None:
                 tensorboard.close()
+
+    def _save_after_error(self, exc: Exception, first: int) -> None:
+        """An error stopped ``fit`` after it had finished steps that no checkpoint holds (a run
+        without ``ckpt_every`` saves only at its end): save them, as the last finished step left
+        them, and say so in the error. Not after an error inside an optimizer update, nor, under
+        DDP, after an error that other ranks may not share (the save is collective): a divergence
+        is found from all-reduced values, on every rank at the same step."""
+        cfg = self.config
+        if not cfg.out_dir or self.step == first or self._saved_step == self.step:
+            return
+        path = os.path.join(cfg.out_dir, "checkpoint")
+        if self._updating:
+            exc.add_note(f"no checkpoint was saved: the error came inside the optimizer update of step "
+                         f"{self.step + 1}")
+            return
+        if self.world > 1 and not isinstance(exc, TrainingDiverged):
+            exc.add_note(f"no checkpoint was saved on rank {self.rank}: the save is collective and the other ranks "
+                         f"may not have failed (step {self.step} finished; ckpt_every bounds what a failure loses)")
+            return
+        rng = self._rng_after[1] if self._rng_after and self._rng_after[0] == self.step else None
+        try:
+            self._save(path, rng)
+        except Exception as save_error:
+            exc.add_note(f"saving the {self.step} finished steps to {path} failed too: {save_error}")
+            return
+        exc.add_note(f"the weights of step {self.step}, the last finished step, were saved to {path}: resume from it")
 
     def _keep_best(self, record: Dict[str, float]) -> None:
         """Save ``checkpoint`` and point ``best`` at it when ``best_metric`` improved."""
