@@ -1351,3 +1351,55 @@ def test_63_generate_window_of_a_model_with_its_own_window(tmp_path, capsys):
                      "--no-progress", "--device", "cpu"], capsys)
     assert code == 0, err
     assert np.load(out)["pred"].shape[1:] == (2, 16, 25)
+
+
+def test_64_generate_stopped_by_an_error_keeps_its_finished_dyads(checkpoint, tmp_path, capsys, monkeypatch):
+    """An error in a later batch of `reactfast generate` (out of memory, a clip gone, Ctrl-C) threw
+    away the batches before it. They are written to OUT.partial.npz, and --resume generates the
+    rest: the output equals an uninterrupted run's. --resume refuses a file of other settings."""
+    from reactfast.models import ReactFace
+
+    def flags_with(samples):
+        return ["--checkpoint", checkpoint, "--frames", "16", "--sessions", "8", "--samples", str(samples),
+                "--no-progress", "--device", "cpu"]
+
+    flags = flags_with(2)
+    whole = str(tmp_path / "whole.npz")
+    assert run(["generate", *flags, "--out", whole], capsys)[0] == 0
+    original, calls = ReactFace.generate, []
+
+    def fails_second(self, *args, **kwargs):   # the CLI generates the 16 dyads in batches of 8
+        calls.append(1)
+        if len(calls) == 2:
+            raise MemoryError("injected: out of memory in the second batch")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ReactFace, "generate", fails_second)
+    out = str(tmp_path / "p.npz")
+    code, err = run(["generate", *flags, "--out", out], capsys)
+    partial = str(tmp_path / "p.partial.npz")
+    assert code == 2 and "out of memory in the second batch" in err and not os.path.exists(out)
+    assert f"the 8 dyads finished before the error were saved to {partial}" in err and "other 8" in err
+    code, err = run(["generate", *flags_with(3), "--out", out, "--resume", partial], capsys)
+    assert code == 2 and "other settings (samples 2 -> 3)" in err
+    code, err = run(["generate", *flags, "--out", out, "--resume", str(tmp_path / "nothing.npz")], capsys)
+    assert code == 2 and "--resume: no such file" in err
+    code, err = run(["generate", *flags, "--out", out, "--resume", partial], capsys)
+    assert code == 0 and len(calls) == 3, err
+    assert not os.path.exists(partial)
+    a, b = np.load(whole), np.load(out)
+    assert set(a.files) == set(b.files) and all(np.array_equal(a[k], b[k]) for k in a.files)
+
+
+def test_65_generate_refuses_a_model_without_emotion_before_generating(tmp_path, capsys, monkeypatch):
+    """The metrics need the emotion output: a model without it was refused only after every dyad had
+    been generated."""
+    from reactfast.models import ReactFace, ReactFaceConfig
+
+    path = str(tmp_path / "run" / "checkpoint")
+    model = ReactFace(ReactFaceConfig(**{**tiny_model().config.__dict__, "out_emotion": 0}))
+    save_checkpoint(path, model, extra={"data": {"spec": "synthetic", "sessions": 4, "seed": 0, "frames": 16}})
+    monkeypatch.setattr(ReactFace, "generate", lambda *a, **k: pytest.fail("generated before refusing"))
+    code, err = run(["generate", "--checkpoint", path, "--out", str(tmp_path / "p.npz"), "--no-progress", "--device",
+                     "cpu"], capsys)
+    assert code == 2 and "this model outputs no emotion" in err

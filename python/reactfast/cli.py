@@ -253,6 +253,7 @@ def _check_run_folder(args) -> None:
 
 
 def _cmd_generate(args) -> int:
+    import numpy as np
     import torch
 
     from reactfast import _io
@@ -286,27 +287,109 @@ def _cmd_generate(args) -> int:
         if frames != 750:
             print(f"[reactfast] generating the first {frames} frames of each clip, as the model was trained "
                   "(--frames to change)")
+    if "emotion" not in model.output_widths():   # known before any dyad is generated
+        raise CommandError("this model outputs no emotion; the metrics need the 25 emotion dims")
     try:
         ds = load_data(spec, args.split, frames, sessions=sessions,
                        seed=data_meta.get("seed", 0) if spec == "synthetic" else 0, audio_dim=model.config.audio_dim)
-        preds = generate_dataset(model, ds, args.samples, seed=args.seed, progress=not args.no_progress,
-                                 device=device, window=args.window)
-    except TooFewFrames as exc:   # the clips are read as generation goes: the first one short of --frames
+        # The targets first: a clip that cannot be read stops the command before any generation.
+        arrays = {"listener_gt": ds.stack("listener", "emotion").numpy(),
+                  "speaker": ds.stack("speaker", "emotion").numpy()}
+    except TooFewFrames as exc:
         raise CommandError(f"{exc} (--frames: how many frames of each clip to generate; {frames_from})") from None
-    bad = {k: int((~torch.isfinite(torch.from_numpy(v))).sum()) for k, v in preds.items()}
-    if any(bad.values()):
-        raise CommandError(f"the model produced non-finite outputs ({bad}); nothing was written to {out}")
-    if "emotion" not in preds:
-        raise CommandError("this model outputs no emotion; the metrics need the 25 emotion dims")
-    arrays = {"pred": preds["emotion"], **({"pred_3dmm": preds["3dmm"]} if "3dmm" in preds else {}),
-              "listener_gt": ds.stack("listener", "emotion").numpy(), "speaker": ds.stack("speaker", "emotion").numpy()}
     try:
         arrays["appropriate"] = ds.appropriate
     except Exception:  # a split without a neighbour matrix still gets its predictions
         print(f"[reactfast] no neighbour matrix for split {args.split}: {out} holds no 'appropriate'")
+    # What identifies this generation: a run stopped by an error keeps its finished dyads in a
+    # partial file, which --resume continues only with the same settings.
+    setting = {"checkpoint": _weights_identity(meta["path"]), "data": spec if spec == "synthetic" else
+               os.path.realpath(spec), "split": args.split, "frames": frames, "sessions": sessions,
+               "samples": args.samples, "seed": args.seed, "window": args.window, "dyads": ds.num_items}
+    partial_out = out[:-len(".npz")] + ".partial.npz"
+    done = _read_partial(args.resume, setting) if args.resume else None
+    rows = None if done is None else done.remaining
+    try:
+        preds = generate_dataset(model, ds, args.samples, seed=args.seed, progress=not args.no_progress,
+                                 device=device, window=args.window, rows=rows)
+    except BaseException as exc:
+        kept = getattr(exc, "partial", None)
+        if kept is not None or done is not None:
+            _write_partial(partial_out, setting, done, kept)
+        raise
+    if done is not None:   # the dyads in their order (a partial file need not hold a prefix of them)
+        order = np.argsort(np.asarray(done.rows + done.remaining))
+        preds = {key: value[order] for key, value in done.join(preds).items()}
+    bad = {k: int((~torch.isfinite(torch.from_numpy(v))).sum()) for k, v in preds.items()}
+    if any(bad.values()):
+        raise CommandError(f"the model produced non-finite outputs ({bad}); nothing was written to {out}")
+    arrays = {"pred": preds["emotion"], **({"pred_3dmm": preds["3dmm"]} if "3dmm" in preds else {}), **arrays}
     _io.save_npz(out, **arrays)
+    if done is not None and os.path.abspath(args.resume) == partial_out:
+        os.remove(partial_out)   # all of it is in the output now
     print(f"wrote {out}: pred {arrays['pred'].shape} (emotion)")
     return 0
+
+
+def _weights_identity(checkpoint: str) -> str:
+    """The weights file of a (resolved) checkpoint folder, its size and modification time."""
+    from reactfast.train.checkpoint import WEIGHTS
+
+    weights = os.path.realpath(os.path.join(checkpoint, WEIGHTS))
+    st = os.stat(weights)
+    return f"{weights} ({st.st_size} bytes, modified {st.st_mtime_ns})"
+
+
+def _write_partial(path: str, setting: dict, done, kept) -> None:
+    """The dyads finished before an error (``done`` from --resume, then ``kept``) to ``path``."""
+    import json
+
+    import numpy as np
+
+    from reactfast import _io
+    from reactfast.train import PartialGeneration
+
+    if done is not None and kept is not None:
+        now = set(kept.rows)
+        kept = PartialGeneration(done.rows + kept.rows, [r for r in done.remaining if r not in now],
+                                 {k: np.concatenate([done.outputs[k], v]) for k, v in kept.outputs.items()})
+    kept = kept if kept is not None else done
+    try:
+        _io.save_npz(path, rows=np.asarray(kept.rows, dtype=np.int64),
+                     setting=np.frombuffer(json.dumps(setting, sort_keys=True).encode(), dtype=np.uint8),
+                     **{f"partial_{k}": v for k, v in kept.outputs.items()})
+    except Exception as exc:   # the error that stopped generation is the one to report
+        print(f"[reactfast] the {len(kept.rows)} finished dyads could not be saved to {path}: {exc}", file=sys.stderr)
+        return
+    print(f"[reactfast] the {len(kept.rows)} dyads finished before the error were saved to {path}; the same "
+          f"command with --resume {path} generates the other {len(kept.remaining)}", file=sys.stderr)
+
+
+def _read_partial(path: str, setting: dict):
+    """A partial file of ``_write_partial`` as a PartialGeneration, refused unless written with ``setting``."""
+    import json
+
+    from reactfast.metrics.io import load_npz_arrays
+    from reactfast.ops._checks import check_indices
+    from reactfast.train import PartialGeneration
+
+    try:
+        z = load_npz_arrays(path, ("rows", "setting", "partial_emotion"), ("partial_3dmm",),
+                            hint="not a partial file of reactfast generate")
+        saved = json.loads(bytes(z["setting"].astype("uint8")).decode())
+        rows = check_indices("rows", z["rows"], setting["dyads"]).tolist()
+    except (OSError, ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise CommandError(f"--resume: {exc}") from None
+    changed = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in setting.items() if saved.get(k) != v]
+    if changed:
+        raise CommandError(f"--resume: {path} was generated with other settings ({'; '.join(changed)}); give the "
+                           "same checkpoint, data and flags, or generate anew without --resume")
+    outputs = {k[len("partial_"):]: v for k, v in z.items() if k.startswith("partial_")}
+    if len(set(rows)) != len(rows) or any(len(v) != len(rows) for v in outputs.values()):
+        raise CommandError(f"--resume: {path} is inconsistent ({len(rows)} rows, outputs of "
+                           f"{[len(v) for v in outputs.values()]} dyads)")
+    taken = set(rows)
+    return PartialGeneration(rows, [r for r in range(setting["dyads"]) if r not in taken], outputs)
 
 
 def raise_if_bad_window(model, window: int) -> None:
@@ -608,6 +691,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", "--outdir", dest="out", default="preds.npz",
                    help=".npz with pred (N, S, T, 25), pred_3dmm and the targets")
+    p.add_argument("--resume", metavar="PARTIAL",
+                   help="go on from OUT.partial.npz, the dyads a run stopped by an error had finished")
     p.add_argument("--no-progress", action="store_true")
     _device_args(p)
 

@@ -325,3 +325,46 @@ def test_generate_dataset_gives_back_the_callers_modes():
     assert all(m.training for name, m in model.named_modules() if not name.startswith("speaker_self"))
     for key in want:
         assert np.array_equal(want[key], got[key]), key   # eval mode inside: no dropout
+
+
+class _FailingAt:
+    """A whole-clip dataset whose item ``bad`` cannot be read (a file gone, say) until ``fixed``."""
+
+    def __init__(self, dataset, bad):
+        self.dataset, self.bad, self.fixed = dataset, bad, False
+        self.window, self.num_items, self.frames = dataset.window, dataset.num_items, dataset.frames
+
+    def __getitem__(self, i):
+        if i == self.bad and not self.fixed:
+            raise OSError(f"clip {i} cannot be read")
+        return self.dataset[i]
+
+
+def test_generate_dataset_keeps_the_finished_dyads_of_a_failed_run():
+    """A failure in a later batch threw the finished batches away (hours of sampling with a diffusion
+    model). The error now carries them, with the dyads still to do; generating those and joining
+    gives what one uninterrupted call gives. The error keeps its own type."""
+    from reactfast.train import PartialGeneration, generate_dataset
+
+    model = tiny_model()
+    ds = tiny_data("val", sessions=6, frames=32).dataset(frames=32)
+    assert ds.num_items >= 5
+    full = generate_dataset(model, ds, samples=2, seed=3, batch_size=2)
+    failing = _FailingAt(ds, bad=3)
+    with pytest.raises(OSError, match="clip 3 cannot be read") as err:
+        generate_dataset(model, failing, samples=2, seed=3, batch_size=2)
+    partial = err.value.partial
+    assert isinstance(partial, PartialGeneration)
+    assert partial.rows == [0, 1] and partial.remaining == list(range(2, ds.num_items))
+    assert "the outputs of the 2 dyads finished before this error are kept" in "".join(err.value.__notes__)
+    failing.fixed = True
+    rest = generate_dataset(model, failing, samples=2, seed=3, batch_size=2, rows=partial.remaining)
+    joined = partial.join(rest)
+    assert set(joined) == set(full) and all(np.array_equal(joined[k], full[k]) for k in full)
+    with pytest.raises(ValueError, match=r"rest\['3dmm'\] must be an array of shape"):
+        partial.join({k: v[:1] for k, v in rest.items()})
+    # A failure in the first batch has nothing to keep.
+    failing.fixed, failing.bad = False, 0
+    with pytest.raises(OSError) as err:
+        generate_dataset(model, failing, samples=2, seed=3, batch_size=2)
+    assert not hasattr(err.value, "partial")

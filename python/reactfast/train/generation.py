@@ -3,12 +3,40 @@
 from __future__ import annotations
 
 import inspect
-from typing import Dict, Optional, Sequence
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
 from reactfast._progress import Progress
+
+
+@dataclass
+class PartialGeneration:
+    """What ``generate_dataset`` had finished when an error (or Ctrl-C) stopped it, attached to
+    that error as its ``partial`` attribute: ``outputs`` {key: (len(rows), S, T, width)} for the
+    dyads ``rows``; ``remaining`` the dyads still to generate. Each dyad's noise comes from its
+    own seeded generator, so ``generate_dataset(..., rows=partial.remaining)`` with the same
+    arguments gives the rest, and ``partial.join(rest)`` the outputs of every dyad asked for."""
+
+    rows: List[int]
+    remaining: List[int]
+    outputs: Dict[str, np.ndarray]
+
+    def join(self, rest: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """These outputs followed by ``rest``, the outputs of ``remaining``, in the order first asked for."""
+        if not isinstance(rest, dict) or set(rest) != set(self.outputs):
+            got = sorted(rest) if isinstance(rest, dict) else type(rest).__name__
+            raise ValueError(f"rest must hold the outputs {sorted(self.outputs)}, got {got}")
+        for key, value in rest.items():
+            done = self.outputs[key]
+            if not isinstance(value, np.ndarray) or value.shape[1:] != done.shape[1:] \
+                    or len(value) != len(self.remaining):
+                got = value.shape if isinstance(value, np.ndarray) else type(value).__name__
+                raise ValueError(f"rest[{key!r}] must be an array of shape {(len(self.remaining),) + done.shape[1:]} "
+                                 f"(the {len(self.remaining)} remaining dyads), got {got}")
+        return {key: np.concatenate([done, rest[key]]) for key, done in self.outputs.items()}
 
 
 @torch.no_grad()
@@ -19,7 +47,10 @@ def generate_dataset(model, dataset, samples: int = 10, seed: int = 0, rows: Opt
     whole-clip dataset; each dyad's noise comes from a generator seeded by (seed, dyad), so the
     result does not depend on batching or on how rows are split over processes (up to float
     rounding: the dyads of a batch run through one call). ``window``: the
-    online step of generators that take one (default: the model's)."""
+    online step of generators that take one (default: the model's).
+
+    An error (or Ctrl-C) after some batches had finished keeps their outputs: the error carries a
+    :class:`PartialGeneration` as ``partial``, from which ``rows=partial.remaining`` goes on."""
     from reactfast import _backend
     from reactfast.models.base import check_generator, check_int
     from reactfast.ops._checks import check_bool, check_indices, check_seed
@@ -64,20 +95,31 @@ def _generate(model, dataset, samples, seed, rows, batch_size, device, progress,
     extra = {} if window is None else {"window": window}
     bar = Progress(len(rows), f"generate {getattr(model, 'name', '')}".strip(), unit="dyad", enabled=progress,
                    every=max(1, batch_size))
-    for lo in range(0, len(rows), batch_size):
-        part = rows[lo:lo + batch_size]
-        batch = {}
-        items = [dataset[i] for i in part]
-        for key in items[0]:
-            batch[key] = torch.stack([it[key] for it in items]).to(device)
-        speaker, audio = model.inputs_from_batch(batch)
-        # One call for the batch, each dyad's noise from its own generator (``Generator.draw_windows``).
-        gens = [torch.Generator().manual_seed(seed * 1_000_003 + i) for i in part]
-        result = model.generate(speaker, audio, samples, gens, **extra)
-        for key, value in result.items():
-            outs.setdefault(key, []).extend(value.cpu().numpy())
-        bar.update(len(part))
-    bar.close()
+    done = 0
+    try:
+        for lo in range(0, len(rows), batch_size):
+            part = rows[lo:lo + batch_size]
+            batch = {}
+            items = [dataset[i] for i in part]
+            for key in items[0]:
+                batch[key] = torch.stack([it[key] for it in items]).to(device)
+            speaker, audio = model.inputs_from_batch(batch)
+            # One call for the batch, each dyad's noise from its own generator (``Generator.draw_windows``).
+            gens = [torch.Generator().manual_seed(seed * 1_000_003 + i) for i in part]
+            result = {key: value.cpu().numpy() for key, value in model.generate(speaker, audio, samples, gens,
+                                                                                  **extra).items()}
+            for key, value in result.items():   # every output of the batch, or none
+                outs.setdefault(key, []).extend(value)
+            done = lo + len(part)
+            bar.update(len(part))
+    except BaseException as exc:
+        if done:
+            exc.partial = PartialGeneration(rows[:done], rows[done:], {key: np.stack(v) for key, v in outs.items()})
+            exc.add_note(f"generate_dataset: the outputs of the {done} dyads finished before this error are kept in "
+                         f"its .partial; rows=.partial.remaining generates the other {len(rows) - done}")
+        raise
+    finally:
+        bar.close()
     if not rows:   # no dyad asked for: the arrays with none
         return {key: np.zeros((0, samples, dataset.frames, width), dtype=np.float32)
                 for key, width in model.output_widths().items()}
