@@ -177,6 +177,8 @@ def _cmd_train(args) -> int:
 
 
 def _train(args, s, cls) -> int:
+    import torch
+
     from reactfast import configs
     from reactfast.train import TrainConfig, Trainer, load_into, read_config, seed_everything
     from reactfast.train.checkpoint import load_trainer_state
@@ -200,11 +202,12 @@ def _train(args, s, cls) -> int:
     else:
         model_fields = {**cls.data_defaults(clips[0]["speaker_audio"].shape[-1]), **overrides["model"]}
     config = configs.build(cls.config_class, model_fields, "--config")
-    model = cls(config, backend=_backend_spec(args))
-    if args.init:
-        load_into(model, args.init)
-    model.set_stage(s["stage"])
-    window, stride = model.training_windows(s["clip_frames"])
+    # The model's shapes alone (the meta device: no memory, no initialisation, no draw from the RNG)
+    # for the checks that need the model: its weights come after them (the authors' PerFRDiff takes
+    # 17 s on 2 cores to initialise its 1.7 billion parameters).
+    with torch.device("meta"):
+        shapes = cls(config, backend=_backend_spec(args)).set_stage(s["stage"])
+    window, stride = shapes.training_windows(s["clip_frames"])
     if window > clips.frames:
         raise CommandError(f"--clip-frames: {s['model']} trains on items of {window} frames, longer than the "
                            f"{clips.frames} frames per clip (--frames)")
@@ -213,7 +216,7 @@ def _train(args, s, cls) -> int:
     val = None
     if s["val_every"]:
         val = load_data(data_spec, "val", s["frames"], sessions=max(2, s["sessions"] // 4), seed=s["seed"])
-    optimizer, stage_lr = model.stage_optimizer(s["stage"])
+    optimizer, stage_lr = shapes.stage_optimizer(s["stage"])
     train_fields = dict(steps=s["steps"], batch_size=s["batch_size"],
                         lr=s["lr"] if s["lr"] is not None else stage_lr, ckpt_every=s["ckpt_every"],
                         val_every=s["val_every"], out_dir=args.out, seed=s["seed"], progress=not args.no_progress,
@@ -226,6 +229,11 @@ def _train(args, s, cls) -> int:
         fields = {f.name for f in dataclasses.fields(TrainConfig)}
         restored = {k: v for k, v in load_trainer_state(args.resume)[1].get("train_config", {}).items() if k in fields}
     cfg = configs.build(TrainConfig, {**restored, **train_fields, **overrides["train"]}, "--config")
+    _warn_if_memory_short(shapes, cfg.optimizer, device)
+    model = cls(config, backend=_backend_spec(args))
+    if args.init:
+        load_into(model, args.init)
+    model.set_stage(s["stage"])
     extra = {"data": {"spec": data_spec, "sessions": s["sessions"], "seed": s["seed"], "frames": s["frames"]},
              "run": {k: s[k] for k in _TRAIN_DEFAULTS}, "audio": clips.audio_features}
     trainer = Trainer(model, data, cfg, val_dataset=val, resume=args.resume, extra_meta=extra, device=device)
@@ -238,6 +246,37 @@ def _train(args, s, cls) -> int:
         print(f"trained {s['model']} for {trainer.step} steps; last loss {last.get('loss', float('nan')):.4f}; "
               f"checkpoint in {os.path.join(args.out, 'checkpoint')}")
     return 0
+
+
+def _available_memory(device):
+    """Bytes free for a training process on ``device`` (None where it is not known)."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            info = {line.split(":")[0]: line.split()[1] for line in f}
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))   # torchrun's processes on this machine share it
+        return int(info["MemAvailable"]) * 1024 // max(1, local)
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
+
+
+def _warn_if_memory_short(model, optimizer: str, device) -> None:
+    """Warn, before the weights are made, when the weights, the gradients of the trainable ones and
+    AdamW's two moments alone (activations come on top) exceed the memory free on ``device``: the
+    run would be killed without a word (the authors' PerFRDiff needs about 26 GB)."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    need = weights + trainable * (3 if optimizer == "adamw" else 1)
+    free = _available_memory(device)
+    if free is not None and need > free:
+        params = sum(p.numel() for p in model.parameters())
+        warnings.warn(f"{model.name} as configured has {params / 1e6:.0f} M parameters: its weights, gradients and "
+                      f"optimizer state alone take {need / 2 ** 30:.1f} GiB, more than the {free / 2 ** 30:.1f} GiB "
+                      f"free on {device} (a smaller model: --config dim=... etc.; reactfast demo's sizes are "
+                      f"{type(model).__name__}.demo_config)", stacklevel=2)
 
 
 def _check_run_folder(args) -> None:
