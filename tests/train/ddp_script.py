@@ -1,17 +1,17 @@
-"""Run by the DDP test under torchrun: trains the tiny model and saves it from rank 0."""
+"""Run by the DDP test under torchrun: trains one of ``helpers.ddp_case``'s cases and saves it
+from rank 0. Arguments: the run folder, the case (default "tiny")."""
 
 import sys
 
 import torch.distributed
 
 from reactfast.train import TrainConfig, Trainer, exit_distributed_process
-from tests.train.helpers import tiny_data, tiny_model
+from tests.train.helpers import ddp_case
 
 out = sys.argv[1]
-ds = tiny_data().dataset(frames=64, window=32, stride=32)
+model, ds, cfg = ddp_case(sys.argv[2] if len(sys.argv) > 2 else "tiny")
 # CPU processes (gloo) on any machine: a one-GPU machine cannot host two NCCL ranks.
-trainer = Trainer(tiny_model(), ds, TrainConfig(steps=4, batch_size=4, lr=1e-2, out_dir=out, progress=False),
-                  device="cpu")
+trainer = Trainer(model, ds, TrainConfig(**cfg, out_dir=out), device="cpu")
 trainer.fit()
 # The trainer's DDP wrapper holds the group: dropped first, the group goes with destroy_process_group
 # rather than at interpreter teardown. (The trainer does both at exit too; a script that owns the run

@@ -252,7 +252,7 @@ class Generator(nn.Module, metaclass=abc.ABCMeta):
              forward=None) -> Dict[str, torch.Tensor]:
         """Training losses of the current stage: a dict with ``loss`` (to minimise) and ``rec`` (the
         reconstruction term, for progress), detached extras allowed. One torch.Generator per item
-        draws that item's noise; ``forward`` is the callable that runs the model (a DDP wrapper)."""
+        draws that item's noise; ``forward`` is the callable that runs the model (its compiled forward, say)."""
 
     @abc.abstractmethod
     def generate(self, speaker: torch.Tensor, audio: torch.Tensor, num_samples: int = 10,
@@ -349,6 +349,13 @@ class Generator(nn.Module, metaclass=abc.ABCMeta):
     def trainable_modules(self, stage: int) -> List[nn.Module]:
         """The modules stage ``stage`` trains (default: everything)."""
         return [self]
+
+    def uses_every_parameter(self, frames: Optional[int]) -> bool:
+        """Whether a training step of the current stage on items of ``frames`` frames (None: not
+        known) gives every trainable parameter a gradient. Under DDP a step that leaves one without
+        fails unless DDP searches the graph for such parameters every step
+        (``find_unused_parameters``), which the trainer asks for where this says False."""
+        return True
 
     def set_stage(self, stage: int) -> "Generator":
         """Make only the modules of ``stage`` trainable."""

@@ -53,6 +53,7 @@ from reactfast.models.base import (Generator, GeneratorConfig, TrainStage, as_tu
                                    check_sample_autocast, check_unit_interval, check_window_noise, randn, register)
 from reactfast.models.heads import activate_emotion
 from reactfast.nn.personalize import attention_projections, make_shiftable, personalize, shift_entries
+from reactfast.nn.global_batch import gather_rows
 from reactfast.nn.positional import sinusoid
 from reactfast.ops._checks import check_real, check_tensor
 
@@ -434,6 +435,9 @@ class PerFRDiff(Generator):
     def trainable_modules(self, stage: int) -> List[nn.Module]:
         return [self.gafrg, self.pssl] if stage == 1 else [self.pwsg]
 
+    def uses_every_parameter(self, frames: Optional[int]) -> bool:
+        return self.stage != 1 or self.config.pssl_weight > 0   # stage 1 trains PSSL by its contrastive loss
+
     def stage_optimizer(self, stage: int) -> Tuple[str, Optional[float]]:
         return ("sgd", 1e-3) if stage == 2 else ("adamw", None)
 
@@ -526,8 +530,9 @@ class PerFRDiff(Generator):
         out = {"diffusion": diffusion.detach()}
         total = diffusion
         if self.stage == 1 and cfg.pssl_weight > 0:
-            styles = self.pssl(batch["listener_3dmm"])
-            con = supervised_contrastive(styles, batch["listener_id"], cfg.temperature)
+            # Over the global batch under DDP (its pairs across processes too), as in one process.
+            styles, ids = gather_rows(self.pssl(batch["listener_3dmm"])), gather_rows(batch["listener_id"])
+            con = supervised_contrastive(styles, ids, cfg.temperature)
             total = total + cfg.pssl_weight * con
             out["pssl"] = con.detach()
         out["loss"] = total

@@ -77,6 +77,9 @@ class PFLPosNet(Generator):
     def trainable_modules(self, stage: int) -> List[nn.Module]:
         return [self.generator] if stage == 1 else [self.posnet]
 
+    def uses_every_parameter(self, frames: Optional[int]) -> bool:
+        return self.generator.uses_every_parameter(frames) if self.stage == 1 else True
+
     @classmethod
     def data_defaults(cls, audio_dim: int):
         return ReactFace.data_defaults(audio_dim)
@@ -137,7 +140,7 @@ class PFLPosNet(Generator):
     def loss(self, batch, generators, forward=None) -> Dict[str, torch.Tensor]:
         batch, generators = self.loss_inputs(batch, generators)
         if self.stage == 1:
-            # The generator's own losses, through this module's forward (a DDP wrapper's, when given).
+            # The generator's own losses, through this module's forward (or the one given: compiled, say).
             return self.generator.loss(batch, generators, forward=self if forward is None else forward)
         windows = self._generated_windows(batch, generators)
         out = (self if forward is None else forward)(windows)

@@ -341,6 +341,11 @@ class ReactFace(Generator):
     def demo_stages(self, steps: int) -> List[TrainStage]:
         return [TrainStage(stage=1, steps=steps, lr=2e-3, batch_size=8)]
 
+    def uses_every_parameter(self, frames: Optional[int]) -> bool:
+        # Items of one training window are a fresh state's first window, whose past-listener fusion
+        # (listener_proj, fuse_audio, fuse_speaker) is skipped.
+        return frames is not None and frames > self.config.window_train
+
     def output_widths(self) -> Dict[str, int]:
         out = {"3dmm": self.config.out_3dmm}
         if self.config.out_emotion:
@@ -629,7 +634,7 @@ class ReactFace(Generator):
         """Training losses for a batch with appropriate targets (``appropriate_3dmm`` (B, K, T, 58),
         ``appropriate_emotion`` (B, K, T, 25), ``appropriate_valid`` (B, K)); one generator per item
         draws that item's latent noise, so results do not depend on how the batch is split.
-        ``forward`` is the callable that runs the model (a DistributedDataParallel wrapper)."""
+        ``forward`` is the callable that runs the model (its compiled forward, say)."""
         batch, generators = self.loss_inputs(batch, generators)
         speaker, audio = self.inputs_from_batch(batch)
         S, B, T = self.config.train_samples, speaker.shape[0], speaker.shape[1]

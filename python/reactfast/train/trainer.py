@@ -9,7 +9,10 @@
   rate is a function of the step alone, so a resumed run continues the same curve.
 - Global batch ``batch_size`` split evenly over ranks; every rank sees a shard of the same
   per-epoch permutation, and each item's latent noise comes from a generator seeded by
-  (seed, step, item), so a 2-process run matches a 1-process run with the same global batch.
+  (seed, step, item), so a 2-process run matches a 1-process run with the same global batch. DDP
+  wraps the model's whole loss; losses over pairs of items gather the rows of every process
+  (``reactfast.nn.global_batch``); DDP looks for parameters a step leaves without a gradient only
+  where the model says a step can (``Generator.uses_every_parameter``).
 - Checkpoints every ``ckpt_every`` steps and at the end (atomic); ``resume=path`` continues
   bit-exactly (weights, optimizer, step, CPU and CUDA RNG states); on CUDA with
   ``deterministic=True``, which selects deterministic kernels (math attention, no atomics).
@@ -41,6 +44,7 @@ from reactfast import _backend, _io
 from reactfast._distributed import launched_world_size
 from reactfast._progress import Progress
 from reactfast.models.base import check_at_least, check_field_types
+from reactfast.nn.global_batch import global_batch
 from reactfast.ops._checks import check_int, check_real, check_seed
 from reactfast.train.batches import check_dataset, collate_appropriate
 from reactfast.train.interrupt import deferred_interrupt
@@ -122,9 +126,23 @@ def _destroy_process_group() -> None:
 _DDP_TRAINERS: "weakref.WeakSet" = weakref.WeakSet()
 
 
+class _TrainingLoss(torch.nn.Module):
+    """``model.loss(batch, generators)`` as a module's forward, for DDP to wrap. ``forward``: what
+    the loss runs the model through (the model, or its compiled forward: not a second submodule)."""
+
+    def __init__(self, model: torch.nn.Module, forward):
+        super().__init__()
+        self.model = model
+        self.__dict__["run_model"] = forward
+
+    def forward(self, batch, generators):
+        with global_batch():   # every process takes this step: batch-level losses gather their rows
+            return self.model.loss(batch, generators, forward=self.run_model)
+
+
 def _drop_ddp_wrappers() -> None:
     for trainer in list(_DDP_TRAINERS):
-        trainer.forward = trainer.model
+        trainer._ddp = None
     _DDP_TRAINERS.clear()
     gc.collect()
 
@@ -261,18 +279,22 @@ class Trainer:
         self.base_lr = lr
         self.optimizer = (_adamw(params, lr, decay) if cfg.optimizer == "adamw"
                           else torch.optim.SGD(params, lr=lr, weight_decay=decay, foreach=True))
-        self.forward = model
+        # The model's forward, through torch.compile with ``compile`` (compiled on the first step,
+        # again if a batch's shapes change).
+        self.forward = torch.compile(model) if cfg.compile else model
+        self._ddp = None
         if self.world > 1:
-            self.forward = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=any(not p.requires_grad for p in model.parameters()))
+            # DDP wraps the whole loss: every parameter a loss uses is used inside the wrapped forward
+            # (PerFRDiff's style encoder, trained by a contrastive loss beside the denoiser, was used
+            # outside it, and DDP marked its gradients ready twice). Frozen parameters are not DDP's;
+            # trainable ones a step leaves without a gradient need its graph search every step.
+            frames = getattr(dataset, "window", None) or getattr(dataset, "frames", None)
+            self._ddp = torch.nn.parallel.DistributedDataParallel(
+                _TrainingLoss(model, self.forward), device_ids=[self.device.index] if self.device.type == "cuda"
+                else None, find_unused_parameters=not model.uses_every_parameter(frames))
             if not _DDP_TRAINERS:   # (registered again after all were collected: harmless, a no-op then)
                 atexit.register(_drop_ddp_wrappers)   # after distributed_context's: runs before it
             _DDP_TRAINERS.add(self)
-        if cfg.compile:
-            # The model's forward (the DDP wrapper's, under torchrun) through torch.compile: compiled on
-            # the first step, again if a batch's shapes change.
-            self.forward = torch.compile(self.forward)
         self.step = 0
         self.best: Optional[float] = None
         self._saved_step: Optional[int] = None
@@ -343,7 +365,8 @@ class Trainer:
         use_amp = cfg.amp and self.device.type == "cuda"
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=use_amp), \
                 deterministic_kernels(cfg.deterministic):
-            losses = self.model.loss(batch, gens, forward=self.forward)
+            losses = (self.model.loss(batch, gens, forward=self.forward) if self._ddp is None
+                      else self._ddp(batch, gens))
         self.optimizer.zero_grad(set_to_none=True)
         with deterministic_kernels(cfg.deterministic):
             losses["loss"].backward()
