@@ -229,23 +229,35 @@ def python_sigint():
     signal.signal(signal.SIGINT, previous)
 
 
-def test_ctrl_c_finishes_the_step_saves_and_resumes_bit_exact(tmp_path, capsys, python_sigint):
+def _full_run_and_another(tmp_path):
+    """A 6-step run with dropout, done (its trainer and history), and a trainer of the same run in
+    the folder ``part``, not started."""
     cfg = dict(steps=6, batch_size=4, lr=3e-3, progress=False)
     full = Trainer(tiny_model(dropout=0.1), _dataset(), TrainConfig(**cfg, out_dir=str(tmp_path / "full")))
     full_history = full.fit()
     part = str(tmp_path / "part")
-    stopped = Trainer(tiny_model(dropout=0.1), _dataset(), TrainConfig(**cfg, out_dir=part))
+    return cfg, full, full_history, part, Trainer(tiny_model(dropout=0.1), _dataset(), TrainConfig(**cfg, out_dir=part))
+
+
+def _assert_resumes_as(full, full_history, part, cfg, step):
+    """A run resumed from ``part``'s checkpoint at ``step`` (from other initial weights and global
+    RNG state) takes the steps the uninterrupted ``full`` took, bit for bit."""
+    resumed = Trainer(tiny_model(dropout=0.1, seed=5), _dataset(), TrainConfig(**cfg, out_dir=part),
+                      resume=os.path.join(part, "checkpoint"))
+    assert resumed.step == step
+    assert [r["loss"] for r in resumed.fit()] == [r["loss"] for r in full_history]
+    a, b = _weights(full.model), _weights(resumed.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ctrl_c_finishes_the_step_saves_and_resumes_bit_exact(tmp_path, capsys, python_sigint):
+    cfg, full, full_history, part, stopped = _full_run_and_another(tmp_path)
     _interrupt_at(stopped, 3)
     with pytest.raises(KeyboardInterrupt):
         stopped.fit()
     assert stopped.step == 3 and "stopped after step 3; saved" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    resumed = Trainer(tiny_model(dropout=0.1, seed=5), _dataset(), TrainConfig(**cfg, out_dir=part),
-                      resume=os.path.join(part, "checkpoint"))
-    assert resumed.step == 3
-    assert [r["loss"] for r in resumed.fit()] == [r["loss"] for r in full_history]
-    a, b = _weights(full.model), _weights(resumed.model)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    _assert_resumes_as(full, full_history, part, cfg, 3)
     # A second Ctrl-C stops inside the step: nothing is saved for it.
     again = Trainer(tiny_model(), _dataset(), TrainConfig(**cfg, out_dir=str(tmp_path / "again")))
     _interrupt_at(again, 2, times=2)
@@ -278,22 +290,13 @@ def test_a_failed_step_saves_the_finished_ones_and_resumes_bit_exact(tmp_path):
     batch, a divergence) threw the four finished steps away. They are now saved, with the RNG states
     as step 4 left them (not as the failed step's dropout moved them on), so the resumed run equals
     an uninterrupted one bit for bit."""
-    cfg = dict(steps=6, batch_size=4, lr=3e-3, progress=False)
-    full = Trainer(tiny_model(dropout=0.1), _dataset(), TrainConfig(**cfg, out_dir=str(tmp_path / "full")))
-    full_history = full.fit()
-    part = str(tmp_path / "part")
-    failed = Trainer(tiny_model(dropout=0.1), _dataset(), TrainConfig(**cfg, out_dir=part))
+    cfg, full, full_history, part, failed = _full_run_and_another(tmp_path)
     _fail_inside(failed, 5)
     with pytest.raises(RuntimeError, match="injected failure in step 5") as err:
         failed.fit()
     assert failed.step == 4
     assert "the weights of step 4, the last finished step, were saved to" in "".join(err.value.__notes__)
-    resumed = Trainer(tiny_model(dropout=0.1, seed=5), _dataset(), TrainConfig(**cfg, out_dir=part),
-                      resume=os.path.join(part, "checkpoint"))
-    assert resumed.step == 4
-    assert [r["loss"] for r in resumed.fit()] == [r["loss"] for r in full_history]
-    a, b = _weights(full.model), _weights(resumed.model)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    _assert_resumes_as(full, full_history, part, cfg, 4)
     # Inside an optimizer update the weights are half updated: nothing is saved, and the error says so.
     broken = Trainer(tiny_model(), _dataset(), TrainConfig(**cfg, out_dir=str(tmp_path / "broken")))
     _fail_inside(broken, 3, "after_step")
