@@ -335,7 +335,7 @@ def _cmd_generate(args) -> int:
         arrays = {"listener_gt": ds.stack("listener", "emotion").numpy(),
                   "speaker": ds.stack("speaker", "emotion").numpy()}
     except TooFewFrames as exc:
-        raise CommandError(f"{exc} (--frames: how many frames of each clip to generate; {frames_from})") from None
+        raise _too_few_frames(exc, frames_from) from None
     try:
         arrays["appropriate"] = ds.appropriate
     except Exception:  # a split without a neighbour matrix still gets its predictions
@@ -355,6 +355,8 @@ def _cmd_generate(args) -> int:
         kept = getattr(exc, "partial", None)
         if kept is not None or done is not None:
             _write_partial(partial_out, setting, done, kept)
+        if isinstance(exc, TooFewFrames):   # the clips' other modalities are read as generation goes
+            raise _too_few_frames(exc, frames_from) from None
         raise
     if done is not None:   # the dyads in their order (a partial file need not hold a prefix of them)
         order = np.argsort(np.asarray(done.rows + done.remaining))
@@ -368,6 +370,10 @@ def _cmd_generate(args) -> int:
         os.remove(partial_out)   # all of it is in the output now
     print(f"wrote {out}: pred {arrays['pred'].shape} (emotion)")
     return 0
+
+
+def _too_few_frames(exc, frames_from: str) -> CommandError:
+    return CommandError(f"{exc} (--frames: how many frames of each clip to generate; {frames_from})")
 
 
 def _weights_identity(checkpoint: str) -> str:
