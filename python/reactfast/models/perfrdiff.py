@@ -52,8 +52,8 @@ from reactfast.models._inputs import check_speaker_audio, pad_to_windows
 from reactfast.models.base import (Generator, GeneratorConfig, TrainStage, as_tuple_of, check_int, check_reals,
                                    check_sample_autocast, check_unit_interval, check_window_noise, randn, register)
 from reactfast.models.heads import activate_emotion
-from reactfast.nn.personalize import attention_projections, make_shiftable, personalize, shift_entries
 from reactfast.nn.global_batch import gather_rows
+from reactfast.nn.personalize import attention_projections, make_shiftable, personalize, shift_entries
 from reactfast.nn.positional import sinusoid
 from reactfast.ops._checks import check_real, check_tensor
 

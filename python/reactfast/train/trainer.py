@@ -299,7 +299,7 @@ class Trainer:
         self.best: Optional[float] = None
         self._saved_step: Optional[int] = None
         self._updating = False
-        self._rng_after: Optional[tuple] = None   # (step, the RNG states when that step had finished)
+        self._rng_after: Optional[dict] = None   # the RNG states when the last finished step ended
         self.history: List[Dict[str, float]] = []
         self.steps_per_epoch = len(dataset) // cfg.batch_size
         if resume:
@@ -445,11 +445,11 @@ class Trainer:
         cfg = self.config
         try:
             if cfg.out_dir:
-                self._rng_after = (self.step, self._rng_state())
+                self._rng_after = self._rng_state()
             while self.step < end and not interrupted():
                 record = self.train_step()
                 if cfg.out_dir:   # what a step that then fails must not have moved on (its dropout draws)
-                    self._rng_after = (self.step, self._rng_state())
+                    self._rng_after = self._rng_state()
                 self.history.append(record)
                 if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and cfg.out_dir:
                     self.save(os.path.join(cfg.out_dir, "checkpoint"))
@@ -489,9 +489,8 @@ class Trainer:
             exc.add_note(f"no checkpoint was saved on rank {self.rank}: the save is collective and the other ranks "
                          f"may not have failed (step {self.step} finished; ckpt_every bounds what a failure loses)")
             return
-        rng = self._rng_after[1] if self._rng_after and self._rng_after[0] == self.step else None
         try:
-            self._save(path, rng)
+            self._save(path, self._rng_after)   # (set with out_dir before the first step and after each)
         except Exception as save_error:
             exc.add_note(f"saving the {self.step} finished steps to {path} failed too: {save_error}")
             return
