@@ -82,6 +82,7 @@ def test_walkthrough_from_an_installed_wheel(installed, tmp_path):
                     "--config", *TINY).stdout
     # Not a terminal: plain progress lines.
     assert "[train reactface] step 6/6" in out and "eta" in out
+    assert "best: val_FRDist " in out and os.path.join("run", "best") in out
     history = [json.loads(line) for line in open(os.path.join(run, "history.jsonl"))]
     assert [r["step"] for r in history] == list(range(1, 7)) and "val_FRDist" in history[2]
     assert os.path.isfile(os.path.join(run, "best", "model.safetensors"))

@@ -245,6 +245,10 @@ def _train(args, s, cls) -> int:
         last = history[-1] if history else {}
         print(f"trained {s['model']} for {trainer.step} steps; last loss {last.get('loss', float('nan')):.4f}; "
               f"checkpoint in {os.path.join(args.out, 'checkpoint')}")
+        best = [r for r in history if r.get(trainer.best_key) == trainer.best]
+        if trainer.best is not None and best:
+            print(f"best: {trainer.best_key} {trainer.best:.4f} at step {best[-1]['step']}, in "
+                  f"{os.path.join(args.out, 'best')}")
     return 0
 
 

@@ -9,9 +9,9 @@ from reactfast.train import TrainConfig, Trainer, exit_distributed_process
 from tests.train.helpers import ddp_case
 
 out = sys.argv[1]
-model, ds, cfg = ddp_case(sys.argv[2] if len(sys.argv) > 2 else "tiny")
+model, ds, cfg, val = ddp_case(sys.argv[2] if len(sys.argv) > 2 else "tiny")
 # CPU processes (gloo) on any machine: a one-GPU machine cannot host two NCCL ranks.
-trainer = Trainer(model, ds, TrainConfig(**cfg, out_dir=out), device="cpu")
+trainer = Trainer(model, ds, TrainConfig(**cfg, out_dir=out), val_dataset=val, device="cpu")
 trainer.fit()
 # The trainer's DDP wrapper holds the group: dropped first, the group goes with destroy_process_group
 # rather than at interpreter teardown. (The trainer does both at exit too; a script that owns the run

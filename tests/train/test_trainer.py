@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from reactfast.train import CheckpointError, TrainConfig, Trainer, load_into, load_model, save_checkpoint
-from tests.train.helpers import ddp_case, tiny_data, tiny_model
+from tests.train.helpers import ddp_case, tiny_data, tiny_model, tiny_reactdiff
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -133,14 +133,45 @@ def test_bad_trainer_arguments():
     TrainConfig(lr=None, weight_decay=None, grad_clip=0)   # the model's rates; no clipping
 
 
+def test_a_stage_the_metrics_cannot_see_is_validated_and_kept_by_its_loss(tmp_path):
+    """ReactDiff's stage 1 trains the autoencoder alone. Validated by the REACT metrics of reactions
+    from its untrained denoiser, its ``best`` was picked by noise (and PFLPosNet's stage 2, PosNet,
+    moves only the head pose, which no metric reads: its first validation stayed ``best``)."""
+    from reactfast.models import PFLPosNet
+    from reactfast.train.checkpoint import load_trainer_state
+
+    model = tiny_reactdiff().set_stage(1)
+    val = tiny_data("val", sessions=3).dataset(frames=32, mirror=False)
+    out = str(tmp_path / "run")
+    trainer = Trainer(model, _dataset(), TrainConfig(steps=6, batch_size=4, lr=1e-2, val_every=2, out_dir=out,
+                                                     progress=False), val_dataset=val, device="cpu")
+    history = trainer.fit()
+    checked = [r for r in history if "val_loss" in r]
+    assert [r["step"] for r in checked] == [2, 4, 6]
+    assert not any(k.startswith("val_FR") for r in history for k in r)
+    assert {"val_rec", "val_emotion", "val_3dmm"} <= checked[0].keys()
+    assert checked[-1]["val_loss"] < checked[0]["val_loss"]   # the autoencoder learns the clips
+    best = min(checked, key=lambda r: r["val_loss"])
+    assert trainer.best_key == "val_loss" and trainer.best == best["val_loss"]
+    assert load_trainer_state(os.path.join(out, "best"))[1]["step"] == best["step"]
+    # The same draws at every validation, the model's modes given back.
+    model.train()
+    first, again = trainer.validate(), trainer.validate()
+    assert first == again and first["loss"] == checked[-1]["val_loss"]
+    assert all(m.training for m in model.modules())
+    assert not model.set_stage(2).validates_by_loss() and not tiny_model().validates_by_loss()
+    assert [PFLPosNet(PFLPosNet.demo_config(8)).set_stage(s).validates_by_loss() for s in (1, 2)] == [False, True]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["tiny", "one_window", "perfrdiff"])
+@pytest.mark.parametrize("case", ["tiny", "one_window", "perfrdiff", "reactdiff"])
 def test_ddp_two_processes_match_single(tmp_path, case):
     """Two processes under torchrun take the steps one process takes. Items of one ReactFace window
     (parameters left without a gradient) failed at the second step, and PerFRDiff's stage 1 (a
-    style encoder used outside the model's forward) at the first."""
-    model, ds, cfg = ddp_case(case)
-    single = Trainer(model, ds, TrainConfig(**cfg), device="cpu")
+    style encoder used outside the model's forward) at the first. ReactDiff's stage 1 is validated
+    by its loss, each process over its share of the clips: the same values as one process."""
+    model, ds, cfg, val = ddp_case(case)
+    single = Trainer(model, ds, TrainConfig(**cfg), val_dataset=val, device="cpu")
     single.fit()
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
     out = str(tmp_path / "ddp")
@@ -154,6 +185,11 @@ def test_ddp_two_processes_match_single(tmp_path, case):
     assert len(history) == len(single.history) == cfg["steps"]
     for a, b in zip(single.history, history):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), (a, b)
+        assert a.keys() == b.keys(), (a, b)
+        for key in (k for k in a if k.startswith("val_")):
+            assert a[key] == pytest.approx(b[key], rel=1e-5), (key, a, b)
+    if val is not None:
+        assert "val_loss" in history[-1]
     # Adam turns gradients that are zero in exact arithmetic (attention key biases) into +-lr steps of
     # rounding noise, so compare weights at the scale of the updates (4 steps x lr 1e-2).
     worst = max(float((v - ddp[k]).abs().max()) for k, v in _weights(single.model).items())

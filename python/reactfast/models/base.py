@@ -357,6 +357,13 @@ class Generator(nn.Module, metaclass=abc.ABCMeta):
         (``find_unused_parameters``), which the trainer asks for where this says False."""
         return True
 
+    def validates_by_loss(self) -> bool:
+        """Whether the trainer validates the current stage by its training loss on the validation
+        clips rather than by the REACT metrics of generated reactions: a stage whose training those
+        metrics cannot see (an autoencoder trained before the generator that uses it; a module that
+        changes only the head pose, which no metric reads) must not pick its ``best`` by them."""
+        return False
+
     def set_stage(self, stage: int) -> "Generator":
         """Make only the modules of ``stage`` trainable."""
         if not isinstance(stage, (int, np.integer)) or isinstance(stage, bool) or stage not in self.stages:

@@ -84,6 +84,10 @@ class PFLPosNet(Generator):
     def data_defaults(cls, audio_dim: int):
         return ReactFace.data_defaults(audio_dim)
 
+    def validates_by_loss(self) -> bool:
+        # Stage 2 trains PosNet, which moves only the head pose: every REACT metric reads emotion.
+        return self.stage == 2
+
     @classmethod
     def demo_config(cls, audio_dim: int) -> PFLPosNetConfig:
         base = dataclasses.asdict(ReactFace.demo_config(audio_dim))

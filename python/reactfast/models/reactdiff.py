@@ -316,6 +316,10 @@ class ReactDiff(Generator):
                                clip=None, norm_groups=4, prediction="x0", cond_frames=True, window_noise="shared",
                                noise_scale=0.7)
 
+    def validates_by_loss(self) -> bool:
+        # Stage 1 trains the autoencoder alone: generation then runs an untrained denoiser.
+        return self.stage == 1
+
     def demo_stages(self, steps: int) -> List[TrainStage]:
         # Three times the demo's steps per stage: at 500 steps per stage the demo scored FRDist 237.1
         # (independent noise), at 1500 214.7 (both with the same seed and data).

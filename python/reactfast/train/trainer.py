@@ -16,7 +16,10 @@
 - Checkpoints every ``ckpt_every`` steps and at the end (atomic); ``resume=path`` continues
   bit-exactly (weights, optimizer, step, CPU and CUDA RNG states); on CUDA with
   ``deterministic=True``, which selects deterministic kernels (math attention, no atomics).
-- Periodic validation with the REACT metric suite, its costly parts sharded over ranks.
+- Periodic validation with the REACT metric suite, its costly parts sharded over ranks; ``best``
+  follows ``best_metric``. A stage those metrics cannot see (``Generator.validates_by_loss``:
+  ReactDiff's autoencoder, PFLPosNet's PosNet) is validated by its own losses over the validation
+  items instead, and ``best`` follows ``val_loss``.
 - ``compile=True``: the model's forward through ``torch.compile`` (compiled on the first step).
   Under compile, dropout's hashed masks take keys drawn inside the graph (they differ from eager's).
 """
@@ -342,6 +345,37 @@ class Trainer:
         if self.world > 1:
             dist.barrier()
 
+    @torch.no_grad()
+    def _validation_losses(self) -> Dict[str, float]:
+        """The model's training losses in eval mode, averaged over the validation items (each rank
+        takes every world-th item, in batches of its share of ``batch_size``). Every validation
+        draws the same noise (the items' generators of step 0), so that validations compare."""
+        cfg, ds = self.config, self.val_dataset
+        rows = list(range(self.rank, len(ds), self.world))
+        local = cfg.batch_size // self.world
+        sums: Dict[str, float] = {}
+        modes = [(m, m.training) for m in self.model.modules()]
+        self.model.eval()
+        try:
+            for start in range(0, len(rows), local):
+                indices = rows[start:start + local]
+                gens = [_item_generator(cfg.seed, 0, i) for i in indices]
+                with self._autocast():
+                    losses = self.model.loss(self._batch(ds, indices), gens)
+                values = torch.stack([v.detach().double() for v in losses.values()]).tolist()
+                for name, value in zip(losses, values):
+                    sums[name] = sums.get(name, 0.0) + value * len(indices)
+        finally:
+            for m, training in modes:
+                m.training = training
+        parts = [(sums, len(rows))]
+        if self.world > 1:
+            parts = [None] * self.world
+            dist.all_gather_object(parts, (sums, len(rows)))
+        count = sum(n for _, n in parts)
+        names = dict.fromkeys(name for p, _ in parts for name in p)   # (a rank may have had no items)
+        return {name: sum(p.get(name, 0.0) for p, _ in parts) / count for name in names}
+
     def batch_indices(self, step: int) -> List[int]:
         cfg = self.config
         epoch, pos = divmod(check_int("step", step, minimum=0), self.steps_per_epoch)
@@ -350,21 +384,28 @@ class Trainer:
         local = cfg.batch_size // self.world
         return global_batch[self.rank * local:(self.rank + 1) * local]
 
+    def _batch(self, dataset, indices: List[int]) -> Dict[str, torch.Tensor]:
+        """Items ``indices`` of ``dataset`` with their appropriate reactions, on the device; features
+        in the model's dtype (float32 data for a model cast to bfloat16 or float64)."""
+        batch = collate_appropriate(dataset, indices, self.config.max_candidates)
+        dtype = next(self.model.parameters()).dtype
+        return {k: v.to(self.device, dtype=dtype if v.is_floating_point() else None, non_blocking=True)
+                for k, v in batch.items()}
+
+    def _autocast(self):
+        """bfloat16 autocast on CUDA with ``amp``."""
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,
+                              enabled=self.config.amp and self.device.type == "cuda")
+
     def train_step(self) -> Dict[str, float]:
         """One optimizer step; raises :class:`TrainingDiverged` (weights untouched) when the loss or
         the gradient norm is not finite. Its one host synchronisation reads the losses."""
         cfg = self.config
         indices = self.batch_indices(self.step)
-        batch = collate_appropriate(self.dataset, indices, cfg.max_candidates)
-        # Features in the model's dtype (float32 data for a model cast to bfloat16 or float64).
-        dtype = next(self.model.parameters()).dtype
-        batch = {k: v.to(self.device, dtype=dtype if v.is_floating_point() else None, non_blocking=True)
-                 for k, v in batch.items()}
+        batch = self._batch(self.dataset, indices)
         gens = [_item_generator(cfg.seed, self.step, i) for i in indices]
         self.model.train()
-        use_amp = cfg.amp and self.device.type == "cuda"
-        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=use_amp), \
-                deterministic_kernels(cfg.deterministic):
+        with self._autocast(), deterministic_kernels(cfg.deterministic):
             losses = (self.model.loss(batch, gens, forward=self.forward) if self._ddp is None
                       else self._ddp(batch, gens))
         self.optimizer.zero_grad(set_to_none=True)
@@ -499,11 +540,11 @@ class Trainer:
     def _keep_best(self, record: Dict[str, float]) -> None:
         """Save ``checkpoint`` and point ``best`` at it when ``best_metric`` improved."""
         cfg = self.config
-        key = f"val_{cfg.best_metric}"
+        key = self.best_key
         if key not in record or not cfg.out_dir:
             return
         value = record[key]
-        if self.best is None or (value > self.best if cfg.best_metric in _LARGER_IS_BETTER else value < self.best):
+        if self.best is None or (value > self.best if key[len("val_"):] in _LARGER_IS_BETTER else value < self.best):
             self.best = value
             path = os.path.join(cfg.out_dir, "checkpoint")
             if self._saved_step != self.step:
@@ -511,13 +552,23 @@ class Trainer:
             if self.rank == 0:
                 link_checkpoint(path, os.path.join(cfg.out_dir, "best"))
 
+    @property
+    def best_key(self) -> str:
+        """The record key ``best`` follows: ``val_`` + ``config.best_metric``, or ``val_loss`` for a
+        stage the model validates by its loss (``Generator.validates_by_loss``)."""
+        return "val_loss" if self.model.validates_by_loss() else f"val_{self.config.best_metric}"
+
     @torch.no_grad()
     def validate(self) -> Dict[str, float]:
         """REACT metrics of generated emotion on the validation set; FRCorr and FRDist are sharded
-        over ranks (each computes its rows, the sums are all-reduced)."""
+        over ranks (each computes its rows, the sums are all-reduced). For a stage the model
+        validates by its loss (``Generator.validates_by_loss``: a stage those metrics cannot see),
+        its training losses averaged over the validation items instead."""
         from reactfast.train.generation import generate_dataset
         from reactfast import metrics
 
+        if self.model.validates_by_loss():
+            return self._validation_losses()
         ds = self.val_dataset
         rows = list(range(self.rank, ds.num_items, self.world))
         preds = generate_dataset(self.model, ds, self.config.val_samples, seed=self.config.seed, rows=rows,
