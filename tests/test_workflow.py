@@ -210,6 +210,62 @@ def test_pfl_crop_command(tmp_path, capsys):
     assert crop.shape[:2] == (16, 16) and len(os.listdir(tmp_path / "out")) == 3
 
 
+def _write_frames(folder, frames, mode="RGB"):
+    from PIL import Image
+
+    folder.mkdir(exist_ok=True)
+    for i, frame in enumerate(frames, 1):
+        Image.fromarray(np.ascontiguousarray(frame)).convert(mode).save(folder / f"{i}.png")
+
+
+def test_pfl_crop_keeps_the_pixels_and_never_mixes_two_clips(tmp_path, capsys):
+    """The crops were written as RGBA through matplotlib (8-bit RGB frames came back with an alpha
+    channel); a second clip cropped into the same folder was written over the first, and the frames
+    past its end stayed; the source folder itself could be the destination."""
+    from PIL import Image
+
+    from reactfast.data.files import DataError
+    from reactfast.data.pfl import crop_frames, crop_video, crop_window
+
+    rng = np.random.default_rng(1)
+    clip = rng.integers(0, 256, (4, 40, 50, 3), dtype=np.uint8)
+    _write_frames(tmp_path / "long", clip)
+    _write_frames(tmp_path / "short", clip[:2, ::-1])
+    boxes = np.array([[24, 18, 10, 12], [26, 20, 12, 12], [25, 19, 10, 14], [23, 21, 11, 12]], dtype=float)
+    out = tmp_path / "out"
+    left, top, w, h = crop_frames(str(tmp_path / "long"), boxes, str(out))
+    assert (left, top, w, h) == crop_window(boxes, (256, 256), (40, 50))
+    for i in range(4):
+        with Image.open(out / f"{i + 1}.png") as image:
+            assert image.mode == "RGB"
+            assert np.array_equal(np.asarray(image), clip[i, top:top + h, left:left + w])
+    with pytest.raises(DataError, match="already holds 4 numbered frames"):
+        crop_frames(str(tmp_path / "short"), boxes[:2], str(out))
+    crop_frames(str(tmp_path / "short"), boxes[:2], str(out), out_size=8, overwrite=True)
+    assert sorted(os.listdir(out)) == ["1.png", "2.png"]
+    with Image.open(out / "2.png") as image:
+        assert image.mode == "RGB" and image.size == (8, 8)
+        # Resized as crop_video resizes, rounded to 8 bits.
+        expect = crop_video(torch.from_numpy(clip[:2, ::-1].copy()).permute(0, 3, 1, 2).float(), boxes[:2],
+                            out_size=8)[1].permute(1, 2, 0).numpy()
+        assert np.abs(np.asarray(image).astype(float) - expect).max() <= 0.5 + 1e-3
+    with pytest.raises(DataError, match="is the source folder"):
+        crop_frames(str(tmp_path / "long"), boxes, str(tmp_path / "long" / ".." / "long"), overwrite=True)
+    _write_frames(tmp_path / "gray", clip[:2, :, :, 0], mode="L")
+    crop_frames(str(tmp_path / "gray"), boxes[:2], str(tmp_path / "gray_out"), out_size=(6, 9))
+    with Image.open(tmp_path / "gray_out" / "1.png") as image:
+        assert image.mode == "L" and image.size == (9, 6)
+    Image.fromarray(clip[0, :30]).save(tmp_path / "long" / "3.png")
+    with pytest.raises(DataError, match="3.png: 50 x 30 pixels, but 1.png has 50 x 40"):
+        crop_frames(str(tmp_path / "long"), boxes, str(tmp_path / "other"))
+    np.savetxt(tmp_path / "b.csv", boxes[:2], delimiter=",")
+    assert cli.main(["data", "crop", "--video", str(tmp_path / "short"), "--boxes", str(tmp_path / "b.csv"), "--out",
+                     str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert cli.main(["data", "crop", "--video", str(tmp_path / "short"), "--boxes", str(tmp_path / "b.csv"), "--out",
+                     str(out), "--overwrite"]) == 0
+
+
 def test_pfl_crop_command_checks_its_arguments(tmp_path, capsys):
     from matplotlib import image as mpimg
 

@@ -645,7 +645,8 @@ def _cmd_data_crop(args) -> int:
         if args.size < 1:
             raise CommandError(f"--size must be >= 1, got {args.size}")
         size = (args.size, args.size)
-    window = crop_frames(args.video, read_boxes(args.boxes), args.out, (args.omega, args.omega), size)
+    window = crop_frames(args.video, read_boxes(args.boxes), args.out, (args.omega, args.omega), size,
+                         overwrite=args.overwrite)
     print(f"cropped {args.video} -> {args.out} with the window left {window[0]}, top {window[1]}, "
           f"{window[2]} x {window[3]}")
     return 0
@@ -796,6 +797,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, help="folder for the cropped frames")
     q.add_argument("--omega", type=float, default=256.0, help="largest window side (default 256)")
     q.add_argument("--size", type=int, help="resize the crops to SIZE x SIZE")
+    q.add_argument("--overwrite", action="store_true", help="replace the numbered frames --out already holds")
     q.set_defaults(data_func=_cmd_data_crop)
     return parser
 

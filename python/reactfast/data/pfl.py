@@ -142,40 +142,69 @@ def read_boxes(path: str) -> np.ndarray:
     return boxes
 
 
-def crop_frames(src: str, boxes, dst: str, omega: Tuple[float, float] = (256.0, 256.0),
-                out_size: Optional[Tuple[int, int]] = None) -> Tuple[int, int, int, int]:
-    """PFL for a clip's frame folder in the REACT layout (``1.png`` ... ``T.png``): one fixed,
-    pose-preserving crop window from the boxes (T, 4), every frame cropped with it (and resized to
-    ``out_size`` (height, width), or one int for a square, when given) into ``dst``. Returns the
-    window (left, top, w, h)."""
+def _numbered_frames(folder: str):
+    """The ``<n>.png`` frames of ``folder`` in frame order."""
     import os
 
-    from matplotlib import image as mpimg
+    return sorted((f for f in os.listdir(folder) if f.endswith(".png") and f[:-4].isdigit()), key=lambda f: int(f[:-4]))
+
+
+def crop_frames(src: str, boxes, dst: str, omega: Tuple[float, float] = (256.0, 256.0),
+                out_size: Optional[Tuple[int, int]] = None, overwrite: bool = False) -> Tuple[int, int, int, int]:
+    """PFL for a clip's frame folder in the REACT layout (``1.png`` ... ``T.png``): one fixed,
+    pose-preserving crop window from the boxes (T, 4), every frame cropped with it (and resized to
+    ``out_size`` (height, width), or one int for a square, when given) into ``dst``. The crops keep
+    the frames' pixel format (8-bit RGB stays 8-bit RGB; without resizing, the pixels are the
+    source's). A ``dst`` that already holds numbered frames is refused unless ``overwrite``, which
+    first removes them (a longer clip cropped there before would leave frames past this one's
+    end). Returns the window (left, top, w, h)."""
+    import os
+
+    from PIL import Image
 
     from reactfast.data.files import DataError
+    from reactfast.ops._checks import check_bool
 
+    check_bool("overwrite", overwrite)
     if not os.path.isdir(src):
         raise DataError(f"{src}: not a folder of frames (1.png, 2.png, ...)")
     if os.path.exists(dst) and not os.path.isdir(dst):
         raise DataError(f"{dst}: exists and is not a folder (the cropped frames' destination)")
+    if os.path.isdir(dst) and os.path.samefile(src, dst):
+        raise DataError(f"{dst}: is the source folder; the crops would replace the frames they come from")
     if out_size is not None:
         out_size = _pair("out_size", out_size, True, "the crops' (height, width)")
-    names = sorted((f for f in os.listdir(src) if f.endswith(".png") and f[:-4].isdigit()), key=lambda f: int(f[:-4]))
+    names = _numbered_frames(src)
     if not names:
         raise DataError(f"{src}: no numbered .png frames (1.png, 2.png, ...)")
     boxes = np.asarray(boxes, dtype=np.float64)
     if len(boxes) != len(names):
         raise DataError(f"{src}: {len(names)} frames but {len(boxes)} face boxes")
-    first = mpimg.imread(os.path.join(src, names[0]))
-    window = crop_window(boxes, omega, first.shape[:2])
+    held = _numbered_frames(dst) if os.path.isdir(dst) else []
+    if held and not overwrite:
+        raise DataError(f"{dst}: already holds {len(held)} numbered frames; give another folder, or overwrite "
+                        "(--overwrite) to replace them")
+    with Image.open(os.path.join(src, names[0])) as first:
+        shape = (first.height, first.width)
+    window = crop_window(boxes, omega, shape)
     left, top, w, h = window
+    for name in held:
+        os.remove(os.path.join(dst, name))
     os.makedirs(dst, exist_ok=True)
     for name in names:
-        frame = torch.from_numpy(np.ascontiguousarray(mpimg.imread(os.path.join(src, name))))
-        crop = frame[top:top + h, left:left + w]
+        with Image.open(os.path.join(src, name)) as image:
+            if (image.height, image.width) != shape:
+                raise DataError(f"{os.path.join(src, name)}: {image.width} x {image.height} pixels, but "
+                                f"{names[0]} has {shape[1]} x {shape[0]}: one crop window needs frames of one size")
+            if image.mode not in ("L", "LA", "RGB", "RGBA", "I;16"):
+                image = image.convert("RGBA" if "A" in image.getbands() else "RGB")   # palette, CMYK, ...
+            pixels = np.asarray(image)[top:top + h, left:left + w]
         if out_size is not None:
-            chw = crop.permute(2, 0, 1)[None].float() if crop.dim() == 3 else crop[None, None].float()
-            crop = F.interpolate(chw, size=out_size, mode="bilinear", align_corners=False)[0]
-            crop = crop.permute(1, 2, 0) if crop.shape[0] > 1 else crop[0]
-        mpimg.imsave(os.path.join(dst, name), np.clip(crop.numpy(), 0, 1), cmap="gray" if crop.dim() == 2 else None)
+            frame = torch.from_numpy(pixels.astype(np.float32))
+            chw = frame.permute(2, 0, 1)[None] if frame.dim() == 3 else frame[None, None]
+            resized = F.interpolate(chw, size=out_size, mode="bilinear", align_corners=False)[0]
+            resized = resized.permute(1, 2, 0) if frame.dim() == 3 else resized[0]
+            limit = np.iinfo(pixels.dtype).max
+            pixels = np.clip(np.rint(resized.numpy()), 0, limit).astype(pixels.dtype)
+        Image.fromarray(np.ascontiguousarray(pixels)).save(os.path.join(dst, name))   # (the mode follows)
     return window
