@@ -301,6 +301,7 @@ def _cmd_generate(args) -> int:
 
     from reactfast import _io
     from reactfast.train import generate_dataset, load_model, read_config
+    from reactfast.train.generation import listener_histories, personalises
 
     _check_counts(("--samples", args.samples, 1), ("--sessions", args.sessions, 1), ("--frames", args.frames, 1))
     _check_seed(args.seed)
@@ -348,13 +349,19 @@ def _cmd_generate(args) -> int:
     # partial file, which --resume continues only with the same settings.
     setting = {"checkpoint": _weights_identity(meta["path"]), "data": spec if spec == "synthetic" else
                os.path.realpath(spec), "split": args.split, "frames": frames, "sessions": sessions,
-               "samples": args.samples, "seed": args.seed, "window": args.window, "dyads": ds.num_items}
+               "samples": args.samples, "seed": args.seed, "window": args.window, "dyads": ds.num_items,
+               "personalise": not args.no_personalise}
+    if personalises(model) and not args.no_personalise:
+        personal = len(listener_histories(ds, range(ds.num_items)))
+        print(f"[reactfast] personalising {personal} of {ds.num_items} dyads by another clip of their listener (its "
+              f"history){'; the others have no other clip of their listener: generic reactions' if personal < ds.num_items else ''}"
+              " (--no-personalise: none)")
     partial_out = out[:-len(".npz")] + ".partial.npz"
     done = _read_partial(args.resume, setting) if args.resume else None
     rows = None if done is None else done.remaining
     try:
         preds = generate_dataset(model, ds, args.samples, seed=args.seed, progress=not args.no_progress,
-                                 device=device, window=args.window, rows=rows)
+                                 device=device, window=args.window, rows=rows, personalise=not args.no_personalise)
     except BaseException as exc:
         kept = getattr(exc, "partial", None)
         if kept is not None or done is not None:
@@ -743,6 +750,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=".npz with pred (N, S, T, 25), pred_3dmm and the targets")
     p.add_argument("--resume", metavar="PARTIAL",
                    help="go on from OUT.partial.npz, the dyads a run stopped by an error had finished")
+    p.add_argument("--no-personalise", action="store_true",
+                   help="a personalised generator (perfrdiff) without listener histories (default: each dyad's "
+                        "from another clip of its listener)")
     p.add_argument("--no-progress", action="store_true")
     _device_args(p)
 

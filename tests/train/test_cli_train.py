@@ -52,7 +52,7 @@ def test_baselines():
     assert np.allclose(self_pred["emotion"][:, 0, :100], listener[:, :100])
 
 
-def test_perfrdiff_two_stage_command_line(tmp_path):
+def test_perfrdiff_two_stage_command_line(tmp_path, capsys):
     config = ["window=10", "dim=16", "heads=2", "ffn=32", "layers=6", "train_steps=20", "sample_steps=2",
               "style_dim=8", "style_layers=1", "style_heads=2", "style_ffn=16", "hyper_hidden=8", "min_history=4"]
     common = ["--model", "perfrdiff", "--data", "synthetic", "--steps", "2", "--batch-size", "2", "--frames", "40",
@@ -63,10 +63,18 @@ def test_perfrdiff_two_stage_command_line(tmp_path):
     assert cli.main(["train", "--out", stage2, "--stage", "2", "--init", os.path.join(stage1, "checkpoint"),
                      *common]) == 0
     preds = str(tmp_path / "p.npz")
-    assert cli.main(["generate", "--checkpoint", os.path.join(stage2, "checkpoint"), "--samples", "2", "--frames",
-                     "40", "--sessions", "2", "--out", preds, "--no-progress"]) == 0
+    capsys.readouterr()
+    generate = ["generate", "--checkpoint", os.path.join(stage2, "checkpoint"), "--samples", "2", "--frames", "40",
+                "--sessions", "5", "--out", preds, "--no-progress"]
+    assert cli.main(generate) == 0
+    assert "personalising 2 of 10 dyads by another clip of their listener" in capsys.readouterr().out
     with np.load(preds) as z:
-        assert z["pred"].shape == (4, 2, 40, 25)
+        personal = z["pred"]
+    assert personal.shape == (10, 2, 40, 25)
+    assert cli.main([*generate, "--no-personalise"]) == 0
+    assert "personalising" not in capsys.readouterr().out
+    with np.load(preds) as z:   # the dyads whose listener has another clip differ (the others: batch rounding)
+        assert (np.abs(z["pred"] - personal).reshape(10, -1).max(1) > 1e-4).sum() == 2
 
 
 def test_later_stage_takes_model_and_data_from_init(tmp_path, capsys):

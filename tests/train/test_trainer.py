@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from reactfast.train import CheckpointError, TrainConfig, Trainer, load_into, load_model, save_checkpoint
+from reactfast.testing import assert_rel_close
 from tests.train.helpers import ddp_case, tiny_data, tiny_model, tiny_reactdiff
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -377,6 +378,37 @@ def test_generate_dataset_gives_back_the_callers_modes():
     assert all(m.training for name, m in model.named_modules() if not name.startswith("speaker_self"))
     for key in want:
         assert np.array_equal(want[key], got[key]), key   # eval mode inside: no dropout
+
+
+def test_generate_dataset_personalises_each_dyad_by_another_clip_of_its_listener():
+    """PerFRDiff's listener histories were never given: generate, the validation and the demo made
+    generic reactions, and its stage 2 (the weight shifts from a listener's history) changed nothing
+    they measured. Each dyad now gets another clip of its listener (never its own listener clip,
+    which holds the reaction to generate); one whose listener has no other clip stays generic."""
+    from reactfast.train import generate_dataset
+    from reactfast.train.generation import listener_histories
+
+    model = ddp_case("perfrdiff")[0]
+    torch.manual_seed(3)
+    for p in model.pwsg.parameters():   # shifts that are not zero (PWSG starts at zero)
+        p.data.normal_(0, 0.05)
+    ds = tiny_data("test", sessions=6, frames=32).dataset(frames=32)
+    histories = listener_histories(ds, range(ds.num_items))
+    assert histories and len(histories) < ds.num_items        # the seed's world has both kinds
+    for i, j in histories.items():
+        assert ds.listener_ids[j] == ds.listener_ids[i] and ds.dyads[j][1] != ds.dyads[i][1]
+    personal = generate_dataset(model, ds, 2, seed=1, batch_size=3)
+    generic = generate_dataset(model, ds, 2, seed=1, batch_size=3, personalise=False)
+    for i in range(ds.num_items):
+        same = np.array_equal(personal["emotion"][i], generic["emotion"][i])
+        assert same == (i not in histories), i
+    i = next(iter(histories))
+    speaker, audio = model.inputs_from_batch({k: v[None] for k, v in ds[i].items()})
+    history = torch.from_numpy(ds.load_clip(ds.dyads[histories[i]][1])["3dmm"][:32])
+    one = model.eval().generate(speaker, audio, 2, [torch.Generator().manual_seed(1_000_003 + i)],
+                                listener_history=history[None])
+    # The same draws as in the batch of three, up to the batch's float rounding.
+    assert_rel_close("dyad alone", one["emotion"][0], torch.from_numpy(personal["emotion"][i]), 1e-5)
 
 
 class _FailingAt:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import inspect
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
@@ -39,15 +40,45 @@ class PartialGeneration:
         return {key: np.concatenate([done, rest[key]]) for key, done in self.outputs.items()}
 
 
+def personalises(model) -> bool:
+    """Whether ``model.generate`` takes a listener's history (``listener_history``: PerFRDiff)."""
+    return "listener_history" in inspect.signature(model.generate).parameters
+
+
+def listener_histories(dataset, rows: Sequence[int]) -> Dict[int, int]:
+    """For each dyad of ``rows``, the dyad whose listener clip serves as its listener's history: the
+    next dyad in dyad order (wrapping around) with the same listener (``dataset.listener_ids``) in
+    another clip. Never the dyad's own listener clip, which holds the reaction to be generated.
+    Dyads whose listener has no other clip in the dataset are left out."""
+    ids, clips = list(dataset.listener_ids), [listener for _, listener in dataset.dyads]
+    by_listener: Dict[int, List[int]] = {}
+    for j, listener in enumerate(ids):
+        by_listener.setdefault(listener, []).append(j)
+    found = {}
+    for i in rows:
+        same = by_listener[ids[i]]
+        k = bisect.bisect_right(same, i)
+        j = next((j for j in same[k:] + same[:k] if clips[j] != clips[i]), None)
+        if j is not None:
+            found[i] = j
+    return found
+
+
 @torch.no_grad()
 def generate_dataset(model, dataset, samples: int = 10, seed: int = 0, rows: Optional[Sequence[int]] = None,
-                     batch_size: int = 8, device=None, progress: bool = False, window: Optional[int] = None
-                     ) -> Dict[str, np.ndarray]:
+                     batch_size: int = 8, device=None, progress: bool = False, window: Optional[int] = None,
+                     personalise: bool = True) -> Dict[str, np.ndarray]:
     """{"3dmm": (n, S, T, 58), "emotion": (n, S, T, 25)} (the model's outputs) for the dyads ``rows`` (default all) of a
     whole-clip dataset; each dyad's noise comes from a generator seeded by (seed, dyad), so the
     result does not depend on batching or on how rows are split over processes (up to float
     rounding: the dyads of a batch run through one call). ``window``: the
     online step of generators that take one (default: the model's).
+
+    A personalised generator (one whose ``generate`` takes ``listener_history``: PerFRDiff) gets,
+    with ``personalise``, each dyad's listener history: the 3DMM of another clip of the same
+    listener (``listener_histories``; as the paper personalises, from a historical video of the
+    target listener). A dyad whose listener has no other clip is generated without one, as with
+    ``personalise=False``.
 
     An error (or Ctrl-C) after some batches had finished keeps their outputs: the error carries a
     :class:`PartialGeneration` as ``partial``, from which ``rows=partial.remaining`` goes on."""
@@ -62,6 +93,7 @@ def generate_dataset(model, dataset, samples: int = 10, seed: int = 0, rows: Opt
     check_int("batch_size", batch_size)
     check_seed("seed", seed)
     check_bool("progress", progress)
+    check_bool("personalise", personalise)
     if dataset.window is not None:
         raise ValueError("generate_dataset needs a whole-clip dataset (window=None)")
     if window is not None:
@@ -81,16 +113,27 @@ def generate_dataset(model, dataset, samples: int = 10, seed: int = 0, rows: Opt
     device = device or next(model.parameters()).device
     # Generation runs in eval mode (no dropout); every submodule's mode comes back afterwards (a
     # training loop that validated with this function went on training without dropout before).
+    histories = {}
+    if personalise and personalises(model):
+        check_dataset("dataset", dataset, ("dyads", "listener_ids", "load_clip", "frames"))
+        histories = listener_histories(dataset, rows)
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        return _generate(model, dataset, samples, seed, rows, batch_size, device, progress, window)
+        return _generate(model, dataset, samples, seed, rows, batch_size, device, progress, window, histories)
     finally:
         for m, training in modes:
             m.training = training
 
 
-def _generate(model, dataset, samples, seed, rows, batch_size, device, progress, window) -> Dict[str, np.ndarray]:
+def _history(dataset, dyad: int) -> torch.Tensor:
+    """The listener 3DMM of ``dyad``'s clip over the dataset's frames: (T, 58)."""
+    clip = dataset.load_clip(dataset.dyads[dyad][1])["3dmm"][:dataset.frames]
+    return torch.from_numpy(np.ascontiguousarray(clip, dtype=np.float32))
+
+
+def _generate(model, dataset, samples, seed, rows, batch_size, device, progress, window, histories
+              ) -> Dict[str, np.ndarray]:
     outs: Dict[str, list] = {}
     extra = {} if window is None else {"window": window}
     bar = Progress(len(rows), f"generate {getattr(model, 'name', '')}".strip(), unit="dyad", enabled=progress,
@@ -104,10 +147,26 @@ def _generate(model, dataset, samples, seed, rows, batch_size, device, progress,
             for key in items[0]:
                 batch[key] = torch.stack([it[key] for it in items]).to(device)
             speaker, audio = model.inputs_from_batch(batch)
-            # One call for the batch, each dyad's noise from its own generator (``Generator.draw_windows``).
+            # One call for the batch (one for its personalised dyads, one for the others), each dyad's
+            # noise from its own generator (``Generator.draw_windows``).
             gens = [torch.Generator().manual_seed(seed * 1_000_003 + i) for i in part]
-            result = {key: value.cpu().numpy() for key, value in model.generate(speaker, audio, samples, gens,
-                                                                                  **extra).items()}
+            groups = [[b for b, i in enumerate(part) if i in histories], [b for b, i in enumerate(part)
+                                                                           if i not in histories]]
+            result: Dict[str, list] = {}
+            for group, personal in zip(groups, (True, False)):
+                if not group:
+                    continue
+                kwargs = dict(extra)
+                if personal:
+                    kwargs["listener_history"] = torch.stack([_history(dataset, histories[part[b]])
+                                                              for b in group]).to(device)
+                whole = len(group) == len(part)
+                out = model.generate(speaker if whole else speaker[group], audio if whole else audio[group], samples,
+                                     [gens[b] for b in group], **kwargs)
+                for key, value in out.items():
+                    result.setdefault(key, [None] * len(part))
+                    for b, v in zip(group, value.cpu().numpy()):
+                        result[key][b] = v
             for key, value in result.items():   # every output of the batch, or none
                 outs.setdefault(key, []).extend(value)
             done = lo + len(part)
