@@ -27,6 +27,20 @@ def test_evaluate_from_data_folder(root, tmp_path, capsys):
     assert "FRDist" in capsys.readouterr().out
 
 
+def test_evaluate_refuses_data_other_than_the_predictions_were_made_for(root, tmp_path, capsys):
+    """A file from reactfast generate for one split, scored with --data against another of as many
+    dyads, gave numbers without a word."""
+    SyntheticDyads(sessions=4, frames=120, prototypes=2, seed=1).write(root, "val")   # other dyads, as many
+    test, val = (ReactDataset(root, split, frames=100, modalities=("emotion",)) for split in ("test", "val"))
+    gt = test.stack("listener", "emotion").numpy()
+    pred = np.repeat(gt[:, None], 2, axis=1) + np.float32(0.01)
+    np.savez(tmp_path / "p.npz", pred=pred, speaker=test.stack("speaker", "emotion").numpy())
+    assert val.num_items == test.num_items
+    assert cli.main(["evaluate", str(tmp_path / "p.npz"), "--data", root, "--split", "val", "--no-progress"]) == 2
+    assert "p.npz was generated for other speakers than those of --data" in capsys.readouterr().err
+    assert cli.main(["evaluate", str(tmp_path / "p.npz"), "--data", root, "--split", "test", "--no-progress"]) == 0
+
+
 def test_evaluate_from_explicit_files(tmp_path):
     rng = np.random.default_rng(0)
     pred = rng.random((3, 2, 40, 25)).astype(np.float32)

@@ -353,9 +353,9 @@ def _cmd_generate(args) -> int:
                "personalise": not args.no_personalise}
     if personalises(model) and not args.no_personalise:
         personal = len(listener_histories(ds, range(ds.num_items)))
+        rest = "; the others have no other clip of their listener: generic reactions" if personal < ds.num_items else ""
         print(f"[reactfast] personalising {personal} of {ds.num_items} dyads by another clip of their listener (its "
-              f"history){'; the others have no other clip of their listener: generic reactions' if personal < ds.num_items else ''}"
-              " (--no-personalise: none)")
+              f"history){rest} (--no-personalise: none)")
     partial_out = out[:-len(".npz")] + ".partial.npz"
     done = _read_partial(args.resume, setting) if args.resume else None
     rows = None if done is None else done.remaining
@@ -534,6 +534,7 @@ def _cmd_bench(args) -> int:
 def _cmd_evaluate(args) -> int:
     import time
 
+    import numpy as np
     import torch
 
     from reactfast import _io, metrics
@@ -545,6 +546,14 @@ def _cmd_evaluate(args) -> int:
         raise CommandError(f"pred must have shape (N, S, T, 25), got {pred.shape} from {args.pred}")
     if args.data:
         listener_gt, speaker, appropriate = _targets_from_data(args, pred)
+        if args.pred.endswith(".npz"):
+            # A file from reactfast generate holds the speakers it was generated for: scored against
+            # another split (or data folder) of as many dyads, its numbers would mean nothing.
+            held = load_npz_arrays(args.pred, (), ("speaker",)).get("speaker")
+            if held is not None and (held.shape != speaker.shape or not np.allclose(held, speaker, atol=1e-6)):
+                raise CommandError(f"{args.pred} was generated for other speakers than those of --data {args.data} "
+                                   f"--split {args.split}: give the data and split it was generated from (or "
+                                   "leave --data out: the file holds its targets)")
     elif args.listener_gt and args.speaker and args.appropriate:
         listener_gt = load_array(args.listener_gt, name="listener_gt")
         speaker = load_array(args.speaker, name="speaker")
