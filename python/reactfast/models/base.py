@@ -16,6 +16,7 @@ Adding a generator: subclass ``GeneratorConfig`` and ``Generator``, decorate the
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import os
 from dataclasses import dataclass
@@ -424,6 +425,19 @@ def item_generators(generator, items: int, name: str = "generator") -> Optional[
 def set_trainable(module: nn.Module, trainable: bool) -> None:
     for p in module.parameters():
         p.requires_grad_(trainable)
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module):
+    """``module`` in eval mode (no dropout) inside the block; every submodule's own mode comes back
+    afterwards, also when the block raises (a part the caller keeps in eval mode stays so)."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 _REGISTRY: Dict[str, Type[Generator]] = {}

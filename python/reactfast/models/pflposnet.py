@@ -21,7 +21,7 @@ from torch import nn
 
 from reactfast import _backend
 from reactfast.data import layout
-from reactfast.models.base import Generator, TrainStage, check_int, register
+from reactfast.models.base import Generator, TrainStage, check_int, eval_mode, register
 from reactfast.models.posnet import PosNet, PosNetConfig, seam_jump
 from reactfast.models.reactface import ReactFace, ReactFaceConfig, ReactFaceState
 
@@ -161,15 +161,10 @@ class PFLPosNet(Generator):
             raise ValueError(f"PFLPosNet stage 2 needs items of at least 2 windows ({2 * W} frames), got "
                              f"{speaker.shape[1]}")
         k = self.generator.config.audio_per_frame
-        # In eval mode (no dropout), every submodule's mode restored afterwards, also when it raises.
-        modes = [(m, m.training) for m in self.generator.modules()]
-        self.generator.eval()
-        try:
-            # All speakers in one call, each drawing from its own generator (as a call of its own would).
+        # In eval mode (no dropout); all speakers in one call, each drawing from its own generator
+        # (as a call of its own would).
+        with eval_mode(self.generator):
             frames = self.generator.generate(speaker[:, : n * W], audio[:, : k * n * W], S, list(generators))["3dmm"]
-        finally:
-            for m, training in modes:
-                m.training = training
         return frames.reshape(-1, n, W, layout.TDMM_DIM)
 
     @torch.no_grad()

@@ -83,7 +83,7 @@ def generate_dataset(model, dataset, samples: int = 10, seed: int = 0, rows: Opt
     An error (or Ctrl-C) after some batches had finished keeps their outputs: the error carries a
     :class:`PartialGeneration` as ``partial``, from which ``rows=partial.remaining`` goes on."""
     from reactfast import _backend
-    from reactfast.models.base import check_generator, check_int
+    from reactfast.models.base import check_generator, check_int, eval_mode
     from reactfast.ops._checks import check_bool, check_indices, check_seed
     from reactfast.train.batches import check_dataset
 
@@ -117,13 +117,8 @@ def generate_dataset(model, dataset, samples: int = 10, seed: int = 0, rows: Opt
     if personalise and personalises(model):
         check_dataset("dataset", dataset, ("dyads", "listener_ids", "load_clip", "frames"))
         histories = listener_histories(dataset, rows)
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
+    with eval_mode(model):
         return _generate(model, dataset, samples, seed, rows, batch_size, device, progress, window, histories)
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 def _history(dataset, dyad: int) -> torch.Tensor:

@@ -46,7 +46,7 @@ import torch.distributed as dist
 from reactfast import _backend, _io
 from reactfast._distributed import launched_world_size
 from reactfast._progress import Progress
-from reactfast.models.base import check_at_least, check_field_types
+from reactfast.models.base import check_at_least, check_field_types, eval_mode
 from reactfast.nn.global_batch import global_batch
 from reactfast.ops._checks import check_int, check_real, check_seed
 from reactfast.train.batches import check_dataset, collate_appropriate
@@ -354,9 +354,7 @@ class Trainer:
         rows = list(range(self.rank, len(ds), self.world))
         local = cfg.batch_size // self.world
         sums: Dict[str, float] = {}
-        modes = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
-        try:
+        with eval_mode(self.model):
             for start in range(0, len(rows), local):
                 indices = rows[start:start + local]
                 gens = [_item_generator(cfg.seed, 0, i) for i in indices]
@@ -365,9 +363,6 @@ class Trainer:
                 values = torch.stack([v.detach().double() for v in losses.values()]).tolist()
                 for name, value in zip(losses, values):
                     sums[name] = sums.get(name, 0.0) + value * len(indices)
-        finally:
-            for m, training in modes:
-                m.training = training
         parts = [(sums, len(rows))]
         if self.world > 1:
             parts = [None] * self.world
