@@ -411,6 +411,34 @@ def test_generate_dataset_personalises_each_dyad_by_another_clip_of_its_listener
     assert_rel_close("dyad alone", one["emotion"][0], torch.from_numpy(personal["emotion"][i]), 1e-5)
 
 
+class _WithoutListenerIds:
+    """A whole-clip dataset of one's own with ReactDataset's interface, less the listeners' identities."""
+
+    def __init__(self, dataset):
+        self._dataset = dataset
+
+    def __getattr__(self, name):
+        if name == "listener_ids":
+            raise AttributeError(name)
+        return getattr(self._dataset, name)
+
+    def __len__(self):
+        return len(self._dataset)
+
+    def __getitem__(self, i):
+        return self._dataset[i]
+
+
+def test_a_personalised_models_validation_set_is_checked_before_training():
+    """PerFRDiff's validation reads each listener's identity for its history: a validation set
+    without them failed at the first validation, after training steps."""
+    model, data, cfg, _ = ddp_case("perfrdiff")
+    val = _WithoutListenerIds(tiny_data("val", sessions=2, frames=32).dataset(frames=32))
+    with pytest.raises(TypeError, match="val_dataset must be a reactfast.data.ReactDataset .or have its listener_ids"):
+        Trainer(model, data, TrainConfig(**dict(cfg, val_every=1)), val_dataset=val, device="cpu")
+    Trainer(tiny_model(), _dataset(), TrainConfig(**dict(cfg, val_every=1)), val_dataset=val, device="cpu")
+
+
 class _FailingAt:
     """A whole-clip dataset whose item ``bad`` cannot be read (a file gone, say) until ``fixed``."""
 

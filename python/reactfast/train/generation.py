@@ -40,6 +40,10 @@ class PartialGeneration:
         return {key: np.concatenate([done, rest[key]]) for key, done in self.outputs.items()}
 
 
+# What generate_dataset reads of a dataset to give a personalised generator its listener histories.
+HISTORY_API = ("dyads", "listener_ids", "load_clip", "frames")
+
+
 def personalises(model) -> bool:
     """Whether ``model.generate`` takes a listener's history (``listener_history``: PerFRDiff)."""
     return "listener_history" in inspect.signature(model.generate).parameters
@@ -115,7 +119,7 @@ def generate_dataset(model, dataset, samples: int = 10, seed: int = 0, rows: Opt
     # training loop that validated with this function went on training without dropout before).
     histories = {}
     if personalise and personalises(model):
-        check_dataset("dataset", dataset, ("dyads", "listener_ids", "load_clip", "frames"))
+        check_dataset("dataset", dataset, HISTORY_API)
         histories = listener_histories(dataset, rows)
     with eval_mode(model):
         return _generate(model, dataset, samples, seed, rows, batch_size, device, progress, window, histories)

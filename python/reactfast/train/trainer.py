@@ -50,6 +50,7 @@ from reactfast.models.base import check_at_least, check_field_types, eval_mode
 from reactfast.nn.global_batch import global_batch
 from reactfast.ops._checks import check_int, check_real, check_seed
 from reactfast.train.batches import check_dataset, collate_appropriate
+from reactfast.train.generation import HISTORY_API, generate_dataset, personalises
 from reactfast.train.interrupt import deferred_interrupt
 from reactfast.train.checkpoint import link_checkpoint, load_into, load_trainer_state, save_checkpoint
 
@@ -256,6 +257,8 @@ class Trainer:
         check_dataset("dataset", dataset, training_api)
         if val_dataset is not None:
             check_dataset("val_dataset", val_dataset, training_api + ("window", "num_items", "stack"))
+            if personalises(model):   # its validation reads the listeners' histories (found now, not then)
+                check_dataset("val_dataset", val_dataset, HISTORY_API)
         self.config = cfg = config or TrainConfig()
         if cfg.val_every and val_dataset is None:   # validation was asked for and silently never ran
             raise ValueError(f"TrainConfig.val_every is {cfg.val_every} but no val_dataset was given: give one, or "
@@ -559,7 +562,6 @@ class Trainer:
         over ranks (each computes its rows, the sums are all-reduced). For a stage the model
         validates by its loss (``Generator.validates_by_loss``: a stage those metrics cannot see),
         its training losses averaged over the validation items instead."""
-        from reactfast.train.generation import generate_dataset
         from reactfast import metrics
 
         if self.model.validates_by_loss():
