@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reactfast.ops._checks import check_int, check_real
+from reactfast.ops._checks import check_bool, check_int, check_real
 
 
 def _pair(name: str, value, integer: bool, what: str) -> Tuple:
@@ -163,7 +163,6 @@ def crop_frames(src: str, boxes, dst: str, omega: Tuple[float, float] = (256.0, 
     from PIL import Image
 
     from reactfast.data.files import DataError
-    from reactfast.ops._checks import check_bool
 
     check_bool("overwrite", overwrite)
     if not os.path.isdir(src):
