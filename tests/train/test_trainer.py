@@ -388,7 +388,7 @@ def test_generate_dataset_personalises_each_dyad_by_another_clip_of_its_listener
     from reactfast.train import generate_dataset
     from reactfast.train.generation import listener_histories
 
-    model = ddp_case("perfrdiff")[0]
+    model = ddp_case("perfrdiff")[0].double()   # in float64: batching changes only the last bits
     torch.manual_seed(3)
     for p in model.pwsg.parameters():   # shifts that are not zero (PWSG starts at zero)
         p.data.normal_(0, 0.05)
@@ -407,8 +407,8 @@ def test_generate_dataset_personalises_each_dyad_by_another_clip_of_its_listener
     history = torch.from_numpy(ds.load_clip(ds.dyads[histories[i]][1])["3dmm"][:32])
     one = model.eval().generate(speaker, audio, 2, [torch.Generator().manual_seed(1_000_003 + i)],
                                 listener_history=history[None])
-    # The same draws as in the batch of three, up to the batch's float rounding.
-    assert_rel_close("dyad alone", one["emotion"][0], torch.from_numpy(personal["emotion"][i]), 1e-5)
+    # The same draws as in the batch of three, up to the batch's float64 rounding.
+    assert_rel_close("dyad alone", one["emotion"][0], torch.from_numpy(personal["emotion"][i]), 1e-12)
 
 
 class _WithoutListenerIds:
