@@ -250,6 +250,26 @@ def test_12_a_save_killed_at_any_step_leaves_a_loadable_checkpoint(tmp_path, ste
     assert torch.equal(load_model(path).mu_head.weight, tiny_model(seed=8).mu_head.weight)
 
 
+def test_12_moving_best_off_an_old_version_removes_that_version(tmp_path):
+    """A run whose best came before its last save kept that version when best moved to the last
+    save: a whole checkpoint (21 MB for the demo ReactFace) left in the run folder, linked by nothing."""
+    from reactfast.train import link_checkpoint
+    run = tmp_path / "run"
+    path, best = str(run / "checkpoint"), str(run / "best")
+    save_checkpoint(path, tiny_model(seed=3), trainer_state={"step": 3}, tag=3)
+    link_checkpoint(path, best)
+    save_checkpoint(path, tiny_model(seed=5), trainer_state={"step": 5}, tag=5)
+    assert len([e for e in os.listdir(run) if e.startswith("checkpoint.")]) == 2   # best keeps step 3
+    link_checkpoint(path, best)
+    left = sorted(os.listdir(run))
+    assert len([e for e in left if e.startswith("checkpoint.")]) == 1, left
+    assert os.readlink(best) == os.readlink(path)
+    for name in (path, best):
+        assert torch.equal(load_model(name).mu_head.weight, tiny_model(seed=5).mu_head.weight)
+    link_checkpoint(path, best)      # relinking the version it already names keeps it
+    assert torch.equal(load_model(best).mu_head.weight, tiny_model(seed=5).mu_head.weight)
+
+
 def test_12_checkpoint_files_have_the_usual_mode(checkpoint):
     modes = {f: os.stat(os.path.join(checkpoint, f)).st_mode & 0o777 for f in os.listdir(checkpoint)}
     mask = os.umask(0)

@@ -6,8 +6,9 @@ A save never leaves its name without a loadable checkpoint, whenever it is inter
 included): the files go to ``<name>.tmp-<pid>``, which is renamed to a new version folder
 ``<name>.<tag>`` once complete; ``<name>`` is a relative symbolic link to the current version,
 switched in one atomic rename; versions no link in the folder points at (``checkpoint``,
-``best``) and stale temporaries of dead processes are removed. Where symbolic links cannot be
-made, ``<name>`` is the folder itself and a loader finds the newest complete version beside it.
+``best``) and stale temporaries of dead processes are removed, by each save and each relink.
+Where symbolic links cannot be made, ``<name>`` is the folder itself and a loader finds the newest
+complete version beside it.
 """
 
 from __future__ import annotations
@@ -161,11 +162,16 @@ def link_checkpoint(path: str, alias: str) -> str:
             shutil.rmtree(alias)
         os.replace(alias + ".tmp-copy", alias)
         return alias
+    folder = os.path.dirname(alias)
+    before = os.path.basename(os.path.normpath(os.readlink(alias))) if os.path.islink(alias) else None
     tmp = f"{alias}.link-{os.getpid()}"
     if os.path.lexists(tmp):
         os.remove(tmp)
     os.symlink(os.readlink(path), tmp)
     os.replace(tmp, alias)
+    # The version the alias left, when no other link keeps it (a best older than the last save).
+    if before is not None and re.fullmatch(r".+\.\d{8,}", before) and before not in _referenced(folder):
+        shutil.rmtree(os.path.join(folder, before), ignore_errors=True)
     return alias
 
 
