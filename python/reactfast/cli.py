@@ -138,6 +138,8 @@ def _train_settings(args):
     if changed and source == "resume":
         print(f"[reactfast] resuming {args.resume} with changed settings: {', '.join(changed)}", flush=True)
     if source == "init":
+        if settings["data"] not in (None, "synthetic"):   # synthetic sessions mean nothing for a data folder
+            taken = [t for t in taken if not t.startswith("sessions ")]
         print(f"[reactfast] from --init {args.init}: {', '.join(taken) or 'nothing'}"
               f"{'; given instead of its run: ' + ', '.join(changed) if changed else ''}", flush=True)
     if not settings["model"]:

@@ -111,6 +111,23 @@ def test_later_stage_takes_model_and_data_from_init(tmp_path, capsys):
     assert not os.path.exists(str(tmp_path / "other"))
 
 
+def test_init_from_a_run_on_a_data_folder_names_no_synthetic_sessions(tmp_path, capsys):
+    """--init printed "sessions 48" (the synthetic default the run had stored) for a run on a data
+    folder, where there are no synthetic sessions; a synthetic run's sessions are still named."""
+    from reactfast.train import save_checkpoint
+    from tests.train.helpers import tiny_model
+
+    for data, named in ((str(tmp_path / "data"), False), ("synthetic", True)):
+        init = str(tmp_path / f"run_{named}" / "checkpoint")
+        save_checkpoint(init, tiny_model(), extra={"run": {"model": "reactface", "data": data, "frames": 300,
+                                                           "sessions": 48, "seed": 0, "clip_frames": 128}})
+        capsys.readouterr()
+        cli._train_settings(cli.build_parser().parse_args(["train", "--stage", "2", "--init", init, "--out", "x"]))
+        printed = capsys.readouterr().out
+        assert f"from --init {init}: model 'reactface', data {data!r}" in printed
+        assert ("sessions 48" in printed) == named, printed
+
+
 def test_learning_rate_flag_is_checked(tmp_path, capsys):
     assert cli.main(["train", "--out", str(tmp_path / "r"), "--lr", "-0.001", "--steps", "1"]) == 2
     assert "--lr must be a finite number > 0, got -0.001" in capsys.readouterr().err
