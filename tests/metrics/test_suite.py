@@ -61,6 +61,17 @@ def test_torch_inputs_and_float_matrix():
     assert a == b
 
 
+def test_a_model_output_that_carries_its_graph_is_scored_without_torch_warnings():
+    """A pred with requires_grad (a model's output as it came) got torch's "Converting a tensor with
+    requires_grad=True to a scalar" warning from the range check; the values are what is scored."""
+    pred, gt, speaker, appropriate = make_case(2, 5, 2, 40)
+    expected = metrics.evaluate(pred, gt, speaker, appropriate)
+    live = torch.from_numpy(pred).requires_grad_()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        assert metrics.evaluate(live * 1, torch.from_numpy(gt), speaker, appropriate) == expected
+
+
 def test_single_sample_and_single_speaker():
     pred, gt, speaker, appropriate = make_case(2, 5, 1, 30)
     assert metrics.frdiv(pred) == 0.0

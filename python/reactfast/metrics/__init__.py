@@ -59,6 +59,7 @@ def _as_tensor(name: str, x, ndim: int) -> torch.Tensor:
         raise TypeError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a float tensor, got dtype {x.dtype}")
+    x = x.detach()    # a model's output that carries its graph: the metrics read its values
     if x.dim() != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(x.shape)}")
     if x.shape[-1] != EMOTION_DIM:
@@ -74,7 +75,7 @@ def _as_tensor(name: str, x, ndim: int) -> torch.Tensor:
         raise ValueError(f"{name} holds values up to {largest:.3g} in magnitude; the REACT metrics take emotion "
                          f"features (AUs and expression probabilities in [0, 1], valence/arousal in [-1, 1]) and "
                          f"their float32 statistics overflow beyond {_LARGEST:.0e}")
-    return x.detach().float().contiguous()
+    return x.float().contiguous()
 
 
 # Beyond this magnitude the float32 sums of squares of 750 frames overflow.
