@@ -294,6 +294,23 @@ def select(op: str, device: torch.device, implemented: Sequence[str], backend: O
     return "reference"
 
 
+def for_values(op: str, backend: Optional[str], *inputs: torch.Tensor) -> Optional[str]:
+    """``backend`` for a call of a metric op, whose kernels compute values only (no backward): it
+    raises where autograd would need a gradient (grad mode on and an input that requires grad) from
+    anything but the reference named by the caller or ``REACTFAST_BACKEND``. A kernel's result
+    carries no graph, so a loss term built on it would train silently without its gradient; the
+    reference is differentiable, though not everywhere finite (a constant series makes CCC's and
+    TLCC's gradients NaN), so it runs only when asked for."""
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in inputs)):
+        return backend
+    chosen = backend if backend is not None else forced_backend(op)
+    if chosen != "reference":
+        raise RuntimeError(f"{op}: the inputs require grad, but its kernels compute values only (no backward): "
+                           f"detach the inputs or call it under torch.no_grad() to evaluate, or pass "
+                           f"backend='reference' to differentiate its float64 reference")
+    return backend
+
+
 def check_forced(spec: Optional[str], ops: Optional[Sequence[str]], device) -> None:
     """Raise now, before any work, where a backend forced for one of ``ops`` (default: every op
     family) per op or by name in ``spec``, else by ``REACTFAST_BACKEND``, cannot run on ``device``:

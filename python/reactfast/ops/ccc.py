@@ -2,7 +2,9 @@
 maximum over each query's candidates. C++/OpenMP on CPU tensors; on CUDA tensors the maximum over
 candidates is one Triton kernel (``reactfast.kernels.ccc``: per-series statistics once, each pair
 streamed once, no gather of the pairs); the reference (``reactfast.reference.ccc``, batched torch
-in float64) anywhere, and for per-pair CCC on CUDA (forcing ``triton`` there raises)."""
+in float64) anywhere, and for per-pair CCC on CUDA (forcing ``triton`` there raises).
+Values only: the kernels have no backward, so inputs that require grad (grad mode on) are refused
+unless ``backend="reference"`` asks for the differentiable reference."""
 
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ def ccc(x: torch.Tensor, y: torch.Tensor, backend: Optional[str] = None) -> torc
     check_same_device(x=x, y=y)
     if x.shape != y.shape:
         raise ValueError(f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
-    name = _backend.select("ccc", x.device, PAIR_IMPLEMENTED, backend)
+    name = _backend.select("ccc", x.device, PAIR_IMPLEMENTED, _backend.for_values("ccc", backend, x, y))
     if name == "reference":
         return _ref.ccc(x, y)
     out = _backend.empty((x.shape[0], x.shape[2]), torch.float64, x.device)
@@ -74,7 +76,7 @@ def ccc_max(pred: torch.Tensor, gt: torch.Tensor, candidates: Tuple[torch.Tensor
     if gt.shape[1:] != pred.shape[1:]:
         raise ValueError(f"pred and gt must share (T, D), got {tuple(pred.shape)} and {tuple(gt.shape)}")
     offset, index = check_candidates("candidates", candidates, pred.shape[0], gt.shape[0])
-    return ccc_max_unchecked(pred, gt, offset, index, backend)
+    return ccc_max_unchecked(pred, gt, offset, index, _backend.for_values("ccc", backend, pred, gt))
 
 
 def ccc_max_unchecked(pred, gt, offset, index, backend=None):

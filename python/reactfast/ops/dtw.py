@@ -10,7 +10,9 @@ csrc/cpu/dtw_band.cpp). CUDA on CUDA tensors: for up to 32 feature dims
 a warp-level wavefront after cuDTW++ (csrc/include/reactfast/dtw_warp.h: one warp per pair, a strip
 of query rows per lane in registers, neighbours passed by shuffles, the three groups in one pass,
 one block per query whose warps share its best value for exact abandoning, min and argmin fused);
-wider features one block per (pair, group). The reference (``reactfast.reference.dtw``) anywhere."""
+wider features one block per (pair, group). The reference (``reactfast.reference.dtw``) anywhere.
+Values only: the kernels have no backward, so inputs that require grad (grad mode on) are refused
+unless ``backend="reference"`` asks for the differentiable reference."""
 
 from __future__ import annotations
 
@@ -72,7 +74,7 @@ def dtw(x: torch.Tensor, y: torch.Tensor, backend: Optional[str] = None) -> torc
     check_same_device(x=x, y=y)
     if x.shape[0] != y.shape[0] or x.shape[2] != y.shape[2]:
         raise ValueError(f"x and y must share P and D: x {tuple(x.shape)}, y {tuple(y.shape)}")
-    name = _backend.select("dtw", x.device, IMPLEMENTED, backend)
+    name = _backend.select("dtw", x.device, IMPLEMENTED, _backend.for_values("dtw", backend, x, y))
     P, Tx, D = x.shape
     if name == "reference":
         return _ref.dtw(x, y)
@@ -129,7 +131,8 @@ def weighted_dtw_min(pred: torch.Tensor, gt: torch.Tensor, candidates: Tuple[tor
     offset, index = check_candidates("candidates", candidates, M, gt.shape[0])
     check_bool("abandon", abandon)
     check_bool("return_cells", return_cells)
-    out = weighted_dtw_min_unchecked(pred, gt, offset, index, groups, abandon, backend)
+    out = weighted_dtw_min_unchecked(pred, gt, offset, index, groups, abandon,
+                                     _backend.for_values("dtw", backend, pred, gt))
     return out if return_cells else out[:2]
 
 

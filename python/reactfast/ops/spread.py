@@ -1,7 +1,9 @@
 """Sums of squared deviations behind REACT's spread metrics (FRDiv, FRDvs, FRVar), in one op:
 C++/OpenMP on CPU tensors (one read of pred for the speaker means, one for the three sums); the
 reference (``reactfast.reference.spread``, float64 torch, a few speakers at a time) anywhere,
-and on CUDA tensors."""
+and on CUDA tensors.
+Values only: the kernels have no backward, so inputs that require grad (grad mode on) are refused
+unless ``backend="reference"`` asks for the differentiable reference."""
 
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ def spread_sums(pred: torch.Tensor, backend: Optional[str] = None) -> torch.Tens
         >>> div, dvs, var = spread_sums(torch.rand(8, 3, 750, 25)).tolist()
     """
     check_tensor("pred", pred, ndim=4, dtypes=_FLOATS, finite=True)
-    return spread_sums_unchecked(pred.float().contiguous(), backend)
+    return spread_sums_unchecked(pred.float().contiguous(), _backend.for_values("spread", backend, pred))
 
 
 def spread_sums_unchecked(pred, backend=None):

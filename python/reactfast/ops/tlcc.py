@@ -1,6 +1,8 @@
 """Time-lagged cross-correlation (REACT's FRSyn definition). C++/OpenMP on CPU tensors; on CUDA
 tensors a Triton kernel (``reactfast.kernels.tlcc``, one program per pair and lag); the reference
-(``reactfast.reference.tlcc``, a Python loop over lags) anywhere."""
+(``reactfast.reference.tlcc``, a Python loop over lags) anywhere.
+Values only: the kernels have no backward, so inputs that require grad (grad mode on) are refused
+unless ``backend="reference"`` asks for the differentiable reference."""
 
 from __future__ import annotations
 
@@ -41,7 +43,8 @@ def tlcc(x: torch.Tensor, y: torch.Tensor, max_lag: int = 49, backend: Optional[
         raise ValueError(f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
     if not isinstance(max_lag, int) or isinstance(max_lag, bool) or max_lag < 0:
         raise ValueError(f"max_lag must be an int >= 0, got {max_lag!r}")
-    return tlcc_unchecked(x.float().contiguous(), y.float().contiguous(), max_lag, backend)
+    return tlcc_unchecked(x.float().contiguous(), y.float().contiguous(), max_lag,
+                          _backend.for_values("tlcc", backend, x, y))
 
 
 def tlcc_unchecked(x, y, max_lag=49, backend=None):
