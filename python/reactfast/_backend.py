@@ -307,7 +307,7 @@ def for_values(op: str, backend: Optional[str], *inputs: torch.Tensor) -> Option
     if chosen != "reference":
         raise RuntimeError(f"{op}: the inputs require grad, but its kernels compute values only (no backward): "
                            f"detach the inputs or call it under torch.no_grad() to evaluate, or pass "
-                           f"backend='reference' to differentiate its float64 reference")
+                           f"backend='reference' to differentiate its reference")
     return backend
 
 

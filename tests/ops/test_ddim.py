@@ -42,6 +42,30 @@ def test_every_backend_matches_float64_reference(device, prediction, eta, clip, 
             assert_rel_close(f"{backend} {name}", a, b, torch.float32)
 
 
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_inputs_that_require_grad_are_differentiated_through_the_reference(device, prediction):
+    """The kernel computes values only: the automatic choice on CUDA returned a result with no graph
+    (a loss through a DDIM step trained without its gradient); now a gradient goes through the
+    reference's maths, and the kernel named for it refuses."""
+    _, coef, x, out, un, z = _case(prediction, 0.7, True, device=device)
+    out, un = out.clone().requires_grad_(), un.clone().requires_grad_()
+    x_prev, x0 = ddim_step(x, out, coef, prediction, un, 7.5, z, 1.0)
+    weights = torch.randn_like(x_prev)
+    grads = torch.autograd.grad((x_prev * weights).sum() + x0.sum(), (out, un))
+    o64, u64 = out.detach().double().requires_grad_(), un.detach().double().requires_grad_()
+    w_prev, w0 = ddim_ref(x.double(), o64, coef, prediction, u64, 7.5, z.double(), 1.0)
+    wants = torch.autograd.grad((w_prev * weights.double()).sum() + w0.sum(), (o64, u64))
+    for name, want, got in zip(("out_cond", "out_uncond"), wants, grads):
+        assert got.abs().sum() > 0
+        assert_rel_close(f"d {name}", want, got, torch.float32)
+    for backend in usable_backends(IMPLEMENTED, device):
+        if backend != "reference":
+            with pytest.raises(RuntimeError, match="ddim: the inputs require grad, but its kernels compute values"):
+                ddim_step(x, out, coef, prediction, un, 7.5, z, 1.0, backend=backend)
+    with torch.no_grad():
+        assert not ddim_step(x, out, coef, prediction, un, 7.5, z, 1.0)[0].requires_grad
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_triton_odd_sizes_and_dtypes(dtype):
     _, coef, x, out, _, _ = _case("eps", 0.0, False, shape=(3, 97, 7), device=TRITON_DEVICE)
