@@ -205,9 +205,22 @@ def parse_spec(spec: Optional[str]) -> Tuple[Optional[str], Dict[str, str]]:
     return default, dict(per_op)
 
 
-@functools.lru_cache(maxsize=64)
+_parsed_specs: Dict[str, Tuple[Optional[str], Tuple[Tuple[str, str], ...]]] = {}
+
+
 def _parse_spec(spec: str) -> Tuple[Optional[str], Tuple[Tuple[str, str], ...]]:
-    """:func:`parse_spec`, cached by the spec string: every op call reads REACTFAST_BACKEND."""
+    """:func:`parse_spec`, cached by the spec string: every op call reads REACTFAST_BACKEND. A dict,
+    not ``functools.lru_cache``: torch.compile traces the ops' calls here and warned of the cache
+    wrapper it skips at every compiled model (``reactfast train --compile``)."""
+    parsed = _parsed_specs.get(spec)
+    if parsed is None:
+        if len(_parsed_specs) >= 64:
+            _parsed_specs.clear()
+        parsed = _parsed_specs[spec] = _parse_spec_uncached(spec)
+    return parsed
+
+
+def _parse_spec_uncached(spec: str) -> Tuple[Optional[str], Tuple[Tuple[str, str], ...]]:
     default, per_op = None, {}
     for part in (spec or "").split(","):
         part = part.strip()

@@ -1,4 +1,5 @@
 import math
+import warnings
 
 import pytest
 import torch
@@ -189,6 +190,17 @@ def test_compiled_graph_equals_eager():
                      torch.compile(f, fullgraph=True, backend="aot_eager")(x), torch.float32)
     assert_rel_close("compiled, seeded", ref(x.double(), 0.3, 9),
                      torch.compile(g, fullgraph=True, backend="aot_eager")(x), torch.float32)
+
+
+def test_a_compiled_call_reads_the_backend_spec_without_a_dynamo_warning():
+    """The spec parser was functools.lru_cache'd: torch.compile warned of the cache wrapper it skips
+    wherever a compiled model's op read REACTFAST_BACKEND (every `reactfast train --compile`)."""
+    x = torch.randn(3, 10, 64)
+    torch._dynamo.reset()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = torch.compile(lambda x: gelu_dropout(x, 0.3, seed=9), fullgraph=True, backend="eager")(x)
+    assert_rel_close("compiled", ref(x.double(), 0.3, 9), out, torch.float32)
 
 
 def test_activation_dropout_fuses_only_what_it_can():
