@@ -57,6 +57,21 @@ def test_loss_and_gradients(device):
     assert set(losses) == {"loss", "rec", "kl", "div", "smooth", "speaker_rec"}
 
 
+@pytest.mark.parametrize("T", [1, 2, 3])
+def test_items_of_one_or_two_frames_have_finite_losses(T):
+    """The smoothness term (second differences) averaged over none in items under 3 frames: NaN, so
+    `train --clip-frames 1` stopped at its first step as "diverged", advising a lower learning rate."""
+    model = tiny()
+    speaker, audio = inputs(B=2, T=T)
+    out = model(speaker, audio, generator=gen(0))
+    losses = reactface_loss(model, out, torch.randn(2, 2, T, 58) * 0.1, torch.ones(2, 2, dtype=torch.bool),
+                            torch.randn(2, T, 58) * 0.1, torch.randn(2, 2, T, 25))
+    assert all(torch.isfinite(v) for v in losses.values()), losses
+    assert (losses["smooth"] > 0) == (T >= 3)
+    losses["loss"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
 def test_feed_forwards_take_the_fused_sublayer_in_training(monkeypatch):
     """With dropout on, every feed-forward sublayer of the training pass is one fused call (one
     autograd node), whose output is the float64 reference's for the same input, the modules'

@@ -730,10 +730,15 @@ def reactface_loss(model: ReactFace, out: Dict[str, torch.Tensor], targets: torc
             div = div + _diversity(out["emotion"], cfg.div_scale)
     else:
         div = pred.new_zeros(())
-    acc = pred[:, :, 2:] - 2 * pred[:, :, 1:-1] + pred[:, :, :-2]
-    zero = torch.zeros_like(acc)
-    smooth = (F.smooth_l1_loss(acc[..., layout.TDMM_POSE], zero[..., layout.TDMM_POSE])
-              + 0.1 * F.smooth_l1_loss(acc[..., layout.TDMM_EXPRESSION], zero[..., layout.TDMM_EXPRESSION]))
+    if pred.shape[2] >= 3:
+        acc = pred[:, :, 2:] - 2 * pred[:, :, 1:-1] + pred[:, :, :-2]
+        zero = torch.zeros_like(acc)
+        smooth = (F.smooth_l1_loss(acc[..., layout.TDMM_POSE], zero[..., layout.TDMM_POSE])
+                  + 0.1 * F.smooth_l1_loss(acc[..., layout.TDMM_EXPRESSION], zero[..., layout.TDMM_EXPRESSION]))
+    else:
+        # No second difference in fewer than 3 frames: the mean over none was NaN, and training on
+        # such items (--clip-frames 1 or 2) stopped as "diverged", advising a lower learning rate.
+        smooth = pred.new_zeros(())
     speaker_rec = F.smooth_l1_loss(out["speaker_3dmm"], speaker_3dmm)
     total = (rec + cfg.kl_weight * kl + cfg.div_weight * div + cfg.smooth_weight * smooth
              + cfg.speaker_weight * speaker_rec)
