@@ -118,6 +118,7 @@ def test_06_diverging_training_stops_and_keeps_the_last_finite_step(tmp_path, ca
     assert code == 2
     diverged = int(re.search(r"training diverged at step (\d+)", err).group(1))
     assert diverged >= 2, "the learning rate must let a step finish for this test to see it saved"
+    assert "(lower the learning rate, now 1e+06)" in err
     assert f"the weights of step {diverged - 1}, the last finished step, were saved to" in err
     assert load_trainer_state(os.path.join(out, "checkpoint"))[1]["step"] == diverged - 1
     model = load_model(os.path.join(out, "checkpoint"))

@@ -25,6 +25,37 @@ def _weights(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def test_a_non_finite_loss_names_its_term_and_blames_the_rate_only_after_an_update(monkeypatch):
+    """The stop for a non-finite loss advised "lower the learning rate" even at a run's first step,
+    before any update (1-frame items gave ReactFace a NaN smoothness term); it now names the
+    non-finite terms, and the learning rate only once this run has taken an update."""
+    from reactfast.train.trainer import TrainingDiverged
+
+    model = tiny_model()
+    real_loss, calls = model.loss, []
+
+    def loss(*args, **kwargs):
+        out = real_loss(*args, **kwargs)
+        calls.append(1)
+        if len(calls) in (1, 3):     # the first step of each trainer below
+            out["smooth"] = out["loss"].detach() * float("nan")
+            out["loss"] = out["loss"] + out["smooth"]
+        return out
+
+    monkeypatch.setattr(model, "loss", loss)
+    trainer = Trainer(model, _dataset(), TrainConfig(steps=5, batch_size=2, lr=1e-3, progress=False), device="cpu")
+    with pytest.raises(TrainingDiverged, match=r"training diverged at step 1: loss nan, smooth nan \(before any update "
+                                               r"of this run, so not from its learning rate"):
+        trainer.train_step()
+    assert trainer.step == 0
+    calls.clear()
+    calls.append(0)      # the next call is no first one: one step succeeds, then the third call fails
+    trainer.train_step()
+    with pytest.raises(TrainingDiverged, match=r"training diverged at step 2: loss nan, smooth nan \(lower the "
+                                               r"learning rate, now 0.001\)"):
+        trainer.train_step()
+
+
 def test_training_reduces_loss(tmp_path, device):
     trainer = Trainer(tiny_model(), _dataset(), TrainConfig(steps=40, batch_size=4, lr=3e-3, progress=False),
                       device=device)

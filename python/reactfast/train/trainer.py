@@ -305,6 +305,7 @@ class Trainer:
         self.best: Optional[float] = None
         self._saved_step: Optional[int] = None
         self._updating = False
+        self._updates = 0        # optimizer updates taken in this process
         self._rng_after: Optional[dict] = None   # the RNG states when the last finished step ended
         self.history: List[Dict[str, float]] = []
         self.steps_per_epoch = len(dataset) // cfg.batch_size
@@ -419,10 +420,14 @@ class Trainer:
         values = values.tolist()
         record = {"step": self.step + 1, **dict(zip(losses, values[:-1])), "grad_norm": values[-1]}
         if not (math.isfinite(record["loss"]) and math.isfinite(record["grad_norm"])):
-            raise TrainingDiverged(f"training diverged at step {self.step + 1}: loss {record['loss']}, gradient norm "
-                                   f"{record['grad_norm']} (lower the learning rate, now "
-                                   f"{self.base_lr * cfg.lr_factor(self.step):g}); the weights of step {self.step} are "
-                                   "kept and no non-finite checkpoint is written")
+            bad = [f"{key} {value}" for key, value in record.items() if key != "step" and not math.isfinite(value)]
+            # Before this process's first update the weights are the finite ones it started from: a
+            # learning rate cannot be the cause (1-frame items gave ReactFace a NaN loss term).
+            cause = (f"lower the learning rate, now {self.base_lr * cfg.lr_factor(self.step):g}" if self._updates
+                     else "before any update of this run, so not from its learning rate: from the items or the "
+                     "model's configuration")
+            raise TrainingDiverged(f"training diverged at step {self.step + 1}: {', '.join(bad)} ({cause}); the "
+                                   f"weights of step {self.step} are kept and no non-finite checkpoint is written")
         lr = self.base_lr * cfg.lr_factor(self.step)
         self._updating = True   # an error from here on leaves the weights half updated: not saved
         for group in self.optimizer.param_groups:
@@ -430,6 +435,7 @@ class Trainer:
         self.optimizer.step()
         self.model.after_step()
         self.step += 1
+        self._updates += 1
         self._updating = False
         return record
 
