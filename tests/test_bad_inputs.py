@@ -253,7 +253,8 @@ def test_12_a_save_killed_at_any_step_leaves_a_loadable_checkpoint(tmp_path, ste
 
 def test_12_moving_best_off_an_old_version_removes_that_version(tmp_path):
     """A run whose best came before its last save kept that version when best moved to the last
-    save: a whole checkpoint (21 MB for the demo ReactFace) left in the run folder, linked by nothing."""
+    save: a whole checkpoint (21 MB for ReactFace's default config, 5.1 MB for the demo's) left in the run
+    folder, linked by nothing."""
     from reactfast.train import link_checkpoint
     run = tmp_path / "run"
     path, best = str(run / "checkpoint"), str(run / "best")
