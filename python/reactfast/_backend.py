@@ -307,6 +307,12 @@ def select(op: str, device: torch.device, implemented: Sequence[str], backend: O
     return "reference"
 
 
+def needs_grad(*inputs: Optional[torch.Tensor]) -> bool:
+    """Whether autograd would need a gradient from a call on ``inputs``: grad mode on and one of
+    them requiring grad."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+
+
 def for_values(op: str, backend: Optional[str], *inputs: torch.Tensor) -> Optional[str]:
     """``backend`` for a call of a metric op, whose kernels compute values only (no backward): it
     raises where autograd would need a gradient (grad mode on and an input that requires grad) from
@@ -314,7 +320,7 @@ def for_values(op: str, backend: Optional[str], *inputs: torch.Tensor) -> Option
     carries no graph, so a loss term built on it would train silently without its gradient; the
     reference is differentiable, though not everywhere finite (a constant series makes CCC's and
     TLCC's gradients NaN), so it runs only when asked for."""
-    if not (torch.is_grad_enabled() and any(t.requires_grad for t in inputs)):
+    if not needs_grad(*inputs):
         return backend
     chosen = backend if backend is not None else forced_backend(op)
     if chosen != "reference":

@@ -43,7 +43,7 @@ def test_every_backend_matches_float64_reference(device, prediction, eta, clip, 
 
 
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
-def test_inputs_that_require_grad_are_differentiated_through_the_reference(device, prediction):
+def test_inputs_that_require_grad_are_differentiated_through_the_reference(device, prediction, monkeypatch):
     """The kernel computes values only: the automatic choice on CUDA returned a result with no graph
     (a loss through a DDIM step trained without its gradient); now a gradient goes through the
     reference's maths, and the kernel named for it refuses."""
@@ -62,6 +62,10 @@ def test_inputs_that_require_grad_are_differentiated_through_the_reference(devic
         if backend != "reference":
             with pytest.raises(RuntimeError, match="ddim: the inputs require grad, but its kernels compute values"):
                 ddim_step(x, out, coef, prediction, un, 7.5, z, 1.0, backend=backend)
+            monkeypatch.setenv("REACTFAST_BACKEND", f"ddim:{backend}")     # forced by the environment: the same
+            with pytest.raises(RuntimeError, match="ddim: the inputs require grad, but its kernels compute values"):
+                ddim_step(x, out, coef, prediction, un, 7.5, z, 1.0)
+            monkeypatch.delenv("REACTFAST_BACKEND")
     with torch.no_grad():
         assert not ddim_step(x, out, coef, prediction, un, 7.5, z, 1.0)[0].requires_grad
 

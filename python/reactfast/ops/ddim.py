@@ -87,10 +87,11 @@ def ddim_step(x_t: torch.Tensor, out_cond: torch.Tensor, coef: torch.Tensor, pre
     check_real("guidance_scale", guidance_scale, minimum=None)
     check_bool("eps_from_clipped", eps_from_clipped)
     check_backend(backend, IMPLEMENTED)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors.values()):
+    if _backend.needs_grad(*tensors.values()):
         # The kernel computes values only: a gradient goes through the reference's elementwise maths
-        # (on CUDA the automatic choice returned a result with no graph before).
-        _backend.for_values("ddim", backend or "reference", *tensors.values())
+        # (on CUDA the automatic choice returned a result with no graph before); a kernel named by
+        # the caller or REACTFAST_BACKEND refuses.
+        _backend.for_values("ddim", backend or _backend.forced_backend("ddim") or "reference", *tensors.values())
         return _ref.ddim_step(x_t, out_cond, coef.float(), prediction, out_uncond, float(guidance_scale), noise, clip,
                               bool(eps_from_clipped))
     step = _eager.pick(_ddim_step, _ddim_step_impl)
