@@ -64,9 +64,20 @@ def _clean_stale(folder: str, name: str) -> None:
                 shutil.rmtree(full, ignore_errors=True)
 
 
+_VERSION = re.compile(r"(.+)\.(\d{8,})$")     # <name>.<tag and time>: a version folder of <name>
+
+
 def _versions(folder: str, name: str):
-    pattern = re.compile(re.escape(name) + r"\.(\d{8,})$")
-    return sorted(e for e in os.listdir(folder) if pattern.match(e) and os.path.isdir(os.path.join(folder, e)))
+    return sorted(e for e in os.listdir(folder) if (m := _VERSION.match(e)) and m.group(1) == name
+                  and os.path.isdir(os.path.join(folder, e)))
+
+
+def _drop_unreferenced(folder: str, name: str) -> None:
+    """Remove the versions of ``name`` that no symbolic link in ``folder`` points at."""
+    keep = _referenced(folder)
+    for old in _versions(folder, name):
+        if old not in keep:
+            shutil.rmtree(os.path.join(folder, old), ignore_errors=True)
 
 
 def _referenced(folder: str) -> set:
@@ -138,10 +149,7 @@ def save_checkpoint(path: str, model: nn.Module, trainer_state: Optional[dict] =
         # No symbolic links here: the version folder itself takes the name.
         os.replace(os.path.join(folder, version), path)
     _mark("switched")
-    keep = _referenced(folder)
-    for old in _versions(folder, name):
-        if old not in keep:
-            shutil.rmtree(os.path.join(folder, old), ignore_errors=True)
+    _drop_unreferenced(folder, name)
     _clean_stale(folder, name)
     return path
 
@@ -162,16 +170,14 @@ def link_checkpoint(path: str, alias: str) -> str:
             shutil.rmtree(alias)
         os.replace(alias + ".tmp-copy", alias)
         return alias
-    folder = os.path.dirname(alias)
-    before = os.path.basename(os.path.normpath(os.readlink(alias))) if os.path.islink(alias) else None
+    before = _VERSION.match(os.path.basename(os.path.normpath(os.readlink(alias)))) if os.path.islink(alias) else None
     tmp = f"{alias}.link-{os.getpid()}"
     if os.path.lexists(tmp):
         os.remove(tmp)
     os.symlink(os.readlink(path), tmp)
     os.replace(tmp, alias)
-    # The version the alias left, when no other link keeps it (a best older than the last save).
-    if before is not None and re.fullmatch(r".+\.\d{8,}", before) and before not in _referenced(folder):
-        shutil.rmtree(os.path.join(folder, before), ignore_errors=True)
+    if before:   # the version the alias left, unless another link keeps it (a best older than the last save)
+        _drop_unreferenced(os.path.dirname(alias), before.group(1))
     return alias
 
 
