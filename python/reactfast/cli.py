@@ -133,13 +133,12 @@ def _train_settings(args):
                 changed.append(f"{key} {inherited[key]!r} -> {given!r}")
         else:
             settings[key] = inherited.get(key, default)
-            if key in inherited:
+            # (synthetic sessions mean nothing for a data folder: not named as taken for one)
+            if key in inherited and not (key == "sessions" and settings["data"] != "synthetic"):
                 taken.append(f"{key} {inherited[key]!r}")
     if changed and source == "resume":
         print(f"[reactfast] resuming {args.resume} with changed settings: {', '.join(changed)}", flush=True)
     if source == "init":
-        if settings["data"] not in (None, "synthetic"):   # synthetic sessions mean nothing for a data folder
-            taken = [t for t in taken if not t.startswith("sessions ")]
         print(f"[reactfast] from --init {args.init}: {', '.join(taken) or 'nothing'}"
               f"{'; given instead of its run: ' + ', '.join(changed) if changed else ''}", flush=True)
     if not settings["model"]:
