@@ -203,6 +203,9 @@ def _train(args, s, cls) -> int:
     else:
         model_fields = {**cls.data_defaults(clips[0]["speaker_audio"].shape[-1]), **overrides["model"]}
     config = configs.build(cls.config_class, model_fields, "--config")
+    if args.resume or args.init:
+        _check_audio_features(read_config(args.resume or args.init).get("extra", {}).get("audio"), clips,
+                              config.audio_dim, f"--data {s['data']}")
     # The model's shapes alone (the meta device: no memory, no initialisation, no draw from the RNG)
     # for the checks that need the model: its weights come after them (the authors' PerFRDiff takes
     # 17 s on 2 cores to initialise its 1.7 billion parameters).
@@ -236,7 +239,7 @@ def _train(args, s, cls) -> int:
         load_into(model, args.init)
     model.set_stage(s["stage"])
     extra = {"data": {"spec": data_spec, "sessions": s["sessions"], "seed": s["seed"], "frames": s["frames"]},
-             "run": {k: s[k] for k in _TRAIN_DEFAULTS}, "audio": clips.audio_features}
+             "run": {k: s[k] for k in _TRAIN_DEFAULTS}}
     trainer = Trainer(model, data, cfg, val_dataset=val, resume=args.resume, extra_meta=extra, device=device)
     if trainer.step >= cfg.steps and trainer.rank == 0:
         print(f"[reactfast] {args.resume} is at step {trainer.step}, not below --steps {cfg.steps}: nothing to "
@@ -337,6 +340,8 @@ def _cmd_generate(args) -> int:
     try:
         ds = load_data(spec, args.split, frames, sessions=sessions,
                        seed=data_meta.get("seed", 0) if spec == "synthetic" else 0, audio_dim=model.config.audio_dim)
+        if spec != "synthetic":   # (synthetic data is made with the model's audio width)
+            _check_audio_features(meta.get("extra", {}).get("audio"), ds, model.config.audio_dim, f"--data {spec}")
         # The targets first: a clip that cannot be read stops the command before any generation.
         arrays = {"listener_gt": ds.stack("listener", "emotion").numpy(),
                   "speaker": ds.stack("speaker", "emotion").numpy()}
@@ -447,6 +452,24 @@ def _read_partial(path: str, setting: dict):
                            f"{[len(v) for v in outputs.values()]} dyads)")
     taken = set(rows)
     return PartialGeneration(rows, [r for r in range(setting["dyads"]) if r not in taken], outputs)
+
+
+def _check_audio_features(recorded, data, audio_dim: int, where: str) -> None:
+    """``data``'s audio against a model's: features of another width than the model's ``audio_dim``
+    stop the command before any work; features of another kind than the ``recorded`` ones it was
+    trained on (MFCC from .wav against .npy features of the same width, say) are fed to it all the
+    same, with a warning (a .npy of the very features it was trained on is as good)."""
+    if "audio" not in data.modalities or not data.dyads:
+        return
+    now = data.audio_features
+    width = data.load_clip(data.dyads[0][0])["audio"].shape[1]
+    trained = f" (it was trained on {recorded})" if recorded else ""
+    if width != audio_dim:
+        raise CommandError(f"{where}: the model takes {audio_dim}-d audio features{trained}, but the data gives "
+                           f"{width}-d ones ({now})")
+    if recorded and now != recorded and not (recorded.startswith("in-memory") or now.startswith("in-memory")):
+        warnings.warn(f"{where}: the model was trained on {recorded}, but the data gives {now}: unless they are the "
+                      "same features, its reactions to audio it never saw mean little", stacklevel=2)
 
 
 def raise_if_bad_window(model, window: int) -> None:

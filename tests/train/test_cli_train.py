@@ -142,3 +142,69 @@ def test_resume_at_or_past_steps_says_so(tmp_path, capsys):
     ckpt = os.path.join(run, "checkpoint")
     assert cli.main(["train", "--out", run, "--resume", ckpt, "--steps", "1", "--no-progress"]) == 0
     assert f"{ckpt} is at step 2, not below --steps 1: nothing to train" in capsys.readouterr().out
+
+
+def test_generation_on_other_audio_features_than_the_models_is_named(tmp_path, capsys):
+    """The checkpoint recorded which audio features the model was trained on, but nothing read
+    it: generation on .npy features of the same width as the .wav MFCC it learnt from went on
+    without a word, and on features of another width stopped at the first batch with a bare
+    shape error. Now the width is checked before any work, another kind of features is warned
+    of, and a trainer used from Python records them too."""
+    from reactfast.data import ReactDataset, SyntheticDyads
+    from reactfast.data import audio as audio_io
+    from reactfast.train import TrainConfig, Trainer, read_config
+    from tests.train.helpers import tiny_model
+
+    folders = {}
+    for name, audio_dim in (("wav", 32), ("npy39", 39), ("npy32", 32)):
+        folders[name] = str(tmp_path / name)
+        for split in ("train", "test"):
+            SyntheticDyads(sessions=2, frames=40, audio_dim=audio_dim, prototypes=1, seed=0,
+                           split=split).write(folders[name], split)
+    sr, t = 16000, np.arange(16000 * 40 // 25) / 16000
+    for split in ("train", "test"):
+        ds = ReactDataset(folders["wav"], split, frames=40)
+        for clip in {c for pair in ds.pairs for c in pair}:
+            os.remove(ds._path("audio", clip, ".npy"))
+            audio_io.write_wav(ds._path("audio", clip, ".wav"), 0.3 * np.sin(2 * np.pi * 440 * t), sr)
+    run = str(tmp_path / "run")
+    config = ["dim=16", "heads=2", "cie_heads=2", "cie_ffn=32", "window_train=16", "window=8", "context=32", "past=16"]
+    assert cli.main(["train", "--data", folders["wav"], "--out", run, "--steps", "1", "--batch-size", "2",
+                     "--clip-frames", "32", "--frames", "40", "--no-progress", "--config", *config]) == 0
+    ckpt = os.path.join(run, "checkpoint")
+    assert read_config(ckpt)["extra"]["audio"] == "wav -> baseline features"
+    generate = ["generate", "--checkpoint", ckpt, "--samples", "1", "--frames", "40", "--no-progress"]
+    capsys.readouterr()
+    assert cli.main([*generate, "--data", folders["wav"], "--out", str(tmp_path / "same.npz")]) == 0
+    assert "Warning" not in capsys.readouterr().err
+    assert cli.main([*generate, "--data", folders["npy39"], "--out", str(tmp_path / "other.npz")]) == 0
+    err = capsys.readouterr().err
+    assert "UserWarning" in err and "the model was trained on wav -> baseline features, but the data gives npy " \
+           "features (39-d)" in err, err
+    capsys.readouterr()
+    out = str(tmp_path / "narrow.npz")
+    assert cli.main([*generate, "--data", folders["npy32"], "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert "the model takes 39-d audio features (it was trained on wav -> baseline features), but the data " \
+           "gives 32-d ones (npy features (32-d))" in err, err
+    assert not os.path.exists(out) and not os.path.exists(out[:-4] + ".partial.npz")
+    # A later stage on data of another width is refused before its run folder is made.
+    stage2 = str(tmp_path / "stage2")
+    assert cli.main(["train", "--model", "pflposnet", "--data", folders["wav"], "--out", str(tmp_path / "p1"),
+                     "--steps", "1", "--batch-size", "2", "--clip-frames", "32", "--frames", "40", "--no-progress",
+                     "--config", *config]) == 0
+    capsys.readouterr()
+    assert cli.main(["train", "--init", str(tmp_path / "p1" / "checkpoint"), "--stage", "2", "--data",
+                     folders["npy32"], "--out", stage2, "--steps", "1", "--no-progress"]) == 2
+    assert "the model takes 39-d audio features" in capsys.readouterr().err
+    assert not os.path.exists(stage2)
+    # The Python trainer names the dataset's features in its checkpoints (extra_meta still wins).
+    data = ReactDataset(folders["npy32"], "train", frames=40, window=32, stride=8)
+    model = tiny_model()
+    model.config.audio_dim = 32
+    model = type(model)(model.config)
+    for extra, expected in ((None, "npy features (32-d)"), ({"audio": "mine"}, "mine")):
+        out_dir = str(tmp_path / f"py{expected[:4]}")
+        Trainer(model, data, TrainConfig(steps=1, batch_size=2, out_dir=out_dir, progress=False),
+                extra_meta=extra, device="cpu").fit()
+        assert read_config(os.path.join(out_dir, "checkpoint"))["extra"]["audio"] == expected

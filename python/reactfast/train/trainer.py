@@ -277,7 +277,11 @@ class Trainer:
         dataset.appropriate  # fail early when there is no appropriateness matrix
         self.model = model.to(self.device)
         self.dataset, self.val_dataset = dataset, val_dataset
-        self.extra_meta = extra_meta or {}
+        # The checkpoint names the audio features the model learns from (``audio_features`` of a
+        # ReactDataset: .npy features of some width, or MFCC from .wav), unless extra_meta does.
+        audio = getattr(dataset, "audio_features", None)
+        named = {"audio": audio} if isinstance(audio, str) and audio != "none" else {}
+        self.extra_meta = {**named, **(extra_meta or {})}
         mc = model.config
         params = [p for p in model.parameters() if p.requires_grad]
         lr = cfg.lr if cfg.lr is not None else mc.lr
