@@ -241,6 +241,14 @@ def _train(args, s, cls) -> int:
     extra = {"data": {"spec": data_spec, "sessions": s["sessions"], "seed": s["seed"], "frames": s["frames"]},
              "run": {k: s[k] for k in _TRAIN_DEFAULTS}}
     trainer = Trainer(model, data, cfg, val_dataset=val, resume=args.resume, extra_meta=extra, device=device)
+    if (args.resume and cfg.lr_schedule == "cosine" and restored.get("steps", cfg.steps) != cfg.steps
+            and trainer.step < cfg.steps and trainer.rank == 0):
+        # The cosine curve is a function of the step and --steps: stretched or shrunk, it moves the
+        # rate the run goes on with (a finished run at ~0 goes on from half the base rate, say).
+        before = trainer.base_lr * dataclasses.replace(cfg, steps=restored["steps"]).lr_factor(trainer.step)
+        print(f"[reactfast] the cosine schedule now decays over {cfg.steps} steps, not {restored['steps']}: step "
+              f"{trainer.step + 1} takes learning rate {trainer.base_lr * cfg.lr_factor(trainer.step):.3g} "
+              f"({before:.3g} on the run's curve)", flush=True)
     if trainer.step >= cfg.steps and trainer.rank == 0:
         print(f"[reactfast] {args.resume} is at step {trainer.step}, not below --steps {cfg.steps}: nothing to "
               f"train (give a larger --steps to go on)", flush=True)

@@ -208,3 +208,26 @@ def test_generation_on_other_audio_features_than_the_models_is_named(tmp_path, c
         Trainer(model, data, TrainConfig(steps=1, batch_size=2, out_dir=out_dir, progress=False),
                 extra_meta=extra, device="cpu").fit()
         assert read_config(os.path.join(out_dir, "checkpoint"))["extra"]["audio"] == expected
+
+
+def test_resuming_a_cosine_run_with_other_steps_names_the_rate_it_goes_on_with(tmp_path, capsys):
+    """A cosine run resumed with another --steps goes on on the stretched curve: a finished run
+    (rate ~0) jumped to half its base rate, and neither the message nor the history (which had no
+    rate) said so. The history now logs each step's rate."""
+    run = str(tmp_path / "run")
+    config = ["dim=16", "heads=2", "cie_heads=2", "cie_ffn=32", "window_train=16", "window=8", "context=32", "past=16"]
+    assert cli.main(["train", "--out", run, "--steps", "2", "--batch-size", "2", "--clip-frames", "32", "--frames",
+                     "64", "--sessions", "4", "--lr", "1e-3", "--lr-schedule", "cosine", "--no-progress",
+                     "--config", *config]) == 0
+    capsys.readouterr()
+    assert cli.main(["train", "--out", run, "--resume", os.path.join(run, "checkpoint"), "--steps", "4",
+                     "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "the cosine schedule now decays over 4 steps, not 2: step 3 takes learning rate 0.0005 (0 on the run's " \
+           "curve)" in printed, printed
+    rates = [json.loads(line)["lr"] for line in open(os.path.join(run, "history.jsonl"))]
+    assert np.allclose(rates, [1e-3, 5e-4, 5e-4, 1e-3 * 0.5 * (1 + np.cos(np.pi * 3 / 4))], rtol=1e-12, atol=0)
+    capsys.readouterr()   # the same --steps again: nothing moves, nothing said
+    assert cli.main(["train", "--out", run, "--resume", os.path.join(run, "checkpoint"), "--steps", "4",
+                     "--no-progress"]) == 0
+    assert "schedule now decays" not in capsys.readouterr().out

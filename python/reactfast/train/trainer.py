@@ -432,7 +432,7 @@ class Trainer:
                      "model's configuration")
             raise TrainingDiverged(f"training diverged at step {self.step + 1}: {', '.join(bad)} ({cause}); the "
                                    f"weights of step {self.step} are kept and no non-finite checkpoint is written")
-        lr = self.base_lr * cfg.lr_factor(self.step)
+        lr = record["lr"] = self.base_lr * cfg.lr_factor(self.step)
         self._updating = True   # an error from here on leaves the weights half updated: not saved
         for group in self.optimizer.param_groups:
             group["lr"] = lr
