@@ -336,7 +336,10 @@ def test_17_evaluate_names_unreadable_files(tmp_path, capsys):
     with open(tmp_path / "pickle.npy", "wb") as f:
         pickle.dump({"a": 1}, f)
     (tmp_path / "text.npy").write_text("1,2,3\n")   # numpy reads a file with no .npy header as a pickle
+    (tmp_path / "json.npz").write_text('{"metrics": {}}')   # (and a .npz that is no zip file too)
     for name, words in (("obj.npy", "holds an array of Python objects"), ("cut.npz", "not a readable .npz"),
+                        ("json.npz", "not a readable .npz archive (it has no zip directory: truncated, or not a "
+                                     ".npz at all"),
                         ("pickle.npy", "holds pickled Python objects"),
                         ("text.npy", "is not a .npy file (no NumPy header; it begins b'1,2,3\\n')")):
         code, err = run(["evaluate", str(tmp_path / name), "--listener-gt", str(tmp_path / "gt.npy"), "--speaker",

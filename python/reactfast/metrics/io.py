@@ -56,6 +56,11 @@ def load_array(path: str, key: Optional[str] = None, name: str = "array") -> np.
 
 
 def _open_npz(path: str, name: str):
+    import zipfile
+
+    if not zipfile.is_zipfile(path):   # (numpy would take it for a pickle and say so)
+        raise ValueError(f"{name}: {path} is not a readable .npz archive (it has no zip directory: truncated, or "
+                         "not a .npz at all; reactfast generate and numpy.savez write them)")
     try:
         return np.load(path, allow_pickle=False)
     except Exception as exc:
