@@ -203,3 +203,28 @@ def test_mixed_audio_features_are_named(tmp_path):
     _tone_clips(ds, skip=[ds.pairs[0][1]])
     with pytest.raises(DataError, match=r"audio features are \d+-d but clip .* gave \d+-d"):
         [ds[i] for i in range(len(ds))]
+
+
+def test_in_memory_dataset_checks_its_pairs_and_neighbour_matrix():
+    """An in-memory dataset took a neighbour matrix of any shape (one row per pair, not per mirrored
+    dyad: training then stopped on an IndexError at the first batch that reached a later row),
+    values other than 0/1 as True, and pairs naming clips it did not hold (a KeyError-like
+    DataError at the first batch). They are checked as a neighbour file is, when it is made."""
+    from reactfast.data import InMemoryReactDataset
+
+    rng = np.random.default_rng(0)
+    clips = {f"c{i}": {"emotion": rng.random((40, 25), dtype=np.float32),
+                       "3dmm": rng.standard_normal((40, 58), dtype=np.float32),
+                       "audio": rng.standard_normal((80, 8), dtype=np.float32)} for i in range(4)}
+    pairs = [("c0", "c1"), ("c2", "c3")]
+    ds = InMemoryReactDataset(clips, pairs, appropriate=np.eye(4), window=20)
+    assert ds.appropriate.dtype == bool and ds.appropriate.tolist() == np.eye(4, dtype=bool).tolist()
+    for appropriate, words in ((np.eye(2, dtype=bool), "matrix is 2 x 2 but the split has 4 (mirrored) items"),
+                               (np.full((4, 4), 0.5), "values must be 0 or 1"),
+                               (np.zeros((4, 4), bool), "rows [0, 1, 2, 3] list no appropriate reaction"),
+                               (np.ones(4, bool), "expected a square (N, N) matrix")):
+        with pytest.raises(DataError, match=re.escape(f"appropriate: {words}")):
+            InMemoryReactDataset(clips, pairs, appropriate=appropriate)
+    assert InMemoryReactDataset(clips, pairs, appropriate=np.eye(2, dtype=bool), mirror=False).num_items == 2
+    with pytest.raises(DataError, match=re.escape("pairs name clips that clips does not hold: ['c9']")):
+        InMemoryReactDataset(clips, [("c0", "c9")])

@@ -160,18 +160,24 @@ def read_audio_features(path: str, min_rows: Optional[int] = None) -> np.ndarray
 
 def read_neighbours(path: str, num_items: Optional[int] = None) -> np.ndarray:
     """Appropriateness matrix ``neighbour_emotion_{split}.npy``: (N, N) of 0/1 -> bool."""
-    arr = load_npy(path)
+    return check_neighbours(load_npy(path), num_items, path)
+
+
+def check_neighbours(arr, num_items: Optional[int] = None, name: str = "appropriate") -> np.ndarray:
+    """An appropriateness matrix (N, N) of 0/1 (bool or numbers) as bool, N = ``num_items`` if given;
+    every row must list an appropriate reaction. Errors (DataError) name ``name``."""
+    arr = np.asarray(arr)
     if arr.ndim != 2 or arr.shape[0] != arr.shape[1]:
-        raise DataError(f"{path}: expected a square (N, N) matrix, got shape {arr.shape}")
+        raise DataError(f"{name}: expected a square (N, N) matrix, got shape {arr.shape}")
     if num_items is not None and arr.shape[0] != num_items:
-        raise DataError(f"{path}: matrix is {arr.shape[0]} x {arr.shape[1]} but the split has {num_items} "
+        raise DataError(f"{name}: matrix is {arr.shape[0]} x {arr.shape[1]} but the split has {num_items} "
                         f"(mirrored) items")
-    if not np.isin(arr, (0, 1)).all():
-        raise DataError(f"{path}: values must be 0 or 1")
+    if arr.dtype.kind not in "biuf" or not np.isin(arr, (0, 1)).all():
+        raise DataError(f"{name}: values must be 0 or 1")
     arr = arr.astype(bool)
     empty = np.nonzero(~arr.any(1))[0]
     if len(empty):
-        raise DataError(f"{path}: rows {empty[:10].tolist()} list no appropriate reaction (empty neighbour row)")
+        raise DataError(f"{name}: rows {empty[:10].tolist()} list no appropriate reaction (empty neighbour row)")
     return arr
 
 

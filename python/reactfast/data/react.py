@@ -228,8 +228,12 @@ class InMemoryReactDataset(ReactDataset):
         kwargs.setdefault("frames", min(c["emotion"].shape[0] for c in clips.values()))
         kwargs.setdefault("cache_clips", 0)
         super().__init__(root="<memory>", split=split, **kwargs)
+        missing = sorted({c for pair in self.pairs for c in pair} - set(clips))
+        if missing:   # (found now, not when a batch first reads them)
+            raise DataError(f"pairs name clips that clips does not hold: {missing[:5]}")
         if appropriate is not None:
-            self._appropriate = np.asarray(appropriate, dtype=bool)
+            # As a neighbour file is checked: one row and column per (mirrored) dyad, 0/1.
+            self._appropriate = files.check_neighbours(appropriate, self.num_items, "appropriate")
         if listener_ids is not None:
             if len(listener_ids) != self.num_items:
                 raise ValueError(f"listener_ids must have one id per dyad ({self.num_items}), got {len(listener_ids)}")
