@@ -2,12 +2,13 @@
 steps of Kaldi's computation written out for one frame; wav reading."""
 
 import math
+import re
 
 import numpy as np
 import pytest
 import torch
 
-from reactfast.data import audio
+from reactfast.data import DataError, audio
 
 
 def _signal(sr, seconds, seed=0):
@@ -102,3 +103,58 @@ def test_features_name_what_they_cannot_take(kind):
                         ((np.full(16000, np.nan), 16000, 10), "samples contain NaN or Inf")):   # NaN features
         with pytest.raises(ValueError, match=words):
             audio.features(*args, kind=kind)
+
+
+def _wav_bytes(payload: bytes, tag: int, channels: int, sr: int, width: int, extensible: bool = False) -> bytes:
+    """A wav file written out field by field (the stdlib writes integer PCM, plain format only)."""
+    import struct
+
+    block = channels * width
+    fmt = struct.pack("<HHIIHH", 0xFFFE if extensible else tag, channels, sr, sr * block, block, 8 * width)
+    if extensible:   # cbSize, valid bits, channel mask, sub-format GUID (its first two bytes: the tag)
+        fmt += struct.pack("<HHI", 22, 8 * width, 0) + struct.pack("<H", tag) + bytes(14)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"LIST" + struct.pack("<I", 3) + b"abc\0"
+    body += b"data" + struct.pack("<I", len(payload)) + payload
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def test_wav_files_of_common_sample_formats_read_alike(tmp_path):
+    """Only 16-bit integer PCM in the plain format was read (Python 3.11's wave module), though
+    24-bit and float wavs, and the extensible format that tools write for them, are common. Each
+    format reads to the samples written, within its quantisation; a chunk before the audio (LIST)
+    is skipped, stereo is averaged and a file cut short keeps the whole frames it holds."""
+    rng = np.random.default_rng(0)
+    sr, n = 16000, 1601
+    x = np.clip(0.4 * np.sin(2 * np.pi * 440 * np.arange(n) / sr) + 0.1 * rng.standard_normal(n), -1, 1)
+    q24 = np.round(x * 2 ** 23).clip(-2 ** 23, 2 ** 23 - 1).astype(np.int64)
+    cases = {
+        "u8": (_wav_bytes(np.round(x * 127 + 128).astype(np.uint8).tobytes(), 1, 1, sr, 1), 1 / 128),
+        "i16": (_wav_bytes(np.round(x * 32767).astype("<i2").tobytes(), 1, 1, sr, 2), 1 / 32768),
+        "i24": (_wav_bytes((q24 & 0xFFFFFF).astype("<u4").view(np.uint8).reshape(-1, 4)[:, :3].tobytes(), 1, 1,
+                           sr, 3), 1 / 2 ** 23),
+        "i24_extensible": (_wav_bytes((q24 & 0xFFFFFF).astype("<u4").view(np.uint8).reshape(-1, 4)[:, :3].tobytes(),
+                                      1, 1, sr, 3, extensible=True), 1 / 2 ** 23),
+        "i32": (_wav_bytes(np.round(x * (2 ** 31 - 1)).astype("<i4").tobytes(), 1, 1, sr, 4), 2 ** -31),
+        "f32": (_wav_bytes(x.astype("<f4").tobytes(), 3, 1, sr, 4), 1e-7),
+        "f64_extensible": (_wav_bytes(x.astype("<f8").tobytes(), 3, 1, sr, 8, extensible=True), 1e-15),
+        "i16_stereo": (_wav_bytes(np.round(np.stack([x, -x / 2], 1) * 32767).astype("<i2").tobytes(), 1, 2, sr, 2),
+                       1 / 32768),
+    }
+    for name, (raw, tolerance) in cases.items():
+        path = str(tmp_path / f"{name}.wav")
+        open(path, "wb").write(raw)
+        samples, rate = audio.read_wav(path)
+        expect = x / 4 if name.endswith("stereo") else x
+        assert rate == sr and samples.dtype == np.float32 and samples.shape == (n,), name
+        assert np.abs(samples - expect).max() <= 1.5 * tolerance + 1e-7, (name, np.abs(samples - expect).max())
+    cut = str(tmp_path / "cut.wav")
+    open(cut, "wb").write(cases["i24"][0][:-100])   # its data chunk says 100 bytes more than there are
+    assert audio.read_wav(cut)[0].shape == (n - 34,)
+    for name, raw, words in (("text.wav", b"hello world, no audio here", "no RIFF/WAVE header"),
+                             ("alaw.wav", _wav_bytes(bytes(100), 6, 1, sr, 1), "format tag 0x6 wav of 8-bit"),
+                             ("f16.wav", _wav_bytes(bytes(100), 3, 1, sr, 2), "float wav of 16-bit samples"),
+                             ("empty.wav", _wav_bytes(b"", 1, 1, sr, 2), "no audio samples")):
+        path = str(tmp_path / name)
+        open(path, "wb").write(raw)
+        with pytest.raises(DataError, match=re.escape(words)):
+            audio.read_wav(path)

@@ -1,5 +1,5 @@
-"""Audio for the REACT layout: 16-bit PCM wav reading and per-frame audio features, as k = 2 rows
-per video frame (the package's audio convention).
+"""Audio for the REACT layout: wav reading (integer PCM or float) and per-frame audio features, as
+k = 2 rows per video frame (the package's audio convention).
 
 Two feature sets, both (2 T, 39) for T video frames:
 
@@ -21,6 +21,7 @@ Two feature sets, both (2 T, 39) for T video frames:
 from __future__ import annotations
 
 import math
+import struct
 import wave
 
 import numpy as np
@@ -30,23 +31,57 @@ from reactfast.data.files import DataError, _need
 from reactfast.ops._checks import check_int
 
 
+_PCM, _IEEE_FLOAT, _EXTENSIBLE = 1, 3, 0xFFFE
+
+
+def _wav_chunks(raw: bytes, path: str) -> dict:
+    """The chunks of a RIFF/WAVE file by id (the first of each); a chunk cut short by the end of
+    the file keeps what is there."""
+    if len(raw) < 12 or raw[:4] != b"RIFF" or raw[8:12] != b"WAVE":
+        raise DataError(f"{path}: not a readable wav file (no RIFF/WAVE header)")
+    chunks, pos = {}, 12
+    while pos + 8 <= len(raw):
+        size = int.from_bytes(raw[pos + 4:pos + 8], "little")
+        chunks.setdefault(raw[pos:pos + 4], raw[pos + 8:pos + 8 + size])
+        pos += 8 + size + (size & 1)   # chunks are padded to an even size
+    return chunks
+
+
 def read_wav(path: str) -> tuple:
-    """-> (mono float32 samples in [-1, 1], sample rate)."""
+    """-> (mono float32 samples, sample rate): integer PCM of 8, 16, 24 or 32 bits (in [-1, 1]) or
+    32/64-bit IEEE float, in the plain or the extensible wav format; channels are averaged."""
     _need(path)
-    try:
-        with wave.open(path, "rb") as w:
-            sr, width, channels, n = w.getframerate(), w.getsampwidth(), w.getnchannels(), w.getnframes()
-            raw = w.readframes(n)
-    except (wave.Error, EOFError) as exc:
-        raise DataError(f"{path}: not a readable PCM wav file ({exc})") from None
-    if width != 2:
-        raise DataError(f"{path}: only 16-bit PCM wav is supported, got {8 * width}-bit samples")
-    x = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
+    with open(path, "rb") as f:
+        chunks = _wav_chunks(f.read(), path)
+    fmt, data = chunks.get(b"fmt "), chunks.get(b"data")
+    if fmt is None or len(fmt) < 16 or data is None:
+        raise DataError(f"{path}: not a readable wav file (no {'fmt' if fmt is None or len(fmt) < 16 else 'data'} "
+                        "chunk)")
+    tag, channels, sr, _, block, bits = struct.unpack("<HHIIHH", fmt[:16])
+    if tag == _EXTENSIBLE and len(fmt) >= 26:
+        tag = struct.unpack("<H", fmt[24:26])[0]   # the sub-format GUID's first two bytes
+    if channels < 1 or sr < 1 or block < channels or block % channels:
+        raise DataError(f"{path}: a wav header of {channels} channels, {sr} Hz, {block}-byte frames")
+    width = block // channels                       # the sample container (valid bits are left-justified)
+    pcm = {1: ("u1", 128.0, 128), 2: ("<i2", 32768.0, 0), 4: ("<i4", 2.0 ** 31, 0)}
+    data = data[: len(data) // block * block]
+    if tag == _PCM and width in pcm:
+        dtype, scale, offset = pcm[width]
+        x = (np.frombuffer(data, dtype=dtype).astype(np.float64) - offset) / scale
+    elif tag == _PCM and width == 3:
+        b = np.frombuffer(data, dtype=np.uint8).reshape(-1, 3).astype(np.int32)
+        x = ((b[:, 0] | b[:, 1] << 8 | b[:, 2] << 16) << 8 >> 8) / 2.0 ** 23   # sign-extended 24-bit
+    elif tag == _IEEE_FLOAT and width in (4, 8):
+        x = np.frombuffer(data, dtype="<f4" if width == 4 else "<f8").astype(np.float64)
+    else:
+        kind = {_PCM: "integer PCM", _IEEE_FLOAT: "float"}.get(tag, f"format tag {tag:#x}")
+        raise DataError(f"{path}: {kind} wav of {8 * width}-bit samples is not supported (integer PCM of 8, 16, 24 "
+                        "or 32 bits and 32/64-bit float are)")
     if channels > 1:
-        x = x[: len(x) // channels * channels].reshape(-1, channels).mean(1)
+        x = x.reshape(-1, channels).mean(1)
     if len(x) == 0:
         raise DataError(f"{path}: no audio samples")
-    return x, sr
+    return x.astype(np.float32), sr
 
 
 def _mel_filterbank(n_mels: int, n_fft: int, sr: int) -> torch.Tensor:

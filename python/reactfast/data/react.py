@@ -6,7 +6,7 @@
     root/neighbour_emotion_{split}.npy                 (N, N) 0/1, N = 2 x rows (mirrored)
     root/{split}/Emotion/<path>.csv                    header + frames x 25
     root/{split}/3D_FV_files/<path>.npy                (frames, 1, 58) or (frames, 58)
-    root/{split}/Audio_files/<path>.npy or <path>.wav  features (frames * k, F) or 16-bit wav
+    root/{split}/Audio_files/<path>.npy or <path>.wav  features (frames * k, F) or a wav (PCM or float)
 
 Items are dyads speaker -> listener; with ``mirror=True`` (as the challenge evaluates) the rows
 come first as listed, then swapped, so N = 2 x rows and item ``R + r`` is row r reversed.
