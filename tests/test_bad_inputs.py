@@ -1417,6 +1417,48 @@ def test_64_generate_stopped_by_an_error_keeps_its_finished_dyads(checkpoint, tm
     assert set(a.files) == set(b.files) and all(np.array_equal(a[k], b[k]) for k in a.files)
 
 
+def test_64b_dyads_with_non_finite_outputs_are_named_and_the_others_kept(checkpoint, tmp_path, capsys, monkeypatch):
+    """Non-finite outputs of some dyads threw away every dyad's (nothing written, nothing kept).
+    The finite dyads now go to the partial file, the others are named, and --resume generates just
+    those again (with another --backend, say): the output equals an uninterrupted run's."""
+    from reactfast.models import ReactFace
+
+    flags = ["--checkpoint", checkpoint, "--frames", "16", "--sessions", "8", "--samples", "2", "--no-progress",
+             "--device", "cpu"]
+    whole = str(tmp_path / "whole.npz")
+    assert run(["generate", *flags, "--out", whole], capsys)[0] == 0
+    original, calls = ReactFace.generate, []
+
+    def poisons(self, speaker, *args, **kwargs):   # dyads 3 and 12 (of batches of 8) come out NaN
+        calls.append(len(speaker))
+        out = original(self, speaker, *args, **kwargs)
+        if len(calls) <= 2:
+            for key in out:
+                out[key][3 if len(calls) == 1 else 4, 1, 5] = float("nan")
+        return out
+
+    monkeypatch.setattr(ReactFace, "generate", poisons)
+    out, partial = str(tmp_path / "p.npz"), str(tmp_path / "p.partial.npz")
+    code, err = run(["generate", *flags, "--out", out], capsys)
+    assert code == 2 and not os.path.exists(out), err
+    assert f"non-finite outputs for 2 of 16 dyads (dyads [3, 12]): nothing was written to {out}; the 14 other dyads " \
+           f"are kept in {partial}" in err, err
+    with np.load(partial) as z:
+        assert z["rows"].tolist() == [r for r in range(16) if r not in (3, 12)]
+    code, err = run(["generate", *flags, "--out", out, "--resume", partial], capsys)
+    assert code == 0 and calls[2:] == [2], (err, calls)   # the two dyads, in one batch
+    assert not os.path.exists(partial)
+    a, b = np.load(whole), np.load(out)
+    # (dyads 3 and 12 now run in a batch of two: equal up to rounding of batched matmuls)
+    assert set(a.files) == set(b.files) and all(np.allclose(a[k], b[k], rtol=0, atol=1e-5) for k in a.files)
+    # All dyads non-finite: nothing to keep, and no partial file.
+    monkeypatch.setattr(ReactFace, "generate", lambda self, *a, **k: {
+        key: value * float("nan") for key, value in original(self, *a, **k).items()})
+    code, err = run(["generate", *flags, "--out", out], capsys)
+    assert code == 2 and "non-finite outputs for 16 of 16 dyads (dyads [0, 1, 2, 3, 4, 5, 6, 7, 8, 9] ...)" in err
+    assert not os.path.exists(partial)
+
+
 def test_65_generate_refuses_a_model_without_emotion_before_generating(tmp_path, capsys, monkeypatch):
     """The metrics need the emotion output: a model without it was refused only after every dyad had
     been generated."""

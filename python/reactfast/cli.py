@@ -309,7 +309,6 @@ def _check_run_folder(args) -> None:
 
 def _cmd_generate(args) -> int:
     import numpy as np
-    import torch
 
     from reactfast import _io
     from reactfast.train import generate_dataset, load_model, read_config
@@ -386,15 +385,36 @@ def _cmd_generate(args) -> int:
     if done is not None:   # the dyads in their order (a partial file need not hold a prefix of them)
         order = np.argsort(np.asarray(done.rows + done.remaining))
         preds = {key: value[order] for key, value in done.join(preds).items()}
-    bad = {k: int((~torch.isfinite(torch.from_numpy(v))).sum()) for k, v in preds.items()}
-    if any(bad.values()):
-        raise CommandError(f"the model produced non-finite outputs ({bad}); nothing was written to {out}")
+    _refuse_non_finite(preds, out, partial_out, setting)
     arrays = {"pred": preds["emotion"], **({"pred_3dmm": preds["3dmm"]} if "3dmm" in preds else {}), **arrays}
     _io.save_npz(out, **arrays)
     if done is not None and os.path.abspath(args.resume) == partial_out:
         os.remove(partial_out)   # all of it is in the output now
     print(f"wrote {out}: pred {arrays['pred'].shape} (emotion)")
     return 0
+
+
+def _refuse_non_finite(preds: dict, out: str, partial_out: str, setting: dict) -> None:
+    """Outputs (every dyad, in order) with a NaN or Inf are not written to ``out``: the dyads whose
+    outputs are finite go to the partial file (which ``--resume`` continues, with another
+    ``--backend``, say), the others are named."""
+    import numpy as np
+
+    from reactfast.train import PartialGeneration
+
+    finite = np.logical_and.reduce([np.isfinite(v.reshape(len(v), -1)).all(1) for v in preds.values()])
+    if finite.all():
+        return
+    bad = np.nonzero(~finite)[0].tolist()
+    kept = ""
+    if finite.any():
+        good = np.nonzero(finite)[0].tolist()
+        _write_partial(partial_out, setting, None, PartialGeneration(good, bad, {k: v[finite] for k, v in
+                                                                                 preds.items()}))
+        kept = (f"; the {len(good)} other dyads are kept in {partial_out} (--resume {partial_out} generates the "
+                f"{len(bad)} again: with --backend reference, say, if a kernel is suspect)")
+    raise CommandError(f"the model produced non-finite outputs for {len(bad)} of {len(finite)} dyads (dyads "
+                       f"{bad[:10]}{' ...' if len(bad) > 10 else ''}): nothing was written to {out}{kept}")
 
 
 def _too_few_frames(exc, frames_from: str) -> CommandError:
