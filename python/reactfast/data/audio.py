@@ -57,11 +57,12 @@ def read_wav(path: str) -> tuple:
     if fmt is None or len(fmt) < 16 or data is None:
         raise DataError(f"{path}: not a readable wav file (no {'fmt' if fmt is None or len(fmt) < 16 else 'data'} "
                         "chunk)")
-    tag, channels, sr, _, block, bits = struct.unpack("<HHIIHH", fmt[:16])
+    tag, channels, sr, _, block, _ = struct.unpack("<HHIIHH", fmt[:16])
     if tag == _EXTENSIBLE and len(fmt) >= 26:
         tag = struct.unpack("<H", fmt[24:26])[0]   # the sub-format GUID's first two bytes
     if channels < 1 or sr < 1 or block < channels or block % channels:
-        raise DataError(f"{path}: a wav header of {channels} channels, {sr} Hz, {block}-byte frames")
+        raise DataError(f"{path}: not a readable wav file (its header gives {channels} channels, {sr} Hz, "
+                        f"{block}-byte frames)")
     width = block // channels                       # the sample container (valid bits are left-justified)
     pcm = {1: ("u1", 128.0, 128), 2: ("<i2", 32768.0, 0), 4: ("<i4", 2.0 ** 31, 0)}
     data = data[: len(data) // block * block]
