@@ -34,7 +34,7 @@ from reactfast.ops._checks import check_int
 _PCM, _IEEE_FLOAT, _EXTENSIBLE = 1, 3, 0xFFFE
 
 
-def _wav_chunks(raw: bytes, path: str) -> dict:
+def _wav_chunks(raw: memoryview, path: str) -> dict:
     """The chunks of a RIFF/WAVE file by id (the first of each); a chunk cut short by the end of
     the file keeps what is there."""
     if len(raw) < 12 or raw[:4] != b"RIFF" or raw[8:12] != b"WAVE":
@@ -42,7 +42,7 @@ def _wav_chunks(raw: bytes, path: str) -> dict:
     chunks, pos = {}, 12
     while pos + 8 <= len(raw):
         size = int.from_bytes(raw[pos + 4:pos + 8], "little")
-        chunks.setdefault(raw[pos:pos + 4], raw[pos + 8:pos + 8 + size])
+        chunks.setdefault(bytes(raw[pos:pos + 4]), raw[pos + 8:pos + 8 + size])
         pos += 8 + size + (size & 1)   # chunks are padded to an even size
     return chunks
 
@@ -52,7 +52,7 @@ def read_wav(path: str) -> tuple:
     32/64-bit IEEE float, in the plain or the extensible wav format; channels are averaged."""
     _need(path)
     with open(path, "rb") as f:
-        chunks = _wav_chunks(f.read(), path)
+        chunks = _wav_chunks(memoryview(f.read()), path)
     fmt, data = chunks.get(b"fmt "), chunks.get(b"data")
     if fmt is None or len(fmt) < 16 or data is None:
         raise DataError(f"{path}: not a readable wav file (no {'fmt' if fmt is None or len(fmt) < 16 else 'data'} "
@@ -67,13 +67,14 @@ def read_wav(path: str) -> tuple:
     pcm = {1: ("u1", 128.0, 128), 2: ("<i2", 32768.0, 0), 4: ("<i4", 2.0 ** 31, 0)}
     data = data[: len(data) // block * block]
     if tag == _PCM and width in pcm:
-        dtype, scale, offset = pcm[width]
-        x = (np.frombuffer(data, dtype=dtype).astype(np.float64) - offset) / scale
+        dtype, scale, offset = pcm[width]   # (float32: one rounding at most, the scales are powers of 2)
+        x = np.frombuffer(data, dtype=dtype).astype(np.float32)
+        x = (x - offset if offset else x) / np.float32(scale)
     elif tag == _PCM and width == 3:
         b = np.frombuffer(data, dtype=np.uint8).reshape(-1, 3).astype(np.int32)
-        x = ((b[:, 0] | b[:, 1] << 8 | b[:, 2] << 16) << 8 >> 8) / 2.0 ** 23   # sign-extended 24-bit
+        x = ((b[:, 0] | b[:, 1] << 8 | b[:, 2] << 16) << 8 >> 8).astype(np.float32) / np.float32(2 ** 23)
     elif tag == _IEEE_FLOAT and width in (4, 8):
-        x = np.frombuffer(data, dtype="<f4" if width == 4 else "<f8").astype(np.float64)
+        x = np.frombuffer(data, dtype="<f4" if width == 4 else "<f8").astype(np.float32)
     else:
         kind = {_PCM: "integer PCM", _IEEE_FLOAT: "float"}.get(tag, f"format tag {tag:#x}")
         raise DataError(f"{path}: {kind} wav of {8 * width}-bit samples is not supported (integer PCM of 8, 16, 24 "
@@ -82,7 +83,7 @@ def read_wav(path: str) -> tuple:
         x = x.reshape(-1, channels).mean(1)
     if len(x) == 0:
         raise DataError(f"{path}: no audio samples")
-    return x.astype(np.float32), sr
+    return x.astype(np.float32, copy=False), sr
 
 
 def _mel_filterbank(n_mels: int, n_fft: int, sr: int) -> torch.Tensor:
