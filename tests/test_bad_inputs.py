@@ -1445,6 +1445,7 @@ def test_64b_dyads_with_non_finite_outputs_are_named_and_the_others_kept(checkpo
            f"are kept in {partial}" in err, err
     with np.load(partial) as z:
         assert z["rows"].tolist() == [r for r in range(16) if r not in (3, 12)]
+    assert err.count(partial) == 2, err   # named once, in the error (not again by the partial file's writer)
     code, err = run(["generate", *flags, "--out", out, "--resume", partial], capsys)
     assert code == 0 and calls[2:] == [2], (err, calls)   # the two dyads, in one batch
     assert not os.path.exists(partial)
@@ -1457,6 +1458,17 @@ def test_64b_dyads_with_non_finite_outputs_are_named_and_the_others_kept(checkpo
     code, err = run(["generate", *flags, "--out", out], capsys)
     assert code == 2 and "non-finite outputs for 16 of 16 dyads (dyads [0, 1, 2, 3, 4, 5, 6, 7, 8, 9] ...)" in err
     assert not os.path.exists(partial)
+    # A partial file that cannot be written is said so, and the error claims nothing kept.
+    from reactfast import _io
+
+    monkeypatch.setattr(ReactFace, "generate", poisons)
+    calls.clear()
+    save = _io.save_npz
+    monkeypatch.setattr(_io, "save_npz", lambda path, **arrays: (_ for _ in ()).throw(OSError("disk full"))
+                        if path.endswith(".partial.npz") else save(path, **arrays))
+    code, err = run(["generate", *flags, "--out", out], capsys)
+    assert code == 2 and f"the 14 finished dyads could not be saved to {partial}: disk full" in err, err
+    assert "kept in" not in err and "non-finite outputs for 2 of 16 dyads (dyads [3, 12])" in err
 
 
 def test_65_generate_refuses_a_model_without_emotion_before_generating(tmp_path, capsys, monkeypatch):

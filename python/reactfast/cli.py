@@ -198,14 +198,13 @@ def _train(args, s, cls) -> int:
     if args.resume or args.init:
         # The checkpoint's architecture, --config on top (loading its weights names any field that
         # then no longer matches them).
-        saved = read_config(args.resume or args.init)["config"]
-        model_fields = {**saved, **configs.checked(cls.config_class, overrides["model"], "--config")}
+        saved = read_config(args.resume or args.init)
+        model_fields = {**saved["config"], **configs.checked(cls.config_class, overrides["model"], "--config")}
     else:
         model_fields = {**cls.data_defaults(clips[0]["speaker_audio"].shape[-1]), **overrides["model"]}
     config = configs.build(cls.config_class, model_fields, "--config")
     if args.resume or args.init:
-        _check_audio_features(read_config(args.resume or args.init).get("extra", {}).get("audio"), clips,
-                              config.audio_dim, f"--data {s['data']}")
+        _check_audio_features(saved.get("extra", {}).get("audio"), clips, config.audio_dim, f"--data {s['data']}")
     # The model's shapes alone (the meta device: no memory, no initialisation, no draw from the RNG)
     # for the checks that need the model: its weights come after them (the authors' PerFRDiff takes
     # 17 s on 2 cores to initialise its 1.7 billion parameters).
@@ -377,8 +376,11 @@ def _cmd_generate(args) -> int:
                                  device=device, window=args.window, rows=rows, personalise=not args.no_personalise)
     except BaseException as exc:
         kept = getattr(exc, "partial", None)
-        if kept is not None or done is not None:
-            _write_partial(partial_out, setting, done, kept)
+        if (kept is not None or done is not None) and _write_partial(partial_out, setting, done, kept):
+            saved = len(done.rows if done is not None else []) + len(kept.rows if kept is not None else [])
+            print(f"[reactfast] the {saved} dyads finished before the error were saved to {partial_out}; the same "
+                  f"command with --resume {partial_out} generates the other {setting['dyads'] - saved}",
+                  file=sys.stderr)
         if isinstance(exc, TooFewFrames):   # the clips' other modalities are read as generation goes
             raise _too_few_frames(exc, frames_from) from None
         raise
@@ -407,10 +409,9 @@ def _refuse_non_finite(preds: dict, out: str, partial_out: str, setting: dict) -
         return
     bad = np.nonzero(~finite)[0].tolist()
     kept = ""
-    if finite.any():
-        good = np.nonzero(finite)[0].tolist()
-        _write_partial(partial_out, setting, None, PartialGeneration(good, bad, {k: v[finite] for k, v in
-                                                                                 preds.items()}))
+    good = np.nonzero(finite)[0].tolist()
+    if good and _write_partial(partial_out, setting, None, PartialGeneration(good, bad, {
+            k: v[finite] for k, v in preds.items()})):
         kept = (f"; the {len(good)} other dyads are kept in {partial_out} (--resume {partial_out} generates the "
                 f"{len(bad)} again: with --backend reference, say, if a kernel is suspect)")
     raise CommandError(f"the model produced non-finite outputs for {len(bad)} of {len(finite)} dyads (dyads "
@@ -430,8 +431,9 @@ def _weights_identity(checkpoint: str) -> str:
     return f"{weights} ({st.st_size} bytes, modified {st.st_mtime_ns})"
 
 
-def _write_partial(path: str, setting: dict, done, kept) -> None:
-    """The dyads finished before an error (``done`` from --resume, then ``kept``) to ``path``."""
+def _write_partial(path: str, setting: dict, done, kept) -> bool:
+    """The dyads finished before an error (``done`` from --resume, then ``kept``) to ``path``;
+    False (said on stderr) where they could not be saved."""
     import json
 
     import numpy as np
@@ -450,9 +452,8 @@ def _write_partial(path: str, setting: dict, done, kept) -> None:
                      **{f"partial_{k}": v for k, v in kept.outputs.items()})
     except Exception as exc:   # the error that stopped generation is the one to report
         print(f"[reactfast] the {len(kept.rows)} finished dyads could not be saved to {path}: {exc}", file=sys.stderr)
-        return
-    print(f"[reactfast] the {len(kept.rows)} dyads finished before the error were saved to {path}; the same "
-          f"command with --resume {path} generates the other {len(kept.remaining)}", file=sys.stderr)
+        return False
+    return True
 
 
 def _read_partial(path: str, setting: dict):
